@@ -1,0 +1,331 @@
+"""SIP, SIPS and tel URIs (RFC 3261 §19.1, RFC 3966) and their comparison rules (§19.1.4).
+
+A parsed URI keeps the exact text it came from, so forwarding a message never rewrites a URI it did
+not touch; :meth:`SipURI.replace` builds a new one when the proxy changes something.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping
+from urllib.parse import unquote as _pct_unquote
+
+from . import grammar as g
+from .errors import SipValueError
+
+__all__ = ["URI", "SipURI", "TelURI", "AbsoluteURI", "parse_uri"]
+
+_DEFAULT_PORTS = {"sip": 5060, "sips": 5061}
+_COMPARED_IF_PRESENT = ("user", "ttl", "method", "maddr")
+
+
+class URI:
+    """Common base of every URI a SIP message can carry (§19.1, §25.1 absoluteURI)."""
+
+    __slots__ = ("scheme", "_text")
+    scheme: str
+
+    def __str__(self) -> str:
+        return self._text
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self._text}>"
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def _key(self) -> Any:
+        return self._text.lower()
+
+
+class SipURI(URI):
+    """A ``sip:`` or ``sips:`` URI (§19.1.1), with parameters and headers.
+
+    ``params`` maps lower-cased names to values (``None`` for a flag such as ``lr``) in their order of
+    appearance; ``headers`` maps header names to (escaped) values.
+    """
+
+    __slots__ = ("user", "password", "host", "port", "params", "headers")
+
+    def __init__(
+        self,
+        host: str,
+        user: str | None = None,
+        *,
+        port: int | None = None,
+        password: str | None = None,
+        params: Mapping[str, str | None] | None = None,
+        headers: Mapping[str, str] | None = None,
+        scheme: str = "sip",
+        _text: str | None = None,
+    ) -> None:
+        self.scheme = scheme.lower()
+        self.user = user
+        self.password = password
+        self.host = host
+        self.port = port
+        self.params: dict[str, str | None] = dict(params or {})
+        self.headers: dict[str, str] = dict(headers or {})
+        self._text = _text if _text is not None else self._render()
+
+    # -- derived views -------------------------------------------------------------------------------
+    @property
+    def secure(self) -> bool:
+        return self.scheme == "sips"
+
+    @property
+    def transport(self) -> str | None:
+        """The ``transport`` parameter, lower-cased (``udp``, ``tcp``, ``tls``, ``ws``, ``wss``)."""
+        t = self.params.get("transport")
+        return t.lower() if t else None
+
+    @property
+    def host_key(self) -> str:
+        """The host for comparisons: lower-case, IPv6 without brackets."""
+        h = self.host.lower()
+        return h[1:-1] if h.startswith("[") else h
+
+    @property
+    def effective_port(self) -> int:
+        """The port a client would use when none is given (5060, or 5061 for sips/TLS; RFC 3263 §4.2)."""
+        if self.port is not None:
+            return self.port
+        if self.secure or self.transport in ("tls", "wss"):
+            return 5061
+        return 5060
+
+    @property
+    def lr(self) -> bool:
+        """Whether this is a loose-routing URI (§16.4, §19.1.1 ``lr`` parameter)."""
+        return "lr" in self.params
+
+    @property
+    def aor(self) -> str:
+        """``user@host`` (or just ``host``): the key OpenSIPS's usrloc stores with ``use_domain``."""
+        return f"{self.user}@{self.host.lower()}" if self.user else self.host.lower()
+
+    # -- building ------------------------------------------------------------------------------------
+    def replace(self, **changes: Any) -> "SipURI":
+        """A copy with some fields changed; ``params``/``headers`` replace the whole mapping."""
+        fields = dict(
+            host=self.host,
+            user=self.user,
+            port=self.port,
+            password=self.password,
+            params=self.params,
+            headers=self.headers,
+            scheme=self.scheme,
+        )
+        fields.update(changes)
+        return SipURI(**fields)
+
+    def with_params(self, **params: str | None) -> "SipURI":
+        """A copy with these parameters set (``None`` value = flag parameter)."""
+        merged = dict(self.params)
+        merged.update(params)
+        return self.replace(params=merged)
+
+    def without_params(self, *names: str) -> "SipURI":
+        return self.replace(params={k: v for k, v in self.params.items() if k not in names})
+
+    def _render(self) -> str:
+        out = [self.scheme, ":"]
+        if self.user is not None:
+            out.append(self.user)
+            if self.password is not None:
+                out.append(":" + self.password)
+            out.append("@")
+        host = self.host
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        out.append(host)
+        if self.port is not None:
+            out.append(f":{self.port}")
+        for k, v in self.params.items():
+            out.append(f";{k}" if v is None else f";{k}={v}")
+        if self.headers:
+            out.append("?" + "&".join(f"{k}={v}" for k, v in self.headers.items()))
+        return "".join(out)
+
+    # -- §19.1.4 comparison --------------------------------------------------------------------------
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SipURI):
+            return NotImplemented
+        if self.scheme != other.scheme:
+            return False
+        if _unescape(self.user) != _unescape(other.user):
+            return False
+        if _unescape(self.password) != _unescape(other.password):
+            return False
+        if self.host_key != other.host_key or self.port != other.port:
+            return False
+        mine = {k: _unescape(v).lower() if v is not None else None for k, v in self.params.items()}
+        theirs = {k: _unescape(v).lower() if v is not None else None for k, v in other.params.items()}
+        for name in _COMPARED_IF_PRESENT:
+            if (name in mine or name in theirs) and mine.get(name) != theirs.get(name):
+                return False
+        if "transport" in mine or "transport" in theirs:
+            if mine.get("transport") != theirs.get("transport"):
+                return False
+        for name in mine.keys() & theirs.keys():
+            if mine[name] != theirs[name]:
+                return False
+        h1 = {k.lower(): _unescape(v) for k, v in self.headers.items()}
+        h2 = {k.lower(): _unescape(v) for k, v in other.headers.items()}
+        return h1 == h2
+
+    def _key(self) -> Any:
+        return (self.scheme, _unescape(self.user), self.host_key, self.port)
+
+
+class TelURI(URI):
+    """A ``tel:`` URI (RFC 3966): a number with parameters."""
+
+    __slots__ = ("number", "params")
+
+    def __init__(self, number: str, params: Mapping[str, str | None] | None = None,
+                 _text: str | None = None) -> None:
+        self.scheme = "tel"
+        self.number = number
+        self.params: dict[str, str | None] = dict(params or {})
+        if _text is None:
+            _text = "tel:" + number + "".join(
+                f";{k}" if v is None else f";{k}={v}" for k, v in self.params.items()
+            )
+        self._text = _text
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TelURI):
+            return NotImplemented
+        strip = str.maketrans("", "", "-.()")
+        return (self.number.translate(strip).lower() == other.number.translate(strip).lower()
+                and {k: (v or "").lower() for k, v in self.params.items()}
+                == {k: (v or "").lower() for k, v in other.params.items()})
+
+    def _key(self) -> Any:
+        return self.number.translate(str.maketrans("", "", "-.()")).lower()
+
+
+class AbsoluteURI(URI):
+    """Any other scheme (§25.1 absoluteURI), kept opaque: a proxy answers 416 to it as a target."""
+
+    __slots__ = ("opaque",)
+
+    def __init__(self, scheme: str, opaque: str) -> None:
+        self.scheme = scheme.lower()
+        self.opaque = opaque
+        self._text = f"{scheme}:{opaque}"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, AbsoluteURI):
+            return NotImplemented
+        return self.scheme == other.scheme and self.opaque == other.opaque
+
+
+def _unescape(value: str | None) -> str | None:
+    if value is None or "%" not in value:
+        return value
+    return _pct_unquote(value, errors="surrogateescape")
+
+
+def _parse_params(text: str, where: str) -> dict[str, str | None]:
+    params: dict[str, str | None] = {}
+    for piece in text.split(";"):
+        name, eq, value = piece.partition("=")
+        if not name or not g.PARAMCHARS_RE.fullmatch(name):
+            raise SipValueError(f"Bad URI parameter in {where}")
+        if eq:
+            if not value or not g.PARAMCHARS_RE.fullmatch(value):
+                raise SipValueError(f"Bad URI parameter value in {where}")
+            params[name.lower()] = value
+        else:
+            params[name.lower()] = None
+    return params
+
+
+def _parse_sip(scheme: str, rest: str, text: str) -> SipURI:
+    user = password = None
+    at = rest.find("@")
+    if at >= 0:
+        userinfo, rest = rest[:at], rest[at + 1 :]
+        user, colon, pw = userinfo.partition(":")
+        if not user or not g.USER_RE.fullmatch(user):
+            raise SipValueError("Bad user part in URI")
+        if colon:
+            if not g.PASSWORD_RE.fullmatch(pw):
+                raise SipValueError("Bad password in URI")
+            password = pw
+    m = g.HOSTPORT_RE.match(rest)
+    if not m:
+        raise SipValueError("Bad host in URI")
+    host, port_text = m.group(1), m.group(2)
+    port = None
+    if port_text is not None:
+        port = int(port_text)
+        if port > 65535:
+            raise SipValueError("Bad port in URI")
+    rest = rest[m.end() :]
+    headers_text = None
+    if "?" in rest:
+        rest, _, headers_text = rest.partition("?")
+    params: dict[str, str | None] = {}
+    if rest:
+        if rest[0] != ";":
+            raise SipValueError("Bad URI after host")
+        params = _parse_params(rest[1:], "URI")
+    headers: dict[str, str] = {}
+    if headers_text is not None:
+        for piece in headers_text.split("&"):
+            hname, eq, hvalue = piece.partition("=")
+            if not hname or not eq or not g.HNVCHARS_RE.fullmatch(hname) or not g.HNVCHARS_RE.fullmatch(hvalue):
+                raise SipValueError("Bad URI header")
+            headers[hname] = hvalue
+    return SipURI(host, user, port=port, password=password, params=params, headers=headers,
+                  scheme=scheme, _text=text)
+
+
+_FAST_SIP_RE = re.compile(
+    r"(sips?):(?:([A-Za-z0-9\-_.!~*'()&=+$,;?/]+)(?::([A-Za-z0-9\-_.!~*'()&=+$,]*))?@)?"
+    r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_\-]+(?:\.[A-Za-z0-9_\-]+)*\.?)(?::([0-9]{1,5}))?"
+    r"((?:;[A-Za-z0-9\-_.!~*'()\[\]/:&+$]+(?:=[A-Za-z0-9\-_.!~*'()\[\]/:&+$]+)?)*)",
+    re.I,
+)
+
+
+def parse_uri(text: str) -> URI:
+    """Parse a URI as it appears in a Request-URI or inside ``<...>`` (§19.1.1, §25.1).
+
+    Raises :class:`SipValueError` (400) for anything that is not a URI: whitespace, brackets, bad
+    escapes, an empty host, a port above 65535.
+    """
+    m = _FAST_SIP_RE.fullmatch(text)
+    if m is not None:  # the common shape: no escapes, no URI headers
+        scheme, user, password, host, port, ptext = m.groups()
+        uri = SipURI.__new__(SipURI)
+        uri.scheme = scheme.lower()
+        uri.user = user
+        uri.password = password
+        uri.host = host
+        uri.port = int(port) if port is not None else None
+        if uri.port is not None and uri.port > 65535:
+            raise SipValueError("Bad port in URI")
+        uri.params = _parse_params(ptext[1:], "URI") if ptext else {}
+        uri.headers = {}
+        uri._text = text
+        return uri
+    scheme, colon, rest = text.partition(":")
+    if not colon or not g.SCHEME_RE.fullmatch(scheme):
+        raise SipValueError("Bad URI scheme")
+    if "%" in rest and g.ESCAPED_OK.search(rest):
+        raise SipValueError("Bad escape in URI")
+    lowered = scheme.lower()
+    if lowered in ("sip", "sips"):
+        return _parse_sip(lowered, rest, text)
+    if not rest or not g.OPAQUE_RE.fullmatch(rest):
+        raise SipValueError("Bad URI")
+    if lowered == "tel":
+        number, _, ptext = rest.partition(";")
+        if not g.TEL_NUMBER_RE.fullmatch(number):
+            raise SipValueError("Bad tel URI number")
+        return TelURI(number, _parse_params(ptext, "tel URI") if ptext else {}, _text=text)
+    return AbsoluteURI(scheme, rest)
