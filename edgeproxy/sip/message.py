@@ -195,6 +195,20 @@ class Headers:
                 return parts[0]
         return None
 
+    def replace_first_value(self, name: str, value: str) -> bool:
+        """Replace the first comma-separated value of ``name`` (e.g. to stamp ``received`` on the top
+        Via, §18.2.1); returns False when the header is absent."""
+        key = g.canonical_name(name)
+        items = self._items
+        for i, (k, n, v) in enumerate(items):
+            if k == key:
+                parts = g.split_commas(v)
+                parts[0] = value
+                items[i] = (k, n, value if len(parts) == 1 else ", ".join(parts))
+                self._changed(key)
+                return True
+        return False
+
     def copy(self) -> "Headers":
         """A copy sharing nothing mutable (items are immutable tuples; parsed views are re-made)."""
         return Headers(list(self._items))
