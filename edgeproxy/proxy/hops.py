@@ -1,0 +1,103 @@
+"""Next-hop rules: where a request goes (RFC 3261 §16.5-16.6, RFC 3263 §4.1 transport choice) and
+where a response goes back (§18.2.2, RFC 3581), plus the Via stamping of §18.2.1.
+
+Pure functions over messages and endpoints, so every rule is unit-tested without sockets.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from ..sip.endpoint import Destination, Endpoint, Flow, default_port
+from ..sip.message import Request, Response
+from ..sip.uri import SipURI
+from ..sip.values import Via, format_params
+
+__all__ = [
+    "is_ip",
+    "stamp_received",
+    "response_destination",
+    "uri_destination",
+    "uri_transport",
+]
+
+
+def is_ip(host: str) -> bool:
+    """Whether ``host`` is an IP literal (IPv6 with or without brackets)."""
+    if host.startswith("["):
+        host = host[1:-1]
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _bare(host: str) -> str:
+    return host[1:-1] if host.startswith("[") else host
+
+
+def stamp_received(request: Request, flow: Flow) -> None:
+    """§18.2.1 and RFC 3581 §4: record where the request really came from in its top Via.
+
+    ``received`` is added when the sent-by host differs from the source address (always when
+    ``rport`` was asked for, which also gets the source port), so responses find their way back
+    through NATs.
+    """
+    via = request.top_via
+    src = flow.remote
+    wants_rport = "rport" in via.params and not via.params["rport"]
+    if not wants_rport and _bare(via.host) == src.host:
+        return
+    params = dict(via.params)
+    params["received"] = src.host
+    if wants_rport:
+        params["rport"] = str(src.port)
+    stamped = Via(via.transport, via.host, via.port, params)
+    hostport = via.host if via.port is None else f"{via.host}:{via.port}"
+    request.headers.replace_first_value("via", f"SIP/2.0/{via.transport} {hostport}{format_params(params)}")
+    request.headers._cache["via^"] = stamped
+
+
+def response_destination(response: Response, flow: Flow | None) -> Destination:
+    """Where a response goes (§18.2.2 with RFC 3581 §4): back over the request's connection when it
+    is reliable, else to ``received``:``rport`` (or the sent-by port), or ``maddr``.
+
+    ``flow`` is the flow the request arrived on; responses are pinned to it so that connection-
+    oriented clients (and clients behind NAT) get them on the path they used.
+    """
+    via = response.top_via
+    transport = via.transport
+    if flow is not None and flow.remote.reliable:
+        return Destination(flow.remote, flow)
+    if via.maddr:
+        return Destination(Endpoint(transport, _bare(via.maddr), via.port or default_port(transport)))
+    host = via.received or _bare(via.host)
+    rport = via.params.get("rport")
+    if rport and rport.isdigit():
+        port = int(rport)
+    else:
+        port = via.port or default_port(transport)
+    return Destination(Endpoint(transport, host, port), flow)
+
+
+def uri_transport(uri: SipURI) -> str:
+    """The transport a URI asks for (RFC 3263 §4.1 without NAPTR: ``transport`` param, ``sips`` →
+    TLS, default UDP); WebSocket URIs ask for ``ws`` even when secure (RFC 7118 §5.2)."""
+    t = uri.params.get("transport")
+    if t:
+        t = t.upper()
+        if t == "WS" and uri.scheme == "sips":
+            return "WSS"
+        return t
+    return "TLS" if uri.scheme == "sips" else "UDP"
+
+
+def uri_destination(uri: SipURI) -> Destination:
+    """The next hop for a URI with no better information (§16.6 step 7 → RFC 3263): ``maddr`` if
+    present, else host and port; ``.invalid`` hosts can never be dialled (RFC 7118 §5.2)."""
+    transport = uri_transport(uri)
+    host = uri.params.get("maddr") or uri.host
+    port = uri.port or default_port(transport)
+    return Destination(Endpoint(transport, _bare(host), port),
+                       flow_only=uri.host.lower().endswith(".invalid"))

@@ -1,0 +1,812 @@
+"""The node: one object that owns the transaction table, runs route modules and drives the stateful
+proxy of RFC 3261 §16 (OpenSIPS's ``tm`` + ``sl`` + ``rr``).
+
+Theory of operation. Transports hand every valid message to :meth:`Node.message_received` with the
+:class:`Flow` it came on. A request is first matched against server transactions (retransmissions and
+the ACK of a non-2xx are absorbed there, §17.2.3); a CANCEL is answered here and cancels the
+branches of the INVITE it matches (§16.10); anything else runs the route module's
+``request_route``. The route's verbs call back into the node: ``t_relay`` creates one client
+transaction per target (§16.6), serially by q groups and in parallel within a group; responses come
+back through the client transactions and are forwarded or collected for the best-response choice of
+§16.7. Transactions are sans-IO: they return actions (send, deliver, timeout) that the node executes;
+the node arms one timer for the earliest transaction deadline.
+"""
+
+from __future__ import annotations
+
+import binascii
+import inspect
+import os
+from dataclasses import dataclass
+from itertools import count
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from ..location import LookupResult
+from ..registrar import Registrar, aor_of, binding_destination
+from ..routing.api import Branch, RouteRequest, SIPError
+from ..routing.loader import RouteModule
+from ..sip.endpoint import Destination, Endpoint, Flow
+from ..sip.errors import SipValueError
+from ..sip.message import Headers, Request, Response
+from ..sip.uri import SipURI, parse_uri
+from ..transaction import (
+    ClientInviteTransaction,
+    ClientNonInviteTransaction,
+    DeliverRequest,
+    DeliverResponse,
+    SendRequest,
+    SendResponse,
+    ServerInviteTransaction,
+    ServerNonInviteTransaction,
+    Terminated,
+    Timeout,
+    TimerSettings,
+    TransactionTable,
+    TransportFailure,
+)
+from .hops import response_destination, stamp_received, uri_destination
+from .sender import SendError, Sender
+
+__all__ = ["Node", "ProxySettings"]
+
+log = Logger(namespace="edgeproxy.proxy")
+
+
+@dataclass(frozen=True, slots=True)
+class ProxySettings:
+    """Proxy behaviour knobs, named after their OpenSIPS counterparts where one exists."""
+
+    record_route_double: bool = True  # rr enable_double_rr
+    auto_100trying: bool = True  # tm auto_100trying
+    no_reply_status: int = 500  # a route that neither replies nor relays
+    max_forwards_default: int = 70  # §8.1.1.6
+    domains: tuple[str, ...] = ()  # local domains (``uri == myself``); empty = the listeners only
+
+
+class ClientBranch:
+    """One forwarded copy of a request and its client transaction (§16.6)."""
+
+    __slots__ = ("ctx", "target", "request", "destination", "tx", "final", "provisional",
+                 "cancel_wanted", "cancel_sent", "flow")
+
+    def __init__(self, ctx: "ServerContext", target: Branch, request: Request, destination: Destination) -> None:
+        self.ctx = ctx
+        self.target = target
+        self.request = request
+        self.destination = destination
+        self.tx: Any = None
+        self.final: Response | None = None
+        self.provisional = False
+        self.cancel_wanted = False
+        self.cancel_sent = False
+        self.flow: Flow | None = None
+
+
+class CancelBranch:
+    """The client transaction of a CANCEL we generated (§9.1); its responses are absorbed."""
+
+    __slots__ = ("destination",)
+
+    def __init__(self, destination: Destination) -> None:
+        self.destination = destination
+
+
+class ServerContext:
+    """Everything about one incoming request handled statefully (the OpenSIPS transaction "cell")."""
+
+    __slots__ = ("request", "flow", "tx", "rr", "branches", "groups", "final_sent", "canceled",
+                 "failure_running")
+
+    def __init__(self, request: Request, flow: Flow) -> None:
+        self.request = request
+        self.flow = flow
+        self.tx: Any = None
+        self.rr: RouteRequest | None = None
+        self.branches: list[ClientBranch] = []
+        self.groups: list[list[Branch]] = []
+        self.final_sent = False
+        self.canceled = False
+        self.failure_running = False
+
+
+def _is_coroutine(x: Any) -> bool:
+    return inspect.iscoroutine(x)
+
+
+def _best_response(responses: list[Response]) -> Response:
+    """§16.7 step 6: 6xx wins; else the lowest class, preferring 4xx over 5xx over 3xx for a UA's
+    benefit except that 3xx beats 4xx/5xx only when nothing else is there. Within a class the first
+    received wins, except 408/503 yield to any other."""
+    def rank(r: Response) -> tuple[int, int]:
+        cls = r.status // 100
+        order = {6: 0, 2: 0, 4: 1, 3: 2, 5: 3}.get(cls, 4)
+        soft = 1 if r.status in (408, 503, 480) else 0
+        return (order, soft)
+
+    return min(responses, key=rank)
+
+
+class Node:
+    """One edgeproxy node: the :class:`MessageSink` of the transports and the actions behind route
+    modules' verbs."""
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        sender: Sender,
+        registrar: Registrar,
+        routes: RouteModule,
+        settings: ProxySettings = ProxySettings(),
+        timers: TimerSettings | None = None,
+        route_params: dict[str, Any] | None = None,
+    ) -> None:
+        self.clock = clock
+        self.sender = sender
+        self.registrar = registrar
+        self.location = registrar.location
+        self.routes = routes
+        self.settings = settings
+        self.timers = timers or TimerSettings()
+        self.route_params = route_params if route_params is not None else {}
+        self.table = TransactionTable()
+        self._owners: dict[Any, Any] = {}
+        self._timer: IDelayedCall | None = None
+        prefix = binascii.hexlify(os.urandom(4)).decode()
+        self._branch_prefix = f"z9hG4bK{prefix}."
+        self._branch_seq = count(1)
+        self._tag = prefix
+        self._local_hosts: set[str] = set()
+        self._domains = {d.lower() for d in settings.domains}
+        self.stats = {"requests": 0, "responses": 0, "relayed": 0, "replied": 0, "route_errors": 0}
+
+    # -- identity ------------------------------------------------------------------------------------
+    def add_local_endpoint(self, endpoint: Endpoint) -> None:
+        """Teach the node an address it is reachable at (listeners, advertised names)."""
+        self._local_hosts.add(f"{endpoint.host.lower()}:{endpoint.port}")
+        self._local_hosts.add(endpoint.host.lower())
+
+    def is_myself(self, host: str, port: int | None = None) -> bool:
+        host = host.lower()
+        if host.startswith("["):
+            host = host[1:-1]
+        if host in self._domains:
+            return True
+        if port is None:
+            return host in self._local_hosts
+        return f"{host}:{port}" in self._local_hosts
+
+    def _is_my_uri(self, uri: Any) -> bool:
+        if not isinstance(uri, SipURI):
+            return False
+        return self.is_myself(uri.host, uri.port if uri.port is not None else (
+            5061 if uri.secure or uri.transport == "tls" else 5060))
+
+    def _new_branch(self) -> str:
+        return f"{self._branch_prefix}{next(self._branch_seq):x}"
+
+    def _to_tag(self, request: Request) -> str:
+        via = request.top_via
+        key = f"{request.call_id}|{request.from_tag}|{via.branch}".encode("utf-8", "surrogateescape")
+        return f"{self._tag}-{binascii.crc32(key):08x}"
+
+    # -- MessageSink ---------------------------------------------------------------------------------
+    def message_received(self, message: Request | Response, flow: Flow) -> None:
+        """Entry point for every valid message from the transports."""
+        try:
+            if isinstance(message, Request):
+                self.stats["requests"] += 1
+                self._on_request(message, flow)
+            else:
+                self.stats["responses"] += 1
+                self._on_response(message, flow)
+        except SipValueError as exc:
+            log.info("dropping message from {flow}: {reason}", flow=flow, reason=exc.reason)
+            if isinstance(message, Request) and message.method != "ACK":
+                self._send_stateless(message.make_response(exc.status, exc.reason), flow)
+        except Exception:
+            log.failure("internal error handling message from {flow}", flow=flow)
+        self._arm()
+
+    def flow_closed(self, flow: Flow) -> None:
+        """A connection went away; bindings tied to unreachable flows go with it (RFC 5626 §4.4)."""
+        log.debug("flow closed {flow}", flow=flow)
+
+    # -- timers --------------------------------------------------------------------------------------
+    def _arm(self) -> None:
+        when = self.table.get_timer()
+        timer = self._timer
+        if when is None:
+            if timer is not None and timer.active():
+                timer.cancel()
+            self._timer = None
+            return
+        if timer is not None and timer.active():
+            if timer.getTime() <= when:
+                return
+            timer.cancel()
+        self._timer = self.clock.callLater(max(0.0, when - self.clock.seconds()), self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        try:
+            for tx, action in self.table.handle_timer(self.clock.seconds()):
+                self._run(tx, (action,))
+        except Exception:
+            log.failure("internal error in transaction timers")
+        self._arm()
+
+    def stop(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    # -- executing transaction actions ---------------------------------------------------------------
+    def _run(self, tx: Any, actions: Any) -> None:
+        owner = self._owners.get(tx)
+        for action in actions:
+            if isinstance(action, SendResponse):
+                ctx: ServerContext = owner
+                self._send(response_destination(action.response, ctx.flow), action.response)
+            elif isinstance(action, SendRequest):
+                if owner is not None:
+                    self._send(owner.destination if isinstance(owner, CancelBranch)
+                               else Destination(owner.destination.remote, owner.flow or owner.destination.flow,
+                                                owner.destination.flow_only),
+                               action.request)
+            elif isinstance(action, DeliverResponse):
+                if isinstance(owner, ClientBranch):
+                    self._branch_response(owner, action.response)
+            elif isinstance(action, DeliverRequest):
+                # an ACK for a 2xx that matched the INVITE server transaction (RFC 6026 Accepted):
+                # it is end-to-end, route it like any in-dialog request
+                if owner is not None:
+                    self._route(action.request, owner.flow, None)
+            elif isinstance(action, Timeout):
+                if isinstance(owner, ClientBranch):
+                    self._branch_failed(owner, 408, "Request Timeout")
+            elif isinstance(action, TransportFailure):
+                if isinstance(owner, ClientBranch):
+                    self._branch_failed(owner, 503, "Service Unavailable")
+            elif isinstance(action, Terminated):
+                self._owners.pop(tx, None)
+
+    def _send(self, destination: Destination, message: Request | Response) -> "Deferred[Flow]":
+        d = self.sender.send(destination, message)
+        d.addErrback(self._log_send_failure, destination, message)
+        return d
+
+    def _log_send_failure(self, failure: Failure, destination: Destination, message: Any) -> None:
+        log.info("send to {dest} failed: {why}", dest=destination.remote, why=failure.getErrorMessage())
+
+    def _send_stateless(self, response: Response, flow: Flow) -> None:
+        self._send(response_destination(response, flow), response)
+
+    # -- requests ------------------------------------------------------------------------------------
+    def _on_request(self, request: Request, flow: Flow) -> None:
+        stamp_received(request, flow)
+        if request.method == "CANCEL":
+            self._on_cancel(request, flow)
+            return
+        tx = self.table.match_request(request)
+        if tx is not None:
+            self._run(tx, tx.receive_request(request, self.clock.seconds()))
+            return
+        if request.method == "ACK":
+            self._route(request, flow, None)
+            return
+        ctx = ServerContext(request, flow)
+        if request.method == "INVITE":
+            self._server_tx(ctx)
+        self._route(request, flow, ctx)
+
+    def _server_tx(self, ctx: ServerContext) -> Any:
+        """Create the server transaction of ``ctx`` (at arrival for INVITE, so retransmissions are
+        absorbed while the route runs and 100 Trying goes out at once; at relay time otherwise)."""
+        if ctx.tx is not None:
+            return ctx.tx
+        now = self.clock.seconds()
+        reliable = ctx.flow.remote.reliable
+        if ctx.request.method == "INVITE":
+            tx = ServerInviteTransaction(ctx.request, reliable=reliable, timers=self.timers, now=now,
+                                         auto_100=self.settings.auto_100trying)
+        else:
+            tx = ServerNonInviteTransaction(ctx.request, reliable=reliable, timers=self.timers, now=now)
+        ctx.tx = tx
+        self._owners[tx] = ctx
+        self.table.add(tx)
+        self._run(tx, tx.start(now))
+        return tx
+
+    def _on_cancel(self, cancel: Request, flow: Flow) -> None:
+        """§16.10: answer the CANCEL ourselves, then cancel every pending branch of its INVITE."""
+        inv_tx = self.table.find_invite_for_cancel(cancel)
+        ctx = self._owners.get(inv_tx) if inv_tx is not None else None
+        if ctx is None:
+            self._send_stateless(cancel.make_response(481, to_tag=self._to_tag(cancel)), flow)
+            return
+        self._send_stateless(cancel.make_response(200, to_tag=self._to_tag(cancel)), flow)
+        if ctx.canceled:
+            return
+        ctx.canceled = True
+        ctx.groups = []
+        if ctx.final_sent:
+            return
+        pending = [b for b in ctx.branches if b.final is None]
+        if not pending:
+            # the route has not relayed yet (or everything already failed): end it here
+            self._reply_ctx(ctx, 487, "Request Terminated")
+            return
+        for b in pending:
+            self._cancel_branch(b)
+
+    # -- running route modules -----------------------------------------------------------------------
+    def _route(self, request: Request, flow: Flow, ctx: ServerContext | None) -> None:
+        rr = RouteRequest(request, flow, self, self.route_params)
+        rr._ctx = ctx  # type: ignore[attr-defined]
+        if ctx is not None:
+            ctx.rr = rr
+        self._call_route(rr, self.routes.request_route, (rr,), self._route_done)
+
+    def _call_route(self, rr: RouteRequest, fn: Callable[..., Any], args: tuple, done: Callable[[RouteRequest], None]) -> None:
+        try:
+            result = fn(*args)
+        except Exception:
+            self._route_error(Failure(), rr)
+            return
+        if _is_coroutine(result) or isinstance(result, Deferred):
+            d = ensureDeferred(result) if _is_coroutine(result) else result
+            d.addCallbacks(lambda _: done(rr), self._route_error, errbackArgs=(rr,))
+            d.addBoth(self._after_async)
+        else:
+            done(rr)
+
+    def _after_async(self, result: Any) -> Any:
+        self._arm()
+        return None
+
+    def _route_done(self, rr: RouteRequest) -> None:
+        if rr.replied or rr.relayed or rr.request.method == "ACK":
+            return
+        ctx = getattr(rr, "_ctx", None)
+        if ctx is not None and ctx.canceled:
+            return
+        log.warn("route {route} neither replied nor relayed {method} {call_id}; answering {status}",
+                 route=self.routes.name, method=rr.request.method, call_id=rr.request.call_id,
+                 status=self.settings.no_reply_status)
+        self.reply(rr, self.settings.no_reply_status, None, True)
+
+    def _route_error(self, failure: Failure, rr: RouteRequest) -> None:
+        if failure.check(SIPError):
+            err: SIPError = failure.value  # type: ignore[assignment]
+            if not rr.replied and rr.request.method != "ACK":
+                self.reply(rr, err.code, err.reason, True)
+            return
+        self.stats["route_errors"] += 1
+        log.failure("route {route} raised on {method} {call_id}", failure, route=self.routes.name,
+                    method=rr.request.method, call_id=rr.request.call_id)
+        if not rr.replied and rr.request.method != "ACK":
+            self.reply(rr, 500, "Server Internal Error", True)
+
+    # -- RouteActions: replies -----------------------------------------------------------------------
+    def reply(self, rr: RouteRequest, code: int, reason: str | None, stateful: bool) -> None:
+        request = rr.request
+        if request.method == "ACK" or rr.replied:
+            return
+        rr.replied = True
+        self.stats["replied"] += 1
+        response = request.make_response(code, reason, to_tag=self._to_tag(request))
+        if 300 <= code < 400:
+            targets = ([] if not rr.ruri_changed else [request.uri]) + [b.uri for b in rr.branches]
+            if targets:
+                response.headers.add("Contact", ", ".join(f"<{t}>" for t in targets))
+        ctx: ServerContext | None = getattr(rr, "_ctx", None)
+        if ctx is not None and (ctx.tx is not None or stateful):
+            self._respond(ctx, response)
+        else:
+            self._send_stateless(response, rr.source)
+
+    def _reply_ctx(self, ctx: ServerContext, code: int, reason: str | None) -> None:
+        if ctx.rr is not None:
+            ctx.rr.replied = True
+        self._respond(ctx, ctx.request.make_response(code, reason, to_tag=self._to_tag(ctx.request)))
+
+    def _respond(self, ctx: ServerContext, response: Response) -> None:
+        """Send a response through the server transaction (creating it if needed)."""
+        tx = self._server_tx(ctx)
+        if response.status >= 200:
+            ctx.final_sent = True
+        self._run(tx, tx.send_response(response, self.clock.seconds()))
+
+    # -- RouteActions: location ----------------------------------------------------------------------
+    def lookup(self, rr: RouteRequest, table: str, flags: str, aor: str | None) -> "Deferred[LookupResult]":
+        try:
+            uri = parse_uri(aor if aor.startswith(("sip:", "sips:")) else f"sip:{aor}") if aor else rr.request.uri
+        except SipValueError:
+            return succeed(LookupResult.ERROR)
+        if not isinstance(uri, SipURI):
+            return succeed(LookupResult.NOT_FOUND)
+        key = aor_of(uri, self.registrar.settings.use_domain)
+        method = rr.request.method if "m" in flags else None
+        d = maybeDeferred(self.location.lookup, key, method)
+
+        def found(result: tuple[LookupResult, list[Any]]) -> LookupResult:
+            code, bindings = result
+            if code != LookupResult.FOUND or not bindings:
+                return code if code != LookupResult.FOUND else LookupResult.NOT_FOUND
+            first, *rest = bindings
+            rr.request.uri = first.uri
+            rr.ruri_changed = True
+            rr.ruri_branch = self._binding_branch(first)
+            for b in rest:
+                rr.branches.append(self._binding_branch(b))
+            return LookupResult.FOUND
+
+        def failed(failure: Failure) -> LookupResult:
+            log.failure("lookup of {aor} failed", failure, aor=key)
+            return LookupResult.ERROR
+
+        return d.addCallbacks(found, failed)
+
+    def _binding_branch(self, binding: Any) -> Branch:
+        uri, destination, path = binding_destination(binding)
+        return Branch(uri, path=tuple(path), q=binding.q, destination=destination, binding=binding)
+
+    def save(self, rr: RouteRequest, table: str, flags: str) -> "Deferred[bool]":
+        request = rr.request
+        d = maybeDeferred(self.registrar.save, request, rr.source, nat=getattr(rr, "nat", False))
+
+        def saved(response: Response) -> bool:
+            if "r" not in flags and not rr.replied:
+                rr.replied = True
+                self.stats["replied"] += 1
+                if response.status >= 200 and request.to_tag is None:
+                    self._add_to_tag(response, request)
+                self._send_stateless(response, rr.source)
+            return response.status == 200
+
+        def failed(failure: Failure) -> bool:
+            log.failure("save() failed for {call_id}", failure, call_id=request.call_id)
+            if not rr.replied:
+                self.reply(rr, 500, "Server Internal Error", False)
+            return False
+
+        return d.addCallbacks(saved, failed)
+
+    def _add_to_tag(self, response: Response, request: Request) -> None:
+        to = response.headers.get("to")
+        if to is not None and "tag=" not in to.lower():
+            response.headers.set("To", f"{to};tag={self._to_tag(request)}")
+
+    # -- RouteActions: routing -----------------------------------------------------------------------
+    def loose_route(self, rr: RouteRequest) -> bool:
+        """§16.4 and OpenSIPS ``loose_route()``: pop the Route values that are this node; True when
+        the request is routed by its route set."""
+        request = rr.request
+        uri = request.uri
+        if self._is_my_uri(uri) and isinstance(uri, SipURI) and uri.user is None and request.routes:
+            # the previous hop was a strict router: the R-URI is our Record-Route URI (§16.4)
+            values = request.headers.values("route")
+            last = request.routes[-1]
+            request.headers.remove("route")
+            if len(values) > 1:
+                request.headers.add("Route", ", ".join(values[:-1]))
+            request.uri = last.uri
+            return True
+        routes = request.routes
+        if not routes:
+            return False
+        popped = 0
+        while routes and self._is_my_uri(routes[0].uri):
+            request.headers.pop_first_value("route")
+            routes = request.routes
+            popped += 1
+        if popped and not routes and request.to_tag is None:
+            return False  # a pre-loaded Route to us on an initial request: route it normally
+        return True
+
+    def relay(self, rr: RouteRequest) -> bool:
+        request = rr.request
+        ctx: ServerContext | None = getattr(rr, "_ctx", None)
+        if rr.replied or (rr.relayed and (ctx is None or not ctx.failure_running)):
+            return False
+        if request.max_forwards == 0:
+            self.reply(rr, 483, "Too Many Hops", False)
+            return True
+        targets = self._targets(rr)
+        if not targets:
+            return False
+        if request.method == "ACK":
+            rr.relayed = True
+            return self._forward_stateless(rr, targets[0])
+        if ctx is None:
+            ctx = ServerContext(request, rr.source)
+            rr._ctx = ctx  # type: ignore[attr-defined]
+            ctx.rr = rr
+        if ctx.canceled:
+            return False
+        self._server_tx(ctx)
+        rr.relayed = True
+        self.stats["relayed"] += 1
+        groups: dict[float, list[Branch]] = {}
+        for t in targets:
+            groups.setdefault(1.0 if t.q is None else t.q, []).append(t)
+        ctx.groups = [groups[q] for q in sorted(groups, reverse=True)]
+        rr.branches = []
+        rr.ruri_branch = None
+        self._start_group(ctx)
+        return True
+
+    def _targets(self, rr: RouteRequest) -> list[Branch]:
+        first = rr.ruri_branch or Branch(rr.request.uri, dst_uri=rr.dst_uri)
+        if rr.ruri_branch is None and rr.dst_uri is not None:
+            first.dst_uri = rr.dst_uri
+        return [first, *rr.branches]
+
+    def _next_hop(self, request: Request, target: Branch) -> Destination:
+        if target.destination is not None:
+            return target.destination
+        if target.dst_uri is not None:
+            return uri_destination(target.dst_uri)
+        routes = request.routes
+        if routes:
+            top = routes[0].uri
+            if isinstance(top, SipURI):
+                return uri_destination(top)
+        if not isinstance(target.uri, SipURI):
+            raise SendError("Unsupported URI Scheme", 416)
+        return uri_destination(target.uri)
+
+    def _start_group(self, ctx: ServerContext) -> None:
+        group = ctx.groups.pop(0)
+        for target in group:
+            self._start_branch(ctx, target)
+        self._check_done(ctx)
+
+    def _prepare(self, request: Request, target: Branch, rr: RouteRequest | None, in_flow: Flow,
+                 branch: str) -> tuple[Request, Destination]:
+        """§16.6 steps 1-8 for one target: copy, Request-URI, Max-Forwards, Record-Route, Route
+        (Path), next hop, Via."""
+        fwd = request.copy()
+        if str(target.uri) != request.uri_text:
+            fwd.uri = target.uri
+        mf = fwd.max_forwards
+        fwd.max_forwards = (mf - 1) if mf is not None else self.settings.max_forwards_default
+        for p in reversed(target.path):
+            fwd.headers.push("Route", p)
+        destination = self._next_hop(fwd, target)
+        local = self.sender.local_endpoint(destination.remote.transport, destination.remote)
+        if local is None:
+            raise SendError(f"no {destination.remote.transport} listener", 503)
+        if rr is not None and rr.record_routed and fwd.method not in ("REGISTER", "ACK", "CANCEL"):
+            inbound = in_flow.local
+            if self.settings.record_route_double and inbound != local:
+                fwd.headers.push("Record-Route", _rr_uri(inbound))
+            fwd.headers.push("Record-Route", _rr_uri(local))
+        fwd.push_via(f"SIP/2.0/{local.transport} {local.hostport};branch={branch}")
+        return fwd, destination
+
+    def _start_branch(self, ctx: ServerContext, target: Branch) -> None:
+        now = self.clock.seconds()
+        try:
+            fwd, destination = self._prepare(ctx.request, target, ctx.rr, ctx.flow, self._new_branch())
+        except (SendError, SipValueError) as exc:
+            cb = ClientBranch(ctx, target, ctx.request, Destination(Endpoint("UDP", "0.0.0.0", 0)))
+            ctx.branches.append(cb)
+            cb.final = ctx.request.make_response(exc.status, exc.reason)
+            return
+        cb = ClientBranch(ctx, target, fwd, destination)
+        ctx.branches.append(cb)
+        if ctx.rr is not None and ctx.rr.branch_route is not None:
+            try:
+                ctx.rr.branch_route(ctx.rr, fwd)
+            except Exception:
+                log.failure("branch_route raised")
+        reliable = destination.remote.reliable
+        if fwd.method == "INVITE":
+            tx = ClientInviteTransaction(fwd, reliable=reliable, timers=self.timers, now=now)
+        else:
+            tx = ClientNonInviteTransaction(fwd, reliable=reliable, timers=self.timers, now=now)
+        cb.tx = tx
+        self._owners[tx] = cb
+        self.table.add(tx)
+        actions = tx.start(now)
+        for action in actions:
+            if isinstance(action, SendRequest):
+                d = self.sender.send(destination, action.request)
+                d.addCallbacks(self._branch_sent, self._branch_send_failed, callbackArgs=(cb,), errbackArgs=(cb,))
+            else:
+                self._run(tx, (action,))
+
+    def _branch_sent(self, flow: Flow, cb: ClientBranch) -> None:
+        cb.flow = flow
+
+    def _branch_send_failed(self, failure: Failure, cb: ClientBranch) -> None:
+        err = failure.value
+        status = err.status if isinstance(err, SendError) else 503
+        reason = err.reason if isinstance(err, SendError) else "Service Unavailable"
+        log.info("branch to {dest} failed: {why}", dest=cb.destination.remote, why=failure.getErrorMessage())
+        if cb.tx is not None and cb.final is None:
+            self._run(cb.tx, cb.tx.transport_error(self.clock.seconds()))
+        if cb.final is None:
+            self._branch_failed(cb, status, reason)
+        self._arm()
+
+    def _forward_stateless(self, rr: RouteRequest, target: Branch) -> bool:
+        """§16.11: forward without state (ACK for 2xx): the branch is derived from the incoming one so
+        a retransmission gets the same branch."""
+        incoming = rr.request.top_via.branch or rr.request.call_id
+        branch = f"z9hG4bK{self._tag}s{binascii.crc32(incoming.encode('utf-8', 'surrogateescape')):08x}"
+        try:
+            fwd, destination = self._prepare(rr.request, target, rr, rr.source, branch)
+        except (SendError, SipValueError) as exc:
+            log.info("stateless forward failed: {why}", why=exc)
+            return False
+        self._send(destination, fwd)
+        return True
+
+    # -- responses -----------------------------------------------------------------------------------
+    def _on_response(self, response: Response, flow: Flow) -> None:
+        tx = self.table.match_response(response)
+        if tx is None:
+            self._stray_response(response)
+            return
+        self._run(tx, tx.receive_response(response, self.clock.seconds()))
+
+    def _stray_response(self, response: Response) -> None:
+        """A response matching no transaction (§16.7 step 1 / §18.1.2): forward it statelessly when
+        it carries our Via (a 2xx retransmission after our transaction ended), else drop it."""
+        via = response.top_via
+        if not (via.branch or "").startswith(self._branch_prefix):
+            log.debug("dropping stray response {status} {call_id}", status=response.status,
+                      call_id=response.call_id)
+            return
+        out = response.copy()
+        out.pop_via()
+        if not out.headers.get("via"):
+            return
+        self._send(response_destination(out, None), out)
+
+    def _branch_response(self, cb: ClientBranch, response: Response) -> None:
+        ctx = cb.ctx
+        status = response.status
+        rr = ctx.rr
+        if rr is not None:
+            hook = rr.reply_route or self.routes.onreply_route
+            if hook is not None:
+                try:
+                    hook(rr, response)
+                except Exception:
+                    log.failure("onreply_route raised")
+        if status < 200:
+            cb.provisional = True
+            if cb.cancel_wanted:
+                self._cancel_branch(cb)
+            if status == 100 or ctx.final_sent:
+                return
+            self._forward_response(ctx, response)
+            return
+        cb.final = response
+        if status < 300:
+            if ctx.request.method == "INVITE" or not ctx.final_sent:
+                self._forward_response(ctx, response)
+                ctx.final_sent = True
+            ctx.groups = []
+            for other in ctx.branches:
+                if other is not cb and other.final is None:
+                    self._cancel_branch(other)
+            return
+        if status >= 600:
+            ctx.groups = []
+            for other in ctx.branches:
+                if other is not cb and other.final is None:
+                    self._cancel_branch(other)
+        self._check_done(ctx)
+
+    def _branch_failed(self, cb: ClientBranch, status: int, reason: str) -> None:
+        """Timer B/C/F or a transport error ended a branch: it counts as ``status`` (§16.7 step 6,
+        §16.8)."""
+        if cb.final is not None:
+            return
+        if status == 408 and cb.provisional and cb.request.method == "INVITE":
+            self._cancel_branch(cb)  # §16.8: timer C fired, CANCEL the branch
+        cb.final = cb.request.make_response(status, reason)
+        self._check_done(cb.ctx)
+
+    def _check_done(self, ctx: ServerContext) -> None:
+        if ctx.final_sent or ctx.failure_running:
+            return
+        if any(b.final is None for b in ctx.branches):
+            return
+        if ctx.groups and not ctx.canceled:
+            self._start_group(ctx)
+            return
+        finals = [b.final for b in ctx.branches if b.final is not None]
+        if not finals:
+            return
+        best = _best_response(finals)
+        rr = ctx.rr
+        failure = (rr.failure_route if rr is not None else None) or self.routes.failure_route
+        if failure is not None and rr is not None and not ctx.canceled:
+            ctx.failure_running = True
+            rr.reply = best
+            rr.reply_code = best.status
+            rr.replied = False
+            before = len(ctx.branches)
+
+            def done(rr: RouteRequest) -> None:
+                ctx.failure_running = False
+                if rr.replied or len(ctx.branches) > before:
+                    return
+                self._forward_best(ctx, best)
+
+            rr.failure_route = None  # one shot, as t_on_failure in OpenSIPS
+            self._call_route(rr, failure, (rr,), done)
+            return
+        self._forward_best(ctx, best)
+
+    def _forward_best(self, ctx: ServerContext, best: Response) -> None:
+        out = best
+        if best.status == 503:
+            out = best.copy()
+            out.status, out.reason = 500, "Server Internal Error"  # §16.7 step 6
+        if best.status in (401, 407):
+            out = _merge_challenges(ctx, best)
+        self._forward_response(ctx, out)
+
+    def _forward_response(self, ctx: ServerContext, response: Response) -> None:
+        """§16.7 steps 9-10: drop our Via and send through the server transaction."""
+        out = response.copy()
+        out.pop_via()
+        if not out.headers.get("via"):
+            return
+        self._respond(ctx, out)
+
+    def _cancel_branch(self, cb: ClientBranch) -> None:
+        """§9.1 / §16.10: CANCEL a pending INVITE branch once it has had a provisional response."""
+        if cb.final is not None or cb.cancel_sent or cb.request.method != "INVITE" or cb.tx is None:
+            return
+        if not cb.provisional:
+            cb.cancel_wanted = True
+            return
+        cb.cancel_sent = True
+        inv = cb.request
+        h = Headers()
+        h.add("Via", inv.headers.values("via")[0])
+        for name in ("route",):
+            for v in inv.headers.get_all(name):
+                h.add("Route", v)
+        h.add("Max-Forwards", "70")
+        h.add("From", inv.headers.get("from") or "")
+        h.add("To", inv.headers.get("to") or "")
+        h.add("Call-ID", inv.call_id)
+        h.add("CSeq", f"{inv.cseq.number} CANCEL")
+        cancel = Request("CANCEL", inv.uri_text, h)
+        destination = Destination(cb.destination.remote, cb.flow or cb.destination.flow, cb.destination.flow_only)
+        now = self.clock.seconds()
+        tx = ClientNonInviteTransaction(cancel, reliable=destination.remote.reliable, timers=self.timers, now=now)
+        self._owners[tx] = CancelBranch(destination)
+        self.table.add(tx)
+        self._run(tx, tx.start(now))
+
+
+def _rr_uri(local: Endpoint) -> str:
+    transport = "" if local.transport == "UDP" else f";transport={local.transport.lower()}"
+    return f"<sip:{local.hostport}{transport};lr>"
+
+
+def _merge_challenges(ctx: ServerContext, best: Response) -> Response:
+    """§16.7 step 7: a 401/407 upstream carries every challenge the branches got."""
+    out = best.copy()
+    for b in ctx.branches:
+        if b.final is None or b.final is best or b.final.status not in (401, 407):
+            continue
+        for name in ("WWW-Authenticate", "Proxy-Authenticate"):
+            for v in b.final.headers.get_all(name):
+                out.headers.add(name, v)
+    return out
+

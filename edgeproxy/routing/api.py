@@ -1,0 +1,291 @@
+"""The route-module API: what an OpenSIPS route block says, as Python.
+
+A route module is a plain Python module defining ``request_route(msg)`` and optionally
+``onreply_route(msg, reply)``, ``failure_route(msg)`` and ``branch_route(msg, branch)``; each may be
+``def`` or ``async def`` (then it may ``await`` Deferreds such as :meth:`RouteRequest.lookup`).
+``msg`` is a :class:`RouteRequest`, which speaks OpenSIPS's vocabulary:
+
+======================================  ====================================================
+OpenSIPS                                edgeproxy
+======================================  ====================================================
+``$si`` / ``$sp`` / ``$proto``           ``msg.source_ip`` / ``msg.source_port`` / ``msg.proto``
+``$rm`` ``$ru`` ``$rU`` ``$rd``          ``msg.method`` ``msg.ruri`` ``msg.ruri_user`` ``msg.ruri_domain``
+``$tU`` ``$td`` ``$fU`` ``$fd``          ``msg.to_user`` ``msg.to_domain`` ``msg.from_user`` ``msg.from_domain``
+``$du``                                  ``msg.dst_uri``
+``$branch = "sip:..."``                  ``msg.append_branch("sip:...")``
+``lookup("location", "m")``              ``await msg.lookup("location", "m")`` → LookupResult
+``save("location")``                     ``await msg.save("location")``
+``t_relay()``                            ``msg.t_relay()`` → bool
+``sl_send_reply(404, "Not Here")``       ``msg.sl_send_reply(404, "Not Here")``
+``send_reply(302, "Moved")``             ``msg.send_reply(302, "Moved")`` (3xx: branches become Contact)
+``record_route()`` ``loose_route()``     ``msg.record_route()`` ``msg.loose_route()``
+``has_totag()`` ``is_method("INVITE")``  ``msg.has_totag()`` ``msg.is_method("INVITE")``
+``t_on_failure("x")``                    ``msg.t_on_failure(x)`` (a function, checked at load time)
+``xlog("...")``                          ``msg.log("...")``
+======================================  ====================================================
+
+``raise SIPError(403, "Forbidden")`` anywhere in a route replies with that status.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from ..location import LookupResult
+from ..sip.message import Request, Response
+from ..sip.uri import SipURI, URI, parse_uri
+
+if TYPE_CHECKING:  # pragma: no cover
+    pass
+
+__all__ = ["SIPError", "RouteRequest", "RouteActions", "LookupResult", "Branch"]
+
+_log = Logger(namespace="edgeproxy.route")
+
+
+class SIPError(Exception):
+    """Raised by a route to answer the request with ``code`` and ``reason`` and stop routing."""
+
+    def __init__(self, code: int, reason: str | None = None) -> None:
+        super().__init__(f"{code} {reason or ''}".strip())
+        self.code = code
+        self.reason = reason
+
+
+class Branch:
+    """One target of the destination set (OpenSIPS ``$branch``): a Request-URI, an optional
+    next hop (``$du``), the Path route set of the binding it came from, and its ``q``."""
+
+    __slots__ = ("uri", "dst_uri", "path", "q", "destination", "binding")
+
+    def __init__(self, uri: URI, dst_uri: SipURI | None = None, path: tuple[str, ...] = (),
+                 q: float | None = None, destination: Any = None, binding: Any = None) -> None:
+        self.uri = uri
+        self.dst_uri = dst_uri
+        self.path = path
+        self.q = q
+        self.destination = destination
+        self.binding = binding
+
+    def __repr__(self) -> str:
+        return f"<Branch {self.uri} q={self.q}>"
+
+
+class RouteActions(Protocol):
+    """What the proxy core provides behind a :class:`RouteRequest` (implemented by the node)."""
+
+    def relay(self, rr: "RouteRequest") -> bool: ...
+    def reply(self, rr: "RouteRequest", code: int, reason: str | None, stateful: bool) -> None: ...
+    def lookup(self, rr: "RouteRequest", table: str, flags: str, aor: str | None) -> "Deferred[LookupResult]": ...
+    def save(self, rr: "RouteRequest", table: str, flags: str) -> "Deferred[bool]": ...
+    def loose_route(self, rr: "RouteRequest") -> bool: ...
+    def is_myself(self, host: str, port: int | None = None) -> bool: ...
+
+
+def _coerce_uri(uri: URI | str) -> URI:
+    return parse_uri(uri) if isinstance(uri, str) else uri
+
+
+class RouteRequest:
+    """The request as a route module sees it, with the verbs of the OpenSIPS script.
+
+    It wraps the parsed :class:`~edgeproxy.sip.Request` (``msg.request``) and the per-request routing
+    state: the destination set, Record-Route flag, armed failure/reply routes and whether a final
+    answer was given. Route code can be unit-tested by building one over a fake
+    :class:`RouteActions` (see ``tests/test_route_default.py``).
+    """
+
+    def __init__(self, request: Request, source: Any, actions: RouteActions, params: dict[str, Any] | None = None) -> None:
+        self.request = request
+        self.source = source  # a Flow: where the request came from
+        self._actions = actions
+        self.params: dict[str, Any] = params if params is not None else {}
+        self.ruri_changed = False
+        self.branches: list[Branch] = []
+        self.dst_uri: SipURI | None = None
+        self.ruri_branch: Branch | None = None  # set by lookup(): the R-URI's own target data
+        self.record_routed = False
+        self.failure_route: Callable[..., Any] | None = None
+        self.reply_route: Callable[..., Any] | None = None
+        self.branch_route: Callable[..., Any] | None = None
+        self.replied = False
+        self.relayed = False
+        self.reply_code: int | None = None  # in failure_route: the winning reply's status
+        self.reply: Response | None = None  # in failure_route: the winning reply
+
+    # -- pseudo-variables --------------------------------------------------------------------------
+    @property
+    def method(self) -> str:
+        return self.request.method
+
+    @property
+    def source_ip(self) -> str:
+        return self.source.remote.host
+
+    si = source_ip
+
+    @property
+    def source_port(self) -> int:
+        return self.source.remote.port
+
+    sp = source_port
+
+    @property
+    def proto(self) -> str:
+        """``udp``, ``tcp``, ``tls``, ``ws``, ``wss`` (OpenSIPS ``$proto``)."""
+        return self.source.remote.transport.lower()
+
+    @property
+    def ruri(self) -> URI:
+        return self.request.uri
+
+    @ruri.setter
+    def ruri(self, value: URI | str) -> None:
+        self.request.uri = _coerce_uri(value)
+        self.ruri_changed = True
+        self.ruri_branch = None
+
+    @property
+    def ruri_user(self) -> str | None:
+        u = self.request.uri
+        return u.user if isinstance(u, SipURI) else None
+
+    rU = ruri_user
+
+    @property
+    def ruri_domain(self) -> str | None:
+        u = self.request.uri
+        return u.host if isinstance(u, SipURI) else None
+
+    rd = ruri_domain
+
+    @property
+    def to_user(self) -> str | None:
+        u = self.request.to.uri
+        return u.user if isinstance(u, SipURI) else None
+
+    tU = to_user
+
+    @property
+    def to_domain(self) -> str | None:
+        u = self.request.to.uri
+        return u.host if isinstance(u, SipURI) else None
+
+    td = to_domain
+
+    @property
+    def from_user(self) -> str | None:
+        u = self.request.from_.uri
+        return u.user if isinstance(u, SipURI) else None
+
+    fU = from_user
+
+    @property
+    def from_domain(self) -> str | None:
+        u = self.request.from_.uri
+        return u.host if isinstance(u, SipURI) else None
+
+    fd = from_domain
+
+    @property
+    def call_id(self) -> str:
+        return self.request.call_id
+
+    def header(self, name: str) -> str | None:
+        """The first value of a header (OpenSIPS ``$hdr(name)``)."""
+        return self.request.headers.get(name)
+
+    # -- tests -------------------------------------------------------------------------------------
+    def is_method(self, methods: str) -> bool:
+        """``is_method("INVITE|BYE")``."""
+        return self.request.method in methods.split("|")
+
+    def has_totag(self) -> bool:
+        return self.request.to_tag is not None
+
+    def is_myself(self, uri_or_host: URI | str | None = None) -> bool:
+        """Whether a URI (default: the Request-URI) points at this node (OpenSIPS ``uri == myself``)."""
+        target = self.request.uri if uri_or_host is None else uri_or_host
+        if isinstance(target, SipURI):
+            return self._actions.is_myself(target.host, target.port)
+        if isinstance(target, str):
+            return self._actions.is_myself(target, None)
+        return False
+
+    # -- verbs -------------------------------------------------------------------------------------
+    def append_branch(self, uri: URI | str | None = None, q: float | None = None) -> None:
+        """Add a target to the destination set (OpenSIPS ``append_branch()`` / ``$branch = uri``);
+        without ``uri``, the current Request-URI is added."""
+        self.branches.append(Branch(_coerce_uri(uri) if uri is not None else self.request.uri, q=q))
+
+    def set_dst(self, uri: SipURI | str) -> None:
+        """Force the next hop (``$du``) of the Request-URI's branch."""
+        parsed = _coerce_uri(uri)
+        if not isinstance(parsed, SipURI):
+            raise SIPError(416)
+        self.dst_uri = parsed
+
+    def record_route(self) -> None:
+        """Add Record-Route with ``lr`` on the forwarded request (double when the request changes
+        transport or interface, as OpenSIPS's ``enable_double_rr``)."""
+        self.record_routed = True
+
+    def loose_route(self) -> bool:
+        """Process the Route header (RFC 3261 §16.4): pop the Route entries that are this node and
+        return True when the request is routed by Route/Record-Route (an in-dialog request)."""
+        return self._actions.loose_route(self)
+
+    def lookup(self, table: str = "location", flags: str = "", aor: str | None = None) -> "Deferred[LookupResult]":
+        """Look the Request-URI (or ``aor``) up in the location table; on FOUND the Request-URI and
+        the branch set point at the contacts. Fires with a :class:`LookupResult` (1, -1, -2, -3)."""
+        return self._actions.lookup(self, table, flags, aor)
+
+    def save(self, table: str = "location", flags: str = "") -> "Deferred[bool]":
+        """Store the REGISTER's bindings and reply to it (OpenSIPS ``save()``)."""
+        return self._actions.save(self, table, flags)
+
+    def t_relay(self) -> bool:
+        """Relay statefully to the destination set (RFC 3261 §16.6); False when nothing could be
+        sent (then reply with :meth:`sl_reply_error` or your own reply)."""
+        return self._actions.relay(self)
+
+    def sl_send_reply(self, code: int, reason: str | None = None) -> None:
+        """Reply statelessly (OpenSIPS ``sl_send_reply``)."""
+        self._actions.reply(self, code, reason, False)
+
+    def send_reply(self, code: int, reason: str | None = None) -> None:
+        """Reply, statefully when a transaction exists (OpenSIPS ``send_reply``); a 3xx carries the
+        destination set as Contact, as OpenSIPS prints ``$branch``."""
+        self._actions.reply(self, code, reason, True)
+
+    t_reply = send_reply
+
+    def sl_reply_error(self) -> None:
+        """Reply 500 after a failed verb (OpenSIPS ``sl_reply_error``)."""
+        self._actions.reply(self, 500, "Server Internal Error", False)
+
+    def t_on_failure(self, route: Callable[..., Any]) -> None:
+        self.failure_route = route
+
+    def t_on_reply(self, route: Callable[..., Any]) -> None:
+        self.reply_route = route
+
+    def t_on_branch(self, route: Callable[..., Any]) -> None:
+        self.branch_route = route
+
+    def log(self, text: str, level: str = "info") -> None:
+        """``xlog``: one log line tagged with the Call-ID."""
+        getattr(_log, level if level in ("debug", "info", "warn", "error") else "info")(
+            "{call_id} {text}", call_id=self.request.call_id, text=text
+        )
+
+    xlog = log
+
+    def __repr__(self) -> str:
+        return f"<RouteRequest {self.request.method} {self.request.uri_text} from {self.source}>"
+
+
+Route = Callable[..., "Awaitable[Any] | Any"]

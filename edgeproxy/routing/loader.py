@@ -1,0 +1,81 @@
+"""Loading a route module from a file path or a dotted name, failing at load time, not at 3 a.m."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import os
+import sys
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any, Callable
+
+__all__ = ["RouteModule", "RouteLoadError", "load_route_module", "DEFAULT_ROUTE"]
+
+DEFAULT_ROUTE = "routes.default"
+
+
+class RouteLoadError(Exception):
+    """The route module cannot be used; the message names the module and the problem."""
+
+
+@dataclass(frozen=True)
+class RouteModule:
+    """The route functions of a module: ``request_route`` is required, the others optional."""
+
+    name: str
+    module: ModuleType
+    request_route: Callable[..., Any]
+    onreply_route: Callable[..., Any] | None = None
+    failure_route: Callable[..., Any] | None = None
+    branch_route: Callable[..., Any] | None = None
+    setup: Callable[..., Any] | None = None
+
+
+def _import(spec: str) -> ModuleType:
+    if spec.endswith(".py") or os.sep in spec or os.path.exists(spec):
+        path = os.path.abspath(spec)
+        if not os.path.isfile(path):
+            raise RouteLoadError(f"route module {spec!r}: no such file")
+        name = "edgeproxy_route_" + os.path.splitext(os.path.basename(path))[0]
+        loader_spec = importlib.util.spec_from_file_location(name, path)
+        if loader_spec is None or loader_spec.loader is None:
+            raise RouteLoadError(f"route module {spec!r}: cannot be loaded")
+        module = importlib.util.module_from_spec(loader_spec)
+        sys.modules[name] = module
+        loader_spec.loader.exec_module(module)
+        return module
+    return importlib.import_module(spec)
+
+
+def _arity_ok(fn: Callable[..., Any], n: int) -> bool:
+    try:
+        inspect.signature(fn).bind(*range(n))
+    except TypeError:
+        return False
+    return True
+
+
+def load_route_module(spec: str | None) -> RouteModule:
+    """Import ``spec`` (``path/to/routes.py`` or ``package.module``; empty → ``routes.default``) and
+    check its route functions' signatures."""
+    spec = spec or DEFAULT_ROUTE
+    try:
+        module = _import(spec)
+    except RouteLoadError:
+        raise
+    except Exception as exc:  # the user's module failed while importing
+        raise RouteLoadError(f"route module {spec!r}: {type(exc).__name__}: {exc}") from exc
+    fns: dict[str, Any] = {}
+    for name, arity in (("request_route", 1), ("onreply_route", 2), ("failure_route", 1),
+                        ("branch_route", 2), ("setup", 1)):
+        fn = getattr(module, name, None)
+        if fn is None:
+            continue
+        if not callable(fn) or not _arity_ok(fn, arity):
+            raise RouteLoadError(f"route module {spec!r}: {name} must be a function of {arity} argument(s)")
+        fns[name] = fn
+    if "request_route" not in fns:
+        raise RouteLoadError(f"route module {spec!r}: defines no request_route(msg)")
+    return RouteModule(spec, module, **fns)

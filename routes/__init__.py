@@ -1,0 +1,1 @@
+"""Route modules shipped with edgeproxy: default (registrar + proxy) and the seed variants."""

@@ -1,0 +1,49 @@
+"""The default route: a registrar and stateful proxy, as OpenSIPS's stock ``opensips.cfg`` does.
+
+    route {
+        if (!mf_process_maxfwd_header(10)) { sl_send_reply(483, "Too Many Hops"); exit; }
+        if (has_totag()) {
+            if (loose_route()) { t_relay(); exit; }
+            if (is_method("ACK")) { if (t_check_trans()) t_relay(); exit; }
+            sl_send_reply(404, "Not here"); exit;
+        }
+        if (!is_myself("$rd")) { record_route(); t_relay(); exit; }   # (we refuse to be an open relay)
+        if (is_method("REGISTER")) { save("location"); exit; }
+        lookup("location", "m");  switch ($retcode) { ... }
+        record_route(); t_relay();
+    }
+"""
+
+from edgeproxy.routing import LookupResult
+
+
+async def request_route(msg):
+    if msg.has_totag():
+        # in-dialog requests follow the route set recorded at dialog creation
+        if msg.loose_route():
+            msg.t_relay()
+        elif msg.is_method("ACK"):
+            pass  # an ACK that matches no transaction and carries no route: nothing to do
+        else:
+            msg.sl_send_reply(404, "Not here")
+        return
+
+    if not msg.is_myself():
+        msg.sl_send_reply(403, "Relaying Forbidden")
+        return
+
+    if msg.is_method("REGISTER"):
+        await msg.save("location")
+        return
+
+    code = await msg.lookup("location", "m")
+    if code == LookupResult.NOT_FOUND or code == LookupResult.ERROR:
+        msg.sl_send_reply(404, "Not Found")
+        return
+    if code == LookupResult.METHOD_NOT_ALLOWED:
+        msg.sl_send_reply(405, "Method Not Allowed")
+        return
+
+    msg.record_route()
+    if not msg.t_relay():
+        msg.sl_reply_error()
