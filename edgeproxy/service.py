@@ -1,0 +1,144 @@
+"""Twisted glue: build a running node from a :class:`~edgeproxy.config.Config`.
+
+``make_service(config)`` returns a ``MultiService`` whose start opens the listeners and whose stop
+closes them and cancels every timer; ``twistd edgeproxy`` (see :mod:`edgeproxy.tap`) is a thin shell
+around it, and tests call :func:`build_node` directly to run a node inside their reactor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.application import service
+from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
+from twisted.internet.interfaces import IReactorCore
+from twisted.logger import Logger
+
+from .config import Config
+from .location import InMemoryLocation
+from .proxy.node import Node, ProxySettings
+from .registrar import Registrar, RegistrarSettings
+from .routing.loader import load_route_module
+from .sip.parser import Limits
+from .transaction import TimerSettings
+from .transport import TransportManager, parse_listen
+
+__all__ = ["make_service", "build_node", "RunningNode", "NodeService"]
+
+log = Logger(namespace="edgeproxy.service")
+
+
+@dataclass
+class RunningNode:
+    """The parts of one node, for tests and for the service."""
+
+    node: Node
+    transports: TransportManager
+    location: InMemoryLocation
+    registrar: Registrar
+
+    @inlineCallbacks
+    def start(self, listen: list[str], advertise: str = "") -> Any:
+        for spec in listen:
+            endpoint = parse_listen(spec)
+            yield self.transports.listen(endpoint)
+        for ep in self.transports.local_endpoints():
+            self.node.add_local_endpoint(ep)
+        if advertise:
+            for ep in self.transports.local_endpoints():
+                self.node.add_local_endpoint(type(ep)(ep.transport, advertise, ep.port))
+
+    @inlineCallbacks
+    def stop(self) -> Any:
+        self.node.stop()
+        self.location.stop()
+        yield self.transports.stop()
+
+
+def build_node(config: Config, reactor: Any = None) -> RunningNode:
+    """Wire transports, location, registrar, route module and proxy for ``config``."""
+    if reactor is None:
+        from twisted.internet import reactor as default_reactor
+
+        reactor = default_reactor
+    routes = load_route_module(config.node.route)
+    location = InMemoryLocation(reactor)
+    reg = config.registrar
+    registrar = Registrar(
+        location,
+        RegistrarSettings(
+            default_expires=reg.default_expires,
+            min_expires=reg.min_expires,
+            max_expires=reg.max_expires,
+            min_expires_mode=reg.min_expires_mode,
+            max_contacts=reg.max_contacts,
+            use_domain=reg.use_domain,
+            path_mode=reg.path_mode,
+        ),
+        reactor,
+    )
+    t = config.timers
+    timers = TimerSettings(t1=t.t1, t2=t.t2, t4=t.t4, timer_b=t.timer_b, timer_f=t.timer_f, timer_c=t.timer_c)
+    p = config.proxy
+    settings = ProxySettings(
+        record_route_double=p.record_route_double,
+        auto_100trying=p.auto_100trying,
+        no_reply_status=p.no_reply_status,
+        max_forwards_default=p.max_forwards_default,
+        domains=tuple(config.node.domains),
+    )
+    lim = config.limits
+    transports = TransportManager(
+        reactor,
+        None,
+        limits=Limits(lim.max_message_size, lim.max_headers, lim.max_line_length),
+        max_connections=lim.max_connections,
+        idle_timeout=lim.tcp_idle_timeout,
+        advertise=config.node.advertise or None,
+    )
+    node = Node(reactor, transports, registrar, routes, settings, timers,
+                route_params=dict(getattr(config, "route_params", {}) or {}))
+    transports.sink = node
+    if routes.setup is not None:
+        routes.setup(node)
+    return RunningNode(node, transports, location, registrar)
+
+
+class NodeService(service.Service):
+    """Starts and stops one :class:`RunningNode` with the twistd application."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.running_node: RunningNode | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        self.running_node = build_node(self.config)
+        d = self.running_node.start(list(self.config.node.listen), self.config.node.advertise)
+
+        def started(_: Any) -> None:
+            log.info("edgeproxy listening on {listen}, route {route}",
+                     listen=", ".join(self.config.node.listen), route=self.running_node.node.routes.name)
+
+        def failed(f: Any) -> None:
+            log.failure("edgeproxy failed to start", f)
+            from twisted.internet import reactor
+
+            if IReactorCore.providedBy(reactor) and reactor.running:
+                reactor.stop()
+
+        d.addCallbacks(started, failed)
+
+    def stopService(self) -> Deferred | None:
+        super().stopService()
+        if self.running_node is not None:
+            return self.running_node.stop()
+        return None
+
+
+def make_service(config: Config) -> service.MultiService:
+    """The twistd service of one node."""
+    top = service.MultiService()
+    NodeService(config).setServiceParent(top)
+    return top
