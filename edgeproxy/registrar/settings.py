@@ -1,0 +1,78 @@
+"""Registrar policy knobs (OpenSIPS ``registrar`` module parameters and ``save()`` flags)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import unquote
+
+from ..sip.uri import SipURI
+
+__all__ = ["RegistrarSettings", "aor_of", "MIN_EXPIRES_MODES", "PATH_MODES"]
+
+MIN_EXPIRES_MODES = ("clamp", "reject")
+PATH_MODES = ("ignore", "off", "lazy", "strict")
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrarSettings:
+    """How the registrar treats REGISTER requests.
+
+    * ``default_expires`` (3600) — binding lifetime when neither the Contact ``expires`` parameter nor an
+      Expires header gives one, or when the given value is unusable (RFC 3261 §10.3 step 7; RFC 4475
+      §3.1.2.4; OpenSIPS ``default_expires``).
+    * ``min_expires`` (60, 0 = off) — shortest lifetime accepted. ``min_expires_mode`` ``"clamp"`` raises
+      shorter requests to it silently (OpenSIPS, which never sends 423); ``"reject"`` answers 423 Interval
+      Too Brief with ``Min-Expires`` (RFC 3261 §10.3 step 7 / §20.23; Kamailio ``min_expires_mode=1``),
+      which JsSIP and SIP.js honour by retrying with the larger value.
+    * ``max_expires`` (0 = no limit) — longer lifetimes are lowered to it (OpenSIPS ``max_expires``).
+    * ``max_contacts`` (0 = unlimited) — bindings per AoR; a REGISTER that would leave more is refused
+      with 503 "Too many registered contacts" and changes nothing (OpenSIPS ``max_contacts``);
+      ``retry_after`` (0 = none) adds a Retry-After header to that 503 (OpenSIPS ``retry_after``).
+    * ``use_domain`` (False) — whether the AoR key includes the domain (OpenSIPS usrloc ``use_domain``;
+      federation requires it).
+    * ``path_mode`` (``"lazy"``) — RFC 3327 Path handling, as OpenSIPS's ``save()`` path flags:
+      ``"ignore"`` (OpenSIPS with no path flag) does not store Path; ``"off"`` (``path-off``/``p0``)
+      stores and uses it but never returns it; ``"lazy"`` (``p1``) also returns it in the 200 OK when the
+      UA sent ``Supported: path``; ``"strict"`` (``p2``, what RFC 3327 §5.3 recommends) rejects a REGISTER
+      with Path from a UA without ``Supported: path`` with 420 and ``Unsupported: path``.
+    * ``received_param`` (``"received"``) — name of the Contact parameter carrying the source address
+      of NATed bindings in the 200 OK (OpenSIPS ``received_param``).
+    """
+
+    default_expires: int = 3600
+    min_expires: int = 60
+    max_expires: int = 0
+    min_expires_mode: str = "clamp"
+    max_contacts: int = 0
+    retry_after: int = 0
+    use_domain: bool = False
+    path_mode: str = "lazy"
+    received_param: str = "received"
+
+    def __post_init__(self) -> None:
+        if self.min_expires_mode not in MIN_EXPIRES_MODES:
+            raise ValueError(f"min_expires_mode must be one of {MIN_EXPIRES_MODES}, not {self.min_expires_mode!r}")
+        if self.path_mode not in PATH_MODES:
+            raise ValueError(f"path_mode must be one of {PATH_MODES}, not {self.path_mode!r}")
+        for name in ("default_expires", "min_expires", "max_expires", "max_contacts", "retry_after"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+        if self.default_expires == 0:
+            raise ValueError("default_expires must be positive")
+
+
+def aor_of(uri: SipURI, use_domain: bool) -> str:
+    """The canonical address-of-record key for ``uri`` (RFC 3261 §10.3 step 5; the OpenSIPS usrloc key).
+
+    The user part is unescaped (``%61lice`` is ``alice``, as §19.1.4 compares them) and kept
+    case-sensitive (OpenSIPS ``case_sensitive=1``, the default, "as RFC 3261 instructs"); the host is
+    lower-cased. ``use_domain`` gives ``user@host``, otherwise just ``user``. A URI without a user part
+    keys on its host. Scheme, port and parameters are not part of the AoR.
+    """
+    host = uri.host.lower()
+    user = uri.user
+    if not user:
+        return host
+    if "%" in user:
+        user = unquote(user, errors="surrogateescape")
+    return f"{user}@{host}" if use_domain else user
