@@ -1,0 +1,115 @@
+"""SIP over UDP (RFC 3261 §18.1.1, §18.2.1, §18.3): one datagram is one message.
+
+The protocol is thin, like ``twisted.names.dns.DNSDatagramProtocol``: it parses and hands the message
+to the manager's sink. This is the benchmarked hot path, so it does no logging, no formatting and no
+copying for a valid message.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
+
+from ..sip.endpoint import Endpoint, Flow
+from ..sip.errors import SipParseError
+from ..sip.parser import parse_datagram
+from ._util import error_reply
+from .stun import binding_response, is_stun
+
+if TYPE_CHECKING:
+    from .manager import TransportManager
+
+__all__ = ["SipDatagramProtocol"]
+
+log = Logger(namespace="edgeproxy.transport.udp")
+
+_DROP_ON_SEND = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS})
+
+
+class SipDatagramProtocol(DatagramProtocol):
+    """One UDP listener (RFC 3261 §18): receives for the sink and sends from the same socket, so
+    responses leave from the port the request arrived on (§18.2.2, RFC 3581 §4 symmetric response).
+
+    Keep-alives are handled here and never reach the sink: CRLF-only datagrams are ignored, STUN
+    Binding requests (RFC 5626 §4.4.2) get a Binding response, other STUN messages are dropped. A malformed request is answered with the core's status (400, 505, 513 ...) sent back to
+    the datagram's source address; a malformed response is dropped (§18.1.2). Nothing raised while
+    handling a datagram escapes into the reactor.
+    """
+
+    noisy = False
+
+    def __init__(self, manager: TransportManager, local: Endpoint, family: int) -> None:
+        self.manager = manager
+        self.local = local
+        """The advertised endpoint of this listener; the ``local`` of every flow it reports."""
+        self.family = family
+        self._limits = manager.limits
+        self._sock: socket.socket | None = None
+
+    def startProtocol(self) -> None:
+        self._sock = self.transport.getHandle()  # type: ignore[union-attr]
+
+    def stopProtocol(self) -> None:
+        self._sock = None
+
+    @property
+    def open(self) -> bool:
+        return self._sock is not None
+
+    def datagramReceived(self, data: bytes, addr: Any) -> None:
+        try:
+            message = parse_datagram(data, self._limits)
+        except SipParseError as exc:
+            self._reject(exc, data, addr)
+            return
+        except Exception:
+            log.failure("parser crashed on a datagram from {addr}", addr=addr)
+            return
+        if message is None:
+            return
+        try:
+            self.manager.sink.message_received(message, Flow(self.local, Endpoint("UDP", addr[0], addr[1])))
+        except Exception:
+            log.failure("sink failed on a message from {addr}", addr=addr)
+
+    def _reject(self, exc: SipParseError, data: bytes, addr: Any) -> None:
+        limits = self._limits
+        try:
+            if is_stun(data):
+                stun_reply = binding_response(data, addr[0], addr[1])
+                if stun_reply is not None:
+                    self.sendto(stun_reply, addr[0], addr[1])
+                return
+            reply = error_reply(exc, data, limits.max_message_size, limits.max_line_length)
+            log.info("malformed datagram from {host}:{port} ({size} bytes): {status} {reason}{replied}",
+                     host=addr[0], port=addr[1], size=len(data), status=exc.status, reason=exc.reason,
+                     replied="" if reply else " (not answered)")
+            if reply is not None:
+                self.sendto(reply, addr[0], addr[1])
+        except Exception:
+            log.failure("failed to answer a malformed datagram from {addr}", addr=addr)
+
+    def sendto(self, data: bytes, host: str, port: int) -> None:
+        """Send one datagram to an IP literal of this socket's family.
+
+        Bypasses ``Port.write`` (which re-validates the address on every call): the manager has
+        already checked it. A full socket buffer drops the datagram as the network would (the
+        transaction layer retransmits, §17.1.1.2); other errors raise ``OSError``.
+        """
+        sock = self._sock
+        if sock is None:
+            raise OSError(errno.EBADF, "UDP listener closed")
+        while True:
+            try:
+                sock.sendto(data, (host, port))
+                return
+            except InterruptedError:
+                continue
+            except OSError as exc:
+                if exc.errno in _DROP_ON_SEND:
+                    return
+                raise
