@@ -123,6 +123,10 @@ class RawTCP(Protocol):
         self.is_closed = False
         self._waiting: list[tuple[Callable[[bytes], bool], Deferred]] = []
 
+    def connectionMade(self) -> None:
+        host = self.transport.getHost()
+        self.address = (host.host, host.port)
+
     def dataReceived(self, data: bytes) -> None:
         self.data += data
         still = []
@@ -156,11 +160,6 @@ class RawTCP(Protocol):
         d: Deferred = Deferred()
         self.lost.addBoth(lambda r: (d.called or d.callback(None), r)[1])
         return within(d, seconds)
-
-    @property
-    def address(self) -> tuple[str, int]:
-        host = self.transport.getHost()
-        return host.host, host.port
 
 
 def request(method: str = "OPTIONS", *, call_id: str = "call-1@test", branch: str = "z9hG4bK-1",
