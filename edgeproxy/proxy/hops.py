@@ -11,6 +11,8 @@ import ipaddress
 from ..sip.endpoint import Destination, Endpoint, Flow, default_port
 from ..sip.message import Request, Response
 from ..sip.uri import SipURI
+from typing import Callable
+
 from ..sip.values import Via, format_params
 
 __all__ = [
@@ -19,6 +21,7 @@ __all__ = [
     "response_destination",
     "uri_destination",
     "uri_transport",
+    "loose_route",
 ]
 
 
@@ -101,3 +104,39 @@ def uri_destination(uri: SipURI) -> Destination:
     port = uri.port or default_port(transport)
     return Destination(Endpoint(transport, _bare(host), port),
                        flow_only=uri.host.lower().endswith(".invalid"))
+
+
+def _points_here(uri: object, is_myself: Callable[[str, int | None], bool]) -> bool:
+    if not isinstance(uri, SipURI):
+        return False
+    port = uri.port if uri.port is not None else (5061 if uri.secure or uri.transport == "tls" else 5060)
+    return is_myself(uri.host, port)
+
+
+def loose_route(request: Request, is_myself: Callable[[str, int | None], bool]) -> bool:
+    """§16.4 route pre-processing, as OpenSIPS ``loose_route()``: pop every leading Route value that
+    is this node (both of a double Record-Route), and fix up a strict-routing previous hop. True when
+    the request is routed by its route set; False for no Route, or for a single pre-loaded Route to
+    us on an initial request (which is then routed like one without it)."""
+    uri = request.uri
+    if isinstance(uri, SipURI) and uri.user is None and _points_here(uri, is_myself) and request.routes:
+        # the previous hop was a strict router: the R-URI is our Record-Route URI; the real target
+        # is the last Route value (§16.4, §16.12.1.2)
+        values = request.headers.values("route")
+        last = request.routes[-1]
+        request.headers.remove("route")
+        if len(values) > 1:
+            request.headers.add("Route", ", ".join(values[:-1]))
+        request.uri = last.uri
+        return True
+    routes = request.routes
+    if not routes:
+        return False
+    popped = 0
+    while routes and _points_here(routes[0].uri, is_myself):
+        request.headers.pop_first_value("route")
+        routes = request.routes
+        popped += 1
+    if popped and not routes and request.to_tag is None:
+        return False
+    return True

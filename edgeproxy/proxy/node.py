@@ -49,7 +49,7 @@ from ..transaction import (
     TransactionTable,
     TransportFailure,
 )
-from .hops import response_destination, stamp_received, uri_destination
+from .hops import loose_route, response_destination, stamp_received, uri_destination
 from .sender import SendError, Sender
 
 __all__ = ["Node", "ProxySettings"]
@@ -179,12 +179,6 @@ class Node:
         if port is None:
             return host in self._local_hosts
         return f"{host}:{port}" in self._local_hosts
-
-    def _is_my_uri(self, uri: Any) -> bool:
-        if not isinstance(uri, SipURI):
-            return False
-        return self.is_myself(uri.host, uri.port if uri.port is not None else (
-            5061 if uri.secure or uri.transport == "tls" else 5060))
 
     def _new_branch(self) -> str:
         return f"{self._branch_prefix}{next(self._branch_seq):x}"
@@ -484,30 +478,7 @@ class Node:
 
     # -- RouteActions: routing -----------------------------------------------------------------------
     def loose_route(self, rr: RouteRequest) -> bool:
-        """§16.4 and OpenSIPS ``loose_route()``: pop the Route values that are this node; True when
-        the request is routed by its route set."""
-        request = rr.request
-        uri = request.uri
-        if self._is_my_uri(uri) and isinstance(uri, SipURI) and uri.user is None and request.routes:
-            # the previous hop was a strict router: the R-URI is our Record-Route URI (§16.4)
-            values = request.headers.values("route")
-            last = request.routes[-1]
-            request.headers.remove("route")
-            if len(values) > 1:
-                request.headers.add("Route", ", ".join(values[:-1]))
-            request.uri = last.uri
-            return True
-        routes = request.routes
-        if not routes:
-            return False
-        popped = 0
-        while routes and self._is_my_uri(routes[0].uri):
-            request.headers.pop_first_value("route")
-            routes = request.routes
-            popped += 1
-        if popped and not routes and request.to_tag is None:
-            return False  # a pre-loaded Route to us on an initial request: route it normally
-        return True
+        return loose_route(rr.request, self.is_myself)
 
     def relay(self, rr: RouteRequest) -> bool:
         request = rr.request
@@ -690,6 +661,8 @@ class Node:
                 return
             self._forward_response(ctx, response)
             return
+        if cb.final is not None and status >= 300:
+            return  # the branch already ended (timer C, transport error): late final absorbed
         cb.final = response
         if status < 300:
             if ctx.request.method == "INVITE" or not ctx.final_sent:

@@ -1,0 +1,167 @@
+"""Unit-testing route modules without a network.
+
+:class:`RouteHarness` runs a route function against a request built from SIP text, over a real
+:class:`~edgeproxy.location.InMemoryLocation` and :class:`~edgeproxy.registrar.Registrar`, and records
+what the route did (replies, relays, Record-Route, branches) instead of sending anything::
+
+    from edgeproxy.routing.testing import RouteHarness
+    import routes.default as route
+
+    h = RouteHarness(domains=["example.com"])
+    h.register("sip:alice@example.com", "sip:alice@192.0.2.10:5062")
+    result = h.run(route.request_route, INVITE_TEXT)
+    assert result.relayed and result.record_routed
+    assert str(result.targets[0].uri) == "sip:alice@192.0.2.10:5062"
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred, succeed
+from twisted.internet.task import Clock
+
+from ..location import InMemoryLocation, LookupResult, binding_destination
+from ..registrar import Registrar, RegistrarSettings, aor_of
+from ..proxy.hops import loose_route
+from ..sip.endpoint import Endpoint, Flow
+from ..sip.message import Request, Response
+from ..sip.parser import parse_datagram
+from ..sip.uri import SipURI, parse_uri
+from .api import Branch, RouteRequest, SIPError
+
+__all__ = ["RouteHarness", "RouteResult"]
+
+
+@dataclass
+class RouteResult:
+    """What a route did with one request."""
+
+    request: RouteRequest
+    replies: list[tuple[int, str | None, bool]] = field(default_factory=list)  # (code, reason, stateful)
+    relayed: bool = False
+    targets: list[Branch] = field(default_factory=list)
+    error: BaseException | None = None
+
+    @property
+    def record_routed(self) -> bool:
+        return self.request.record_routed
+
+    @property
+    def reply_code(self) -> int | None:
+        return self.replies[-1][0] if self.replies else None
+
+
+class RouteHarness:
+    """In-memory :class:`~edgeproxy.routing.api.RouteActions` with a real location service."""
+
+    def __init__(self, domains: list[str] | tuple[str, ...] = (), local: Endpoint = Endpoint("UDP", "127.0.0.1", 5060),
+                 settings: RegistrarSettings | None = None, params: dict[str, Any] | None = None) -> None:
+        self.clock = Clock()
+        self.location = InMemoryLocation(self.clock)
+        self.registrar = Registrar(self.location, settings or RegistrarSettings(), self.clock)
+        self.local = local
+        self.domains = {d.lower() for d in domains}
+        self.params = params or {}
+        self._result: RouteResult | None = None
+
+    # -- setup ---------------------------------------------------------------------------------------
+    def register(self, aor: str, contact: str, expires: int = 3600,
+                 source: Endpoint = Endpoint("UDP", "192.0.2.10", 5062)) -> Response:
+        """Register ``contact`` for ``aor`` through the real registrar; returns its reply."""
+        text = (
+            f"REGISTER sip:{aor.split('@', 1)[-1]} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP {source.hostport};branch=z9hG4bK-reg{len(self.location)}\r\n"
+            f"From: <{aor}>;tag=reg\r\nTo: <{aor}>\r\nCall-ID: reg-{aor}\r\nCSeq: 1 REGISTER\r\n"
+            f"Contact: <{contact}>;expires={expires}\r\nContent-Length: 0\r\n\r\n"
+        )
+        request = parse_datagram(text.encode())
+        assert isinstance(request, Request)
+        d = self.registrar.save(request, Flow(self.local, source))
+        out: list[Response] = []
+        d.addCallback(out.append)
+        return out[0]
+
+    # -- running -------------------------------------------------------------------------------------
+    def run(self, route: Callable[..., Any], message: str | bytes | Request,
+            source: Endpoint = Endpoint("UDP", "192.0.2.20", 5060)) -> RouteResult:
+        """Run ``route`` on ``message`` (SIP text or a Request) and return what it did. Routes that
+        await Deferreds from this harness complete synchronously."""
+        if isinstance(message, Request):
+            request = message
+        else:
+            data = message.encode() if isinstance(message, str) else message
+            parsed = parse_datagram(data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"))
+            assert isinstance(parsed, Request)
+            request = parsed
+        rr = RouteRequest(request, Flow(self.local, source), self, self.params)
+        result = self._result = RouteResult(rr)
+        try:
+            outcome = route(rr)
+            if inspect.iscoroutine(outcome):
+                d = ensureDeferred(outcome)
+                failures: list[Any] = []
+                d.addErrback(failures.append)
+                if failures:
+                    failures[0].raiseException()
+        except SIPError as exc:
+            result.replies.append((exc.code, exc.reason, True))
+        except Exception as exc:  # noqa: BLE001 - recorded for the test to assert on
+            result.error = exc
+        return result
+
+    # -- RouteActions ----------------------------------------------------------------------------------
+    def relay(self, rr: RouteRequest) -> bool:
+        assert self._result is not None
+        if rr.replied or rr.relayed:
+            return False
+        rr.relayed = True
+        self._result.relayed = True
+        first = rr.ruri_branch or Branch(rr.request.uri, dst_uri=rr.dst_uri)
+        self._result.targets = [first, *rr.branches]
+        return True
+
+    def reply(self, rr: RouteRequest, code: int, reason: str | None, stateful: bool) -> None:
+        assert self._result is not None
+        rr.replied = True
+        self._result.replies.append((code, reason, stateful))
+
+    def lookup(self, rr: RouteRequest, table: str, flags: str, aor: str | None) -> "Deferred[LookupResult]":
+        uri = parse_uri(aor if aor.startswith(("sip:", "sips:")) else f"sip:{aor}") if aor else rr.request.uri
+        if not isinstance(uri, SipURI):
+            return succeed(LookupResult.NOT_FOUND)
+        key = aor_of(uri, self.registrar.settings.use_domain)
+        method = rr.request.method if "m" in flags else None
+
+        def found(res: tuple[LookupResult, list[Any]]) -> LookupResult:
+            code, bindings = res
+            if code == LookupResult.FOUND and bindings:
+                first, *rest = bindings
+                rr.request.uri = first.uri
+                rr.ruri_changed = True
+                u, dest, path = binding_destination(first)
+                rr.ruri_branch = Branch(u, path=tuple(path), q=first.q, destination=dest, binding=first)
+                for b in rest:
+                    u, dest, path = binding_destination(b)
+                    rr.branches.append(Branch(u, path=tuple(path), q=b.q, destination=dest, binding=b))
+            return code
+
+        return maybeDeferred(self.location.lookup, key, method).addCallback(found)
+
+    def save(self, rr: RouteRequest, table: str, flags: str) -> "Deferred[bool]":
+        def saved(response: Response) -> bool:
+            self.reply(rr, response.status, response.reason, False)
+            return response.status == 200
+
+        return self.registrar.save(rr.request, rr.source).addCallback(saved)
+
+    def loose_route(self, rr: RouteRequest) -> bool:
+        return loose_route(rr.request, self.is_myself)
+
+    def is_myself(self, host: str, port: int | None = None) -> bool:
+        host = host.lower()
+        if host in self.domains:
+            return True
+        return host == self.local.host and port in (None, self.local.port)
