@@ -41,11 +41,13 @@ class SipParseError(SipError):
 
     @property
     def can_reply(self) -> bool:
-        """True when this error came from a request whose Via, CSeq and Call-ID were salvaged."""
+        """True when this error came from a request whose Via and CSeq were salvaged: the least a
+        reply needs to reach the client (§18.2.2) and match its transaction (§17.1.3). A request
+        without Call-ID, From or To still gets its 400 (RFC 4475 §3.3.1 ``insuf``)."""
         if not self.is_request:
             return False
         keys = {k for k, _ in self.partial}
-        return {"via", "call-id", "cseq"} <= keys
+        return {"via", "cseq"} <= keys
 
 
 class SipValueError(SipParseError):

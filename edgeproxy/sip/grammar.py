@@ -53,7 +53,7 @@ NAME_ADDR_RE = re.compile(
 # addr-spec without brackets: no ";" "," "?" may appear in it (§20, the paragraph on Contact/From/To).
 ADDR_SPEC_RE = re.compile(rf"{LWS}([^\s;,<>\"?]+)")
 
-CSEQ_RE = re.compile(rf"{LWS}([0-9]{{1,10}})[ \t]+({TOKEN}){LWS}")
+CSEQ_RE = re.compile(rf"{LWS}([0-9]+)[ \t]+({TOKEN}){LWS}")
 DIGITS_RE = re.compile(r"[0-9]+")
 DATE_RE = re.compile(
     r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), [0-9]{2} "
@@ -86,6 +86,20 @@ COMPACT_FORMS: dict[str, str] = {
     "y": "identity",
     "n": "identity-info",
 }
+
+
+def small_int(text: str, maximum: int) -> int | None:
+    """``1*DIGIT`` as an int when it is at most ``maximum``, else None. Leading zeros are allowed
+    (RFC 4475 §3.1.1.1 sends ``Max-Forwards: 0068``); the length is checked before ``int()`` so a
+    peer cannot make it convert (or refuse, past 4300 digits) a huge number."""
+    if not text.isdigit() or not text.isascii():
+        return None
+    if len(text) > 10:
+        text = text.lstrip("0") or "0"
+        if len(text) > 10:
+            return None
+    value = int(text)
+    return value if value <= maximum else None
 
 
 def canonical_name(name: str) -> str:

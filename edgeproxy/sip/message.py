@@ -330,10 +330,10 @@ class Message:
                 return None
             if len(lines) > 1:
                 raise SipValueError("Multiple Max-Forwards headers")
-            text = lines[0].strip(" \t")
-            if not text.isdigit() or not text.isascii() or int(text) > 255:
+            value = g.small_int(lines[0].strip(" \t"), 255)
+            if value is None:
                 raise SipValueError("Invalid Max-Forwards")
-            return int(text)
+            return value
 
         return self.headers.parsed("max-forwards", parse)
 
@@ -433,7 +433,9 @@ class Message:
         return self.to_bytes()
 
     def _eq_key(self) -> tuple:
-        return (self.start_line(), self.headers, self.body)
+        # Content-Length is a function of the body (and is rewritten by to_bytes), so it is left out.
+        return (self.start_line(), [(k, v) for k, _, v in self.headers._items if k != "content-length"],
+                self.body)
 
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):

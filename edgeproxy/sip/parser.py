@@ -64,31 +64,95 @@ PING: Final = _Sentinel("PING")
 
 _SALVAGED = frozenset({"via", "from", "to", "call-id", "cseq"})
 
+# Methods of RFC 3261 and the extensions a proxy meets (RFC 3262, 3265, 3311, 3428, 3515, 3903, 6086).
+KNOWN_METHODS = frozenset({
+    "INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK", "SUBSCRIBE", "NOTIFY",
+    "PUBLISH", "INFO", "REFER", "MESSAGE", "UPDATE",
+})
+
 
 def _salvage(items: list[tuple[str, str, str]]) -> list[tuple[str, str]]:
     return [(k, v) for k, _, v in items if k in _SALVAGED]
 
 
+def _salvage_text(text: str) -> list[tuple[str, str]]:
+    """What a reply needs (§8.2.6.2), picked tolerantly from a head that did not parse: every line
+    that looks like ``Via:``/``From:``/``To:``/``Call-ID:``/``CSeq:`` (compact forms too), unfolded.
+    Only the error path calls this."""
+    out: list[tuple[str, str]] = []
+    keep = False
+    for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n")[1:]:
+        if not line:
+            break
+        if line[0] in " \t":
+            if keep:
+                cont = line.strip(" \t")
+                out[-1] = (out[-1][0], out[-1][1] + " " + cont if out[-1][1] else cont)
+            continue
+        name, sep, value = line.partition(":")
+        key = g.canonical_name(name.strip(" \t"))
+        keep = bool(sep) and key in _SALVAGED
+        if keep:
+            out.append((key, value.strip(" \t")))
+    return out
+
+
+def _looks_like_request(data: bytes | bytearray | str) -> bool:
+    head = data[:16].lstrip(b"\r\n" if not isinstance(data, str) else "\r\n")
+    return not head.startswith(b"SIP/" if not isinstance(data, str) else "SIP/")
+
+
+def _oversized(data: bytes | bytearray, limits: "Limits", fatal: bool) -> SipParseError:
+    """513 for a message over ``max_message_size`` (§21.5.14), with what a reply needs salvaged from
+    the part of the head that arrived."""
+    head = bytes(data[: limits.max_message_size])
+    end = head.find(b"\r\n\r\n")
+    if end >= 0:
+        head = head[:end]
+    is_request = _looks_like_request(head)
+    partial = _salvage_text(_decode(head)) if is_request else []
+    return SipParseError("Message Too Large", 513, is_request=is_request, partial=partial, fatal=fatal)
+
+
 def _split_head(head: str, limits: Limits) -> tuple[str, list[tuple[str, str, str]]]:
-    """Start line and header triples of an unfolded head (§7.3.1)."""
-    if "\n " in head or "\n\t" in head:
-        head = g.FOLD_RE.sub(" ", head)
-    lines = head.split("\r\n") if "\r" in head else head.split("\n")
+    """Start line and header triples of an unfolded head (§7.3.1).
+
+    A CR or LF that is not part of a CRLF is refused in a CRLF head: forwarded, a bare LF would let a
+    peer that splits on LF see a header this element never saw (header smuggling).
+    """
+    if "\r" in head:
+        crlf = head.count("\r\n")
+        if head.count("\r") != crlf or head.count("\n") != crlf:
+            raise SipParseError("Bare CR or LF in header", is_request=_looks_like_request(head),
+                                partial=_salvage_text(head))
+        if "\n " in head or "\n\t" in head:
+            head = g.FOLD_RE.sub(" ", head)
+        lines = head.split("\r\n")
+    else:
+        if "\n " in head or "\n\t" in head:
+            head = g.FOLD_RE.sub(" ", head)
+        lines = head.split("\n")
     if len(lines) - 1 > limits.max_headers:
-        raise SipParseError("Too many headers", 513, fatal=False)
+        raise SipParseError("Too many headers", 513, is_request=_looks_like_request(lines[0]),
+                            partial=_salvage_text(head))
     items: list[tuple[str, str, str]] = []
     append = items.append
     canonical = g.COMPACT_FORMS
     max_line = limits.max_line_length
+    token = g.TOKEN_RE.fullmatch
     for line in lines[1:]:
-        if len(line) > max_line:
-            raise SipParseError("Header line too long", 513, partial=_salvage(items))
         name, sep, value = line.partition(":")
         name = name.rstrip(" \t")
-        if not sep or not name or " " in name or "\t" in name:
-            raise SipParseError("Malformed header line", partial=_salvage(items))
+        if len(line) > max_line or not sep or not token(name):
+            too_long = len(line) > max_line
+            raise SipParseError("Header line too long" if too_long else "Malformed header line",
+                                513 if too_long else 400, is_request=_looks_like_request(lines[0]),
+                                partial=_salvage_text(head))
         lowered = name.lower()
         append((canonical.get(lowered, lowered), name, value.strip(" \t")))
+    if len(lines[0]) > max_line:
+        raise SipParseError("Start line too long", 513, is_request=_looks_like_request(lines[0]),
+                            partial=_salvage(items))
     return lines[0], items
 
 
@@ -100,22 +164,25 @@ def _start(line: str, items: list[tuple[str, str, str]]) -> Message:
             raise SipParseError("Malformed status line", is_request=False)
         return Response(int(m.group(1)), m.group(2), Headers(items))
     parts = line.split(" ")
-    partial = _salvage(items)
     if len(parts) != 3:
-        raise SipParseError("Malformed Request-Line", is_request=True, partial=partial)
+        raise SipParseError("Malformed Request-Line", is_request=True, partial=_salvage(items))
     method, uri_text, version = parts
     if not g.TOKEN_RE.fullmatch(method):
-        raise SipParseError("Malformed method", is_request=True, partial=partial)
+        raise SipParseError("Malformed method", is_request=True, partial=_salvage(items))
     if version != "SIP/2.0":
         if g.VERSION_RE.fullmatch(version):
-            raise SipParseError("Version Not Supported", 505, is_request=True, partial=partial)
-        raise SipParseError("Malformed SIP version", is_request=True, partial=partial)
+            raise SipParseError("Version Not Supported", 505, is_request=True, partial=_salvage(items))
+        raise SipParseError("Malformed SIP version", is_request=True, partial=_salvage(items))
     try:
         uri = parse_uri(uri_text)
     except SipValueError as exc:
-        raise SipParseError(f"{exc.reason} in Request-URI", is_request=True, partial=partial) from None
+        reason = f"{exc.reason} in Request-URI"
+        if uri_text.startswith("<"):
+            reason = "Request-URI enclosed in <>"  # RFC 4475 §3.1.2.7: never forward them
+        raise SipParseError(reason, is_request=True, partial=_salvage(items)) from None
     if isinstance(uri, SipURI) and uri.headers:
-        raise SipParseError("Headers not allowed in Request-URI", is_request=True, partial=partial)
+        # RFC 4475 §3.1.2.11: a proxy must neither forward them nor turn them into headers.
+        raise SipParseError("Headers not allowed in Request-URI", is_request=True, partial=_salvage(items))
     req = Request(method, uri_text, Headers(items))
     req._uri = uri
     return req
@@ -123,6 +190,7 @@ def _start(line: str, items: list[tuple[str, str, str]]) -> Message:
 
 _CHECKED = frozenset({"via", "call-id", "from", "to", "cseq", "max-forwards", "date"})
 _SINGLE_NAMES = {"call-id": "Call-ID", "from": "From", "to": "To", "cseq": "CSeq", "max-forwards": "Max-Forwards"}
+_REQUIRED = (("call-id", "Call-ID"), ("from", "From"), ("to", "To"), ("cseq", "CSeq"), ("via", "Via"))
 
 
 def _validate(msg: Message, content_length: int | None) -> None:
@@ -142,11 +210,9 @@ def _validate(msg: Message, content_length: int | None) -> None:
                         raise SipValueError(f"Multiple {_SINGLE_NAMES[k]} headers")
                     continue
                 seen[k] = v
-        for key, what in _SINGLE_NAMES.items():
-            if key not in seen and key != "max-forwards":
+        for key, what in _REQUIRED:
+            if key not in seen:
                 raise SipValueError(f"Missing {what}")
-        if "via" not in seen:
-            raise SipValueError("Missing Via")
         cache = h._cache
         cache["via^"] = parse_first_via(seen["via"])[0]
         call_id = seen["call-id"]
@@ -157,16 +223,21 @@ def _validate(msg: Message, content_length: int | None) -> None:
         cache["to"] = parse_name_address(seen["to"], "To")
         cseq = cache["cseq"] = parse_cseq(seen["cseq"])
         if is_request:
-            if cseq.method != msg.method:  # type: ignore[attr-defined]
+            method = msg.method  # type: ignore[attr-defined]
+            if cseq.method != method:
+                if method not in KNOWN_METHODS:
+                    # RFC 4475 §3.1.2.18: an unknown method whose CSeq disagrees gets 501.
+                    raise SipValueError("Not Implemented", 501)
                 raise SipValueError("CSeq method does not match Request-Line")
             mf = seen.get("max-forwards")
             if mf is not None:
-                if not mf.isdigit() or not mf.isascii() or int(mf) > 255:
+                value = g.small_int(mf, 255)
+                if value is None:
                     raise SipValueError("Invalid Max-Forwards")
-                cache["max-forwards"] = int(mf)
+                cache["max-forwards"] = value
             else:
                 cache["max-forwards"] = None
-            if msg.method == "REGISTER":  # type: ignore[attr-defined]
+            if method == "REGISTER":
                 msg.contacts  # noqa: B018 - parse and cache
             date = seen.get("date")
             if date is not None and not g.DATE_RE.fullmatch(date):
@@ -177,16 +248,17 @@ def _validate(msg: Message, content_length: int | None) -> None:
 
 
 def _content_length(items: list[tuple[str, str, str]], is_request: bool) -> int | None:
+    """The Content-Length (§20.14), None when absent. Several lines, even equal ones, are refused:
+    RFC 4475 §3.3.9 treats them as an invalid Content-Length."""
     found = None
     for k, _, v in items:
         if k == "content-length":
             if found is not None:
                 raise SipParseError("Multiple Content-Length headers", is_request=is_request,
                                     partial=_salvage(items))
-            v = v.strip(" \t")
-            if not v.isdigit() or not v.isascii() or len(v) > 10:
+            found = g.small_int(v, 2**32 - 1)
+            if found is None:
                 raise SipParseError("Invalid Content-Length", is_request=is_request, partial=_salvage(items))
-            found = int(v)
     return found
 
 
@@ -194,25 +266,34 @@ def _decode(head: bytes) -> str:
     return head.decode("utf-8", "surrogateescape")
 
 
+_KEEPALIVE_CHARS = b"\r\n\t \x00"
+
+
 def parse_datagram(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Message | None:
-    """Parse one datagram (§18.3). Returns None for a keep-alive (only whitespace/NULs)."""
+    """Parse one datagram (§18.3) into a :class:`Request` or :class:`Response`.
+
+    Returns None for a keep-alive (a datagram of only CR, LF, SP, HTAB or NUL). CRLFs before the start
+    line are skipped (§7.5). Octets beyond Content-Length are discarded (§18.3, RFC 4475 §3.1.1.8); a
+    Content-Length larger than the datagram, a missing empty line after the headers, or any defect
+    :func:`_validate` finds raise :class:`SipParseError`.
+    """
     if len(data) > limits.max_message_size:
-        raise SipParseError("Message Too Large", 513, is_request=not data.startswith(b"SIP/"))
-    end = data.find(b"\r\n\r\n")
+        raise _oversized(data, limits, fatal=False)
+    start = 0
+    if data[:1] in (b"\r", b"\n"):
+        stripped = data.lstrip(b"\r\n")
+        start = len(data) - len(stripped)
+        if not stripped.strip(_KEEPALIVE_CHARS):
+            return None
+    end = data.find(b"\r\n\r\n", start)
     sep = 4
     if end < 0:
-        end = data.find(b"\n\n")
+        end = data.find(b"\n\n", start)
         sep = 2
         if end < 0:
-            if not data.strip(b"\r\n\t \x00"):
+            if not data.strip(_KEEPALIVE_CHARS):
                 return None
-            raise SipParseError("Truncated message: no empty line after headers",
-                                is_request=not data.startswith(b"SIP/"))
-    start = 0
-    while data.startswith(b"\r\n", start):  # stray CRLFs before the start line (§7.5)
-        start += 2
-    if start >= end:
-        return None
+            _missing_empty_line(data[start:], limits)
     line0, items = _split_head(_decode(data[start:end]), limits)
     is_request = not line0.startswith("SIP/")
     msg = _start(line0, items)
@@ -229,12 +310,34 @@ def parse_datagram(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Message | No
     return msg
 
 
+def _missing_empty_line(data: bytes, limits: Limits) -> None:
+    """Raise for a datagram whose head has no terminating empty line (§7: it MUST be present).
+
+    The head is still parsed, so the error names the most specific defect (RFC 4475 §3.1.2.15's
+    archive copy of ``baddn`` lacks the empty line, yet the RFC expects 400 for its display names) and
+    carries what a reply needs.
+    """
+    text = _decode(data).rstrip("\r\n")
+    line0, items = _split_head(text, limits)
+    msg = _start(line0, items)
+    _validate(msg, None)
+    raise SipParseError("Missing empty line after headers", is_request=isinstance(msg, Request),
+                        partial=_salvage(items))
+
+
 class StreamParser:
     """Frames SIP messages on a byte stream (TCP/TLS; §18.3), like ``h11.Connection`` does HTTP.
 
+    ``feed(data)`` appends bytes; ``next_event()`` returns a :class:`Request`/:class:`Response`,
+    :data:`PING` for an RFC 5626 §3.5.1 CRLFCRLF keep-alive (answer with CRLF), or :data:`NEED_DATA`.
+    Single CRLFs between messages are skipped (§7.5). A message without Content-Length is taken to have
+    an empty body (§18.3 makes the header mandatory on streams, so a body without it is a framing
+    error the next message will show).
+
     After a :class:`SipParseError` with ``fatal`` set, framing is lost and the connection must be
     closed; a non-fatal one (a bad header in an otherwise framed message) consumed that message and
-    parsing may continue.
+    parsing may continue. Every error raised for a request carries in ``partial`` the Via, From, To,
+    Call-ID and CSeq that could be salvaged, so a reply can be sent before closing.
     """
 
     __slots__ = ("limits", "_buf", "_scan", "_pending")
@@ -246,13 +349,16 @@ class StreamParser:
         self._pending: tuple[int, int, Message] | None = None
 
     def feed(self, data: bytes) -> None:
+        """Append received bytes; call :meth:`next_event` until it returns :data:`NEED_DATA`."""
         self._buf += data
 
     @property
     def buffered(self) -> int:
+        """How many received bytes are not yet consumed by a returned event."""
         return len(self._buf)
 
     def next_event(self) -> Message | _Sentinel:
+        """The next message, :data:`PING` or :data:`NEED_DATA`; raises :class:`SipParseError`."""
         buf = self._buf
         if self._pending is not None:
             return self._finish_body(*self._pending)
@@ -269,21 +375,26 @@ class StreamParser:
                 i += 2
             del buf[:i]
             self._scan = 0
+            if len(buf) == 1 and buf[0] == 13:  # a CR that may start the next CRLF
+                return NEED_DATA
         if not buf:
             return NEED_DATA
+        limits = self.limits
         end = buf.find(b"\r\n\r\n", self._scan)
         if end < 0:
-            if len(buf) > self.limits.max_message_size:
-                raise SipParseError("Message Too Large", 513, is_request=not buf.startswith(b"SIP/"),
-                                    fatal=True)
+            if len(buf) > limits.max_message_size:
+                exc = _oversized(buf, limits, fatal=True)
+                del buf[:]
+                raise exc
             self._scan = max(0, len(buf) - 3)
             return NEED_DATA
         self._scan = 0
-        if end > self.limits.max_message_size:
-            raise SipParseError("Message Too Large", 513, fatal=True)
-        head = _decode(bytes(buf[:end]))
+        if end > limits.max_message_size:
+            exc = _oversized(buf, limits, fatal=True)
+            del buf[:]
+            raise exc
         try:
-            line0, items = _split_head(head, self.limits)
+            line0, items = _split_head(_decode(bytes(buf[:end])), limits)
             is_request = not line0.startswith("SIP/")
             cl = _content_length(items, is_request)
         except SipParseError as exc:
@@ -291,19 +402,18 @@ class StreamParser:
             del buf[:]
             raise
         if cl is None:
-            cl = 0  # §18.3 makes it mandatory on streams; without it the body is taken as empty
-        if end + 4 + cl > self.limits.max_message_size:
+            cl = 0
+        if end + 4 + cl > limits.max_message_size:
             del buf[:]
             raise SipParseError("Message Too Large", 513, is_request=is_request,
-                                partial=_salvage(items), fatal=True)
+                                partial=_salvage(items) if is_request else [], fatal=True)
         try:
             msg = _start(line0, items)
         except SipParseError as exc:
             if len(buf) >= end + 4 + cl:
                 del buf[: end + 4 + cl]  # framed: drop this message only
             else:
-                exc.fatal = True
-                del buf[:]
+                self._pending = (end + 4, cl, _Discard())  # type: ignore[arg-type]
             raise
         return self._finish_body(end + 4, cl, msg)
 
@@ -313,21 +423,36 @@ class StreamParser:
             self._pending = (body_start, cl, msg)
             return NEED_DATA
         self._pending = None
+        if type(msg) is _Discard:  # the body of a message whose start line was refused
+            del buf[: body_start + cl]
+            return self.next_event()
         msg.body = bytes(buf[body_start : body_start + cl])
         del buf[: body_start + cl]
         _validate(msg, cl)
         return msg
 
 
-def error_response(exc: SipParseError) -> Response | None:
-    """The reply to a request that failed to parse (§8.2.6.2), or None when none is possible.
+class _Discard:
+    """Placeholder for a framed message already refused: its body is skipped when it arrives."""
 
-    Built only from what was salvaged: Via (all values), From, To, Call-ID, CSeq.
+    __slots__ = ()
+
+
+def error_response(exc: SipParseError, *, to_tag: str | None = None) -> Response | None:
+    """The reply to a request that failed to parse (§8.2.6.2), or None when none is possible
+    (a broken response is dropped, §18.1.2; without Via and CSeq nobody could match the reply).
+
+    Built only from what was salvaged: Via (all values), From, To, Call-ID, CSeq, in their order.
+    ``to_tag`` is appended to a To that has none (§8.2.6.2; never for a 100).
     """
     if not exc.can_reply:
         return None
-    headers = Headers([(k, _PRETTY[k], v) for k, v in exc.partial])
-    return Response(exc.status, exc.reason, headers)
+    items = []
+    for k, v in exc.partial:
+        if k == "to" and to_tag and exc.status != 100 and ";tag=" not in v.replace(" ", "").lower():
+            v = f"{v};tag={to_tag}"
+        items.append((k, _PRETTY[k], v))
+    return Response(exc.status, exc.reason, Headers(items))
 
 
 _PRETTY = {"via": "Via", "from": "From", "to": "To", "call-id": "Call-ID", "cseq": "CSeq"}

@@ -16,7 +16,7 @@ from .errors import SipValueError
 __all__ = ["URI", "SipURI", "TelURI", "AbsoluteURI", "parse_uri"]
 
 _DEFAULT_PORTS = {"sip": 5060, "sips": 5061}
-_COMPARED_IF_PRESENT = ("user", "ttl", "method", "maddr")
+_COMPARED_IF_PRESENT = ("user", "ttl", "method", "maddr", "transport")
 
 
 class URI:
@@ -100,6 +100,12 @@ class SipURI(URI):
         return "lr" in self.params
 
     @property
+    def unescaped_user(self) -> str | None:
+        """The user part with every ``%HH`` decoded once (RFC 4475 §3.1.1.4: ``null-%00-null`` keeps
+        its NUL and is not truncated); non-UTF-8 octets come back as surrogate escapes."""
+        return _unescape(self.user)
+
+    @property
     def aor(self) -> str:
         """``user@host`` (or just ``host``): the key OpenSIPS's usrloc stores with ``use_domain``."""
         return f"{self.user}@{self.host.lower()}" if self.user else self.host.lower()
@@ -149,33 +155,44 @@ class SipURI(URI):
 
     # -- §19.1.4 comparison --------------------------------------------------------------------------
     def __eq__(self, other: object) -> bool:
+        """§19.1.4: scheme, userinfo (case-sensitive), host (case-insensitive) and port must match;
+        ``user``, ``ttl``, ``method``, ``maddr`` and ``transport`` must match when either URI has
+        them; other parameters only when both have them; headers must all match. Escapes of
+        unreserved characters equal the characters; names and values of parameters compare
+        case-insensitively."""
         if not isinstance(other, SipURI):
             return NotImplemented
         if self.scheme != other.scheme:
             return False
-        if _unescape(self.user) != _unescape(other.user):
+        if _norm(self.user) != _norm(other.user):
             return False
-        if _unescape(self.password) != _unescape(other.password):
+        if _norm(self.password) != _norm(other.password):
             return False
         if self.host_key != other.host_key or self.port != other.port:
             return False
-        mine = {k: _unescape(v).lower() if v is not None else None for k, v in self.params.items()}
-        theirs = {k: _unescape(v).lower() if v is not None else None for k, v in other.params.items()}
+        mine = _norm_params(self.params)
+        theirs = _norm_params(other.params)
         for name in _COMPARED_IF_PRESENT:
             if (name in mine or name in theirs) and mine.get(name) != theirs.get(name):
-                return False
-        if "transport" in mine or "transport" in theirs:
-            if mine.get("transport") != theirs.get("transport"):
                 return False
         for name in mine.keys() & theirs.keys():
             if mine[name] != theirs[name]:
                 return False
-        h1 = {k.lower(): _unescape(v) for k, v in self.headers.items()}
-        h2 = {k.lower(): _unescape(v) for k, v in other.headers.items()}
+        h1 = {_norm(k).lower(): _norm(v) for k, v in self.headers.items()}  # type: ignore[union-attr]
+        h2 = {_norm(k).lower(): _norm(v) for k, v in other.headers.items()}  # type: ignore[union-attr]
         return h1 == h2
 
     def _key(self) -> Any:
-        return (self.scheme, _unescape(self.user), self.host_key, self.port)
+        return (self.scheme, _norm(self.user), self.host_key, self.port)
+
+
+def _norm_params(params: Mapping[str, str | None]) -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for k, v in params.items():
+        if "%" in k:
+            k = _norm(k).lower()  # type: ignore[union-attr]
+        out[k] = _norm(v).lower() if v is not None else None  # type: ignore[union-attr]
+    return out
 
 
 class TelURI(URI):
@@ -226,6 +243,26 @@ def _unescape(value: str | None) -> str | None:
     if value is None or "%" not in value:
         return value
     return _pct_unquote(value, errors="surrogateescape")
+
+
+# RFC 2396 §2.2 reserved characters, and "%" itself so that an escaped "%" never becomes the start of
+# another escape (RFC 4475 §3.1.1.3: "value%2541" is "value%41", never "valueA").
+_RESERVED = frozenset(";/?:@&=+$,%")
+_ESCAPE_RE = re.compile(r"%([0-9A-Fa-f]{2})")
+
+
+def _decode_escape(m: re.Match[str]) -> str:
+    ch = chr(int(m.group(1), 16))
+    return "%" + m.group(1).upper() if ch in _RESERVED else ch
+
+
+def _norm(value: str | None) -> str | None:
+    """The form compared by §19.1.4: characters outside the reserved set are equivalent to their
+    ``%HH`` escape, so those escapes are decoded (once); escapes of reserved characters are kept, with
+    upper-case hex."""
+    if value is None or "%" not in value:
+        return value
+    return _ESCAPE_RE.sub(_decode_escape, value)
 
 
 def _parse_params(text: str, where: str) -> dict[str, str | None]:

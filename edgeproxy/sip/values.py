@@ -85,7 +85,12 @@ class Via:
 
     @property
     def rport(self) -> str | None:
-        return self.params.get("rport", None) if "rport" in self.params else None
+        """RFC 3581: None when absent, ``""`` for the bare flag a client sends, the port text once
+        a server filled it in."""
+        params = self.params
+        if "rport" not in params:
+            return None
+        return params["rport"] or ""
 
     @property
     def maddr(self) -> str | None:
@@ -94,7 +99,7 @@ class Via:
     @property
     def ttl(self) -> int | None:
         ttl = self.params.get("ttl")
-        return int(ttl) if ttl and ttl.isdigit() else None
+        return int(ttl) if ttl and ttl.isdigit() and ttl.isascii() and len(ttl) <= 3 else None
 
     @property
     def sent_by(self) -> tuple[str, int]:
@@ -106,7 +111,9 @@ class Via:
     def rfc3261_branch(self) -> bool:
         """Whether the branch carries the magic cookie ``z9hG4bK`` (§8.1.1.7, §17.2.3)."""
         b = self.params.get("branch")
-        return bool(b) and b.startswith("z9hG4bK")  # type: ignore[union-attr]
+        # The cookie alone identifies nothing (RFC 4475 §3.2.1): such a request falls back to the
+        # RFC 2543 matching rules, as the RFC allows.
+        return b is not None and len(b) > 7 and b.startswith("z9hG4bK")
 
     def __str__(self) -> str:
         hostport = self.host if self.port is None else f"{self.host}:{self.port}"
@@ -210,6 +217,10 @@ def parse_name_address(value: str, what: str = "header") -> NameAddress:
     try:
         uri = parse_uri(uri_text)
     except SipValueError as exc:
+        if display is None and ("<" in value or '"' in value):
+            # not a URI but a name-addr gone wrong: an unterminated quote, spaces inside <...>, or a
+            # display name that is neither token nor quoted-string (RFC 4475 §3.1.2.6, .14, .15)
+            raise SipValueError(f"Malformed {what}") from None
         raise SipValueError(f"{exc.reason} in {what}") from None
     return NameAddress(uri, display, parse_params(value, m.end(), what))
 
@@ -225,13 +236,15 @@ class CSeq(NamedTuple):
 
 
 def parse_cseq(value: str) -> CSeq:
+    """Parse ``1*DIGIT LWS Method`` (§20.16); a number of 2**31 or more is refused (§8.1.1.5,
+    RFC 4475 §3.1.2.4)."""
     m = g.CSEQ_RE.fullmatch(value)
     if m is None:
         raise SipValueError("Malformed CSeq")
-    number = int(m.group(1))
-    if number >= 2**31:
+    digits = m.group(1)
+    if len(digits) > 10 or int(digits) >= 2**31:
         raise SipValueError("CSeq number too large")
-    return CSeq(number, m.group(2))
+    return CSeq(int(digits), m.group(2))
 
 
 @dataclass(slots=True)
@@ -282,8 +295,4 @@ def parse_tokens(values: list[str]) -> list[str]:
 def parse_delta_seconds(text: str) -> int | None:
     """A delta-seconds value (§25.1), or None if it is not one or exceeds 2**32-1 (RFC 4475 §3.1.2.4
     lets an element treat overlarge expiry values as absent)."""
-    text = text.strip(" \t")
-    if not text.isdigit() or not text.isascii():
-        return None
-    value = int(text)
-    return value if value <= MAX_DELTA_SECONDS else None
+    return g.small_int(text.strip(" \t"), MAX_DELTA_SECONDS)
