@@ -95,7 +95,7 @@ def salvage_head(data: bytes | bytearray, limit: int, max_line: int) -> list[tup
 def error_reply(exc: SipParseError, head: bytes | bytearray | None, limit: int, max_line: int) -> bytes | None:
     """The bytes of the reply to a request that failed to parse, or None when none is possible
     (a broken response is only dropped, §18.1.2; a request whose Via, Call-ID or CSeq cannot be
-    found cannot be answered, §8.2.6.2).
+    found cannot be answered, §8.2.6.2; an ACK is never answered).
 
     ``head`` is the raw start of the offending message; it is only read when the core's error carries
     too little to reply (oversized messages, a datagram without the empty line).
@@ -108,6 +108,8 @@ def error_reply(exc: SipParseError, head: bytes | bytearray | None, limit: int, 
             return None
         partial = salvage_head(head, limit, max_line)
         exc = SipParseError(exc.reason, exc.status, is_request=True, partial=partial, fatal=exc.fatal)
+    if any(k == "cseq" and v.rsplit(None, 1)[-1:] == ["ACK"] for k, v in exc.partial):
+        return None  # an ACK is never answered (§17.1.1.3, §17.2.1)
     response = error_response(exc)
     if response is None:
         return None
