@@ -1,0 +1,494 @@
+"""The configuration of one edgeproxy node: a TOML file, checked completely before anything starts.
+
+This replaces the global section and the ``modparam`` lines of an ``opensips.cfg``. Every key has a
+default, so no file at all is a working single node (UDP and TCP on 127.0.0.1:5060, the shipped
+``routes/default.py``, an in-memory location table). A file only names what differs::
+
+    [node]
+    listen = ["udp:0.0.0.0:5060", "tcp:0.0.0.0:5060"]
+    advertise = "203.0.113.7"
+
+    [registrar]
+    min_expires = 120
+
+Theory of operation: :func:`load_config` reads the file with :mod:`tomllib`, lays the command-line
+overrides over it, then walks a schema (one checker per key) and builds frozen dataclasses. Anything
+the schema does not know -- a misspelt section, a misspelt key, a string where a number belongs, a
+value out of range -- raises :class:`ConfigError`, whose text is one line naming the key and the
+problem, so ``twistd edgeproxy`` can refuse to start with a message an operator can act on.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import json
+import math
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Callable, Mapping
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "NodeConfig",
+    "RegistrarConfig",
+    "TimersConfig",
+    "ProxyConfig",
+    "LimitsConfig",
+    "TRANSPORTS",
+    "LOG_LEVELS",
+    "load_config",
+    "parse_listen_spec",
+]
+
+#: Transports a listener may use, as written in ``transport:host:port`` (RFC 3261 §18, RFC 7118).
+TRANSPORTS = ("udp", "tcp", "tls", "ws", "wss")
+#: Accepted ``node.log_level`` values, most to least verbose.
+LOG_LEVELS = ("debug", "info", "warn", "error")
+
+
+class ConfigError(ValueError):
+    """A configuration value cannot be used.
+
+    ``key`` is the dotted key (``registrar.min_expires``), or the file name when the file itself is
+    the problem; ``problem`` says what is wrong. ``str()`` is always a single line.
+    """
+
+    def __init__(self, key: str, problem: str) -> None:
+        self.key = key
+        self.problem = " ".join(problem.split())
+        super().__init__(f"config: {key}: {self.problem}")
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Where the node listens and which route module decides what to do with requests.
+
+    ``listen`` holds ``transport:host:port`` strings (IPv6 hosts in brackets). ``advertise`` is the
+    host put in Via and Record-Route when the node listens on a wildcard address; ``domains`` the
+    domains the node is responsible for (empty: every domain). IPv6 literals in ``advertise`` and
+    ``domains`` are kept without brackets, as :class:`edgeproxy.sip.endpoint.Endpoint` holds them.
+    ``route`` is an absolute ``.py`` path or a dotted module name; empty means ``routes.default``.
+    """
+
+    listen: tuple[str, ...] = ("udp:127.0.0.1:5060", "tcp:127.0.0.1:5060")
+    advertise: str = ""
+    domains: tuple[str, ...] = ()
+    route: str = ""
+    log_level: str = "info"
+    node_id: str | None = None
+
+
+@dataclass(frozen=True)
+class RegistrarConfig:
+    """Registrar policy (RFC 3261 §10.3), named as OpenSIPS's ``registrar`` module parameters.
+
+    ``max_expires`` and ``max_contacts`` of 0 mean no limit. ``min_expires_mode`` ``"clamp"`` raises a
+    too-short expiry to ``min_expires``; ``"reject"`` answers 423 Interval Too Brief (§10.3 step 7).
+    ``path_mode`` is the RFC 3327 Path support: ``off``, ``lazy`` (store Path when present) or
+    ``strict`` (also require the UA to list ``path`` in Supported).
+    """
+
+    default_expires: int = 3600
+    min_expires: int = 60
+    max_expires: int = 0
+    min_expires_mode: str = "clamp"
+    max_contacts: int = 0
+    use_domain: bool = False
+    path_mode: str = "lazy"
+
+
+@dataclass(frozen=True)
+class TimersConfig:
+    """Transaction timers in seconds (RFC 3261 §17 and Table 4).
+
+    ``timer_b`` and ``timer_f`` default to ``64 * t1`` as the RFC defines them; ``timer_c`` is the
+    proxy's INVITE timer (§16.6 step 11), OpenSIPS's ``fr_inv_timeout``.
+    """
+
+    t1: float = 0.5
+    t2: float = 4.0
+    t4: float = 5.0
+    timer_b: float | None = None
+    timer_f: float | None = None
+    timer_c: float = 120.0
+
+    def __post_init__(self) -> None:
+        if self.timer_b is None:
+            object.__setattr__(self, "timer_b", 64 * self.t1)
+        if self.timer_f is None:
+            object.__setattr__(self, "timer_f", 64 * self.t1)
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    """Stateful-proxy behaviour (RFC 3261 §16).
+
+    ``no_reply_status`` is the final response sent when a route module returns without replying or
+    relaying, so a request is never left without an answer.
+    """
+
+    record_route_double: bool = True
+    auto_100trying: bool = True
+    no_reply_status: int = 500
+    max_forwards_default: int = 70
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """Resource limits applied to every peer (the parser refuses larger messages with 513 / a close)."""
+
+    max_message_size: int = 65535
+    max_headers: int = 256
+    max_line_length: int = 16384
+    max_connections: int = 10000
+    tcp_idle_timeout: float = 600.0
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration of one node. ``source`` is the file it was read from, if any;
+    ``route_params`` is the free-form ``[route_params]`` table, handed to route modules as-is."""
+
+    node: NodeConfig = field(default_factory=NodeConfig)
+    registrar: RegistrarConfig = field(default_factory=RegistrarConfig)
+    timers: TimersConfig = field(default_factory=TimersConfig)
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    route_params: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), hash=False)
+    source: str | None = None
+
+
+# -- value checkers -------------------------------------------------------------------------------
+#
+# A checker takes (key, value, context) and returns the value to store, or raises ConfigError.
+
+Checker = Callable[[str, Any, "_Context"], Any]
+
+
+@dataclass
+class _Context:
+    base_dir: str  # relative route paths resolve against this: the config file's directory, or cwd
+
+
+def _show(value: Any) -> str:
+    """A value as the operator wrote it (TOML spelling), shortened to fit in one line."""
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, str):
+        text = json.dumps(value, ensure_ascii=False)
+    elif isinstance(value, (list, tuple)):
+        text = "[" + ", ".join(_show(v) for v in value) + "]"
+    elif isinstance(value, dict):
+        text = "a table"
+    else:
+        text = str(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _integer(minimum: int, maximum: int | None = None) -> Checker:
+    if maximum is None:
+        wanted = f"an integer >= {minimum}"
+    else:
+        wanted = f"an integer from {minimum} to {maximum}"
+
+    def check(key: str, value: Any, ctx: _Context) -> int:
+        if not _is_int(value) or value < minimum or (maximum is not None and value > maximum):
+            raise ConfigError(key, f"must be {wanted}, got {_show(value)}")
+        return int(value)
+
+    return check
+
+
+def _seconds(key: str, value: Any, ctx: _Context) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ConfigError(key, f"must be a number of seconds > 0, got {_show(value)}")
+    return float(value)
+
+
+def _boolean(key: str, value: Any, ctx: _Context) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(key, f"must be true or false, got {_show(value)}")
+    return value
+
+
+def _choice(*options: str, aliases: Mapping[str, str] | None = None) -> Checker:
+    names = ", ".join(f'"{o}"' for o in options)
+
+    def check(key: str, value: Any, ctx: _Context) -> str:
+        if isinstance(value, str):
+            v = value.strip().lower()
+            v = (aliases or {}).get(v, v)
+            if v in options:
+                return v
+        raise ConfigError(key, f"must be one of {names}, got {_show(value)}")
+
+    return check
+
+
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
+
+
+def _host(text: str, *, brackets: str) -> str | None:
+    """``text`` as a host (IPv4, IPv6 or DNS name), IPv6 returned without brackets; None if invalid.
+
+    ``brackets`` is ``"required"`` for IPv6 inside ``host:port`` strings, ``"optional"`` elsewhere.
+    """
+    if text.startswith("[") and text.endswith("]"):
+        try:
+            return str(ipaddress.IPv6Address(text[1:-1]))
+        except ValueError:
+            return None
+    if ":" in text:
+        if brackets == "required":
+            return None
+        try:
+            return str(ipaddress.IPv6Address(text))
+        except ValueError:
+            return None
+    try:
+        return str(ipaddress.IPv4Address(text))
+    except ValueError:
+        pass
+    if re.fullmatch(r"[0-9.]+", text):  # looks like a broken IPv4 address, not a name
+        return None
+    return text.lower() if _HOSTNAME.match(text) else None
+
+
+_LISTEN = re.compile(r"^(?P<transport>[A-Za-z]+):(?P<host>\[[^\]]*\]|[^:\[\]]+):(?P<port>[0-9]{1,5})$")
+
+
+def parse_listen_spec(spec: str) -> tuple[str, str, int]:
+    """Split a listener spec ``transport:host:port`` into (transport, host, port).
+
+    The transport is returned lower-case, the host as written (an IPv6 host keeps its brackets: it
+    must have them, as in a SIP URI, RFC 3261 §19.1.1). Raises ValueError with the reason.
+    """
+    m = _LISTEN.match(spec.strip()) if isinstance(spec, str) else None
+    if m is None:
+        raise ValueError("must be \"transport:host:port\" (IPv6 host in brackets, e.g. \"udp:[::1]:5060\")")
+    transport = m["transport"].lower()
+    if transport not in TRANSPORTS:
+        raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}")
+    if _host(m["host"], brackets="required") is None:
+        raise ValueError("host must be an IPv4 address, an IPv6 address in brackets or a DNS name")
+    port = int(m["port"])
+    if not 1 <= port <= 65535:
+        raise ValueError("port must be from 1 to 65535")
+    return transport, m["host"], port
+
+
+def _listen(key: str, value: Any, ctx: _Context) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        raise ConfigError(key, f"must be a non-empty list of \"transport:host:port\" strings, got {_show(value)}")
+    specs: list[str] = []
+    seen: set[tuple[str, str, int]] = set()
+    for i, spec in enumerate(value):
+        if not isinstance(spec, str):
+            raise ConfigError(f"{key}[{i}]", f"must be a \"transport:host:port\" string, got {_show(spec)}")
+        try:
+            transport, host, port = parse_listen_spec(spec)
+        except ValueError as exc:
+            raise ConfigError(f"{key}[{i}]", f"{exc}, got {_show(spec)}") from None
+        ident = (transport, _host(host, brackets="required") or host, port)
+        if ident in seen:
+            raise ConfigError(f"{key}[{i}]", f"listed twice: {_show(spec)}")
+        seen.add(ident)
+        specs.append(f"{transport}:{host}:{port}")
+    return tuple(specs)
+
+
+def _advertise(key: str, value: Any, ctx: _Context) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(key, f"must be a host name or IP address string, got {_show(value)}")
+    if value == "":
+        return ""
+    host = _host(value.strip(), brackets="optional")
+    if host is None:
+        raise ConfigError(key, f"must be a host name or IP address, got {_show(value)}")
+    return host
+
+
+def _domains(key: str, value: Any, ctx: _Context) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise ConfigError(key, f"must be a list of domain names, got {_show(value)}")
+    out: list[str] = []
+    for i, d in enumerate(value):
+        host = _host(d.strip(), brackets="optional") if isinstance(d, str) else None
+        if host is None:
+            raise ConfigError(f"{key}[{i}]", f"must be a domain name or IP address, got {_show(d)}")
+        if host not in out:
+            out.append(host)
+    return tuple(out)
+
+
+_DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+def _route(key: str, value: Any, ctx: _Context) -> str:
+    """A route module: a ``.py`` file (relative to the config file's directory) or a dotted name.
+
+    Only the spelling and the file's existence are checked here; importing the module and checking
+    its functions is :func:`edgeproxy.routing.loader.load_route_module`'s job.
+    """
+    if not isinstance(value, str):
+        raise ConfigError(key, f"must be a .py file path or a dotted module name, got {_show(value)}")
+    spec = value.strip()
+    if spec == "":
+        return ""
+    if spec.endswith(".py") or "/" in spec or os.sep in spec:
+        path = os.path.normpath(os.path.join(ctx.base_dir, os.path.expanduser(spec)))
+        if not os.path.isfile(path):
+            raise ConfigError(key, f"no such file: {_show(path)}")
+        return path
+    if not _DOTTED.match(spec):
+        raise ConfigError(key, f"must be a .py file path or a dotted module name, got {_show(value)}")
+    return spec
+
+
+def _node_id(key: str, value: Any, ctx: _Context) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", value):
+        raise ConfigError(key, f"must be 1-64 letters, digits, '.', '_' or '-', got {_show(value)}")
+    return value
+
+
+_SCHEMA: dict[str, tuple[type, dict[str, Checker]]] = {
+    "node": (NodeConfig, {
+        "listen": _listen,
+        "advertise": _advertise,
+        "domains": _domains,
+        "route": _route,
+        "log_level": _choice(*LOG_LEVELS, aliases={"warning": "warn"}),
+        "node_id": _node_id,
+    }),
+    "registrar": (RegistrarConfig, {
+        "default_expires": _integer(1),
+        "min_expires": _integer(0),
+        "max_expires": _integer(0),
+        "min_expires_mode": _choice("clamp", "reject"),
+        "max_contacts": _integer(0),
+        "use_domain": _boolean,
+        "path_mode": _choice("off", "lazy", "strict"),
+    }),
+    "timers": (TimersConfig, {
+        "t1": _seconds,
+        "t2": _seconds,
+        "t4": _seconds,
+        "timer_b": _seconds,
+        "timer_f": _seconds,
+        "timer_c": _seconds,
+    }),
+    "proxy": (ProxyConfig, {
+        "record_route_double": _boolean,
+        "auto_100trying": _boolean,
+        "no_reply_status": _integer(400, 699),
+        "max_forwards_default": _integer(1, 255),
+    }),
+    "limits": (LimitsConfig, {
+        "max_message_size": _integer(1024, 16 * 1024 * 1024),
+        "max_headers": _integer(8, 100000),
+        "max_line_length": _integer(256, 16 * 1024 * 1024),
+        "max_connections": _integer(1),
+        "tcp_idle_timeout": _seconds,
+    }),
+}
+_FREE_FORM = ("route_params",)
+
+
+def _unknown(key: str, what: str, known: list[str]) -> ConfigError:
+    name = key.rsplit(".", 1)[-1]
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f'did you mean "{close[0]}"?' if close else "expected one of " + ", ".join(sorted(known))
+    return ConfigError(key, f"unknown {what} ({hint})")
+
+
+def _cross_checks(config: Config) -> None:
+    """Constraints between keys, reported against the key an operator would change."""
+    t = config.timers
+    if t.t2 < t.t1:
+        raise ConfigError("timers.t2", f"must be >= timers.t1 ({t.t1:g}), got {t.t2:g}")
+    r = config.registrar
+    if r.max_expires and r.min_expires > r.max_expires:
+        raise ConfigError("registrar.min_expires",
+                          f"must be <= registrar.max_expires ({r.max_expires}), got {r.min_expires}")
+    lim = config.limits
+    if lim.max_line_length > lim.max_message_size:
+        raise ConfigError("limits.max_line_length",
+                          f"must be <= limits.max_message_size ({lim.max_message_size}), got {lim.max_line_length}")
+
+
+def _read(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(path, "no such file") from None
+    except IsADirectoryError:
+        raise ConfigError(path, "is a directory, not a TOML file") from None
+    except PermissionError:
+        raise ConfigError(path, "permission denied") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, f"not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(path, "not valid TOML: the file is not UTF-8") from None
+
+
+def load_config(path: str | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
+    """Read and check the configuration.
+
+    ``path`` is a TOML file, or None for the built-in defaults. ``overrides`` maps dotted keys
+    (``"node.listen"``) to values that replace the file's -- the command-line options; they are
+    checked like the file's values and their errors say they came from the command line. Relative
+    route paths in the file resolve against the file's directory, those from the command line
+    against the current directory. Raises :class:`ConfigError`.
+    """
+    raw: dict[str, Any] = _read(path) if path is not None else {}
+    file_dir = os.path.dirname(os.path.abspath(path)) if path is not None else os.getcwd()
+
+    sections: dict[str, dict[str, Any]] = {}
+    for name, table in raw.items():
+        if name in _FREE_FORM:
+            if not isinstance(table, dict):
+                raise ConfigError(name, f"must be a table ([{name}]), got {_show(table)}")
+            continue
+        if name not in _SCHEMA:
+            raise _unknown(name, "section", list(_SCHEMA) + list(_FREE_FORM))
+        if not isinstance(table, dict):
+            raise ConfigError(name, f"must be a table ([{name}]), got {_show(table)}")
+        for key, value in table.items():
+            sections.setdefault(name, {})[key] = (value, f"{name}.{key}", file_dir)
+
+    for dotted, value in (overrides or {}).items():
+        name, _, key = dotted.partition(".")
+        if name not in _SCHEMA:
+            raise _unknown(name, "section", list(_SCHEMA))
+        sections.setdefault(name, {})[key] = (value, dotted, None)
+
+    built: dict[str, Any] = {}
+    for name, (cls, checkers) in _SCHEMA.items():
+        values: dict[str, Any] = {}
+        for key, (value, label, base_dir) in sections.get(name, {}).items():
+            from_file = base_dir is not None
+            try:
+                if key not in checkers:
+                    raise _unknown(label, f"key in [{name}]", list(checkers))
+                values[key] = checkers[key](label, value, _Context(base_dir if from_file else os.getcwd()))
+            except ConfigError as exc:
+                if from_file:
+                    raise
+                raise ConfigError(f"{exc.key} (command line)", exc.problem) from None
+        built[name] = cls(**values)
+
+    params = raw.get("route_params", {})
+    config = Config(**built, route_params=MappingProxyType(dict(params)),
+                    source=os.path.abspath(path) if path is not None else None)
+    _cross_checks(config)
+    return config
