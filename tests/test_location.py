@@ -299,6 +299,19 @@ class FlowTests(LocationTestCase):
         self.assertEqual(self.lookup("alice")[0], LookupResult.FOUND)
         self.assertEqual(self.successResultOf(self.loc.remove_flow(new)), 1)
 
+    def test_shared_connection_index_shrinks_back(self) -> None:
+        shared, other = conn_flow(1), conn_flow(2, port=40001)
+        self.replace("alice", [binding(flow=shared)])
+        self.replace("bob", [binding(aor="bob", flow=shared)])
+        self.replace("carol", [binding(aor="carol", flow=shared)])
+        self.assertEqual(self.loc._by_flow[shared], {"alice", "bob", "carol"})
+        self.replace("alice", [binding(flow=other, cseq=2)])
+        self.replace("carol", [])
+        self.assertEqual(self.loc._by_flow[shared], "bob")
+        self.assertEqual(self.successResultOf(self.loc.remove_flow(shared)), 1)
+        self.assertEqual(self.lookup("alice")[0], LookupResult.FOUND)
+        self.assertEqual(self.loc._by_flow, {other: "alice"})
+
     def test_remove_udp_flow_scans(self) -> None:
         f = udp_flow("203.0.113.5", 5070)
         self.replace("alice", [binding(flow=f), binding(contact="sip:alice@192.0.2.50")])

@@ -3,7 +3,7 @@
 
 Theory of operation:
 
-* ``_records`` maps each AoR to a small :class:`_Record`: its bindings (a list, usually of one or two)
+* ``_records`` maps each AoR to a small :class:`_Record`: its bindings (a tuple, usually of one or two)
   and the time of the expiry-heap entry that currently stands for it.
 * Expiry uses a single ``callLater`` armed for the earliest entry of a heap of ``(time, aor)``. Each
   record has at most one *valid* entry — the one whose time equals ``record.scheduled``, at or before
@@ -14,7 +14,7 @@ Theory of operation:
 * Reads filter on ``expires_at > now``, so an expired binding is never returned even when the timer has
   not run yet (a busy reactor, or a test Clock not advanced).
 * ``_by_flow`` indexes the AoRs that have bindings on each connection-oriented flow (the ones that can
-  close), so :meth:`InMemoryLocation.remove_flow` does not scan; connection-less flows are not
+  close) — a bare AoR string in the usual one-client-per-connection case, a set otherwise — so :meth:`InMemoryLocation.remove_flow` does not scan; connection-less flows are not
   indexed (their removal scans every AoR — UDP "flows" never close).
 """
 
@@ -42,7 +42,7 @@ class _Record:
     __slots__ = ("bindings", "scheduled")
 
     def __init__(self) -> None:
-        self.bindings: list[Binding] = []
+        self.bindings: tuple[Binding, ...] = ()
         self.scheduled: float | None = None
 
 
@@ -60,7 +60,7 @@ class InMemoryLocation:
         self._heap: list[tuple[float, str]] = []
         self._timer: Any = None
         self._listeners: list[LocationListener] = []
-        self._by_flow: dict[Flow, set[str]] = {}
+        self._by_flow: dict[Flow, str | set[str]] = {}  # an AoR, or a set when several share it
         self._count = 0
 
     # -- LocationService -----------------------------------------------------------------------------
@@ -112,7 +112,8 @@ class InMemoryLocation:
 
     def remove_flow(self, flow: Flow) -> "Deferred[int]":
         if flow.connection_id is not None:
-            aors: Iterable[str] = list(self._by_flow.get(flow, ()))
+            indexed = self._by_flow.get(flow)
+            aors: Iterable[str] = () if indexed is None else [indexed] if type(indexed) is str else list(indexed)
         else:
             aors = [a for a, r in self._records.items() if any(b.flow == flow for b in r.bindings)]
         now = self.clock.seconds()
@@ -171,7 +172,7 @@ class InMemoryLocation:
         live.sort(key=order_key)
         return live
 
-    def _set(self, aor: str, record: _Record, bindings: list[Binding]) -> None:
+    def _set(self, aor: str, record: _Record, bindings: Sequence[Binding]) -> None:
         """Store ``bindings`` (non-empty) in ``record``, keeping the flow index and counter right."""
         old = record.bindings
         self._count += len(bindings) - len(old)
@@ -180,13 +181,25 @@ class InMemoryLocation:
         by_flow = self._by_flow
         for flow in old_flows - new_flows:
             aors = by_flow.get(flow)
-            if aors is not None:
-                aors.discard(aor)
-                if not aors:
+            if aors is None:
+                continue
+            if type(aors) is str:
+                if aors == aor:
                     del by_flow[flow]
+            else:
+                aors.discard(aor)  # type: ignore[union-attr]
+                if len(aors) == 1:
+                    by_flow[flow] = next(iter(aors))
         for flow in new_flows - old_flows:
-            by_flow.setdefault(flow, set()).add(aor)
-        record.bindings = bindings
+            aors = by_flow.get(flow)
+            if aors is None:
+                by_flow[flow] = aor  # the common case: one AoR per connection, no set
+            elif type(aors) is str:
+                if aors != aor:
+                    by_flow[flow] = {aors, aor}
+            else:
+                aors.add(aor)  # type: ignore[union-attr]
+        record.bindings = tuple(bindings)  # a tuple is smaller than a list
 
     def _update(self, aor: str, record: _Record, keep: list[Binding]) -> None:
         """After a removal: store what is left, or drop the record when nothing is."""
