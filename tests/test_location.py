@@ -86,6 +86,13 @@ class BindingTests(SynchronousTestCase):
         self.assertIsNone(b.methods)
         self.assertTrue(b.allows("INVITE"))
 
+    def test_hashable_and_value_equal(self) -> None:
+        a = binding(contact_params={"+sip.ice": None})
+        b = binding(contact_params={"+sip.ice": None})
+        self.assertEqual(a, b)
+        self.assertEqual(len({a, b}), 1)
+        self.assertNotEqual(a, binding(cseq=2))
+
     def test_lookup_result_matches_opensips_retcodes(self) -> None:
         self.assertEqual([int(r) for r in LookupResult], [1, -1, -2, -3])
         self.assertEqual(LookupResult.METHOD_NOT_ALLOWED, -2)

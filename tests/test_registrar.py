@@ -328,12 +328,20 @@ class OrderingTests(RegistrarTestCase):
     def test_retransmission_answers_200_without_change(self) -> None:
         first = register("<sip:a@192.0.2.10>;expires=600", cseq=5)
         self.save(first)
-        self.clock.advance(30)
+        self.clock.advance(10)
         again = register("<sip:a@192.0.2.10>;expires=600", cseq=5)
         r = self.save(again)
         self.assertEqual(r.status, 200)
-        self.assertEqual(self.expires_of(r), {"sip:a@192.0.2.10": 570})
+        self.assertEqual(self.expires_of(r), {"sip:a@192.0.2.10": 590})
         self.assertEqual(self.bindings()[0].last_modified, T0)
+
+    def test_equal_cseq_after_cseq_delay_is_a_new_update(self) -> None:
+        # OpenSIPS allow_dup_cseq: a UA reusing its CSeq keeps its binding alive
+        self.save(register("<sip:a@192.0.2.10>;expires=600", cseq=5))
+        self.clock.advance(21)
+        r = self.save(register("<sip:a@192.0.2.10>;expires=600", cseq=5))
+        self.assertEqual(self.expires_of(r), {"sip:a@192.0.2.10": 600})
+        self.assertEqual(self.bindings()[0].last_modified, T0 + 21)
 
     def test_retransmitted_unregister_is_harmless(self) -> None:
         self.save(register("<sip:a@192.0.2.10>", cseq=1))

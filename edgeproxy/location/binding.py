@@ -100,6 +100,11 @@ class Binding:
     nat: bool = False
     last_modified: float = 0.0
 
+    def __hash__(self) -> int:
+        # The generated hash would fail on the ``contact_params`` mapping; hash the identifying fields
+        # (equal bindings have equal ones) so bindings can live in sets and dict keys.
+        return hash((self.aor, self.uri, self.call_id, self.cseq, self.expires_at))
+
     def expires_in(self, now: float) -> int:
         """Whole seconds left at ``now`` (rounded up, never negative): the ``expires`` Contact parameter
         of a 200 OK to REGISTER (§10.3 step 8)."""

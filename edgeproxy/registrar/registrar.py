@@ -236,14 +236,19 @@ class Registrar:
         """The new binding set, an error reply, or None for a retransmission (§10.3 steps 6-7)."""
         call_id = request.call_id
         cseq = request.cseq.number
+        now = self.clock.seconds()
+        delay = self.settings.cseq_delay
         retransmission = False
 
         def ordering(b: Binding) -> None:
+            # §10.3 step 7 with OpenSIPS's refinements: a lower CSeq in the same Call-ID is out of order
+            # (400); an equal one within ``cseq_delay`` of the last write is a retransmission (200, no
+            # change); an equal one later is accepted as new (OpenSIPS ``allow_dup_cseq``, on by default).
             nonlocal retransmission
             if b.call_id == call_id:
                 if cseq < b.cseq:
                     raise _Reject(request.make_response(400, "Invalid CSeq"))
-                if cseq == b.cseq:
+                if cseq == b.cseq and now - b.last_modified <= delay:
                     retransmission = True
 
         try:
@@ -253,7 +258,6 @@ class Registrar:
                     ordering(b)
                 return None if retransmission else []
 
-            now = self.clock.seconds()
             received: Endpoint | None = flow.remote if flow is not None else None
             user_agent = shared_string(request.headers.get("user-agent"))
             bindings = current

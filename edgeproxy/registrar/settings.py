@@ -35,6 +35,11 @@ class RegistrarSettings:
       stores and uses it but never returns it; ``"lazy"`` (``p1``) also returns it in the 200 OK when the
       UA sent ``Supported: path``; ``"strict"`` (``p2``, what RFC 3327 §5.3 recommends) rejects a REGISTER
       with Path from a UA without ``Supported: path`` with 420 and ``Unsupported: path``.
+    * ``cseq_delay`` (20 s) — a REGISTER with the Call-ID and CSeq of a stored binding written less than
+      this long ago is a retransmission: 200 with the current bindings, nothing changed. Later, an equal
+      CSeq is accepted as a new update (OpenSIPS ``cseq_delay`` and ``allow_dup_cseq``, whose default lets
+      UAs that reuse a CSeq keep refreshing). A lower CSeq in the same Call-ID is always 400 "Invalid
+      CSeq" (RFC 3261 §10.3 step 7).
     * ``received_param`` (``"received"``) — name of the Contact parameter carrying the source address
       of NATed bindings in the 200 OK (OpenSIPS ``received_param``).
     """
@@ -48,13 +53,14 @@ class RegistrarSettings:
     use_domain: bool = False
     path_mode: str = "lazy"
     received_param: str = "received"
+    cseq_delay: float = 20.0
 
     def __post_init__(self) -> None:
         if self.min_expires_mode not in MIN_EXPIRES_MODES:
             raise ValueError(f"min_expires_mode must be one of {MIN_EXPIRES_MODES}, not {self.min_expires_mode!r}")
         if self.path_mode not in PATH_MODES:
             raise ValueError(f"path_mode must be one of {PATH_MODES}, not {self.path_mode!r}")
-        for name in ("default_expires", "min_expires", "max_expires", "max_contacts", "retry_after"):
+        for name in ("default_expires", "min_expires", "max_expires", "max_contacts", "retry_after", "cseq_delay"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
         if self.default_expires == 0:
