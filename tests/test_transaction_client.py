@@ -90,7 +90,8 @@ class TestInviteCalling:
         tx = invite_tx()
         timeline = run_timers(tx, 100.0)
         assert sends(timeline) == [0.5, 1.5, 3.5, 7.5, 15.5, 31.5]
-        assert all(a.retransmit and a.request is tx.request for _, a in timeline if isinstance(a, SendRequest))
+        resent = [a for _, a in timeline if isinstance(a, SendRequest)]
+        assert all(a.retransmit and a.request is tx.request for a in resent)
         assert timeline[-2:] == [(32.0, Timeout("B")), (32.0, Terminated())]
         assert tx.state is State.TERMINATED
         assert tx.get_timer() is None

@@ -182,6 +182,11 @@ class TestInviteConfirmed:
         tx, _ = self.confirmed(timers=TimerSettings(t4=1.0))
         assert run_timers(tx, 100.0) == [(3.0, Terminated())]
 
+    def test_transport_error(self) -> None:
+        tx, _ = self.confirmed()
+        assert tx.transport_error(3.0) == [TransportFailure(), Terminated()]
+        assert tx.get_timer() is None
+
     def test_reliable_terminates_on_ack_timer_i_zero(self) -> None:
         tx, actions = self.confirmed(reliable=True)
         assert actions == [Terminated()]

@@ -185,7 +185,8 @@ class TestRfc2543Matching:
         assert table.match_request(request(branch=None, uri="sip:carol@example.com")) is None
 
     @pytest.mark.parametrize("change", [
-        {"call_id": "call-2"}, {"from_tag": "f2"}, {"cseq": 2}, {"to_tag": "x"}, {"sent_by": "192.0.2.1:5062"},
+        {"call_id": "call-2"}, {"from_tag": "f2"}, {"cseq": 2}, {"to_tag": "x"},
+        {"sent_by": "192.0.2.1:5062"},
     ])
     def test_each_field_counts(self, change) -> None:
         table = TransactionTable()
@@ -486,11 +487,12 @@ class TestTimers:
 # =================================================================================================
 
 _OPS = ["timer", "1xx", "2xx", "final", "request", "ack", "transport", "cancel_sent"]
+_S = State
 _STATES = {
-    ClientInviteTransaction: {State.CALLING, State.PROCEEDING, State.COMPLETED, State.ACCEPTED, State.TERMINATED},
-    ClientNonInviteTransaction: {State.TRYING, State.PROCEEDING, State.COMPLETED, State.TERMINATED},
-    ServerInviteTransaction: {State.PROCEEDING, State.COMPLETED, State.CONFIRMED, State.ACCEPTED, State.TERMINATED},
-    ServerNonInviteTransaction: {State.TRYING, State.PROCEEDING, State.COMPLETED, State.TERMINATED},
+    ClientInviteTransaction: {_S.CALLING, _S.PROCEEDING, _S.COMPLETED, _S.ACCEPTED, _S.TERMINATED},
+    ClientNonInviteTransaction: {_S.TRYING, _S.PROCEEDING, _S.COMPLETED, _S.TERMINATED},
+    ServerInviteTransaction: {_S.PROCEEDING, _S.COMPLETED, _S.CONFIRMED, _S.ACCEPTED, _S.TERMINATED},
+    ServerNonInviteTransaction: {_S.TRYING, _S.PROCEEDING, _S.COMPLETED, _S.TERMINATED},
 }
 
 
@@ -504,7 +506,8 @@ def test_invariants_hold_for_any_input_sequence(cls, reliable, steps) -> None:
     table = TransactionTable()
     invite = cls in (ClientInviteTransaction, ServerInviteTransaction)
     req = request("INVITE" if invite else "OPTIONS")
-    tx = cls(req, reliable=reliable, now=0.0, **({"auto_100": True} if cls is ServerInviteTransaction else {}))
+    extra = {"auto_100": True} if cls is ServerInviteTransaction else {}
+    tx = cls(req, reliable=reliable, now=0.0, **extra)
     table.add(tx)
     batches = [tx.start(0.0)]
     now = 0.0

@@ -116,4 +116,6 @@ class Terminated:
     Always the last action of a batch."""
 
 
-Action = Union[SendRequest, SendResponse, DeliverResponse, DeliverRequest, Timeout, TransportFailure, Terminated]
+Action = Union[
+    SendRequest, SendResponse, DeliverResponse, DeliverRequest, Timeout, TransportFailure, Terminated
+]

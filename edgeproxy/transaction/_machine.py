@@ -101,7 +101,8 @@ class State(enum.Enum):
 
 
 class Input(enum.Enum):
-    """What can happen to a transaction: the edges' labels in the RFC figures."""
+    """What can happen to a transaction: the edge labels of RFC 3261 Figures 5-8 ("1xx from TL",
+    "Timer A fires", "Transport Err." ...) plus the TU's CANCEL of §9.1."""
 
     RECV_1XX = "1xx from TL"
     RECV_2XX = "2xx from TL"
