@@ -294,13 +294,15 @@ class Node:
             self._route(request, flow, None)
             return
         ctx = ServerContext(request, flow)
-        if request.method == "INVITE":
+        if request.method != "REGISTER":
+            # at arrival, so retransmissions are absorbed while an async route runs (and INVITE gets
+            # its 100 Trying at once); REGISTER is answered statelessly like OpenSIPS's save(), its
+            # retransmissions recognised by the registrar's Call-ID/CSeq rule
             self._server_tx(ctx)
         self._route(request, flow, ctx)
 
     def _server_tx(self, ctx: ServerContext) -> Any:
-        """Create the server transaction of ``ctx`` (at arrival for INVITE, so retransmissions are
-        absorbed while the route runs and 100 Trying goes out at once; at relay time otherwise)."""
+        """Create the server transaction of ``ctx`` if it has none yet."""
         if ctx.tx is not None:
             return ctx.tx
         now = self.clock.seconds()
@@ -765,6 +767,7 @@ class Node:
         self._owners[tx] = CancelBranch(destination)
         self.table.add(tx)
         self._run(tx, tx.start(now))
+        self._run(cb.tx, cb.tx.cancel_sent(now))
 
 
 def _rr_uri(local: Endpoint) -> str:
