@@ -185,6 +185,8 @@ class SipURI(URI):
     def _key(self) -> Any:
         return (self.scheme, _norm(self.user), self.host_key, self.port)
 
+    __hash__ = URI.__hash__  # defining __eq__ would otherwise make URIs unusable as dict keys
+
 
 def _norm_params(params: Mapping[str, str | None]) -> dict[str, str | None]:
     out: dict[str, str | None] = {}
@@ -222,6 +224,8 @@ class TelURI(URI):
     def _key(self) -> Any:
         return self.number.translate(str.maketrans("", "", "-.()")).lower()
 
+    __hash__ = URI.__hash__
+
 
 class AbsoluteURI(URI):
     """Any other scheme (§25.1 absoluteURI), kept opaque: a proxy answers 416 to it as a target."""
@@ -237,6 +241,8 @@ class AbsoluteURI(URI):
         if not isinstance(other, AbsoluteURI):
             return NotImplemented
         return self.scheme == other.scheme and self.opaque == other.opaque
+
+    __hash__ = URI.__hash__
 
 
 def _unescape(value: str | None) -> str | None:
