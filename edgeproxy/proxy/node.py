@@ -21,11 +21,12 @@ from dataclasses import dataclass
 from itertools import count
 from typing import Any, Callable
 
-from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ..coroutine import run_eagerly
 from ..location import LookupResult
 from ..registrar import Registrar, aor_of, binding_destination
 from ..routing.api import Branch, RouteRequest, SIPError
@@ -354,10 +355,15 @@ class Node:
         except Exception:
             self._route_error(Failure(), rr)
             return
-        if _is_coroutine(result) or isinstance(result, Deferred):
-            d = ensureDeferred(result) if _is_coroutine(result) else result
-            d.addCallbacks(lambda _: done(rr), self._route_error, errbackArgs=(rr,))
-            d.addBoth(self._after_async)
+        if _is_coroutine(result):
+            result = run_eagerly(result)
+        if isinstance(result, Deferred):
+            if result.called and not isinstance(result.result, Failure):
+                result.addErrback(lambda _: None)
+                done(rr)  # finished synchronously: no re-arming needed
+                return
+            result.addCallbacks(lambda _: done(rr), self._route_error, errbackArgs=(rr,))
+            result.addBoth(self._after_async)
         else:
             done(rr)
 
@@ -454,7 +460,7 @@ class Node:
 
     def save(self, rr: RouteRequest, table: str, flags: str) -> "Deferred[bool]":
         request = rr.request
-        d = maybeDeferred(self.registrar.save, request, rr.source, nat=getattr(rr, "nat", False))
+        d = self.registrar.save(request, rr.source, nat=rr.nat)
 
         def saved(response: Response) -> bool:
             if "r" not in flags and not rr.replied:

@@ -21,10 +21,11 @@ from email.utils import formatdate
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
-from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ..coroutine import run_eagerly
 from ..location.binding import EMPTY_PARAMS, Binding, order_key, shared_methods, shared_string
 from ..location.service import LocationService
 from ..sip.endpoint import Endpoint, Flow
@@ -212,11 +213,10 @@ class Registrar:
         return value
 
     # -- the update (serialised per AoR) -------------------------------------------------------------
-    @inlineCallbacks
-    def _apply(self, request: Request, flow: Flow, nat: bool, key: str, star: bool,
+    async def _apply(self, request: Request, flow: Flow, nat: bool, key: str, star: bool,
                proposals: list[_Proposal] | None, path: tuple[str, ...]):  # type: ignore[no-untyped-def]
         try:
-            current = yield self.location.contacts(key)
+            current = await self.location.contacts(key)
             if proposals is None:
                 return self._ok(request, current, path)
             outcome = self._merge(request, flow, nat, key, star, proposals, path, list(current))
@@ -224,7 +224,7 @@ class Registrar:
                 return outcome
             if outcome is None:  # a retransmission: answer with what is stored, change nothing
                 return self._ok(request, current, path)
-            yield self.location.replace(key, outcome)
+            await self.location.replace(key, outcome)
             return self._ok(request, outcome, path)
         except Exception:
             log.failure("registrar: saving {aor} failed", aor=key)
@@ -331,7 +331,7 @@ class Registrar:
             else:
                 result.callback(outcome)
 
-        maybeDeferred(fn).addBoth(finished)
+        run_eagerly(fn()).addBoth(finished)
 
 
 def contact_value(binding: Binding, now: float, received_param: str = "received") -> str:

@@ -108,6 +108,7 @@ class RouteRequest:
         self.dst_uri: SipURI | None = None
         self.ruri_branch: Branch | None = None  # set by lookup(): the R-URI's own target data
         self.record_routed = False
+        self.nat = False  # OpenSIPS nat_bflag: save() marks the contacts as behind NAT
         self.failure_route: Callable[..., Any] | None = None
         self.reply_route: Callable[..., Any] | None = None
         self.branch_route: Callable[..., Any] | None = None
