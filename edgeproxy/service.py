@@ -87,6 +87,7 @@ def build_node(config: Config, reactor: Any = None) -> RunningNode:
         no_reply_status=p.no_reply_status,
         max_forwards_default=p.max_forwards_default,
         domains=tuple(config.node.domains),
+        log_decisions=config.node.log_level == "debug",
     )
     lim = config.limits
     transports = TransportManager(

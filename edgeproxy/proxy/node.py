@@ -67,6 +67,7 @@ class ProxySettings:
     no_reply_status: int = 500  # a route that neither replies nor relays
     max_forwards_default: int = 70  # §8.1.1.6
     domains: tuple[str, ...] = ()  # local domains (``uri == myself``); empty = the listeners only
+    log_decisions: bool = False  # one debug line per routing decision (log_level = "debug")
 
 
 class ClientBranch:
@@ -401,6 +402,9 @@ class Node:
             return
         rr.replied = True
         self.stats["replied"] += 1
+        if self.settings.log_decisions:
+            log.debug("{method} {call_id} from {src}: reply {code} {reason}", method=request.method,
+                      call_id=request.call_id, src=rr.source.remote, code=code, reason=reason or "")
         response = request.make_response(code, reason, to_tag=self._to_tag(request))
         if 300 <= code < 400:
             targets = ([] if not rr.ruri_changed else [request.uri]) + [b.uri for b in rr.branches]
@@ -463,6 +467,9 @@ class Node:
         d = self.registrar.save(request, rr.source, nat=rr.nat)
 
         def saved(response: Response) -> bool:
+            if self.settings.log_decisions:
+                log.debug("REGISTER {call_id} from {src}: save -> {status}", call_id=request.call_id,
+                          src=rr.source.remote, status=response.status)
             if "r" not in flags and not rr.replied:
                 rr.replied = True
                 self.stats["replied"] += 1
@@ -511,6 +518,10 @@ class Node:
         self._server_tx(ctx)
         rr.relayed = True
         self.stats["relayed"] += 1
+        if self.settings.log_decisions:
+            log.debug("{method} {call_id} from {src}: relay to {targets}", method=request.method,
+                      call_id=request.call_id, src=rr.source.remote,
+                      targets=", ".join(f"{t.uri} q={t.q}" for t in targets))
         groups: dict[float, list[Branch]] = {}
         for t in targets:
             groups.setdefault(1.0 if t.q is None else t.q, []).append(t)
