@@ -7,6 +7,7 @@ they implement. Input has already been unfolded (§7.3.1), so LWS here is plain 
 
 from __future__ import annotations
 
+import ipaddress
 import re
 
 # §25.1 token; non-ASCII is tolerated in tokens used as display names (phones send UTF-8 unquoted).
@@ -55,6 +56,7 @@ ADDR_SPEC_RE = re.compile(rf"{LWS}([^\s;,<>\"?]+)")
 
 CSEQ_RE = re.compile(rf"{LWS}([0-9]+)[ \t]+({TOKEN}){LWS}")
 DIGITS_RE = re.compile(r"[0-9]+")
+QVALUE_RE = re.compile(r"0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?")
 DATE_RE = re.compile(
     r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), [0-9]{2} "
     r"(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) [0-9]{4} [0-9]{2}:[0-9]{2}:[0-9]{2} GMT"
@@ -86,6 +88,16 @@ COMPACT_FORMS: dict[str, str] = {
     "y": "identity",
     "n": "identity-info",
 }
+
+
+def valid_ipv6_reference(host: str) -> bool:
+    """Whether ``[...]`` holds an IPv6 address (§25.1 IPv6reference; RFC 5118). Only called for hosts
+    that start with ``[``, so the common path never pays for it."""
+    try:
+        ipaddress.IPv6Address(host[1:-1])
+    except ValueError:
+        return False
+    return True
 
 
 def small_int(text: str, maximum: int) -> int | None:

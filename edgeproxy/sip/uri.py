@@ -6,6 +6,7 @@ not touch; :meth:`SipURI.replace` builds a new one when the proxy changes someth
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Any, Mapping
 from urllib.parse import unquote as _pct_unquote
@@ -81,9 +82,15 @@ class SipURI(URI):
 
     @property
     def host_key(self) -> str:
-        """The host for comparisons: lower-case, IPv6 without brackets."""
+        """The host for comparisons: lower-case, IPv6 without brackets and in its canonical
+        (RFC 5952) text, so ``[2001:DB8:0::1]`` and ``[2001:db8::1]`` are one host (RFC 5118 §4.4)."""
         h = self.host.lower()
-        return h[1:-1] if h.startswith("[") else h
+        if h.startswith("["):
+            try:
+                return ipaddress.IPv6Address(h[1:-1]).compressed
+            except ValueError:  # only hosts built by hand get here; parse_uri validates
+                return h[1:-1]
+        return h
 
     @property
     def effective_port(self) -> int:
@@ -302,6 +309,8 @@ def _parse_sip(scheme: str, rest: str, text: str) -> SipURI:
     if not m:
         raise SipValueError("Bad host in URI")
     host, port_text = m.group(1), m.group(2)
+    if host[0] == "[" and not g.valid_ipv6_reference(host):
+        raise SipValueError("Bad IPv6 reference in URI")
     port = None
     if port_text is not None:
         port = int(port_text)
@@ -348,6 +357,8 @@ def parse_uri(text: str) -> URI:
         uri.scheme = scheme.lower()
         uri.user = user
         uri.password = password
+        if host[0] == "[" and not g.valid_ipv6_reference(host):
+            raise SipValueError("Bad IPv6 reference in URI")
         uri.host = host
         uri.port = int(port) if port is not None else None
         if uri.port is not None and uri.port > 65535:

@@ -98,8 +98,9 @@ class Via:
 
     @property
     def ttl(self) -> int | None:
+        """The multicast ``ttl`` (§20.42: 0-255); None when absent or out of range."""
         ttl = self.params.get("ttl")
-        return int(ttl) if ttl and ttl.isdigit() and ttl.isascii() and len(ttl) <= 3 else None
+        return g.small_int(ttl, 255) if ttl else None
 
     @property
     def sent_by(self) -> tuple[str, int]:
@@ -135,6 +136,8 @@ def parse_first_via(line: str) -> tuple[Via, int]:
     m = g.VIA_RE.match(line)
     if m is None:
         raise SipValueError("Malformed Via")
+    if line[m.start(2)] == "[" and not g.valid_ipv6_reference(m.group(2)):
+        raise SipValueError("Bad IPv6 reference in Via")
     port = None
     if m.group(3) is not None:
         port = int(m.group(3))
@@ -166,16 +169,13 @@ class NameAddress:
     @property
     def q(self) -> float | None:
         """The Contact ``q`` value (§20.10), or None; malformed values raise (registrar answers 400)."""
-        q = self.params.get("q")
-        if q is None:
+        params = self.params
+        if "q" not in params:
             return None
-        try:
-            value = float(q)
-        except ValueError:
-            raise SipValueError("Bad q value") from None
-        if not 0.0 <= value <= 1.0:
+        q = params["q"]
+        if q is None or not g.QVALUE_RE.fullmatch(q):  # qvalue = ("0" ["." 0*3DIGIT]) / ("1" ["." 0*3("0")])
             raise SipValueError("Bad q value")
-        return value
+        return float(q)
 
     @property
     def expires(self) -> int | None:
@@ -183,6 +183,20 @@ class NameAddress:
         default, as RFC 4475 §3.1.2.4 allows for overlarge values)."""
         e = self.params.get("expires")
         return parse_delta_seconds(e) if e is not None else None
+
+    @property
+    def sip_instance(self) -> str | None:
+        """The ``+sip.instance`` Contact parameter (RFC 5626 §4.1) without its quotes, e.g.
+        ``<urn:uuid:...>``; None when absent."""
+        v = self.params.get("+sip.instance")
+        return g.unquote(v) if v is not None else None
+
+    @property
+    def reg_id(self) -> int | None:
+        """The ``reg-id`` Contact parameter (RFC 5626 §4.2); None when absent, malformed (not
+        1*DIGIT) or above 2**31-1."""
+        v = self.params.get("reg-id")
+        return g.small_int(v, 2**31 - 1) if v is not None else None
 
     @property
     def sip_uri(self) -> SipURI:
