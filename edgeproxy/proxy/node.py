@@ -620,10 +620,12 @@ class Node:
         status = err.status if isinstance(err, SendError) else 503
         reason = err.reason if isinstance(err, SendError) else "Service Unavailable"
         log.info("branch to {dest} failed: {why}", dest=cb.destination.remote, why=failure.getErrorMessage())
-        if cb.tx is not None and cb.final is None:
-            self._run(cb.tx, cb.tx.transport_error(self.clock.seconds()))
         if cb.final is None:
+            # the SendError's status is the branch's response (430 Flow Failed, 477 ...): record it
+            # before the transaction's TransportFailure would count the branch as a plain 503
             self._branch_failed(cb, status, reason)
+            if cb.tx is not None:
+                self._run(cb.tx, cb.tx.transport_error(self.clock.seconds()))
         self._arm()
 
     def _forward_stateless(self, rr: RouteRequest, target: Branch) -> bool:
