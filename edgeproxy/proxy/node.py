@@ -582,12 +582,17 @@ class Node:
 
     def _start_branch(self, ctx: ServerContext, target: Branch) -> None:
         now = self.clock.seconds()
+        branch = self._new_branch()
         try:
-            fwd, destination = self._prepare(ctx.request, target, ctx.rr, ctx.flow, self._new_branch())
+            fwd, destination = self._prepare(ctx.request, target, ctx.rr, ctx.flow, branch)
         except (SendError, SipValueError) as exc:
-            cb = ClientBranch(ctx, target, ctx.request, Destination(Endpoint("UDP", "0.0.0.0", 0)))
+            # the copy that could not be sent still gets our Via, so its local final response looks
+            # like any other branch's: _forward_response pops our Via, not the caller's (§16.7 step 9)
+            failed = ctx.request.copy()
+            failed.push_via(f"SIP/2.0/UDP 0.0.0.0;branch={branch}")
+            cb = ClientBranch(ctx, target, failed, Destination(Endpoint("UDP", "0.0.0.0", 0)))
             ctx.branches.append(cb)
-            cb.final = ctx.request.make_response(exc.status, exc.reason)
+            cb.final = failed.make_response(exc.status, exc.reason)
             return
         cb = ClientBranch(ctx, target, fwd, destination)
         ctx.branches.append(cb)
