@@ -102,7 +102,7 @@ class ServerContext:
     """Everything about one incoming request handled statefully (the OpenSIPS transaction "cell")."""
 
     __slots__ = ("request", "flow", "tx", "rr", "branches", "groups", "final_sent", "canceled",
-                 "failure_running")
+                 "failure_running", "starting")
 
     def __init__(self, request: Request, flow: Flow) -> None:
         self.request = request
@@ -114,6 +114,7 @@ class ServerContext:
         self.final_sent = False
         self.canceled = False
         self.failure_running = False
+        self.starting = False  # a group's branches are being created: no best-response choice yet
 
 
 def _is_coroutine(x: Any) -> bool:
@@ -553,8 +554,14 @@ class Node:
 
     def _start_group(self, ctx: ServerContext) -> None:
         group = ctx.groups.pop(0)
-        for target in group:
-            self._start_branch(ctx, target)
+        # a branch may fail synchronously (a UDP send error): the context must not be decided
+        # before every branch of the group exists (§16.7 step 6 waits for all branches)
+        ctx.starting = True
+        try:
+            for target in group:
+                self._start_branch(ctx, target)
+        finally:
+            ctx.starting = False
         self._check_done(ctx)
 
     def _prepare(self, request: Request, target: Branch, rr: RouteRequest | None, in_flow: Flow,
@@ -717,7 +724,7 @@ class Node:
         self._check_done(cb.ctx)
 
     def _check_done(self, ctx: ServerContext) -> None:
-        if ctx.final_sent or ctx.failure_running:
+        if ctx.final_sent or ctx.failure_running or ctx.starting:
             return
         if any(b.final is None for b in ctx.branches):
             return
