@@ -122,12 +122,11 @@ def _is_coroutine(x: Any) -> bool:
 
 
 def _best_response(responses: list[Response]) -> Response:
-    """§16.7 step 6: 6xx wins; else the lowest class, preferring 4xx over 5xx over 3xx for a UA's
-    benefit except that 3xx beats 4xx/5xx only when nothing else is there. Within a class the first
-    received wins, except 408/503 yield to any other."""
+    """§16.7 step 6: 6xx wins; else the lowest class: 3xx, then 4xx, then 5xx (as OpenSIPS's
+    ``t_pick_branch``). Within a class the first branch wins, except 408/480/503 yield to any other."""
     def rank(r: Response) -> tuple[int, int]:
         cls = r.status // 100
-        order = {6: 0, 2: 0, 4: 1, 3: 2, 5: 3}.get(cls, 4)
+        order = {6: 0, 2: 0, 3: 1, 4: 2, 5: 3}.get(cls, 4)
         soft = 1 if r.status in (408, 503, 480) else 0
         return (order, soft)
 
