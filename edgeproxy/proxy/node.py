@@ -102,7 +102,7 @@ class ServerContext:
     """Everything about one incoming request handled statefully (the OpenSIPS transaction "cell")."""
 
     __slots__ = ("request", "flow", "tx", "rr", "branches", "groups", "final_sent", "canceled",
-                 "failure_running", "starting")
+                 "failure_running", "starting", "ruri_consumed")
 
     def __init__(self, request: Request, flow: Flow) -> None:
         self.request = request
@@ -115,6 +115,7 @@ class ServerContext:
         self.canceled = False
         self.failure_running = False
         self.starting = False  # a group's branches are being created: no best-response choice yet
+        self.ruri_consumed: tuple[str, str | None] | None = None  # Request-URI (and $du) relayed to
 
 
 def _is_coroutine(x: Any) -> bool:
@@ -504,6 +505,12 @@ class Node:
             self.reply(rr, 483, "Too Many Hops", False)
             return True
         targets = self._targets(rr)
+        if (ctx is not None and ctx.failure_running and rr.ruri_branch is None
+                and ctx.ruri_consumed == (request.uri_text, str(rr.dst_uri) if rr.dst_uri else None)):
+            # in failure_route the Request-URI already tried is not tried again unless the route
+            # changed it (OpenSIPS/Kamailio "ruri consumed"): append_branch() + t_relay() goes to
+            # the new targets only
+            targets = targets[1:]
         if not targets:
             return False
         if request.method == "ACK":
@@ -526,6 +533,7 @@ class Node:
         for t in targets:
             groups.setdefault(1.0 if t.q is None else t.q, []).append(t)
         ctx.groups = [groups[q] for q in sorted(groups, reverse=True)]
+        ctx.ruri_consumed = (request.uri_text, str(rr.dst_uri) if rr.dst_uri else None)
         rr.branches = []
         rr.ruri_branch = None
         self._start_group(ctx)
