@@ -89,8 +89,9 @@ class RegistrarConfig:
 
     ``max_expires`` and ``max_contacts`` of 0 mean no limit. ``min_expires_mode`` ``"clamp"`` raises a
     too-short expiry to ``min_expires``; ``"reject"`` answers 423 Interval Too Brief (§10.3 step 7).
-    ``path_mode`` is the RFC 3327 Path support: ``off``, ``lazy`` (store Path when present) or
-    ``strict`` (also require the UA to list ``path`` in Supported).
+    ``path_mode`` is the RFC 3327 Path handling of OpenSIPS's ``save()`` flags: ``ignore`` does not
+    store Path; ``off`` stores and uses it but never returns it; ``lazy`` also returns it in the 200
+    when the UA supports ``path``; ``strict`` refuses Path from a UA that does not (420).
     """
 
     default_expires: int = 3600
@@ -376,7 +377,7 @@ _SCHEMA: dict[str, tuple[type, dict[str, Checker]]] = {
         "min_expires_mode": _choice("clamp", "reject"),
         "max_contacts": _integer(0),
         "use_domain": _boolean,
-        "path_mode": _choice("off", "lazy", "strict"),
+        "path_mode": _choice("ignore", "off", "lazy", "strict"),
     }),
     "timers": (TimersConfig, {
         "t1": _seconds,
