@@ -667,7 +667,7 @@ def edgeproxy_node(
             if not node.running():
                 pytest.fail(f"edgeproxy exited with status {process.returncode} while starting:\n"
                             f"{' '.join(argv)}\n{node.log()[-4000:]}", pytrace=False)
-            if _options_probe(LOOPBACK, port, probe, 0.2) or "listening on" in node.log():
+            if _options_probe(LOOPBACK, port, probe, 0.2) or "edgeproxy listening on" in node.log():
                 break
             if time.monotonic() > deadline:
                 pytest.fail(f"edgeproxy did not answer OPTIONS on {probe}:{node.address} within "
