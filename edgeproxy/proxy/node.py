@@ -753,7 +753,12 @@ class Node:
 
             def done(rr: RouteRequest) -> None:
                 ctx.failure_running = False
-                if rr.replied or len(ctx.branches) > before:
+                if rr.replied:
+                    return
+                if len(ctx.branches) > before:
+                    # the new branches may all have failed already (a synchronous send error)
+                    # while failure_running held the decision back: decide now if so
+                    self._check_done(ctx)
                     return
                 self._forward_best(ctx, best)
 
