@@ -755,3 +755,572 @@ def test_parallel_fork_survives_one_failed_send_rfc3261_16_7(world: World) -> No
     fwd2 = only(sent, lambda s: s.is_request("INVITE") and s.remote == BOB2).message
     sent = world.receive(answer(fwd2, 200, to_tag="b2"), Flow(LOCAL_UDP, BOB2))
     assert only(sent).is_response(200)
+
+
+# ---------------------------------------------------------------------------------------------------
+# forking (§16.6 step 11 ordering by q, §16.7 steps 5-7, §16.10 CANCEL of the other branches)
+# ---------------------------------------------------------------------------------------------------
+
+BOB1_CONTACT = "<sip:bob@192.0.2.10:5062>"
+BOB2_CONTACT = "<sip:bob@192.0.2.11:5064>"
+BOB3_CONTACT = "<sip:bob@192.0.2.12:5066>"
+BOB2_FLOW = Flow(LOCAL_UDP, BOB2)
+BOB3_FLOW = Flow(LOCAL_UDP, BOB3)
+
+
+def forked(w: World, *contacts: str) -> dict[Endpoint, Request]:
+    w.register(contacts=contacts)
+    sent = w.receive(invite(), ALICE_FLOW)
+    return {s.remote: s.message for s in requests(sent, "INVITE")}  # type: ignore[misc]
+
+
+def test_parallel_fork_equal_q_first_2xx_wins_and_others_are_cancelled_rfc3261_16_7_step5(world: World) -> None:
+    out = forked(world, f"{BOB1_CONTACT};q=0.5", f"{BOB2_CONTACT};q=0.5")
+    assert set(out) == {BOB, BOB2}  # both branches at once
+    assert out[BOB].top_via.branch != out[BOB2].top_via.branch
+    assert out[BOB2].uri_text == "sip:bob@192.0.2.11:5064"
+    world.receive(answer(out[BOB2], 180, to_tag="b2"), BOB2_FLOW)
+    sent = world.receive(answer(out[BOB], 200), BOB_FLOW)
+    assert only(sent, lambda s: s.is_response()).is_response(200)
+    cancel_down = only(sent, lambda s: s.is_request("CANCEL"))
+    assert cancel_down.remote == BOB2 and cancel_down.message.top_via.branch == out[BOB2].top_via.branch
+    # the cancelled branch's 487 is ACKed and not relayed; a 2xx from the loser would be relayed
+    sent = world.receive(answer(out[BOB2], 487, to_tag="b2"), BOB2_FLOW)
+    assert [s.message.method for s in sent] == ["ACK"]
+    world.assert_drained()
+
+
+def test_parallel_fork_every_2xx_is_forwarded_rfc3261_16_7_step5(world: World) -> None:
+    out = forked(world, f"{BOB1_CONTACT};q=0.5", f"{BOB2_CONTACT};q=0.5")
+    world.receive(answer(out[BOB], 200), BOB_FLOW)
+    sent = world.receive(answer(out[BOB2], 200, to_tag="b2", contact=BOB2_CONTACT), BOB2_FLOW)
+    relayed = only(sent, lambda s: s.is_response())
+    assert relayed.is_response(200) and relayed.message.to_tag == "b2" and relayed.remote == ALICE
+
+
+def test_parallel_fork_cancel_waits_for_the_losers_provisional_rfc3261_9_1(world: World) -> None:
+    out = forked(world, f"{BOB1_CONTACT};q=0.5", f"{BOB2_CONTACT};q=0.5")
+    sent = world.receive(answer(out[BOB], 200), BOB_FLOW)
+    assert not requests(sent, "CANCEL")  # BOB2 sent nothing yet
+    sent = world.receive(answer(out[BOB2], 180, to_tag="b2"), BOB2_FLOW)
+    assert only(sent).is_request("CANCEL") and only(sent).remote == BOB2  # and no late 180 upstream
+
+
+def test_serial_fork_by_q_higher_first_next_group_on_failure_rfc3261_16_6_step11(world: World) -> None:
+    out = forked(world, f"{BOB2_CONTACT};q=0.5", f"{BOB1_CONTACT};q=1.0")
+    assert set(out) == {BOB}  # only the q=1.0 group
+    sent = world.receive(answer(out[BOB], 486), BOB_FLOW)
+    assert only(sent, lambda s: s.is_request("ACK")).remote == BOB
+    assert not responses(sent)  # the 486 is kept, not relayed: another group remains
+    nxt = only(sent, lambda s: s.is_request("INVITE"))
+    assert nxt.remote == BOB2 and nxt.message.uri_text == "sip:bob@192.0.2.11:5064"
+    assert nxt.message.headers.values("record-route") == [RR_UDP]
+    sent = world.receive(answer(nxt.message, 200, to_tag="b2", contact=BOB2_CONTACT), BOB2_FLOW)
+    assert only(sent).is_response(200) and only(sent).message.to_tag == "b2"
+    world.assert_drained()
+
+
+def test_serial_fork_all_fail_best_response_upstream_rfc3261_16_7_step6(world: World) -> None:
+    out = forked(world, f"{BOB2_CONTACT};q=0.5", f"{BOB1_CONTACT};q=1.0")
+    nxt = only(world.receive(answer(out[BOB], 486), BOB_FLOW), lambda s: s.is_request("INVITE")).message
+    sent = world.receive(answer(nxt, 404, to_tag="b2"), BOB2_FLOW)
+    final = only(sent, lambda s: s.is_response())
+    assert final.message.status in (404, 486)
+    world.assert_drained()
+
+
+def test_6xx_stops_forking_and_cancels_pending_branches_rfc3261_16_7_step5(world: World) -> None:
+    out = forked(world, f"{BOB1_CONTACT};q=0.5", f"{BOB2_CONTACT};q=0.5", f"{BOB3_CONTACT};q=0.1")
+    assert set(out) == {BOB, BOB2}
+    world.receive(answer(out[BOB2], 180, to_tag="b2"), BOB2_FLOW)
+    sent = world.receive(answer(out[BOB], 603), BOB_FLOW)
+    assert not responses(sent)  # §16.7 step 5: a 6xx is not forwarded at once
+    assert only(sent, lambda s: s.is_request("CANCEL")).remote == BOB2
+    sent = world.receive(answer(out[BOB2], 487, to_tag="b2"), BOB2_FLOW)
+    assert not requests(sent, "INVITE")  # the q=0.1 group never starts
+    final = only(sent, lambda s: s.is_response())
+    assert final.is_response(603)
+    world.assert_drained()
+
+
+def test_6xx_in_serial_fork_skips_the_remaining_groups_rfc3261_16_7_step5(world: World) -> None:
+    out = forked(world, f"{BOB2_CONTACT};q=0.5", f"{BOB1_CONTACT};q=1.0")
+    sent = world.receive(answer(out[BOB], 600), BOB_FLOW)
+    assert not requests(sent, "INVITE")
+    assert only(sent, lambda s: s.is_response()).is_response(600)
+
+
+@pytest.mark.parametrize(
+    "statuses, expected",
+    [
+        ((503, 404), 404),  # the lowest class wins (§16.7 step 6)
+        ((503, 486, 404), {486, 404}),  # any response of the class (§16.7 step 6: "MAY select any")
+        ((408, 486), 486),  # a locally meaningful 408 yields to a real answer
+        ((503, 503), 500),  # a chosen 503 is sent as 500 (§16.7 step 6)
+        ((500, 503), 500),
+        ((302, 404), 302),  # 3xx is a lower class than 4xx (§16.7 step 6, OpenSIPS t_pick_branch)
+        ((404, 603), 603),  # 6xx beats everything
+    ],
+)
+def test_best_response_selection_rfc3261_16_7_step6(world: World, statuses: tuple[int, ...], expected: Any) -> None:
+    contacts = [BOB1_CONTACT, BOB2_CONTACT, BOB3_CONTACT][: len(statuses)]
+    flows = [BOB_FLOW, BOB2_FLOW, BOB3_FLOW]
+    remotes = [BOB, BOB2, BOB3]
+    out = forked(world, *(f"{c};q=0.5" for c in contacts))
+    final = None
+    for i, status in enumerate(statuses):
+        extra = ("Contact: <sip:bob@192.0.2.99>",) if status == 302 else ()
+        sent = world.receive(answer(out[remotes[i]], status, to_tag=f"b{i}", extra=extra), flows[i])
+        got = [s for s in sent if s.is_response()]
+        if i < len(statuses) - 1:
+            assert not got
+        else:
+            final = only(got).message
+    assert final is not None
+    assert final.status in (expected if isinstance(expected, set) else {expected})
+
+
+def test_401_and_407_challenges_are_merged_rfc3261_16_7_step7(world: World) -> None:
+    out = forked(world, f"{BOB1_CONTACT};q=0.5", f"{BOB2_CONTACT};q=0.5")
+    world.receive(answer(out[BOB], 401, extra=('WWW-Authenticate: Digest realm="one", nonce="n1"',)), BOB_FLOW)
+    sent = world.receive(answer(out[BOB2], 407, to_tag="b2",
+                                extra=('Proxy-Authenticate: Digest realm="two", nonce="n2"',)), BOB2_FLOW)
+    final = only(sent, lambda s: s.is_response()).message
+    assert final.status in (401, 407)
+    assert final.headers.get_all("www-authenticate") == ['Digest realm="one", nonce="n1"']
+    assert final.headers.get_all("proxy-authenticate") == ['Digest realm="two", nonce="n2"']
+
+
+def test_challenges_of_two_401s_are_merged_rfc3261_16_7_step7(world: World) -> None:
+    out = forked(world, f"{BOB1_CONTACT};q=0.5", f"{BOB2_CONTACT};q=0.5")
+    world.receive(answer(out[BOB], 401, extra=('WWW-Authenticate: Digest realm="one", nonce="n1"',)), BOB_FLOW)
+    sent = world.receive(answer(out[BOB2], 401, to_tag="b2",
+                                extra=('WWW-Authenticate: Digest realm="two", nonce="n2"',)), BOB2_FLOW)
+    final = only(sent, lambda s: s.is_response()).message
+    assert sorted(final.headers.get_all("www-authenticate")) == [
+        'Digest realm="one", nonce="n1"', 'Digest realm="two", nonce="n2"']
+
+
+def test_cancel_of_a_forked_invite_cancels_every_branch_rfc3261_16_10(world: World) -> None:
+    out = forked(world, f"{BOB1_CONTACT};q=0.5", f"{BOB2_CONTACT};q=0.5")
+    world.receive(answer(out[BOB], 180), BOB_FLOW)
+    world.receive(answer(out[BOB2], 180, to_tag="b2"), BOB2_FLOW)
+    sent = world.receive(cancel(), ALICE_FLOW)
+    assert {s.remote for s in requests(sent, "CANCEL")} == {BOB, BOB2}
+    assert not responses(world.receive(answer(out[BOB], 487), BOB_FLOW))
+    final = only(world.receive(answer(out[BOB2], 487, to_tag="b2"), BOB2_FLOW), lambda s: s.is_response())
+    assert final.is_response(487)
+    world.assert_drained()
+
+
+def test_cancel_in_serial_fork_does_not_start_the_next_group_rfc3261_16_10(world: World) -> None:
+    out = forked(world, f"{BOB2_CONTACT};q=0.5", f"{BOB1_CONTACT};q=1.0")
+    world.receive(answer(out[BOB], 180), BOB_FLOW)
+    world.receive(cancel(), ALICE_FLOW)
+    sent = world.receive(answer(out[BOB], 487), BOB_FLOW)
+    assert not requests(sent, "INVITE")
+    assert only(sent, lambda s: s.is_response()).is_response(487)
+
+
+# ---------------------------------------------------------------------------------------------------
+# failure_route (OpenSIPS t_on_failure; §16.7 step 6 "the proxy MAY ... forward to new targets")
+# ---------------------------------------------------------------------------------------------------
+
+
+def voicemail_routes(failure: Callable[..., Any], armed: bool = True, **hooks: Any) -> RouteModule:
+    async def request_route(msg):
+        if msg.is_method("REGISTER"):
+            await msg.save("location")
+            return
+        code = await msg.lookup("location")
+        if code != LookupResult.FOUND:
+            msg.sl_send_reply(404)
+            return
+        if armed:
+            msg.t_on_failure(failure)
+        msg.record_route()
+        msg.t_relay()
+
+    return module(request_route, **hooks)
+
+
+def test_failure_route_appends_a_branch_and_relays_on_486(world: World) -> None:
+    seen: list[tuple[int | None, int | None]] = []
+
+    def to_voicemail(msg):
+        seen.append((msg.reply_code, msg.reply.status if msg.reply is not None else None))
+        if msg.reply_code == 486:
+            msg.append_branch("sip:bob@192.0.2.30:5060")
+            msg.t_relay()
+
+    w = World(voicemail_routes(to_voicemail))
+    w.register()
+    fwd = only(w.receive(invite(), ALICE_FLOW), lambda s: s.is_request("INVITE")).message
+    sent = w.receive(answer(fwd, 486), BOB_FLOW)
+    assert seen == [(486, 486)]
+    assert only(sent, lambda s: s.is_request("ACK")).remote == BOB
+    assert not responses(sent)
+    vm = only(sent, lambda s: s.is_request("INVITE"))  # the new target only: Bob is not re-tried
+    assert vm.remote == VOICEMAIL and vm.message.uri_text == "sip:bob@192.0.2.30:5060"
+    assert vm.message.top_via.branch != fwd.top_via.branch
+    assert vm.message.headers.values("record-route") == [RR_UDP]
+    sent = w.receive(answer(vm.message, 200, to_tag="vm", contact="<sip:vm@192.0.2.30>"), Flow(LOCAL_UDP, VOICEMAIL))
+    assert only(sent).is_response(200) and only(sent).message.to_tag == "vm"
+    w.assert_drained()
+
+
+def test_failure_route_changing_ruri_relays_to_the_new_uri(world: World) -> None:
+    def to_voicemail(msg):
+        msg.ruri = "sip:bob@192.0.2.30:5060"
+        msg.t_relay()
+
+    w = World(voicemail_routes(to_voicemail))
+    w.register()
+    fwd = only(w.receive(invite(), ALICE_FLOW), lambda s: s.is_request("INVITE")).message
+    sent = w.receive(answer(fwd, 486), BOB_FLOW)
+    assert only(sent, lambda s: s.is_request("INVITE")).remote == VOICEMAIL
+
+
+def test_failure_route_send_reply_replaces_the_best_response() -> None:
+    def later(msg):
+        msg.send_reply(480, "Try Later")
+
+    w = World(voicemail_routes(later))
+    w.register()
+    fwd = only(w.receive(invite(), ALICE_FLOW), lambda s: s.is_request("INVITE")).message
+    sent = w.receive(answer(fwd, 486), BOB_FLOW)
+    final = only(sent, lambda s: s.is_response())
+    assert final.is_response(480) and final.message.reason == "Try Later" and final.remote == ALICE
+    w.assert_drained()
+
+
+def test_failure_route_doing_nothing_forwards_the_best_response() -> None:
+    w = World(voicemail_routes(lambda msg: None))
+    w.register()
+    fwd = only(w.receive(invite(), ALICE_FLOW), lambda s: s.is_request("INVITE")).message
+    assert only(w.receive(answer(fwd, 486), BOB_FLOW), lambda s: s.is_response()).is_response(486)
+
+
+def test_failure_route_is_one_shot_unless_rearmed() -> None:
+    calls: list[int | None] = []
+
+    def again(msg):
+        calls.append(msg.reply_code)
+        msg.append_branch("sip:bob@192.0.2.30:5060")
+        msg.t_relay()
+
+    w = World(voicemail_routes(again))
+    w.register()
+    fwd = only(w.receive(invite(), ALICE_FLOW), lambda s: s.is_request("INVITE")).message
+    vm = only(w.receive(answer(fwd, 486), BOB_FLOW), lambda s: s.is_request("INVITE")).message
+    sent = w.receive(answer(vm, 404, to_tag="vm"), Flow(LOCAL_UDP, VOICEMAIL))
+    assert calls == [486]
+    assert only(sent, lambda s: s.is_response()).message.status in (404, 486)
+
+
+def test_async_failure_route_is_awaited() -> None:
+    async def to_voicemail(msg):
+        code = await msg.lookup("location", aor="sip:vm@example.com")
+        assert code == LookupResult.NOT_FOUND
+        msg.send_reply(480)
+
+    w = World(voicemail_routes(to_voicemail))
+    w.register()
+    fwd = only(w.receive(invite(), ALICE_FLOW), lambda s: s.is_request("INVITE")).message
+    assert only(w.receive(answer(fwd, 486), BOB_FLOW), lambda s: s.is_response()).is_response(480)
+
+
+def test_module_level_failure_route_runs_without_t_on_failure() -> None:
+    def failure_route(msg):
+        msg.send_reply(480, "Module Level")
+
+    w = World(voicemail_routes(None, armed=False, failure_route=failure_route))  # type: ignore[arg-type]
+    w.register()
+    fwd = only(w.receive(invite(), ALICE_FLOW), lambda s: s.is_request("INVITE")).message
+    final = only(w.receive(answer(fwd, 486), BOB_FLOW), lambda s: s.is_response())
+    assert final.message.reason == "Module Level"
+
+
+def test_failure_route_does_not_run_for_a_cancelled_call_rfc3261_16_10() -> None:
+    calls: list[int | None] = []
+    w = World(voicemail_routes(lambda msg: calls.append(msg.reply_code)))
+    w.register()
+    fwd = only(w.receive(invite(), ALICE_FLOW), lambda s: s.is_request("INVITE")).message
+    w.receive(answer(fwd, 180), BOB_FLOW)
+    w.receive(cancel(), ALICE_FLOW)
+    final = only(w.receive(answer(fwd, 487), BOB_FLOW), lambda s: s.is_response())
+    assert final.is_response(487) and calls == []
+
+
+def test_failure_route_relay_whose_send_fails_still_answers() -> None:
+    """The failure route relays to a target that fails at once: the caller still gets a final."""
+    def to_voicemail(msg):
+        msg.append_branch("sip:bob@192.0.2.30:5060")
+        msg.t_relay()
+
+    w = World(voicemail_routes(to_voicemail))
+    w.register()
+    w.sender.fail_to[VOICEMAIL] = SendError("Connection Refused", 503)
+    fwd = only(w.receive(invite(), ALICE_FLOW), lambda s: s.is_request("INVITE")).message
+    sent = w.receive(answer(fwd, 486), BOB_FLOW)
+    final = only(sent, lambda s: s.is_response())
+    assert final.is_response(486)  # 486 beats the 503 of the failed voicemail branch
+    w.assert_drained()
+
+
+def test_onreply_route_sees_every_response() -> None:
+    seen: list[int] = []
+
+    def request_route(msg):
+        msg.ruri = "sip:bob@192.0.2.10:5062"
+        msg.t_relay()
+
+    w = World(module(request_route, onreply_route=lambda msg, reply: seen.append(reply.status)))
+    fwd = only(w.receive(invite(), ALICE_FLOW), lambda s: s.is_request("INVITE")).message
+    w.receive(answer(fwd, 100), BOB_FLOW)
+    w.receive(answer(fwd, 180), BOB_FLOW)
+    w.receive(answer(fwd, 200), BOB_FLOW)
+    assert seen == [100, 180, 200]
+
+
+def test_branch_route_can_edit_each_forwarded_copy() -> None:
+    def request_route(msg):
+        msg.ruri = "sip:bob@192.0.2.10:5062"
+        msg.append_branch("sip:bob@192.0.2.11:5064")
+        msg.t_on_branch(lambda msg, fwd: fwd.headers.add("X-Branch", str(fwd.uri)))
+        msg.t_relay()
+
+    w = World(module(request_route))
+    sent = requests(w.receive(invite(), ALICE_FLOW), "INVITE")
+    assert sorted(s.message.headers.get("x-branch") for s in sent) == [
+        "sip:bob@192.0.2.10:5062", "sip:bob@192.0.2.11:5064"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# route errors and local replies
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_route_raising_sip_error_replies_with_its_status() -> None:
+    def request_route(msg):
+        raise SIPError(403, "Go Away")
+
+    w = World(module(request_route))
+    sent = w.receive(invite(), ALICE_FLOW)
+    assert [(s.message.status, s.message.reason) for s in sent] == [(100, "Trying"), (403, "Go Away")]
+    assert sent[1].message.to_tag
+    assert w.node.stats["route_errors"] == 0
+
+
+def test_async_route_raising_sip_error_replies_with_its_status() -> None:
+    async def request_route(msg):
+        await msg.lookup("location")
+        raise SIPError(488)
+
+    w = World(module(request_route))
+    assert [s.message.status for s in w.receive(invite(), ALICE_FLOW)] == [100, 488]
+
+
+def test_sip_error_on_register_is_answered_statelessly() -> None:
+    def request_route(msg):
+        raise SIPError(403)
+
+    w = World(module(request_route))
+    text = sip(
+        "REGISTER sip:example.com SIP/2.0",
+        "Via: SIP/2.0/UDP 192.0.2.10:5062;branch=z9hG4bKregerr",
+        "Max-Forwards: 70",
+        "From: <sip:bob@example.com>;tag=r1",
+        "To: <sip:bob@example.com>",
+        "Call-ID: regerr",
+        "CSeq: 1 REGISTER",
+        "Contact: <sip:bob@192.0.2.10:5062>",
+    )
+    sent = w.receive(text, BOB_FLOW)
+    assert [s.message.status for s in sent] == [403]
+
+
+def test_route_raising_other_exception_replies_500_and_logs_traceback(logged: list[dict]) -> None:
+    def request_route(msg):
+        raise ZeroDivisionError("oops")
+
+    w = World(module(request_route))
+    sent = w.receive(invite(), ALICE_FLOW)
+    assert [s.message.status for s in sent] == [100, 500]
+    assert w.node.stats["route_errors"] == 1
+    failures = [e for e in logged if "log_failure" in e]
+    assert failures and failures[-1]["log_failure"].check(ZeroDivisionError)
+    assert failures[-1]["log_level"] == LogLevel.critical
+
+
+def test_route_neither_replying_nor_relaying_gets_no_reply_status_and_warning(logged: list[dict]) -> None:
+    w = World(module(lambda msg: None))
+    sent = w.receive(invite(), ALICE_FLOW)
+    assert [s.message.status for s in sent] == [100, 500]
+    warnings = [e for e in logged if e.get("log_level") == LogLevel.warn and e.get("log_namespace") == "edgeproxy.proxy"]
+    assert warnings and "neither replied nor relayed" in warnings[-1]["log_format"]
+    # the status is configurable
+    w = World(module(lambda msg: None), ProxySettings(domains=("example.com",), no_reply_status=404))
+    assert [s.message.status for s in w.receive(invite(), ALICE_FLOW)] == [100, 404]
+
+
+def test_ack_route_doing_nothing_is_silent(logged: list[dict]) -> None:
+    w = World(module(lambda msg: None))
+    ack = sip(
+        "ACK sip:bob@192.0.2.10:5062 SIP/2.0",
+        "Via: SIP/2.0/UDP 192.0.2.20:5060;branch=z9hG4bKlonelyack",
+        "Max-Forwards: 70",
+        "From: <sip:alice@example.com>;tag=a1",
+        "To: <sip:bob@example.com>;tag=b1",
+        "Call-ID: lonely",
+        "CSeq: 1 ACK",
+    )
+    assert w.receive(ack, ALICE_FLOW) == []
+    assert not [e for e in logged if e.get("log_level") == LogLevel.warn]
+
+
+def test_send_reply_302_lists_the_branches_as_contact() -> None:
+    def request_route(msg):
+        msg.append_branch("sip:bob@192.0.2.10:5062")
+        msg.append_branch("sip:bob@192.0.2.11:5064")
+        msg.send_reply(302, "Moved Temporarily")
+
+    w = World(module(request_route))
+    sent = w.receive(invite(), ALICE_FLOW)
+    moved = sent[-1].message
+    assert moved.status == 302
+    assert moved.headers.values("contact") == ["<sip:bob@192.0.2.10:5062>", "<sip:bob@192.0.2.11:5064>"]
+    assert not requests(sent, "INVITE")
+
+
+def test_send_reply_302_lists_a_changed_ruri_first() -> None:
+    def request_route(msg):
+        msg.ruri = "sip:carol@192.0.2.40"
+        msg.append_branch("sip:dave@192.0.2.41")
+        msg.send_reply(302)
+
+    w = World(module(request_route))
+    moved = w.receive(invite(), ALICE_FLOW)[-1].message
+    assert [str(c.uri) for c in moved.contacts] == ["sip:carol@192.0.2.40", "sip:dave@192.0.2.41"]
+
+
+def test_second_reply_from_a_route_is_ignored() -> None:
+    def request_route(msg):
+        msg.sl_send_reply(404)
+        msg.sl_send_reply(500)
+
+    w = World(module(request_route))
+    assert [s.message.status for s in w.receive(invite(), ALICE_FLOW)] == [100, 404]
+
+
+def test_t_relay_twice_relays_once() -> None:
+    results: list[bool] = []
+
+    def request_route(msg):
+        msg.ruri = "sip:bob@192.0.2.10:5062"
+        results.append(msg.t_relay())
+        results.append(msg.t_relay())
+
+    w = World(module(request_route))
+    assert len(requests(w.receive(invite(), ALICE_FLOW), "INVITE")) == 1
+    assert results == [True, False]
+
+
+def test_provisional_reply_from_route_then_relay() -> None:
+    def request_route(msg):
+        msg.ruri = "sip:bob@192.0.2.10:5062"
+        msg.t_relay()
+
+    w = World(module(request_route), ProxySettings(domains=("example.com",), auto_100trying=False))
+    sent = w.receive(invite(), ALICE_FLOW)
+    assert [s.message.method for s in sent] == ["INVITE"]  # no 100 without auto_100trying
+
+
+# ---------------------------------------------------------------------------------------------------
+# stray responses (§16.7 step 1, §18.1.2)
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_stray_response_with_foreign_branch_is_dropped(world: World) -> None:
+    stray = sip(
+        "SIP/2.0 200 OK",
+        "Via: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKsomeoneelse",
+        "Via: SIP/2.0/UDP 192.0.2.20:5060;branch=z9hG4bKalice9",
+        "From: <sip:alice@example.com>;tag=a1",
+        "To: <sip:bob@example.com>;tag=b1",
+        "Call-ID: stray",
+        "CSeq: 1 INVITE",
+    )
+    assert world.receive(stray, BOB_FLOW) == []
+
+
+def test_2xx_retransmission_after_the_transaction_ended_is_forwarded_rfc3261_16_7_step1(world: World) -> None:
+    _, fwd = call_to_bob(world)
+    world.receive(answer(fwd, 200), BOB_FLOW)
+    world.assert_drained()  # Timer M/L ended both transactions
+    sent = world.receive(answer(fwd, 200), BOB_FLOW)
+    late = only(sent)
+    assert late.is_response(200) and late.remote == ALICE
+    assert [v.branch for v in late.message.vias] == ["z9hG4bKalice1"]
+
+
+def test_stray_response_with_our_branch_but_no_other_via_is_dropped(world: World) -> None:
+    branch = world.node._branch_prefix + "ff"
+    stray = sip(
+        "SIP/2.0 200 OK",
+        f"Via: SIP/2.0/UDP 127.0.0.1:5060;branch={branch}",
+        "From: <sip:alice@example.com>;tag=a1",
+        "To: <sip:bob@example.com>;tag=b1",
+        "Call-ID: stray2",
+        "CSeq: 1 INVITE",
+    )
+    assert world.receive(stray, BOB_FLOW) == []
+
+
+def test_100_from_downstream_is_not_forwarded_rfc3261_16_7_step3(world: World) -> None:
+    _, fwd = call_to_bob(world)
+    assert world.receive(answer(fwd, 100), BOB_FLOW) == []
+
+
+def test_provisional_after_final_is_not_forwarded(world: World) -> None:
+    out = forked(world, f"{BOB1_CONTACT};q=0.5", f"{BOB2_CONTACT};q=0.5")
+    world.receive(answer(out[BOB], 200), BOB_FLOW)
+    sent = world.receive(answer(out[BOB2], 183, to_tag="b2"), BOB2_FLOW)
+    assert not responses(sent)
+
+
+# ---------------------------------------------------------------------------------------------------
+# ACK matching the INVITE server transaction after a 2xx (RFC 6026 §8.7) and leak checks
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_ack_with_the_invite_branch_after_2xx_is_routed_end_to_end_rfc6026_8_7(world: World) -> None:
+    _, fwd = call_to_bob(world)
+    ok = only(world.receive(answer(fwd, 200), BOB_FLOW)).message
+    # a UA that reuses the INVITE's branch for the 2xx ACK: it matches the Accepted server
+    # transaction, which hands it to the TU, which routes it
+    sent = world.receive(in_dialog("ACK", ok, cseq=1, branch="z9hG4bKalice1"), ALICE_FLOW)
+    ack = only(sent)
+    assert ack.is_request("ACK") and ack.remote == BOB
+
+
+def test_no_transaction_or_owner_leaks_after_calls(world: World) -> None:
+    world.register()
+    for i in range(5):
+        sent = world.receive(invite(branch=f"z9hG4bKleak{i}", call_id=f"leak-{i}"), ALICE_FLOW)
+        fwd = only(sent, lambda s: s.is_request("INVITE")).message
+        world.receive(answer(fwd, 180), BOB_FLOW)
+        if i % 3 == 0:
+            ok = only(world.receive(answer(fwd, 200), BOB_FLOW)).message
+            world.receive(in_dialog("ACK", ok, cseq=1, branch=f"z9hG4bKleakack{i}"), ALICE_FLOW)
+            bye = only(world.receive(in_dialog("BYE", ok, cseq=2, branch=f"z9hG4bKleakbye{i}"), ALICE_FLOW))
+            world.receive(answer(bye.message, 200), BOB_FLOW)
+        elif i % 3 == 1:
+            world.receive(cancel(branch=f"z9hG4bKleak{i}", call_id=f"leak-{i}"), ALICE_FLOW)
+            c = requests(world.sender.sent, "CANCEL")
+            world.receive(answer(fwd, 487), BOB_FLOW)
+        else:
+            busy = only(world.receive(answer(fwd, 486), BOB_FLOW), lambda s: s.is_response()).message
+            world.receive(non2xx_ack(busy, branch=f"z9hG4bKleak{i}"), ALICE_FLOW)
+    assert len(world.node.table) > 0
+    world.assert_drained()
