@@ -90,8 +90,12 @@ def uri_transport(uri: SipURI) -> str:
     t = uri.params.get("transport")
     if t:
         t = t.upper()
-        if t == "WS" and uri.scheme == "sips":
-            return "WSS"
+        if uri.scheme == "sips":
+            # §26.2.2 / RFC 5630 §3.1.3: sips over "tcp" means TLS over TCP, never plain TCP
+            if t == "WS":
+                return "WSS"
+            if t in ("TCP", "UDP"):
+                return "TLS"
         return t
     return "TLS" if uri.scheme == "sips" else "UDP"
 
