@@ -132,6 +132,10 @@ def loose_route(request: Request, is_myself: Callable[[str, int | None], bool]) 
         if len(values) > 1:
             request.headers.add("Route", ", ".join(values[:-1]))
         request.uri = last.uri
+        # with a double Record-Route our other entry is now the top Route: it goes too (OpenSIPS
+        # after_strict), else the request would be sent back to us
+        while request.routes and _points_here(request.routes[0].uri, is_myself):
+            request.headers.pop_first_value("route")
         return True
     routes = request.routes
     if not routes:
