@@ -479,9 +479,23 @@ def test_max_forwards_zero_is_answered_483_rfc3261_16_3(world: World) -> None:
     assert final.message.status == 483 and final.remote == ALICE
 
 
-def test_max_forwards_missing_is_added_as_70_rfc3261_16_6_step3(world: World) -> None:
-    _, fwd = call_to_bob(world, max_forwards=None)
+def relay_to_bob(msg):
+    msg.ruri = "sip:bob@192.0.2.10:5062"
+    msg.t_relay()
+
+
+def test_max_forwards_missing_is_added_as_70_rfc3261_16_6_step3() -> None:
+    # a route that does not add Max-Forwards itself (routes/default.py does, as OpenSIPS's
+    # mf_process_maxfwd_header): the node adds the RFC's 70
+    w = World(module(relay_to_bob))
+    fwd = only(w.receive(invite(max_forwards=None), ALICE_FLOW), lambda s: s.is_request("INVITE")).message
     assert fwd.max_forwards == 70
+
+
+def test_max_forwards_zero_is_answered_483_by_t_relay_rfc3261_16_3() -> None:
+    w = World(module(relay_to_bob))
+    sent = w.receive(invite(max_forwards=0), ALICE_FLOW)
+    assert [s.message.status for s in sent] == [100, 483]
 
 
 def test_max_forwards_one_is_forwarded_as_zero_rfc3261_16_6_step3(world: World) -> None:
