@@ -18,6 +18,10 @@ from edgeproxy.routing import LookupResult
 
 
 async def request_route(msg):
+    if not msg.mf_process_maxfwd_header(10):
+        msg.sl_send_reply(483, "Too Many Hops")
+        return
+
     if msg.has_totag():
         # in-dialog requests follow the route set recorded at dialog creation
         if msg.loose_route():

@@ -195,6 +195,20 @@ class RouteRequest:
     def call_id(self) -> str:
         return self.request.call_id
 
+    @property
+    def max_forwards(self) -> int | None:
+        """The Max-Forwards value (None when absent)."""
+        return self.request.max_forwards
+
+    def mf_process_maxfwd_header(self, limit: int = 70) -> bool:
+        """OpenSIPS ``mf_process_maxfwd_header(limit)``: add Max-Forwards (``limit``) when missing;
+        False when it is 0, i.e. the request must not be forwarded (§16.3 step 3: answer 483)."""
+        mf = self.request.max_forwards
+        if mf is None:
+            self.request.max_forwards = limit
+            return True
+        return mf > 0
+
     def header(self, name: str) -> str | None:
         """The first value of a header (OpenSIPS ``$hdr(name)``)."""
         return self.request.headers.get(name)
