@@ -47,10 +47,12 @@ def binding_destination(binding: Binding) -> tuple[SipURI, Destination, list[str
       pinned to the same flow so an existing connection is reused.
     * Otherwise the request goes to the REGISTER's source address over its flow (``Destination(remote=
       received, flow=flow)``) when the client is behind NAT (OpenSIPS ``nat_bflag`` + ``received``),
-      registered over a connection-oriented transport (TCP/TLS/WS/WSS: the UA expects requests on the
-      connection it opened, RFC 5626 §5.3 / RFC 7118 §5), or registered a ``.invalid`` contact host
+      registered a ``.invalid`` contact host
       (WebSocket clients, RFC 7118 §5.2). In that last case ``flow_only`` is set: the transport must
       not try to dial a browser and fails instead when the connection is gone (430-style).
+    * A binding made over a connection (TCP/TLS) is pinned to that flow, so requests reuse the
+      connection the UA opened (RFC 5626 §5.3, RFC 3261 §18); when it has closed, the contact URI is
+      dialled instead.
     * Else the contact URI itself names the next hop (its host/port/transport).
     """
     uri = binding.uri
@@ -69,6 +71,10 @@ def binding_destination(binding: Binding) -> tuple[SipURI, Destination, list[str
     invalid = uri.host_key.endswith(".invalid")
     flow = binding.flow
     received = binding.received if binding.received is not None else (flow.remote if flow else None)
-    if received is not None and (binding.nat or invalid or received.reliable):
+    if received is not None and (binding.nat or invalid):
         return uri, Destination(remote=received, flow=flow, flow_only=invalid), []
+    if received is not None and received.reliable:
+        # the connection the UA registered over is used while it is open; once it is gone the
+        # contact itself is dialled (the old source port is an ephemeral one nobody listens on)
+        return uri, Destination(remote=uri_endpoint(uri), flow=flow), []
     return uri, Destination(remote=uri_endpoint(uri)), []
