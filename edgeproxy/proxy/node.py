@@ -210,8 +210,12 @@ class Node:
         self._arm()
 
     def flow_closed(self, flow: Flow) -> None:
-        """A connection went away; bindings tied to unreachable flows go with it (RFC 5626 §4.4)."""
-        log.debug("flow closed {flow}", flow=flow)
+        """A connection went away. WebSocket clients cannot be reached any other way (RFC 7118 §5),
+        so their bindings go with the connection and calls to them get 404/480 at once instead of a
+        timeout; TCP/TLS bindings stay, since their contact can be dialled again (RFC 3261 §18)."""
+        if flow.transport in ("WS", "WSS"):
+            d = self.location.remove_flow(flow)
+            d.addErrback(lambda f: log.failure("removing bindings of {flow} failed", f, flow=flow))
 
     # -- timers --------------------------------------------------------------------------------------
     def _arm(self) -> None:
