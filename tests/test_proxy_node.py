@@ -1551,3 +1551,45 @@ def test_stats_count_requests_responses_and_relays(world: World) -> None:
     assert world.node.stats["requests"] == 2  # REGISTER, INVITE
     assert world.node.stats["responses"] == 1
     assert world.node.stats["relayed"] == 1
+
+
+# ---------------------------------------------------------------------------------------------------
+# Path (RFC 3327 §5): the stored route set leads to the edge proxy, hop-by-hop requests follow it
+# ---------------------------------------------------------------------------------------------------
+
+EDGE = Endpoint("UDP", "192.0.2.50", 5060)
+EDGE_FLOW = Flow(LOCAL_UDP, EDGE)
+
+
+def register_via_edge(w: World) -> None:
+    text = sip(
+        "REGISTER sip:example.com SIP/2.0",
+        "Via: SIP/2.0/UDP 192.0.2.50:5060;branch=z9hG4bKedge1",
+        "Via: SIP/2.0/UDP 10.0.0.5:5062;branch=z9hG4bKbobreg;received=203.0.113.9;rport=34567",
+        "Max-Forwards: 69",
+        "Path: <sip:192.0.2.50:5060;lr>",
+        "Supported: path",
+        "From: <sip:bob@example.com>;tag=r1",
+        "To: <sip:bob@example.com>",
+        "Call-ID: reg-edge",
+        "CSeq: 1 REGISTER",
+        "Contact: <sip:bob@10.0.0.5:5062>",
+    )
+    ok = only(w.receive(text, EDGE_FLOW))
+    assert ok.is_response(200) and ok.remote == EDGE
+    assert ok.message.headers.values("path") == ["<sip:192.0.2.50:5060;lr>"]
+
+
+def test_request_to_a_binding_with_path_goes_to_the_first_path_hop_rfc3327_5(world: World) -> None:
+    register_via_edge(world)
+    sent = world.receive(invite(), ALICE_FLOW)
+    out = only(sent, lambda s: s.is_request("INVITE"))
+    assert out.remote == EDGE
+    assert out.message.uri_text == "sip:bob@10.0.0.5:5062"
+    assert out.message.headers.values("route") == ["<sip:192.0.2.50:5060;lr>"]
+    # the hop-by-hop CANCEL and the ACK for a non-2xx carry the same Route (§9.1, §17.1.1.3)
+    world.receive(answer(out.message, 180), EDGE_FLOW)
+    c = only(world.receive(cancel(), ALICE_FLOW), lambda s: s.is_request("CANCEL"))
+    assert c.remote == EDGE and c.message.headers.values("route") == ["<sip:192.0.2.50:5060;lr>"]
+    ack = only(world.receive(answer(out.message, 487), EDGE_FLOW), lambda s: s.is_request("ACK"))
+    assert ack.remote == EDGE and ack.message.headers.values("route") == ["<sip:192.0.2.50:5060;lr>"]
