@@ -587,6 +587,13 @@ class Node:
         for p in reversed(target.path):
             fwd.headers.push("Route", p)
         destination = self._next_hop(fwd, target)
+        routes = fwd.routes
+        if routes and isinstance(routes[0].uri, SipURI) and not routes[0].uri.lr:
+            # §16.6 step 6: the next hop is a strict router: it gets the request with its URI as
+            # Request-URI, and the Request-URI goes to the end of the route set
+            fwd.headers.add("Route", f"<{fwd.uri_text}>")
+            fwd.headers.pop_first_value("route")
+            fwd.uri = routes[0].uri
         local = self.sender.local_endpoint(destination.remote.transport, destination.remote)
         if local is None:
             raise SendError(f"no {destination.remote.transport} listener", 503)
