@@ -1593,3 +1593,73 @@ def test_request_to_a_binding_with_path_goes_to_the_first_path_hop_rfc3327_5(wor
     assert c.remote == EDGE and c.message.headers.values("route") == ["<sip:192.0.2.50:5060;lr>"]
     ack = only(world.receive(answer(out.message, 487), EDGE_FLOW), lambda s: s.is_request("ACK"))
     assert ack.remote == EDGE and ack.message.headers.values("route") == ["<sip:192.0.2.50:5060;lr>"]
+
+
+def test_next_hop_strict_router_gets_the_request_uri_rewritten_rfc3261_16_6_step6(world: World) -> None:
+    """The route set leads on to an RFC 2543 strict router (no ``lr``): the forwarded copy carries
+    it as Request-URI and the old Request-URI as the last Route value, and goes to it."""
+    bye = sip(
+        "BYE sip:bob@192.0.2.10:5062 SIP/2.0",
+        "Via: SIP/2.0/UDP 192.0.2.20:5060;branch=z9hG4bKstrict;rport",
+        "Max-Forwards: 70",
+        f"Route: {RR_UDP}, <sip:192.0.2.60:5070>, <sip:192.0.2.61;lr>",
+        "From: <sip:alice@example.com>;tag=a1",
+        "To: <sip:bob@example.com>;tag=b1",
+        "Call-ID: strict-1",
+        "CSeq: 2 BYE",
+    )
+    out = only(world.receive(bye, ALICE_FLOW))
+    assert out.is_request("BYE") and out.remote == Endpoint("UDP", "192.0.2.60", 5070)
+    assert out.message.uri_text == "sip:192.0.2.60:5070"
+    assert [str(r.uri) for r in out.message.routes] == ["sip:192.0.2.61;lr", "sip:bob@192.0.2.10:5062"]
+
+
+def test_next_hop_loose_router_keeps_the_request_uri_rfc3261_16_6_step6(world: World) -> None:
+    bye = sip(
+        "BYE sip:bob@192.0.2.10:5062 SIP/2.0",
+        "Via: SIP/2.0/UDP 192.0.2.20:5060;branch=z9hG4bKloose;rport",
+        "Max-Forwards: 70",
+        f"Route: {RR_UDP}, <sip:192.0.2.61:5070;lr>",
+        "From: <sip:alice@example.com>;tag=a1",
+        "To: <sip:bob@example.com>;tag=b1",
+        "Call-ID: loose-1",
+        "CSeq: 2 BYE",
+    )
+    out = only(world.receive(bye, ALICE_FLOW))
+    assert out.remote == Endpoint("UDP", "192.0.2.61", 5070)
+    assert out.message.uri_text == "sip:bob@192.0.2.10:5062"
+    assert [str(r.uri) for r in out.message.routes] == ["sip:192.0.2.61:5070;lr"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# closed flows (RFC 7118 §5, RFC 5626 §5.3)
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_closed_websocket_flow_takes_its_bindings_rfc7118_5(world: World) -> None:
+    ws_local = Endpoint("WS", "127.0.0.1", 8080)
+    world.sender.listeners["WS"] = ws_local
+    ws_flow = Flow(ws_local, Endpoint("WS", "203.0.113.70", 61000), 21)
+    text = sip(
+        "REGISTER sip:example.com SIP/2.0",
+        "Via: SIP/2.0/WS df7jal23ls0d.invalid;branch=z9hG4bKws1",
+        "Max-Forwards: 70",
+        "From: <sip:bob@example.com>;tag=w1",
+        "To: <sip:bob@example.com>",
+        "Call-ID: reg-ws",
+        "CSeq: 1 REGISTER",
+        "Contact: <sip:bob@df7jal23ls0d.invalid;transport=ws>",
+    )
+    ok = only(world.receive(text, ws_flow))
+    assert ok.is_response(200) and ok.destination.flow == ws_flow
+    out = only(world.receive(invite(), ALICE_FLOW), lambda s: s.is_request("INVITE"))
+    assert out.destination.flow == ws_flow and out.destination.flow_only  # never dial a browser
+    world.node.flow_closed(ws_flow)
+    sent = world.receive(invite(branch="z9hG4bKafterclose", call_id="after-close"), ALICE_FLOW)
+    assert [s.message.status for s in sent] == [100, 404]
+
+
+def test_closed_tcp_flow_keeps_its_bindings_rfc3261_18(world: World) -> None:
+    world.register(contacts=("<sip:bob@192.0.2.10:5062;transport=tcp>",), flow=BOB_TCP_FLOW)
+    world.node.flow_closed(BOB_TCP_FLOW)
+    assert requests(world.receive(invite(), ALICE_FLOW), "INVITE")
