@@ -39,10 +39,14 @@ def _park(coro: Coroutine[Any, Any, Any], awaited: Any, result: "Deferred[Any]")
         return
 
     def resume(value: Any) -> None:
-        # Deferred.__await__ re-reads the Deferred's own result when resumed, so the value is not
-        # sent in; returning None here keeps a Failure from being reported as unhandled.
+        # On success Deferred.__await__ re-reads the Deferred's own result when resumed, so nothing is
+        # sent in; a failure is thrown in at the await (as inlineCallbacks does). Returning None keeps
+        # the Failure from being reported as unhandled.
         try:
-            nxt = coro.send(None)
+            if isinstance(value, Failure):
+                nxt = value.throwExceptionIntoGenerator(coro)  # type: ignore[arg-type]
+            else:
+                nxt = coro.send(None)
         except StopIteration as stop:
             result.callback(stop.value)
             return None

@@ -1498,9 +1498,6 @@ def test_async_route_failing_later_answers_500(logged: list[dict]) -> None:
     w.assert_drained()
 
 
-@pytest.mark.xfail(strict=True, reason="edgeproxy/coroutine.py run_eagerly resumes a coroutine from inside "
-                   "the failed Deferred's callback chain, where Deferred.__await__ trips its "
-                   "'assert self._debugInfo is not None': the route sees AssertionError, not the error")
 def test_async_route_can_catch_the_error_of_an_awaited_deferred() -> None:
     gate: list[Deferred] = []
 
