@@ -72,7 +72,12 @@ def response_destination(response: Response, flow: Flow | None) -> Destination:
     via = response.top_via
     transport = via.transport
     if flow is not None and flow.remote.reliable:
-        return Destination(flow.remote, flow)
+        # over the connection while it is open; if it closed, a new connection goes to received
+        # and the sent-by port (§18.2.2), not to the connection's ephemeral source port.
+        # WebSocket clients (.invalid sent-by) cannot be dialled at all (RFC 7118 §5)
+        host = via.received or _bare(via.host)
+        remote = Endpoint(flow.remote.transport, host, via.port or default_port(flow.remote.transport))
+        return Destination(remote, flow, flow_only=via.host.lower().endswith(".invalid"))
     if via.maddr:
         return Destination(Endpoint(transport, _bare(via.maddr), via.port or default_port(transport)))
     host = via.received or _bare(via.host)
