@@ -130,7 +130,26 @@ def test_response_over_a_reliable_transport_goes_back_on_the_connection_rfc3261_
     flow = Flow(LOCAL_TCP, Endpoint("TCP", "203.0.113.9", 51000), 3)
     resp = response("SIP/2.0/TCP 10.0.0.5:5060;branch=z9hG4bKa;received=203.0.113.9")
     dest = response_destination(resp, flow)
-    assert dest.flow == flow and dest.remote == flow.remote
+    assert dest.flow == flow
+    # should the connection be gone: a new one to received + sent-by port, not to port 51000
+    assert dest.remote == Endpoint("TCP", "203.0.113.9", 5060)
+    assert not dest.flow_only
+
+
+def test_response_over_a_closed_connection_goes_to_received_and_sent_by_port_rfc3261_18_2_2() -> None:
+    flow = Flow(LOCAL_TCP, Endpoint("TCP", "203.0.113.9", 51000), 3)
+    resp = response("SIP/2.0/TCP client.example.com:5070;branch=z9hG4bKa;received=203.0.113.9;rport=51000")
+    assert response_destination(resp, flow).remote == Endpoint("TCP", "203.0.113.9", 5070)
+    resp = response("SIP/2.0/TLS client.example.com;branch=z9hG4bKa")
+    tls = Flow(Endpoint("TLS", "127.0.0.1", 5061), Endpoint("TLS", "203.0.113.9", 51000), 4)
+    assert response_destination(resp, tls).remote == Endpoint("TLS", "client.example.com", 5061)
+
+
+def test_response_to_a_websocket_client_never_dials_rfc7118_5() -> None:
+    flow = Flow(Endpoint("WS", "127.0.0.1", 8080), Endpoint("WS", "203.0.113.70", 61000), 21)
+    resp = response("SIP/2.0/WS df7jal23ls0d.invalid;branch=z9hG4bKa;received=203.0.113.70")
+    dest = response_destination(resp, flow)
+    assert dest.flow == flow and dest.flow_only
 
 
 def test_response_with_maddr_goes_to_maddr_rfc3261_18_2_2() -> None:
