@@ -42,7 +42,7 @@ def test_parse_listen_round_trips_str_of_endpoint():
 
 @pytest.mark.parametrize(("spec", "complaint"), [
     ("127.0.0.1:5060", "unsupported transport"),
-    ("tls:127.0.0.1:5061", "unsupported transport 'tls'"),
+    ("sctp:127.0.0.1:5061", "unsupported transport 'sctp'"),
     ("udp", "missing transport"),
     ("udp:", "missing host"),
     ("udp::5060", "missing host"),

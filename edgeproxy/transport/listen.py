@@ -1,4 +1,5 @@
-"""Listen specs: ``udp:127.0.0.1:5060``, ``tcp:[::1]:5060``, ``udp:0.0.0.0`` (port 5060)."""
+"""Listen specs: ``udp:127.0.0.1:5060``, ``tcp:[::1]:5060``, ``udp:0.0.0.0`` (port 5060),
+``tls:0.0.0.0:5061``, ``wss:[::]:443``."""
 
 from __future__ import annotations
 
@@ -9,17 +10,18 @@ from ._util import ip_literal
 
 __all__ = ["SUPPORTED_TRANSPORTS", "parse_listen"]
 
-SUPPORTED_TRANSPORTS = ("UDP", "TCP")
+SUPPORTED_TRANSPORTS = ("UDP", "TCP", "TLS", "WS", "WSS")
 """The transports :class:`~edgeproxy.transport.manager.TransportManager` can listen on (RFC 3261
-§18 makes both mandatory for proxies)."""
+§18 makes UDP and TCP mandatory for proxies; TLS §26.2, WebSocket RFC 7118)."""
 
 
 def parse_listen(spec: str) -> Endpoint:
     """Parse ``TRANSPORT:HOST[:PORT]`` into an :class:`Endpoint` to pass to ``listen``.
 
-    ``TRANSPORT`` is ``udp`` or ``tcp`` (any case). ``HOST`` is an IP literal; IPv6 in brackets
-    (``[::1]``, ``[::]``); ``0.0.0.0`` and ``[::]`` mean every local address of that family.
-    ``PORT`` defaults to 5060 (RFC 3261 §19.1.2); ``0`` asks the kernel for a free port (tests).
+    ``TRANSPORT`` is ``udp``, ``tcp``, ``tls``, ``ws`` or ``wss`` (any case). ``HOST`` is an IP
+    literal; IPv6 in brackets (``[::1]``, ``[::]``); ``0.0.0.0`` and ``[::]`` mean every local address of that family.
+    ``PORT`` defaults to 5060 (5061 for TLS, 80 for WS, 443 for WSS; RFC 3261 §19.1.2, RFC 7118);
+    ``0`` asks the kernel for a free port (tests).
     The format is the one ``str(Endpoint)`` produces, so specs round-trip.
 
     Raises ValueError with a message that names the spec and what is wrong with it.

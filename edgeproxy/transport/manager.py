@@ -19,7 +19,7 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass, field
 from itertools import count
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, fail, maybeDeferred, succeed
@@ -40,11 +40,16 @@ from .sink import MessageSink
 from .tcp import SipClientFactory, SipServerFactory, SipStreamProtocol
 from .udp import SipDatagramProtocol
 
+if TYPE_CHECKING:
+    from .tls import TlsContexts, TlsSettings
+    from .ws import WsSettings
+
 __all__ = ["TransportManager", "Listener"]
 
 log = Logger(namespace="edgeproxy.transport")
 
 _WILDCARDS = {"0.0.0.0": socket.AF_INET, "::": socket.AF_INET6}
+_WEBSOCKETS = ("WS", "WSS")
 _UDP_RCVBUF = 4 * 1024 * 1024
 _STOP_GRACE = 1.0
 
@@ -69,7 +74,7 @@ class Listener:
 class _Dial:
     """An outbound connection being opened and the messages waiting for it."""
 
-    key: tuple[str, int]
+    key: tuple[str, str, int]
     remote: Endpoint
     queue: list[tuple[bytes, Deferred]] = field(default_factory=list)
     attempt: Deferred | None = None
@@ -104,7 +109,9 @@ class TransportManager:
     sockets are closed at once and sends that need a new connection fail with 503);
     ``idle_timeout`` (seconds, None/0 = never) closes connections that received nothing for that long;
     ``connect_timeout`` bounds outbound connection set-up; ``advertise`` is the host wildcard
-    listeners announce (see :meth:`listen`).
+    listeners announce (see :meth:`listen`). ``tls`` (:class:`~edgeproxy.transport.tls.TlsSettings`)
+    is needed for ``tls`` and ``wss`` listeners and configures outbound TLS; ``ws``
+    (:class:`~edgeproxy.transport.ws.WsSettings`) configures ``ws``/``wss`` listeners.
     """
 
     def __init__(
@@ -116,6 +123,8 @@ class TransportManager:
         idle_timeout: float | None = 300.0,
         connect_timeout: float = 5.0,
         advertise: str | None = None,
+        tls: TlsSettings | None = None,
+        ws: WsSettings | None = None,
     ) -> None:
         self.reactor = reactor
         self.sink: MessageSink = sink  # type: ignore[assignment]
@@ -129,9 +138,13 @@ class TransportManager:
         self._udp: dict[tuple[Endpoint, int], SipDatagramProtocol] = {}
         self._udp_default: dict[int, SipDatagramProtocol] = {}
         self._locals: dict[tuple[str, int | None], Endpoint] = {}
-        self._connections: dict[int, SipStreamProtocol] = {}
-        self._by_remote: dict[tuple[str, int], list[SipStreamProtocol]] = {}
-        self._dials: dict[tuple[str, int], _Dial] = {}
+        self.tls_settings = tls
+        self.ws_settings = ws
+        self._tls: TlsContexts | None = None
+        self._connections: dict[int, Any] = {}
+        self._by_remote: dict[tuple[str, str, int], list[Any]] = {}
+        self._dials: dict[tuple[str, str, int], _Dial] = {}
+        self._pending: set[Any] = set()
         self._ids = count(1)
         self._stopping = False
         self._all_closed: Deferred | None = None
@@ -174,13 +187,13 @@ class TransportManager:
                 port.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _UDP_RCVBUF)
             except Exception:  # best effort; the kernel caps it at net.core.rmem_max
                 pass
-        elif transport == "TCP":
-            factory = SipServerFactory(self)
+        elif transport in ("TCP", "TLS", "WS", "WSS"):
+            factory, outer = self._server_factory(transport)
             if v6only:
                 port = self._adopt_v6only(socket.SOCK_STREAM, endpoint.port,
-                                          lambda fd: reactor.adoptStreamPort(fd, socket.AF_INET6, factory))
+                                          lambda fd: reactor.adoptStreamPort(fd, socket.AF_INET6, outer))
             else:
-                port = reactor.listenTCP(endpoint.port, factory, backlog=self.backlog, interface=host)
+                port = reactor.listenTCP(endpoint.port, outer, backlog=self.backlog, interface=host)
         else:
             raise ValueError(f"cannot listen on {endpoint}: unsupported transport {endpoint.transport}")
         bound = Endpoint(transport, host, port.getHost().port)
@@ -195,6 +208,39 @@ class TransportManager:
         self._reindex()
         log.info("listening on {bound} as {local}", bound=bound, local=local)
         return listener
+
+    def _server_factory(self, transport: str) -> tuple[Any, Any]:
+        """The factory whose protocols serve a listener of ``transport`` (its ``local`` is set once
+        the port is bound) and the factory that listens (the same, or a TLS wrapper around it)."""
+        if transport == "TCP":
+            factory: Any = SipServerFactory(self)
+            return factory, factory
+        server = None
+        if transport in ("TLS", "WSS"):
+            server = self.tls_contexts().server
+            if server is None:
+                raise ValueError(f"a {transport.lower()} listener needs a TLS certificate and key")
+        if transport == "TLS":
+            from .tls import SipTlsServerFactory
+
+            factory = SipTlsServerFactory(self)
+        else:
+            from .ws import SipWebSocketFactory
+
+            factory = SipWebSocketFactory(self, secure=transport == "WSS")
+        if server is None:
+            return factory, factory
+        from .tls import TlsServerWrapper
+
+        return factory, TlsServerWrapper(server, False, factory)
+
+    def tls_contexts(self) -> TlsContexts:
+        """The node's TLS contexts, built from ``tls`` at first use (ValueError for bad files)."""
+        if self._tls is None:
+            from .tls import TlsContexts, TlsSettings
+
+            self._tls = TlsContexts(self.tls_settings if self.tls_settings is not None else TlsSettings())
+        return self._tls
 
     def _adopt_v6only(self, kind: int, port: int, adopt: Callable[[int], IListeningPort]) -> IListeningPort:
         sock = socket.socket(socket.AF_INET6, kind)
@@ -265,51 +311,59 @@ class TransportManager:
     # -- connections -------------------------------------------------------------------------------
     @property
     def connection_count(self) -> int:
-        """Open plus connecting TCP connections."""
-        return len(self._connections) + len(self._dials)
+        """Open plus connecting connections (TCP, TLS, WebSocket; also TLS and WebSocket ones still
+        in their handshake)."""
+        return len(self._connections) + len(self._dials) + len(self._pending)
 
     def _may_connect(self) -> bool:
         return not self._stopping and self.connection_count < self.max_connections
 
-    def connection(self, connection_id: int) -> SipStreamProtocol | None:
+    def connection(self, connection_id: int) -> Any:
         """The open connection with that id, if any."""
         return self._connections.get(connection_id)
 
-    def _connection_made(self, proto: SipStreamProtocol) -> None:
-        peer = proto.transport.getPeer()  # type: ignore[union-attr]
+    def _connection_made(self, proto: Any) -> None:
+        """Number and index a connection that is up (for TLS and WebSocket: handshake done).
+
+        ``proto`` is a :class:`SipStreamProtocol` or a WebSocket protocol: it has ``transport``,
+        ``transport_name``, ``local``, ``dial``, ``connection_id``, ``flow``, ``writable``,
+        ``write_message``, ``close`` and ``abort``."""
+        kind = proto.transport_name
+        peer = proto.transport.getPeer()
         literal = ip_literal(peer.host)
         host = literal[1] if literal is not None else peer.host
-        remote = Endpoint("TCP", host, peer.port)
+        remote = Endpoint(kind, host, peer.port)
         local = proto.local
         if local is None:
-            local = self.local_endpoint("TCP", remote)
+            local = self.local_endpoint(kind, remote)
             if local is None:
-                mine = proto.transport.getHost()  # type: ignore[union-attr]
-                local = Endpoint("TCP", mine.host, mine.port)
+                mine = proto.transport.getHost()
+                local = Endpoint(kind, mine.host, mine.port)
             proto.local = local
         cid = next(self._ids)
         proto.connection_id = cid
         flow = proto.flow = Flow(local, remote, cid)
         self._connections[cid] = proto
-        self._by_remote.setdefault((host, peer.port), []).append(proto)
-        dial, proto.dial = proto.dial, None
+        self._by_remote.setdefault((kind, host, peer.port), []).append(proto)
+        dial = getattr(proto, "dial", None)
         if dial is not None:
+            proto.dial = None
             if self._dials.get(dial.key) is dial:
                 del self._dials[dial.key]
             queue, dial.queue = dial.queue, []
             for data, _ in queue:
-                proto.transport.write(data)  # type: ignore[union-attr]
+                proto.write_message(data)
             for _, d in queue:
                 d.callback(flow)
 
-    def _connection_lost(self, proto: SipStreamProtocol) -> None:
+    def _connection_lost(self, proto: Any) -> None:
         cid = proto.connection_id
         if cid is None or self._connections.get(cid) is not proto:
             return
         del self._connections[cid]
         flow = proto.flow
         assert flow is not None
-        key = (flow.remote.host, flow.remote.port)
+        key = (flow.remote.transport, flow.remote.host, flow.remote.port)
         same = self._by_remote.get(key)
         if same is not None:
             if proto in same:
@@ -348,8 +402,7 @@ class TransportManager:
         if flow is not None and flow.connection_id is not None:
             conn = self._connections.get(flow.connection_id)
             if conn is not None and conn.writable:
-                conn.transport.write(data)  # type: ignore[union-attr]
-                return succeed(conn.flow)
+                return self._write(conn, data)
         remote = destination.remote
         transport = remote.transport
         if destination.flow_only and not self._udp_flow_open(flow):
@@ -357,11 +410,31 @@ class TransportManager:
         if self._stopping:
             return fail(SendError("Transport Stopped"))
         literal = ip_literal(remote.host)
+        if transport in _WEBSOCKETS:
+            # RFC 7118 §5: WebSocket clients are never dialled; only an open connection will do.
+            return self._send_ws(transport, literal, remote.port, data)
         if literal is None:
             d = self._resolve(remote.host, remote.port, transport)
-            d.addCallback(lambda found: self._send_to(transport, found[0], found[1], remote.port, data, flow))
+            d.addCallback(lambda found: self._send_to(transport, found[0], found[1], remote.port, data, flow,
+                                                      remote.host))
             return d
         return self._send_to(transport, literal[0], literal[1], remote.port, data, flow)
+
+    def _write(self, conn: Any, data: bytes) -> "Deferred[Flow]":
+        try:
+            conn.write_message(data)
+        except Exception as exc:
+            log.debug("sending on {flow} failed: {exc}", flow=conn.flow, exc=exc)
+            return fail(SendError("Send Failed"))
+        return succeed(conn.flow)
+
+    def _send_ws(self, transport: str, literal: tuple[int, str] | None, port: int,
+                 data: bytes) -> "Deferred[Flow]":
+        if literal is not None:
+            for conn in reversed(self._by_remote.get((transport, literal[1], port), ())):
+                if conn.writable:
+                    return self._write(conn, data)
+        return fail(SendError("Flow Failed", 430))
 
     def _udp_flow_open(self, flow: Flow | None) -> bool:
         if flow is None or flow.connection_id is not None or flow.local.transport != "UDP":
@@ -369,7 +442,7 @@ class TransportManager:
         return any(proto.open for (local, _), proto in self._udp.items() if local == flow.local)
 
     def _send_to(self, transport: str, family: int, host: str, port: int, data: bytes,
-                 flow: Flow | None) -> "Deferred[Flow]":
+                 flow: Flow | None, server_name: str | None = None) -> "Deferred[Flow]":
         if transport == "UDP":
             proto = None
             if flow is not None and flow.connection_id is None:
@@ -387,18 +460,18 @@ class TransportManager:
                     and flow.remote.port == port and flow.remote.host == host):
                 return succeed(flow)
             return succeed(Flow(proto.local, Endpoint("UDP", host, port)))
-        if transport == "TCP":
-            return self._send_tcp(family, host, port, data)
+        if transport in ("TCP", "TLS"):
+            return self._send_stream(transport, family, host, port, data, server_name or host)
         return fail(SendError(f"Unsupported Transport {transport}"))
 
-    def _send_tcp(self, family: int, host: str, port: int, data: bytes) -> "Deferred[Flow]":
-        key = (host, port)
+    def _send_stream(self, transport: str, family: int, host: str, port: int, data: bytes,
+                     server_name: str) -> "Deferred[Flow]":
+        key = (transport, host, port)
         conns = self._by_remote.get(key)
         if conns:
             for conn in reversed(conns):
                 if conn.writable:
-                    conn.transport.write(data)  # type: ignore[union-attr]
-                    return succeed(conn.flow)
+                    return self._write(conn, data)
         d: Deferred = Deferred()
         dial = self._dials.get(key)
         if dial is not None:
@@ -406,11 +479,27 @@ class TransportManager:
             return d
         if not self._may_connect():
             return fail(SendError("Too Many Connections"))
-        dial = self._dials[key] = _Dial(key, Endpoint("TCP", host, port))
-        dial.queue.append((data, d))
+        factory: Any
         endpoint_type = TCP6ClientEndpoint if family == socket.AF_INET6 else TCP4ClientEndpoint
-        endpoint = endpoint_type(self.reactor, host, port, timeout=self.connect_timeout)
-        attempt = dial.attempt = endpoint.connect(SipClientFactory(self, dial))
+        endpoint: Any = endpoint_type(self.reactor, host, port, timeout=self.connect_timeout)
+        dial = _Dial(key, Endpoint(transport, host, port))
+        if transport == "TLS":
+            from twisted.internet.endpoints import wrapClientTLS
+
+            from .tls import SipTlsClientFactory
+
+            try:
+                creator = self.tls_contexts().client(server_name)
+            except Exception as exc:
+                log.error("cannot open a TLS connection to {host}:{port}: {exc}", host=host, port=port, exc=exc)
+                return fail(SendError("TLS Not Configured"))
+            endpoint = wrapClientTLS(creator, endpoint)
+            factory = SipTlsClientFactory(self, dial)
+        else:
+            factory = SipClientFactory(self, dial)
+        self._dials[key] = dial
+        dial.queue.append((data, d))
+        attempt = dial.attempt = endpoint.connect(factory)
         attempt.addErrback(self._dial_failed, dial)
         return d
 
@@ -423,6 +512,8 @@ class TransportManager:
             reason = "Connect Timeout"
         elif failure.check(CancelledError):
             reason = "Transport Stopped"
+        elif dial.remote.transport == "TLS":
+            reason = "TLS Handshake Failed"
         else:
             reason = "Connection Failed"
         log.debug("connecting to {remote} failed: {why}", remote=dial.remote, why=failure.getErrorMessage())
@@ -466,6 +557,8 @@ class TransportManager:
         for dial in list(self._dials.values()):
             if dial.attempt is not None:
                 dial.attempt.cancel()
+        for proto in list(self._pending):  # TLS/WebSocket handshakes in progress
+            proto.abort()
         if self._connections:
             all_closed = self._all_closed = Deferred()
             waits.append(all_closed)

@@ -52,6 +52,9 @@ class SipStreamProtocol(Protocol):
     there is one, else the socket's own address).
     """
 
+    transport_name = "TCP"
+    """The transport of this connection's flows (subclasses over TLS say ``TLS``)."""
+
     def __init__(self, manager: TransportManager, local: Endpoint | None, dial: _Dial | None = None) -> None:
         self.manager = manager
         self.local = local
@@ -91,6 +94,10 @@ class SipStreamProtocol(Protocol):
         """Whether SIP messages may still be written here (connected and not closing)."""
         transport: Any = self.transport
         return not self.closing and transport is not None and transport.connected and not transport.disconnecting
+
+    def write_message(self, data: bytes) -> None:
+        """Send one serialised SIP message on this connection."""
+        self.transport.write(data)  # type: ignore[union-attr]
 
     def close(self) -> None:
         """Close gracefully (pending writes are flushed)."""

@@ -1,0 +1,405 @@
+"""SIP over TLS on real loopback sockets: inbound and outbound connections, mutual TLS, server-name
+checks on outbound connections (RFC 5922), SNI, handshake failures and timeouts.
+
+Certificates come from a CA made at test time (``tls_ca.TestCA``); clients are Twisted's own TLS
+clients, plus sipsak (GnuTLS) when it is installed.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from twisted.internet import reactor, ssl, threads
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
+from twisted.internet.interfaces import IHandshakeListener
+from zope.interface import implementer
+
+from edgeproxy.proxy.sender import SendError
+from edgeproxy.sip.endpoint import Destination, Endpoint, Flow
+from edgeproxy.sip.message import Request
+from edgeproxy.transport.tls import TlsContexts, TlsSettings
+from test_transport_support import (  # noqa: F401 - fixtures
+    TIMEOUT,
+    RawTCP,
+    RecordingSink,
+    clients,
+    listening,
+    make_manager,
+    request,
+    sleep,
+    status_of,
+    within,
+)
+from tls_ca import Issued, TestCA
+
+VIA_TLS = "SIP/2.0/TLS 127.0.0.1:5999"
+
+
+class Pki:
+    def __init__(self, directory: Path) -> None:
+        self.ca = TestCA(directory / "ca")
+        self.server = self.ca.issue("server", dns=["sip.test", "localhost"], ips=["127.0.0.1", "::1"],
+                                    client=True)
+        self.other = self.ca.issue("other", dns=["other.test"])
+        self.wild = self.ca.issue("wild", dns=["*.wild.test"])
+        self.wrong = self.ca.issue("wrong", dns=["wrong.test"])
+        self.client = self.ca.issue("client", dns=["client.test"], client=True, server=False)
+        self.rogue_ca = TestCA(directory / "rogue", "rogue CA")
+        self.rogue = self.rogue_ca.issue("rogue", dns=["client.test"], client=True)
+
+    def settings(self, identity: Issued | None = None, **kwargs: Any) -> TlsSettings:
+        identity = identity or self.server
+        kwargs.setdefault("ca", self.ca.cert)
+        return TlsSettings(certificate=identity.cert, key=identity.key, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: Any) -> Pki:
+    return Pki(tmp_path_factory.mktemp("pki"))
+
+
+def _pem(*paths: str) -> bytes:
+    return b"".join(Path(p).read_bytes() for p in paths)
+
+
+@implementer(IHandshakeListener)
+class TlsClient(RawTCP):
+    """A raw client over TLS that also tells when its handshake completed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.handshake: Deferred = Deferred()
+
+    def handshakeCompleted(self) -> None:
+        if not self.handshake.called:
+            self.handshake.callback(self)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if not self.handshake.called:
+            self.handshake.errback(reason)
+        super().connectionLost(reason)
+
+    def wait_handshake(self) -> Deferred:
+        return within(self.handshake)
+
+    def peer_common_name(self) -> str:
+        from cryptography.x509.oid import NameOID
+
+        cert = self.transport.getPeerCertificate().to_cryptography()
+        return str(cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
+
+
+@pytest.fixture
+def tls_clients(pki: Pki) -> Any:
+    opened: list[TlsClient] = []
+
+    def connect(port: int, name: str = "sip.test", cert: Issued | None = None, trust: str | None = None,
+                **extra: Any) -> Deferred:
+        root = ssl.Certificate.loadPEM(_pem(trust or pki.ca.cert))
+        if cert is not None:  # cryptography objects: pyOpenSSL's own are deprecated
+            extra["certificate"] = x509.load_pem_x509_certificate(_pem(cert.leaf))
+            extra["privateKey"] = serialization.load_pem_private_key(_pem(cert.key), None)
+        creator = ssl.optionsForClientTLS(name, trustRoot=root, extraCertificateOptions=extra or None)
+        endpoint = wrapClientTLS(creator, TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=TIMEOUT))
+        proto = TlsClient()
+        opened.append(proto)
+        proto.handshake.addErrback(lambda f: f)  # observed by tests that expect a failure
+        return within(connectProtocol(endpoint, proto))
+
+    yield connect
+    for proto in opened:
+        if proto.transport is not None and not proto.is_closed:
+            proto.transport.abortConnection()
+            pytest_twisted.blockon(proto.wait_closed())
+
+
+async def _serve(make_manager: Any, settings: TlsSettings, sink: Any = None, **kwargs: Any) -> Any:
+    sink = sink or RecordingSink()
+    manager = make_manager(sink, tls=settings, **kwargs)
+    listener = await listening(manager, "tls:127.0.0.1:0")
+    return sink, manager, listener
+
+
+async def _handshake_fails(client: TlsClient) -> None:
+    """The handshake fails, or (TLS 1.3: the client finishes before the server checked its
+    certificate) the server closes right after it."""
+    try:
+        await client.wait_handshake()
+    except Exception:
+        return
+    await client.wait_closed()
+
+
+# -- inbound ---------------------------------------------------------------------------------------
+@pytest_twisted.ensureDeferred
+async def test_options_over_tls_reaches_the_sink_and_the_reply_goes_back(make_manager, pki, tls_clients):
+    sink, manager, listener = await _serve(make_manager, pki.settings())
+    assert listener.local.transport == "TLS"
+    client = await tls_clients(listener.bound.port)
+    await client.wait_handshake()
+    assert client.peer_common_name() == "sip.test"
+    client.transport.write(request(via=VIA_TLS, call_id="tls-1"))
+    await sink.wait_messages(1)
+    message, flow = sink.messages[0]
+    assert message.method == "OPTIONS" and message.call_id == "tls-1"
+    assert flow.local == Endpoint("TLS", "127.0.0.1", listener.bound.port)
+    assert flow.remote == Endpoint("TLS", "127.0.0.1", client.address[1])
+    assert isinstance(flow.connection_id, int)
+    assert manager.local_endpoint("TLS") == listener.local
+    used = await manager.send(Destination(flow.remote, flow), message.make_response(200))
+    assert used == flow
+    data = await client.wait_bytes(b"\r\n\r\n")
+    assert status_of(data) == 200 and b"Call-ID: tls-1" in data
+    # §18 reuse: a request to the peer's address goes over the same connection
+    again = await manager.send(Destination(flow.remote), Request("OPTIONS", "sip:peer@127.0.0.1", message.headers.copy()))
+    assert again == flow
+    client.transport.loseConnection()
+    await sink.wait_for(lambda: sink.closed == [flow])
+
+
+@pytest_twisted.ensureDeferred
+async def test_framing_is_the_stream_framing_pipelined_and_pings(make_manager, pki, tls_clients):
+    sink, manager, listener = await _serve(make_manager, pki.settings())
+    client = await tls_clients(listener.bound.port)
+    client.transport.write(b"\r\n\r\n")
+    await client.wait_for(lambda d: d == b"\r\n")
+    data = request(via=VIA_TLS, call_id="a", body=b"v=0\r\n") + request(via=VIA_TLS, call_id="b")
+    client.transport.write(data[:50])
+    await sleep(0.02)
+    client.transport.write(data[50:])
+    await sink.wait_messages(2)
+    assert [m.call_id for m, _ in sink.messages] == ["a", "b"]
+    client.transport.write(request(via=VIA_TLS, call_id="bad", content_length="x"))
+    await client.wait_closed()
+    assert b"SIP/2.0 400" in client.data
+
+
+@pytest_twisted.ensureDeferred
+async def test_not_tls_at_all_is_dropped_and_others_carry_on(make_manager, pki, tls_clients, clients):
+    sink, manager, listener = await _serve(make_manager, pki.settings())
+    good = await tls_clients(listener.bound.port)
+    await good.wait_handshake()
+    plain = await clients.tcp("127.0.0.1", listener.bound.port)
+    plain.transport.write(request(via="SIP/2.0/TCP 127.0.0.1:5999"))
+    await plain.wait_closed()
+    good.transport.write(request(via=VIA_TLS, call_id="still-fine"))
+    await sink.wait_messages(1)
+    assert sink.messages[0][0].call_id == "still-fine"
+    assert manager.connection_count == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_handshake_timeout_closes_a_silent_connection(make_manager, pki, clients):
+    sink, manager, listener = await _serve(make_manager, pki.settings(handshake_timeout=0.2))
+    silent = await clients.tcp("127.0.0.1", listener.bound.port)
+    await sleep(0.05)
+    assert manager.connection_count == 1  # pending handshakes count against max_connections
+    await silent.wait_closed(2.0)
+    await sleep(0)
+    assert manager.connection_count == 0
+    assert sink.closed == []  # it never became a flow
+
+
+@pytest_twisted.ensureDeferred
+async def test_max_connections_counts_handshaking_connections(make_manager, pki, clients, tls_clients):
+    sink, manager, listener = await _serve(make_manager, pki.settings(), max_connections=1)
+    await clients.tcp("127.0.0.1", listener.bound.port)  # never says hello
+    await sleep(0.05)
+    refused = await tls_clients(listener.bound.port)
+    await _handshake_fails(refused)
+
+
+# -- mutual TLS ------------------------------------------------------------------------------------
+@pytest_twisted.ensureDeferred
+async def test_mutual_tls_refuses_untrusted_and_missing_client_certificates(make_manager, pki, tls_clients):
+    sink, manager, listener = await _serve(make_manager, pki.settings(require_client_cert=True))
+    trusted = await tls_clients(listener.bound.port, cert=pki.client)
+    await trusted.wait_handshake()
+    rogue = await tls_clients(listener.bound.port, cert=pki.rogue)
+    rogue.transport.write(request(via=VIA_TLS, call_id="rogue"))
+    await _handshake_fails(rogue)
+    anonymous = await tls_clients(listener.bound.port)
+    anonymous.transport.write(request(via=VIA_TLS, call_id="anonymous"))
+    await _handshake_fails(anonymous)
+    trusted.transport.write(request(via=VIA_TLS, call_id="trusted"))
+    await sink.wait_messages(1)
+    assert [m.call_id for m, _ in sink.messages] == ["trusted"]
+    assert not trusted.is_closed
+    assert manager.connection_count == 1
+
+
+def test_mutual_tls_needs_a_ca(pki):
+    with pytest.raises(ValueError, match="ca bundle"):
+        TlsContexts(TlsSettings(certificate=pki.server.cert, key=pki.server.key, require_client_cert=True))
+
+
+# -- SNI -------------------------------------------------------------------------------------------
+@pytest_twisted.ensureDeferred
+async def test_sni_picks_the_certificate_for_the_name_asked(make_manager, pki, tls_clients):
+    sni = {"other.test": (pki.other.cert, pki.other.key), "*.wild.test": (pki.wild.cert, pki.wild.key)}
+    sink, manager, listener = await _serve(make_manager, pki.settings(sni=sni))
+    assert manager.tls_contexts().server_names() == ["*.wild.test", "other.test"]
+    seen = {}
+    for name in ("sip.test", "other.test", "OTHER.test", "a.wild.test", "unknown.test"):
+        client = await tls_clients(listener.bound.port, name=name)
+        if name == "unknown.test":  # the default certificate, which does not name it
+            await _handshake_fails(client)
+            continue
+        await client.wait_handshake()
+        seen[name] = client.peer_common_name()
+        client.transport.write(request(via=VIA_TLS, call_id=name))
+    assert seen == {"sip.test": "sip.test", "other.test": "other.test", "OTHER.test": "other.test",
+                    "a.wild.test": "*.wild.test"}
+    await sink.wait_messages(4)
+
+
+# -- outbound --------------------------------------------------------------------------------------
+def _options(port: int, host: str = "127.0.0.1") -> Request:
+    from edgeproxy.sip.parser import parse_datagram
+
+    message = parse_datagram(request(via=f"SIP/2.0/TLS 127.0.0.1:{port}", call_id=f"out-{host}"))
+    assert isinstance(message, Request)
+    return message
+
+
+@pytest_twisted.ensureDeferred
+async def test_outbound_tls_by_name_and_by_address(make_manager, pki):
+    far_sink, far, far_listener = await _serve(make_manager, pki.settings())
+    sink, near, near_listener = await _serve(make_manager, pki.settings(identity=pki.client))
+    port = far_listener.bound.port
+    flow = await near.send(Destination(Endpoint("TLS", "localhost", port)), _options(near_listener.bound.port))
+    assert flow.remote == Endpoint("TLS", "127.0.0.1", port)
+    assert flow.local == near_listener.local and isinstance(flow.connection_id, int)
+    await far_sink.wait_messages(1)
+    message, far_flow = far_sink.messages[0]
+    assert far_flow.remote.transport == "TLS"
+    # the same connection again for the address (§18 reuse), and the answer comes back over it
+    again = await near.send(Destination(Endpoint("TLS", "127.0.0.1", port)), _options(1, "again"))
+    assert again == flow
+    await far.send(Destination(far_flow.remote, far_flow), message.make_response(200))
+    await sink.wait_messages(1)
+    assert sink.messages[0][1] == flow
+
+
+@pytest_twisted.ensureDeferred
+async def test_outbound_tls_to_a_certificate_for_another_name_fails_503(make_manager, pki):
+    far_sink, far, far_listener = await _serve(make_manager, pki.settings(identity=pki.wrong))
+    sink, near, _ = await _serve(make_manager, pki.settings())
+    port = far_listener.bound.port
+    for host in ("localhost", "127.0.0.1"):
+        with pytest.raises(SendError) as info:
+            await within(near.send(Destination(Endpoint("TLS", host, port)), _options(port, host)))
+        assert info.value.status == 503
+        assert "TLS" in info.value.reason
+    assert far_sink.messages == [] and near.connection_count == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_outbound_tls_to_an_untrusted_server_fails_and_verify_server_off_allows_it(make_manager, pki):
+    rogue_server = pki.rogue_ca.issue("rogue-server", dns=["localhost"], ips=["127.0.0.1"])
+    far_sink, far, far_listener = await _serve(make_manager, pki.settings(identity=rogue_server))
+    port = far_listener.bound.port
+    _, strict, _ = await _serve(make_manager, pki.settings())
+    with pytest.raises(SendError) as info:
+        await within(strict.send(Destination(Endpoint("TLS", "localhost", port)), _options(port)))
+    assert info.value.status == 503
+    _, lax, _ = await _serve(make_manager, pki.settings(verify_server=False))
+    flow = await within(lax.send(Destination(Endpoint("TLS", "localhost", port)), _options(port)))
+    assert flow.remote.port == port
+    await far_sink.wait_messages(1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_outbound_tls_connection_refused_fails_503(make_manager, pki):
+    from test_transport_support import free_tcp_port
+
+    _, near, _ = await _serve(make_manager, pki.settings())
+    with pytest.raises(SendError) as info:
+        await within(near.send(Destination(Endpoint("TLS", "127.0.0.1", free_tcp_port())), _options(1)))
+    assert info.value.status == 503
+
+
+@pytest_twisted.ensureDeferred
+async def test_min_version_13_refuses_a_tls12_client(make_manager, pki, tls_clients):
+    sink, manager, listener = await _serve(make_manager, pki.settings(min_version="1.3"))
+    old = await tls_clients(listener.bound.port, lowerMaximumSecurityTo=ssl.TLSVersion.TLSv1_2)
+    with pytest.raises(Exception):
+        await old.wait_handshake()
+    new = await tls_clients(listener.bound.port)
+    await new.wait_handshake()
+
+
+# -- configuration ---------------------------------------------------------------------------------
+def test_bad_files_are_reported_by_name(pki, tmp_path):
+    missing = str(tmp_path / "missing.pem")
+    with pytest.raises(ValueError, match="missing.pem"):
+        TlsContexts(TlsSettings(certificate=missing, key=pki.server.key))
+    with pytest.raises(ValueError, match="does not match"):
+        TlsContexts(TlsSettings(certificate=pki.server.cert, key=pki.other.key))
+    with pytest.raises(ValueError, match="no PEM certificate"):
+        TlsContexts(TlsSettings(certificate=pki.server.key, key=pki.server.key))
+    with pytest.raises(ValueError, match="min_version"):
+        TlsContexts(TlsSettings(min_version="1.4"))
+    with pytest.raises(ValueError, match="cipher"):
+        TlsContexts(TlsSettings(ciphers="NO-SUCH-CIPHER"))
+    contexts = TlsContexts(TlsSettings(certificate=pki.server.cert, key=pki.server.key, ciphers="ECDHE+AESGCM"))
+    assert contexts.has_server
+
+
+@pytest_twisted.ensureDeferred
+async def test_tls_listener_without_a_certificate_fails_to_open(make_manager):
+    manager = make_manager()
+    with pytest.raises(ValueError, match="certificate"):
+        await listening(manager, "tls:127.0.0.1:0")
+
+
+# -- third-party client ----------------------------------------------------------------------------
+class AnsweringSink(RecordingSink):
+    """Answers every request 200 over the flow it came on (a stand-in for the node)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.manager: Any = None
+
+    def message_received(self, message: Any, flow: Flow) -> None:
+        super().message_received(message, flow)
+        if isinstance(message, Request) and message.method != "ACK":
+            self.manager.send(Destination(flow.remote, flow), message.make_response(200)).addErrback(lambda f: None)
+
+
+@pytest.mark.skipif(shutil.which("sipsak") is None, reason="sipsak is not installed (apt-get install sipsak)")
+@pytest_twisted.ensureDeferred
+async def test_sipsak_options_and_register_over_tls(make_manager, pki):
+    """sipsak 0.9.8.1 (GnuTLS) reads no reply over TLS 1.3 (the server's session tickets end its read
+    loop) and checks the certificate against ``host:port`` when the URI has a port: so TLS 1.2 here,
+    and the port goes in the outbound proxy (``-p``) -- with which sipsak checks no certificate at
+    all, so this proves interoperability, not sipsak's verification."""
+    sink = AnsweringSink()
+    _, manager, listener = await _serve(make_manager, pki.settings(max_version="1.2"), sink=sink)
+    sink.manager = manager
+    proxy = f"localhost:{listener.bound.port}"
+
+    def sipsak(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["sipsak", "--transport=tls", f"--tls-ca-cert={pki.ca.cert}", "-vv", "-p", proxy,
+                               *args], capture_output=True, text=True, timeout=15)
+
+    result = await threads.deferToThread(sipsak, "-s", "sip:alice@localhost")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "200 OK" in result.stdout
+    options, flow = sink.messages[0]
+    assert options.method == "OPTIONS" and options.top_via.transport == "TLS"
+    assert flow.remote.transport == "TLS"
+    result = await threads.deferToThread(sipsak, "-U", "-C", "sip:alice@127.0.0.1", "-x", "60",
+                                         "-s", "sip:alice@localhost")
+    assert result.returncode == 0, result.stdout + result.stderr
+    register = [m for m, _ in sink.messages if m.method == "REGISTER"]
+    assert register and register[0].top_via.transport == "TLS"
+    await sink.wait_for(lambda: len(sink.closed) >= 2)
