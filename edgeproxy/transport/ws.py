@@ -1,0 +1,374 @@
+"""SIP over WebSocket (RFC 7118) on autobahn's Twisted API: ``ws`` listeners over TCP, ``wss`` over TLS.
+
+Handshake (RFC 6455 §4, RFC 7118 §4): the client must offer the ``sip`` subprotocol, which the 101
+answer selects; without it the upgrade is refused with 400. A browser whose ``Origin`` is not in
+:attr:`WsSettings.origins` gets 403 (clients without an ``Origin`` -- not browsers -- are let in); a
+request for another path than :attr:`WsSettings.path` gets 404; beyond
+:attr:`WsSettings.max_connections` on one listener, 503. Until the handshake is done a connection has
+no id and no flow and counts as pending against the manager's ``max_connections``.
+
+Messages (RFC 7118 §5): every WebSocket message (text or binary) holds exactly one SIP message and is
+parsed like a datagram (``parse_datagram``): no stream framing and no per-connection parser. A message
+that fails to parse is answered, when the core can build a reply, in a frame of its own; an empty or
+CRLF-only message is a keep-alive and ignored. A message larger than ``max_message_size`` closes the
+connection with 1009 (autobahn checks the frame header before buffering the payload). Sending to a
+WS/WSS flow writes one frame: text when the message is UTF-8, binary otherwise (browsers close on a
+text frame that is not UTF-8). Flows carry the transport ``WS`` or ``WSS`` (Via ``SIP/2.0/WSS``).
+
+Keep-alive: autobahn pings every ``ping_interval`` seconds and drops a client whose pong does not come
+within ``ping_timeout``; ``idle_timeout`` closes a connection that received nothing at all (pongs
+count) for that long, swept once per listener rather than timed per connection. WebSocket clients
+are never dialled (browsers are not reachable; their Via and Contact hosts are ``.invalid``): the
+manager fails a send to a WS/WSS destination without an open connection with 430 Flow Failed.
+
+Memory: one idle connection is the kernel socket, (for wss) the TLS state, and this protocol. Its
+autobahn options live on a per-listener subclass instead of being copied into every instance, and the
+handshake's request and response are dropped once the connection is open.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.protocol import WebSocketProtocol
+from autobahn.websocket.types import ConnectionDeny
+from twisted.internet.protocol import connectionDone
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from ..sip.endpoint import Endpoint
+from ..sip.errors import SipParseError
+from ..sip.parser import parse_datagram
+from ._util import error_reply
+
+if TYPE_CHECKING:
+    from .manager import TransportManager
+
+__all__ = ["WsSettings", "SipWebSocketProtocol", "SipWebSocketFactory", "SUBPROTOCOL"]
+
+log = Logger(namespace="edgeproxy.transport.ws")
+
+SUBPROTOCOL = "sip"
+"""The WebSocket subprotocol of SIP (RFC 7118 §4.1, IANA registry)."""
+
+_STATE_OPEN = WebSocketProtocol.STATE_OPEN
+_CLOSE_GOING_AWAY = WebSocketProtocol.CLOSE_STATUS_CODE_GOING_AWAY
+_HANDSHAKE_ONLY = (
+    "http_request_data", "http_headers", "http_status_line", "http_response_data", "http_request_uri",
+    "http_request_params", "http_request_host", "http_request_path", "websocket_protocols",
+    "websocket_extensions", "websocket_origin", "_wskey", "websocket_key",
+)
+
+
+@dataclass(frozen=True)
+class WsSettings:
+    """WebSocket listeners (``ws`` and ``wss``; the TLS side of ``wss`` is :class:`TlsSettings`).
+
+    ``path``: the HTTP path clients connect to (``"/ws"``; ``"*"`` accepts any path, the default).
+    ``origins``: the ``Origin`` values browsers may come from, e.g. ``"https://app.example.com"``,
+    with ``*`` wildcards (``"https://*.example.com"``); empty allows every origin. Requests without
+    an ``Origin`` header (non-browser clients) are always allowed.
+    ``max_message_size``: the largest WebSocket message (and frame) in octets; 0 uses the
+    manager's ``limits.max_message_size``. ``ping_interval``/``ping_timeout``: seconds between
+    server pings and to wait for the pong (0 disables). ``idle_timeout``: close a connection that
+    received nothing, pongs included, for that long (0 = never). ``max_connections``: per listener,
+    beyond it handshakes get 503 (0 = only the manager's overall limit). ``handshake_timeout``:
+    seconds for the TLS and HTTP handshakes together.
+    """
+
+    path: str = "*"
+    origins: tuple[str, ...] = ()
+    max_message_size: int = 0
+    ping_interval: float = 30.0
+    ping_timeout: float = 10.0
+    idle_timeout: float = 0.0
+    max_connections: int = 0
+    handshake_timeout: float = 5.0
+
+
+def _norm_path(path: str) -> str:
+    return path.rstrip("/") or "/"
+
+
+def _norm_origin(origin: str) -> str:
+    return origin.strip().lower().rstrip("/")
+
+
+def _is_text(data: bytes) -> bool:
+    if data.isascii():
+        return True
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+class _TimerCall:
+    __slots__ = ("func", "args")
+
+    def __init__(self, func: Any, args: tuple[Any, ...]) -> None:
+        self.func: Any = func
+        self.args = args
+
+    def cancel(self) -> None:
+        self.func = None
+        self.args = ()
+
+
+class _BucketTimers:
+    """The timers autobahn asks its factory for (``_batched_timer.call_later``: handshake and ping
+    timeouts, pings): calls due in the same ``bucket``-second slot share one reactor timer, and none
+    fires early. Autobahn's own (txaio's) truncates every due time to a whole second, so a pong
+    timeout of ``t`` could fire anywhere from ``t - 1`` seconds on."""
+
+    def __init__(self, reactor: Any, bucket: float = 0.2) -> None:
+        self._reactor = reactor
+        self._bucket = bucket
+        self._slots: dict[int, list[_TimerCall]] = {}
+
+    def call_later(self, delay: float, func: Any, *args: Any, **kwargs: Any) -> _TimerCall:
+        if kwargs:
+            args = (lambda: func(*args, **kwargs),)  # type: ignore[assignment]
+            func = _call
+        now = self._reactor.seconds()
+        slot = math.ceil((now + max(delay, 0.0)) / self._bucket)
+        call = _TimerCall(func, args)
+        calls = self._slots.get(slot)
+        if calls is None:
+            calls = self._slots[slot] = []
+            self._reactor.callLater(max(slot * self._bucket - now, 0.0), self._fire, slot)
+        calls.append(call)
+        return call
+
+    def _fire(self, slot: int) -> None:
+        for call in self._slots.pop(slot, ()):
+            func = call.func
+            if func is not None:
+                call.func = None
+                try:
+                    func(*call.args)
+                except Exception:
+                    log.failure("WebSocket timer failed")
+
+
+def _call(thunk: Any) -> None:
+    thunk()
+
+
+class SipWebSocketProtocol(WebSocketServerProtocol):
+    """One SIP-over-WebSocket connection (server side).
+
+    Implements what the manager needs of a connection: ``transport_name``, ``local``,
+    ``connection_id``, ``flow``, ``writable``, :meth:`write_message`, :meth:`close`, :meth:`abort`.
+    Per-listener subclasses (made by :class:`SipWebSocketFactory`) fix ``transport_name`` and hold
+    autobahn's options as class attributes.
+    """
+
+    transport_name = "WS"
+    connection_id: int | None = None
+    flow: Any = None
+    closing = False
+    last_received = 0.0
+    factory: SipWebSocketFactory
+
+    @property
+    def local(self) -> Endpoint | None:
+        return self.factory.local
+
+    @local.setter
+    def local(self, value: Endpoint | None) -> None:  # the manager fills in a missing local; never for listeners
+        pass
+
+    # -- life cycle --------------------------------------------------------------------------------
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.factory.manager._pending.add(self)
+
+    def onConnect(self, request: Any) -> str:
+        factory = self.factory
+        if not factory.path_allowed(request.path):
+            raise ConnectionDeny(ConnectionDeny.NOT_FOUND, f"no SIP WebSocket service at {request.path}")
+        origin = request.origin
+        if origin and not factory.origin_allowed(origin):
+            log.info("refusing WebSocket from {peer}: origin {origin!r} not allowed", peer=self.peer, origin=origin)
+            raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
+        for offered in request.protocols:
+            if offered.lower() == SUBPROTOCOL:
+                return offered  # type: ignore[no-any-return]
+        log.info("refusing WebSocket from {peer}: no sip subprotocol in {offered!r}", peer=self.peer,
+                 offered=request.protocols)
+        raise ConnectionDeny(ConnectionDeny.BAD_REQUEST, "the sip WebSocket subprotocol is required (RFC 7118)")
+
+    def onOpen(self) -> None:
+        manager = self.factory.manager
+        manager._pending.discard(self)
+        for name in _HANDSHAKE_ONLY:
+            if name in self.__dict__:
+                del self.__dict__[name]
+        self.last_received = manager.reactor.seconds()
+        manager._connection_made(self)
+        self.factory.opened(self)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.closing = True
+        try:
+            super().connectionLost(reason)
+        finally:
+            factory = self.factory
+            factory.manager._pending.discard(self)
+            factory.closed(self)
+            factory.manager._connection_lost(self)
+
+    @property
+    def writable(self) -> bool:
+        transport: Any = self.transport
+        return (not self.closing and self.state == _STATE_OPEN and transport is not None
+                and not getattr(transport, "disconnecting", False))
+
+    def write_message(self, data: bytes) -> None:
+        """Send one SIP message as one WebSocket message (text if it is UTF-8)."""
+        self.sendMessage(data, not _is_text(data))
+
+    def close(self) -> None:
+        """Close with 1001 Going Away (autobahn drops the TCP if the client does not answer)."""
+        self.closing = True
+        if self.state == _STATE_OPEN:
+            # sendClose only takes 1000 and 3000-4999 from applications; 1001 is the server's own
+            self.sendCloseFrame(code=_CLOSE_GOING_AWAY, reasonUtf8=b"going away", isReply=False)
+        elif self.transport is not None:
+            self.transport.loseConnection()
+
+    def abort(self) -> None:
+        self.closing = True
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+    # -- receiving ---------------------------------------------------------------------------------
+    def dataReceived(self, data: bytes) -> None:
+        self.last_received = self.factory.reactor.seconds()
+        self._dataReceived(data)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if self.closing:
+            return
+        manager = self.factory.manager
+        limits = manager.limits
+        try:
+            message = parse_datagram(payload, limits)
+        except SipParseError as exc:
+            self._reject(exc, payload)
+            return
+        except Exception:
+            log.failure("parser crashed on a WebSocket message from {flow}", flow=self.flow)
+            return
+        if message is None:
+            return
+        try:
+            manager.sink.message_received(message, self.flow)
+        except Exception:
+            log.failure("sink failed on a message from {flow}", flow=self.flow)
+
+    def _reject(self, exc: SipParseError, payload: bytes) -> None:
+        limits = self.factory.manager.limits
+        try:
+            reply = error_reply(exc, payload, limits.max_message_size, limits.max_line_length)
+        except Exception:
+            log.failure("failed to build the reply to a malformed message on {flow}", flow=self.flow)
+            return
+        log.info("malformed message on {flow}: {status} {reason}{replied}", flow=self.flow, status=exc.status,
+                 reason=exc.reason, replied="" if reply else " (not answered)")
+        if reply is not None and self.writable:
+            self.write_message(reply)
+
+
+class SipWebSocketFactory(WebSocketServerFactory):
+    """The factory of one ``ws`` or ``wss`` listener (for ``wss`` the manager wraps it in TLS).
+
+    ``local`` is the listener's advertised endpoint, set by the manager once the port is bound."""
+
+    noisy = False
+
+    def __init__(self, manager: TransportManager, secure: bool, settings: WsSettings | None = None) -> None:
+        settings = settings if settings is not None else (manager.ws_settings or WsSettings())
+        super().__init__(url="wss://localhost" if secure else "ws://localhost", protocols=[SUBPROTOCOL],
+                         server="edgeproxy", reactor=manager.reactor)
+        self.manager = manager
+        self.settings = settings
+        self.local: Endpoint | None = None
+        self.transport_name = "WSS" if secure else "WS"
+        size = settings.max_message_size or manager.limits.max_message_size
+        self.setProtocolOptions(
+            versions=[13],
+            webStatus=False,
+            maxFramePayloadSize=size,
+            maxMessagePayloadSize=size,
+            failByDrop=False,  # send the close frame (1009 for oversize) instead of dropping the TCP
+            openHandshakeTimeout=settings.handshake_timeout,
+            closeHandshakeTimeout=1,
+            autoPingInterval=settings.ping_interval or 0,
+            autoPingTimeout=(settings.ping_timeout or 0) if settings.ping_interval else 0,
+            autoPingSize=12,
+            maxConnections=settings.max_connections,
+            perMessageCompressionAccept=lambda offers: None,  # no permessage-deflate: memory per connection
+        )
+        self._path = None if settings.path in ("", "*") else _norm_path(settings.path)
+        self._origins = frozenset(_norm_origin(o) for o in settings.origins if "*" not in o)
+        self._origin_patterns = tuple(_norm_origin(o) for o in settings.origins if "*" in o)
+        self._allow_any_origin = not settings.origins or "*" in settings.origins
+        # One protocol class per listener holding autobahn's per-connection options as class attributes:
+        # autobahn copies an option into the instance only when the instance lacks it.
+        options = {name: getattr(self, name) for name in SipWebSocketProtocol.CONFIG_ATTRS}
+        options["transport_name"] = self.transport_name
+        self.protocol = type(f"SipWebSocketProtocol{self.transport_name}", (SipWebSocketProtocol,), options)
+        self._batched_timer = _BucketTimers(self.reactor)
+        self._open: set[SipWebSocketProtocol] = set()
+        self._sweeper: LoopingCall | None = None
+
+    def buildProtocol(self, addr: Any) -> SipWebSocketProtocol | None:
+        if not self.manager._may_connect():
+            log.info("refusing {kind} connection from {host}:{port}: {count} connections open",
+                     kind=self.transport_name, host=getattr(addr, "host", "?"), port=getattr(addr, "port", "?"),
+                     count=self.manager.connection_count)
+            return None
+        proto = self.protocol()
+        proto.factory = self
+        return proto  # type: ignore[no-any-return]
+
+    def path_allowed(self, path: str) -> bool:
+        return self._path is None or _norm_path(path) == self._path
+
+    def origin_allowed(self, origin: str) -> bool:
+        if self._allow_any_origin:
+            return True
+        origin = _norm_origin(origin)
+        return origin in self._origins or any(fnmatch.fnmatchcase(origin, p) for p in self._origin_patterns)
+
+    # -- idle sweep --------------------------------------------------------------------------------
+    def opened(self, proto: SipWebSocketProtocol) -> None:
+        timeout = self.settings.idle_timeout
+        if not timeout or timeout <= 0:
+            return
+        self._open.add(proto)
+        if self._sweeper is None:
+            sweeper = self._sweeper = LoopingCall(self._sweep)
+            sweeper.clock = self.reactor
+            sweeper.start(max(min(timeout / 4.0, 30.0), 0.05), now=False)
+
+    def closed(self, proto: SipWebSocketProtocol) -> None:
+        self._open.discard(proto)
+        if not self._open and self._sweeper is not None:
+            sweeper, self._sweeper = self._sweeper, None
+            if sweeper.running:
+                sweeper.stop()
+
+    def _sweep(self) -> None:
+        deadline = self.reactor.seconds() - self.settings.idle_timeout
+        for proto in [p for p in self._open if p.last_received <= deadline and not p.closing]:
+            log.info("closing {flow}: idle for {timeout}s", flow=proto.flow, timeout=self.settings.idle_timeout)
+            proto.close()
