@@ -431,7 +431,14 @@ class Node:
         tx = self._server_tx(ctx)
         if response.status >= 200:
             ctx.final_sent = True
-        self._run(tx, tx.send_response(response, self.clock.seconds()))
+        actions = tx.send_response(response, self.clock.seconds())
+        if not actions and 200 <= response.status < 300 and ctx.request.method == "INVITE":
+            # §16.7 step 5: a 2xx is always forwarded, even after a negative final (Timer C's 408
+            # racing the callee's 200): the server transaction no longer takes it, so statelessly,
+            # as a 2xx arriving after the client transaction (§16.7 step 1), for the caller to ACK
+            self._send(response_destination(response, ctx.flow), response)
+            return
+        self._run(tx, actions)
 
     # -- RouteActions: location ----------------------------------------------------------------------
     def lookup(self, rr: RouteRequest, table: str, flags: str, aor: str | None) -> "Deferred[LookupResult]":
