@@ -684,6 +684,21 @@ def test_timer_c_cancels_and_answers_408_rfc3261_16_8() -> None:
     w.assert_drained()
 
 
+def test_late_2xx_after_timer_c_408_is_still_forwarded_rfc3261_16_7_step5() -> None:
+    """Timer C fired, the branch was CANCELled and 408 went upstream; the callee answered 200 in the
+    race. A 2xx is always forwarded (§16.7 step 5), here statelessly since the server transaction
+    is Completed, exactly as a 2xx arriving after the client transaction ended (§16.7 step 1), so
+    the caller can ACK and BYE it (§13.2.2.4) instead of the callee retransmitting into the void."""
+    w = World(timers=TimerSettings(timer_c=10))
+    _, fwd = call_to_bob(w)
+    w.receive(answer(fwd, 180), BOB_FLOW)
+    assert [s.message.status for s in responses(w.advance(10.1))] == [408]
+    late = only(w.receive(answer(fwd, 200), BOB_FLOW))
+    assert late.is_response(200) and late.remote == ALICE
+    assert [v.branch for v in late.message.vias] == ["z9hG4bKalice1"]
+    w.assert_drained()
+
+
 def test_timer_c_is_restarted_by_provisionals_rfc3261_16_7_step2() -> None:
     w = World(timers=TimerSettings(timer_c=10))
     _, fwd = call_to_bob(w)
@@ -1660,3 +1675,92 @@ def test_closed_tcp_flow_keeps_its_bindings_rfc3261_18(world: World) -> None:
     world.register(contacts=("<sip:bob@192.0.2.10:5062;transport=tcp>",), flow=BOB_TCP_FLOW)
     world.node.flow_closed(BOB_TCP_FLOW)
     assert requests(world.receive(invite(), ALICE_FLOW), "INVITE")
+
+
+def test_2xx_retransmission_is_forwarded_again_rfc6026_8_4(world: World) -> None:
+    _, fwd = call_to_bob(world)
+    world.receive(answer(fwd, 200), BOB_FLOW)
+    again = only(world.receive(answer(fwd, 200), BOB_FLOW))
+    assert again.is_response(200) and again.remote == ALICE
+
+
+def test_provisional_retransmission_is_forwarded_again_rfc3261_16_7(world: World) -> None:
+    _, fwd = call_to_bob(world)
+    world.receive(answer(fwd, 180), BOB_FLOW)
+    assert only(world.receive(answer(fwd, 180), BOB_FLOW)).is_response(180)
+
+
+# ---------------------------------------------------------------------------------------------------
+# property: any interleaving of downstream answers, CANCEL and time keeps the response context sane
+# ---------------------------------------------------------------------------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_STATUSES = [100, 180, 183, 200, 404, 486, 487, 503, 603]
+_CONTACT_SETS = [
+    (f"{BOB1_CONTACT};q=0.5",),
+    (f"{BOB1_CONTACT};q=0.5", f"{BOB2_CONTACT};q=0.5"),
+    (f"{BOB1_CONTACT};q=1.0", f"{BOB2_CONTACT};q=0.5"),
+    (f"{BOB1_CONTACT};q=1.0", f"{BOB2_CONTACT};q=0.5", f"{BOB3_CONTACT};q=0.5"),
+]
+_FLOWS = {BOB: BOB_FLOW, BOB2: BOB2_FLOW, BOB3: BOB3_FLOW}
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_forked_invite_any_interleaving_answers_once_and_drains(data: st.DataObject) -> None:
+    """Alice acts as a UA (she ACKs every negative final); each Bob answers whatever and whenever.
+    Responses that match no transaction any more are forwarded statelessly (§16.7 step 1) and
+    kept apart: the invariants are about what the response context decides."""
+    w = World(timers=TimerSettings(timer_c=20))
+    w.register(contacts=data.draw(st.sampled_from(_CONTACT_SETS)))
+    log: list[Sent] = []
+    decided: list[Response] = []  # finals the response context sent upstream
+    provisional_from: set[Endpoint] = set()
+    tags = {BOB: "b1", BOB2: "b2", BOB3: "b3"}
+
+    def record(sent: list[Sent], stray: bool = False) -> None:
+        log.extend(sent)
+        for s in sent:
+            m = s.message
+            if s.is_request("CANCEL"):
+                assert s.remote in provisional_from  # §9.1: never before a provisional
+            if isinstance(m, Response):
+                assert s.remote == ALICE
+                if m.cseq.method == "INVITE" and m.status >= 200:
+                    if not stray:
+                        assert m.status != 503  # §16.7 step 6
+                        decided.append(m)
+                    if m.status >= 300:  # Alice's ACK for a negative final (§17.1.1.3)
+                        record(w.receive(non2xx_ack(m), ALICE_FLOW))
+
+    def invites() -> dict[Endpoint, Request]:
+        return {s.remote: s.message for s in log if s.is_request("INVITE")}  # type: ignore[misc]
+
+    record(w.receive(invite(), ALICE_FLOW))
+    for _ in range(data.draw(st.integers(0, 12))):
+        kind = data.draw(st.sampled_from(["respond", "respond", "respond", "cancel", "advance"]))
+        if kind == "respond" and invites():
+            remote = data.draw(st.sampled_from(sorted(invites(), key=str)))
+            status = data.draw(st.sampled_from(_STATUSES))
+            if status < 200:
+                provisional_from.add(remote)
+            response = wire(answer(invites()[remote], status, to_tag=tags[remote]))
+            stray = w.node.table.match_response(response) is None
+            record(w.receive(response, _FLOWS[remote]), stray)
+        elif kind == "cancel":
+            record(w.receive(cancel(), ALICE_FLOW))
+        else:
+            w.clock.pump([0.5] * int(data.draw(st.sampled_from([0.5, 5.0, 25.0])) / 0.5))
+            record(w.sender.take())
+    w.clock.pump([1.0] * 300)
+    record(w.sender.take())
+
+    # the caller gets an answer; at most one negative answer (retransmissions aside) and never one
+    # after a 2xx; every transaction ends and nothing is left behind
+    assert decided, log
+    assert len({m.status for m in decided if m.status >= 300}) <= 1, [m.status for m in decided]
+    first_2xx = next((i for i, m in enumerate(decided) if m.status < 300), len(decided))
+    assert all(m.status < 300 for m in decided[first_2xx:]), [m.status for m in decided]
+    assert len(w.node.table) == 0 and w.node._owners == {} and w.node._timer is None
