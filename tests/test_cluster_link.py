@@ -6,8 +6,13 @@ stops what it started, so the reactor is left clean.
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import pytest
@@ -155,25 +160,49 @@ async def test_stopped_node_is_marked_down_then_up_again_after_restart(running, 
     assert events == [(2, True), (2, False), (2, True)]
 
 
+NODE_SCRIPT = """
+import sys
+from twisted.internet import reactor
+from edgeproxy.cluster import Cluster, NodeInfo
+port, retries, interval, timeout = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+rows = [NodeInfo(1, 1, f"bin:127.0.0.11:{port}", no_ping_retries=retries, sip_addr="127.0.0.11", flags="seed"),
+        NodeInfo(1, 2, f"bin:127.0.0.12:{port}", no_ping_retries=retries, sip_addr="127.0.0.12", flags="seed")]
+node = Cluster(reactor, 2, rows, ping_interval=interval, ping_timeout=timeout)
+reactor.callWhenRunning(node.start)
+reactor.run()
+"""
+
+
 @pytest_twisted.ensureDeferred
-async def test_silent_node_is_down_after_the_retries(running, logs) -> None:
-    """A node that stops answering (its socket no longer read) is down after
-    (retries + 1) * ping_timeout; when it answers again, even late, it is up again."""
+async def test_hung_node_is_down_after_the_retries_and_up_when_it_resumes(running, logs) -> None:
+    """Node 2 runs in its own process; SIGSTOP freezes it with its sockets open (TCP still
+    accepts, nothing answers): node 1 declares it down after (retries + 1) * ping_timeout past the
+    first unanswered ping. SIGCONT: it answers again and is up."""
     port = free_port(A, B)
-    rows = table(port)
-    a, b = Cluster(reactor, 1, rows, **FAST), Cluster(reactor, 2, rows, **FAST)
-    await running(a, b)
-    await wait_until(all_up(a, b), 2.0, "both up")
-    frozen = [link for link in b._inbound]
-    for link in frozen:
-        link.transport.pauseProducing()
-    waited = await wait_until(lambda: not a.is_up(2), 3.0, "node 2 down")
-    assert waited <= INTERVAL + (RETRIES + 1) * TIMEOUT + 0.3, waited
-    assert logs.has("no pong from node 2, retrying")
-    assert logs.has("cluster 1: node 2 is DOWN")
-    for link in frozen:
-        link.transport.resumeProducing()
-    await wait_until(lambda: a.is_up(2), 2.0, "node 2 up again")
+    a = Cluster(reactor, 1, table(port), **FAST)
+    await running(a)
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-c", NODE_SCRIPT, str(port), str(RETRIES), str(INTERVAL),
+                             str(TIMEOUT)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        await wait_until(lambda: a.is_up(2) or proc.poll() is not None, 15.0, "node 2 process up")
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+        os.kill(proc.pid, signal.SIGSTOP)
+        waited = await wait_until(lambda: not a.is_up(2), 5.0, "hung node 2 down")
+        assert waited <= INTERVAL + (RETRIES + 1) * TIMEOUT + 0.3, waited
+        assert logs.has("no pong from node 2, retrying")
+        assert logs.has("cluster 1: node 2 is DOWN")
+        await sleep(2 * INTERVAL)
+        assert not a.is_up(2)  # re-probes go unanswered too
+        os.kill(proc.pid, signal.SIGCONT)
+        await wait_until(lambda: a.is_up(2), 5.0, "node 2 up again")
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+        proc.kill()
+        proc.wait(timeout=10)
+        if proc.stderr:
+            proc.stderr.close()
 
 
 @pytest_twisted.ensureDeferred
@@ -373,3 +402,23 @@ async def test_subscriber_errors_are_logged_not_raised(running, logs) -> None:
     await b.stop()
     await wait_until(lambda: not a.is_up(2), 2.0, "node 2 down")
     assert seen == [(2, True)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_refusals_are_logged_at_most_once_per_interval_per_source(running, logs, monkeypatch) -> None:
+    import edgeproxy.cluster.cluster as cluster_module
+    monkeypatch.setattr(cluster_module, "REFUSAL_LOG_INTERVAL", 0.3)
+    port = free_port(A, B)
+    a = Cluster(reactor, 1, table(port), **FAST)
+    await running(a)
+    for _ in range(3):
+        client = await _client_from("127.0.0.99", port)
+        await _closed(client)
+    assert sum("127.0.0.99" in line for line in logs.lines) == 1
+    await sleep(0.35)
+    client = await _client_from("127.0.0.99", port)
+    await _closed(client)
+    assert logs.has("refused link from 127.0.0.99", "(2 more refusals not logged)")
+    client = await _client_from("127.0.0.98", port)  # another source has its own budget
+    await _closed(client)
+    assert logs.has("refused link from 127.0.0.98")

@@ -21,8 +21,9 @@ import math
 from typing import Any, Callable, Iterable
 
 from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred, succeed
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.error import ConnectionClosed
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -36,6 +37,22 @@ log = Logger(namespace="edgeproxy.cluster")
 
 #: ``callback(node_id, up)``, called on every change of a peer's up/down verdict.
 Subscriber = Callable[[int, bool], None]
+
+#: Seconds between two warnings about refused connections or pings from one source IP.
+REFUSAL_LOG_INTERVAL = 60.0
+
+
+class _OneLink(Factory):
+    """Client factory handing out one prepared protocol, quietly (no start/stop log lines)."""
+
+    noisy = False
+
+    def __init__(self, proto: OutboundLink) -> None:
+        self.proto = proto
+
+    def buildProtocol(self, addr: Any) -> OutboundLink:
+        self.proto.factory = self
+        return self.proto
 
 
 class _Peer:
@@ -114,6 +131,7 @@ class Cluster:
         self._subscribers: list[Subscriber] = []
         self._inbound: set[InboundLink] = set()
         self._closing: dict[Any, Deferred] = {}
+        self._refusals: dict[str, tuple[float, int]] = {}
         self._port: Any = None
         self._timer: Any = None
         self._running = False
@@ -312,6 +330,18 @@ class Cluster:
             elif effect is Effect.DOWN:
                 log.warn("cluster {c}: node {n} is DOWN", c=cluster_id, n=node_id)
                 self._verdict_changed(node_id)
+        if self._live[key].state is LinkState.DOWN:
+            self._drop_dead_link(self._peer_for(key))
+
+    def _drop_dead_link(self, peer: _Peer) -> None:
+        """Abort the connection to a URL whose nodes are all DOWN. Unanswered pings would pile up
+        on it, and a half-open TCP connection (peer rebooted, state lost on the path) would never
+        carry a pong again; the next probe dials afresh."""
+        if peer.link is None or peer.link.transport is None:
+            return
+        if all(self._live[k].state is LinkState.DOWN for k in peer.keys):
+            log.debug("cluster: dropping the link to {url}: no node there is up", url=str(peer.addr))
+            peer.link.transport.abortConnection()
 
     def _verdict_changed(self, node_id: int) -> None:
         up = self.is_up(node_id)
@@ -349,7 +379,7 @@ class Cluster:
         endpoint = cls(self._reactor, peer.addr.host, peer.addr.port, timeout=self.ping_timeout,
                        bindAddress=(self.my_bin.host, 0))
         link = OutboundLink(self._outbound_lost)
-        d = connectProtocol(endpoint, link)
+        d = endpoint.connect(_OneLink(link))
         peer.connecting = d
 
         def connected(proto: OutboundLink) -> None:
@@ -429,8 +459,23 @@ class Cluster:
         ip = normalize_ip(host) or host
         if self._running and ip in self._admitted:
             return True
-        log.warn("cluster: refused link from {ip}: not the address of a listed node", ip=ip)
+        self._log_refusal(ip, "cluster: refused link from {ip}: not the address of a listed node", ip=ip)
         return False
+
+    def _log_refusal(self, source: str, fmt: str, **kw: Any) -> None:
+        """Warn about a refused peer, at most once per :data:`REFUSAL_LOG_INTERVAL` per source IP
+        (a scanner must not flood the log); the next warning says how many were not logged."""
+        now = self._reactor.seconds()
+        last, hidden = self._refusals.get(source, (-math.inf, 0))
+        if now - last < REFUSAL_LOG_INTERVAL:
+            self._refusals[source] = (last, hidden + 1)
+            return
+        if len(self._refusals) > 1024:
+            self._refusals.clear()
+        self._refusals[source] = (now, 0)
+        if hidden:
+            fmt += " ({hidden} more refusals not logged)"
+        log.warn(fmt, hidden=hidden, **kw)
 
     def inbound_opened(self, link: InboundLink) -> None:
         self._inbound.add(link)
@@ -446,8 +491,8 @@ class Cluster:
         """Check a peer's ping (called by the inbound link); refuse and close on any mismatch."""
         problem = self._check_ping(link.peer_ip, cluster_id, node_id, to_node_id)
         if problem is not None:
-            log.warn("cluster: refused ping from {ip} (cluster {c}, node {n}): {problem}",
-                     ip=link.peer_ip, c=cluster_id, n=node_id, problem=problem)
+            self._log_refusal(link.peer_ip, "cluster: refused ping from {ip} (cluster {c}, node {n}): {problem}",
+                              ip=link.peer_ip, c=cluster_id, n=node_id, problem=problem)
             self._reactor.callLater(0, link.transport.loseConnection)
             raise PingRefused(problem)
         now = self._reactor.seconds()
