@@ -142,7 +142,8 @@ class World:
         via_transport = flow.remote.transport
         text = sip(
             "REGISTER sip:example.com SIP/2.0",
-            f"Via: SIP/2.0/{via_transport} {flow.remote.host}:5062;branch=z9hG4bKreg{next(_seq)}",
+            f"Via: SIP/2.0/{via_transport} {Endpoint(via_transport, flow.remote.host, 5062).hostport};"
+            f"branch=z9hG4bKreg{next(_seq)}",
             "Max-Forwards: 70",
             f"From: <sip:{user}@example.com>;tag=r{next(_seq)}",
             f"To: <sip:{user}@example.com>",
@@ -1764,3 +1765,32 @@ def test_forked_invite_any_interleaving_answers_once_and_drains(data: st.DataObj
     first_2xx = next((i for i, m in enumerate(decided) if m.status < 300), len(decided))
     assert all(m.status < 300 for m in decided[first_2xx:]), [m.status for m in decided]
     assert len(w.node.table) == 0 and w.node._owners == {} and w.node._timer is None
+
+
+def test_single_record_route_setting_when_changing_transport_rfc3261_16_6_step4() -> None:
+    w = World(settings=ProxySettings(domains=("example.com",), record_route_double=False))
+    w.register(contacts=("<sip:bob@192.0.2.10:5062;transport=tcp>",), flow=BOB_TCP_FLOW)
+    fwd = only(w.receive(invite(), ALICE_FLOW), lambda s: s.is_request("INVITE")).message
+    assert fwd.headers.values("record-route") == [RR_TCP]
+
+
+def test_ipv6_call_record_route_and_loose_route_rfc5118() -> None:
+    local6 = Endpoint("UDP", "2001:db8::1", 5060)
+    alice6 = Endpoint("UDP", "2001:db8::20", 5060)
+    bob6 = Endpoint("UDP", "2001:db8::10", 5062)
+    w = World()
+    w.sender.listeners["UDP"] = local6
+    w.node.add_local_endpoint(local6)
+    alice_flow, bob_flow = Flow(local6, alice6), Flow(local6, bob6)
+    w.register(contacts=("<sip:bob@[2001:db8::10]:5062>",), flow=bob_flow)
+    text = invite().replace("192.0.2.20:5060", "[2001:db8::20]:5060")
+    sent = w.receive(text, alice_flow)
+    assert only(sent, lambda s: s.is_response()).remote == alice6
+    out = only(sent, lambda s: s.is_request("INVITE"))
+    assert out.remote == bob6
+    assert out.message.headers.values("record-route") == ["<sip:[2001:db8::1]:5060;lr>"]
+    assert out.message.top_via.host == "[2001:db8::1]"
+    ok = only(w.receive(answer(out.message, 200, contact="<sip:bob@[2001:db8::10]:5062>"), bob_flow)).message
+    bye = in_dialog("BYE", ok, cseq=2, branch="z9hG4bKv6bye").replace("192.0.2.20:5060", "[2001:db8::20]:5060")
+    fwd_bye = only(w.receive(bye, alice_flow))
+    assert fwd_bye.remote == bob6 and fwd_bye.message.routes == []
