@@ -624,7 +624,7 @@ class Node:
             failed.push_via(f"SIP/2.0/UDP 0.0.0.0;branch={branch}")
             cb = ClientBranch(ctx, target, failed, Destination(Endpoint("UDP", "0.0.0.0", 0)))
             ctx.branches.append(cb)
-            cb.final = failed.make_response(exc.status, exc.reason)
+            cb.final = failed.make_response(exc.status, exc.reason, to_tag=self._to_tag(ctx.request))
             return
         cb = ClientBranch(ctx, target, fwd, destination)
         ctx.branches.append(cb)
@@ -745,7 +745,8 @@ class Node:
             return
         if status == 408 and cb.provisional and cb.request.method == "INVITE":
             self._cancel_branch(cb)  # §16.8: timer C fired, CANCEL the branch
-        cb.final = cb.request.make_response(status, reason)
+        # generated here, so it gets our To tag like any local final response (§8.2.6.2, §16.9)
+        cb.final = cb.request.make_response(status, reason, to_tag=self._to_tag(cb.ctx.request))
         self._check_done(cb.ctx)
 
     def _check_done(self, ctx: ServerContext) -> None:
