@@ -31,6 +31,9 @@ from edgeproxy.sip import (
     parse_uri,
     parse_via,
 )
+from edgeproxy.sip import SipURI
+from edgeproxy.sip.uri import _parse_sip
+from edgeproxy.sip.values import scan_params, scan_params_general
 
 FIXTURES = Path(__file__).parent / "fixtures" / "rfc4475"
 MANIFEST = tomllib.loads((FIXTURES / "manifest.toml").read_text("utf-8"))
@@ -290,3 +293,39 @@ def test_uri_parse_and_round_trip(text: str) -> None:
     if hasattr(uri, "replace"):
         rebuilt = uri.replace()  # type: ignore[attr-defined]
         assert parse_uri(str(rebuilt)) == rebuilt
+
+
+# -- fast paths agree with the general code --------------------------------------------------------
+
+PARAM_ALPHABET = list(";=,\"' \t:[]@/?&$%-._!~*+`abcXYZ019") + ["\u00e9"]
+
+
+@FUZZ
+@given(st.text(alphabet=st.sampled_from(PARAM_ALPHABET), max_size=60), st.integers(0, 5))
+def test_scan_params_fast_path_matches_general(text: str, pos: int) -> None:
+    """The split-based fast path of scan_params returns what the regex loop returns."""
+    pos = min(pos, len(text))
+    assert scan_params(text, pos) == scan_params_general(text, pos)
+
+
+URI_ALPHABET = list("sipSIP:@;=?&%[]._-+!~*'()/$,0123456789abcdefXYZ ") + ["\u00e9"]
+
+
+@FUZZ
+@given(st.one_of(
+    st.text(alphabet=st.sampled_from(URI_ALPHABET), max_size=60),
+    st.builds(lambda s, t: s + t, st.sampled_from(["sip:", "sips:", "SIP:", "sip:a@", "sip:[::1]"]),
+              st.text(alphabet=st.sampled_from(URI_ALPHABET), max_size=40)),
+))
+def test_parse_uri_fast_path_matches_general(text: str) -> None:
+    """A URI taken by parse_uri's one-regex fast path parses identically on the general path."""
+    try:
+        fast = parse_uri(text)
+    except SipParseError:
+        fast = None
+    scheme, colon, rest = text.partition(":")
+    if not isinstance(fast, SipURI) or fast.headers or "%" in text:
+        return  # not a fast-path result (the fast path takes no escapes or headers)
+    slow = _parse_sip(scheme.lower(), rest, text)
+    assert (slow.scheme, slow.user, slow.password, slow.host, slow.port, slow.params, slow.headers) == (
+        fast.scheme, fast.user, fast.password, fast.host, fast.port, fast.params, fast.headers)

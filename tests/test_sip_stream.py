@@ -412,3 +412,16 @@ def test_head_without_end_over_limit() -> None:
         parser.next_event()
     assert info.value.status == 513 and info.value.fatal and info.value.is_request is True
     assert not info.value.can_reply  # no Via/CSeq arrived: nothing to answer with
+
+
+def test_many_empty_lines_then_continuation_is_an_error_not_a_recursion() -> None:
+    """Regression (found by fuzzing): an LF-only head with thousands of empty lines before a
+    continuation line once unfolded one line per recursive call."""
+    for n in (10, 3000):
+        data = b"OPTIONS sip:a@example.com SIP/2.0\n" + b"\n" * n + b" a\r\n\r\n"
+        with pytest.raises(SipParseError):
+            parse_datagram(data)
+        with pytest.raises(SipParseError):
+            feed_chunks([data])
+        with pytest.raises(SipParseError):
+            parse_datagram(data, Limits(max_headers=5))

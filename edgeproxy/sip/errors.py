@@ -9,7 +9,7 @@ from __future__ import annotations
 
 
 class SipError(Exception):
-    """Base of every error the SIP core raises on purpose."""
+    """Base of every error the SIP core (RFC 3261 §7, §19, §20, §25) raises on purpose."""
 
 
 class SipParseError(SipError):
@@ -51,7 +51,7 @@ class SipParseError(SipError):
 
 
 class SipValueError(SipParseError):
-    """A header value or URI that does not parse; raised by the typed accessors.
+    """A header value (§20) or URI (§19.1, §25.1) that does not parse; raised by the typed accessors.
 
     It is a :class:`SipParseError` so a route or the proxy can let it propagate and have the message
     answered with 400.

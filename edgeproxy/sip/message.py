@@ -99,6 +99,7 @@ class Headers:
         return out
 
     def count(self, name: str) -> int:
+        """How many lines of header ``name`` there are (not values: see :meth:`values`)."""
         key = g.canonical_name(name)
         return sum(1 for k, _, _ in self._items if k == key)
 
@@ -278,7 +279,11 @@ def _contacts(h: Headers) -> list[NameAddress]:
 
 
 class Message:
-    """What requests and responses share: headers, body and the typed views of §20."""
+    """What requests and responses share: headers, body and the typed views of §20.
+
+    Two messages are equal when their start lines, their headers (canonical name and value, in order)
+    and their bodies are; Content-Length is left out, since :meth:`to_bytes` derives it from the body.
+    """
 
     __slots__ = ("headers", "body")
 
@@ -299,26 +304,32 @@ class Message:
 
     @property
     def call_id(self) -> str:
+        """Call-ID (§20.8), compared byte-for-byte (§8.1.1.4)."""
         return self.headers.parsed("call-id", lambda h: _single(h, "call-id", "Call-ID").strip())
 
     @property
     def cseq(self) -> CSeq:
+        """CSeq (§20.16): sequence number and method."""
         return self.headers.parsed("cseq", lambda h: parse_cseq(_single(h, "cseq", "CSeq")))
 
     @property
     def from_(self) -> NameAddress:
+        """From (§20.20), with its ``tag``."""
         return self.headers.parsed("from", lambda h: parse_name_address(_single(h, "from", "From"), "From"))
 
     @property
     def to(self) -> NameAddress:
+        """To (§20.39), with its ``tag`` once a dialog exists."""
         return self.headers.parsed("to", lambda h: parse_name_address(_single(h, "to", "To"), "To"))
 
     @property
     def from_tag(self) -> str | None:
+        """The From tag (§19.3), None when absent (RFC 2543 peers)."""
         return self.from_.tag
 
     @property
     def to_tag(self) -> str | None:
+        """The To tag (§19.3), None outside a dialog."""
         return self.to.tag
 
     @property
@@ -348,18 +359,22 @@ class Message:
 
     @property
     def contact_star(self) -> bool:
+        """Whether Contact is the single ``*`` of a remove-all REGISTER (§10.2.2)."""
         return self.headers.values("contact") == ["*"]
 
     @property
     def routes(self) -> list[NameAddress]:
+        """Route values, top first (§20.34)."""
         return self.headers.parsed("route", _routes)
 
     @property
     def record_routes(self) -> list[NameAddress]:
+        """Record-Route values, top first (§20.30)."""
         return self.headers.parsed("record-route", _record_routes)
 
     @property
     def paths(self) -> list[NameAddress]:
+        """Path values, top first (RFC 3327 §4)."""
         return self.headers.parsed("path", _paths)
 
     @property
@@ -370,11 +385,13 @@ class Message:
 
     @property
     def min_expires(self) -> int | None:
+        """Min-Expires as delta-seconds (§20.23); None when absent or unusable."""
         v = self.headers.get("min-expires")
         return parse_delta_seconds(v) if v is not None else None
 
     @property
     def content_type(self) -> str | None:
+        """The Content-Type media type with its parameters, as written (§20.15)."""
         v = self.headers.get("content-type")
         return v.strip(" \t") if v is not None else None
 
@@ -391,10 +408,12 @@ class Message:
 
     @property
     def supported(self) -> list[str]:
+        """Supported option tags, lower-cased (§20.37)."""
         return self.tokens("supported")
 
     @property
     def require(self) -> list[str]:
+        """Require option tags, lower-cased (§20.32)."""
         return self.tokens("require")
 
     def credentials(self, name: str = "authorization") -> list[Credentials]:
@@ -403,13 +422,16 @@ class Message:
 
     # -- mutation used by the proxy core ---------------------------------------------------------------
     def push_via(self, via: Via | str) -> None:
+        """Add a Via above the others (§16.6 step 8)."""
         self.headers.push("Via", str(via))
 
     def pop_via(self) -> str | None:
+        """Remove and return the top Via value, as text (§16.7 step 3); None when there is none."""
         return self.headers.pop_first_value("via")
 
     # -- serialisation -------------------------------------------------------------------------------
     def start_line(self) -> str:  # pragma: no cover - abstract
+        """The Request-Line (§7.1) or Status-Line (§7.2), without CRLF."""
         raise NotImplementedError
 
     def to_bytes(self) -> bytes:
@@ -463,6 +485,7 @@ class Request(Message):
 
     @property
     def uri(self) -> URI:
+        """The Request-URI (§7.1), parsed on first use."""
         if self._uri is None:
             self._uri = parse_uri(self._uri_text)
         return self._uri
@@ -476,12 +499,15 @@ class Request(Message):
 
     @property
     def uri_text(self) -> str:
+        """The Request-URI exactly as it will be sent."""
         return self._uri_text
 
     def start_line(self) -> str:
+        """The Request-Line (§7.1), without CRLF."""
         return f"{self.method} {self._uri_text} SIP/2.0"
 
     def copy(self) -> "Request":
+        """A copy whose headers can be changed without touching this request (§16.6 step 1)."""
         return Request(self.method, self._uri if self._uri is not None else self._uri_text,
                        self.headers.copy(), self.body)
 
@@ -515,9 +541,11 @@ class Response(Message):
         self.reason = reason if reason is not None else reason_phrase(status)
 
     def start_line(self) -> str:
+        """The Status-Line (§7.2), without CRLF."""
         return f"SIP/2.0 {self.status} {self.reason}"
 
     def copy(self) -> "Response":
+        """A copy whose headers can be changed without touching this response (§16.7 step 9)."""
         return Response(self.status, self.reason, self.headers.copy(), self.body)
 
     def __repr__(self) -> str:

@@ -114,45 +114,67 @@ def _oversized(data: bytes | bytearray, limits: "Limits", fatal: bool) -> SipPar
     return SipParseError("Message Too Large", 513, is_request=is_request, partial=partial, fatal=fatal)
 
 
-def _split_head(head: str, limits: Limits) -> tuple[str, list[tuple[str, str, str]]]:
+# Header name as written (with any LWS before the colon) -> (canonical key, name without that LWS).
+# Presence means the name was checked to be a token (§25.1 header-name); most messages use the same
+# few dozen spellings, so one dict lookup replaces lower(), the compact-form lookup and the regex.
+# Bounded, since names are peer-controlled.
+_NAMES: dict[str, tuple[str, str]] = {}
+_NAMES_MAX = 4096
+
+
+def _header_name(name: str) -> tuple[str, str] | None:
+    clean = name.rstrip(" \t")
+    if not g.TOKEN_RE.fullmatch(clean):
+        return None
+    lowered = clean.lower()
+    entry = (g.COMPACT_FORMS.get(lowered, lowered), clean)
+    if len(_NAMES) < _NAMES_MAX:
+        _NAMES[name] = entry
+    return entry
+
+
+def _split_head(head: str, limits: Limits, unfolded: bool = False) -> tuple[str, list[tuple[str, str, str]]]:
     """Start line and header triples of an unfolded head (§7.3.1).
 
     A CR or LF that is not part of a CRLF is refused in a CRLF head: forwarded, a bare LF would let a
-    peer that splits on LF see a header this element never saw (header smuggling).
+    peer that splits on LF see a header this element never saw (header smuggling). Folded lines are
+    found on the way (a line that starts with SP/HTAB has no header name) rather than by searching the
+    head for them first: most messages have none.
     """
     if "\r" in head:
-        crlf = head.count("\r\n")
-        if head.count("\r") != crlf or head.count("\n") != crlf:
+        n_lf = head.count("\n")
+        lines = head.split("\r\n")
+        if len(lines) - 1 != n_lf or head.count("\r") != n_lf:
             raise SipParseError("Bare CR or LF in header", is_request=_looks_like_request(head),
                                 partial=_salvage_text(head))
-        if "\n " in head or "\n\t" in head:
-            head = g.FOLD_RE.sub(" ", head)
-        lines = head.split("\r\n")
     else:
-        if "\n " in head or "\n\t" in head:
-            head = g.FOLD_RE.sub(" ", head)
         lines = head.split("\n")
     if len(lines) - 1 > limits.max_headers:
+        if not unfolded and any(line[:1] in (" ", "\t") for line in lines):
+            return _split_head(g.FOLD_RE.sub(" ", head), limits, True)
         raise SipParseError("Too many headers", 513, is_request=_looks_like_request(lines[0]),
                             partial=_salvage_text(head))
+    if len(head) > limits.max_line_length:  # only then can a line be too long
+        max_line = limits.max_line_length
+        for line in lines:
+            if len(line) > max_line:
+                raise SipParseError("Start line too long" if line is lines[0] else "Header line too long",
+                                    513, is_request=_looks_like_request(lines[0]), partial=_salvage_text(head))
     items: list[tuple[str, str, str]] = []
     append = items.append
-    canonical = g.COMPACT_FORMS
-    max_line = limits.max_line_length
-    token = g.TOKEN_RE.fullmatch
-    for line in lines[1:]:
+    names = _NAMES
+    for i in range(1, len(lines)):
+        line = lines[i]
         name, sep, value = line.partition(":")
-        name = name.rstrip(" \t")
-        if len(line) > max_line or not sep or not token(name):
-            too_long = len(line) > max_line
-            raise SipParseError("Header line too long" if too_long else "Malformed header line",
-                                513 if too_long else 400, is_request=_looks_like_request(lines[0]),
-                                partial=_salvage_text(head))
-        lowered = name.lower()
-        append((canonical.get(lowered, lowered), name, value.strip(" \t")))
-    if len(lines[0]) > max_line:
-        raise SipParseError("Start line too long", 513, is_request=_looks_like_request(lines[0]),
-                            partial=_salvage(items))
+        entry = names.get(name)
+        if entry is None or not sep:
+            if line[:1] in (" ", "\t") and not unfolded:  # continuation line: unfold, start over
+                return _split_head(g.FOLD_RE.sub(" ", head), limits, True)
+            entry = _header_name(name) if sep else None
+            if entry is None:
+                raise SipParseError("Malformed header line", is_request=_looks_like_request(lines[0]),
+                                    partial=_salvage_text(head))
+        append((entry[0], entry[1], value.strip(" \t")))
     return lines[0], items
 
 

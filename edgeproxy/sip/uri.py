@@ -72,6 +72,7 @@ class SipURI(URI):
     # -- derived views -------------------------------------------------------------------------------
     @property
     def secure(self) -> bool:
+        """Whether this is a SIPS URI (§19.1.2)."""
         return self.scheme == "sips"
 
     @property
@@ -139,6 +140,7 @@ class SipURI(URI):
         return self.replace(params=merged)
 
     def without_params(self, *names: str) -> "SipURI":
+        """A copy without these parameters."""
         return self.replace(params={k: v for k, v in self.params.items() if k not in names})
 
     def _render(self) -> str:
@@ -336,12 +338,19 @@ def _parse_sip(scheme: str, rest: str, text: str) -> SipURI:
                   scheme=scheme, _text=text)
 
 
-_FAST_SIP_RE = re.compile(
-    r"(sips?):(?:([A-Za-z0-9\-_.!~*'()&=+$,;?/]+)(?::([A-Za-z0-9\-_.!~*'()&=+$,]*))?@)?"
+# The common shapes, no escapes and no URI headers, in one regex each: with userinfo (chosen when the
+# text has an "@") and without. Splitting them keeps the user part (which may contain ";") from
+# swallowing a host-only URI's parameters and backtracking out again. What they accept is a subset
+# of what _parse_sip accepts, with the same result.
+_HOSTPORT_PARAMS = (
     r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_\-]+(?:\.[A-Za-z0-9_\-]+)*\.?)(?::([0-9]{1,5}))?"
-    r"((?:;[A-Za-z0-9\-_.!~*'()\[\]/:&+$]+(?:=[A-Za-z0-9\-_.!~*'()\[\]/:&+$]+)?)*)",
-    re.I,
+    r"((?:;[A-Za-z0-9\-_.!~*'()\[\]/:&+$]+(?:=[A-Za-z0-9\-_.!~*'()\[\]/:&+$]+)?)*)"
 )
+_FAST_USER_RE = re.compile(
+    r"([sS][iI][pP][sS]?):([A-Za-z0-9\-_.!~*'()&=+$,;?/]+)(?::([A-Za-z0-9\-_.!~*'()&=+$,]*))?@"
+    + _HOSTPORT_PARAMS
+)
+_FAST_HOST_RE = re.compile(r"([sS][iI][pP][sS]?):" + _HOSTPORT_PARAMS)  # no re.I: it slows every class
 
 
 def parse_uri(text: str) -> URI:
@@ -350,20 +359,34 @@ def parse_uri(text: str) -> URI:
     Raises :class:`SipValueError` (400) for anything that is not a URI: whitespace, brackets, bad
     escapes, an empty host, a port above 65535.
     """
-    m = _FAST_SIP_RE.fullmatch(text)
-    if m is not None:  # the common shape: no escapes, no URI headers
-        scheme, user, password, host, port, ptext = m.groups()
+    if "@" in text:
+        m = _FAST_USER_RE.fullmatch(text)
+        if m is not None:
+            scheme, user, password, host, port, ptext = m.groups()
+    else:
+        m = _FAST_HOST_RE.fullmatch(text)
+        if m is not None:
+            scheme, host, port, ptext = m.groups()
+            user = password = None
+    if m is not None:
         uri = SipURI.__new__(SipURI)
-        uri.scheme = scheme.lower()
+        uri.scheme = "sip" if scheme == "sip" else scheme.lower()
         uri.user = user
         uri.password = password
         if host[0] == "[" and not g.valid_ipv6_reference(host):
             raise SipValueError("Bad IPv6 reference in URI")
         uri.host = host
-        uri.port = int(port) if port is not None else None
-        if uri.port is not None and uri.port > 65535:
-            raise SipValueError("Bad port in URI")
-        uri.params = _parse_params(ptext[1:], "URI") if ptext else {}
+        if port is not None:
+            port = int(port)
+            if port > 65535:
+                raise SipValueError("Bad port in URI")
+        uri.port = port
+        params: dict[str, str | None] = {}
+        if ptext:  # already checked by the regex: split only
+            for piece in ptext[1:].split(";"):
+                name, eq, value = piece.partition("=")
+                params[name.lower()] = value if eq else None
+        uri.params = params
         uri.headers = {}
         uri._text = text
         return uri

@@ -49,6 +49,23 @@ def parse_params(text: str, pos: int, what: str) -> Params:
 
 def scan_params(text: str, pos: int) -> tuple[Params, int]:
     """Parse parameters from ``pos`` for as long as they match; returns them and where they stopped."""
+    # Fast path: parameters written without LWS or quotes (nearly all of them) are checked by one
+    # regex and split. It is used only when it stops where the general loop below would: at the end
+    # of the text or at the comma before the next value.
+    m = g.SIMPLE_PARAMS_RE.match(text, pos)
+    end = m.end()  # type: ignore[union-attr]
+    if end == len(text) or text[end] == ",":
+        params: Params = {}
+        if end > pos:
+            for piece in text[pos + 1 : end].split(";"):
+                name, eq, value = piece.partition("=")
+                params[name.lower()] = value if eq else None
+        return params, end
+    return scan_params_general(text, pos)
+
+
+def scan_params_general(text: str, pos: int) -> tuple[Params, int]:
+    """:func:`scan_params` for any input: LWS around ``;`` and ``=``, quoted values (§25.1)."""
     params: Params = {}
     match = g.PARAM_RE.match
     while True:
@@ -77,10 +94,12 @@ class Via:
 
     @property
     def branch(self) -> str | None:
+        """The ``branch`` parameter: the transaction id (§8.1.1.7, §17.2.3)."""
         return self.params.get("branch")
 
     @property
     def received(self) -> str | None:
+        """The ``received`` parameter a server added (§18.2.1)."""
         return self.params.get("received")
 
     @property
@@ -94,6 +113,7 @@ class Via:
 
     @property
     def maddr(self) -> str | None:
+        """The ``maddr`` parameter (§18.2.2)."""
         return self.params.get("maddr")
 
     @property
@@ -164,6 +184,7 @@ class NameAddress:
 
     @property
     def tag(self) -> str | None:
+        """The ``tag`` parameter (§19.3)."""
         return self.params.get("tag")
 
     @property
@@ -200,6 +221,7 @@ class NameAddress:
 
     @property
     def sip_uri(self) -> SipURI:
+        """The URI when it is a SIP/SIPS URI; else SipValueError with 416 (§21.4.14)."""
         if not isinstance(self.uri, SipURI):
             raise SipValueError(f"Not a SIP URI: {self.uri}", 416)
         return self.uri
