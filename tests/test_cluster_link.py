@@ -364,8 +364,12 @@ async def test_stop_closes_everything_and_start_twice_is_harmless(running) -> No
     await a.stop()
     assert not a.running and a.listening_port is None and a._inbound == set()
     assert all(p.link is None for p in a._links.values())
-    assert not a.is_up(1)
+    assert not a.is_up(1) and not a.is_up(2) and a.up_nodes() == ()
     await a.stop()  # idempotent
+    await a.start()  # the same object starts again, from scratch
+    assert a.link_state(2) in (LinkState.PROBE, LinkState.PROBING)
+    await wait_until(all_up(a, b), 2.0, "both up again")
+    await a.stop()
     await b.stop()
 
 

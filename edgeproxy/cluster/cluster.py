@@ -114,20 +114,16 @@ class Cluster:
                     raise NodeTableError(f"cluster {c}: node {r.node_id} has this node's url {r.url}")
 
         self._live: dict[tuple[int, int], NodeLiveness] = {}
+        self._node_up: dict[int, bool] = {}  # last verdict told to subscribers
         self._links: dict[BinAddress, _Peer] = {}
         self._sync: dict[int, SyncStatus] = {}
         for c in self._active_clusters():
             for r in self._peers_of[c]:
-                if not r.enabled:
-                    continue
-                self._live[(c, r.node_id)] = NodeLiveness(
-                    r.no_ping_retries, ping_interval=self.ping_interval,
-                    ping_timeout=self.ping_timeout, node_timeout=self.node_timeout)
-                peer = self._links.setdefault(r.bin, _Peer(r.bin))
-                peer.keys.append((c, r.node_id))
+                if r.enabled:
+                    self._links.setdefault(r.bin, _Peer(r.bin)).keys.append((c, r.node_id))
+        self._reset_liveness()
         #: Source IPs that may open a cluster link: the url IPs of the enabled peers.
         self._admitted = {self._row(key).bin.host for key in self._live}
-        self._node_up: dict[int, bool] = {}
         self._subscribers: list[Subscriber] = []
         self._inbound: set[InboundLink] = set()
         self._closing: dict[Any, Deferred] = {}
@@ -160,10 +156,12 @@ class Cluster:
 
         A node is up from its first pong until its ping retries are spent (see
         :mod:`.liveness`); disabled and unknown nodes are never up. This node itself is up while the
-        cluster runs.
+        cluster runs; nothing is up while it is stopped.
         """
+        if not self._running:
+            return False
         if node_id == self.my_node_id:
-            return self._running
+            return True
         if cluster_id is not None:
             live = self._live.get((cluster_id, node_id))
             return bool(live and live.up)
@@ -252,6 +250,7 @@ class Cluster:
         except Exception:
             return fail()
         self._running = True
+        self._reset_liveness()
         now = self._reactor.seconds()
         for c in self._active_clusters():
             self._sync[c] = SyncStatus(self._my_rows[c].seed, self.seed_fallback_interval, now)
@@ -261,7 +260,10 @@ class Cluster:
         return succeed(None)
 
     def stop(self) -> Deferred:
-        """Stop pinging, close the listener and every link. Fires when all is closed."""
+        """Stop pinging, close the listener and every link. Fires when all is closed.
+
+        From then on no node counts as up; subscribers are not told (this node is going away, the
+        peers are not). :meth:`start` may be called again and begins from scratch."""
         if not self._running and self._port is None:
             return succeed(None)
         self._running = False
@@ -283,6 +285,14 @@ class Cluster:
         return DeferredList(waits, consumeErrors=True).addCallback(lambda _: None)
 
     # ---------------------------------------------------------------- heartbeat driver
+
+    def _reset_liveness(self) -> None:
+        """A fresh heartbeat machine per enabled peer of each cluster where this node is enabled."""
+        self._live = {
+            key: NodeLiveness(self._row(key).no_ping_retries, ping_interval=self.ping_interval,
+                              ping_timeout=self.ping_timeout, node_timeout=self.node_timeout)
+            for peer in self._links.values() for key in peer.keys}
+        self._node_up = {}
 
     def _active_clusters(self) -> list[int]:
         return [c for c in self.clusters if self._my_rows[c].enabled]
