@@ -150,3 +150,17 @@ async def test_wrong_password_fails_clearly(db_table) -> None:
     url = f"mysql://edgeproxy_nobody:wrong@{db.host}:{db.port}/{db.database}"
     with pytest.raises(NodeTableError, match=r"cannot connect: \(1045\)"):
         await load_node_table(url)
+
+
+@pytest_twisted.ensureDeferred
+async def test_localhost_means_the_unix_socket_like_libmysqlclient(db_table) -> None:
+    from edgeproxy.cluster.db import SOCKET_PATHS
+    if not any(os.path.exists(p) for p in SOCKET_PATHS):
+        pytest.skip("no MySQL/MariaDB Unix socket on this machine")
+    _, name = db_table
+    db = parse_db_url(DB_URL)
+    if db.host not in ("127.0.0.1", "localhost"):
+        pytest.skip("the test database is not local")
+    password = f":{db.password}" if db.password else ""
+    rows = await load_node_table(f"mysql://{db.user}{password}@localhost/{db.database}", name)
+    assert [r.node_id for r in rows] == [1, 2]

@@ -293,6 +293,7 @@ class Cluster:
                               ping_timeout=self.ping_timeout, node_timeout=self.node_timeout)
             for peer in self._links.values() for key in peer.keys}
         self._node_up = {}
+        self._unreachable: set[tuple[int, int]] = set()
 
     def _active_clusters(self) -> list[int]:
         return [c for c in self.clusters if self._my_rows[c].enabled]
@@ -330,17 +331,22 @@ class Cluster:
         for effect in effects:
             if effect is Effect.PING or effect is Effect.RETRY:
                 live = self._live[key]
-                if effect is Effect.RETRY and live.state is LinkState.RETRYING and live.up:
-                    log.info("cluster {c}: no pong from node {n}, retrying ({left} retries left)",
+                if effect is Effect.RETRY and live.up:
+                    log.info("cluster {c}: node {n} not answering, retrying ({left} retries left)",
                              c=cluster_id, n=node_id, left=live.retries_left)
                 self._send_ping(key)
             elif effect is Effect.UP:
+                self._unreachable.discard(key)
                 log.info("cluster {c}: node {n} is UP", c=cluster_id, n=node_id)
                 self._verdict_changed(node_id)
             elif effect is Effect.DOWN:
                 log.warn("cluster {c}: node {n} is DOWN", c=cluster_id, n=node_id)
                 self._verdict_changed(node_id)
         if self._live[key].state is LinkState.DOWN:
+            if not effects and key not in self._unreachable:  # never up so far: say it once
+                self._unreachable.add(key)
+                log.info("cluster {c}: node {n} not reachable at {url} (yet)", c=cluster_id, n=node_id,
+                         url=str(self._peer_for(key).addr))
             self._drop_dead_link(self._peer_for(key))
 
     def _drop_dead_link(self, peer: _Peer) -> None:

@@ -13,6 +13,7 @@ PyMySQL is imported only when a database is actually used.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,9 @@ from .nodes import COLUMNS, NodeInfo, NodeTableError
 __all__ = ["DatabaseURL", "parse_db_url", "load_node_table", "fetch_node_rows"]
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,63}$")
+
+#: Where MySQL/MariaDB servers put their Unix socket (Debian/Ubuntu, then the upstream default).
+SOCKET_PATHS = ("/run/mysqld/mysqld.sock", "/var/run/mysqld/mysqld.sock", "/tmp/mysql.sock")
 
 
 @dataclass(frozen=True)
@@ -46,8 +50,9 @@ class DatabaseURL:
 def parse_db_url(url: str) -> DatabaseURL:
     """Parse an OpenSIPS-style ``db_url``: ``mysql://[user[:password]@]host[:port]/database``.
 
-    User and password may be percent-encoded; the port defaults to 3306. Other schemes (OpenSIPS
-    also knows postgres, sqlite...) are refused with a clear message.
+    User and password may be percent-encoded; the port defaults to 3306. As with libmysqlclient,
+    host ``localhost`` means the server's Unix socket when one is found (see :data:`SOCKET_PATHS`).
+    Other schemes (OpenSIPS also knows postgres, sqlite...) are refused with a clear message.
     """
     try:
         parts = urlsplit(url.strip())
@@ -84,9 +89,13 @@ def fetch_node_rows(db: DatabaseURL, table: str = "clusterer", *,
     except ImportError:  # pragma: no cover - depends on the installation
         raise NodeTableError("db_url needs the PyMySQL package (pip install PyMySQL)") from None
     query = f"SELECT {', '.join(COLUMNS)} FROM {_quote_table(table)} ORDER BY cluster_id, node_id"
+    # Like libmysqlclient (and so OpenSIPS), "localhost" means the local Unix socket.
+    unix_socket = None
+    if db.host == "localhost":
+        unix_socket = next((p for p in SOCKET_PATHS if os.path.exists(p)), None)
     try:
         conn = pymysql.connect(host=db.host, port=db.port, user=db.user, password=db.password,
-                               database=db.database, charset="utf8mb4",
+                               database=db.database, unix_socket=unix_socket, charset="utf8mb4",
                                cursorclass=pymysql.cursors.DictCursor,
                                connect_timeout=connect_timeout, read_timeout=30)
     except pymysql.MySQLError as exc:
