@@ -541,5 +541,5 @@ class Cluster:
     def _close(self, proto: Any) -> Deferred:
         d: Deferred = Deferred()
         self._closing[proto] = d
-        proto.transport.loseConnection()
+        proto.transport.abortConnection()  # prompt even when a hung peer no longer reads
         return d
