@@ -7,7 +7,8 @@
             if (is_method("ACK")) { if (t_check_trans()) t_relay(); exit; }
             sl_send_reply(404, "Not here"); exit;
         }
-        if (!is_myself("$rd")) { record_route(); t_relay(); exit; }   # (we refuse to be an open relay)
+        if (loose_route()) { sl_send_reply(403, "Preload Route denied"); exit; }
+        if (!is_myself("$rd")) { sl_send_reply(403, "Relaying Forbidden"); exit; }  # no open relay
         if (is_method("REGISTER")) { save("location"); exit; }
         lookup("location", "m");  switch ($retcode) { ... }
         record_route(); t_relay();
@@ -30,6 +31,13 @@ async def request_route(msg):
             pass  # an ACK that matches no transaction and carries no route: nothing to do
         else:
             msg.sl_send_reply(404, "Not here")
+        return
+
+    # initial requests: a pre-loaded Route naming this node is removed by loose_route() (§16.4);
+    # one naming anybody else is refused, as OpenSIPS's stock script does
+    if msg.loose_route():
+        if not msg.is_method("ACK"):
+            msg.sl_send_reply(403, "Preload Route denied")
         return
 
     if not msg.is_myself():

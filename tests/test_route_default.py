@@ -191,9 +191,6 @@ def test_in_dialog_ack_with_route_is_relayed(h: RouteHarness) -> None:
     assert h.run(route.request_route, text).relayed
 
 
-@pytest.mark.xfail(strict=True, reason="routes/default.py does not run loose_route() on initial requests: "
-                   "a pre-loaded Route naming this proxy is forwarded (RFC 3261 §16.4 says remove it; "
-                   "OpenSIPS's stock script refuses such requests with 403)")
 def test_preloaded_route_to_us_on_initial_request_is_removed_rfc3261_16_4(h: RouteHarness) -> None:
     h.register("sip:bob@example.com", "sip:bob@192.0.2.10:5062")
     result = h.run(route.request_route, invite("sip:bob@example.com", "Route: <sip:127.0.0.1:5060;lr>"))
