@@ -81,6 +81,13 @@ def _utc(seconds: float) -> _dt.datetime:
     return _dt.datetime.fromtimestamp(seconds, _dt.timezone.utc)
 
 
+def _epoch(value: _dt.datetime) -> float:
+    """Epoch seconds of a BSON date as PyMongo returns it (naive UTC unless tz_aware)."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=_dt.timezone.utc)
+    return value.timestamp()
+
+
 def home_record(aor: str, sip_addr: str, now: float, ttl: float) -> dict[str, Any]:
     """The document published for ``aor`` on node ``sip_addr`` at ``now`` (epoch seconds) living
     ``ttl`` seconds unless refreshed (see the module docstring for the shape)."""
@@ -236,13 +243,19 @@ class MongoStore:
         by OpenSIPS) always count. Fails fast with an ``unavailable`` :class:`StoreError` when the
         store is down (``lookup_timeout``).
         """
-        when = _utc(time.time() if now is None else now)
-        query = {"aor": aor, "$or": [{"expires_at": {"$gt": when}}, {"expires_at": None}]}
+        # Filter on expiry here rather than in the query: an AoR has a record per node holding it (a
+        # handful), and the plain {aor} query uses the aor index everywhere — SecantusDB, for one,
+        # scans the whole collection for a top-level $or.
+        when = time.time() if now is None else now
+        query = {"aor": aor}
 
         async def op(coll: Any) -> list[str]:
             out: list[str] = []
-            async for doc in coll.find(query, {"home_ip": 1, "_id": 0}):
+            async for doc in coll.find(query, {"home_ip": 1, "expires_at": 1, "_id": 0}):
                 home = doc.get("home_ip")
+                expires = doc.get("expires_at")
+                if isinstance(expires, _dt.datetime) and _epoch(expires) <= when:
+                    continue  # expired, not yet swept by the TTL monitor
                 if isinstance(home, str) and home and home not in out:
                     out.append(home)
             return out
@@ -279,10 +292,9 @@ class MongoStore:
 
             return fail(StoreError("raw_command", exc, False))
         name = next(iter(cmd)).lower()
-        database = self.url.database
 
         async def op(coll: Any) -> list[dict[str, Any]]:
-            db = coll.database.client[database]
+            db = coll.database
             if name in _CURSOR_COMMANDS:
                 cursor = await db.cursor_command(cmd)
                 return [dict(doc) for doc in await cursor.to_list()]
