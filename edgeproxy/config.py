@@ -151,6 +151,39 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """``[cluster]``: OpenSIPS ``clusterer`` (node table, liveness) and usrloc's ``location_cluster``.
+
+    ``my_node_id = 0`` (the default) runs a single node with no cluster. The node table comes from
+    ``db_url`` (``mysql://user:pass@host:port/db``, table ``db_table``) or from ``[[cluster.nodes]]``
+    rows with the columns of the OpenSIPS table."""
+
+    my_node_id: int = 0
+    cluster_id: int = 1
+    db_url: str = ""
+    db_table: str = "clusterer"
+    nodes: tuple[Mapping[str, Any], ...] = ()
+    ping_interval: float = 4.0
+    ping_timeout: float = 1.0
+    node_timeout: float | None = None
+    seed_fallback_interval: float = 5.0
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    """``[federation]``: the shared location store (usrloc ``federation-cachedb-cluster``).
+
+    ``cachedb_url`` is ``mongodb://host:port/db.collection`` (the seed's ``opensipsDB.userlocation``);
+    empty = no federation. Records are refreshed every ``refresh_interval`` seconds and expire
+    ``record_ttl`` seconds after their last refresh; store operations give up after ``timeout``."""
+
+    cachedb_url: str = ""
+    refresh_interval: float = 60.0
+    record_ttl: float = 180.0
+    timeout: float = 1.0
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration of one node. ``source`` is the file it was read from, if any;
     ``route_params`` is the free-form ``[route_params]`` table, handed to route modules as-is."""
@@ -160,6 +193,8 @@ class Config:
     timers: TimersConfig = field(default_factory=TimersConfig)
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
     route_params: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), hash=False)
     source: str | None = None
 
@@ -361,6 +396,31 @@ def _node_id(key: str, value: Any, ctx: _Context) -> str:
     return value
 
 
+def _node_rows(key: str, value: Any, ctx: _Context) -> tuple[Mapping[str, Any], ...]:
+    """``[[cluster.nodes]]`` rows, checked as the clusterer table would be."""
+    from .cluster import NodeTable, NodeTableError
+
+    if not isinstance(value, list):
+        raise ConfigError(key, f"must be a list of tables ([[cluster.nodes]]), got {_show(value)}")
+    try:
+        NodeTable.from_dicts(value)
+    except NodeTableError as exc:
+        raise ConfigError(key, str(exc)) from None
+    return tuple(MappingProxyType(dict(row)) for row in value)
+
+
+def _text(key: str, value: Any, ctx: _Context) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(key, f"must be a string, got {_show(value)}")
+    return value
+
+
+def _mongo_url(key: str, value: Any, ctx: _Context) -> str:
+    if not isinstance(value, str) or (value and not value.startswith("mongodb")):
+        raise ConfigError(key, f'must be a "mongodb://host:port/db.collection" URL, got {_show(value)}')
+    return value
+
+
 _SCHEMA: dict[str, tuple[type, dict[str, Checker]]] = {
     "node": (NodeConfig, {
         "listen": _listen,
@@ -400,6 +460,23 @@ _SCHEMA: dict[str, tuple[type, dict[str, Checker]]] = {
         "max_connections": _integer(1),
         "tcp_idle_timeout": _seconds,
     }),
+    "cluster": (ClusterConfig, {
+        "my_node_id": _integer(0),
+        "cluster_id": _integer(1),
+        "db_url": _text,
+        "db_table": _text,
+        "nodes": _node_rows,
+        "ping_interval": _seconds,
+        "ping_timeout": _seconds,
+        "node_timeout": _seconds,
+        "seed_fallback_interval": _seconds,
+    }),
+    "federation": (FederationConfig, {
+        "cachedb_url": _mongo_url,
+        "refresh_interval": _seconds,
+        "record_ttl": _seconds,
+        "timeout": _seconds,
+    }),
 }
 _FREE_FORM = ("route_params",)
 
@@ -420,6 +497,14 @@ def _cross_checks(config: Config) -> None:
     if r.max_expires and r.min_expires > r.max_expires:
         raise ConfigError("registrar.min_expires",
                           f"must be <= registrar.max_expires ({r.max_expires}), got {r.min_expires}")
+    c = config.cluster
+    if c.my_node_id and not c.db_url and not c.nodes:
+        raise ConfigError("cluster.my_node_id", "needs a node table: cluster.db_url or [[cluster.nodes]]")
+    if c.my_node_id and c.nodes and not any(
+            int(r["node_id"]) == c.my_node_id and int(r["cluster_id"]) == c.cluster_id for r in c.nodes):
+        raise ConfigError("cluster.my_node_id", f"node {c.my_node_id} is not in cluster {c.cluster_id}'s rows")
+    if config.federation.cachedb_url and not c.my_node_id:
+        raise ConfigError("federation.cachedb_url", "needs a cluster (cluster.my_node_id): records carry its sip_addr")
     lim = config.limits
     if lim.max_line_length > lim.max_message_size:
         raise ConfigError("limits.max_line_length",

@@ -37,9 +37,22 @@ class RunningNode:
     transports: TransportManager
     location: InMemoryLocation
     registrar: Registrar
+    config: Config | None = None
+    cluster: Any = None
 
     @inlineCallbacks
     def start(self, listen: list[str], advertise: str = "") -> Any:
+        c = self.config.cluster if self.config is not None else None
+        if c is not None and c.my_node_id:
+            from .cluster import Cluster, NodeTable, load_node_table
+
+            rows = (yield load_node_table(c.db_url, c.db_table)) if c.db_url else NodeTable.from_dicts(c.nodes)
+            self.cluster = Cluster(self.node.clock, c.my_node_id, rows, ping_interval=c.ping_interval,
+                                   ping_timeout=c.ping_timeout, node_timeout=c.node_timeout,
+                                   seed_fallback_interval=c.seed_fallback_interval)
+            yield self.cluster.start()
+            self.node.cluster = self.cluster
+            self.node.cluster_id = c.cluster_id
         for spec in listen:
             endpoint = parse_listen(spec)
             yield self.transports.listen(endpoint)
@@ -54,6 +67,8 @@ class RunningNode:
         self.node.stop()
         self.location.stop()
         yield self.transports.stop()
+        if self.cluster is not None:
+            yield self.cluster.stop()
 
 
 def build_node(config: Config, reactor: Any = None) -> RunningNode:
@@ -103,7 +118,7 @@ def build_node(config: Config, reactor: Any = None) -> RunningNode:
     transports.sink = node
     if routes.setup is not None:
         routes.setup(node)
-    return RunningNode(node, transports, location, registrar)
+    return RunningNode(node, transports, location, registrar, config)
 
 
 class NodeService(service.Service):

@@ -165,6 +165,8 @@ class Node:
         self._tag = prefix
         self._local_hosts: set[str] = set()
         self._domains = {d.lower() for d in settings.domains}
+        self.cluster: Any = None  # an edgeproxy.cluster.Cluster when clustering is configured
+        self.cluster_id = 1
         self.stats = {"requests": 0, "responses": 0, "relayed": 0, "replied": 0, "route_errors": 0}
 
     # -- identity ------------------------------------------------------------------------------------
@@ -182,6 +184,10 @@ class Node:
         if port is None:
             return host in self._local_hosts
         return f"{host}:{port}" in self._local_hosts
+
+    def cluster_check_addr(self, cluster_id: int, ip: str) -> bool:
+        """OpenSIPS ``cluster_check_addr``: ``ip`` is the sip_addr of another node of the cluster."""
+        return self.cluster is not None and self.cluster.cluster_check_addr(cluster_id, ip)
 
     def _new_branch(self) -> str:
         return f"{self._branch_prefix}{next(self._branch_seq):x}"

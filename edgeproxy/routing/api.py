@@ -83,6 +83,7 @@ class RouteActions(Protocol):
     def save(self, rr: "RouteRequest", table: str, flags: str) -> "Deferred[bool]": ...
     def loose_route(self, rr: "RouteRequest") -> bool: ...
     def is_myself(self, host: str, port: int | None = None) -> bool: ...
+    def cluster_check_addr(self, cluster_id: int, ip: str) -> bool: ...
 
 
 def _coerce_uri(uri: URI | str) -> URI:
@@ -229,6 +230,11 @@ class RouteRequest:
         if isinstance(target, str):
             return self._actions.is_myself(target, None)
         return False
+
+    def cluster_check_addr(self, cluster_id: int, ip: str | None = None) -> bool:
+        """OpenSIPS ``cluster_check_addr(cluster_id, "$si")``: whether ``ip`` (default: the source
+        address) is the ``sip_addr`` of another node of the cluster."""
+        return self._actions.cluster_check_addr(cluster_id, self.source_ip if ip is None else ip)
 
     # -- verbs -------------------------------------------------------------------------------------
     def append_branch(self, uri: URI | str | None = None, q: float | None = None) -> None:

@@ -58,13 +58,15 @@ class RouteHarness:
     """In-memory :class:`~edgeproxy.routing.api.RouteActions` with a real location service."""
 
     def __init__(self, domains: list[str] | tuple[str, ...] = (), local: Endpoint = Endpoint("UDP", "127.0.0.1", 5060),
-                 settings: RegistrarSettings | None = None, params: dict[str, Any] | None = None) -> None:
+                 settings: RegistrarSettings | None = None, params: dict[str, Any] | None = None,
+                 cluster_peers: dict[int, list[str]] | None = None) -> None:
         self.clock = Clock()
         self.location = InMemoryLocation(self.clock)
         self.registrar = Registrar(self.location, settings or RegistrarSettings(), self.clock)
         self.local = local
         self.domains = {d.lower() for d in domains}
         self.params = params or {}
+        self.cluster_peers = cluster_peers or {}
         self._result: RouteResult | None = None
 
     # -- setup ---------------------------------------------------------------------------------------
@@ -159,6 +161,10 @@ class RouteHarness:
 
     def loose_route(self, rr: RouteRequest) -> bool:
         return loose_route(rr.request, self.is_myself)
+
+    def cluster_check_addr(self, cluster_id: int, ip: str) -> bool:
+        """Cluster peers are given as ``RouteHarness(cluster_peers={1: ["10.0.2.100"]})``."""
+        return ip in self.cluster_peers.get(cluster_id, ())
 
     def is_myself(self, host: str, port: int | None = None) -> bool:
         host = host.lower()
