@@ -168,17 +168,42 @@ def udp_rcvbuf_errors() -> int:
         return 0
 
 
-def host_busy_seconds() -> float:
-    """CPU seconds all processes on the machine have run (user + nice + system, all cores), from
-    /proc/stat; interrupt and softirq time (loopback packet processing) is left out."""
-    with open("/proc/stat") as f:
-        vals = [int(v) for v in f.readline().split()[1:]]
-    return (vals[0] + vals[1] + vals[2]) / CLK_TCK
+def task_runtimes() -> dict[int, int]:
+    """On-CPU nanoseconds of every thread on the machine (/proc/*/task/*/schedstat, exact).
+
+    /proc/stat's busy counters are sampled at the timer tick and were seen to be off by a factor of
+    two here (a SIPp-driven load wakes in step with the tick); the per-task run time is exact."""
+    out: dict[int, int] = {}
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                    out[int(tid)] = int(f.read().split()[0])
+            except (OSError, ValueError, IndexError):
+                pass
+    return out
+
+
+def runtime_delta(before: dict[int, int], after: dict[int, int]) -> float:
+    """Seconds run between two task_runtimes() snapshots by the threads alive at the second one
+    (threads that ended in between are missed: a lower bound)."""
+    return sum(ns - before.get(tid, 0) for tid, ns in after.items() if ns >= before.get(tid, 0)) / 1e9
 
 
 def children_cpu_seconds() -> float:
     """CPU of this script's reaped children (the SIPp runs), from getrusage."""
     ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def self_cpu_seconds() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
     return ru.ru_utime + ru.ru_stime
 
 
@@ -575,6 +600,8 @@ class Bench:
                 "-trace_stat", "-stf", "uas_stat.csv", "-fd", "1",
             ]
             (d / "uas_cmd.txt").write_text(shlex.join(uas_argv) + "\n")
+            if port_is_bound(a.uas_port, a.transport):
+                raise SystemExit(f"{a.transport} port {a.uas_port} (--uas-port) is taken by another process")
             uas = self.children.start(uas_argv, cwd=d, stdout_path=d / "uas.out")
             t_end = time.monotonic() + 10
             while not port_is_bound(a.uas_port, a.transport) and time.monotonic() < t_end and uas.poll() is None:
@@ -605,16 +632,20 @@ class Bench:
         port_drops0 = udp_port_drops()
         port_drops_max: dict[str, int] = {k: 0 for k in watched}
 
-        def tick() -> None:
-            sampler.tick()
+        def drops_tick() -> None:
             now = udp_port_drops()
             for k, port in watched.items():
                 # SIPp's sockets are new in each run; the proxy's live on: count its increase
                 base = port_drops0.get(port, 0) if k == "proxy" else 0
                 port_drops_max[k] = max(port_drops_max[k], now.get(port, 0) - base)
 
+        def tick() -> None:
+            sampler.tick()
+            if a.transport == "udp":
+                drops_tick()
+
         cpu0 = self.proxy.cpu()
-        host0, kids0 = host_busy_seconds(), children_cpu_seconds()
+        host0, kids0, self0 = task_runtimes(), children_cpu_seconds(), self_cpu_seconds()
         sampler = CpuSampler(self.proxy.pid)
         sampler.tick()
         t0 = time.monotonic()
@@ -628,15 +659,20 @@ class Bench:
             self.children.forget(uas)
             uas_stats = read_stat_csv(d / "uas_stat.csv")
         cpu1 = self.proxy.cpu()
-        host_s, sipp_s = host_busy_seconds() - host0, children_cpu_seconds() - kids0
+        live_s, sipp_s = runtime_delta(host0, task_runtimes()), children_cpu_seconds() - kids0
+        self_s = self_cpu_seconds() - self0
         span = time.monotonic() - t0
         drops = udp_rcvbuf_errors() - drops0
         if a.transport == "udp":
-            tick()
+            drops_tick()
         mem = self.proxy.memory()
 
         st = read_stat_csv(d / "uac_stat.csv")
         ok, failed = as_int(st, "SuccessfulCall(C)"), as_int(st, "FailedCall(C)")
+        if uac_rc not in (0, 1) and ok + failed == 0:
+            # SIPp never got going (most often: its local port is taken by someone else)
+            tail = (d / "uac.out").read_text(errors="replace")[-1500:]
+            raise SystemExit(f"SIPp UAC failed to run (exit {uac_rc}); {d / 'uac.out'}:\n{tail}")
         retrans = as_int(st, "Retransmissions(C)")
         unexpected = as_int(st, "OutOfCallMsgs(C)") + as_int(st, "DeadCallMsgs(C)")
         ignored = 0
@@ -679,8 +715,9 @@ class Bench:
         # machine-wide view: SIPp's own CPU, and CPU used by neither SIPp nor the proxy (other tenants:
         # a busy machine makes the step's numbers unreliable)
         r["sipp_cpu_pct"] = round(100 * sipp_s / span, 0)
-        r["host_cpu_pct"] = round(100 * host_s / span, 0)
-        r["other_cpu_pct"] = round(100 * (host_s - sipp_s - (cpu_s or 0)) / span, 0)
+        # live_s: threads still alive now -- the proxy, this script, everybody else (SIPp has exited)
+        r["host_cpu_pct"] = round(100 * (live_s + sipp_s) / span, 0)
+        r["other_cpu_pct"] = max(0.0, round(100 * (live_s - self_s - (cpu_s or 0)) / span, 0))
         r["noisy"] = int(r["other_cpu_pct"] > a.max_other_cpu)
         r["rss_kb"], r["hwm_kb"] = mem.get("rss_kb"), mem.get("hwm_kb")
         r["sipp_rc"] = uac_rc
@@ -810,7 +847,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--proxy", default="127.0.0.1:5060", help="HOST:PORT of the proxy (loopback only)")
     ap.add_argument("--transport", choices=("udp", "tcp"), default="udp")
-    ap.add_argument("--scenarios", default="register,invite", help="comma list of: register, invite")
+    ap.add_argument("--scenarios", default="register,invite", help="comma list, run in this order, of: register, invite, memory "
+                         "(memory = --memory-contacts registrations, default 100000)")
     ap.add_argument("--reg-rates", default="1000,2000,4000,5000,8000,12000,16000",
                     help="REGISTER/s ladder (comma or space separated)")
     ap.add_argument("--call-rates", default="100,200,400,600,800,1200", help="calls/s ladder")
@@ -820,7 +858,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--proxy-pid", type=int, help="PID of an already running proxy (CPU and memory accounting)")
     ap.add_argument("--start-timeout", type=float, default=30.0, help="seconds to wait for the started proxy to answer")
     ap.add_argument("--users", type=int, default=10000, help="distinct users uNNNNN in the register/invite load")
-    ap.add_argument("--memory-contacts", type=int, default=0, help="register N more contacts and report bytes per contact")
+    ap.add_argument("--memory-contacts", type=int, default=0, help="register N more contacts and report bytes per contact (adds the memory scenario, "
+                         "last, unless --scenarios names it)")
     ap.add_argument("--memory-rate", type=int, default=2000, help="REGISTER/s for the memory measurement")
     ap.add_argument("--memory-settle", type=float, default=35.0,
                     help="seconds to wait after the memory registrations before the final RSS reading")
@@ -859,8 +898,12 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"SIPp not found at {a.sipp} (apt-get install sip-tester)")
     scenarios = [s.strip() for s in a.scenarios.split(",") if s.strip()]
     for s in scenarios:
-        if s not in ("register", "invite"):
+        if s not in ("register", "invite", "memory"):
             ap.error(f"unknown scenario {s!r}")
+    if a.memory_contacts and "memory" not in scenarios:
+        scenarios.append("memory")  # last: the ladders run against a proxy with only the bench users
+    if "memory" in scenarios and not a.memory_contacts:
+        a.memory_contacts = 100000
     if a.start_cmd and a.proxy_pid:
         ap.error("--start-cmd and --proxy-pid are exclusive")
 
@@ -894,11 +937,11 @@ def main(argv: list[str] | None = None) -> int:
         bench.users_csv = outdir / "users.csv"
         write_users(bench.users_csv, "u", 1, a.users)
 
-        if a.memory_contacts:
-            m = bench.memory(a.memory_contacts)
-            summary["bytes_per_contact"] = m.get("bytes_per_contact")
         for scenario in scenarios:
-            if scenario == "register":
+            if scenario == "memory":
+                m = bench.memory(a.memory_contacts)
+                summary["bytes_per_contact"] = m.get("bytes_per_contact")
+            elif scenario == "register":
                 m = bench.ladder("register", parse_rates(a.reg_rates))
                 summary["max_register_per_s"] = m["max_pass_rate"]
                 summary["cpu_us_per_register"] = m["cpu_us_per_op"]
