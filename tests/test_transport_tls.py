@@ -337,6 +337,34 @@ async def test_min_version_13_refuses_a_tls12_client(make_manager, pki, tls_clie
     await new.wait_handshake()
 
 
+def _group(connection: Any) -> bytes:
+    from OpenSSL._util import ffi, lib
+
+    return bytes(ffi.string(lib.SSL_get0_group_name(connection._ssl)))
+
+
+@pytest_twisted.ensureDeferred
+async def test_groups_choose_the_key_exchange(make_manager, pki, tls_clients):
+    sink, manager, listener = await _serve(make_manager, pki.settings(groups="P-256"))
+    client = await tls_clients(listener.bound.port)
+    await client.wait_handshake()
+    assert _group(client.transport._tlsConnection) in (b"secp256r1", b"prime256v1")
+
+
+@pytest_twisted.ensureDeferred
+async def test_outbound_connections_offer_only_the_configured_groups(make_manager, pki):
+    far_sink, far, far_listener = await _serve(make_manager, pki.settings(groups="X25519"))
+    port = far_listener.bound.port
+    _, mismatch, _ = await _serve(make_manager, pki.settings(groups="P-384"))
+    with pytest.raises(SendError) as info:
+        await within(mismatch.send(Destination(Endpoint("TLS", "localhost", port)), _options(port)))
+    assert info.value.status == 503
+    _, match, _ = await _serve(make_manager, pki.settings(groups="P-384:X25519"))
+    flow = await within(match.send(Destination(Endpoint("TLS", "localhost", port)), _options(port)))
+    assert _group(match.connection(flow.connection_id).transport._tlsConnection) == b"x25519"
+    await far_sink.wait_messages(1)
+
+
 # -- configuration ---------------------------------------------------------------------------------
 def test_bad_files_are_reported_by_name(pki, tmp_path):
     missing = str(tmp_path / "missing.pem")
@@ -350,6 +378,10 @@ def test_bad_files_are_reported_by_name(pki, tmp_path):
         TlsContexts(TlsSettings(min_version="1.4"))
     with pytest.raises(ValueError, match="cipher"):
         TlsContexts(TlsSettings(ciphers="NO-SUCH-CIPHER"))
+    with pytest.raises(ValueError, match="groups"):
+        TlsContexts(TlsSettings(groups="NO-SUCH-GROUP"))
+    with pytest.raises(ValueError, match="max_version"):
+        TlsContexts(TlsSettings(min_version="1.3", max_version="1.2"))
     contexts = TlsContexts(TlsSettings(certificate=pki.server.cert, key=pki.server.key, ciphers="ECDHE+AESGCM"))
     assert contexts.has_server
 

@@ -241,6 +241,29 @@ async def test_a_broken_request_gets_a_400_frame_and_the_connection_goes_on(make
     assert len(client.frames) == 1 and not client.closed.called
 
 
+@pytest_twisted.ensureDeferred
+async def test_an_open_connection_keeps_little_state_and_still_works(make_manager, ws_clients):
+    sink, manager, listener = await _serve(make_manager, ws=WsSettings(ping_interval=0.2, ping_timeout=1))
+    client = await ws_clients(listener.bound.port)
+    client.sendMessage(request("REGISTER", via=VIA_WS), False)
+    await sink.wait_messages(1)
+    message, flow = sink.messages[0]
+    proto = manager.connection(flow.connection_id)
+    state = vars(proto)
+    assert not {"http_headers", "http_request_data", "http_response_data", "websocket_protocols"} & set(state)
+    assert state["send_queue"] == () and proto.trafficStats is proto.factory.traffic
+    assert len(state) < 40
+    await sleep(0.5)  # pings go out and pongs come back through the compacted state
+    await manager.send(Destination(flow.remote, flow), message.make_response(200))
+    await client.wait_frames(1)
+    client.sendMessage(request(via=VIA_WS, call_id="again"), False)
+    await sink.wait_messages(2)
+    assert not client.closed.called
+    client.sendClose(1000)
+    assert await client.wait_closed() == 1000
+    await sink.wait_for(lambda: sink.closed == [flow])
+
+
 # -- refusals ---------------------------------------------------------------------------------------
 @pytest_twisted.ensureDeferred
 async def test_handshake_without_the_sip_subprotocol_is_refused(make_manager, ws_clients, clients):
