@@ -218,8 +218,23 @@ async def test_max_connections_counts_handshaking_connections(make_manager, pki,
 
 
 # -- mutual TLS ------------------------------------------------------------------------------------
+@pytest.fixture
+def logged() -> Any:
+    """The text of every log event emitted during the test."""
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    lines: list[str] = []
+
+    def observe(event: Any) -> None:
+        lines.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    yield lines
+    globalLogPublisher.removeObserver(observe)
+
+
 @pytest_twisted.ensureDeferred
-async def test_mutual_tls_refuses_untrusted_and_missing_client_certificates(make_manager, pki, tls_clients):
+async def test_mutual_tls_refuses_untrusted_and_missing_client_certificates(make_manager, pki, tls_clients, logged):
     sink, manager, listener = await _serve(make_manager, pki.settings(require_client_cert=True))
     trusted = await tls_clients(listener.bound.port, cert=pki.client)
     await trusted.wait_handshake()
@@ -234,6 +249,9 @@ async def test_mutual_tls_refuses_untrusted_and_missing_client_certificates(make
     assert [m.call_id for m, _ in sink.messages] == ["trusted"]
     assert not trusted.is_closed
     assert manager.connection_count == 1
+    for client in (rogue, anonymous):  # logged with the peer's address (other tests may log too)
+        lines = [line for line in logged if line.startswith(f"TLS handshake with 127.0.0.1:{client.address[1]} ")]
+        assert len(lines) == 1 and "certificate" in lines[0], logged
 
 
 def test_mutual_tls_needs_a_ca(pki):

@@ -198,6 +198,27 @@ async def test_wss_over_tls(make_manager, ws_clients, pki):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_failed_wss_handshake_is_logged_and_others_carry_on(make_manager, ws_clients, clients, pki):
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    lines: list[str] = []
+    globalLogPublisher.addObserver(lines.append)
+    try:
+        sink, manager, listener = await _serve(make_manager, "wss:127.0.0.1:0", tls=pki.tls())
+        good = await ws_clients(listener.bound.port, secure=True)
+        plain = await clients.tcp("127.0.0.1", listener.bound.port)
+        plain.transport.write(upgrade(listener.bound.port))  # HTTP where TLS was expected
+        await plain.wait_closed()
+        good.sendMessage(request("REGISTER", via=VIA_WSS), False)
+        await sink.wait_messages(1)
+        assert manager.connection_count == 1
+    finally:
+        globalLogPublisher.removeObserver(lines.append)
+    failures = [formatEvent(e) for e in lines if formatEvent(e).startswith("WSS handshake with")]
+    assert failures and f"127.0.0.1:{plain.address[1]}" in failures[0], failures
+
+
+@pytest_twisted.ensureDeferred
 async def test_binary_frames_and_non_utf8_bodies(make_manager, ws_clients):
     sink, manager, listener = await _serve(make_manager)
     client = await ws_clients(listener.bound.port)

@@ -6,12 +6,18 @@ listener a :class:`SipServerFactory` whose connections are :class:`SipStreamProt
 parse and hand valid messages straight to ``manager.sink`` (the node); connections report their
 start and end here, where they are numbered (``connection_id``) and indexed twice: by id, for
 flows, and by remote ``(host, port)``, for RFC 3261 §18 connection reuse (a response or request to
-a peer goes over any open connection with it, inbound or outbound).
+a peer goes over any open connection with it, inbound or outbound, of the same transport).
+
+TLS (:mod:`.tls`) and WebSocket (:mod:`.ws`, RFC 7118) connections are the same kind of connection
+to the manager: they have an id, a flow and ``write_message``; until their handshake completes they
+are only *pending* (counted against ``max_connections``, aborted at stop). WebSocket clients are never
+dialled: a WS/WSS destination is reached over an open connection or not at all (430 Flow Failed).
 
 :meth:`TransportManager.send` picks, in order: the connection the destination's flow names; for a
 UDP flow, the listener the flow arrived on; else a UDP listener of the destination's address family,
-an open TCP connection to the destination, or a new outbound connection (messages queue until it
-is up). Names are resolved first (IP literals skip that); SRV/NAPTR (RFC 3263) is not done here.
+an open TCP/TLS connection to the destination, or a new outbound connection (messages queue until it
+is up; for TLS until the handshake verified the server's certificate against the destination's
+name). Names are resolved first (IP literals skip that); SRV/NAPTR (RFC 3263) is not done here.
 """
 
 from __future__ import annotations

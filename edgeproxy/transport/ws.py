@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import TrafficStats, WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny
+from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import connectionDone
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -256,6 +257,12 @@ class SipWebSocketProtocol(WebSocketServerProtocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.closing = True
+        manager = self.factory.manager
+        if self in manager._pending and not reason.check(ConnectionDone):
+            from .tls import handshake_failure_reason
+
+            log.info("{kind} handshake with {peer} failed: {why}", kind=self.transport_name, peer=self.peer,
+                     why=handshake_failure_reason(reason))
         try:
             super().connectionLost(reason)
         finally:
