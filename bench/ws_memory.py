@@ -275,8 +275,8 @@ def main() -> int:
         ca = TestCA(tmp)
         server_cert = ca.issue("server", dns=["localhost"], ips=["127.0.0.1"])
         cmd = [sys.executable, __file__, "--serve", "-n", str(n), "--cert", server_cert.cert, "--key",
-               server_cert.key, "--ping-interval", str(args.ping_interval), "--groups", args.groups] + (["--node"] if args.node else []) + (
-                   ["--trace"] if args.trace else [])
+               server_cert.key, "--ping-interval", str(args.ping_interval), "--groups", args.groups]
+        cmd += (["--node"] if args.node else []) + (["--trace"] if args.trace else [])
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
         server = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         try:
@@ -350,7 +350,8 @@ def run_clients_once(port: int, n: int, concurrency: int, ca: str, deadline: flo
     tls = context.wrap_socket(sock, server_hostname="localhost")
     key = base64.b64encode(os.urandom(16)).decode()
     tls.sendall((f"GET / HTTP/1.1\r\nHost: localhost:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                 f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: sip\r\n\r\n").encode())
+                 f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                 "Sec-WebSocket-Protocol: sip\r\n\r\n").encode())
     head = b""
     while b"\r\n\r\n" not in head:
         chunk = tls.recv(4096)
@@ -363,7 +364,10 @@ def run_clients_once(port: int, n: int, concurrency: int, ca: str, deadline: flo
     mask = os.urandom(4)
     masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
     length = len(payload)
-    header = bytes([0x81]) + (bytes([0x80 | length]) if length < 126 else bytes([0x80 | 126]) + length.to_bytes(2, "big"))
+    if length < 126:
+        header = bytes([0x81, 0x80 | length])
+    else:
+        header = bytes([0x81, 0x80 | 126]) + length.to_bytes(2, "big")
     tls.sendall(header + mask + masked)
     data = head.split(b"\r\n\r\n", 1)[1]
     while b"SIP/2.0" not in data:

@@ -159,7 +159,8 @@ async def test_options_over_tls_reaches_the_sink_and_the_reply_goes_back(make_ma
     data = await client.wait_bytes(b"\r\n\r\n")
     assert status_of(data) == 200 and b"Call-ID: tls-1" in data
     # §18 reuse: a request to the peer's address goes over the same connection
-    again = await manager.send(Destination(flow.remote), Request("OPTIONS", "sip:peer@127.0.0.1", message.headers.copy()))
+    options = Request("OPTIONS", "sip:peer@127.0.0.1", message.headers.copy())
+    again = await manager.send(Destination(flow.remote), options)
     assert again == flow
     client.transport.loseConnection()
     await sink.wait_for(lambda: sink.closed == [flow])

@@ -43,7 +43,7 @@ from ..sip.message import Message
 from ..sip.parser import DEFAULT_LIMITS, Limits
 from ._util import guess_local_address, ip_literal
 from .sink import MessageSink
-from .tcp import SipClientFactory, SipServerFactory, SipStreamProtocol
+from .tcp import SipClientFactory, SipServerFactory
 from .udp import SipDatagramProtocol
 
 if TYPE_CHECKING:

@@ -118,9 +118,9 @@ def _load_key(path: str) -> Any:
 
 
 try:  # the interface of trustRoot; public in spirit (documented on CertificateOptions), private in name
-    from twisted.internet._sslverify import IOpenSSLTrustRoot
+    from twisted.internet._sslverify import IOpenSSLTrustRoot as _TrustRootInterface
 except ImportError:  # pragma: no cover - older or newer Twisted
-    IOpenSSLTrustRoot = None
+    _TrustRootInterface = None  # type: ignore[assignment,misc]
 
 
 class _CaBundle:
@@ -135,8 +135,8 @@ class _CaBundle:
         context.load_verify_locations(self.path)
 
 
-if IOpenSSLTrustRoot is not None:
-    implementer(IOpenSSLTrustRoot)(_CaBundle)
+if _TrustRootInterface is not None:
+    implementer(_TrustRootInterface)(_CaBundle)
 
 
 def _groups_setters() -> tuple[Any, Any]:
@@ -150,7 +150,7 @@ def _groups_setters() -> tuple[Any, Any]:
 
 
 def _trust_root(path: str) -> Any:
-    if IOpenSSLTrustRoot is not None:
+    if _TrustRootInterface is not None:
         return _CaBundle(path)
     return ssl.trustRootFromCertificates(  # pragma: no cover
         [ssl.Certificate.loadPEM(c.public_bytes(serialization.Encoding.PEM))

@@ -371,21 +371,22 @@ class SipWebSocketFactory(WebSocketServerFactory):
         # autobahn copies an option into the instance only when the instance lacks it.
         options = {name: getattr(self, name) for name in SipWebSocketProtocol.CONFIG_ATTRS}
         options["transport_name"] = self.transport_name
-        self.protocol = type(f"SipWebSocketProtocol{self.transport_name}", (SipWebSocketProtocol,), options)
+        self.protocol = type(  # type: ignore[assignment]
+            f"SipWebSocketProtocol{self.transport_name}", (SipWebSocketProtocol,), options)
         self._batched_timer = _BucketTimers(self.reactor)
         self._open: set[SipWebSocketProtocol] = set()
         self._sweeper: LoopingCall | None = None
         self.traffic = TrafficStats()  # the counters of every open connection of this listener, together
 
-    def buildProtocol(self, addr: Any) -> SipWebSocketProtocol | None:
+    def buildProtocol(self, addr: Any) -> Any:
         if not self.manager._may_connect():
             log.info("refusing {kind} connection from {host}:{port}: {count} connections open",
                      kind=self.transport_name, host=getattr(addr, "host", "?"), port=getattr(addr, "port", "?"),
                      count=self.manager.connection_count)
             return None
-        proto = self.protocol()
+        proto: Any = self.protocol()
         proto.factory = self
-        return proto  # type: ignore[no-any-return]
+        return proto
 
     def path_allowed(self, path: str) -> bool:
         return self._path is None or _norm_path(path) == self._path
