@@ -1,0 +1,32 @@
+"""Serialized failover, the seed's final choice: no cluster, no store.
+
+FreeSWITCH bridges to node X first and to node Y on 404 (``bridge sofia/gateway/X/u|sofia/gateway/Y/u``);
+each node only looks in its own memory and answers 404 fast and statelessly when the user is not
+there. Configuration (``[route_params]``): ``freeswitch``. The seed's block::
+
+    if ($si == FreeSWITCH) {
+        lookup("location", "m");
+        switch ($retcode) { case 1: t_relay(); case -1: case -3: sl_send_reply(404, "Not Found");
+                            case -2: sl_send_reply(405, "Not Allowed"); }
+    }
+"""
+
+from edgeproxy.routing import LookupResult
+
+from routes._common import common_prelude, relay_or_error, to_freeswitch
+
+
+async def request_route(msg):
+    if await common_prelude(msg):
+        return
+    if msg.si in msg.params.get("freeswitch", []):
+        match await msg.lookup("location", "m"):
+            case LookupResult.FOUND:
+                msg.log("LOCAL CONTACT FOUND")
+                relay_or_error(msg)
+            case LookupResult.NOT_FOUND | LookupResult.ERROR:
+                msg.sl_send_reply(404, "Not Found")
+            case LookupResult.METHOD_NOT_ALLOWED:
+                msg.sl_send_reply(405, "Not Allowed")
+        return
+    to_freeswitch(msg)
