@@ -170,20 +170,6 @@ class ClusterConfig:
 
 
 @dataclass(frozen=True)
-class FederationConfig:
-    """``[federation]``: the shared location store (usrloc ``federation-cachedb-cluster``).
-
-    ``cachedb_url`` is ``mongodb://host:port/db.collection`` (the seed's ``opensipsDB.userlocation``);
-    empty = no federation. Records are refreshed every ``refresh_interval`` seconds and expire
-    ``record_ttl`` seconds after their last refresh; store operations give up after ``timeout``."""
-
-    cachedb_url: str = ""
-    refresh_interval: float = 60.0
-    record_ttl: float = 180.0
-    timeout: float = 1.0
-
-
-@dataclass(frozen=True)
 class Config:
     """The whole configuration of one node. ``source`` is the file it was read from, if any;
     ``route_params`` is the free-form ``[route_params]`` table, handed to route modules as-is."""
@@ -194,7 +180,7 @@ class Config:
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
-    federation: FederationConfig = field(default_factory=FederationConfig)
+    federation: Any = None  # edgeproxy.federation.FederationSettings when [federation] is present
     route_params: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), hash=False)
     source: str | None = None
 
@@ -415,12 +401,6 @@ def _text(key: str, value: Any, ctx: _Context) -> str:
     return value
 
 
-def _mongo_url(key: str, value: Any, ctx: _Context) -> str:
-    if not isinstance(value, str) or (value and not value.startswith("mongodb")):
-        raise ConfigError(key, f'must be a "mongodb://host:port/db.collection" URL, got {_show(value)}')
-    return value
-
-
 _SCHEMA: dict[str, tuple[type, dict[str, Checker]]] = {
     "node": (NodeConfig, {
         "listen": _listen,
@@ -471,14 +451,24 @@ _SCHEMA: dict[str, tuple[type, dict[str, Checker]]] = {
         "node_timeout": _seconds,
         "seed_fallback_interval": _seconds,
     }),
-    "federation": (FederationConfig, {
-        "cachedb_url": _mongo_url,
-        "refresh_interval": _seconds,
-        "record_ttl": _seconds,
-        "timeout": _seconds,
-    }),
 }
-_FREE_FORM = ("route_params",)
+_FREE_FORM = ("route_params", "federation")
+
+
+def _federation(table: Any, cluster: ClusterConfig) -> Any:
+    """``[federation]``, checked by :func:`edgeproxy.federation.federation_settings`; ``sip_addr``
+    defaults to this node's ``sip_addr`` in the ``[[cluster.nodes]]`` rows."""
+    if table is None:
+        return None
+    from .federation.settings import federation_settings
+
+    table = dict(table)
+    if "sip_addr" not in table and cluster.my_node_id:
+        for row in cluster.nodes:
+            if int(row["node_id"]) == cluster.my_node_id and row.get("sip_addr"):
+                table["sip_addr"] = row["sip_addr"]
+                break
+    return federation_settings(table)
 
 
 def _unknown(key: str, what: str, known: list[str]) -> ConfigError:
@@ -503,8 +493,8 @@ def _cross_checks(config: Config) -> None:
     if c.my_node_id and c.nodes and not any(
             int(r["node_id"]) == c.my_node_id and int(r["cluster_id"]) == c.cluster_id for r in c.nodes):
         raise ConfigError("cluster.my_node_id", f"node {c.my_node_id} is not in cluster {c.cluster_id}'s rows")
-    if config.federation.cachedb_url and not c.my_node_id:
-        raise ConfigError("federation.cachedb_url", "needs a cluster (cluster.my_node_id): records carry its sip_addr")
+    if config.federation is not None and not c.my_node_id:
+        raise ConfigError("federation", "needs a cluster (cluster.my_node_id): records carry its sip_addr")
     lim = config.limits
     if lim.max_line_length > lim.max_message_size:
         raise ConfigError("limits.max_line_length",
@@ -574,7 +564,8 @@ def load_config(path: str | None = None, overrides: Mapping[str, Any] | None = N
         built[name] = cls(**values)
 
     params = raw.get("route_params", {})
-    config = Config(**built, route_params=MappingProxyType(dict(params)),
+    federation = _federation(raw.get("federation"), built["cluster"])
+    config = Config(**built, route_params=MappingProxyType(dict(params)), federation=federation,
                     source=os.path.abspath(path) if path is not None else None)
     _cross_checks(config)
     return config

@@ -39,6 +39,7 @@ class RunningNode:
     registrar: Registrar
     config: Config | None = None
     cluster: Any = None
+    federation: Any = None
 
     @inlineCallbacks
     def start(self, listen: list[str], advertise: str = "") -> Any:
@@ -53,6 +54,12 @@ class RunningNode:
             yield self.cluster.start()
             self.node.cluster = self.cluster
             self.node.cluster_id = c.cluster_id
+        if self.config is not None and self.config.federation is not None:
+            from .federation import Federation
+
+            self.federation = Federation(self.location, self.config.federation, reactor=self.node.clock)
+            self.node.federation = self.federation
+            self.federation.start()  # never waits for the store: a node whose store is down still serves
         for spec in listen:
             endpoint = parse_listen(spec)
             yield self.transports.listen(endpoint)
@@ -64,6 +71,8 @@ class RunningNode:
 
     @inlineCallbacks
     def stop(self) -> Any:
+        if self.federation is not None:
+            yield self.federation.stop()
         self.node.stop()
         self.location.stop()
         yield self.transports.stop()

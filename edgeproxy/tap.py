@@ -78,6 +78,14 @@ class Options(usage.Options):
         try:
             config = load_config(self["config"], self.overrides())
             _check_route(config)
+            if config.federation is not None:
+                # the MongoDB client runs on asyncio: install its reactor before anything else does
+                from .federation.reactor import FederationReactorError, arrange_asyncio_reactor
+
+                try:
+                    arrange_asyncio_reactor()
+                except FederationReactorError as exc:
+                    raise ConfigError("federation", str(exc)) from None
         except ConfigError as exc:
             self._config_error = exc
             raise usage.UsageError(str(exc)) from exc

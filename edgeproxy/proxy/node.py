@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from itertools import count
 from typing import Any, Callable
 
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -166,6 +166,7 @@ class Node:
         self._local_hosts: set[str] = set()
         self._domains = {d.lower() for d in settings.domains}
         self.cluster: Any = None  # an edgeproxy.cluster.Cluster when clustering is configured
+        self.federation: Any = None  # an edgeproxy.federation.Federation with [federation]
         self.cluster_id = 1
         self.stats = {"requests": 0, "responses": 0, "relayed": 0, "replied": 0, "route_errors": 0}
 
@@ -448,6 +449,10 @@ class Node:
 
     # -- RouteActions: location ----------------------------------------------------------------------
     def lookup(self, rr: RouteRequest, table: str, flags: str, aor: str | None) -> "Deferred[LookupResult]":
+        """OpenSIPS ``lookup()``: on FOUND the Request-URI becomes the first contact and the others
+        become branches. Flag ``m`` filters by method; flag ``g`` (federation) adds one branch per
+        other node holding the AoR, unless the request came from a cluster node (it has crossed the
+        cluster once already: the loop guard) or that node is down."""
         try:
             uri = parse_uri(aor if aor.startswith(("sip:", "sips:")) else f"sip:{aor}") if aor else rr.request.uri
         except SipValueError:
@@ -456,18 +461,15 @@ class Node:
             return succeed(LookupResult.NOT_FOUND)
         key = aor_of(uri, self.registrar.settings.use_domain)
         method = rr.request.method if "m" in flags else None
+        if "g" in flags and self.federation is not None and not self.cluster_check_addr(self.cluster_id, rr.source_ip):
+            return self.federation.global_lookup(key, method).addCallback(self._global_found, rr, key)
         d = maybeDeferred(self.location.lookup, key, method)
 
         def found(result: tuple[LookupResult, list[Any]]) -> LookupResult:
             code, bindings = result
             if code != LookupResult.FOUND or not bindings:
                 return code if code != LookupResult.FOUND else LookupResult.NOT_FOUND
-            first, *rest = bindings
-            rr.request.uri = first.uri
-            rr.ruri_changed = True
-            rr.ruri_branch = self._binding_branch(first)
-            for b in rest:
-                rr.branches.append(self._binding_branch(b))
+            self._set_targets(rr, bindings)
             return LookupResult.FOUND
 
         def failed(failure: Failure) -> LookupResult:
@@ -475,6 +477,49 @@ class Node:
             return LookupResult.ERROR
 
         return d.addCallbacks(found, failed)
+
+    def _set_targets(self, rr: RouteRequest, bindings: list[Any]) -> None:
+        first, *rest = bindings
+        rr.request.uri = first.uri
+        rr.ruri_changed = True
+        rr.ruri_branch = self._binding_branch(first)
+        for b in rest:
+            rr.branches.append(self._binding_branch(b))
+
+    def _global_found(self, result: Any, rr: RouteRequest, key: str) -> LookupResult:
+        """Local contacts first, then a branch ``sip:<aor>`` via each live home node (OpenSIPS's
+        federation lookup), never to this node."""
+        if result.code != LookupResult.FOUND:
+            return LookupResult(result.code)
+        if result.bindings:
+            self._set_targets(rr, result.bindings)
+        remote = []
+        for home in result.homes:
+            if self.cluster is not None:
+                peer = self.cluster.node_for_sip_addr(home.rsplit(":", 1)[0] if home.count(":") == 1 else home,
+                                                      self.cluster_id)
+                if peer is not None and not self.cluster.is_up(peer.node_id, self.cluster_id):
+                    continue  # a dead node is skipped, not waited for
+            remote.append(Branch(parse_uri(f"sip:{key}"), dst_uri=parse_uri(f"sip:{home}")))  # type: ignore[arg-type]
+        if not result.bindings:
+            if not remote:
+                return LookupResult.NOT_FOUND
+            first, *others = remote
+            rr.request.uri = first.uri
+            rr.ruri_changed = True
+            rr.ruri_branch = first
+            remote = others
+        rr.branches.extend(remote)
+        if self.settings.log_decisions:
+            log.debug("global lookup {aor}: {n} local, homes {homes}", aor=key, n=len(result.bindings),
+                      homes=", ".join(result.homes) or "none")
+        return LookupResult.FOUND
+
+    def cache_raw_query(self, rr: RouteRequest, command: Any) -> "Deferred[list[dict[str, Any]]]":
+        """OpenSIPS ``cache_raw_query`` on the federation store; fails when none is configured."""
+        if self.federation is None:
+            return fail(SendError("no federation store configured", 500))
+        return self.federation.raw_query(command)
 
     def _binding_branch(self, binding: Any) -> Branch:
         uri, destination, path = binding_destination(binding)

@@ -84,6 +84,7 @@ class RouteActions(Protocol):
     def loose_route(self, rr: "RouteRequest") -> bool: ...
     def is_myself(self, host: str, port: int | None = None) -> bool: ...
     def cluster_check_addr(self, cluster_id: int, ip: str) -> bool: ...
+    def cache_raw_query(self, rr: "RouteRequest", command: Any) -> "Deferred[list[dict[str, Any]]]": ...
 
 
 def _coerce_uri(uri: URI | str) -> URI:
@@ -267,6 +268,12 @@ class RouteRequest:
     def save(self, table: str = "location", flags: str = "") -> "Deferred[bool]":
         """Store the REGISTER's bindings and reply to it (OpenSIPS ``save()``)."""
         return self._actions.save(self, table, flags)
+
+    def cache_raw_query(self, command: dict[str, Any] | str) -> "Deferred[list[dict[str, Any]]]":
+        """OpenSIPS ``cache_raw_query`` + ``$json``: run a MongoDB command on the federation store
+        (e.g. ``{"find": "userlocation", "filter": {"aor": "alice@example.com"}}``); fires with the
+        documents as dicts, fails when the store is unreachable."""
+        return self._actions.cache_raw_query(self, command)
 
     def t_relay(self) -> bool:
         """Relay statefully to the destination set (RFC 3261 §16.6); False when nothing could be
