@@ -742,7 +742,7 @@ class Bench:
             for _ in range(a.retry_noisy):
                 if r["pass"] or not r["noisy"] or not self.proxy.alive():
                     break
-                noisy_steps.append(rate)
+                noisy_steps.append(rate)  # this attempt; the last one is counted below
                 log(f"step failed while other processes used {r['other_cpu_pct']:.0f}% CPU: "
                     f"cooling down {a.fail_cooldown:.0f} s and repeating it")
                 time.sleep(a.fail_cooldown)
