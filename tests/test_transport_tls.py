@@ -33,6 +33,7 @@ from test_transport_support import (  # noqa: F401 - fixtures
     clients,
     listening,
     make_manager,
+    needs_ipv6,
     request,
     sleep,
     status_of,
@@ -216,6 +217,19 @@ async def test_max_connections_counts_handshaking_connections(make_manager, pki,
     await sleep(0.05)
     refused = await tls_clients(listener.bound.port)
     await _handshake_fails(refused)
+
+
+@needs_ipv6
+@pytest_twisted.ensureDeferred
+async def test_tls_over_ipv6_and_the_wildcard_listener(make_manager, pki):
+    far_sink, far, _ = await _serve(make_manager, pki.settings())
+    v6 = await listening(far, "tls:[::]:0")
+    assert v6.local.transport == "TLS"
+    _, near, _ = await _serve(make_manager, pki.settings())
+    flow = await within(near.send(Destination(Endpoint("TLS", "::1", v6.bound.port)), _options(1, "v6")))
+    assert flow.remote == Endpoint("TLS", "::1", v6.bound.port)
+    await far_sink.wait_messages(1)
+    assert far_sink.messages[0][1].remote.host == "::1"
 
 
 # -- mutual TLS ------------------------------------------------------------------------------------

@@ -333,6 +333,18 @@ async def test_listen_path(make_manager, ws_clients, clients):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_connection_that_never_completes_the_handshake_is_dropped(make_manager, clients):
+    sink, manager, listener = await _serve(make_manager, ws=WsSettings(handshake_timeout=0.3))
+    silent = await clients.tcp("127.0.0.1", listener.bound.port)
+    silent.transport.write(b"GET / HTTP/1.1\r\n")  # and never the rest
+    await sleep(0.1)
+    assert manager.connection_count == 1  # pending: counts against max_connections
+    await silent.wait_closed(3.0)
+    await sleep(0)
+    assert manager.connection_count == 0 and sink.closed == []
+
+
+@pytest_twisted.ensureDeferred
 async def test_plain_http_get_is_not_served(make_manager, clients):
     sink, manager, listener = await _serve(make_manager)
     raw = await clients.tcp("127.0.0.1", listener.bound.port)
