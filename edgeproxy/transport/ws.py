@@ -190,7 +190,6 @@ class SipWebSocketProtocol(WebSocketServerProtocol):
     """
 
     transport_name = "WS"
-    locals().update(_RESTING)
     connection_id: int | None = None
     flow: Any = None
     closing = False
@@ -331,6 +330,10 @@ class SipWebSocketProtocol(WebSocketServerProtocol):
                  reason=exc.reason, replied="" if reply else " (not answered)")
         if reply is not None and self.writable:
             self.write_message(reply)
+
+
+for _name, _value in _RESTING.items():  # the resting values, for _compact
+    setattr(SipWebSocketProtocol, _name, _value)
 
 
 class SipWebSocketFactory(WebSocketServerFactory):
