@@ -298,8 +298,10 @@ class _Files:
 class SippProcess:
     """A SIPp running in the background; stop it (by PID) with :meth:`stop` or await :meth:`wait`."""
 
-    def __init__(self, name: str, argv: list[str], files: _Files, workdir: Path, port: int, transport: str) -> None:
+    def __init__(self, name: str, argv: list[str], files: _Files, workdir: Path, port: int, transport: str,
+                 host: str = LOOPBACK) -> None:
         self.name = name
+        self.host = host
         self.argv = argv
         self.files = files
         self.workdir = workdir
@@ -325,11 +327,11 @@ class SippProcess:
         while time.monotonic() < deadline:
             if not self.running():
                 raise RuntimeError(f"sipp exited before listening:\n{self.result().describe()}")
-            if _port_in_use(self.transport, LOOPBACK, self.port):
+            if _port_in_use(self.transport, self.host, self.port):
                 return self
             time.sleep(0.02)
         self.stop()
-        raise RuntimeError(f"sipp did not listen on {self.transport}:{LOOPBACK}:{self.port} within {timeout}s")
+        raise RuntimeError(f"sipp did not listen on {self.transport}:{self.host}:{self.port} within {timeout}s")
 
     def wait_for_message(self, pattern: str, timeout: float = 10.0) -> SipMessage:
         """Wait until the message log holds a message whose text matches ``pattern`` (a regex)."""
@@ -408,15 +410,18 @@ class Sipp:
 
     ``workdir`` receives every run's logs (``<name>.messages.log``, ``.errors.log``, ``.stats.csv``,
     ``.screen.log``, ``.logs.log``, ``.out``); ``transport`` is ``"udp"`` (``-t u1``) or ``"tcp"``
-    (``-t t1``).
+    (``-t t1``); ``local_ip`` the loopback address SIPp binds (``-i``, e.g. ``127.0.0.21`` for a
+    media server and ``127.0.0.31`` for a phone, so a proxy can tell them apart by source address).
     """
 
-    def __init__(self, workdir: str | os.PathLike[str], transport: str = "udp", sipp: str | None = None) -> None:
+    def __init__(self, workdir: str | os.PathLike[str], transport: str = "udp", sipp: str | None = None,
+                 local_ip: str = LOOPBACK) -> None:
         if transport not in TRANSPORT_MODES:
             raise ValueError(f"transport must be one of {', '.join(TRANSPORT_MODES)}, got {transport!r}")
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.transport = transport
+        self.local_ip = local_ip
         self.binary = sipp or require_sipp()
         self._runs = 0
 
@@ -440,7 +445,7 @@ class Sipp:
         path = scenario_path(scenario)
         self._runs += 1
         name = name or f"{self._runs:02d}-{path.stem}"
-        port = port or free_port()
+        port = port or free_port(self.local_ip)
         remote_host, _, remote_port = (remote or "").rpartition(":") if remote else ("", "", "")
         files = _Files(
             messages=self.workdir / f"{name}.messages.log",
@@ -453,7 +458,7 @@ class Sipp:
         values: dict[str, str] = {
             "remote_host": remote_host,
             "remote_port": remote_port,
-            "local_ip": LOOPBACK,
+            "local_ip": self.local_ip,
             "local_port": str(port),
         }
         given = {k: str(v) for k, v in (keys or {}).items()}
@@ -474,8 +479,8 @@ class Sipp:
         argv += [
             "-sf", str(path),
             "-t", TRANSPORT_MODES[self.transport],
-            "-i", LOOPBACK, "-bind_local", "-p", str(port),
-            "-cp", str(free_port()),
+            "-i", self.local_ip, "-bind_local", "-p", str(port),
+            "-cp", str(free_port(self.local_ip)),
             "-s", user,
             "-m", str(calls),
             "-r", f"{rate:g}",
@@ -500,14 +505,14 @@ class Sipp:
         client mode does not listen at all. Typical use, the callee:
         ``with sipp.start("uas_answer", user="bob") as uas: ... uas.port ...``."""
         argv, files, port, name = self.command(scenario, remote, **options)
-        process = SippProcess(name, argv, files, self.workdir, port, self.transport)
+        process = SippProcess(name, argv, files, self.workdir, port, self.transport, self.local_ip)
         return process if remote else process.wait_listening()
 
     def run(self, scenario: str | os.PathLike[str], remote: str | None = None, **options: Any) -> SippResult:
         """Run SIPp in the foreground until ``calls`` calls are done or ``timeout`` seconds passed."""
         timeout = float(options.get("timeout", 20.0))
         argv, files, port, name = self.command(scenario, remote, **options)
-        proc = SippProcess(name, argv, files, self.workdir, port, self.transport)
+        proc = SippProcess(name, argv, files, self.workdir, port, self.transport, self.local_ip)
         return proc.wait(timeout + 10.0)
 
 
@@ -526,11 +531,14 @@ def _toml_value(value: Any) -> str:
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):  # an inline table, e.g. a [[cluster.nodes]] row in a list
+        return "{" + ", ".join(f"{key} = {_toml_value(v)}" for key, v in value.items()) + "}"
     raise TypeError(f"cannot write {value!r} as TOML")
 
 
 def toml_text(config: Mapping[str, Mapping[str, Any]]) -> str:
-    """A TOML document of ``{section: {key: value}}`` (scalars and lists only)."""
+    """A TOML document of ``{section: {key: value}}``: scalars, lists, and dicts as inline tables
+    (so ``{"cluster": {"nodes": [{"node_id": 1, ...}, ...]}}`` writes the node rows)."""
     lines: list[str] = []
     for section, table in config.items():
         lines.append(f"[{section}]")
@@ -604,6 +612,16 @@ class EdgeproxyNode:
     def running(self) -> bool:
         return self.process.poll() is None
 
+    def kill(self) -> int:
+        """SIGKILL by PID: a crash, no clean shutdown (nothing unpublished, no goodbyes)."""
+        if self.running():
+            try:
+                os.kill(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.process.wait()
+        return self.process.returncode
+
     def stop(self, grace: float = 10.0) -> int:
         """SIGTERM by PID (twistd stops the reactor and the services), SIGKILL after ``grace``."""
         if self.running():
@@ -628,10 +646,12 @@ def edgeproxy_node(
     route: str | None = None,
     log_level: str = "debug",
     startup_timeout: float = 20.0,
+    host: str = LOOPBACK,
 ) -> Iterator[EdgeproxyNode]:
     """Run an edgeproxy node for the duration of the ``with`` block.
 
-    The node listens on 127.0.0.1:``port`` (a free one by default) for each of ``transports``, with
+    The node listens on ``host``:``port`` (127.0.0.1 and a free port by default; a cluster test puts
+    its nodes on 127.0.0.11, 127.0.0.12, ...) for each of ``transports``, with
     :data:`TEST_TIMERS`; ``config`` adds or replaces keys (``{"registrar": {"min_expires": 10}}``).
     twistd runs from this source tree (``PYTHONPATH``), so an installed copy cannot shadow it. The
     node is ready when it answers an OPTIONS or logs that it listens; if it exits first, the test
@@ -639,9 +659,9 @@ def edgeproxy_node(
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    port = port or free_port()
+    port = port or free_port(host)
     sections: dict[str, dict[str, Any]] = {
-        "node": {"listen": [f"{t}:{LOOPBACK}:{port}" for t in transports], "log_level": log_level},
+        "node": {"listen": [f"{t}:{host}:{port}" for t in transports], "log_level": log_level},
         "timers": dict(TEST_TIMERS),
     }
     if route is not None:
@@ -659,7 +679,7 @@ def edgeproxy_node(
     with open(log_path, "wb") as log:
         process = subprocess.Popen(argv, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=log,
                                    stderr=subprocess.STDOUT)
-    node = EdgeproxyNode(LOOPBACK, port, tuple(transports), process, config_path, log_path)
+    node = EdgeproxyNode(host, port, tuple(transports), process, config_path, log_path)
     try:
         deadline = time.monotonic() + startup_timeout
         probe = "udp" if "udp" in transports else transports[0]
@@ -667,7 +687,7 @@ def edgeproxy_node(
             if not node.running():
                 pytest.fail(f"edgeproxy exited with status {process.returncode} while starting:\n"
                             f"{' '.join(argv)}\n{node.log()[-4000:]}", pytrace=False)
-            if _options_probe(LOOPBACK, port, probe, 0.2) or "edgeproxy listening on" in node.log():
+            if _options_probe(host, port, probe, 0.2) or "edgeproxy listening on" in node.log():
                 break
             if time.monotonic() > deadline:
                 pytest.fail(f"edgeproxy did not answer OPTIONS on {probe}:{node.address} within "
