@@ -102,7 +102,7 @@ class ServerContext:
     """Everything about one incoming request handled statefully (the OpenSIPS transaction "cell")."""
 
     __slots__ = ("request", "flow", "tx", "rr", "branches", "groups", "final_sent", "canceled",
-                 "failure_running", "starting", "ruri_consumed")
+                 "failure_running", "starting", "ruri_consumed", "live")
 
     def __init__(self, request: Request, flow: Flow) -> None:
         self.request = request
@@ -116,6 +116,21 @@ class ServerContext:
         self.failure_running = False
         self.starting = False  # a group's branches are being created: no best-response choice yet
         self.ruri_consumed: tuple[str, str | None] | None = None  # Request-URI (and $du) relayed to
+        self.live = 0  # transactions of this context not yet terminated
+
+    def release(self) -> None:
+        """Break the context's reference cycles (route request, branches) once its last transaction
+        has terminated, so it is freed by reference counting rather than by the cyclic garbage
+        collector, whose full passes over a large heap stall the reactor for hundreds of ms."""
+        rr = self.rr
+        if rr is not None:
+            rr._ctx = None  # type: ignore[attr-defined]
+            rr.reply = None
+            self.rr = None
+        for b in self.branches:
+            b.ctx = None  # type: ignore[assignment]
+        self.branches = []
+        self.groups = []
 
 
 def _is_coroutine(x: Any) -> bool:
@@ -281,7 +296,12 @@ class Node:
                 if isinstance(owner, ClientBranch):
                     self._branch_failed(owner, 503, "Service Unavailable")
             elif isinstance(action, Terminated):
-                self._owners.pop(tx, None)
+                gone = self._owners.pop(tx, None)
+                ctx = gone if isinstance(gone, ServerContext) else getattr(gone, "ctx", None)
+                if ctx is not None:
+                    ctx.live -= 1
+                    if ctx.live <= 0:
+                        ctx.release()
 
     def _send(self, destination: Destination, message: Request | Response) -> "Deferred[Flow]":
         d = self.sender.send(destination, message)
@@ -307,12 +327,15 @@ class Node:
         if request.method == "ACK":
             self._route(request, flow, None)
             return
+        if request.method == "REGISTER":
+            # answered statelessly like OpenSIPS's save(), its retransmissions recognised by the
+            # registrar's Call-ID/CSeq rule; a context is made only if the route relays it
+            self._route(request, flow, None)
+            return
+        # the server transaction exists at arrival, so retransmissions are absorbed while an async
+        # route runs (and INVITE gets its 100 Trying at once)
         ctx = ServerContext(request, flow)
-        if request.method != "REGISTER":
-            # at arrival, so retransmissions are absorbed while an async route runs (and INVITE gets
-            # its 100 Trying at once); REGISTER is answered statelessly like OpenSIPS's save(), its
-            # retransmissions recognised by the registrar's Call-ID/CSeq rule
-            self._server_tx(ctx)
+        self._server_tx(ctx)
         self._route(request, flow, ctx)
 
     def _server_tx(self, ctx: ServerContext) -> Any:
@@ -328,6 +351,7 @@ class Node:
             tx = ServerNonInviteTransaction(ctx.request, reliable=reliable, timers=self.timers, now=now)
         ctx.tx = tx
         self._owners[tx] = ctx
+        ctx.live += 1
         self.table.add(tx)
         self._run(tx, tx.start(now))
         return tx
@@ -691,6 +715,7 @@ class Node:
             tx = ClientNonInviteTransaction(fwd, reliable=reliable, timers=self.timers, now=now)
         cb.tx = tx
         self._owners[tx] = cb
+        ctx.live += 1
         self.table.add(tx)
         actions = tx.start(now)
         for action in actions:
@@ -753,6 +778,8 @@ class Node:
 
     def _branch_response(self, cb: ClientBranch, response: Response) -> None:
         ctx = cb.ctx
+        if ctx is None:  # the context was released: nothing is waiting for this branch any more
+            return
         status = response.status
         rr = ctx.rr
         if rr is not None:
@@ -792,7 +819,7 @@ class Node:
     def _branch_failed(self, cb: ClientBranch, status: int, reason: str) -> None:
         """Timer B/C/F or a transport error ended a branch: it counts as ``status`` (§16.7 step 6,
         §16.8)."""
-        if cb.final is not None:
+        if cb.final is not None or cb.ctx is None:
             return
         if status == 408 and cb.provisional and cb.request.method == "INVITE":
             self._cancel_branch(cb)  # §16.8: timer C fired, CANCEL the branch
