@@ -1,0 +1,334 @@
+"""The seed's three topologies end to end: two ``twistd edgeproxy`` nodes, SIPp phones and a SIPp
+"FreeSWITCH", the shared store on a MongoDB wire-protocol server, and the node table in MariaDB.
+
+Topology (all loopback)::
+
+    FreeSWITCH  127.0.0.21  SIPp UAC (uac_call / uac_expect / uac_redirect / uac_failover)
+    node X      127.0.0.11:5060   cluster link bin:127.0.0.11:5555, sip_addr 127.0.0.11
+    node Y      127.0.0.12:5060   cluster link bin:127.0.0.12:5555, sip_addr 127.0.0.12
+    phones      127.0.0.31, .32   SIPp register.xml + -oocsf uas_answer.xml, one per phone
+    store       127.0.0.1:<free>  SecantusDB (tests/mongo_server.py); MONGO_URI: a real MongoDB
+
+Users are ``user@sip.domain.test`` (``registrar.use_domain``, as the seed). Cluster timers are short
+(ping_interval 0.3 s, ping_timeout 0.2 s, no_ping_retries 2) and so are the SIP timers (the harness's
+TEST_TIMERS). The store is checked with a synchronous PyMongo client. Every wait is bounded; every
+process is stopped by its PID.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import socket
+import sys
+import time
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+import mongo_server  # noqa: E402
+from sipp_harness import REPO, EdgeproxyNode, Sipp, SippProcess, SippResult, edgeproxy_node, require_sipp  # noqa: E402
+
+DOMAIN = "sip.domain.test"
+X_IP, Y_IP, Z_IP = "127.0.0.11", "127.0.0.12", "127.0.0.13"
+FREESWITCH_IP = "127.0.0.21"
+PHONE_IPS = ("127.0.0.31", "127.0.0.32")
+SIP_PORT = 5060
+BIN_PORT = 5555
+PING_INTERVAL, PING_TIMEOUT, NO_PING_RETRIES = 0.3, 0.2, 2
+#: Federation timers for tests: refreshes every second (so a store that lost its data has the records
+#: back within about a second), records live a minute (so a stale record outlives the tests that
+#: need one), store operations give up after half a second.
+FEDERATION = {"refresh_interval": 1.0, "record_ttl": 60.0, "retry_interval": 0.5, "lookup_timeout": 0.5,
+              "server_selection_timeout": 0.5, "write_timeout": 2.0}
+
+
+# -- the store ------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def target() -> Iterator[mongo_server.MongoTarget]:
+    require_sipp()
+    mongo_server.server_or_skip()
+    t = mongo_server.start_target()
+    yield t
+    mongo_server.stop_target(t)
+
+
+@pytest.fixture
+def collection() -> str:
+    """A collection of its own per test, so no test sees another's records."""
+    return f"userlocation_{secrets.token_hex(3)}"
+
+
+def store_docs(target: mongo_server.MongoTarget, collection: str, query: dict | None = None) -> list[dict]:
+    from pymongo import MongoClient
+
+    client: Any = MongoClient(target.base_uri, serverSelectionTimeoutMS=3000)
+    try:
+        return list(client[target.database][collection].find(query or {}))
+    finally:
+        client.close()
+
+
+def wait_until(what: str, check: Callable[[], Any], timeout: float = 10.0, step: float = 0.05) -> Any:
+    """Poll ``check`` until it returns something truthy; fail with ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what} (last: {value!r})")
+        time.sleep(step)
+
+
+def records_for(target: mongo_server.MongoTarget, collection: str, user: str) -> list[dict]:
+    return store_docs(target, collection, {"aor": f"{user}@{DOMAIN}"})
+
+
+# -- MariaDB (the clusterer table) ------------------------------------------------------------------
+
+def mariadb_or_skip() -> Any:
+    """A PyMySQL connection to root@127.0.0.1:3306/test; skip when MariaDB is down (fail if CI=true)."""
+    try:
+        import pymysql
+
+        return pymysql.connect(host="127.0.0.1", port=3306, user="root", password="", database="test",
+                               connect_timeout=3, autocommit=True)
+    except Exception as exc:  # noqa: BLE001 - any reason to have no database is a skip
+        reason = f"MariaDB is not reachable at root@127.0.0.1:3306/test: {exc}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{reason} (CI=true: .ci/run starts it)", pytrace=False)
+        pytest.skip(reason)
+
+
+@contextmanager
+def clusterer_table(rows: list[dict]) -> Iterator[str]:
+    """A uniquely named table of the seed's ``clusterer`` shape holding ``rows``; dropped afterwards."""
+    conn = mariadb_or_skip()
+    name = f"clusterer_{os.getpid()}_{secrets.token_hex(3)}"
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                f"CREATE TABLE `{name}` (id INT AUTO_INCREMENT PRIMARY KEY, cluster_id INT NOT NULL, "
+                "node_id INT NOT NULL, url VARCHAR(64) NOT NULL, state INT NOT NULL DEFAULT 1, "
+                "no_ping_retries INT NOT NULL DEFAULT 3, priority INT NOT NULL DEFAULT 50, "
+                "sip_addr VARCHAR(64), flags VARCHAR(64), description VARCHAR(64))")
+            for r in rows:
+                cur.execute(f"INSERT INTO `{name}` (cluster_id, node_id, url, state, no_ping_retries, priority, "
+                            "sip_addr, flags, description) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                            (r["cluster_id"], r["node_id"], r["url"], r["state"], r["no_ping_retries"],
+                             r["priority"], r["sip_addr"], r["flags"], r["description"]))
+        yield name
+    finally:
+        with conn.cursor() as cur:
+            cur.execute(f"DROP TABLE IF EXISTS `{name}`")
+        conn.close()
+
+
+# -- nodes --------------------------------------------------------------------------------------------
+
+def node_row(node_id: int, ip: str, description: str) -> dict:
+    """A row of the seed's clusterer table (without ``id``)."""
+    return {"cluster_id": 1, "node_id": node_id, "url": f"bin:{ip}:{BIN_PORT}", "state": 1,
+            "no_ping_retries": NO_PING_RETRIES, "priority": 50, "sip_addr": ip, "flags": "seed",
+            "description": description}
+
+
+ROWS = [node_row(1, X_IP, "X"), node_row(2, Y_IP, "Y")]
+
+
+def node_config(route: str, ip: str, node_id: int | None, *, store_url: str | None = None,
+                collection: str = "userlocation", rows: list[dict] | None = None,
+                db_table: str | None = None) -> dict[str, dict[str, Any]]:
+    """The TOML sections of one node running ``routes/<route>.py``."""
+    config: dict[str, dict[str, Any]] = {
+        "node": {"domains": [DOMAIN], "route": str(REPO / "routes" / f"{route}.py")},
+        "registrar": {"use_domain": True, "min_expires": 1},
+        "route_params": {"freeswitch": [FREESWITCH_IP], "cluster_id": 1, "domain": DOMAIN, "private_ip": ip,
+                         "collection": collection},
+    }
+    if node_id is not None:
+        cluster: dict[str, Any] = {"my_node_id": node_id, "cluster_id": 1, "ping_interval": PING_INTERVAL,
+                                   "ping_timeout": PING_TIMEOUT, "seed_fallback_interval": 0.5}
+        if db_table is not None:
+            cluster.update(db_url="mysql://root@127.0.0.1:3306/test", db_table=db_table)
+        else:
+            cluster["nodes"] = rows if rows is not None else ROWS
+        config["cluster"] = cluster
+    if store_url is not None:
+        config["federation"] = {"cachedb_url": store_url, **FEDERATION}  # sip_addr: from the node's row
+    return config
+
+
+class Cluster:
+    """Nodes X and Y (and whatever a test adds), started and stopped with an ExitStack."""
+
+    def __init__(self, tmp_path: Path, stack: ExitStack) -> None:
+        self.tmp_path = tmp_path
+        self.stack = stack
+        self.nodes: dict[str, EdgeproxyNode] = {}
+        self.configs: dict[str, dict] = {}
+        self._runs = 0
+
+    def start(self, name: str, ip: str, config: dict[str, dict[str, Any]]) -> EdgeproxyNode:
+        self._runs += 1
+        node = self.stack.enter_context(edgeproxy_node(self.tmp_path / f"{name}-{self._runs}", host=ip,
+                                                       port=SIP_PORT, transports=("udp",), config=config))
+        self.nodes[name] = node
+        self.configs[name] = config
+        return node
+
+    def restart(self, name: str) -> EdgeproxyNode:
+        old = self.nodes[name]
+        return self.start(name, old.host, self.configs[name])
+
+    def __getitem__(self, name: str) -> EdgeproxyNode:
+        return self.nodes[name]
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    require_sipp()
+    with ExitStack() as stack:
+        yield Cluster(tmp_path, stack)
+
+
+def wait_log(node: EdgeproxyNode, pattern: str, timeout: float = 10.0, after: int = 0) -> float:
+    """Wait until the node's log (from offset ``after``) matches ``pattern``; returns when (monotonic)."""
+    regex = re.compile(pattern, re.M)
+    wait_until(f"{pattern!r} in the log of {node.address}:\n{node.log()[-3000:]}",
+               lambda: regex.search(node.log()[after:]), timeout=timeout, step=0.01)
+    return time.monotonic()
+
+
+def wait_peers_up(x: EdgeproxyNode, y: EdgeproxyNode) -> None:
+    wait_log(x, r"cluster 1: node 2 is UP")
+    wait_log(y, r"cluster 1: node 1 is UP")
+
+
+# -- SIPp roles ---------------------------------------------------------------------------------------
+
+def freeswitch(tmp_path: Path) -> Sipp:
+    return Sipp(tmp_path / "freeswitch", "udp", local_ip=FREESWITCH_IP)
+
+
+def register_phone(tmp_path: Path, node: EdgeproxyNode, user: str, *, ip: str = PHONE_IPS[0],
+                   expires: int = 300) -> SippProcess:
+    """A phone on ``ip``: REGISTER ``user@DOMAIN`` to ``node``, then answer calls until stopped."""
+    sipp = Sipp(tmp_path / f"phone-{user}", "udp", local_ip=ip)
+    phone = sipp.start("register", node.address, user=user, ooc="uas_answer", duration_ms=60_000, timeout=70,
+                       keys={"expires": expires, "domain": DOMAIN})
+    phone.wait_for_message(r"^SIP/2.0 200 OK", timeout=10)
+    return phone
+
+
+@contextmanager
+def phone(tmp_path: Path, node: EdgeproxyNode, user: str, **kw: Any) -> Iterator[SippProcess]:
+    p = register_phone(tmp_path, node, user, **kw)
+    try:
+        yield p
+    finally:
+        p.stop()
+
+
+def unregister(phone_process: SippProcess, node: EdgeproxyNode, user: str) -> str:
+    """REGISTER the phone's Contact with Expires: 0 from its address; returns the status line."""
+    contact = f"<sip:{user}@{phone_process.host}:{phone_process.port};transport=UDP>"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((phone_process.host, 0))
+        s.settimeout(3.0)
+        port = s.getsockname()[1]
+        s.sendto((f"REGISTER sip:{DOMAIN} SIP/2.0\r\n"
+                  f"Via: SIP/2.0/UDP {phone_process.host}:{port};branch=z9hG4bK-unreg{port};rport\r\n"
+                  f"Max-Forwards: 70\r\nFrom: <sip:{user}@{DOMAIN}>;tag=unreg\r\nTo: <sip:{user}@{DOMAIN}>\r\n"
+                  f"Call-ID: unreg-{port}@{phone_process.host}\r\nCSeq: 1 REGISTER\r\nContact: {contact}\r\n"
+                  "Expires: 0\r\nContent-Length: 0\r\n\r\n").encode(), (node.host, node.port))
+        while True:
+            reply = s.recv(65535).decode("utf-8", "replace")
+            if not reply.startswith("SIP/2.0 1"):
+                return reply.split("\r\n", 1)[0]
+
+
+def call(fs: Sipp, node: EdgeproxyNode, user: str, scenario: str = "uac_call", **keys: Any) -> tuple[SippResult, float]:
+    """One call from FreeSWITCH to ``user@DOMAIN`` via ``node``; (result, seconds it took)."""
+    started = time.monotonic()
+    result = fs.run(scenario, node.address, user=user, duration_ms=100, timeout=15,
+                    keys={"domain": DOMAIN, **keys})
+    return result, time.monotonic() - started
+
+
+def statuses(result: SippResult) -> list[int]:
+    return [m.status for m in result.received() if m.status is not None]
+
+
+def received_invite(phone_process: SippProcess) -> Any:
+    return phone_process.wait_for_message(r"^INVITE ", timeout=10)
+
+
+def route_hosts(values: list[str]) -> list[str]:
+    """The hosts of Record-Route / Route header values, in order."""
+    return re.findall(r"<sip:([0-9.]+)[:;>]", ",".join(values))
+
+
+# -- federated (cluster_check_addr + global lookup) ------------------------------------------------------
+
+def start_federated(cluster: Cluster, target: mongo_server.MongoTarget, collection: str) -> tuple[EdgeproxyNode, EdgeproxyNode]:
+    url = target.url(collection)
+    x = cluster.start("X", X_IP, node_config("federated", X_IP, 1, store_url=url, collection=collection))
+    y = cluster.start("Y", Y_IP, node_config("federated", Y_IP, 2, store_url=url, collection=collection))
+    wait_peers_up(x, y)
+    return x, y
+
+
+def test_federated_call_via_the_other_node_and_directly(cluster: Cluster, target, collection, tmp_path: Path) -> None:
+    x, y = start_federated(cluster, target, collection)
+    fs = freeswitch(tmp_path)
+    with phone(tmp_path, x, "alice") as alice:
+        # exactly one record, home X, while she is registered
+        docs = wait_until("alice's record", lambda: records_for(target, collection, "alice"))
+        assert [(d["aor"], d["home_ip"], d["_id"]) for d in docs] == [
+            (f"alice@{DOMAIN}", X_IP, f"alice@{DOMAIN}{X_IP}")]
+
+        # FreeSWITCH -> Y: global lookup, relayed to X (cluster node: local lookup), X -> alice
+        result, took = call(fs, y, "alice")
+        assert result.ok, result.describe()
+        invite = received_invite(alice)
+        assert route_hosts(invite.header("Record-Route")) == [X_IP, Y_IP]
+        assert len(invite.header("Via")) == 3  # FreeSWITCH, Y, X
+        ack, bye = result.sent()[1], result.sent()[2]
+        assert ack.method == "ACK" and bye.method == "BYE"
+        assert route_hosts(ack.header("Route")) == [Y_IP, X_IP] == route_hosts(bye.header("Route"))
+        alice.wait_for_message(r"^BYE ", timeout=10)
+        assert statuses(result)[-2:] == [200, 200]
+
+        # FreeSWITCH -> X: alice is local, no detour
+        result2, _ = call(fs, x, "alice")
+        assert result2.ok, result2.describe()
+        invites = wait_until("a second INVITE at alice",
+                             lambda: [m for m in alice.result().messages if m.method == "INVITE"][1:])
+        assert route_hosts(invites[0].header("Record-Route")) == [X_IP]
+        assert len(invites[0].header("Via")) == 2  # FreeSWITCH, X
+
+        assert len(records_for(target, collection, "alice")) == 1
+        assert unregister(alice, x, "alice") == "SIP/2.0 200 OK"
+        wait_until("no record for alice after un-registering", lambda: not records_for(target, collection, "alice"))
+
+        # nobody has alice now: Y answers 404 (the seed's "Not Found")
+        result3, _ = call(fs, y, "alice", scenario="uac_expect", expect_code=404)
+        assert result3.ok, result3.describe()
+
+
+def test_federated_record_goes_when_the_registration_expires(cluster: Cluster, target, collection, tmp_path: Path) -> None:
+    x, _ = start_federated(cluster, target, collection)
+    with phone(tmp_path, x, "carol", expires=2, ip=PHONE_IPS[1]):
+        docs = wait_until("carol's record", lambda: records_for(target, collection, "carol"))
+        assert len(docs) == 1 and docs[0]["home_ip"] == X_IP
+        registered = time.monotonic()
+        wait_until("carol's record to go with her binding", lambda: not records_for(target, collection, "carol"),
+                   timeout=6)
+        assert time.monotonic() - registered < 4.0
