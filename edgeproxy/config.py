@@ -27,7 +27,7 @@ import math
 import os
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
@@ -457,18 +457,25 @@ _FREE_FORM = ("route_params", "federation")
 
 def _federation(table: Any, cluster: ClusterConfig) -> Any:
     """``[federation]``, checked by :func:`edgeproxy.federation.federation_settings`; ``sip_addr``
-    defaults to this node's ``sip_addr`` in the ``[[cluster.nodes]]`` rows."""
+    defaults to this node's ``sip_addr`` in the ``[[cluster.nodes]]`` rows -- or, with
+    ``cluster.db_url``, is left empty here and taken from this node's row when the table is read."""
     if table is None:
         return None
     from .federation.settings import federation_settings
 
     table = dict(table)
+    from_db = False
     if "sip_addr" not in table and cluster.my_node_id:
-        for row in cluster.nodes:
+        if cluster.db_url:
+            # the node table is read from the database at start-up (RunningNode.start fills it in)
+            table["sip_addr"] = "0.0.0.0"
+            from_db = True
+        for row in () if from_db else cluster.nodes:
             if int(row["node_id"]) == cluster.my_node_id and row.get("sip_addr"):
                 table["sip_addr"] = row["sip_addr"]
                 break
-    return federation_settings(table)
+    settings = federation_settings(table)
+    return replace(settings, sip_addr="") if from_db else settings
 
 
 def _unknown(key: str, what: str, known: list[str]) -> ConfigError:

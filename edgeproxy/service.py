@@ -8,7 +8,7 @@ around it, and tests call :func:`build_node` directly to run a node inside their
 from __future__ import annotations
 
 import gc
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from twisted.application import service
@@ -16,7 +16,7 @@ from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
 from twisted.internet.interfaces import IReactorCore
 from twisted.logger import Logger
 
-from .config import Config
+from .config import Config, ConfigError
 from .location import InMemoryLocation
 from .proxy.node import Node, ProxySettings
 from .registrar import Registrar, RegistrarSettings
@@ -58,7 +58,14 @@ class RunningNode:
         if self.config is not None and self.config.federation is not None:
             from .federation import Federation
 
-            self.federation = Federation(self.location, self.config.federation, reactor=self.node.clock)
+            settings = self.config.federation
+            if not settings.sip_addr:  # [federation] without sip_addr, node table in a database: the row's
+                sip_addr = self.cluster.sip_addr_of(c.my_node_id) if self.cluster is not None else None
+                if not sip_addr:
+                    raise ConfigError("federation.sip_addr", f"not set, and node {c.my_node_id}'s row in "
+                                                             f"table {c.db_table!r} has no sip_addr either")
+                settings = replace(settings, sip_addr=sip_addr)
+            self.federation = Federation(self.location, settings, reactor=self.node.clock)
             self.node.federation = self.federation
             self.federation.start()  # never waits for the store: a node whose store is down still serves
         for spec in listen:
