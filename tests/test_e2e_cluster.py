@@ -332,3 +332,153 @@ def test_federated_record_goes_when_the_registration_expires(cluster: Cluster, t
         wait_until("carol's record to go with her binding", lambda: not records_for(target, collection, "carol"),
                    timeout=6)
         assert time.monotonic() - registered < 4.0
+
+
+# -- redirect (cache_raw_query + 302) ------------------------------------------------------------------
+
+def test_redirect_302_to_the_home_node_and_405_for_nobody(cluster: Cluster, target, collection, tmp_path: Path) -> None:
+    url = target.url(collection)
+    x = cluster.start("X", X_IP, node_config("redirect", X_IP, 1, store_url=url, collection=collection))
+    y = cluster.start("Y", Y_IP, node_config("redirect", Y_IP, 2, store_url=url, collection=collection))
+    wait_peers_up(x, y)
+    fs = freeswitch(tmp_path)
+    with phone(tmp_path, x, "alice") as alice:
+        wait_until("alice's record", lambda: records_for(target, collection, "alice"))
+        result, _ = call(fs, y, "alice", scenario="uac_redirect")
+        assert result.ok, result.describe()
+        redirect = [m for m in result.received() if m.status == 302]
+        assert len(redirect) == 1 and redirect[0].header("Contact") == [f"<sip:alice@{X_IP}>"]
+        invites = [m for m in result.sent() if m.method == "INVITE"]
+        assert [i.first_line for i in invites] == [f"INVITE sip:alice@{DOMAIN} SIP/2.0",
+                                                   f"INVITE sip:alice@{X_IP} SIP/2.0"]
+        # Y left the signalling path: alice's INVITE came through X alone
+        invite = received_invite(alice)
+        assert route_hosts(invite.header("Record-Route")) == [X_IP]
+        assert len(invite.header("Via")) == 2
+        alice.wait_for_message(r"^BYE ", timeout=10)
+        assert statuses(result)[-2:] == [200, 200]
+
+        # registered nowhere: 405 so FreeSWITCH does not retry
+        nobody, _ = call(fs, y, "nobody", scenario="uac_expect", expect_code=405)
+        assert nobody.ok, nobody.describe()
+
+
+# -- serialized failover (no cluster, no store) -----------------------------------------------------------
+
+def test_serialized_failover_reaches_the_user_wherever_registered(cluster: Cluster, tmp_path: Path) -> None:
+    x = cluster.start("X", X_IP, node_config("failover", X_IP, None))
+    y = cluster.start("Y", Y_IP, node_config("failover", Y_IP, None))
+    fs = freeswitch(tmp_path)
+    with phone(tmp_path, y, "alice") as alice, phone(tmp_path, x, "bob", ip=PHONE_IPS[1]) as bob:
+        # alice is on Y: X answers 404 (one hop), the bridge tries Y
+        result, _ = call(fs, x, "alice", scenario="uac_failover", next_host=Y_IP, next_port=SIP_PORT)
+        assert result.ok, result.describe()
+        assert statuses(result).count(404) == 1
+        assert [m.first_line.split(" ")[0] for m in result.sent()] == ["INVITE", "ACK", "INVITE", "ACK", "BYE"]
+        alice.wait_for_message(r"^BYE ", timeout=10)
+        # bob is on X: no 404 at all
+        result, _ = call(fs, x, "bob", scenario="uac_failover", next_host=Y_IP, next_port=SIP_PORT)
+        assert result.ok, result.describe()
+        assert statuses(result).count(404) == 0
+        bob.wait_for_message(r"^BYE ", timeout=10)
+
+
+# -- faults ------------------------------------------------------------------------------------------------
+
+#: How long after a SIGKILL a peer may take to be declared down: the retries (no_ping_retries, one per
+#: ping_timeout once the link is gone) plus one ping_interval, plus scheduling and log-polling slack.
+DOWN_WITHIN = NO_PING_RETRIES * PING_INTERVAL + PING_TIMEOUT + 0.5
+
+
+def test_killed_node_is_marked_down_and_skipped_then_restart_drops_its_stale_records(
+        cluster: Cluster, target, collection, tmp_path: Path) -> None:
+    x, y = start_federated(cluster, target, collection)
+    fs = freeswitch(tmp_path)
+    with phone(tmp_path, x, "alice"):
+        wait_until("alice's record", lambda: records_for(target, collection, "alice"))
+        mark = len(y.log())
+        killed = time.monotonic()
+        x.kill()
+        down = wait_log(y, r"cluster 1: node 1 is DOWN", timeout=10, after=mark) - killed
+        assert down <= DOWN_WITHIN, f"Y took {down:.2f} s to mark X down"
+        print(f"\nX marked down by Y {down:.3f} s after SIGKILL")
+
+        # the record is stale (X died without unpublishing) but Y skips the dead node: an answer at
+        # once, not a transaction timeout
+        assert [d["home_ip"] for d in records_for(target, collection, "alice")] == [X_IP]
+        result, took = call(fs, y, "alice", scenario="uac_expect", expect_code=404)
+        assert result.ok, result.describe()
+        assert took < 3.0, f"404 took {took:.2f} s"
+        print(f"global lookup of a user on a dead node: 404 in {took:.3f} s (SIPp run included)")
+
+        # X comes back after a crash: its leftovers are deleted at start-up
+        x2 = cluster.restart("X")
+        wait_until("X's stale record deleted on restart", lambda: not records_for(target, collection, "alice"))
+        wait_log(y, r"cluster 1: node 1 is UP", after=mark)
+        wait_log(x2, r"cluster 1: node 2 is UP")
+        # alice's phone still thinks it is registered; X has forgotten her: nobody has her
+        result, _ = call(fs, y, "alice", scenario="uac_expect", expect_code=404)
+        assert result.ok, result.describe()
+
+
+def test_store_down_local_calls_work_global_lookups_fail_fast_and_records_come_back(
+        cluster: Cluster, target, collection, tmp_path: Path) -> None:
+    if not target.restartable:
+        pytest.skip("MONGO_URI points at a server these tests cannot stop and restart")
+    x, y = start_federated(cluster, target, collection)
+    fs = freeswitch(tmp_path)
+    with phone(tmp_path, x, "alice") as alice:
+        wait_until("alice's record", lambda: records_for(target, collection, "alice"))
+        target.server.stop()
+        try:
+            # a local call: the global lookup finds alice in X's memory; the store's failure only
+            # costs its lookup_timeout
+            local, took_local = call(fs, x, "alice")
+            assert local.ok, local.describe()
+            alice.wait_for_message(r"^BYE ", timeout=10)
+            # a global lookup on Y fails fast (-3 -> the seed's 404)
+            remote, took_remote = call(fs, y, "alice", scenario="uac_expect", expect_code=404)
+            assert remote.ok, remote.describe()
+            assert took_remote < 3.0, f"the failed global lookup took {took_remote:.2f} s"
+            print(f"\nstore down: local call complete in {took_local:.3f} s, "
+                  f"global lookup failed (404) in {took_remote:.3f} s (SIPp runs included)")
+        finally:
+            restarted = time.monotonic()
+            target.server.start()  # same port, empty: a store that lost its data
+        docs = wait_until("alice's record re-published", lambda: records_for(target, collection, "alice"), timeout=15)
+        print(f"store restarted empty: alice's record back {time.monotonic() - restarted:.2f} s after the restart "
+              "began (the server's own start-up included)")
+        assert [d["home_ip"] for d in docs] == [X_IP]
+        result, _ = call(fs, y, "alice")
+        assert result.ok, result.describe()
+
+
+# -- the node table in MariaDB; admission to the cluster link ------------------------------------------------
+
+def test_node_table_in_mariadb_and_a_node_not_in_it_cannot_join(cluster: Cluster, target, collection,
+                                                                 tmp_path: Path) -> None:
+    url = target.url(collection)
+    with clusterer_table(ROWS) as table:
+        # X and Y read the seed's table from MariaDB; [federation] names no sip_addr: it is the row's
+        x = cluster.start("X", X_IP, node_config("federated", X_IP, 1, store_url=url, collection=collection,
+                                                 db_table=table))
+        y = cluster.start("Y", Y_IP, node_config("federated", Y_IP, 2, store_url=url, collection=collection,
+                                                 db_table=table))
+        wait_peers_up(x, y)
+        # Z believes it is node 3 of cluster 1 (its own rows say so), but X's and Y's table does not list it
+        z_rows = [*ROWS, node_row(3, Z_IP, "Z, not in the real table")]
+        z = cluster.start("Z", Z_IP, node_config("federated", Z_IP, 3, rows=z_rows))
+        wait_log(x, rf"cluster: refused link from {re.escape(Z_IP)}: not the address of a listed node")
+        wait_log(y, rf"cluster: refused link from {re.escape(Z_IP)}: not the address of a listed node")
+        time.sleep(4 * PING_INTERVAL)
+        assert "is UP" not in z.log(), z.log()[-2000:]
+        assert "node 3" not in x.log() and "node 3" not in y.log()
+
+        # the store records carry the sip_addr read from MariaDB
+        fs = freeswitch(tmp_path)
+        with phone(tmp_path, x, "alice") as alice:
+            docs = wait_until("alice's record", lambda: records_for(target, collection, "alice"))
+            assert [d["home_ip"] for d in docs] == [X_IP]
+            result, _ = call(fs, y, "alice")
+            assert result.ok, result.describe()
+            alice.wait_for_message(r"^BYE ", timeout=10)
