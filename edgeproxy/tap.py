@@ -77,15 +77,16 @@ class Options(usage.Options):
         """Load and check the configuration and the route module; a problem is a UsageError."""
         try:
             config = load_config(self["config"], self.overrides())
-            _check_route(config)
             if config.federation is not None:
-                # the MongoDB client runs on asyncio: install its reactor before anything else does
+                # the MongoDB client runs on asyncio: install its reactor before anything else does --
+                # the route module included, which may import twisted.internet.reactor at module level
                 from .federation.reactor import FederationReactorError, arrange_asyncio_reactor
 
                 try:
                     arrange_asyncio_reactor()
                 except FederationReactorError as exc:
                     raise ConfigError("federation", str(exc)) from None
+            _check_route(config)
         except ConfigError as exc:
             self._config_error = exc
             raise usage.UsageError(str(exc)) from exc
