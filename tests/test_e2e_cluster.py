@@ -482,3 +482,22 @@ def test_node_table_in_mariadb_and_a_node_not_in_it_cannot_join(cluster: Cluster
             result, _ = call(fs, y, "alice")
             assert result.ok, result.describe()
             alice.wait_for_message(r"^BYE ", timeout=10)
+
+
+# -- twistd with [federation] ----------------------------------------------------------------------------
+
+def test_cluster_node_with_a_store_starts_under_twistd_even_if_its_route_imports_the_reactor(
+        cluster: Cluster, target, collection, tmp_path: Path) -> None:
+    """The plugin must install the asyncio reactor before it imports the route module: a route that
+    does ``from twisted.internet import reactor`` at module level (plain Twisted style) used to
+    install the default reactor first, and the node refused to start."""
+    route = tmp_path / "reactor_route.py"
+    route.write_text("from twisted.internet import reactor  # module level, as Twisted code does\n\n"
+                     "from routes.federated import request_route  # noqa: F401\n")
+    config = node_config("federated", X_IP, 1, store_url=target.url(collection), collection=collection)
+    config["node"]["route"] = str(route)
+    x = cluster.start("X", X_IP, config)
+    assert "reactor class: twisted.internet.asyncioreactor.AsyncioSelectorReactor" in x.log()
+    with phone(tmp_path, x, "alice"):
+        docs = wait_until("alice's record", lambda: records_for(target, collection, "alice"))
+        assert [d["home_ip"] for d in docs] == [X_IP]
