@@ -39,6 +39,8 @@ __all__ = [
     "TimersConfig",
     "ProxyConfig",
     "LimitsConfig",
+    "TlsConfig",
+    "WsConfig",
     "TRANSPORTS",
     "LOG_LEVELS",
     "load_config",
@@ -170,6 +172,61 @@ class ClusterConfig:
 
 
 @dataclass(frozen=True)
+class TlsConfig:
+    """``[tls]``: certificates and policy for ``tls``/``wss`` listeners and outbound TLS (see
+    :class:`edgeproxy.transport.tls.TlsSettings`, which this becomes). File paths are absolute here
+    (relative ones in the file resolve against the file's directory); ``sni`` maps a server name to
+    its ``(certificate, key)``."""
+
+    certificate: str = ""
+    key: str = ""
+    ca: str = ""
+    min_version: str = "1.2"
+    max_version: str = ""
+    ciphers: str = ""
+    groups: str = ""
+    require_client_cert: bool = False
+    verify_server: bool = True
+    handshake_timeout: float = 10.0
+    sni: Mapping[str, tuple[str, str]] = field(default_factory=lambda: MappingProxyType({}), hash=False)
+
+    def settings(self) -> Any:
+        """The transport layer's :class:`~edgeproxy.transport.tls.TlsSettings`."""
+        from .transport.tls import TlsSettings
+
+        return TlsSettings(certificate=self.certificate, key=self.key, ca=self.ca, min_version=self.min_version,
+                           max_version=self.max_version, ciphers=self.ciphers, groups=self.groups,
+                           require_client_cert=self.require_client_cert, verify_server=self.verify_server,
+                           sni=dict(self.sni), handshake_timeout=self.handshake_timeout)
+
+
+@dataclass(frozen=True)
+class WsConfig:
+    """``[ws]``: SIP over WebSocket listeners (RFC 7118); see :class:`edgeproxy.transport.ws.WsSettings`.
+
+    ``path`` ``"*"`` accepts any path; ``origins`` empty allows every Origin (``*`` wildcards allowed);
+    ``max_message_size`` 0 means ``limits.max_message_size``; 0 seconds switch a timer off."""
+
+    path: str = "*"
+    origins: tuple[str, ...] = ()
+    max_message_size: int = 0
+    ping_interval: float = 30.0
+    ping_timeout: float = 10.0
+    idle_timeout: float = 0.0
+    max_connections: int = 0
+    handshake_timeout: float = 5.0
+
+    def settings(self) -> Any:
+        """The transport layer's :class:`~edgeproxy.transport.ws.WsSettings`."""
+        from .transport.ws import WsSettings
+
+        return WsSettings(path=self.path, origins=tuple(self.origins), max_message_size=self.max_message_size,
+                          ping_interval=self.ping_interval, ping_timeout=self.ping_timeout,
+                          idle_timeout=self.idle_timeout, max_connections=self.max_connections,
+                          handshake_timeout=self.handshake_timeout)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration of one node. ``source`` is the file it was read from, if any;
     ``route_params`` is the free-form ``[route_params]`` table, handed to route modules as-is."""
@@ -180,6 +237,8 @@ class Config:
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    ws: WsConfig = field(default_factory=WsConfig)
     federation: Any = None  # edgeproxy.federation.FederationSettings when [federation] is present
     route_params: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), hash=False)
     source: str | None = None
@@ -401,6 +460,83 @@ def _text(key: str, value: Any, ctx: _Context) -> str:
     return value
 
 
+# -- [tls] and [ws] -----------------------------------------------------------------------------------
+
+_TLS_VERSIONS = ("1.0", "1.1", "1.2", "1.3")
+
+
+def _pem_file(key: str, value: Any, ctx: _Context) -> str:
+    """A PEM file path (relative to the config file's directory); "" for none. Must exist."""
+    if not isinstance(value, str):
+        raise ConfigError(key, f"must be a file path string, got {_show(value)}")
+    if value.strip() == "":
+        return ""
+    path = os.path.normpath(os.path.join(ctx.base_dir, os.path.expanduser(value.strip())))
+    if not os.path.isfile(path):
+        raise ConfigError(key, f"no such file: {_show(path)}")
+    return path
+
+
+def _tls_version(empty_ok: bool) -> Checker:
+    names = ", ".join(f'"{v}"' for v in _TLS_VERSIONS)
+
+    def check(key: str, value: Any, ctx: _Context) -> str:
+        if isinstance(value, float) and not isinstance(value, bool):
+            value = f"{value:.1f}"  # min_version = 1.2 written as a TOML number
+        if isinstance(value, str) and (value.strip() in _TLS_VERSIONS or (empty_ok and value.strip() == "")):
+            return value.strip()
+        raise ConfigError(key, f"must be one of {names}{' or empty' if empty_ok else ''}, got {_show(value)}")
+
+    return check
+
+
+def _sni(key: str, value: Any, ctx: _Context) -> Mapping[str, tuple[str, str]]:
+    """``[tls.sni]``: ``"name" = { certificate = "...", key = "..." }`` per server name."""
+    if not isinstance(value, dict):
+        raise ConfigError(key, f"must be a table of server names ([tls.sni]), got {_show(value)}")
+    out: dict[str, tuple[str, str]] = {}
+    for name, pair in value.items():
+        label = f"{key}.{name}"
+        bare = name[2:] if name.startswith("*.") else name
+        if not _HOSTNAME.match(bare) or _host(bare, brackets="optional") != bare.lower():
+            raise ConfigError(label, "must be a DNS name (or *.parent), as a client sends it in SNI")
+        if not isinstance(pair, dict):
+            raise ConfigError(label, f"must be a table {{ certificate = \"...\", key = \"...\" }}, got {_show(pair)}")
+        unknown = set(pair) - {"certificate", "key"}
+        if unknown:
+            raise _unknown(f"{label}.{sorted(unknown)[0]}", "key", ["certificate", "key"])
+        if "certificate" not in pair or "key" not in pair:
+            raise ConfigError(label, "needs both certificate and key")
+        out[name.lower().rstrip(".")] = (_pem_file(f"{label}.certificate", pair["certificate"], ctx),
+                                         _pem_file(f"{label}.key", pair["key"], ctx))
+    return MappingProxyType(out)
+
+
+def _zero_or_seconds(key: str, value: Any, ctx: _Context) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ConfigError(key, f"must be a number of seconds >= 0 (0: off), got {_show(value)}")
+    return float(value)
+
+
+def _ws_path(key: str, value: Any, ctx: _Context) -> str:
+    if not isinstance(value, str) or not (value == "*" or re.fullmatch(r"/[\x21-\x7e]*", value)):
+        raise ConfigError(key, f'must be "*" (any path) or an HTTP path starting with "/", got {_show(value)}')
+    return value
+
+
+def _origins(key: str, value: Any, ctx: _Context) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise ConfigError(key, f'must be a list of origins like "https://app.example.com", got {_show(value)}')
+    out: list[str] = []
+    for i, origin in enumerate(value):
+        if not isinstance(origin, str) or not (origin == "*" or re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*://[^/\s]+/?",
+                                                                             origin)):
+            raise ConfigError(f"{key}[{i}]", f'must be an origin like "https://app.example.com" (* wildcards allowed),'
+                                             f" got {_show(origin)}")
+        out.append(origin)
+    return tuple(out)
+
+
 _SCHEMA: dict[str, tuple[type, dict[str, Checker]]] = {
     "node": (NodeConfig, {
         "listen": _listen,
@@ -450,6 +586,29 @@ _SCHEMA: dict[str, tuple[type, dict[str, Checker]]] = {
         "ping_timeout": _seconds,
         "node_timeout": _seconds,
         "seed_fallback_interval": _seconds,
+    }),
+    "tls": (TlsConfig, {
+        "certificate": _pem_file,
+        "key": _pem_file,
+        "ca": _pem_file,
+        "min_version": _tls_version(False),
+        "max_version": _tls_version(True),
+        "ciphers": _text,
+        "groups": _text,
+        "require_client_cert": _boolean,
+        "verify_server": _boolean,
+        "handshake_timeout": _seconds,
+        "sni": _sni,
+    }),
+    "ws": (WsConfig, {
+        "path": _ws_path,
+        "origins": _origins,
+        "max_message_size": _integer(0, 16 * 1024 * 1024),
+        "ping_interval": _zero_or_seconds,
+        "ping_timeout": _zero_or_seconds,
+        "idle_timeout": _zero_or_seconds,
+        "max_connections": _integer(0),
+        "handshake_timeout": _seconds,
     }),
 }
 _FREE_FORM = ("route_params", "federation")
@@ -502,10 +661,44 @@ def _cross_checks(config: Config) -> None:
         raise ConfigError("cluster.my_node_id", f"node {c.my_node_id} is not in cluster {c.cluster_id}'s rows")
     if config.federation is not None and not c.my_node_id:
         raise ConfigError("federation", "needs a cluster (cluster.my_node_id): records carry its sip_addr")
+    _check_tls(config)
     lim = config.limits
     if lim.max_line_length > lim.max_message_size:
         raise ConfigError("limits.max_line_length",
                           f"must be <= limits.max_message_size ({lim.max_message_size}), got {lim.max_line_length}")
+
+
+def _check_tls(config: Config) -> None:
+    """A ``tls``/``wss`` listener needs a certificate; the files and the OpenSSL settings must load
+    (the same check the transport makes at start-up, done here so twistd refuses with one line)."""
+    tls = config.tls
+    for i, spec in enumerate(config.node.listen):
+        transport = spec.split(":", 1)[0]
+        if transport in ("tls", "wss") and not (tls.certificate and tls.key):
+            raise ConfigError(f"node.listen[{i}]", f"a {transport} listener needs tls.certificate and tls.key,"
+                                                   f" got {_show(spec)}")
+    if bool(tls.certificate) != bool(tls.key):
+        raise ConfigError("tls.key" if tls.certificate else "tls.certificate",
+                          "tls.certificate and tls.key go together (both or neither)")
+    if tls.require_client_cert and not tls.ca:
+        raise ConfigError("tls.require_client_cert", "needs tls.ca, the authorities client certificates must chain to")
+    if tls.max_version and _TLS_VERSIONS.index(tls.max_version) < _TLS_VERSIONS.index(tls.min_version):
+        raise ConfigError("tls.max_version", f"must be >= tls.min_version ({tls.min_version}), got {tls.max_version}")
+    if tls.sni and not tls.certificate:
+        raise ConfigError("tls.sni", "needs a default tls.certificate and tls.key as well")
+    if tls == TlsConfig():
+        return
+    from .transport.tls import TlsContexts
+
+    try:
+        TlsContexts(tls.settings())
+    except ValueError as exc:
+        text = str(exc)
+        key = next((k for marker, k in (("TLS ciphers", "tls.ciphers"), ("TLS groups", "tls.groups"),
+                                        ("CA bundle", "tls.ca"), ("TLS key", "tls.key"),
+                                        ("TLS certificate", "tls.certificate"), ("sni", "tls.sni"))
+                    if marker in text), "tls")
+        raise ConfigError(key, text) from None
 
 
 def _read(path: str) -> dict[str, Any]:

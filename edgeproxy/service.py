@@ -129,6 +129,8 @@ def build_node(config: Config, reactor: Any = None) -> RunningNode:
         max_connections=lim.max_connections,
         idle_timeout=lim.tcp_idle_timeout,
         advertise=config.node.advertise or None,
+        tls=config.tls.settings(),
+        ws=config.ws.settings(),
     )
     node = Node(reactor, transports, registrar, routes, settings, timers,
                 route_params=dict(getattr(config, "route_params", {}) or {}))

@@ -16,6 +16,7 @@ from twisted.logger import LogLevel
 from twisted.python import usage
 
 from edgeproxy import tap
+from tls_ca import TestCA
 from edgeproxy.config import (
     Config,
     ConfigError,
@@ -95,7 +96,12 @@ def test_readme_example_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 def test_every_key_in_a_file(tmp_path: Path) -> None:
     route = tmp_path / "myroute.py"
     route.write_text("def request_route(msg):\n    pass\n")
-    config = load_config(write(tmp_path, """
+    server = TestCA(tmp_path / "pki").issue("server", dns=["sip.example.com"])  # tls and wss listeners need one
+    config = load_config(write(tmp_path, f"""
+[tls]
+certificate = "{server.cert}"
+key = "{server.key}"
+
 [node]
 listen = ["udp:0.0.0.0:5060", "TCP:[::1]:5061", "tls:sip.example.com:5061", "ws:127.0.0.1:8080", "wss:127.0.0.1:8443"]
 advertise = "[2001:db8::7]"
