@@ -83,6 +83,7 @@ class NodeConfig:
     route: str = ""
     log_level: str = "info"
     node_id: str | None = None
+    gc_full_interval: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -435,6 +436,12 @@ def _route(key: str, value: Any, ctx: _Context) -> str:
     return spec
 
 
+def _seconds_or_zero(key: str, value: Any, ctx: _Context) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ConfigError(key, f"must be a number of seconds >= 0, got {_show(value)}")
+    return float(value)
+
+
 def _node_id(key: str, value: Any, ctx: _Context) -> str:
     if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", value):
         raise ConfigError(key, f"must be 1-64 letters, digits, '.', '_' or '-', got {_show(value)}")
@@ -545,6 +552,7 @@ _SCHEMA: dict[str, tuple[type, dict[str, Checker]]] = {
         "route": _route,
         "log_level": _choice(*LOG_LEVELS, aliases={"warning": "warn"}),
         "node_id": _node_id,
+        "gc_full_interval": _seconds_or_zero,
     }),
     "registrar": (RegistrarConfig, {
         "default_expires": _integer(1),
