@@ -30,8 +30,8 @@ from typing import Any, Callable, Iterator
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-import mongo_server  # noqa: E402
-from sipp_harness import REPO, EdgeproxyNode, Sipp, SippProcess, SippResult, edgeproxy_node, require_sipp  # noqa: E402
+import mongo_server
+from sipp_harness import REPO, EdgeproxyNode, Sipp, SippProcess, SippResult, edgeproxy_node, require_sipp
 
 DOMAIN = "sip.domain.test"
 X_IP, Y_IP, Z_IP = "127.0.0.11", "127.0.0.12", "127.0.0.13"
@@ -99,7 +99,7 @@ def mariadb_or_skip() -> Any:
 
         return pymysql.connect(host="127.0.0.1", port=3306, user="root", password="", database="test",
                                connect_timeout=3, autocommit=True)
-    except Exception as exc:  # noqa: BLE001 - any reason to have no database is a skip
+    except Exception as exc:
         reason = f"MariaDB is not reachable at root@127.0.0.1:3306/test: {exc}"
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(f"{reason} (CI=true: .ci/run starts it)", pytrace=False)
@@ -295,7 +295,7 @@ def test_federated_call_via_the_other_node_and_directly(cluster: Cluster, target
             (f"alice@{DOMAIN}", X_IP, f"alice@{DOMAIN}{X_IP}")]
 
         # FreeSWITCH -> Y: global lookup, relayed to X (cluster node: local lookup), X -> alice
-        result, took = call(fs, y, "alice")
+        result, _ = call(fs, y, "alice")
         assert result.ok, result.describe()
         invite = received_invite(alice)
         assert route_hosts(invite.header("Record-Route")) == [X_IP, Y_IP]

@@ -12,15 +12,23 @@ what the route did (replies, relays, Record-Route, branches) instead of sending 
     result = h.run(route.request_route, INVITE_TEXT)
     assert result.relayed and result.record_routed
     assert str(result.targets[0].uri) == "sip:alice@192.0.2.10:5062"
+
+Federation stand-ins: ``homes={"alice@example.com": ["10.0.2.100"]}`` are the other nodes a global
+lookup (flag ``g``) finds in the shared store -- each becomes a branch ``sip:<aor>`` via
+``sip:<home>``, after the local contacts, as the node does, and not for a request from a
+``cluster_peers`` address (the loop guard); ``homes=StoreError(...)`` (any exception) is a store that
+is down. ``raw_query`` answers ``msg.cache_raw_query(command)``: a list of documents, a callable
+``command -> documents`` (or raising), or an exception; the commands are kept in
+:attr:`RouteHarness.raw_queries`.
 """
 
 from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
-from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, ensureDeferred, fail, maybeDeferred, succeed
 from twisted.internet.task import Clock
 
 from ..location import InMemoryLocation, LookupResult, binding_destination
@@ -59,7 +67,10 @@ class RouteHarness:
 
     def __init__(self, domains: list[str] | tuple[str, ...] = (), local: Endpoint = Endpoint("UDP", "127.0.0.1", 5060),
                  settings: RegistrarSettings | None = None, params: dict[str, Any] | None = None,
-                 cluster_peers: dict[int, list[str]] | None = None) -> None:
+                 cluster_peers: dict[int, list[str]] | None = None,
+                 homes: Mapping[str, list[str]] | BaseException | None = None,
+                 raw_query: list[dict[str, Any]] | Callable[[Any], list[dict[str, Any]]] | BaseException | None = None,
+                 cluster_id: int = 1) -> None:
         self.clock = Clock()
         self.location = InMemoryLocation(self.clock)
         self.registrar = Registrar(self.location, settings or RegistrarSettings(), self.clock)
@@ -67,6 +78,10 @@ class RouteHarness:
         self.domains = {d.lower() for d in domains}
         self.params = params or {}
         self.cluster_peers = cluster_peers or {}
+        self.homes = homes
+        self.raw_query = raw_query
+        self.raw_queries: list[Any] = []
+        self.cluster_id = cluster_id
         self._result: RouteResult | None = None
 
     # -- setup ---------------------------------------------------------------------------------------
@@ -136,18 +151,39 @@ class RouteHarness:
             return succeed(LookupResult.NOT_FOUND)
         key = aor_of(uri, self.registrar.settings.use_domain)
         method = rr.request.method if "m" in flags else None
+        remote: list[str] = []
+        store_down = False
+        if "g" in flags and self.homes is not None and not self.cluster_check_addr(self.cluster_id, rr.source_ip):
+            if isinstance(self.homes, BaseException):
+                store_down = True
+            else:
+                remote = list(self.homes.get(key, ()))
 
         def found(res: tuple[LookupResult, list[Any]]) -> LookupResult:
             code, bindings = res
+            if store_down and code != LookupResult.FOUND:
+                return LookupResult.ERROR
+            if remote:
+                branches = [Branch(parse_uri(f"sip:{key}"), dst_uri=parse_uri(f"sip:{h}")) for h in remote]  # type: ignore[arg-type]
+                if code != LookupResult.FOUND or not bindings:
+                    first, *others = branches
+                    rr.request.uri = first.uri
+                    rr.ruri_changed = True
+                    rr.ruri_branch = first
+                    rr.branches.extend(others)
+                    return LookupResult.FOUND
+                rr.branches.extend(branches)  # after the local contacts, set below
             if code == LookupResult.FOUND and bindings:
                 first, *rest = bindings
                 rr.request.uri = first.uri
                 rr.ruri_changed = True
                 u, dest, path = binding_destination(first)
                 rr.ruri_branch = Branch(u, path=tuple(path), q=first.q, destination=dest, binding=first)
+                local = []
                 for b in rest:
                     u, dest, path = binding_destination(b)
-                    rr.branches.append(Branch(u, path=tuple(path), q=b.q, destination=dest, binding=b))
+                    local.append(Branch(u, path=tuple(path), q=b.q, destination=dest, binding=b))
+                rr.branches[:0] = local
             return code
 
         return maybeDeferred(self.location.lookup, key, method).addCallback(found)
@@ -161,6 +197,18 @@ class RouteHarness:
 
     def loose_route(self, rr: RouteRequest) -> bool:
         return loose_route(rr.request, self.is_myself)
+
+    def cache_raw_query(self, rr: RouteRequest, command: Any) -> "Deferred[list[dict[str, Any]]]":
+        """Answer from ``raw_query`` (see the module docstring); fails when none was given."""
+        self.raw_queries.append(command)
+        answer = self.raw_query
+        if answer is None:
+            return fail(RuntimeError("no federation store configured (RouteHarness(raw_query=...))"))
+        if isinstance(answer, BaseException):
+            return fail(answer)
+        if callable(answer):
+            return maybeDeferred(answer, command)
+        return succeed([dict(doc) for doc in answer])
 
     def cluster_check_addr(self, cluster_id: int, ip: str) -> bool:
         """Cluster peers are given as ``RouteHarness(cluster_peers={1: ["10.0.2.100"]})``."""
