@@ -50,6 +50,11 @@ BOB_TCP = Endpoint("TCP", "192.0.2.10", 40000)
 BOB_TCP_FLOW = Flow(LOCAL_TCP, BOB_TCP, 7)
 
 
+def rr_tcp(world: "World", flow: Flow) -> str:
+    """Our TCP Record-Route entry facing the client on ``flow``: it names the connection (RFC 5626)."""
+    return f"<sip:{world.node.flow_tokens.encode(flow)}@127.0.0.1:5060;transport=tcp;lr;ob>"
+
+
 # ---------------------------------------------------------------------------------------------------
 # the world: node + recording sender + clock
 # ---------------------------------------------------------------------------------------------------
@@ -423,17 +428,20 @@ def test_double_record_route_when_changing_transport_rfc3261_16_6_step4(world: W
     assert out.destination.flow == BOB_TCP_FLOW
     fwd = out.message
     assert fwd.top_via.transport == "TCP"
-    # outbound-side (TCP) entry on top, inbound-side (UDP) below it (RFC 5658 §4)
-    assert fwd.headers.values("record-route") == [RR_TCP, RR_UDP]
+    # outbound-side (TCP) entry on top, inbound-side (UDP) below it (RFC 5658 §4); the TCP entry
+    # faces Bob's connection and names it with a flow token (RFC 5626 §5.3)
+    bob_rr = rr_tcp(world, BOB_TCP_FLOW)
+    assert fwd.headers.values("record-route") == [bob_rr, RR_UDP]
 
     ok = only(world.receive(answer(fwd, 200, contact="<sip:bob@192.0.2.10:5062;transport=tcp>"),
                             BOB_TCP_FLOW)).message
-    assert ok.headers.values("record-route") == [RR_TCP, RR_UDP]
+    assert ok.headers.values("record-route") == [bob_rr, RR_UDP]
     # Alice's route set is the reverse: UDP entry first. loose_route pops both (§16.4)
     bye = only(world.receive(in_dialog("BYE", ok, cseq=2, branch="z9hG4bKbye2"), ALICE_FLOW))
     assert bye.is_request("BYE")
     assert bye.message.routes == []
     assert bye.remote == Endpoint("TCP", "192.0.2.10", 5062)
+    assert bye.destination.flow.connection_id == BOB_TCP_FLOW.connection_id  # over Bob's connection
     assert bye.message.top_via.transport == "TCP"
 
     # and Bob's BYE the other way round: TCP entry first, both popped
@@ -441,7 +449,7 @@ def test_double_record_route_when_changing_transport_rfc3261_16_6_step4(world: W
         "BYE sip:alice@192.0.2.20:5060 SIP/2.0",
         "Via: SIP/2.0/TCP 192.0.2.10:5062;branch=z9hG4bKbobbye2",
         "Max-Forwards: 70",
-        f"Route: {RR_TCP}, {RR_UDP}",
+        f"Route: {bob_rr}, {RR_UDP}",
         "From: <sip:bob@example.com>;tag=b1",
         'To: "Alice" <sip:alice@example.com>;tag=a1',
         "Call-ID: call-1@192.0.2.20",
@@ -1460,7 +1468,8 @@ def test_tcp_caller_gets_responses_on_its_connection_and_double_record_route_rfc
     assert trying.destination.flow == alice_tcp
     fwd = only(sent, lambda s: s.is_request("INVITE")).message
     assert fwd.top_via.transport == "UDP"
-    assert fwd.headers.values("record-route") == [RR_UDP, RR_TCP]  # outbound (UDP) side on top
+    # outbound (UDP) side on top; the TCP entry below names Alice's connection (RFC 5626)
+    assert fwd.headers.values("record-route") == [RR_UDP, rr_tcp(world, alice_tcp)]
     assert fwd.vias[1].received == "192.0.2.20" and fwd.vias[1].params["rport"] == "50123"
     sent = world.receive(answer(fwd, 486), BOB_FLOW)
     busy = only(sent, lambda s: s.is_response())
@@ -1470,11 +1479,19 @@ def test_tcp_caller_gets_responses_on_its_connection_and_double_record_route_rfc
 
 
 def test_tcp_to_tcp_single_record_route_rfc3261_16_6_step4(world: World) -> None:
+    """One listener, but two clients' connections: an entry for each, naming its connection (RFC
+    5626 §5.3), so that each side's in-dialog requests reach the other's connection. A callee that
+    is dialled (no connection known yet) leaves a single entry, naming the caller's connection."""
     world.register(contacts=("<sip:bob@192.0.2.10:5062;transport=tcp>",), flow=BOB_TCP_FLOW)
     alice_tcp = Flow(LOCAL_TCP, Endpoint("TCP", "192.0.2.20", 50123), 11)
     text = invite().replace("SIP/2.0/UDP 192.0.2.20:5060", "SIP/2.0/TCP 192.0.2.20:5060")
     fwd = only(world.receive(text, alice_tcp), lambda s: s.is_request("INVITE")).message
-    assert fwd.headers.values("record-route") == [RR_TCP]
+    assert fwd.headers.values("record-route") == [rr_tcp(world, BOB_TCP_FLOW), rr_tcp(world, alice_tcp)]
+
+    w = World()
+    w.register(contacts=("<sip:bob@192.0.2.10:5062;transport=tcp>",))  # over UDP: the contact is dialled
+    fwd = only(w.receive(text.replace("call-1@", "call-2@"), alice_tcp), lambda s: s.is_request("INVITE")).message
+    assert fwd.headers.values("record-route") == [rr_tcp(w, alice_tcp)]
 
 
 def test_async_route_absorbs_retransmissions_and_arms_timers_after_relaying() -> None:
@@ -1771,7 +1788,7 @@ def test_single_record_route_setting_when_changing_transport_rfc3261_16_6_step4(
     w = World(settings=ProxySettings(domains=("example.com",), record_route_double=False))
     w.register(contacts=("<sip:bob@192.0.2.10:5062;transport=tcp>",), flow=BOB_TCP_FLOW)
     fwd = only(w.receive(invite(), ALICE_FLOW), lambda s: s.is_request("INVITE")).message
-    assert fwd.headers.values("record-route") == [RR_TCP]
+    assert fwd.headers.values("record-route") == [rr_tcp(w, BOB_TCP_FLOW)]
 
 
 def test_ipv6_call_record_route_and_loose_route_rfc5118() -> None:

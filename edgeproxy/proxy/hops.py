@@ -118,19 +118,29 @@ def uri_destination(uri: SipURI) -> Destination:
 def _points_here(uri: object, is_myself: Callable[[str, int | None], bool]) -> bool:
     if not isinstance(uri, SipURI):
         return False
-    port = uri.port if uri.port is not None else (5061 if uri.secure or uri.transport == "tls" else 5060)
+    # our Record-Route URIs always carry a port; without one, the default of the URI's transport
+    # (either spelling of WebSocket, RFC 7118 errata 5937: transport=ws for WSS as well)
+    port = uri.port if uri.port is not None else default_port(uri_transport(uri))
     return is_myself(uri.host, port)
 
 
-def loose_route(request: Request, is_myself: Callable[[str, int | None], bool]) -> bool:
+def loose_route(request: Request, is_myself: Callable[[str, int | None], bool],
+                popped: list[SipURI] | None = None, is_token: Callable[[str], bool] | None = None) -> bool:
     """§16.4 route pre-processing, as OpenSIPS ``loose_route()``: pop every leading Route value that
     is this node (both of a double Record-Route), and fix up a strict-routing previous hop. True when
     the request is routed by its route set; False for no Route, or for a single pre-loaded Route to
-    us on an initial request (which is then routed like one without it)."""
+    us on an initial request (which is then routed like one without it).
+
+    ``popped`` receives the URIs of this node that were removed (their user parts may hold RFC 5626
+    flow tokens); ``is_token`` tells whether a user part is one of our flow tokens, so that a
+    Request-URI carrying one is recognised as our Record-Route URI after a strict router."""
     uri = request.uri
-    if isinstance(uri, SipURI) and uri.user is None and _points_here(uri, is_myself) and request.routes:
+    if (isinstance(uri, SipURI) and (uri.user is None or (is_token is not None and is_token(uri.user)))
+            and _points_here(uri, is_myself) and request.routes):
         # the previous hop was a strict router: the R-URI is our Record-Route URI; the real target
         # is the last Route value (§16.4, §16.12.1.2)
+        if popped is not None:
+            popped.append(uri)
         values = request.headers.values("route")
         last = request.routes[-1]
         request.headers.remove("route")
@@ -140,16 +150,20 @@ def loose_route(request: Request, is_myself: Callable[[str, int | None], bool]) 
         # with a double Record-Route our other entry is now the top Route: it goes too (OpenSIPS
         # after_strict), else the request would be sent back to us
         while request.routes and _points_here(request.routes[0].uri, is_myself):
+            if popped is not None:
+                popped.append(request.routes[0].uri)  # type: ignore[arg-type]
             request.headers.pop_first_value("route")
         return True
     routes = request.routes
     if not routes:
         return False
-    popped = 0
+    count = 0
     while routes and _points_here(routes[0].uri, is_myself):
+        if popped is not None:
+            popped.append(routes[0].uri)  # type: ignore[arg-type]
         request.headers.pop_first_value("route")
         routes = request.routes
-        popped += 1
-    if popped and not routes and request.to_tag is None:
+        count += 1
+    if count and not routes and request.to_tag is None:
         return False
     return True

@@ -50,6 +50,7 @@ from ..transaction import (
     TransactionTable,
     TransportFailure,
 )
+from .flowtoken import FlowTokens, InvalidFlowToken
 from .hops import loose_route, response_destination, stamp_received, uri_destination
 from .sender import SendError, Sender
 
@@ -178,6 +179,7 @@ class Node:
         self._branch_prefix = f"z9hG4bK{prefix}."
         self._branch_seq = count(1)
         self._tag = prefix
+        self.flow_tokens = FlowTokens()  # RFC 5626 flow tokens in our Record-Route URIs
         self._local_hosts: set[str] = set()
         self._domains = {d.lower() for d in settings.domains}
         self.cluster: Any = None  # an edgeproxy.cluster.Cluster when clustering is configured
@@ -580,12 +582,54 @@ class Node:
 
     # -- RouteActions: routing -----------------------------------------------------------------------
     def loose_route(self, rr: RouteRequest) -> bool:
-        return loose_route(rr.request, self.is_myself)
+        """OpenSIPS ``loose_route()`` plus RFC 5626 §5.3: when one of our popped Route URIs carries
+        a flow token naming another connection than the one the request came on, the request goes
+        over that connection (it is heading back to the client behind it); a token naming the
+        arrival connection means the request comes from that client and is routed as usual. A
+        token that fails its MAC gets 403 at ``t_relay``."""
+        popped: list[SipURI] = []
+        routed = loose_route(rr.request, self.is_myself, popped, self._is_flow_token)
+        arrival = rr.source.connection_id if rr.source is not None else None
+        for uri in popped:
+            try:
+                flow = self.flow_tokens.decode(uri.user)
+            except InvalidFlowToken:
+                log.info("{method} {call_id} from {src}: Route with a forged or stale flow token",
+                         method=rr.request.method, call_id=rr.request.call_id, src=rr.source.remote)
+                rr._flow_error = True  # type: ignore[attr-defined]
+                break
+            if flow is None or flow.connection_id == arrival:
+                continue
+            rr._flow_dst = self._flow_destination(flow, rr.request.uri)  # type: ignore[attr-defined]
+            break
+        return routed
+
+    def _is_flow_token(self, user: str) -> bool:
+        try:
+            return self.flow_tokens.decode(user) is not None
+        except InvalidFlowToken:
+            return True
+
+    def _flow_destination(self, flow: Flow, ruri: Any) -> Destination:
+        """Where a request goes whose Route named ``flow``: over that connection. WebSocket clients
+        cannot be reached otherwise (430 Flow Failed when it has closed); for TCP/TLS the Request-URI
+        is dialled instead if it is routable over the same transport and not an outbound (``ob``,
+        RFC 5626) or ``.invalid`` contact."""
+        remote = flow.remote
+        flow = Flow(self.sender.local_endpoint(remote.transport, remote) or flow.local, remote, flow.connection_id)
+        if remote.transport in ("TCP", "TLS") and isinstance(ruri, SipURI) and "ob" not in ruri.params:
+            fallback = uri_destination(ruri)
+            if not fallback.flow_only and fallback.remote.transport == remote.transport:
+                return Destination(fallback.remote, flow)
+        return Destination(remote, flow, flow_only=True)
 
     def relay(self, rr: RouteRequest) -> bool:
         request = rr.request
         ctx: ServerContext | None = getattr(rr, "_ctx", None)
         if rr.replied or (rr.relayed and (ctx is None or not ctx.failure_running)):
+            return False
+        if getattr(rr, "_flow_error", False):
+            self.reply(rr, 403, "Invalid Flow Token", False)  # RFC 5626 §5.3 (nothing for an ACK)
             return False
         if request.max_forwards == 0:
             self.reply(rr, 483, "Too Many Hops", False)
@@ -629,6 +673,9 @@ class Node:
         first = rr.ruri_branch or Branch(rr.request.uri, dst_uri=rr.dst_uri)
         if rr.ruri_branch is None and rr.dst_uri is not None:
             first.dst_uri = rr.dst_uri
+        elif rr.ruri_branch is None:
+            # the flow named by a popped Route's flow token (RFC 5626 §5.3); set_dst() overrides it
+            first.destination = getattr(rr, "_flow_dst", None)
         return [first, *rr.branches]
 
     def _next_hop(self, request: Request, target: Branch) -> Destination:
@@ -680,10 +727,19 @@ class Node:
         if local is None:
             raise SendError(f"no {destination.remote.transport} listener", 503)
         if rr is not None and rr.record_routed and fwd.method not in ("REGISTER", "ACK", "CANCEL"):
+            # RFC 5626 §5.3 / RFC 7118 §5: an entry facing a client on a connection names that
+            # connection with a flow token; two entries when the request changes listener (RFC 5658)
+            # or goes from one client's connection to another's, so each side's in-dialog requests
+            # find the other side's connection
             inbound = in_flow.local
-            if self.settings.record_route_double and inbound != local:
-                fwd.headers.push("Record-Route", _rr_uri(inbound))
-            fwd.headers.push("Record-Route", _rr_uri(local))
+            in_token = self.flow_tokens.encode(in_flow)
+            out_token = self.flow_tokens.encode(destination.flow)
+            if ((self.settings.record_route_double and inbound != local)
+                    or (in_token is not None and out_token is not None and in_token != out_token)):
+                fwd.headers.push("Record-Route", _rr_uri(inbound, in_token))
+                fwd.headers.push("Record-Route", _rr_uri(local, out_token))
+            else:
+                fwd.headers.push("Record-Route", _rr_uri(local, in_token or out_token))
         fwd.push_via(f"SIP/2.0/{local.transport} {local.hostport};branch={branch}")
         return fwd, destination
 
@@ -910,9 +966,14 @@ class Node:
         self._run(cb.tx, cb.tx.cancel_sent(now))
 
 
-def _rr_uri(local: Endpoint) -> str:
-    transport = "" if local.transport == "UDP" else f";transport={local.transport.lower()}"
-    return f"<sip:{local.hostport}{transport};lr>"
+def _rr_uri(local: Endpoint, token: str | None = None) -> str:
+    """Our Record-Route URI for the listener ``local``: ``transport=ws`` for WS and WSS alike (RFC 7118
+    errata 5937), a flow token as user part and ``ob`` when it faces a client's connection (RFC 5626)."""
+    kind = local.transport
+    transport = "" if kind == "UDP" else f";transport={'ws' if kind in ('WS', 'WSS') else kind.lower()}"
+    if token is None:
+        return f"<sip:{local.hostport}{transport};lr>"
+    return f"<sip:{token}@{local.hostport}{transport};lr;ob>"
 
 
 def _merge_challenges(ctx: ServerContext, best: Response) -> Response:
