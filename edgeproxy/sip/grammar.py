@@ -117,10 +117,22 @@ def small_int(text: str, maximum: int) -> int | None:
     return value if value <= maximum else None
 
 
+_CANONICAL: dict[str, str] = {}
+
+
 def canonical_name(name: str) -> str:
-    """The lower-case full name of a header, so ``v``, ``VIA`` and ``Via`` are one key (§7.3.1, §7.3.3)."""
+    """The lower-case full name of a header, so ``v``, ``VIA`` and ``Via`` are one key (§7.3.1, §7.3.3).
+
+    Called with the names written in our own code on every header access, so the answers are
+    remembered (up to a bound, in case a caller passes names taken from the network)."""
+    known = _CANONICAL.get(name)
+    if known is not None:
+        return known
     lowered = name.lower()
-    return COMPACT_FORMS.get(lowered, lowered)
+    key = COMPACT_FORMS.get(lowered, lowered)
+    if len(_CANONICAL) < 1024:
+        _CANONICAL[name] = key
+    return key
 
 
 def unquote(value: str) -> str:

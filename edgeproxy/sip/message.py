@@ -521,6 +521,9 @@ class Request(Message):
                 if item[0] == "to" and to_tag and status != 100 and "tag" not in self.to.params:
                     item = (item[0], item[1], f"{item[2]};tag={to_tag}")
                 items.append(item)
+        top_via = self.headers._cache.get("via^")
+        if top_via is not None:  # same text, already parsed: responses are routed by it (§18.2.2)
+            headers._cache["via^"] = top_via
         return Response(status, reason if reason is not None else reason_phrase(status), headers)
 
     def __repr__(self) -> str:
