@@ -285,6 +285,20 @@ async def test_an_open_connection_keeps_little_state_and_still_works(make_manage
     await sink.wait_for(lambda: sink.closed == [flow])
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_permessage_deflate_offer_is_declined_not_hung(make_manager, clients):
+    """Browsers and Node's ``ws`` offer permessage-deflate: the 101 comes back without the extension
+    (compression is off to keep connections small) instead of the handshake stalling."""
+    sink, manager, listener = await _serve(make_manager)
+    port = listener.bound.port
+    raw = await clients.tcp("127.0.0.1", port)
+    offer = upgrade(port).replace(b"\r\n\r\n", b"\r\nSec-WebSocket-Extensions: permessage-deflate; "
+                                                 b"client_max_window_bits\r\n\r\n")
+    raw.transport.write(offer)
+    data = await raw.wait_bytes(b"\r\n\r\n")
+    assert http_status(data) == 101 and b"sec-websocket-extensions" not in data.lower()
+
+
 # -- refusals ---------------------------------------------------------------------------------------
 @pytest_twisted.ensureDeferred
 async def test_handshake_without_the_sip_subprotocol_is_refused(make_manager, ws_clients, clients):

@@ -373,6 +373,9 @@ class SipWebSocketFactory(WebSocketServerFactory):
         # One protocol class per listener holding autobahn's per-connection options as class attributes:
         # autobahn copies an option into the instance only when the instance lacks it.
         options = {name: getattr(self, name) for name in SipWebSocketProtocol.CONFIG_ATTRS}
+        for name, value in options.items():
+            if callable(value):  # perMessageCompressionAccept: a plain function, not a method
+                options[name] = staticmethod(value)
         options["transport_name"] = self.transport_name
         self.protocol = type(  # type: ignore[assignment]
             f"SipWebSocketProtocol{self.transport_name}", (SipWebSocketProtocol,), options)
