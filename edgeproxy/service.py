@@ -55,6 +55,7 @@ class RunningNode:
             yield self.cluster.start()
             self.node.cluster = self.cluster
             self.node.cluster_id = c.cluster_id
+            self.cluster.subscribe(self.node.cluster_node_changed)
         if self.config is not None and self.config.federation is not None:
             from .federation import Federation
 
