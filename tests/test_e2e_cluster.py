@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import signal
 import socket
 import sys
 import time
@@ -31,14 +32,46 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 import mongo_server
-from sipp_harness import REPO, EdgeproxyNode, Sipp, SippProcess, SippResult, edgeproxy_node, require_sipp
+from sipp_harness import (REPO, EdgeproxyNode, Sipp, SippProcess, SippResult, edgeproxy_node, free_port,
+                          require_sipp)
 
 DOMAIN = "sip.domain.test"
 X_IP, Y_IP, Z_IP = "127.0.0.11", "127.0.0.12", "127.0.0.13"
 FREESWITCH_IP = "127.0.0.21"
 PHONE_IPS = ("127.0.0.31", "127.0.0.32")
-SIP_PORT = 5060
-BIN_PORT = 5555
+
+
+def _node_ports() -> tuple[int, int]:
+    """SIP 5060 and cluster link 5555, as in the issue's topology, when they are free on every node
+    address; otherwise (say, another run of these tests on this machine) ports free on all of them,
+    which then appear in the nodes' ``sip_addr``."""
+    def free(port: int, kind: int) -> bool:
+        for ip in (X_IP, Y_IP, Z_IP):
+            with socket.socket(socket.AF_INET, kind) as s:
+                try:
+                    s.bind((ip, port))
+                except OSError:
+                    return False
+        return True
+
+    if free(5060, socket.SOCK_DGRAM) and free(5555, socket.SOCK_STREAM):
+        return 5060, 5555
+    for _ in range(50):
+        sip, link = free_port(X_IP), free_port(X_IP)
+        if sip != link and free(sip, socket.SOCK_DGRAM) and free(link, socket.SOCK_STREAM):
+            return sip, link
+    raise RuntimeError("no ports free on 127.0.0.11-13")
+
+
+SIP_PORT, BIN_PORT = _node_ports()
+
+
+def sip_addr(ip: str) -> str:
+    """A node's ``sip_addr``: its IP, with the port when that is not 5060."""
+    return ip if SIP_PORT == 5060 else f"{ip}:{SIP_PORT}"
+
+
+X_ADDR = sip_addr(X_IP)
 PING_INTERVAL, PING_TIMEOUT, NO_PING_RETRIES = 0.3, 0.2, 2
 #: Federation timers for tests: refreshes every second (so a store that lost its data has the records
 #: back within about a second), records live a minute (so a stale record outlives the tests that
@@ -135,7 +168,7 @@ def clusterer_table(rows: list[dict]) -> Iterator[str]:
 def node_row(node_id: int, ip: str, description: str) -> dict:
     """A row of the seed's clusterer table (without ``id``)."""
     return {"cluster_id": 1, "node_id": node_id, "url": f"bin:{ip}:{BIN_PORT}", "state": 1,
-            "no_ping_retries": NO_PING_RETRIES, "priority": 50, "sip_addr": ip, "flags": "seed",
+            "no_ping_retries": NO_PING_RETRIES, "priority": 50, "sip_addr": sip_addr(ip), "flags": "seed",
             "description": description}
 
 
@@ -149,7 +182,7 @@ def node_config(route: str, ip: str, node_id: int | None, *, store_url: str | No
     config: dict[str, dict[str, Any]] = {
         "node": {"domains": [DOMAIN], "route": str(REPO / "routes" / f"{route}.py")},
         "registrar": {"use_domain": True, "min_expires": 1},
-        "route_params": {"freeswitch": [FREESWITCH_IP], "cluster_id": 1, "domain": DOMAIN, "private_ip": ip,
+        "route_params": {"freeswitch": [FREESWITCH_IP], "cluster_id": 1, "domain": DOMAIN, "private_ip": sip_addr(ip),
                          "collection": collection},
     }
     if node_id is not None:
@@ -292,7 +325,7 @@ def test_federated_call_via_the_other_node_and_directly(cluster: Cluster, target
         # exactly one record, home X, while she is registered
         docs = wait_until("alice's record", lambda: records_for(target, collection, "alice"))
         assert [(d["aor"], d["home_ip"], d["_id"]) for d in docs] == [
-            (f"alice@{DOMAIN}", X_IP, f"alice@{DOMAIN}{X_IP}")]
+            (f"alice@{DOMAIN}", X_ADDR, f"alice@{DOMAIN}{X_ADDR}")]
 
         # FreeSWITCH -> Y: global lookup, relayed to X (cluster node: local lookup), X -> alice
         result, _ = call(fs, y, "alice")
@@ -327,7 +360,7 @@ def test_federated_record_goes_when_the_registration_expires(cluster: Cluster, t
     x, _ = start_federated(cluster, target, collection)
     with phone(tmp_path, x, "carol", expires=2, ip=PHONE_IPS[1]):
         docs = wait_until("carol's record", lambda: records_for(target, collection, "carol"))
-        assert len(docs) == 1 and docs[0]["home_ip"] == X_IP
+        assert len(docs) == 1 and docs[0]["home_ip"] == X_ADDR
         registered = time.monotonic()
         wait_until("carol's record to go with her binding", lambda: not records_for(target, collection, "carol"),
                    timeout=6)
@@ -347,10 +380,10 @@ def test_redirect_302_to_the_home_node_and_405_for_nobody(cluster: Cluster, targ
         result, _ = call(fs, y, "alice", scenario="uac_redirect")
         assert result.ok, result.describe()
         redirect = [m for m in result.received() if m.status == 302]
-        assert len(redirect) == 1 and redirect[0].header("Contact") == [f"<sip:alice@{X_IP}>"]
+        assert len(redirect) == 1 and redirect[0].header("Contact") == [f"<sip:alice@{X_ADDR}>"]
         invites = [m for m in result.sent() if m.method == "INVITE"]
         assert [i.first_line for i in invites] == [f"INVITE sip:alice@{DOMAIN} SIP/2.0",
-                                                   f"INVITE sip:alice@{X_IP} SIP/2.0"]
+                                                   f"INVITE sip:alice@{X_ADDR} SIP/2.0"]
         # Y left the signalling path: alice's INVITE came through X alone
         invite = received_invite(alice)
         assert route_hosts(invite.header("Record-Route")) == [X_IP]
@@ -405,7 +438,7 @@ def test_killed_node_is_marked_down_and_skipped_then_restart_drops_its_stale_rec
 
         # the record is stale (X died without unpublishing) but Y skips the dead node: an answer at
         # once, not a transaction timeout
-        assert [d["home_ip"] for d in records_for(target, collection, "alice")] == [X_IP]
+        assert [d["home_ip"] for d in records_for(target, collection, "alice")] == [X_ADDR]
         result, took = call(fs, y, "alice", scenario="uac_expect", expect_code=404)
         assert result.ok, result.describe()
         assert took < 3.0, f"404 took {took:.2f} s"
@@ -419,6 +452,28 @@ def test_killed_node_is_marked_down_and_skipped_then_restart_drops_its_stale_rec
         # alice's phone still thinks it is registered; X has forgotten her: nobody has her
         result, _ = call(fs, y, "alice", scenario="uac_expect", expect_code=404)
         assert result.ok, result.describe()
+
+
+def test_call_in_flight_to_a_node_that_hangs_ends_with_480_when_it_is_marked_down(
+        cluster: Cluster, target, collection, tmp_path: Path) -> None:
+    """X stops answering (SIGSTOP: no FIN, no RST, just silence) right before FreeSWITCH calls alice
+    through Y: Y relays to X while X still counts as up, and the branch must end when Y declares X
+    down -- not when timer C / B fire (4 s here, 32 s with the default T1)."""
+    x, y = start_federated(cluster, target, collection)
+    fs = freeswitch(tmp_path)
+    with phone(tmp_path, x, "alice"):
+        wait_until("alice's record", lambda: records_for(target, collection, "alice"))
+        mark = len(y.log())
+        os.kill(x.pid, signal.SIGSTOP)
+        try:
+            result, took = call(fs, y, "alice", scenario="uac_expect", expect_code=480)
+        finally:
+            x.kill()  # SIGKILL works on a stopped process
+        assert result.ok, result.describe()
+        assert "cluster 1: node 1 is DOWN" in y.log()[mark:]
+        # silence is noticed within ping_interval + (no_ping_retries + 1) * ping_timeout
+        assert took < PING_INTERVAL + (NO_PING_RETRIES + 1) * PING_TIMEOUT + 1.0, f"480 took {took:.2f} s"
+        print(f"\ncall in flight to a hung node: 480 after {took:.3f} s (SIPp run included)")
 
 
 def test_store_down_local_calls_work_global_lookups_fail_fast_and_records_come_back(
@@ -448,7 +503,7 @@ def test_store_down_local_calls_work_global_lookups_fail_fast_and_records_come_b
         docs = wait_until("alice's record re-published", lambda: records_for(target, collection, "alice"), timeout=15)
         print(f"store restarted empty: alice's record back {time.monotonic() - restarted:.2f} s after the restart "
               "began (the server's own start-up included)")
-        assert [d["home_ip"] for d in docs] == [X_IP]
+        assert [d["home_ip"] for d in docs] == [X_ADDR]
         result, _ = call(fs, y, "alice")
         assert result.ok, result.describe()
 
@@ -478,7 +533,7 @@ def test_node_table_in_mariadb_and_a_node_not_in_it_cannot_join(cluster: Cluster
         fs = freeswitch(tmp_path)
         with phone(tmp_path, x, "alice") as alice:
             docs = wait_until("alice's record", lambda: records_for(target, collection, "alice"))
-            assert [d["home_ip"] for d in docs] == [X_IP]
+            assert [d["home_ip"] for d in docs] == [X_ADDR]
             result, _ = call(fs, y, "alice")
             assert result.ok, result.describe()
             alice.wait_for_message(r"^BYE ", timeout=10)
@@ -500,4 +555,4 @@ def test_cluster_node_with_a_store_starts_under_twistd_even_if_its_route_imports
     assert "reactor class: twisted.internet.asyncioreactor.AsyncioSelectorReactor" in x.log()
     with phone(tmp_path, x, "alice"):
         docs = wait_until("alice's record", lambda: records_for(target, collection, "alice"))
-        assert [d["home_ip"] for d in docs] == [X_IP]
+        assert [d["home_ip"] for d in docs] == [X_ADDR]
