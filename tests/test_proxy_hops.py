@@ -352,3 +352,12 @@ def test_request_uri_of_ours_with_a_user_is_not_a_strict_router_artifact_rfc3261
     assert loose_route(req, is_myself) is True
     assert req.uri_text == "sip:bob@127.0.0.1:5060"
     assert route_values(req) == []
+
+
+def test_register_to_our_domain_with_a_preloaded_route_is_not_a_strict_router_artifact_rfc3261_16_4() -> None:
+    """REGISTER sip:example.com from a UA whose outbound proxy is this node (baresip's ``outbound``):
+    the Request-URI is our domain, not one of our Record-Route URIs (those all carry ``lr``)."""
+    req = request("Route: <sip:127.0.0.1:5060;lr>", uri="sip:example.com", method="REGISTER")
+    assert loose_route(req, is_myself) is False
+    assert req.uri_text == "sip:example.com"
+    assert route_values(req) == []

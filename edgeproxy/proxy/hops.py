@@ -135,7 +135,10 @@ def loose_route(request: Request, is_myself: Callable[[str, int | None], bool],
     flow tokens); ``is_token`` tells whether a user part is one of our flow tokens, so that a
     Request-URI carrying one is recognised as our Record-Route URI after a strict router."""
     uri = request.uri
-    if (isinstance(uri, SipURI) and (uri.user is None or (is_token is not None and is_token(uri.user)))
+    # a Record-Route URI of ours always has lr; a Request-URI naming one of our domains without a
+    # user (REGISTER sip:example.com behind an outbound proxy's pre-loaded Route) is not one
+    if (isinstance(uri, SipURI) and uri.lr
+            and (uri.user is None or (is_token is not None and is_token(uri.user)))
             and _points_here(uri, is_myself) and request.routes):
         # the previous hop was a strict router: the R-URI is our Record-Route URI; the real target
         # is the last Route value (§16.4, §16.12.1.2)
