@@ -32,8 +32,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 import mongo_server
-from sipp_harness import (REPO, EdgeproxyNode, Sipp, SippProcess, SippResult, edgeproxy_node, free_port,
-                          require_sipp)
+from sipp_harness import REPO, EdgeproxyNode, Sipp, SippProcess, SippResult, edgeproxy_node, free_port, require_sipp
 
 DOMAIN = "sip.domain.test"
 X_IP, Y_IP, Z_IP = "127.0.0.11", "127.0.0.12", "127.0.0.13"
@@ -310,7 +309,8 @@ def route_hosts(values: list[str]) -> list[str]:
 
 # -- federated (cluster_check_addr + global lookup) ------------------------------------------------------
 
-def start_federated(cluster: Cluster, target: mongo_server.MongoTarget, collection: str) -> tuple[EdgeproxyNode, EdgeproxyNode]:
+def start_federated(cluster: Cluster, target: mongo_server.MongoTarget,
+                    collection: str) -> tuple[EdgeproxyNode, EdgeproxyNode]:
     url = target.url(collection)
     x = cluster.start("X", X_IP, node_config("federated", X_IP, 1, store_url=url, collection=collection))
     y = cluster.start("Y", Y_IP, node_config("federated", Y_IP, 2, store_url=url, collection=collection))
@@ -357,7 +357,8 @@ def test_federated_call_via_the_other_node_and_directly(cluster: Cluster, target
         assert result3.ok, result3.describe()
 
 
-def test_federated_record_goes_when_the_registration_expires(cluster: Cluster, target, collection, tmp_path: Path) -> None:
+def test_federated_record_goes_when_the_registration_expires(cluster: Cluster, target, collection,
+                                                              tmp_path: Path) -> None:
     x, _ = start_federated(cluster, target, collection)
     with phone(tmp_path, x, "carol", expires=2, ip=PHONE_IPS[1]):
         docs = wait_until("carol's record", lambda: records_for(target, collection, "carol"))
