@@ -268,9 +268,11 @@ def test_store_down_registrations_go_on_and_everything_is_republished_when_back(
     store.docs.clear()
     clock.advance(1)  # first retry: still down
     clock.advance(2)  # second retry (backoff): still down
-    assert [c[0] for c in store.calls[-2:]] == ["sync_homes", "sync_homes"]
+    # each retry is a whole sync, which starts by re-creating the indexes an empty store has lost
+    assert [c[0] for c in store.calls[-2:]] == ["ensure_indexes", "ensure_indexes"]
     store.down = False
     clock.advance(4)
+    assert "ensure_indexes" in [c[0] for c in store.calls[-3:]]
     assert store.aors_of() == {"alice@example.com", "bob@example.com"}
     assert pub.available is True
     # carol's delete was sent with the re-publication even though the store no longer had her

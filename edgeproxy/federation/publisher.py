@@ -237,8 +237,10 @@ class FederationPublisher:
     @inlineCallbacks
     def _run_sync(self) -> Any:
         store = self.store
+        # every sync, not once: a store that came back empty (restarted without its data) has lost
+        # its TTL and aor indexes too; createIndexes on existing ones is a no-op
+        yield store.ensure_indexes()
         if not self._ready:
-            yield store.ensure_indexes()
             if self.cleanup_on_start:
                 n = yield store.delete_node_records(self.sip_addr)
                 self.stats["cleaned_on_start"] += n
