@@ -281,7 +281,7 @@ def test_in_dialog_request_to_a_browser_whose_websocket_closed_gets_430(web: Web
 
 def _wss_handshake(web: WebNode, protocol: str | None) -> int:
     context = ssl.create_default_context(cafile=web.ca)
-    lines = [f"GET / HTTP/1.1", f"Host: 127.0.0.1:{web.wss_port}", "Upgrade: websocket", "Connection: Upgrade",
+    lines = ["GET / HTTP/1.1", f"Host: 127.0.0.1:{web.wss_port}", "Upgrade: websocket", "Connection: Upgrade",
              "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version: 13"]
     if protocol:
         lines.append(f"Sec-WebSocket-Protocol: {protocol}")
