@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred
 from twisted.logger import Logger
 
 from ..location.binding import Binding, LookupResult
@@ -58,16 +58,18 @@ class GlobalLookup:
         return [remote_target(self.aor, home) for home in self.homes]
 
 
-def global_lookup(location: Any, store: Any, sip_addr: str, aor: str, method: str | None = None) -> "Deferred[GlobalLookup]":
+def global_lookup(location: Any, store: Any, sip_addr: str, aor: str, method: str | None = None,
+                  store_up: bool = True) -> "Deferred[GlobalLookup]":
     """Look ``aor`` up locally (``location.lookup(aor, method)``) and in the store (``store.homes``),
     concurrently; fires with a :class:`GlobalLookup` and never fails (a store failure is ``ERROR``
-    unless local bindings were found; a local failure is ``ERROR``)."""
+    unless local bindings were found; a local failure is ``ERROR``). ``store_up=False`` (the store is
+    known to be down) skips the store instead of waiting for its timeout on every call."""
     if not aor:
         from twisted.internet.defer import succeed
 
         return succeed(GlobalLookup(aor, LookupResult.ERROR))
     local = maybeDeferred(location.lookup, aor, method)
-    remote = maybeDeferred(store.homes, aor)
+    remote = maybeDeferred(store.homes, aor) if store_up else fail(StoreError("homes", ConnectionError("store is down"), True))
     both = DeferredList([local, remote], consumeErrors=True)
 
     def combine(results: list[tuple[bool, Any]]) -> GlobalLookup:

@@ -81,7 +81,8 @@ class Federation:
     def global_lookup(self, aor: str, method: str | None = None) -> "Deferred[GlobalLookup]":
         """Local bindings plus the other nodes holding ``aor``; ``ERROR`` (-3) fast when the store is
         down and nothing is local (see :mod:`edgeproxy.federation.lookup`)."""
-        return global_lookup(self.location, self.store, self.sip_addr, aor, method)
+        return global_lookup(self.location, self.store, self.sip_addr, aor, method,
+                             store_up=self.publisher.available)
 
     def homes(self, aor: str) -> "Deferred[list[str]]":
         """The ``home_ip`` of every node holding ``aor`` (this one included); fails with
