@@ -31,6 +31,8 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
+from .config_error import ConfigError
+
 __all__ = [
     "Config",
     "ConfigError",
@@ -51,19 +53,6 @@ __all__ = [
 TRANSPORTS = ("udp", "tcp", "tls", "ws", "wss")
 #: Accepted ``node.log_level`` values, most to least verbose.
 LOG_LEVELS = ("debug", "info", "warn", "error")
-
-
-class ConfigError(ValueError):
-    """A configuration value cannot be used.
-
-    ``key`` is the dotted key (``registrar.min_expires``), or the file name when the file itself is
-    the problem; ``problem`` says what is wrong. ``str()`` is always a single line.
-    """
-
-    def __init__(self, key: str, problem: str) -> None:
-        self.key = key
-        self.problem = " ".join(problem.split())
-        super().__init__(f"config: {key}: {self.problem}")
 
 
 @dataclass(frozen=True)

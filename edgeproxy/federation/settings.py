@@ -27,7 +27,7 @@ import re
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
-from ..config import ConfigError
+from ..config_error import ConfigError
 from .url import MongoURL, MongoURLError, parse_mongo_url
 
 __all__ = ["FederationSettings", "federation_settings"]
