@@ -220,3 +220,14 @@ def test_harness_runs_async_routes_and_sees_branches(h: RouteHarness) -> None:
     h.register("sip:bob@example.com", "sip:bob@192.0.2.10:5062")
     result = h.run(fork, invite())
     assert [str(t.uri) for t in result.targets] == ["sip:bob@192.0.2.10:5062", "sip:voicemail@192.0.2.30"]
+
+
+def test_options_to_the_node_itself_is_answered_200_keepalive(h: RouteHarness) -> None:
+    # FreeSWITCH gateways and SBCs ping their proxy with OPTIONS sip:<proxy>; a 404 would mark it down
+    result = h.run(route.request_route, invite("sip:example.com", method="OPTIONS"))
+    assert result.reply_code == 200 and not result.relayed
+
+
+def test_options_to_a_user_is_routed_like_any_request(h: RouteHarness) -> None:
+    result = h.run(route.request_route, invite("sip:nobody@example.com", method="OPTIONS"))
+    assert result.reply_code == 404
