@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from twisted.application import service
-from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IReactorCore
 from twisted.logger import Logger
 

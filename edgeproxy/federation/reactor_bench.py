@@ -12,8 +12,6 @@ datagram; then the same in ping-pong (window 1: one reactor wake-up per datagram
 from __future__ import annotations
 
 import argparse
-import os
-import resource
 import socket
 import subprocess
 import sys

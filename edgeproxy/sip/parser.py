@@ -431,7 +431,7 @@ class StreamParser:
                                 partial=_salvage(items) if is_request else [], fatal=True)
         try:
             msg = _start(line0, items)
-        except SipParseError as exc:
+        except SipParseError:
             if len(buf) >= end + 4 + cl:
                 del buf[: end + 4 + cl]  # framed: drop this message only
             else:
