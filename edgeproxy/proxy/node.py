@@ -28,7 +28,7 @@ from twisted.python.failure import Failure
 
 from ..coroutine import run_eagerly
 from ..location import LookupResult
-from ..registrar import Registrar, aor_of, binding_destination
+from ..registrar import Registrar, aor_of
 from ..routing.api import Branch, RouteRequest, SIPError
 from ..routing.loader import RouteModule
 from ..sip.endpoint import Destination, Endpoint, Flow
@@ -495,7 +495,7 @@ class Node:
             code, bindings = result
             if code != LookupResult.FOUND or not bindings:
                 return code if code != LookupResult.FOUND else LookupResult.NOT_FOUND
-            self._set_targets(rr, bindings)
+            rr.set_targets([Branch.to_binding(b) for b in bindings])
             return LookupResult.FOUND
 
         def failed(failure: Failure) -> LookupResult:
@@ -504,38 +504,22 @@ class Node:
 
         return d.addCallbacks(found, failed)
 
-    def _set_targets(self, rr: RouteRequest, bindings: list[Any]) -> None:
-        first, *rest = bindings
-        rr.request.uri = first.uri
-        rr.ruri_changed = True
-        rr.ruri_branch = self._binding_branch(first)
-        for b in rest:
-            rr.branches.append(self._binding_branch(b))
-
     def _global_found(self, result: Any, rr: RouteRequest, key: str) -> LookupResult:
         """Local contacts first, then a branch ``sip:<aor>`` via each live home node (OpenSIPS's
         federation lookup), never to this node."""
         if result.code != LookupResult.FOUND:
             return LookupResult(result.code)
-        if result.bindings:
-            self._set_targets(rr, result.bindings)
-        remote = []
+        targets = [Branch.to_binding(b) for b in result.bindings]
         for home in result.homes:
             if self.cluster is not None:
                 peer = self.cluster.node_for_sip_addr(home.rsplit(":", 1)[0] if home.count(":") == 1 else home,
                                                       self.cluster_id)
                 if peer is not None and not self.cluster.is_up(peer.node_id, self.cluster_id):
                     continue  # a dead node is skipped, not waited for
-            remote.append(Branch(parse_uri(f"sip:{key}"), dst_uri=parse_uri(f"sip:{home}")))  # type: ignore[arg-type]
-        if not result.bindings:
-            if not remote:
-                return LookupResult.NOT_FOUND
-            first, *others = remote
-            rr.request.uri = first.uri
-            rr.ruri_changed = True
-            rr.ruri_branch = first
-            remote = others
-        rr.branches.extend(remote)
+            targets.append(Branch.via_node(key, home))
+        if not targets:
+            return LookupResult.NOT_FOUND
+        rr.set_targets(targets)
         if self.settings.log_decisions:
             log.debug("global lookup {aor}: {n} local, homes {homes}", aor=key, n=len(result.bindings),
                       homes=", ".join(result.homes) or "none")
@@ -572,10 +556,6 @@ class Node:
             self._branch_failed(cb, 480, "Temporarily Unavailable")
         if stranded:
             self._arm()
-
-    def _binding_branch(self, binding: Any) -> Branch:
-        uri, destination, path = binding_destination(binding)
-        return Branch(uri, path=tuple(path), q=binding.q, destination=destination, binding=binding)
 
     def save(self, rr: RouteRequest, table: str, flags: str) -> "Deferred[bool]":
         request = rr.request

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from ..location import LookupResult
+from ..location import LookupResult, binding_destination
 from ..sip.message import Request, Response
 from ..sip.uri import SipURI, URI, parse_uri
 
@@ -69,6 +69,19 @@ class Branch:
         self.q = q
         self.destination = destination
         self.binding = binding
+
+    @classmethod
+    def to_binding(cls, binding: Any) -> "Branch":
+        """The target a location binding stands for: its contact as Request-URI, the next hop and
+        route set of :func:`~edgeproxy.location.binding_destination` (Path, flow, NAT)."""
+        uri, destination, path = binding_destination(binding)
+        return cls(uri, path=tuple(path), q=binding.q, destination=destination, binding=binding)
+
+    @classmethod
+    def via_node(cls, aor: str, sip_addr: str) -> "Branch":
+        """The federation branch towards the node holding ``aor``: Request-URI ``sip:<aor>``, next
+        hop that node's ``sip_addr`` (OpenSIPS's global-lookup branch)."""
+        return cls(parse_uri(f"sip:{aor}"), dst_uri=parse_uri(f"sip:{sip_addr}"))  # type: ignore[arg-type]
 
     def __repr__(self) -> str:
         return f"<Branch {self.uri} q={self.q}>"
@@ -242,6 +255,15 @@ class RouteRequest:
         """Add a target to the destination set (OpenSIPS ``append_branch()`` / ``$branch = uri``);
         without ``uri``, the current Request-URI is added."""
         self.branches.append(Branch(_coerce_uri(uri) if uri is not None else self.request.uri, q=q))
+
+    def set_targets(self, targets: list[Branch]) -> None:
+        """What a successful ``lookup()`` leaves behind: the first target becomes the Request-URI
+        (with its next hop), the others are appended to the destination set."""
+        first, *rest = targets
+        self.request.uri = first.uri
+        self.ruri_changed = True
+        self.ruri_branch = first
+        self.branches.extend(rest)
 
     def set_dst(self, uri: SipURI | str) -> None:
         """Force the next hop (``$du``) of the Request-URI's branch."""

@@ -31,7 +31,7 @@ from typing import Any, Callable, Mapping
 from twisted.internet.defer import Deferred, ensureDeferred, fail, maybeDeferred, succeed
 from twisted.internet.task import Clock
 
-from ..location import InMemoryLocation, LookupResult, binding_destination
+from ..location import InMemoryLocation, LookupResult
 from ..registrar import Registrar, RegistrarSettings, aor_of
 from ..proxy.hops import loose_route
 from ..sip.endpoint import Endpoint, Flow
@@ -163,28 +163,12 @@ class RouteHarness:
             code, bindings = res
             if store_down and code != LookupResult.FOUND:
                 return LookupResult.ERROR
-            if remote:
-                branches = [Branch(parse_uri(f"sip:{key}"), dst_uri=parse_uri(f"sip:{h}")) for h in remote]  # type: ignore[arg-type]
-                if code != LookupResult.FOUND or not bindings:
-                    first, *others = branches
-                    rr.request.uri = first.uri
-                    rr.ruri_changed = True
-                    rr.ruri_branch = first
-                    rr.branches.extend(others)
-                    return LookupResult.FOUND
-                rr.branches.extend(branches)  # after the local contacts, set below
-            if code == LookupResult.FOUND and bindings:
-                first, *rest = bindings
-                rr.request.uri = first.uri
-                rr.ruri_changed = True
-                u, dest, path = binding_destination(first)
-                rr.ruri_branch = Branch(u, path=tuple(path), q=first.q, destination=dest, binding=first)
-                local = []
-                for b in rest:
-                    u, dest, path = binding_destination(b)
-                    local.append(Branch(u, path=tuple(path), q=b.q, destination=dest, binding=b))
-                rr.branches[:0] = local
-            return code
+            local = [Branch.to_binding(b) for b in bindings] if code == LookupResult.FOUND else []
+            targets = local + [Branch.via_node(key, h) for h in remote]
+            if not targets:
+                return code
+            rr.set_targets(targets)
+            return LookupResult.FOUND
 
         return maybeDeferred(self.location.lookup, key, method).addCallback(found)
 
