@@ -129,6 +129,7 @@ async def test_truncated_message_at_peer_close_gets_400(make_manager, clients):
     client.transport.loseWriteConnection()
     await client.wait_closed()
     assert status_of(client.data) == 400
+    assert b"Call-ID: call-1@test" in client.data and b"CSeq: 1 OPTIONS" in client.data
     assert sink.messages == []
 
 

@@ -12,10 +12,8 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from edgeproxy.sip.endpoint import Endpoint
-from edgeproxy.sip.errors import SipParseError
 from edgeproxy.sip.parser import Limits
 from edgeproxy.transport import SipDatagramProtocol, SipStreamProtocol, TransportManager
-from edgeproxy.transport._util import error_reply
 from edgeproxy.transport.tcp import LINGER_SECONDS
 from test_transport_support import RecordingSink, request, status_of
 
@@ -100,17 +98,32 @@ def test_idle_timeout_disabled():
     assert clock.getDelayedCalls() == []
 
 
-def test_error_reply_salvages_compact_and_folded_headers():
+def test_oversized_datagram_reply_copies_compact_and_folded_headers():
     head = (b"INVITE sip:bob@example.com SIP/2.0\r\nv: SIP/2.0/UDP 192.0.2.1\r\n ;branch=z9hG4bK77\r\n"
             b"i: abc@192.0.2.1\r\nf: <sip:a@example.com>;tag=1\r\nt: <sip:bob@example.com>\r\n"
-            b"CSeq: 9 INVITE\r\nX-Huge: aaaaaaaa")
-    reply = error_reply(SipParseError("Message Too Large", 513), head, 65535, 16384)
-    assert reply is not None and status_of(reply) == 513
+            b"CSeq: 9 INVITE\r\nX-Huge: ")
+    proto, sink, sock = udp_protocol(Limits(max_message_size=1000))
+    proto.datagramReceived(head + b"a" * 2000, ("192.0.2.9", 5070))
+    ((reply, addr),) = sock.sent
+    assert status_of(reply) == 513 and addr == ("192.0.2.9", 5070)
     assert b"Via: SIP/2.0/UDP 192.0.2.1 ;branch=z9hG4bK77\r\n" in reply
     assert b"Call-ID: abc@192.0.2.1\r\n" in reply and b"CSeq: 9 INVITE\r\n" in reply
-    assert error_reply(SipParseError("Message Too Large", 513), b"SIP/2.0 200 OK\r\n" + head[35:], 65535,
-                       16384) is None
-    assert error_reply(SipParseError("Message Too Large", 513), b"INVITE x SIP/2.0\r\nX: y", 65535, 16384) is None
+    proto.datagramReceived(b"SIP/2.0 200 OK\r\n" + head[35:] + b"a" * 2000, ("192.0.2.9", 5070))
+    proto.datagramReceived(b"INVITE x SIP/2.0\r\nX: y" + b"a" * 2000, ("192.0.2.9", 5070))
+    assert len(sock.sent) == 1  # a response, or a request without Via/CSeq: nothing to answer
+
+
+def test_head_cut_short_by_the_peer_close_gets_400_with_its_head():
+    proto, sink, transport, clock = tcp_protocol()
+    data = request(via="SIP/2.0/TCP 127.0.0.1:5999")
+    proto.dataReceived(data[: data.index(b"Content-Length")])
+    assert transport.value() == b""
+    proto.readConnectionLost()
+    reply = transport.value()
+    assert status_of(reply) == 400 and b" Truncated message\r\n" in reply
+    assert b"Call-ID: call-1@test\r\n" in reply and b"CSeq: 1 OPTIONS\r\n" in reply
+    assert b"Via: SIP/2.0/TCP 127.0.0.1:5999;branch=z9hG4bK-1\r\n" in reply
+    assert transport.disconnecting and sink.messages == []
 
 
 def test_udp_flow_carries_the_source_address():

@@ -43,10 +43,15 @@ class SipParseError(SipError):
     def can_reply(self) -> bool:
         """True when this error came from a request whose Via and CSeq were salvaged: the least a
         reply needs to reach the client (§18.2.2) and match its transaction (§17.1.3). A request
-        without Call-ID, From or To still gets its 400 (RFC 4475 §3.3.1 ``insuf``)."""
+        without Call-ID, From or To still gets its 400 (RFC 4475 §3.3.1 ``insuf``). An ACK is never
+        answered (§17.1.1.3, §17.2.1: no response to an ACK exists), so a broken one is only dropped."""
         if not self.is_request:
             return False
-        keys = {k for k, _ in self.partial}
+        keys = set()
+        for k, v in self.partial:
+            if k == "cseq" and v.rsplit(None, 1)[-1:] == ["ACK"]:
+                return False
+            keys.add(k)
         return {"via", "cseq"} <= keys
 
 

@@ -75,13 +75,23 @@ def _salvage(items: list[tuple[str, str, str]]) -> list[tuple[str, str]]:
     return [(k, v) for k, _, v in items if k in _SALVAGED]
 
 
-def _salvage_text(text: str) -> list[tuple[str, str]]:
+def _salvage_text(text: str, cut: bool = False) -> list[tuple[str, str]]:
     """What a reply needs (§8.2.6.2), picked tolerantly from a head that did not parse: every line
-    that looks like ``Via:``/``From:``/``To:``/``Call-ID:``/``CSeq:`` (compact forms too), unfolded.
-    Only the error path calls this."""
+    that looks like ``Via:``/``From:``/``To:``/``Call-ID:``/``CSeq:`` (compact forms too), unfolded,
+    up to the empty line that ends the head.
+
+    ``cut`` says the text may stop in the middle of a line (a message over the size limit, or cut
+    short by the peer's close): only lines whose LF arrived count, since a half Via or CSeq would make
+    a reply nobody can match. Callers pass at most ``max_message_size`` characters, so the work is
+    linear in what the limits allow. Only the error path calls this.
+    """
+    if cut:
+        text = text[: text.rfind("\n") + 1]
     out: list[tuple[str, str]] = []
     keep = False
-    for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n")[1:]:
+    lines = text.lstrip("\r\n").replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    for i in range(1, len(lines)):
+        line = lines[i]
         if not line:
             break
         if line[0] in " \t":
@@ -102,16 +112,21 @@ def _looks_like_request(data: bytes | bytearray | str) -> bool:
     return not head.startswith(b"SIP/" if not isinstance(data, str) else "SIP/")
 
 
+def _cut_head_error(data: bytes | bytearray, limits: "Limits", reason: str, status: int, *,
+                    fatal: bool) -> SipParseError:
+    """The error for a message whose head cannot be parsed whole: over ``max_message_size``
+    (§21.5.14) or cut short by the end of the stream. What a reply needs is salvaged from the
+    complete header lines among the first ``max_message_size`` octets, so nothing beyond the limit is
+    ever read (nor need be buffered) to answer."""
+    window = bytes(data[: limits.max_message_size])
+    is_request = _looks_like_request(window)
+    partial = _salvage_text(_decode(window), cut=True) if is_request else []
+    return SipParseError(reason, status, is_request=is_request, partial=partial, fatal=fatal)
+
+
 def _oversized(data: bytes | bytearray, limits: "Limits", fatal: bool) -> SipParseError:
-    """513 for a message over ``max_message_size`` (§21.5.14), with what a reply needs salvaged from
-    the part of the head that arrived."""
-    head = bytes(data[: limits.max_message_size])
-    end = head.find(b"\r\n\r\n")
-    if end >= 0:
-        head = head[:end]
-    is_request = _looks_like_request(head)
-    partial = _salvage_text(_decode(head)) if is_request else []
-    return SipParseError("Message Too Large", 513, is_request=is_request, partial=partial, fatal=fatal)
+    """513 for a message over ``max_message_size`` (§21.5.14)."""
+    return _cut_head_error(data, limits, "Message Too Large", 513, fatal=fatal)
 
 
 # Header name as written (with any LWS before the colon) -> (canonical key, name without that LWS).
@@ -159,7 +174,8 @@ def _split_head(head: str, limits: Limits, unfolded: bool = False) -> tuple[str,
         for line in lines:
             if len(line) > max_line:
                 raise SipParseError("Start line too long" if line is lines[0] else "Header line too long",
-                                    513, is_request=_looks_like_request(lines[0]), partial=_salvage_text(head))
+                                    513, is_request=_looks_like_request(lines[0]),
+                                    partial=_salvage_text(head))
     items: list[tuple[str, str, str]] = []
     append = items.append
     names = _NAMES
@@ -438,6 +454,33 @@ class StreamParser:
                 self._pending = (end + 4, cl, _Discard())  # type: ignore[arg-type]
             raise
         return self._finish_body(end + 4, cl, msg)
+
+    def close(self) -> None:
+        """The stream ended (the peer closed): raise for a message it cut short, then forget it.
+
+        Call after :meth:`next_event` returned :data:`NEED_DATA`. Octets of an unfinished message
+        raise a fatal :class:`SipParseError` ("Truncated message", 400) carrying in ``partial`` what a
+        reply needs, so the transport can still answer before closing (§8.2.6.2): from the parsed head
+        when only the body is missing, else from the complete header lines that arrived (the buffer
+        never holds more than ``max_message_size`` of a head, see :meth:`next_event`). Nothing is
+        raised for leftover CR/LF of a keep-alive, nor for the body of a message already refused
+        (it was answered when it was refused).
+        """
+        buf, pending = self._buf, self._pending
+        self._pending = None
+        self._scan = 0
+        try:
+            if pending is not None:
+                msg = pending[2]
+                if type(msg) is _Discard:
+                    return
+                is_request = isinstance(msg, Request)
+                raise SipParseError("Truncated message", is_request=is_request,
+                                    partial=_salvage(msg.headers.items()) if is_request else [], fatal=True)
+            if buf.strip(b"\r\n"):
+                raise _cut_head_error(buf, self.limits, "Truncated message", 400, fatal=True)
+        finally:
+            del buf[:]
 
     def _finish_body(self, body_start: int, cl: int, msg: Message) -> Message | _Sentinel:
         buf = self._buf

@@ -1,5 +1,5 @@
-"""Small helpers shared by the transports: IP literals, local-address guesses and the salvage of a
-request head for an error reply when the core could not (RFC 3261 §8.2.6.2)."""
+"""Small helpers shared by the transports: IP literals, local-address guesses and the bytes of the
+reply to a request that failed to parse."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import functools
 import socket
 
 from ..sip.errors import SipParseError
-from ..sip.grammar import COMPACT_FORMS
 from ..sip.parser import error_response
 
 __all__ = ["ip_literal", "guess_local_address", "error_reply"]
@@ -52,65 +51,13 @@ def guess_local_address(family: int) -> str:
         return "127.0.0.1" if family == socket.AF_INET else "::1"
 
 
-_SALVAGED = frozenset({"via", "from", "to", "call-id", "cseq"})
+def error_reply(exc: SipParseError) -> bytes | None:
+    """The bytes of the reply to a request that failed to parse, or None when none is possible.
 
-
-def salvage_head(data: bytes | bytearray, limit: int, max_line: int) -> list[tuple[str, str]]:
-    """Via, From, To, Call-ID and CSeq from the complete header lines at the start of ``data``.
-
-    Used when the core raised without salvaging (an oversized or truncated message), so that the
-    request can still be answered (§8.2.6.2 needs Via, Call-ID and CSeq). Looks at most at ``limit``
-    octets and skips lines longer than ``max_line``; an unterminated last line is ignored.
+    The core's :func:`~edgeproxy.sip.parser.error_response` decides (a broken response or ACK is only
+    dropped, §18.1.2, §17; a request without Via or CSeq cannot be answered, §8.2.6.2); the parsers
+    fill ``exc.partial`` for every error of a request, oversized and truncated ones included, so the
+    transports never look at the raw bytes again.
     """
-    window = bytes(data[:limit])
-    end = window.find(b"\r\n\r\n")
-    complete = end >= 0
-    if complete:
-        window = window[:end]
-    lines = window.decode("utf-8", "surrogateescape").replace("\r\n", "\n").split("\n")
-    if not complete:
-        lines.pop()
-    while lines and not lines[0]:
-        lines.pop(0)
-    out: list[tuple[str, str]] = []
-    last_kept = False
-    for line in lines[1:]:
-        if len(line) > max_line:
-            last_kept = False
-            continue
-        if line[:1] in (" ", "\t"):
-            if last_kept:
-                k, v = out[-1]
-                out[-1] = (k, f"{v} {line.strip()}")
-            continue
-        name, sep, value = line.partition(":")
-        key = name.strip(" \t").lower()
-        key = COMPACT_FORMS.get(key, key)
-        last_kept = bool(sep) and key in _SALVAGED
-        if last_kept:
-            out.append((key, value.strip(" \t")))
-    return out
-
-
-def error_reply(exc: SipParseError, head: bytes | bytearray | None, limit: int, max_line: int) -> bytes | None:
-    """The bytes of the reply to a request that failed to parse, or None when none is possible
-    (a broken response is only dropped, §18.1.2; a request whose Via, Call-ID or CSeq cannot be
-    found cannot be answered, §8.2.6.2; an ACK is never answered).
-
-    ``head`` is the raw start of the offending message; it is only read when the core's error carries
-    too little to reply (oversized messages, a datagram without the empty line).
-    """
-    if not exc.can_reply and exc.is_request is not False and head:
-        is_request = exc.is_request
-        if is_request is None:
-            is_request = not bytes(head[:64]).lstrip(b"\r\n").startswith(b"SIP/")
-        if not is_request:
-            return None
-        partial = salvage_head(head, limit, max_line)
-        exc = SipParseError(exc.reason, exc.status, is_request=True, partial=partial, fatal=exc.fatal)
-    if any(k == "cseq" and v.rsplit(None, 1)[-1:] == ["ACK"] for k, v in exc.partial):
-        return None  # an ACK is never answered (§17.1.1.3, §17.2.1)
     response = error_response(exc)
-    if response is None:
-        return None
-    return response.to_bytes()
+    return None if response is None else response.to_bytes()

@@ -153,16 +153,10 @@ class SipStreamProtocol(Protocol):
             if self.closing:
                 return
 
-    def _head(self) -> Any:
-        # The raw bytes of the message that failed, for salvaging a reply the core could not build.
-        # StreamParser keeps them in ``_buf`` (private); if that changes, replies degrade to none.
-        return getattr(self.parser, "_buf", None)
-
     def _parse_error(self, exc: SipParseError) -> bool:
         """Answer a broken message; True when the stream is still framed and parsing goes on."""
-        limits = self.manager.limits
         try:
-            reply = error_reply(exc, self._head(), limits.max_message_size, limits.max_line_length)
+            reply = error_reply(exc)
         except Exception:
             log.failure("failed to build the reply to a malformed message on {flow}", flow=self.flow)
             reply = None
@@ -189,16 +183,17 @@ class SipStreamProtocol(Protocol):
 
     def readConnectionLost(self) -> None:
         """The peer half-closed (or closed): answer a message cut short, then close."""
-        if not self.closing and self.parser.buffered:
-            limits = self.manager.limits
-            exc = SipParseError("Truncated message", 400)
+        if not self.closing:
             try:
-                reply = error_reply(exc, self._head(), limits.max_message_size, limits.max_line_length)
-            except Exception:
-                reply = None
-            if reply is not None:
-                log.info("truncated message on {flow} at peer close: 400", flow=self.flow)
-                self.transport.write(reply)  # type: ignore[union-attr]
+                self.parser.close()
+            except SipParseError as exc:
+                try:
+                    reply = error_reply(exc)
+                except Exception:
+                    reply = None
+                if reply is not None:
+                    log.info("truncated message on {flow} at peer close: 400", flow=self.flow)
+                    self.transport.write(reply)  # type: ignore[union-attr]
         self.closing = True
         self.transport.loseConnection()  # type: ignore[union-attr]
 

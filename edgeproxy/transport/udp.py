@@ -77,14 +77,13 @@ class SipDatagramProtocol(DatagramProtocol):
             log.failure("sink failed on a message from {addr}", addr=addr)
 
     def _reject(self, exc: SipParseError, data: bytes, addr: Any) -> None:
-        limits = self._limits
         try:
             if is_stun(data):
                 stun_reply = binding_response(data, addr[0], addr[1])
                 if stun_reply is not None:
                     self.sendto(stun_reply, addr[0], addr[1])
                 return
-            reply = error_reply(exc, data, limits.max_message_size, limits.max_line_length)
+            reply = error_reply(exc)
             log.info("malformed datagram from {host}:{port} ({size} bytes): {status} {reason}{replied}",
                      host=addr[0], port=addr[1], size=len(data), status=exc.status, reason=exc.reason,
                      replied="" if reply else " (not answered)")

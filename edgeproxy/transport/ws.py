@@ -320,9 +320,8 @@ class SipWebSocketProtocol(WebSocketServerProtocol):
             log.failure("sink failed on a message from {flow}", flow=self.flow)
 
     def _reject(self, exc: SipParseError, payload: bytes) -> None:
-        limits = self.factory.manager.limits
         try:
-            reply = error_reply(exc, payload, limits.max_message_size, limits.max_line_length)
+            reply = error_reply(exc)
         except Exception:
             log.failure("failed to build the reply to a malformed message on {flow}", flow=self.flow)
             return
