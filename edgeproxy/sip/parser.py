@@ -6,11 +6,13 @@ Two entry points, h11-style and free of I/O:
   discarded, a Content-Length larger than the datagram is an error).
 * :class:`StreamParser` — ``feed(bytes)`` then ``next_event()`` until it returns :data:`NEED_DATA`;
   frames by Content-Length across any segment boundaries and answers RFC 5626 §3.5.1 CRLF keep-alive
-  pings with :data:`PING`.
+  pings with :data:`PING`; ``close()`` at the end of the stream reports a message cut short.
 
 Both validate what every element needs before it can act (§8.2, §16.3): the start line, Via, CSeq
 (and its method), Call-ID, From, To, Max-Forwards and Content-Length, and for REGISTER the Contacts.
-Anything else is parsed only when read. Errors are :class:`SipParseError` carrying the status to send.
+Anything else is parsed only when read. Errors are :class:`SipParseError` carrying the status to send
+and, for a request, the Via/From/To/Call-ID/CSeq salvaged from its complete head lines (§8.2.6.2), so
+:func:`error_response` can answer it; no caller needs to look at the raw bytes again.
 """
 
 from __future__ import annotations
@@ -375,7 +377,8 @@ class StreamParser:
     After a :class:`SipParseError` with ``fatal`` set, framing is lost and the connection must be
     closed; a non-fatal one (a bad header in an otherwise framed message) consumed that message and
     parsing may continue. Every error raised for a request carries in ``partial`` the Via, From, To,
-    Call-ID and CSeq that could be salvaged, so a reply can be sent before closing.
+    Call-ID and CSeq that could be salvaged, so a reply can be sent before closing. When the peer
+    closes, :meth:`close` raises for a message left unfinished, salvaged the same way.
     """
 
     __slots__ = ("limits", "_buf", "_scan", "_pending")

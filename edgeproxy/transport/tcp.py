@@ -194,6 +194,8 @@ class SipStreamProtocol(Protocol):
                 if reply is not None:
                     log.info("truncated message on {flow} at peer close: 400", flow=self.flow)
                     self.transport.write(reply)  # type: ignore[union-attr]
+            except Exception:
+                log.failure("stream parser crashed at the close of {flow}", flow=self.flow)
         self.closing = True
         self.transport.loseConnection()  # type: ignore[union-attr]
 
