@@ -67,7 +67,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 from urllib.parse import parse_qsl, urlencode
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -505,16 +505,20 @@ def sip_probe(host: str, port: int, transport: str, timeout: float = 1.0, max_fo
 class Proxy:
     """One SIP node under test: started here (``start``) or attached by PID. ``name`` names its log
     and PID files (``OUTDIR/<name>.log``); ``probe_max_forwards`` is the Max-Forwards of the readiness
-    OPTIONS (see :func:`sip_probe`)."""
+    OPTIONS (see :func:`sip_probe`). ``probe``, when given, replaces that OPTIONS as the readiness
+    check (a listener an OPTIONS over UDP/TCP cannot reach, such as WSS): it returns a line
+    describing the answer, or None while nothing answers."""
 
     def __init__(self, host: str, port: int, transport: str, children: Children, outdir: Path,
-                 name: str = "proxy", env: dict[str, str] | None = None, probe_max_forwards: int = 70):
+                 name: str = "proxy", env: dict[str, str] | None = None, probe_max_forwards: int = 70,
+                 probe: Callable[[float], str | None] | None = None):
         self.host, self.port, self.transport = host, port, transport
         self.children = children
         self.outdir = outdir
         self.name = name
         self.env = env
         self.probe_max_forwards = probe_max_forwards
+        self.probe = probe
         self.proc: subprocess.Popen | None = None
         self.pid: int | None = None
         self.known_tree: dict[int, int] = {}  # pid -> start time, of everything the started proxy forked
@@ -535,13 +539,20 @@ class Proxy:
             if self.proc.poll() is not None:
                 tail = self.log_path.read_text(errors="replace")[-3000:]
                 raise SystemExit(f"{self.name} exited with {self.proc.returncode} during start-up:\n{tail}")
-            answer = sip_probe(self.host, self.port, self.transport, 0.5, self.probe_max_forwards)
+            answer = self.ready(0.5)
             if answer:
                 log(f"{self.name} pid {self.pid} answers: {answer}")
                 self.remember_tree()
                 return
             time.sleep(0.2)
-        raise SystemExit(f"{self.name} did not answer an OPTIONS within {timeout:.0f} s (see {self.log_path})")
+        what = "the readiness probe" if self.probe is not None else "an OPTIONS"
+        raise SystemExit(f"{self.name} did not answer {what} within {timeout:.0f} s (see {self.log_path})")
+
+    def ready(self, timeout: float) -> str | None:
+        """The readiness check: ``probe`` if given, else an OPTIONS (:func:`sip_probe`)."""
+        if self.probe is not None:
+            return self.probe(timeout)
+        return sip_probe(self.host, self.port, self.transport, timeout, self.probe_max_forwards)
 
     @property
     def log_path(self) -> Path:
@@ -563,9 +574,10 @@ class Proxy:
 
     def attach(self, pid: int | None) -> None:
         self.pid = pid
-        answer = sip_probe(self.host, self.port, self.transport, 2.0)
+        answer = self.probe(2.0) if self.probe is not None else sip_probe(self.host, self.port, self.transport, 2.0)
         if not answer:
-            raise SystemExit(f"nothing answers OPTIONS at {self.transport}:{self.host}:{self.port}")
+            what = "the readiness probe" if self.probe is not None else "OPTIONS"
+            raise SystemExit(f"nothing answers {what} at {self.transport}:{self.host}:{self.port}")
         log(f"proxy at {self.host}:{self.port} answers: {answer}" + (f" (pid {pid})" if pid else " (no --proxy-pid: no CPU/RSS figures)"))
 
     def remember_tree(self) -> None:
@@ -867,6 +879,9 @@ class Bench:
     lines: list[str] = field(default_factory=list)
     users_csv: Path = Path("users.csv")
     topology: Topology | None = None
+    #: ladders whose operations are not calls: their MAX line has no ``pause_ms`` (a subclass driving
+    #: other load, such as bench/wss_load.py, names its own)
+    scenarios_without_hold: ClassVar[tuple[str, ...]] = ("register",)
 
     def __post_init__(self) -> None:
         if self.topology is None:
@@ -1282,7 +1297,7 @@ class Bench:
                     "store_cpu_us_per_op", "store_find_per_call", "store_ops_per_call", "store_us_per_find"]:
                 if k in best:
                     m[k] = best[k]
-        if scenario != "register":
+        if scenario not in self.scenarios_without_hold:
             m["pause_ms"] = a.pause_ms
         self.results.append({"kind": "max", **m})
         self.emit("MAX " + " ".join(f"{k}={fmt(v, k)}" for k, v in m.items()))
