@@ -349,6 +349,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--start-timeout", type=float, default=30.0, help="seconds for the started proxy to answer")
     ap.add_argument("--node", default=shutil.which("node") or "node", help="the Node.js executable")
     ap.add_argument("--outdir", help="default /tmp/edgeproxy-bench/wss-<timestamp>/")
+    ap.add_argument("--trace-msg", action="store_true",
+                    help="the client writes every SIP message to OUTDIR/client.stderr (low rates only)")
     ap.add_argument("--label", default="", help="free text copied into the SUMMARY line (e.g. the commit)")
     a = ap.parse_args(argv)
     if a.connections < 2:
@@ -429,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
 
         client = LoadClient(a.node, {
             "url": f"wss://{host}:{port}", "ca": ca_file, "domain": a.domain or "127.0.0.1", "expires": a.expires,
-            "concurrency": a.concurrency, "deadline": int(a.timeout) + 60,
+            "concurrency": a.concurrency, "deadline": int(a.timeout) + 60, "trace": a.trace_msg,
         }, children, outdir)
         bench.client = client
         ready = client.wait_for("ready", 30)

@@ -14,6 +14,7 @@
 //   expires       REGISTER expiry in seconds, default 3600
 //   concurrency   WebSocket handshakes in flight at once, default 100
 //   deadline      seconds after which the process exits whatever it is doing, default 3600
+//   trace         true: write every SIP message in and out to stderr (debugging at low rates)
 //
 // Line protocol: commands are JSON objects, one per stdin line; every phase answers with exactly one
 // JSON line on stdout ({"phase": NAME, ...}). Commands run one at a time, in order:
@@ -47,6 +48,7 @@ const DOMAIN = String(opts.domain || "127.0.0.1");
 const EXPIRES = Number(opts.expires || 3600);
 const CONCURRENCY = Math.max(1, Number(opts.concurrency || 100));
 const DEADLINE_S = Number(opts.deadline || 3600);
+const TRACE = Boolean(opts.trace);
 const T1 = 500; // ms, RFC 3261
 const T2 = 4000;
 const TX_TIMEOUT = 64 * T1; // Timer B / Timer F: a transaction with no final answer by then has failed
@@ -256,6 +258,7 @@ class Conn {
 
   send(text) {
     if (!this.open) return false;
+    if (TRACE) process.stderr.write(`----- ${this.user} out\n${text}\n`);
     this.ws.send(text);
     return true;
   }
@@ -312,6 +315,7 @@ function failPending(conn, reason) {
 }
 
 function onMessage(conn, text) {
+  if (TRACE) process.stderr.write(`----- ${conn.user} in\n${text}\n`);
   const msg = parse(text);
   if (msg.status !== undefined) onResponse(conn, msg);
   else if (msg.method) onRequest(conn, msg);
