@@ -52,6 +52,8 @@ if TYPE_CHECKING:
 
 __all__ = ["TransportManager", "Listener"]
 
+_TLS_KINDS = frozenset({"TLS", "WSS"})
+
 log = Logger(namespace="edgeproxy.transport")
 
 _WILDCARDS = {"0.0.0.0": socket.AF_INET, "::": socket.AF_INET6}
@@ -154,6 +156,7 @@ class TransportManager:
         self._ids = count(1)
         self._stopping = False
         self._all_closed: Deferred | None = None
+        self.tls_reclaimer: Any = None  # an IdleTlsReclaimer from the first TLS/WSS connection on
 
     # -- listening ---------------------------------------------------------------------------------
     def listen(self, endpoint: Endpoint, advertise: str | None = None) -> "Deferred[Listener]":
@@ -351,6 +354,12 @@ class TransportManager:
         flow = proto.flow = Flow(local, remote, cid)
         self._connections[cid] = proto
         self._by_remote.setdefault((kind, host, peer.port), []).append(proto)
+        if kind in _TLS_KINDS:
+            if self.tls_reclaimer is None:
+                self._start_tls_reclaimer()
+            # the handshake's flights, while the next handshakes can reuse the memory; on the next
+            # turn of the reactor, once Twisted has flushed what the handshake left to send
+            self.reactor.callLater(0, self.tls_reclaimer.release, proto)
         dial = getattr(proto, "dial", None)
         if dial is not None:
             proto.dial = None
@@ -361,6 +370,14 @@ class TransportManager:
                 proto.write_message(data)
             for _, d in queue:
                 d.callback(flow)
+
+    def _start_tls_reclaimer(self) -> None:
+        """Idle TLS and WSS connections give back their BIO buffers (see ``tls_memory``)."""
+        from .tls_memory import IdleTlsReclaimer
+
+        reclaimer = self.tls_reclaimer = IdleTlsReclaimer(self.reactor, self._connections)
+        if not self._stopping:
+            reclaimer.start()
 
     def _connection_lost(self, proto: Any) -> None:
         cid = proto.connection_id
@@ -555,6 +572,8 @@ class TransportManager:
 
         Connections get a graceful close, and are aborted after a short grace period."""
         self._stopping = True
+        if self.tls_reclaimer is not None:
+            self.tls_reclaimer.stop()
         waits: list[Deferred] = []
         listeners, self._listeners = self._listeners, []
         self._reindex()
