@@ -72,7 +72,10 @@ class TlsSettings:
     ``groups``: the key-exchange groups, an OpenSSL list in order of preference ("" = OpenSSL's
     defaults, which put the post-quantum hybrid ``X25519MLKEM768`` first). Each connection that used
     it keeps the client's ML-KEM public key, about 7.8 KB: ``"X25519:P-256"`` saves that per idle
-    connection (10,000 WSS clients: ~78 MB) at the price of classical-only key exchange.
+    connection (10,000 WSS clients: ~78 MB) at the price of classical-only key exchange. The default
+    stays post-quantum: SIP signalling carries SDES-SRTP keys and credentials that a recording made
+    today must not give away later, and with it an idle WSS client costs the whole node 35.5 KiB
+    (29.1 KiB classical; ``bench/ws_memory.py``).
     ``require_client_cert``: inbound peers must present a certificate signed by ``ca`` (mutual TLS
     for trunks). ``verify_server``: outbound connections check the server's certificate and its name.
     ``sni``: ``{server name: (certificate, key)}`` served instead of the default to clients that ask

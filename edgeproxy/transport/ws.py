@@ -23,7 +23,9 @@ manager fails a send to a WS/WSS destination without an open connection with 430
 
 Memory: one idle connection is the kernel socket, (for wss) the TLS state, and this protocol. Its
 autobahn options live on a per-listener subclass instead of being copied into every instance, and the
-handshake's request and response are dropped once the connection is open.
+handshake's request and response are dropped once the connection is open. For wss the manager also
+has the TLS memory BIOs given back after the handshake and after each burst of traffic
+(:mod:`edgeproxy.transport.tls_memory`).
 """
 
 from __future__ import annotations
