@@ -327,8 +327,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--step-secs", type=float, default=10.0, help="seconds of load per step (ops = rate x this)")
     ap.add_argument("--hold-ms", dest="pause_ms", type=int, default=1000, help="call hold time between ACK and BYE")
     ap.add_argument("--timeout", type=float, default=1800.0, help="bound of the whole run, in seconds")
-    ap.add_argument("--settle", type=float, default=5.0,
-                    help="seconds the registered connections sit idle before the memory reading")
+    ap.add_argument("--settle", type=float, default=15.0,
+                    help="seconds the registered connections sit idle before the memory reading (the node "
+                         "gives back idle connections' TLS buffers in a sweep every 10 s)")
     ap.add_argument("--expires", type=int, default=3600, help="REGISTER expiry asked by the clients")
     ap.add_argument("--domain", default="", help="AoR and Request-URI host (also node.domains); default 127.0.0.1")
     ap.add_argument("--refine", type=int, default=2, help="bisection steps between last pass and first fail")
