@@ -544,6 +544,71 @@ class InstanceTests(RegistrarTestCase):
         self.assertEqual(self.events.events, [("created", "alice"), ("emptied", "alice")])
 
 
+class OutboundTests(RegistrarTestCase):
+    """RFC 5626 §6: outbound processing only for a first-hop REGISTER (or a Path marked ``ob``) that
+    says ``Supported: outbound`` and has ``+sip.instance`` and ``reg-id``; ``reg-id`` is ignored
+    otherwise and the REGISTER is still accepted."""
+
+    settings = RegistrarSettings(flow_timer=120)
+    INSTANCE = InstanceTests.INSTANCE
+
+    def outbound_register(self, user: str, call_id: str, reg_id: int = 1, supported: str = "path, gruu, outbound",
+                          extra: tuple[str, ...] = ()) -> Request:
+        contact = f"<sip:{user}@{user}host.invalid;transport=ws>;reg-id={reg_id};{self.INSTANCE};expires=600"
+        headers = ((f"Supported: {supported}",) if supported else ()) + extra
+        return register(contact, call_id=call_id, extra=headers)
+
+    def test_first_hop_gets_require_outbound_and_flow_timer(self) -> None:
+        r = self.save(self.outbound_register("k3j", "load-1"), WSS)
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.headers.get_all("require"), ["outbound"])
+        self.assertEqual(r.headers.get("flow-timer"), "120")
+        self.assertEqual(self.bindings()[0].reg_id, 1)
+        # two reg-ids of one instance are two flows, both kept
+        r = self.save(self.outbound_register("p9q", "load-2", reg_id=2), WSS)
+        self.assertEqual(len(self.contacts(r)), 2)
+
+    def test_without_supported_outbound_reg_id_is_ignored(self) -> None:
+        r = self.save(self.outbound_register("k3j", "load-1", supported="path"), WSS)
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.headers.get_all("require"), [])
+        self.assertIsNone(r.headers.get("flow-timer"))
+        self.assertIsNone(self.bindings()[0].reg_id)
+        self.assertNotIn("reg-id", self.contacts(r)["sip:k3j@k3jhost.invalid;transport=ws"])
+        # the instance alone then identifies the UA: a second reg-id replaces instead of adding
+        r = self.save(self.outbound_register("p9q", "load-2", reg_id=2, supported="path"), WSS)
+        self.assertEqual(list(self.contacts(r)), ["sip:p9q@p9qhost.invalid;transport=ws"])
+
+    def test_not_first_hop_needs_an_ob_path(self) -> None:
+        via = "Via: SIP/2.0/TCP edge.example.net;branch=z9hG4bKedge1"
+        plain = self.outbound_register("k3j", "load-1", extra=(via, "Path: <sip:edge.example.net;lr>"))
+        r = self.save(plain, WSS)
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.headers.get_all("require"), [])
+        self.assertIsNone(self.bindings()[0].reg_id)
+        marked = self.outbound_register("p9q", "load-2", reg_id=3,
+                                        extra=(via, "Path: <sip:tok@edge.example.net;lr;ob>"))
+        r = self.save(marked, WSS)
+        self.assertEqual(r.headers.get_all("require"), ["outbound"])
+        self.assertEqual({b.reg_id for b in self.bindings()}, {None, 3})
+
+    def test_contact_without_reg_id_is_not_outbound(self) -> None:
+        r = self.save(register("<sip:desk@198.51.100.7;transport=tcp>", extra=("Supported: outbound",)))
+        self.assertEqual(r.headers.get_all("require"), [])
+
+    def test_outbound_off_ignores_reg_id(self) -> None:
+        self.registrar = Registrar(self.location, RegistrarSettings(outbound=False, flow_timer=120), self.clock)
+        r = self.save(self.outbound_register("k3j", "load-1"), WSS)
+        self.assertEqual(r.headers.get_all("require"), [])
+        self.assertIsNone(self.bindings()[0].reg_id)
+
+    def test_no_flow_timer_by_default(self) -> None:
+        self.registrar = Registrar(self.location, RegistrarSettings(), self.clock)
+        r = self.save(self.outbound_register("k3j", "load-1"), WSS)
+        self.assertEqual(r.headers.get_all("require"), ["outbound"])
+        self.assertIsNone(r.headers.get("flow-timer"))
+
+
 class ConcurrencyTests(SynchronousTestCase):
     """Over a location service that answers later, REGISTERs for one AoR are applied one at a time."""
 

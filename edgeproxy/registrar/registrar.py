@@ -109,11 +109,12 @@ class Registrar:
         """
         try:
             key, star, proposals, path = self._check(request, aor)
+            outbound = self._outbound(request, proposals)
         except _Reject as reject:
             return _fired(reject.response)
         except SipValueError as exc:
             return _fired(request.make_response(400, exc.reason))
-        return self._exclusive(key, lambda: self._apply(request, flow, nat, key, star, proposals, path))
+        return self._exclusive(key, lambda: self._apply(request, flow, nat, key, star, proposals, path, outbound))
 
     # -- request-only checks (§10.3 steps 5-7 that need no stored state) -----------------------------
     def _check(self, request: Request, aor: str | None
@@ -185,6 +186,18 @@ class Registrar:
             ))
         return key, False, proposals, path
 
+    def _outbound(self, request: Request, proposals: list[_Proposal] | None) -> bool:
+        """Whether RFC 5626 §6 outbound processing applies to this REGISTER; when it does not, every
+        Contact's ``reg-id`` is dropped (the RFC: "the registrar MUST ignore the reg-id")."""
+        if not proposals or all(p.reg_id is None for p in proposals):
+            return False
+        applies = (self.settings.outbound and "outbound" in request.supported
+                   and (len(request.vias) == 1 or _path_marks_outbound(request)))
+        if not applies:
+            for p in proposals:
+                p.reg_id = None
+        return applies
+
     def _expires(self, request: Request, params: Mapping[str, str | None], header: str | None) -> int:
         """Expiry of one contact: ``expires`` param > Expires header > default (§10.3 step 7). An
         unusable value (garbage, above 2**32-1) counts as absent and gets the default (RFC 4475
@@ -214,7 +227,8 @@ class Registrar:
 
     # -- the update (serialised per AoR) -------------------------------------------------------------
     async def _apply(self, request: Request, flow: Flow, nat: bool, key: str, star: bool,
-               proposals: list[_Proposal] | None, path: tuple[str, ...]):  # type: ignore[no-untyped-def]
+               proposals: list[_Proposal] | None, path: tuple[str, ...],
+               outbound: bool = False):  # type: ignore[no-untyped-def]
         try:
             current = await self.location.contacts(key)
             if proposals is None:
@@ -223,9 +237,9 @@ class Registrar:
             if isinstance(outcome, Response):
                 return outcome
             if outcome is None:  # a retransmission: answer with what is stored, change nothing
-                return self._ok(request, current, path)
+                return self._ok(request, current, path, outbound)
             await self.location.replace(key, outcome)
-            return self._ok(request, outcome, path)
+            return self._ok(request, outcome, path, outbound)
         except Exception:
             log.failure("registrar: saving {aor} failed", aor=key)
             return request.make_response(500, "Server Internal Error")
@@ -292,7 +306,8 @@ class Registrar:
         return bindings
 
     # -- the 200 OK (§10.3 step 8) -------------------------------------------------------------------
-    def _ok(self, request: Request, bindings: list[Binding], path: tuple[str, ...]) -> Response:
+    def _ok(self, request: Request, bindings: list[Binding], path: tuple[str, ...],
+            outbound: bool = False) -> Response:
         now = self.clock.seconds()
         response = request.make_response(200, "OK")
         headers = response.headers
@@ -304,6 +319,10 @@ class Registrar:
             for value in path:
                 headers.add("Path", value)
         headers.add("Date", formatdate(now, usegmt=True))
+        if outbound:
+            headers.add("Require", "outbound")  # RFC 5626 §6: tells the UA its flows are used
+            if self.settings.flow_timer:
+                headers.add("Flow-Timer", str(self.settings.flow_timer))
         return response
 
     # -- per-AoR serialisation -----------------------------------------------------------------------
@@ -332,6 +351,16 @@ class Registrar:
                 result.callback(outcome)
 
         run_eagerly(fn()).addBoth(finished)
+
+
+def _path_marks_outbound(request: Request) -> bool:
+    """RFC 5626 §6: a registrar that is not the first hop does outbound processing only when the
+    first Path URI carries ``ob`` (the edge proxy keeps the flow)."""
+    paths = request.paths if "path" in request.headers else []
+    if not paths:
+        return False
+    uri = paths[0].uri
+    return isinstance(uri, SipURI) and "ob" in uri.params
 
 
 def contact_value(binding: Binding, now: float, received_param: str = "received") -> str:

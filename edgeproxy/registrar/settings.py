@@ -42,6 +42,14 @@ class RegistrarSettings:
       CSeq" (RFC 3261 §10.3 step 7).
     * ``received_param`` (``"received"``) — name of the Contact parameter carrying the source address
       of NATed bindings in the 200 OK (OpenSIPS ``received_param``).
+    * ``outbound`` (True) — RFC 5626 §6 outbound processing: a REGISTER with ``Supported: outbound``
+      and a Contact with ``+sip.instance`` and ``reg-id`` that reached this node directly (one Via)
+      or through an edge proxy that marked its Path ``;ob`` keeps one binding per (instance, reg-id)
+      flow, and its 200 OK carries ``Require: outbound`` (and ``Flow-Timer``). Otherwise ``reg-id``
+      is ignored, as the RFC asks, and the REGISTER is still accepted (OpenSIPS never answers 439).
+    * ``flow_timer`` (0 = none) — seconds, sent as ``Flow-Timer`` in the 200 OK of outbound
+      registrations: how often the UA should send its keep-alive (RFC 5626 §4.4.1). Keep it below
+      the transports' idle timeout so quiet TCP/TLS flows are not closed under the UA.
     """
 
     default_expires: int = 3600
@@ -54,13 +62,16 @@ class RegistrarSettings:
     path_mode: str = "lazy"
     received_param: str = "received"
     cseq_delay: float = 20.0
+    outbound: bool = True
+    flow_timer: int = 0
 
     def __post_init__(self) -> None:
         if self.min_expires_mode not in MIN_EXPIRES_MODES:
             raise ValueError(f"min_expires_mode must be one of {MIN_EXPIRES_MODES}, not {self.min_expires_mode!r}")
         if self.path_mode not in PATH_MODES:
             raise ValueError(f"path_mode must be one of {PATH_MODES}, not {self.path_mode!r}")
-        for name in ("default_expires", "min_expires", "max_expires", "max_contacts", "retry_after", "cseq_delay"):
+        for name in ("default_expires", "min_expires", "max_expires", "max_contacts", "retry_after", "cseq_delay",
+                     "flow_timer"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
         if self.default_expires == 0:
