@@ -12,10 +12,18 @@ default, so no file at all is a working single node (UDP and TCP on 127.0.0.1:50
     min_expires = 120
 
 Theory of operation: :func:`load_config` reads the file with :mod:`tomllib`, lays the command-line
-overrides over it, then walks a schema (one checker per key) and builds frozen dataclasses. Anything
-the schema does not know -- a misspelt section, a misspelt key, a string where a number belongs, a
-value out of range -- raises :class:`ConfigError`, whose text is one line naming the key and the
-problem, so ``twistd edgeproxy`` can refuse to start with a message an operator can act on.
+overrides over it, then walks a schema (:data:`_SCHEMA`: per section, the class it becomes and one
+checker per key). Anything the schema does not know -- a misspelt section, a misspelt key, a string
+where a number belongs, a value out of range -- raises :class:`ConfigError`, whose text is one line
+naming the key and the problem, so ``twistd edgeproxy`` can refuse to start with a message an
+operator can act on.
+
+One description per setting: a section whose values a lower layer uses becomes that layer's own
+settings class (``[registrar]`` is a :class:`~edgeproxy.registrar.RegistrarSettings`, ``[timers]`` a
+:class:`~edgeproxy.transaction.TimerSettings`, ``[tls]`` a :class:`~edgeproxy.transport.tls.TlsSettings`
+...), whose fields and defaults are the settings; this module only adds what a file needs on top --
+key names, types and ranges, and the rare default where a node departs from the library's. Only
+sections with no runtime class of their own (``[node]``, ``[cluster]``) have classes here.
 """
 
 from __future__ import annotations
@@ -27,22 +35,27 @@ import math
 import os
 import re
 import tomllib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from .config_error import ConfigError
+from .proxy.node import ProxySettings
+from .registrar.settings import RegistrarSettings
+from .sip.parser import Limits
+from .transaction import TimerSettings
+from .transport.tls import TlsContexts, TlsSettings
+from .transport.ws import WsSettings
+
+if TYPE_CHECKING:
+    from .federation.settings import FederationSettings
 
 __all__ = [
     "Config",
     "ConfigError",
     "NodeConfig",
-    "RegistrarConfig",
-    "TimersConfig",
-    "ProxyConfig",
     "LimitsConfig",
-    "TlsConfig",
-    "WsConfig",
+    "ClusterConfig",
     "TRANSPORTS",
     "LOG_LEVELS",
     "load_config",
@@ -57,7 +70,10 @@ LOG_LEVELS = ("debug", "info", "warn", "error")
 
 @dataclass(frozen=True)
 class NodeConfig:
-    """Where the node listens and which route module decides what to do with requests.
+    """``[node]``: where the node listens and which route module decides what to do with requests.
+
+    A config-only section: the service reads it to open listeners, load the route module and set up
+    logging and the garbage collector, and no lower layer has a settings class for it.
 
     ``listen`` holds ``transport:host:port`` strings (IPv6 hosts in brackets). ``advertise`` is the
     host put in Via and Record-Route when the node listens on a wildcard address; ``domains`` the
@@ -75,69 +91,17 @@ class NodeConfig:
     gc_full_interval: float = 300.0
 
 
-@dataclass(frozen=True)
-class RegistrarConfig:
-    """Registrar policy (RFC 3261 §10.3), named as OpenSIPS's ``registrar`` module parameters.
+@dataclass(frozen=True, slots=True)
+class LimitsConfig(Limits):
+    """``[limits]``: the parser's :class:`~edgeproxy.sip.parser.Limits` (``max_message_size``,
+    ``max_headers``, ``max_line_length``: inherited, so described there once) plus the two limits the
+    transport manager takes as arguments rather than as a settings object. Being a ``Limits``, it is
+    handed to the transports as their parser limits as it is.
 
-    ``max_expires`` and ``max_contacts`` of 0 mean no limit. ``min_expires_mode`` ``"clamp"`` raises a
-    too-short expiry to ``min_expires``; ``"reject"`` answers 423 Interval Too Brief (§10.3 step 7).
-    ``path_mode`` is the RFC 3327 Path handling of OpenSIPS's ``save()`` flags: ``ignore`` does not
-    store Path; ``off`` stores and uses it but never returns it; ``lazy`` also returns it in the 200
-    when the UA supports ``path``; ``strict`` refuses Path from a UA that does not (420).
+    The node's defaults for the two are larger than :class:`~edgeproxy.transport.TransportManager`'s
+    (which suit tests and embedding): an edge node holds many idle TCP/TLS/WS clients.
     """
 
-    default_expires: int = 3600
-    min_expires: int = 60
-    max_expires: int = 0
-    min_expires_mode: str = "clamp"
-    max_contacts: int = 0
-    use_domain: bool = False
-    path_mode: str = "lazy"
-
-
-@dataclass(frozen=True)
-class TimersConfig:
-    """Transaction timers in seconds (RFC 3261 §17 and Table 4).
-
-    ``timer_b`` and ``timer_f`` default to ``64 * t1`` as the RFC defines them; ``timer_c`` is the
-    proxy's INVITE timer (§16.6 step 11), OpenSIPS's ``fr_inv_timeout``.
-    """
-
-    t1: float = 0.5
-    t2: float = 4.0
-    t4: float = 5.0
-    timer_b: float | None = None
-    timer_f: float | None = None
-    timer_c: float = 120.0
-
-    def __post_init__(self) -> None:
-        if self.timer_b is None:
-            object.__setattr__(self, "timer_b", 64 * self.t1)
-        if self.timer_f is None:
-            object.__setattr__(self, "timer_f", 64 * self.t1)
-
-
-@dataclass(frozen=True)
-class ProxyConfig:
-    """Stateful-proxy behaviour (RFC 3261 §16).
-
-    ``no_reply_status`` is the final response sent when a route module returns without replying or
-    relaying, so a request is never left without an answer.
-    """
-
-    record_route_double: bool = True
-    auto_100trying: bool = True
-    no_reply_status: int = 500
-    max_forwards_default: int = 70
-
-
-@dataclass(frozen=True)
-class LimitsConfig:
-    """Resource limits applied to every peer (the parser refuses larger messages with 513 / a close)."""
-
-    max_message_size: int = 65535
-    max_headers: int = 256
-    max_line_length: int = 16384
     max_connections: int = 10000
     tcp_idle_timeout: float = 600.0
 
@@ -146,9 +110,10 @@ class LimitsConfig:
 class ClusterConfig:
     """``[cluster]``: OpenSIPS ``clusterer`` (node table, liveness) and usrloc's ``location_cluster``.
 
-    ``my_node_id = 0`` (the default) runs a single node with no cluster. The node table comes from
-    ``db_url`` (``mysql://user:pass@host:port/db``, table ``db_table``) or from ``[[cluster.nodes]]``
-    rows with the columns of the OpenSIPS table."""
+    Config-only: the cluster layer takes these as :class:`~edgeproxy.cluster.Cluster`'s arguments and
+    has no settings class. ``my_node_id = 0`` (the default) runs a single node with no cluster. The
+    node table comes from ``db_url`` (``mysql://user:pass@host:port/db``, table ``db_table``) or from
+    ``[[cluster.nodes]]`` rows with the columns of the OpenSIPS table."""
 
     my_node_id: int = 0
     cluster_id: int = 1
@@ -159,79 +124,6 @@ class ClusterConfig:
     ping_timeout: float = 1.0
     node_timeout: float | None = None
     seed_fallback_interval: float = 5.0
-
-
-@dataclass(frozen=True)
-class TlsConfig:
-    """``[tls]``: certificates and policy for ``tls``/``wss`` listeners and outbound TLS (see
-    :class:`edgeproxy.transport.tls.TlsSettings`, which this becomes). File paths are absolute here
-    (relative ones in the file resolve against the file's directory); ``sni`` maps a server name to
-    its ``(certificate, key)``."""
-
-    certificate: str = ""
-    key: str = ""
-    ca: str = ""
-    min_version: str = "1.2"
-    max_version: str = ""
-    ciphers: str = ""
-    groups: str = ""
-    require_client_cert: bool = False
-    verify_server: bool = True
-    handshake_timeout: float = 10.0
-    sni: Mapping[str, tuple[str, str]] = field(default_factory=lambda: MappingProxyType({}), hash=False)
-
-    def settings(self) -> Any:
-        """The transport layer's :class:`~edgeproxy.transport.tls.TlsSettings`."""
-        from .transport.tls import TlsSettings
-
-        return TlsSettings(certificate=self.certificate, key=self.key, ca=self.ca, min_version=self.min_version,
-                           max_version=self.max_version, ciphers=self.ciphers, groups=self.groups,
-                           require_client_cert=self.require_client_cert, verify_server=self.verify_server,
-                           sni=dict(self.sni), handshake_timeout=self.handshake_timeout)
-
-
-@dataclass(frozen=True)
-class WsConfig:
-    """``[ws]``: SIP over WebSocket listeners (RFC 7118); see :class:`edgeproxy.transport.ws.WsSettings`.
-
-    ``path`` ``"*"`` accepts any path; ``origins`` empty allows every Origin (``*`` wildcards allowed);
-    ``max_message_size`` 0 means ``limits.max_message_size``; 0 seconds switch a timer off."""
-
-    path: str = "*"
-    origins: tuple[str, ...] = ()
-    max_message_size: int = 0
-    ping_interval: float = 30.0
-    ping_timeout: float = 10.0
-    idle_timeout: float = 0.0
-    max_connections: int = 0
-    handshake_timeout: float = 5.0
-
-    def settings(self) -> Any:
-        """The transport layer's :class:`~edgeproxy.transport.ws.WsSettings`."""
-        from .transport.ws import WsSettings
-
-        return WsSettings(path=self.path, origins=tuple(self.origins), max_message_size=self.max_message_size,
-                          ping_interval=self.ping_interval, ping_timeout=self.ping_timeout,
-                          idle_timeout=self.idle_timeout, max_connections=self.max_connections,
-                          handshake_timeout=self.handshake_timeout)
-
-
-@dataclass(frozen=True)
-class Config:
-    """The whole configuration of one node. ``source`` is the file it was read from, if any;
-    ``route_params`` is the free-form ``[route_params]`` table, handed to route modules as-is."""
-
-    node: NodeConfig = field(default_factory=NodeConfig)
-    registrar: RegistrarConfig = field(default_factory=RegistrarConfig)
-    timers: TimersConfig = field(default_factory=TimersConfig)
-    proxy: ProxyConfig = field(default_factory=ProxyConfig)
-    limits: LimitsConfig = field(default_factory=LimitsConfig)
-    cluster: ClusterConfig = field(default_factory=ClusterConfig)
-    tls: TlsConfig = field(default_factory=TlsConfig)
-    ws: WsConfig = field(default_factory=WsConfig)
-    federation: Any = None  # edgeproxy.federation.FederationSettings when [federation] is present
-    route_params: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), hash=False)
-    source: str | None = None
 
 
 # -- value checkers -------------------------------------------------------------------------------
@@ -533,8 +425,44 @@ def _origins(key: str, value: Any, ctx: _Context) -> tuple[str, ...]:
     return tuple(out)
 
 
-_SCHEMA: dict[str, tuple[type, dict[str, Checker]]] = {
-    "node": (NodeConfig, {
+@dataclass(frozen=True)
+class _Section:
+    """One table of the file: the class it becomes and a checker per key.
+
+    Each key is the field of ``cls`` of the same name; a key the file leaves out takes the class's own
+    default, so a default is written once, next to the field it belongs to. ``defaults`` holds the
+    rare exception: a key whose node default deliberately differs from the library's (each one says
+    why in :data:`_SCHEMA`).
+    """
+
+    cls: type
+    checkers: Mapping[str, Checker]
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+
+    def value(self, values: Mapping[str, Any], key: str) -> Any:
+        """What ``key`` will be: the checked value, else the node's default, else the class's."""
+        if key in values:
+            return values[key]
+        if key in self.defaults:
+            return self.defaults[key]
+        return next(f.default for f in fields(self.cls) if f.name == key)
+
+    def build(self, name: str, values: Mapping[str, Any]) -> Any:
+        """The settings object. A settings class that still refuses the values (a rule between keys
+        the schema does not check first) is reported as one line too, not as a traceback."""
+        try:
+            return self.cls(**{**self.defaults, **values})
+        except ValueError as exc:
+            raise ConfigError(name, str(exc)) from None
+
+    def default(self) -> Any:
+        """The section when the file does not have it."""
+        return self.cls(**self.defaults)
+
+
+#: The schema of the file, section by section: what each table becomes, its keys and their checkers.
+_SCHEMA: dict[str, _Section] = {
+    "node": _Section(NodeConfig, {
         "listen": _listen,
         "advertise": _advertise,
         "domains": _domains,
@@ -543,7 +471,7 @@ _SCHEMA: dict[str, tuple[type, dict[str, Checker]]] = {
         "node_id": _node_id,
         "gc_full_interval": _seconds_or_zero,
     }),
-    "registrar": (RegistrarConfig, {
+    "registrar": _Section(RegistrarSettings, {
         "default_expires": _integer(1),
         "min_expires": _integer(0),
         "max_expires": _integer(0),
@@ -552,28 +480,33 @@ _SCHEMA: dict[str, tuple[type, dict[str, Checker]]] = {
         "use_domain": _boolean,
         "path_mode": _choice("ignore", "off", "lazy", "strict"),
     }),
-    "timers": (TimersConfig, {
+    "timers": _Section(TimerSettings, {
         "t1": _seconds,
         "t2": _seconds,
         "t4": _seconds,
         "timer_b": _seconds,
         "timer_f": _seconds,
         "timer_c": _seconds,
+    }, defaults={
+        # A node is a proxy in front of PBXs and trunks: OpenSIPS's fr_inv_timeout (Kamailio's
+        # fr_inv_timer) of 120 s, what operators moving from them expect. TimerSettings keeps the
+        # RFC's "greater than 3 minutes" (180 s) for the transaction layer used on its own.
+        "timer_c": 120.0,
     }),
-    "proxy": (ProxyConfig, {
+    "proxy": _Section(ProxySettings, {
         "record_route_double": _boolean,
         "auto_100trying": _boolean,
         "no_reply_status": _integer(400, 699),
         "max_forwards_default": _integer(1, 255),
     }),
-    "limits": (LimitsConfig, {
+    "limits": _Section(LimitsConfig, {
         "max_message_size": _integer(1024, 16 * 1024 * 1024),
         "max_headers": _integer(8, 100000),
         "max_line_length": _integer(256, 16 * 1024 * 1024),
         "max_connections": _integer(1),
         "tcp_idle_timeout": _seconds,
     }),
-    "cluster": (ClusterConfig, {
+    "cluster": _Section(ClusterConfig, {
         "my_node_id": _integer(0),
         "cluster_id": _integer(1),
         "db_url": _text,
@@ -584,7 +517,7 @@ _SCHEMA: dict[str, tuple[type, dict[str, Checker]]] = {
         "node_timeout": _seconds,
         "seed_fallback_interval": _seconds,
     }),
-    "tls": (TlsConfig, {
+    "tls": _Section(TlsSettings, {
         "certificate": _pem_file,
         "key": _pem_file,
         "ca": _pem_file,
@@ -597,7 +530,7 @@ _SCHEMA: dict[str, tuple[type, dict[str, Checker]]] = {
         "handshake_timeout": _seconds,
         "sni": _sni,
     }),
-    "ws": (WsConfig, {
+    "ws": _Section(WsSettings, {
         "path": _ws_path,
         "origins": _origins,
         "max_message_size": _integer(0, 16 * 1024 * 1024),
@@ -608,10 +541,38 @@ _SCHEMA: dict[str, tuple[type, dict[str, Checker]]] = {
         "handshake_timeout": _seconds,
     }),
 }
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration of one node, a section per attribute.
+
+    ``registrar``, ``timers``, ``proxy``, ``tls`` and ``ws`` are the lower layers' own settings
+    objects, handed to them as they are (``proxy`` holds the ``[proxy]`` keys; the service adds
+    ``node.domains`` and the debug flag, which live in ``[node]``). ``federation`` is the
+    :class:`~edgeproxy.federation.FederationSettings` when ``[federation]`` is present. ``source`` is
+    the file the configuration was read from, if any; ``route_params`` is the free-form
+    ``[route_params]`` table, handed to route modules as-is. ``Config()`` is what no file gives.
+    """
+
+    node: NodeConfig = field(default_factory=_SCHEMA["node"].default)
+    registrar: RegistrarSettings = field(default_factory=_SCHEMA["registrar"].default)
+    timers: TimerSettings = field(default_factory=_SCHEMA["timers"].default)
+    proxy: ProxySettings = field(default_factory=_SCHEMA["proxy"].default)
+    limits: LimitsConfig = field(default_factory=_SCHEMA["limits"].default)
+    cluster: ClusterConfig = field(default_factory=_SCHEMA["cluster"].default)
+    # TlsSettings.sni is a mapping: leave it out of the hash, so a Config stays hashable
+    tls: TlsSettings = field(default_factory=_SCHEMA["tls"].default, hash=False)
+    ws: WsSettings = field(default_factory=_SCHEMA["ws"].default)
+    federation: FederationSettings | None = None
+    route_params: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), hash=False)
+    source: str | None = None
+
+
 _FREE_FORM = ("route_params", "federation")
 
 
-def _federation(table: Any, cluster: ClusterConfig) -> Any:
+def _federation(table: Any, cluster: ClusterConfig) -> FederationSettings | None:
     """``[federation]``, checked by :func:`edgeproxy.federation.federation_settings`; ``sip_addr``
     defaults to this node's ``sip_addr`` in the ``[[cluster.nodes]]`` rows -- or, with
     ``cluster.db_url``, is left empty here and taken from this node's row when the table is read."""
@@ -641,11 +602,17 @@ def _unknown(key: str, what: str, known: list[str]) -> ConfigError:
     return ConfigError(key, f"unknown {what} ({hint})")
 
 
+def _check_timers(values: Mapping[str, Any]) -> None:
+    """``timers.t2 >= t1``, checked before :class:`TimerSettings` is built: it refuses the values
+    itself, but with a ValueError that does not name the key to change."""
+    timers = _SCHEMA["timers"]
+    t1, t2 = timers.value(values, "t1"), timers.value(values, "t2")
+    if t2 < t1:
+        raise ConfigError("timers.t2", f"must be >= timers.t1 ({t1:g}), got {t2:g}")
+
+
 def _cross_checks(config: Config) -> None:
     """Constraints between keys, reported against the key an operator would change."""
-    t = config.timers
-    if t.t2 < t.t1:
-        raise ConfigError("timers.t2", f"must be >= timers.t1 ({t.t1:g}), got {t.t2:g}")
     r = config.registrar
     if r.max_expires and r.min_expires > r.max_expires:
         raise ConfigError("registrar.min_expires",
@@ -683,12 +650,10 @@ def _check_tls(config: Config) -> None:
         raise ConfigError("tls.max_version", f"must be >= tls.min_version ({tls.min_version}), got {tls.max_version}")
     if tls.sni and not tls.certificate:
         raise ConfigError("tls.sni", "needs a default tls.certificate and tls.key as well")
-    if tls == TlsConfig():
+    if tls == TlsSettings():
         return
-    from .transport.tls import TlsContexts
-
     try:
-        TlsContexts(tls.settings())
+        TlsContexts(tls)
     except ValueError as exc:
         text = str(exc)
         key = next((k for marker, k in (("TLS ciphers", "tls.ciphers"), ("TLS groups", "tls.groups"),
@@ -745,20 +710,21 @@ def load_config(path: str | None = None, overrides: Mapping[str, Any] | None = N
             raise _unknown(name, "section", list(_SCHEMA))
         sections.setdefault(name, {})[key] = (value, dotted, None)
 
-    built: dict[str, Any] = {}
-    for name, (cls, checkers) in _SCHEMA.items():
-        values: dict[str, Any] = {}
+    checked: dict[str, dict[str, Any]] = {}
+    for name, section in _SCHEMA.items():
+        values = checked[name] = {}
         for key, (value, label, base_dir) in sections.get(name, {}).items():
             from_file = base_dir is not None
             try:
-                if key not in checkers:
-                    raise _unknown(label, f"key in [{name}]", list(checkers))
-                values[key] = checkers[key](label, value, _Context(base_dir if from_file else os.getcwd()))
+                if key not in section.checkers:
+                    raise _unknown(label, f"key in [{name}]", list(section.checkers))
+                values[key] = section.checkers[key](label, value, _Context(base_dir if from_file else os.getcwd()))
             except ConfigError as exc:
                 if from_file:
                     raise
                 raise ConfigError(f"{exc.key} (command line)", exc.problem) from None
-        built[name] = cls(**values)
+    _check_timers(checked["timers"])
+    built = {name: section.build(name, checked[name]) for name, section in _SCHEMA.items()}
 
     params = raw.get("route_params", {})
     federation = _federation(raw.get("federation"), built["cluster"])

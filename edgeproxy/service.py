@@ -18,11 +18,9 @@ from twisted.logger import Logger
 
 from .config import Config, ConfigError
 from .location import InMemoryLocation
-from .proxy.node import Node, ProxySettings
-from .registrar import Registrar, RegistrarSettings
+from .proxy.node import Node
+from .registrar import Registrar
 from .routing.loader import load_route_module
-from .sip.parser import Limits
-from .transaction import TimerSettings
 from .transport import TransportManager, parse_listen
 
 __all__ = ["make_service", "build_node", "RunningNode", "NodeService"]
@@ -90,50 +88,33 @@ class RunningNode:
 
 
 def build_node(config: Config, reactor: Any = None) -> RunningNode:
-    """Wire transports, location, registrar, route module and proxy for ``config``."""
+    """Wire transports, location, registrar, route module and proxy for ``config``.
+
+    The configuration's sections are the layers' own settings objects (see :mod:`edgeproxy.config`),
+    so they are handed over as they are: nothing here restates a setting.
+    """
     if reactor is None:
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor
     routes = load_route_module(config.node.route)
     location = InMemoryLocation(reactor)
-    reg = config.registrar
-    registrar = Registrar(
-        location,
-        RegistrarSettings(
-            default_expires=reg.default_expires,
-            min_expires=reg.min_expires,
-            max_expires=reg.max_expires,
-            min_expires_mode=reg.min_expires_mode,
-            max_contacts=reg.max_contacts,
-            use_domain=reg.use_domain,
-            path_mode=reg.path_mode,
-        ),
-        reactor,
-    )
-    t = config.timers
-    timers = TimerSettings(t1=t.t1, t2=t.t2, t4=t.t4, timer_b=t.timer_b, timer_f=t.timer_f, timer_c=t.timer_c)
-    p = config.proxy
-    settings = ProxySettings(
-        record_route_double=p.record_route_double,
-        auto_100trying=p.auto_100trying,
-        no_reply_status=p.no_reply_status,
-        max_forwards_default=p.max_forwards_default,
-        domains=tuple(config.node.domains),
-        log_decisions=config.node.log_level == "debug",
-    )
-    lim = config.limits
+    registrar = Registrar(location, config.registrar, reactor)
+    # [node] keys the proxy needs too: the domains it answers for and per-decision debug lines
+    settings = replace(config.proxy, domains=tuple(config.node.domains),
+                       log_decisions=config.node.log_level == "debug")
+    limits = config.limits
     transports = TransportManager(
         reactor,
         None,
-        limits=Limits(lim.max_message_size, lim.max_headers, lim.max_line_length),
-        max_connections=lim.max_connections,
-        idle_timeout=lim.tcp_idle_timeout,
+        limits=limits,  # a LimitsConfig is the parser's Limits
+        max_connections=limits.max_connections,
+        idle_timeout=limits.tcp_idle_timeout,
         advertise=config.node.advertise or None,
-        tls=config.tls.settings(),
-        ws=config.ws.settings(),
+        tls=config.tls,
+        ws=config.ws,
     )
-    node = Node(reactor, transports, registrar, routes, settings, timers,
+    node = Node(reactor, transports, registrar, routes, settings, config.timers,
                 route_params=dict(getattr(config, "route_params", {}) or {}))
     transports.sink = node
     if routes.setup is not None:

@@ -15,19 +15,23 @@ import pytest
 from twisted.logger import LogLevel
 from twisted.python import usage
 
+from edgeproxy import config as config_module
 from edgeproxy import tap
 from tls_ca import TestCA
 from edgeproxy.config import (
+    _SCHEMA,
     Config,
     ConfigError,
     LimitsConfig,
     NodeConfig,
-    ProxyConfig,
-    RegistrarConfig,
-    TimersConfig,
     load_config,
     parse_listen_spec,
 )
+from edgeproxy.proxy.node import ProxySettings
+from edgeproxy.registrar import RegistrarSettings
+from edgeproxy.service import build_node
+from edgeproxy.sip.parser import Limits
+from edgeproxy.transaction import TimerSettings
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -55,25 +59,60 @@ def test_no_file_is_a_working_single_node() -> None:
         listen=("udp:127.0.0.1:5060", "tcp:127.0.0.1:5060"), advertise="", domains=(), route="",
         log_level="info", node_id=None,
     )
-    assert config.registrar == RegistrarConfig(3600, 60, 0, "clamp", 0, False, "lazy")
-    assert config.proxy == ProxyConfig(True, True, 500, 70)
+    assert config.registrar == RegistrarSettings(default_expires=3600, min_expires=60, max_expires=0,
+                                                 min_expires_mode="clamp", max_contacts=0, use_domain=False,
+                                                 path_mode="lazy")
+    assert config.proxy == ProxySettings(True, True, 500, 70)
     assert config.limits == LimitsConfig(65535, 256, 16384, 10000, 600.0)
     assert dict(config.route_params) == {}
     assert config.source is None
 
 
 def test_timer_b_and_f_default_to_64_t1_rfc3261_table4() -> None:
-    assert load_config(None).timers == TimersConfig(0.5, 4.0, 5.0, 32.0, 32.0, 120.0)
-    assert TimersConfig(t1=0.1).timer_b == pytest.approx(6.4)
+    timers = load_config(None).timers
+    assert timers == TimerSettings(t1=0.5, t2=4.0, t4=5.0, timer_c=120.0)
+    assert (timers.t1, timers.t2, timers.t4, timers.b, timers.f, timers.c) == (0.5, 4.0, 5.0, 32.0, 32.0, 120.0)
+    assert TimerSettings(t1=0.1).b == pytest.approx(6.4)
 
 
 def test_timer_b_follows_a_configured_t1_unless_set(tmp_path: Path) -> None:
     timers = load_config(write(tmp_path, "[timers]\nt1 = 0.25\ntimer_f = 3\n")).timers
-    assert timers.timer_b == 16.0 and timers.timer_f == 3.0
+    assert timers.b == 16.0 and timers.f == 3.0
 
 
 def test_empty_file_equals_no_file(tmp_path: Path) -> None:
     assert dataclasses.replace(load_config(write(tmp_path, "")), source=None) == load_config(None)
+
+
+def test_config_default_is_no_file() -> None:
+    """``Config()`` (what benchmarks and tests build) has the same defaults as a node without a file."""
+    assert Config() == load_config(None)
+
+
+def test_each_key_is_a_field_of_its_section_class() -> None:
+    """The schema names keys, not fields: every key is the field of the same name of the class the
+    section becomes (the layer's settings class), so its default is that class's."""
+    for name, section in _SCHEMA.items():
+        names = {f.name for f in dataclasses.fields(section.cls)}
+        assert set(section.checkers) <= names, name
+        assert set(section.defaults) <= set(section.checkers), name
+
+
+def test_sections_are_the_layers_settings_handed_over_as_they_are(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, '[node]\ndomains = ["example.com"]\nlog_level = "debug"\n'
+                                         "[limits]\nmax_headers = 64\n[timers]\nt1 = 0.25\n"))
+    assert isinstance(config.limits, Limits)
+    running = build_node(config)
+    assert running.registrar.settings is config.registrar
+    assert running.node.timers is config.timers
+    assert running.transports.limits is config.limits
+    assert running.node.settings == dataclasses.replace(config.proxy, domains=("example.com",), log_decisions=True)
+
+
+def test_a_rule_a_settings_class_enforces_is_still_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Should the schema miss a rule a settings class enforces, the error is a line naming the section."""
+    monkeypatch.setattr(config_module, "_check_timers", lambda values: None)
+    assert error_of(tmp_path, "[timers]\nt1 = 5.0\n") == "config: timers: T2 must not be smaller than T1"
 
 
 def test_config_is_frozen() -> None:
@@ -153,9 +192,11 @@ weights = [1, 2]
         log_level="warn",
         node_id="edge-1",
     )
-    assert config.registrar == RegistrarConfig(1800, 30, 7200, "reject", 5, True, "strict")
-    assert config.timers == TimersConfig(0.2, 2.0, 2.5, 10.0, 11.5, 180.0)
-    assert config.proxy == ProxyConfig(False, False, 503, 30)
+    assert config.registrar == RegistrarSettings(default_expires=1800, min_expires=30, max_expires=7200,
+                                                 min_expires_mode="reject", max_contacts=5, use_domain=True,
+                                                 path_mode="strict")
+    assert config.timers == TimerSettings(t1=0.2, t2=2.0, t4=2.5, timer_b=10.0, timer_f=11.5, timer_c=180.0)
+    assert config.proxy == ProxySettings(False, False, 503, 30)
     assert config.limits == LimitsConfig(4096, 64, 1024, 100, 30.0)
     assert dict(config.route_params) == {"trunk": "sip:freeswitch.example.com", "weights": [1, 2]}
     assert config.source == str(tmp_path / "edgeproxy.toml")

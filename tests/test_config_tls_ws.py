@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeproxy.config import ConfigError, TlsConfig, WsConfig, load_config
+from edgeproxy.config import Config, ConfigError, load_config
 from edgeproxy.service import build_node
 from edgeproxy.transport.tls import TlsSettings
 from edgeproxy.transport.ws import WsSettings
@@ -44,9 +44,8 @@ def error_of(tmp_path: Path, text: str) -> str:
 
 def test_defaults_are_the_transport_defaults() -> None:
     config = load_config(None)
-    assert config.tls == TlsConfig() and config.ws == WsConfig()
-    assert config.tls.settings() == TlsSettings()
-    assert config.ws.settings() == WsSettings()
+    assert config.tls == TlsSettings() and config.ws == WsSettings()
+    assert Config().tls == TlsSettings() and Config().ws == WsSettings()
 
 
 def test_every_tls_and_ws_key(tmp_path: Path, pki) -> None:
@@ -81,11 +80,11 @@ idle_timeout = 0
 max_connections = 100
 handshake_timeout = 2.5
 """)
-    assert config.tls.settings() == TlsSettings(
+    assert config.tls == TlsSettings(
         certificate=server.cert, key=server.key, ca=ca.cert, min_version="1.2", max_version="1.3",
         ciphers="ECDHE+AESGCM", groups="X25519:P-256", require_client_cert=True, verify_server=False,
         sni={"other.test": (other.cert, other.key)}, handshake_timeout=3.0)
-    assert config.ws.settings() == WsSettings(
+    assert config.ws == WsSettings(
         path="/ws", origins=("https://app.example.com", "https://*.example.org"), max_message_size=8192,
         ping_interval=20.0, ping_timeout=5.0, idle_timeout=0.0, max_connections=100, handshake_timeout=2.5)
 
@@ -157,8 +156,8 @@ def test_build_node_hands_the_settings_to_the_transports(tmp_path: Path, pki) ->
     config = load(tmp_path, f'[tls]\ncertificate = "{server.cert}"\nkey = "{server.key}"\nmax_version = "1.2"\n'
                             '[ws]\npath = "/sip"\nmax_connections = 7\n')
     running = build_node(config)
-    assert running.transports.tls_settings == config.tls.settings()
-    assert running.transports.ws_settings == config.ws.settings()
+    assert running.transports.tls_settings is config.tls
+    assert running.transports.ws_settings is config.ws
 
 
 def test_twistd_listens_on_tls_ws_and_wss_from_a_config_file(tmp_path: Path, pki) -> None:
