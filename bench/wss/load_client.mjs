@@ -33,7 +33,7 @@
 
 import crypto from "node:crypto";
 import fs from "node:fs";
-import { performance } from "node:perf_hooks";
+import { monitorEventLoopDelay, performance } from "node:perf_hooks";
 import readline from "node:readline";
 import WebSocket from "ws";
 
@@ -265,6 +265,15 @@ class Conn {
 }
 
 const conns = [];
+// How late this process's event loop ran during a phase: when it is late, the client (not the proxy) is
+// what delays the messages, and the phase's latencies say little about the proxy.
+const loopDelay = monitorEventLoopDelay({ resolution: 10 });
+loopDelay.enable();
+function loopLag() {
+  const out = { client_lag_ms_p99: ms3(loopDelay.percentile(99) / 1e6), client_lag_ms_max: ms3(loopDelay.max / 1e6) };
+  loopDelay.reset();
+  return out;
+}
 // what the current phase counts besides its own figures (unexpected messages, callee side, closes)
 let counters = newCounters();
 
@@ -822,7 +831,9 @@ rl.on("line", (line) => {
       return;
     }
     try {
-      emit(cmd.cmd, await phase(cmd));
+      loopDelay.reset();
+      const result = await phase(cmd);
+      emit(cmd.cmd, { ...result, ...loopLag() });
     } catch (err) {
       emit("error", { where: `command ${cmd.cmd}`, message: String(err && err.stack ? err.stack : err) });
     }
