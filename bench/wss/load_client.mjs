@@ -483,7 +483,7 @@ function register(conn, expires) {
 
 // --------------------------------------------------------------------------- phases
 
-function percentileLists() {
+function latencyLists() {
   return { lat_ms: [], done_ms: [] };
 }
 
@@ -494,7 +494,7 @@ async function connectPhase(cmd) {
   const t0 = now();
   const first = conns.length;
   const handshakeMs = [];
-  const { lat_ms: registerMs, done_ms: doneMs } = percentileLists();
+  const { lat_ms: registerMs, done_ms: doneMs } = latencyLists();
   const failures = {};
   let next = first;
   let inflight = 0; // handshakes in flight
@@ -588,7 +588,7 @@ async function refreshPhase(cmd) {
   counters = newCounters();
   const live = conns.filter((c) => c.open && c.registered);
   const t0 = now();
-  const { lat_ms: latMs, done_ms: doneMs } = percentileLists();
+  const { lat_ms: latMs, done_ms: doneMs } = latencyLists();
   const failures = {};
   let ok = 0;
   let failed = 0;
@@ -637,7 +637,7 @@ async function callsPhase(cmd) {
   counters = newCounters();
   const live = conns.filter((c) => c.open && c.registered);
   const t0 = now();
-  const { lat_ms: inviteMs, done_ms: doneMs } = percentileLists();
+  const { lat_ms: inviteMs, done_ms: doneMs } = latencyLists();
   const byeMs = [];
   const failures = {};
   let ok = 0;
