@@ -40,6 +40,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from .config_error import ConfigError
+from .dns.settings import DnsSettings, parse_dns_server
 from .proxy.node import ProxySettings
 from .registrar.settings import RegistrarSettings
 from .sip.parser import Limits
@@ -460,6 +461,18 @@ class _Section:
         return self.cls(**self.defaults)
 
 
+def _dns_servers(key: str, value: Any, ctx: _Context) -> tuple[tuple[str, int], ...]:
+    if not isinstance(value, list):
+        raise ConfigError(key, f'must be a list of "ip[:port]" strings, got {_show(value)}')
+    out = []
+    for i, text in enumerate(value):
+        try:
+            out.append(parse_dns_server(text if isinstance(text, str) else "?"))
+        except ValueError as exc:
+            raise ConfigError(f"{key}[{i}]", f"{exc}, got {_show(text)}") from None
+    return tuple(out)
+
+
 #: The schema of the file, section by section: what each table becomes, its keys and their checkers.
 _SCHEMA: dict[str, _Section] = {
     "node": _Section(NodeConfig, {
@@ -498,6 +511,14 @@ _SCHEMA: dict[str, _Section] = {
         "auto_100trying": _boolean,
         "no_reply_status": _integer(400, 699),
         "max_forwards_default": _integer(1, 255),
+    }),
+    "dns": _Section(DnsSettings, {
+        "naptr": _boolean,
+        "srv": _boolean,
+        "failover": _boolean,
+        "servers": _dns_servers,
+        "timeout": _seconds,
+        "cache_size": _integer(0),
     }),
     "limits": _Section(LimitsConfig, {
         "max_message_size": _integer(1024, 16 * 1024 * 1024),
@@ -564,6 +585,7 @@ class Config:
     # TlsSettings.sni is a mapping: leave it out of the hash, so a Config stays hashable
     tls: TlsSettings = field(default_factory=_SCHEMA["tls"].default, hash=False)
     ws: WsSettings = field(default_factory=_SCHEMA["ws"].default)
+    dns: DnsSettings = field(default_factory=_SCHEMA["dns"].default)
     federation: FederationSettings | None = None
     route_params: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), hash=False)
     source: str | None = None

@@ -22,6 +22,7 @@ from .proxy.node import Node
 from .registrar import Registrar
 from .routing.loader import load_route_module
 from .transport import TransportManager, parse_listen
+from .transport.locator import DnsLocator
 
 __all__ = ["make_service", "build_node", "RunningNode", "NodeService"]
 
@@ -81,6 +82,8 @@ class RunningNode:
         if self.federation is not None:
             yield self.federation.stop()
         self.node.stop()
+        if self.node.locator is not None:
+            self.node.locator.stop()
         self.location.stop()
         yield self.transports.stop()
         if self.cluster is not None:
@@ -102,7 +105,7 @@ def build_node(config: Config, reactor: Any = None) -> RunningNode:
     registrar = Registrar(location, config.registrar, reactor)
     # [node] keys the proxy needs too: the domains it answers for and per-decision debug lines
     settings = replace(config.proxy, domains=tuple(config.node.domains),
-                       log_decisions=config.node.log_level == "debug")
+                       log_decisions=config.node.log_level == "debug", dns_failover=config.dns.failover)
     limits = config.limits
     transports = TransportManager(
         reactor,
@@ -116,6 +119,7 @@ def build_node(config: Config, reactor: Any = None) -> RunningNode:
     )
     node = Node(reactor, transports, registrar, routes, settings, config.timers,
                 route_params=dict(getattr(config, "route_params", {}) or {}))
+    node.locator = DnsLocator(reactor, config.dns)  # RFC 3263 for next hops named by a host name
     transports.sink = node
     if routes.setup is not None:
         routes.setup(node)

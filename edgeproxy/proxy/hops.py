@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import ipaddress
 
+from typing import Callable
+
+from ..dns import ServerQuery, is_host_name
 from ..sip.endpoint import Destination, Endpoint, Flow, default_port
 from ..sip.message import Request, Response
 from ..sip.uri import SipURI
-from typing import Callable
-
 from ..sip.values import Via, format_params
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "stamp_received",
     "response_destination",
     "uri_destination",
+    "uri_query",
     "uri_transport",
     "loose_route",
 ]
@@ -113,6 +115,21 @@ def uri_destination(uri: SipURI) -> Destination:
     port = uri.port or default_port(transport)
     return Destination(Endpoint(transport, _bare(host), port),
                        flow_only=uri.host.lower().endswith(".invalid"))
+
+
+def uri_query(uri: SipURI) -> ServerQuery | None:
+    """What RFC 3263 must look up before a request can go to ``uri``: its TARGET (``maddr`` or host)
+    when that is a host name, with the ``sips`` scheme and the explicit transport and port (§4.1,
+    §4.2). None when there is nothing to look up: an IP literal (sent as :func:`uri_destination`
+    says, at no extra cost), a WebSocket transport or an ``.invalid`` host (never dialled, RFC 7118
+    §5.2)."""
+    host = uri.params.get("maddr") or uri.host
+    if not is_host_name(host) or uri.host.lower().endswith(".invalid"):
+        return None
+    transport = uri_transport(uri) if uri.params.get("transport") else None
+    if transport in ("WS", "WSS"):
+        return None
+    return ServerQuery(host.lower().rstrip("."), uri.scheme == "sips", transport, uri.port)
 
 
 def _points_here(uri: object, is_myself: Callable[[str, int | None], bool]) -> bool:

@@ -27,6 +27,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ..coroutine import run_eagerly
+from ..dns import ServerQuery
 from ..location import LookupResult
 from ..registrar import Registrar, aor_of
 from ..routing.api import Branch, RouteRequest, SIPError
@@ -51,7 +52,8 @@ from ..transaction import (
     TransportFailure,
 )
 from .flowtoken import FlowTokens, InvalidFlowToken
-from .hops import loose_route, response_destination, stamp_received, uri_destination
+from .hops import loose_route, response_destination, stamp_received, uri_destination, uri_query
+from .locator import Locator
 from .sender import SendError, Sender
 
 __all__ = ["Node", "ProxySettings"]
@@ -69,13 +71,20 @@ class ProxySettings:
     max_forwards_default: int = 70  # §8.1.1.6
     domains: tuple[str, ...] = ()  # local domains (``uri == myself``); empty = the listeners only
     log_decisions: bool = False  # one debug line per routing decision (log_level = "debug")
+    dns_failover: bool = True  # RFC 3263 §4.3 across a located next hop's targets (tm use_dns_failover)
 
 
 class ClientBranch:
-    """One forwarded copy of a request and its client transaction (§16.6)."""
+    """One forwarded copy of a request and its client transaction (§16.6).
+
+    A next hop named by a host name is first located (RFC 3263): until then the branch has no
+    transaction and ``request`` is ``base``, the copy before our Via and Record-Route. Each target of
+    the located list is then tried as a new ClientBranch with a new transaction (§4.3: a new Via
+    branch), which takes the old one's place in its context; ``alternatives`` are the targets left,
+    and a ``replaced`` branch's late events are ignored (its transaction only finishes its ACKs)."""
 
     __slots__ = ("ctx", "target", "request", "destination", "tx", "final", "provisional",
-                 "cancel_wanted", "cancel_sent", "flow")
+                 "cancel_wanted", "cancel_sent", "flow", "base", "alternatives", "replaced")
 
     def __init__(self, ctx: "ServerContext", target: Branch, request: Request, destination: Destination) -> None:
         self.ctx = ctx
@@ -88,6 +97,9 @@ class ClientBranch:
         self.cancel_wanted = False
         self.cancel_sent = False
         self.flow: Flow | None = None
+        self.base: Request | None = None
+        self.alternatives: list[Endpoint] | None = None
+        self.replaced = False
 
 
 class CancelBranch:
@@ -185,6 +197,9 @@ class Node:
         self.cluster: Any = None  # an edgeproxy.cluster.Cluster when clustering is configured
         self.federation: Any = None  # an edgeproxy.federation.Federation with [federation]
         self.cluster_id = 1
+        # RFC 3263 location of next hops named by a host name (edgeproxy.transport.locator); None: such
+        # names go to the transports as they are, which resolve their A/AAAA (no SRV, no failover)
+        self.locator: Locator | None = None
         self.stats = {"requests": 0, "responses": 0, "relayed": 0, "replied": 0, "route_errors": 0}
 
     # -- identity ------------------------------------------------------------------------------------
@@ -279,9 +294,9 @@ class Node:
                 self._send(response_destination(action.response, ctx.flow), action.response)
             elif isinstance(action, SendRequest):
                 if owner is not None:
-                    self._send(owner.destination if isinstance(owner, CancelBranch)
-                               else Destination(owner.destination.remote, owner.flow or owner.destination.flow,
-                                                owner.destination.flow_only),
+                    dst = owner.destination
+                    self._send(dst if isinstance(owner, CancelBranch)
+                               else Destination(dst.remote, owner.flow or dst.flow, dst.flow_only, dst.server_name),
                                action.request)
             elif isinstance(action, DeliverResponse):
                 if isinstance(owner, ClientBranch):
@@ -293,6 +308,9 @@ class Node:
                     self._route(action.request, owner.flow, None)
             elif isinstance(action, Timeout):
                 if isinstance(owner, ClientBranch):
+                    # no answer at all from this target (not even 1xx): RFC 3263 §4.3, the next one
+                    if owner.alternatives and not owner.provisional and self._fail_over(owner, "timeout"):
+                        continue
                     self._branch_failed(owner, 408, "Request Timeout")
             elif isinstance(action, TransportFailure):
                 if isinstance(owner, ClientBranch):
@@ -684,19 +702,33 @@ class Node:
             first.destination = getattr(rr, "_flow_dst", None)
         return [first, *rr.branches]
 
-    def _next_hop(self, request: Request, target: Branch) -> Destination:
+    def _next_hop(self, request: Request, target: Branch) -> tuple[Destination, ServerQuery | None]:
+        """§16.6 step 7: where ``request`` goes for ``target`` (a flow, ``$du``, the top Route or the
+        Request-URI), and what RFC 3263 must look up first when that URI names a host (None for IP
+        literals, and for every hop when no locator is configured)."""
         if target.destination is not None:
-            return target.destination
-        if target.dst_uri is not None:
-            return uri_destination(target.dst_uri)
-        routes = request.routes
-        if routes:
-            top = routes[0].uri
+            return target.destination, None
+        uri = target.dst_uri
+        if uri is None:
+            routes = request.routes
+            top = routes[0].uri if routes else None
             if isinstance(top, SipURI):
-                return uri_destination(top)
-        if not isinstance(target.uri, SipURI):
-            raise SendError("Unsupported URI Scheme", 416)
-        return uri_destination(target.uri)
+                uri = top
+            elif isinstance(target.uri, SipURI):
+                uri = target.uri
+            else:
+                raise SendError("Unsupported URI Scheme", 416)
+        destination = uri_destination(uri)
+        if self.locator is None:
+            return destination, None
+        query = uri_query(uri)
+        if query is not None:
+            destination = Destination(destination.remote, destination.flow, destination.flow_only, query.host)
+        return destination, query
+
+    def _transports(self) -> frozenset[str]:
+        """The transports a located next hop may use: those we have a listener for (Via needs one)."""
+        return frozenset(t for t in ("UDP", "TCP", "TLS") if self.sender.local_endpoint(t) is not None)
 
     def _start_group(self, ctx: ServerContext) -> None:
         group = ctx.groups.pop(0)
@@ -711,9 +743,11 @@ class Node:
         self._check_done(ctx)
 
     def _prepare(self, request: Request, target: Branch, rr: RouteRequest | None, in_flow: Flow,
-                 branch: str) -> tuple[Request, Destination]:
-        """§16.6 steps 1-8 for one target: copy, Request-URI, Max-Forwards, Record-Route, Route
-        (Path), next hop, Via."""
+                 branch: str) -> tuple[Request, Destination, ServerQuery | None]:
+        """§16.6 steps 1-8 for one target: copy, Request-URI, Max-Forwards, Route (Path), next hop,
+        and then Record-Route and Via -- unless the next hop must be located first (a query is
+        returned): those two depend on the transport and address family, which the location picks,
+        so :meth:`_stamp` adds them per target tried."""
         fwd = request.copy()
         if str(target.uri) != request.uri_text:
             fwd.uri = target.uri
@@ -721,7 +755,7 @@ class Node:
         fwd.max_forwards = (mf - 1) if mf is not None else self.settings.max_forwards_default
         for p in reversed(target.path):
             fwd.headers.push("Route", p)
-        destination = self._next_hop(fwd, target)
+        destination, query = self._next_hop(fwd, target)
         routes = fwd.routes
         if routes and isinstance(routes[0].uri, SipURI) and not routes[0].uri.lr:
             # §16.6 step 6: the next hop is a strict router: it gets the request with its URI as
@@ -729,6 +763,14 @@ class Node:
             fwd.headers.add("Route", f"<{fwd.uri_text}>")
             fwd.headers.pop_first_value("route")
             fwd.uri = routes[0].uri
+        if query is None:
+            self._stamp(fwd, destination, rr, in_flow, branch)
+        return fwd, destination, query
+
+    def _stamp(self, fwd: Request, destination: Destination, rr: RouteRequest | None, in_flow: Flow,
+               branch: str) -> None:
+        """§16.6 steps 4 and 8 for a resolved next hop: Record-Route and our Via, from the listener
+        that faces ``destination`` (SendError 503 when there is none; ``fwd`` is then unchanged)."""
         local = self.sender.local_endpoint(destination.remote.transport, destination.remote)
         if local is None:
             raise SendError(f"no {destination.remote.transport} listener", 503)
@@ -747,24 +789,109 @@ class Node:
             else:
                 fwd.headers.push("Record-Route", _rr_uri(local, in_token or out_token))
         fwd.push_via(f"SIP/2.0/{local.transport} {local.hostport};branch={branch}")
-        return fwd, destination
 
     def _start_branch(self, ctx: ServerContext, target: Branch) -> None:
-        now = self.clock.seconds()
         branch = self._new_branch()
         try:
-            fwd, destination = self._prepare(ctx.request, target, ctx.rr, ctx.flow, branch)
+            fwd, destination, query = self._prepare(ctx.request, target, ctx.rr, ctx.flow, branch)
         except (SendError, SipValueError) as exc:
-            # the copy that could not be sent still gets our Via, so its local final response looks
-            # like any other branch's: _forward_response pops our Via, not the caller's (§16.7 step 9)
-            failed = ctx.request.copy()
-            failed.push_via(f"SIP/2.0/UDP 0.0.0.0;branch={branch}")
-            cb = ClientBranch(ctx, target, failed, Destination(Endpoint("UDP", "0.0.0.0", 0)))
+            cb = ClientBranch(ctx, target, ctx.request, Destination(Endpoint("UDP", "0.0.0.0", 0)))
             ctx.branches.append(cb)
-            cb.final = failed.make_response(exc.status, exc.reason, to_tag=self._to_tag(ctx.request))
+            cb.final = self._local_final(ctx, ctx.request, exc.status, exc.reason)
             return
         cb = ClientBranch(ctx, target, fwd, destination)
         ctx.branches.append(cb)
+        if query is None:
+            self._launch(cb)
+            return
+        cb.base = fwd
+        try:
+            located = self.locator.locate(query, self._transports())  # type: ignore[union-attr]
+        except Exception:
+            log.failure("locating {host} failed", host=query.host)
+            located = fail(SendError("Name Resolution Failed"))
+        located.addCallbacks(self._located, self._locate_failed, callbackArgs=(cb,), errbackArgs=(cb, query))
+
+    def _local_final(self, ctx: ServerContext, request: Request, status: int, reason: str) -> Response:
+        """A final response of ours for a branch that never got a transaction. The copy still gets a
+        Via of ours, so it looks like any other branch's: _forward_response pops our Via, not the
+        caller's (§16.7 step 9)."""
+        failed = request.copy()
+        failed.push_via(f"SIP/2.0/UDP 0.0.0.0;branch={self._new_branch()}")
+        return failed.make_response(status, reason, to_tag=self._to_tag(ctx.request))
+
+    def _located(self, targets: list[Endpoint], cb: ClientBranch) -> None:
+        """The next hop's targets are known: send to the first one that can be tried."""
+        ctx = cb.ctx
+        if ctx is None or cb.final is not None or cb.replaced:
+            return  # the transaction ended while the name was being looked up
+        if ctx.canceled or ctx.final_sent:
+            cb.final = self._local_final(ctx, cb.request, 487, "Request Terminated")
+        else:
+            error = self._try_next(cb, list(targets))
+            if error is not None:
+                cb.final = self._local_final(ctx, cb.request, error.status, error.reason)
+        if cb.final is not None:
+            self._check_done(ctx)
+        self._arm()
+
+    def _locate_failed(self, failure: Failure, cb: ClientBranch, query: ServerQuery) -> None:
+        err = failure.value
+        if not isinstance(err, SendError):
+            log.failure("locating {host} failed", failure, host=query.host)
+            err = SendError("Name Resolution Failed")
+        log.info("cannot locate {host}: {why}", host=query.host, why=err.reason)
+        ctx = cb.ctx
+        if ctx is None or cb.final is not None or cb.replaced:
+            return
+        cb.final = self._local_final(ctx, cb.request, err.status, err.reason)
+        self._check_done(ctx)
+        self._arm()
+
+    def _try_next(self, old: ClientBranch, targets: list[Endpoint]) -> SendError | None:
+        """RFC 3263 §4.3: send ``old``'s request to the first of ``targets`` we have a listener for,
+        as a new branch (new transaction, new Via branch) taking ``old``'s place in its context;
+        the targets not tried stay with it for the next failover. None when one was launched, else
+        why none could be (a target is consumed either way)."""
+        ctx = old.ctx
+        base = old.base
+        assert base is not None
+        error = SendError("Name Resolution Failed")
+        while targets:
+            remote = targets.pop(0)
+            destination = Destination(remote, server_name=old.destination.server_name)
+            fwd = base.copy()
+            try:
+                self._stamp(fwd, destination, ctx.rr, ctx.flow, self._new_branch())
+            except SendError as exc:
+                error = exc
+                continue
+            cb = ClientBranch(ctx, old.target, fwd, destination)
+            cb.base = base
+            cb.alternatives = targets
+            ctx.branches[ctx.branches.index(old)] = cb
+            old.replaced = True
+            self._launch(cb)
+            return None
+        return error
+
+    def _fail_over(self, cb: ClientBranch, why: str) -> bool:
+        """Move ``cb`` to its next target if DNS failover applies (the context still wants an
+        answer); True when a new attempt was started."""
+        ctx = cb.ctx
+        if (not self.settings.dns_failover or ctx is None or cb.replaced or ctx.canceled or ctx.final_sent
+                or not cb.alternatives):
+            return False
+        log.info("{method} to {dest} failed ({why}): trying the next target of {name}", method=cb.request.method,
+                 dest=cb.destination.remote, why=why, name=cb.destination.server_name)
+        return self._try_next(cb, cb.alternatives) is None
+
+    def _launch(self, cb: ClientBranch) -> None:
+        """Start ``cb``'s client transaction and send its request (§16.6 steps 9-11)."""
+        ctx = cb.ctx
+        fwd = cb.request
+        destination = cb.destination
+        now = self.clock.seconds()
         if ctx.rr is not None and ctx.rr.branch_route is not None:
             try:
                 ctx.rr.branch_route(ctx.rr, fwd)
@@ -794,6 +921,11 @@ class Node:
         err = failure.value
         status = err.status if isinstance(err, SendError) else 503
         reason = err.reason if isinstance(err, SendError) else "Service Unavailable"
+        if cb.final is None and cb.alternatives and self._fail_over(cb, reason):
+            if cb.tx is not None:  # the failed attempt's transaction ends; its events are ignored now
+                self._run(cb.tx, cb.tx.transport_error(self.clock.seconds()))
+            self._arm()
+            return
         log.info("branch to {dest} failed: {why}", dest=cb.destination.remote, why=failure.getErrorMessage())
         if cb.final is None:
             # the SendError's status is the branch's response (430 Flow Failed, 477 ...): record it
@@ -809,11 +941,29 @@ class Node:
         incoming = rr.request.top_via.branch or rr.request.call_id
         branch = f"z9hG4bK{self._tag}s{binascii.crc32(incoming.encode('utf-8', 'surrogateescape')):08x}"
         try:
-            fwd, destination = self._prepare(rr.request, target, rr, rr.source, branch)
+            fwd, destination, query = self._prepare(rr.request, target, rr, rr.source, branch)
         except (SendError, SipValueError) as exc:
             log.info("stateless forward failed: {why}", why=exc)
             return False
-        self._send(destination, fwd)
+        if query is None:
+            self._send(destination, fwd)
+            return True
+
+        def located(targets: list[Endpoint]) -> None:
+            # stateless: no transaction to fail over with, the first usable target gets it (§16.11)
+            for remote in targets:
+                to = Destination(remote, server_name=destination.server_name)
+                try:
+                    self._stamp(fwd, to, rr, rr.source, branch)
+                except SendError:
+                    continue
+                self._send(to, fwd)
+                return
+            log.info("stateless forward to {host}: no usable target", host=query.host)
+
+        d = self.locator.locate(query, self._transports())  # type: ignore[union-attr]
+        d.addCallbacks(located, lambda f: log.info("stateless forward to {host} failed: {why}", host=query.host,
+                                                   why=f.getErrorMessage()))
         return True
 
     # -- responses -----------------------------------------------------------------------------------
@@ -840,7 +990,7 @@ class Node:
 
     def _branch_response(self, cb: ClientBranch, response: Response) -> None:
         ctx = cb.ctx
-        if ctx is None:  # the context was released: nothing is waiting for this branch any more
+        if ctx is None or cb.replaced:  # released, or a target we failed over from: nobody waits
             return
         status = response.status
         rr = ctx.rr
@@ -861,6 +1011,8 @@ class Node:
             return
         if cb.final is not None and status >= 300:
             return  # the branch already ended (timer C, transport error): late final absorbed
+        if status == 503 and cb.alternatives and self._fail_over(cb, "503"):
+            return  # RFC 3261 §21.5.4 / 3263 §4.3 (OpenSIPS and Kamailio DNS failover on 503)
         cb.final = response
         if status < 300:
             if ctx.request.method == "INVITE" or not ctx.final_sent:
@@ -881,7 +1033,7 @@ class Node:
     def _branch_failed(self, cb: ClientBranch, status: int, reason: str) -> None:
         """Timer B/C/F or a transport error ended a branch: it counts as ``status`` (§16.7 step 6,
         §16.8)."""
-        if cb.final is not None or cb.ctx is None:
+        if cb.final is not None or cb.ctx is None or cb.replaced:
             return
         if status == 408 and cb.provisional and cb.request.method == "INVITE":
             self._cancel_branch(cb)  # §16.8: timer C fired, CANCEL the branch
@@ -963,7 +1115,8 @@ class Node:
         h.add("Call-ID", inv.call_id)
         h.add("CSeq", f"{inv.cseq.number} CANCEL")
         cancel = Request("CANCEL", inv.uri_text, h)
-        destination = Destination(cb.destination.remote, cb.flow or cb.destination.flow, cb.destination.flow_only)
+        dst = cb.destination
+        destination = Destination(dst.remote, cb.flow or dst.flow, dst.flow_only, dst.server_name)
         now = self.clock.seconds()
         tx = ClientNonInviteTransaction(cancel, reliable=destination.remote.reliable, timers=self.timers, now=now)
         self._owners[tx] = CancelBranch(destination)

@@ -72,8 +72,12 @@ class Destination:
     When ``flow`` is set and still open, the transport uses it; otherwise it sends from the listener of
     ``remote.transport`` (opening a connection if needed), or fails with a transport error when
     ``flow_only`` forbids dialling (``.invalid`` WebSocket contacts, RFC 7118 §5.2).
+
+    ``server_name`` is the name a TLS server's certificate must carry when ``remote`` holds an address
+    found through DNS: the domain of the URI, not the SRV target (RFC 5922 §4). None: ``remote.host``.
     """
 
     remote: Endpoint
     flow: Flow | None = None
     flow_only: bool = False
+    server_name: str | None = None

@@ -17,7 +17,9 @@ dialled: a WS/WSS destination is reached over an open connection or not at all (
 UDP flow, the listener the flow arrived on; else a UDP listener of the destination's address family,
 an open TCP/TLS connection to the destination, or a new outbound connection (messages queue until it
 is up; for TLS until the handshake verified the server's certificate against the destination's
-name). Names are resolved first (IP literals skip that); SRV/NAPTR (RFC 3263) is not done here.
+name, or ``Destination.server_name``). A name that reaches here is resolved to its first A/AAAA
+address (IP literals skip that): RFC 3263 location (NAPTR, SRV, failover between targets) happens
+before, in the proxy with :mod:`.locator`, which hands over addresses.
 """
 
 from __future__ import annotations
@@ -441,7 +443,7 @@ class TransportManager:
             d.addCallback(lambda found: self._send_to(transport, found[0], found[1], remote.port, data, flow,
                                                       remote.host))
             return d
-        return self._send_to(transport, literal[0], literal[1], remote.port, data, flow)
+        return self._send_to(transport, literal[0], literal[1], remote.port, data, flow, destination.server_name)
 
     def _write(self, conn: Any, data: bytes) -> "Deferred[Flow]":
         try:
@@ -546,7 +548,8 @@ class TransportManager:
 
     def _resolve(self, host: str, port: int, transport: str) -> "Deferred[tuple[int, str]]":
         """The first address of ``host`` usable for ``transport`` (for UDP: of a family with a
-        listener). getaddrinfo through the reactor's resolver; no SRV/NAPTR (RFC 3263)."""
+        listener), through the reactor's getaddrinfo resolver: for the names RFC 3263 location does
+        not cover (a response's Via sent-by, a closed flow's fallback contact)."""
         receiver = _Addresses()
         try:
             self.reactor.nameResolver.resolveHostName(

@@ -1,0 +1,54 @@
+"""The ``[dns]`` settings: RFC 3263 server location for next hops named by a host name.
+
+::
+
+    [dns]
+    naptr = true        # OpenSIPS dns_try_naptr: NAPTR chooses the transport when the URI names none
+    srv = true          # OpenSIPS dns_try_srv: SRV gives targets and ports when the URI has no port
+    failover = true     # RFC 3263 §4.3: a failed target (transport error, timeout, 503) -> the next one
+    servers = []        # "ip[:port]" DNS servers; []: the system's (/etc/resolv.conf)
+    timeout = 2.0       # seconds all the lookups for one next hop may take together
+    cache_size = 1024   # answers kept, each for its TTL; 0: no cache
+
+:class:`DnsSettings` is what the configuration's ``[dns]`` table becomes (``edgeproxy.config``
+checks the keys), and what the locator and the proxy read.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+
+__all__ = ["DnsSettings", "parse_dns_server"]
+
+
+@dataclass(frozen=True)
+class DnsSettings:
+    """See the module docstring; ``servers`` are ``(ip, port)`` pairs."""
+
+    naptr: bool = True
+    srv: bool = True
+    failover: bool = True
+    servers: tuple[tuple[str, int], ...] = ()
+    timeout: float = 2.0
+    cache_size: int = 1024
+
+
+_SERVER = re.compile(r"^(?P<host>\[[^\]]+\]|[^:\[\]]+)(?::(?P<port>[0-9]{1,5}))?$")
+
+
+def parse_dns_server(text: str) -> tuple[str, int]:
+    """``"ip[:port]"`` (IPv6 in brackets when a port follows) → ``(ip, port)``, port 53 by default.
+    A DNS server is never given by name (it would need a DNS server to be found). ValueError says why."""
+    m = _SERVER.match(text.strip())
+    if m is None:
+        raise ValueError('must be an IP address with an optional port, e.g. "127.0.0.1:53" or "[::1]:5353"')
+    try:
+        host = str(ipaddress.ip_address(m["host"].strip("[]")))
+    except ValueError:
+        raise ValueError("must be an IP address (a DNS server is not looked up by name)") from None
+    port = int(m["port"]) if m["port"] else 53
+    if not 1 <= port <= 65535:
+        raise ValueError("port must be from 1 to 65535")
+    return host, port
