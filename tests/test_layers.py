@@ -1,5 +1,5 @@
-"""Layering: the SIP core (``edgeproxy.sip``) and the transaction layer (``edgeproxy.transaction``) are
-sans-IO. They must not import Twisted at all (not even ``twisted.internet``, whose import installs a
+"""Layering: the SIP core (``edgeproxy.sip``), the transaction layer (``edgeproxy.transaction``) and the
+RFC 3263 location procedure (``edgeproxy.dns``) are sans-IO. They must not import Twisted at all (not even ``twisted.internet``, whose import installs a
 reactor) so they run, and are tested, without an event loop, and stay reusable under another one.
 
 Checked twice: statically, by walking every module's AST (any ``import``/``from ... import``,
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SANS_IO = ["edgeproxy/sip", "edgeproxy/transaction"]
+SANS_IO = ["edgeproxy/sip", "edgeproxy/transaction", "edgeproxy/dns"]
 # Packages above the transaction layer (transaction users, I/O, configuration) that neither sans-IO
 # package may reach into.
 UPPER = ("transport", "proxy", "registrar", "location", "routing", "service", "config", "tap")

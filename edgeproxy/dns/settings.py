@@ -41,7 +41,12 @@ _SERVER = re.compile(r"^(?P<host>\[[^\]]+\]|[^:\[\]]+)(?::(?P<port>[0-9]{1,5}))?
 def parse_dns_server(text: str) -> tuple[str, int]:
     """``"ip[:port]"`` (IPv6 in brackets when a port follows) → ``(ip, port)``, port 53 by default.
     A DNS server is never given by name (it would need a DNS server to be found). ValueError says why."""
-    m = _SERVER.match(text.strip())
+    text = text.strip()
+    try:
+        return str(ipaddress.ip_address(text)), 53  # a bare address, IPv6 without brackets too
+    except ValueError:
+        pass
+    m = _SERVER.match(text)
     if m is None:
         raise ValueError('must be an IP address with an optional port, e.g. "127.0.0.1:53" or "[::1]:5353"')
     try:
