@@ -70,7 +70,20 @@ def listen_dns(zone: Mapping[str, Any], port: int = 0, host: str = "127.0.0.1", 
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor
-    factory = server.DNSServerFactory(authorities=[_authority(zone)], verbose=0)
+    zone_authority = _authority(zone)
+
+    class Factory(server.DNSServerFactory):
+        def gotResolverError(self, failure: Any, protocol: Any, message: Any, address: Any) -> None:
+            """NXDOMAIN with the zone's SOA in the authority section, as real servers answer (RFC
+            2308 §3), so the negative answer can be cached for its TTL."""
+            if not failure.check(dns.DomainError, dns.AuthoritativeDomainError):
+                return super().gotResolverError(failure, protocol, message, address)
+            origin, soa = zone_authority.soa
+            authority = [dns.RRHeader(origin, dns.SOA, dns.IN, soa.ttl, soa, auth=True)]
+            self.sendReply(protocol, self._responseFromMessage(message=message, rCode=dns.ENAME, authority=authority),
+                           address)
+
+    factory = Factory(authorities=[zone_authority], verbose=0)
     udp = reactor.listenUDP(port, dns.DNSDatagramProtocol(controller=factory), interface=host)
     bound = udp.getHost().port
     tcp = reactor.listenTCP(bound, factory, interface=host)
