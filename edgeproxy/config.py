@@ -492,6 +492,8 @@ _SCHEMA: dict[str, _Section] = {
         "max_contacts": _integer(0),
         "use_domain": _boolean,
         "path_mode": _choice("ignore", "off", "lazy", "strict"),
+        "outbound": _boolean,
+        "flow_timer": _integer(0),
     }),
     "timers": _Section(TimerSettings, {
         "t1": _seconds,
@@ -649,6 +651,11 @@ def _cross_checks(config: Config) -> None:
         raise ConfigError("federation", "needs a cluster (cluster.my_node_id): records carry its sip_addr")
     _check_tls(config)
     lim = config.limits
+    if r.flow_timer and lim.tcp_idle_timeout and r.flow_timer >= lim.tcp_idle_timeout:
+        # UAs keep-alive at 80-100 % of Flow-Timer (RFC 5626 §4.4.1): at or above the idle timeout
+        # the node would close their quiet TCP/TLS flows under them
+        raise ConfigError("registrar.flow_timer",
+                          f"must be < limits.tcp_idle_timeout ({lim.tcp_idle_timeout:g}), got {r.flow_timer}")
     if lim.max_line_length > lim.max_message_size:
         raise ConfigError("limits.max_line_length",
                           f"must be <= limits.max_message_size ({lim.max_message_size}), got {lim.max_line_length}")

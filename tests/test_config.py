@@ -157,6 +157,8 @@ min_expires_mode = "reject"
 max_contacts = 5
 use_domain = true
 path_mode = "strict"
+outbound = false
+flow_timer = 25
 
 [timers]
 t1 = 0.2
@@ -194,7 +196,7 @@ weights = [1, 2]
     )
     assert config.registrar == RegistrarSettings(default_expires=1800, min_expires=30, max_expires=7200,
                                                  min_expires_mode="reject", max_contacts=5, use_domain=True,
-                                                 path_mode="strict")
+                                                 path_mode="strict", outbound=False, flow_timer=25)
     assert config.timers == TimerSettings(t1=0.2, t2=2.0, t4=2.5, timer_b=10.0, timer_f=11.5, timer_c=180.0)
     assert config.proxy == ProxySettings(False, False, 503, 30)
     assert config.limits == LimitsConfig(4096, 64, 1024, 100, 30.0)
@@ -220,6 +222,10 @@ weights = [1, 2]
          'config: registrar.path_mode: must be one of "ignore", "off", "lazy", "strict", got "on"'),
         ("[registrar]\nmin_expires = 600\nmax_expires = 300\n",
          "config: registrar.min_expires: must be <= registrar.max_expires (300), got 600"),
+        ("[registrar]\nflow_timer = -5\n", "config: registrar.flow_timer: must be an integer >= 0, got -5"),
+        ("[registrar]\noutbound = \"yes\"\n", 'config: registrar.outbound: must be true or false, got "yes"'),
+        ("[registrar]\nflow_timer = 600\n",
+         "config: registrar.flow_timer: must be < limits.tcp_idle_timeout (600), got 600"),
         ("[timers]\nt1 = 0\n", "config: timers.t1: must be a number of seconds > 0, got 0"),
         ("[timers]\nt2 = inf\n", "config: timers.t2: must be a number of seconds > 0, got inf"),
         ('[timers]\ntimer_c = "2m"\n', 'config: timers.timer_c: must be a number of seconds > 0, got "2m"'),
