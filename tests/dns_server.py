@@ -64,6 +64,7 @@ def _authority(zone: Mapping[str, Any]) -> Any:
 def listen_dns(zone: Mapping[str, Any], port: int = 0, host: str = "127.0.0.1", reactor: Any = None) -> tuple[int, list[Any]]:
     """Serve ``zone`` on UDP and TCP ``host:port`` in the running reactor; returns the port and the
     listening ports (to ``stopListening``)."""
+    from twisted.internet.error import CannotListenError
     from twisted.names import dns, server
 
     if reactor is None:
@@ -84,10 +85,18 @@ def listen_dns(zone: Mapping[str, Any], port: int = 0, host: str = "127.0.0.1", 
                            address)
 
     factory = Factory(authorities=[zone_authority], verbose=0)
-    udp = reactor.listenUDP(port, dns.DNSDatagramProtocol(controller=factory), interface=host)
-    bound = udp.getHost().port
-    tcp = reactor.listenTCP(bound, factory, interface=host)
-    return bound, [udp, tcp]
+    for attempt in range(50):  # port 0: the kernel's UDP port may be taken for TCP; draw again
+        udp = reactor.listenUDP(port, dns.DNSDatagramProtocol(controller=factory), interface=host)
+        bound = udp.getHost().port
+        try:
+            tcp = reactor.listenTCP(bound, factory, interface=host)
+        except CannotListenError:
+            udp.stopListening()
+            if port or attempt == 49:
+                raise
+            continue
+        return bound, [udp, tcp]
+    raise AssertionError("unreachable")
 
 
 @contextmanager

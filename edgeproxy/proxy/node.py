@@ -830,6 +830,8 @@ class Node:
         else:
             error = self._try_next(cb, list(targets))
             if error is not None:
+                log.info("cannot locate {host}: {why}", host=cb.destination.server_name,
+                         why=error.reason if targets else "Name Resolution Failed (no such name or no usable target)")
                 cb.final = self._local_final(ctx, cb.request, error.status, error.reason)
         if cb.final is not None:
             self._check_done(ctx)

@@ -15,14 +15,16 @@ and fill the cache for the calls after. NXDOMAIN ends a location at the first ro
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import socket
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
-from twisted.names import dns
+from twisted.names import client, dns
 from twisted.names.error import DNSNameError
 from twisted.python.failure import Failure
 
@@ -94,13 +96,11 @@ class DnsLocator:
     @property
     def resolver(self) -> Any:
         if self._resolver is None:
-            from twisted.names import client
-
             servers = list(self.settings.servers)
             if servers:
-                self._resolver = client.Resolver(servers=servers, reactor=self.reactor)
+                self._resolver = _QuietResolver(servers=servers, reactor=self.reactor)
             else:
-                self._resolver = client.Resolver(resolv=_RESOLV_CONF, reactor=self.reactor)
+                self._resolver = _QuietResolver(resolv=_RESOLV_CONF, reactor=self.reactor)
         return self._resolver
 
     def locate(self, query: ServerQuery, transports: frozenset[str]) -> "Deferred[list[Endpoint]]":
@@ -156,6 +156,24 @@ class DnsLocator:
         self.cache.put(question, answer, self.reactor.seconds())
         for d in self._inflight.pop(question, ()):
             d.callback(answer)
+
+
+class _QuietResolver(client.Resolver):
+    """``twisted.names.client.Resolver`` whose per-query UDP sockets (a random source port each,
+    against spoofing) are not announced in the log: "Starting protocol ..."/"Stopping protocol ..."
+    twice per DNS query would drown the node's log at a few calls per second."""
+
+    def _connectedProtocol(self, interface: str = "") -> Any:
+        protocol = dns.DNSDatagramProtocol(self, reactor=self._reactor)
+        protocol.noisy = False
+        for attempt in range(1000):
+            try:
+                self._reactor.listenUDP(dns.randomSource(), protocol, interface=interface)
+                return protocol
+            except CannotListenError as exc:
+                if getattr(exc.socketError, "errno", None) == errno.EMFILE or attempt == 999:
+                    raise
+        raise AssertionError("unreachable")
 
 
 class _Location:
