@@ -473,7 +473,8 @@ def main(argv: list[str] | None = None) -> int:
             "failed": res["failed"], "secs": round(secs, 2), "reg_per_s": round(registered / secs, 1),
             "handshake_ms_p50": percentile(handshakes, 50), "handshake_ms_p99": percentile(handshakes, 99),
             "rtt_ms_p50": percentile(lat, 50), "rtt_ms_p99": percentile(lat, 99), "concurrency": a.concurrency,
-            "client_lag_ms_max": res.get("client_lag_ms_max"), **acc,
+            "client_lag_ms_max": res.get("client_lag_ms_max"), "tls_version": warm.get("tls_version"),
+            "tls_group": warm.get("tls_group"), **acc,
             "cpu_us_per_connection": round(acc["cpu_s"] * 1e6 / registered, 1) if acc["cpu_s"] is not None and registered else None,
             "failures": ",".join(f"{k}:{v}" for k, v in sorted((res.get("failures") or {}).items())) or "-",
         }

@@ -265,6 +265,7 @@ class Conn {
 }
 
 const conns = [];
+let tlsInfo = null; // TLS version and key-exchange group of the first connection
 // How late this process's event loop ran during a phase: when it is late, the client (not the proxy) is
 // what delays the messages, and the phase's latencies say little about the proxy.
 const loopDelay = monitorEventLoopDelay({ resolution: 10 });
@@ -449,6 +450,14 @@ function openConn(conn) {
       conn.open = true;
       done(true);
     });
+    ws.on("upgrade", (res) => {
+      // what this client negotiated (the node's memory per connection depends on the key exchange:
+      // a hybrid post-quantum share is kept for the connection's life)
+      if (tlsInfo === null && res.socket && typeof res.socket.getProtocol === "function") {
+        const key = res.socket.getEphemeralKeyInfo() || {};
+        tlsInfo = { tls_version: res.socket.getProtocol(), tls_group: key.name || key.type || null };
+      }
+    });
     ws.on("message", (data) => onMessage(conn, data.toString("utf8")));
     ws.on("unexpected-response", (req, res) => {
       req.destroy();
@@ -545,7 +554,7 @@ async function connectPhase(cmd) {
   return {
     wanted: target - first, opened, registered, failed: target - first - registered, failures,
     secs: ms3((now() - t0) / 1000), handshake_ms: handshakeMs, lat_ms: registerMs, done_ms: doneMs,
-    total_connections: conns.filter((c) => c.open).length, ...counters,
+    total_connections: conns.filter((c) => c.open).length, ...(tlsInfo || {}), ...counters,
   };
 }
 
