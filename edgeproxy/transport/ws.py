@@ -48,6 +48,7 @@ from ..sip.endpoint import Endpoint
 from ..sip.errors import SipParseError
 from ..sip.parser import parse_datagram
 from ._util import error_reply
+from .autobahn_logging import defer_debug_formatting
 
 if TYPE_CHECKING:
     from .manager import TransportManager
@@ -60,6 +61,8 @@ SUBPROTOCOL = "sip"
 """The WebSocket subprotocol of SIP (RFC 7118 §4.1, IANA registry)."""
 
 _STATE_OPEN = WebSocketProtocol.STATE_OPEN
+
+defer_debug_formatting()  # autobahn's unprinted debug arguments cost ~290 µs per connection
 _CLOSE_GOING_AWAY = WebSocketProtocol.CLOSE_STATUS_CODE_GOING_AWAY
 _HANDSHAKE_ONLY = frozenset({
     "http_request_data", "http_headers", "http_status_line", "http_response_data", "http_request_uri",
