@@ -16,6 +16,7 @@ The result is the failover list of RFC 3263 §4.3: every usable target in the or
 
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import dataclass
 from typing import Generator, Iterable, Mapping, Sequence
@@ -72,15 +73,15 @@ class ServerQuery:
         return self.transport or ("TLS" if self.secure else "UDP")
 
 
+@functools.lru_cache(maxsize=4096)
 def is_host_name(host: str) -> bool:
     """Whether ``host`` (a URI host, IPv6 with or without brackets) is a DNS name rather than an IP
-    literal. Cheap on purpose: it runs for every forwarded request, and IP literals must not pay for
-    name-based routing (a name never contains ``:`` and never ends in a digit unless it is a label
-    like ``gw1``, checked fully only then)."""
+    literal. Cached, since it runs for every forwarded request and IP literals must not pay for
+    name-based routing (next hops repeat: trunks, registered contacts)."""
     if not host or ":" in host or host[0] == "[":
         return False
     if not host[-1].isdigit():
-        return True
+        return True  # a name never ends in a digit unless its last label is like "gw1"
     parts = host.split(".")
     return len(parts) != 4 or not all(p.isdigit() and len(p) <= 3 and int(p) <= 255 for p in parts)
 
