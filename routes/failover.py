@@ -6,9 +6,13 @@ there. Configuration (``[route_params]``): ``freeswitch``. The seed's block::
 
     if ($si == FreeSWITCH) {
         lookup("location", "m");
-        switch ($retcode) { case 1: t_relay(); case -1: case -3: sl_send_reply(404, "Not Found");
-                            case -2: sl_send_reply(405, "Not Allowed"); }
+        switch ($retcode) { case 1: t_relay(); case -1: sl_send_reply(404, "Not Found");
+                            case -2: sl_send_reply(405, "Not Allowed");
+                            case -3: sl_send_reply(500, "Server Internal Error"); }
     }
+
+-3 (the lookup itself failed) is 500, not the seed's 404: "not here" must mean the user is not here.
+The bridge still moves on to the next node on a 500.
 """
 
 from edgeproxy.routing import LookupResult
@@ -24,9 +28,11 @@ async def request_route(msg):
             case LookupResult.FOUND:
                 msg.log("LOCAL CONTACT FOUND")
                 relay_or_error(msg)
-            case LookupResult.NOT_FOUND | LookupResult.ERROR:
+            case LookupResult.NOT_FOUND:
                 msg.sl_send_reply(404, "Not Found")
             case LookupResult.METHOD_NOT_ALLOWED:
                 msg.sl_send_reply(405, "Not Allowed")
+            case LookupResult.ERROR:
+                msg.sl_send_reply(500, "Server Internal Error")
         return
     to_freeswitch(msg)

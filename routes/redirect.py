@@ -3,8 +3,8 @@
 The node asks the shared store where the callee is registered; if it is another node, it answers
 302 with ``Contact: <sip:user@home_ip>`` so FreeSWITCH calls that node directly and this one leaves
 the signalling path. Configuration (``[route_params]``): ``freeswitch`` (media servers), ``domain``
-(the users' domain, to rebuild the AoR after a redirect), ``private_ip`` (this node's ``sip_addr``)
-and ``collection`` (``userlocation``). The seed's block::
+(the users' domain, to rebuild the AoR after a redirect), ``private_ip`` (this node's ``sip_addr``),
+``collection`` (``userlocation``) and ``retry_after`` (seconds, 5). The seed's block::
 
     $avp(short_aor) = $tU + "@" + $td;
     cache_raw_query("mongodb:instance1", "{\"find\":\"userlocation\", \"query\":{\"aor\":...}}", "$avp(aor_doc)");
@@ -13,6 +13,11 @@ and ``collection`` (``userlocation``). The seed's block::
     if ($avp(home_ip) != $avp(private_ip)) { $branch = "sip:" + $tU + "@" + $avp(home_ip);
                                              send_reply(302, "Moved Temporarily"); exit; }
     lookup("location", "m", "sip:" + $tU + "@sip.domain.com");  switch ($retcode) { ... }
+
+Where the seed lets a failed ``cache_raw_query`` fall through to ``home_ip == null`` (405: "registered
+nowhere, do not retry"), a query that failed, timed out or was refused because the store is
+overloaded is answered 503 with Retry-After: the user may well be registered, this node could not
+ask. Likewise the local lookup's -3 (an internal error) is 500, not the "Not Here" of -1.
 """
 
 from edgeproxy.routing import LookupResult
@@ -33,8 +38,9 @@ async def request_route(msg):
     try:
         docs = await msg.cache_raw_query(
             {"find": msg.params.get("collection", "userlocation"), "filter": {"aor": short_aor}})
-    except Exception as exc:  # the store is unreachable: FreeSWITCH should try elsewhere
+    except Exception as exc:  # the store failed, timed out or is overloaded: FreeSWITCH should try elsewhere
         msg.log(f"STORE QUERY FAILED: {exc}", "warn")
+        msg.append_to_reply(f"Retry-After: {msg.params.get('retry_after', 5)}")
         msg.sl_send_reply(503, "Location Store Unavailable")
         return
     homes = [d.get("home_ip") for d in docs if d.get("home_ip")]
@@ -59,7 +65,9 @@ async def request_route(msg):
         case LookupResult.FOUND:
             msg.log("LOCAL CONTACT FOUND IN MEMORY")
             relay_or_error(msg)
-        case LookupResult.NOT_FOUND | LookupResult.ERROR:
+        case LookupResult.NOT_FOUND:
             msg.sl_send_reply(404, "Not Here")
         case LookupResult.METHOD_NOT_ALLOWED:
             msg.sl_send_reply(405, "Not Allowed")
+        case LookupResult.ERROR:
+            msg.sl_send_reply(500, "Server Internal Error")

@@ -1548,6 +1548,26 @@ def test_async_route_can_catch_the_error_of_an_awaited_deferred() -> None:
     assert [(s.message.status, s.message.reason) for s in w.sender.take()] == [(503, "Database Down")]
 
 
+def test_append_to_reply_adds_headers_to_the_routes_reply() -> None:
+    """OpenSIPS ``append_to_reply``: a 503 that says when to come back (Retry-After)."""
+
+    def busy(msg):
+        msg.append_to_reply("Retry-After: 5\r\n")
+        msg.sl_send_reply(503, "Service Unavailable")
+
+    w = World(module(busy))
+    [sent] = [s for s in w.receive(invite(), ALICE_FLOW) if s.message.status >= 200]
+    assert (sent.message.status, sent.message.headers.get("Retry-After")) == (503, "5")
+
+
+def test_append_to_reply_refuses_what_is_not_a_header_line() -> None:
+    def bad(msg):
+        msg.append_to_reply("no colon here")
+
+    w = World(module(bad))
+    assert [s.message.status for s in w.receive(invite(), ALICE_FLOW) if s.message.status >= 200] == [500]
+
+
 def test_failure_route_t_relay_without_new_target_returns_false_and_best_is_forwarded() -> None:
     results: list[bool] = []
 

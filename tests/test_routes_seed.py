@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from twisted.internet.defer import succeed
 
-from edgeproxy.federation import StoreError
+from edgeproxy.federation import StoreError, StoreOverloaded, StoreTimeout
 from edgeproxy.registrar import RegistrarSettings
 from edgeproxy.routing import LookupResult
 from edgeproxy.routing.testing import RouteHarness, RouteResult
@@ -172,12 +172,39 @@ def test_seed_federated_from_freeswitch_nobody_is_404_not_found() -> None:
     assert replied(h.run(federated.request_route, invite(), src(FS1))) == (404, "Not Found")
 
 
-def test_seed_federated_store_down_local_still_relays_remote_is_404() -> None:
-    down = StoreError("homes", ConnectionError("no server"), True)
-    h = harness(homes=down)
-    assert replied(h.run(federated.request_route, invite(), src(FS1))) == (404, "Not Found")  # -3 -> 404
+@pytest.mark.parametrize("error", [
+    StoreError("homes", ConnectionError("no server"), True),
+    StoreTimeout("homes", 1.0, "in the store"),
+    StoreOverloaded("homes", 256),
+], ids=["down", "timeout", "overloaded"])
+def test_seed_federated_store_failure_is_503_with_retry_after_not_404_and_local_still_relays(error) -> None:
+    """-3 (the store could not be asked) is "try another node or later", never "nobody has her"."""
+    h = harness(homes=error)
+    result = h.run(federated.request_route, invite(), src(FS1))
+    assert replied(result) == (503, "Service Unavailable")
+    assert result.reply_headers == [("Retry-After", "5")]
     h.register(ALICE, ALICE_CONTACT)
     assert relayed(h.run(federated.request_route, invite(), src(FS1))) == [(ALICE_CONTACT, None)]
+
+
+def test_seed_federated_retry_after_comes_from_route_params() -> None:
+    h = harness(homes=StoreOverloaded("homes", 256), params={**PARAMS, "retry_after": 2})
+    result = h.run(federated.request_route, invite(), src(FS1))
+    assert replied(result) == (503, "Service Unavailable") and result.reply_headers == [("Retry-After", "2")]
+
+
+@pytest.mark.parametrize("source, expected", [(Y, (500, "Server Internal Error")),
+                                              (FS1, (503, "Service Unavailable"))], ids=["cluster", "freeswitch"])
+def test_seed_federated_lookup_codes(source, expected) -> None:
+    """-1 is 404, -2 is 405, -3 is 500 for a cluster node's local lookup (no store involved: an internal
+    error) and 503 + Retry-After for FreeSWITCH's global lookup (the store)."""
+    not_found = "Not Here" if source == Y else "Not Found"
+    codes = {LookupResult.NOT_FOUND: (404, not_found), LookupResult.ERROR: expected,
+             LookupResult.METHOD_NOT_ALLOWED: (405, "Not Allowed")}
+    for code, reply in codes.items():
+        h = harness()
+        h.lookup = lambda rr, table, flags, aor, code=code: succeed(code)  # type: ignore[method-assign]
+        assert replied(h.run(federated.request_route, invite(), src(source))) == reply
 
 
 def test_seed_federated_method_filter_only_on_the_cluster_nodes_local_lookup() -> None:
@@ -252,9 +279,22 @@ def test_seed_redirect_method_not_accepted_is_405() -> None:
     assert replied(h.run(redirect.request_route, invite(), src(FS1))) == (405, "Not Allowed")
 
 
-def test_seed_redirect_store_failure_is_503() -> None:
-    h = harness(raw_query=StoreError("raw_command", ConnectionError("no server"), True))
-    assert replied(h.run(redirect.request_route, invite(), src(FS1))) == (503, "Location Store Unavailable")
+@pytest.mark.parametrize("error", [
+    StoreError("raw_command", ConnectionError("no server"), True),
+    StoreTimeout("raw_command", 1.0, "waiting for a free connection"),
+    StoreOverloaded("raw_command", 256),
+], ids=["down", "timeout", "overloaded"])
+def test_seed_redirect_store_failure_is_503_with_retry_after(error) -> None:
+    h = harness(raw_query=error)
+    result = h.run(redirect.request_route, invite(), src(FS1))
+    assert replied(result) == (503, "Location Store Unavailable")
+    assert result.reply_headers == [("Retry-After", "5")]
+
+
+def test_seed_redirect_local_lookup_error_is_500_not_404() -> None:
+    h = harness(raw_query=[record(X)])
+    h.lookup = lambda rr, table, flags, aor: succeed(LookupResult.ERROR)  # type: ignore[method-assign]
+    assert replied(h.run(redirect.request_route, invite(f"sip:alice@{X}"), src(FS1))) == (500, "Server Internal Error")
 
 
 def test_seed_redirect_documents_without_home_ip_count_as_nowhere() -> None:
@@ -293,8 +333,8 @@ def test_seed_failover_method_not_accepted_is_405() -> None:
 
 
 def test_seed_failover_lookup_codes_map_like_the_seed() -> None:
-    """-1 and -3 are 404, -2 is 405, 1 relays: the switch of every seed block."""
-    codes = {LookupResult.NOT_FOUND: (404, "Not Found"), LookupResult.ERROR: (404, "Not Found"),
+    """-1 is 404, -2 is 405, -3 (the lookup failed) is 500 — "not found" only when she is not here."""
+    codes = {LookupResult.NOT_FOUND: (404, "Not Found"), LookupResult.ERROR: (500, "Server Internal Error"),
              LookupResult.METHOD_NOT_ALLOWED: (405, "Not Allowed")}
     for code, expected in codes.items():
         h = harness()

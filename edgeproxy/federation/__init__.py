@@ -6,7 +6,10 @@ per address-of-record, one small document to MongoDB saying "this AoR has bindin
 ``expires_at``). A global lookup asks MongoDB which other nodes hold an AoR and relays there.
 
 * :func:`parse_mongo_url` / :class:`MongoURL` — OpenSIPS ``cachedb_url`` (``mongodb[:instance]://…/db.collection``).
-* :class:`MongoStore` — the Deferred API over PyMongo's ``AsyncMongoClient`` (needs the asyncio reactor).
+* :class:`MongoStore` — the Deferred API over PyMongo's ``AsyncMongoClient`` (needs the asyncio reactor),
+  behind an :class:`OperationGate` (bounded in-flight operations and waiting queue, firm deadlines,
+  coalesced identical reads); failures are :class:`StoreError`, :class:`StoreTimeout`,
+  :class:`StoreOverloaded`.
 * :class:`FederationPublisher` — the location listener that keeps this node's records right: upsert
   on first binding, delete on last, periodic refresh, start-up cleanup, re-publication after outages.
 * :func:`global_lookup` / :class:`GlobalLookup` — local bindings + remote nodes; -3 when the store is down.
@@ -29,12 +32,13 @@ from .reactor import (
 )
 from .service import Federation, FederationService
 from .settings import FederationSettings, federation_settings
-from .store import MongoStore, StoreError, home_record, record_id
+from .gate import OperationGate, StoreError, StoreOverloaded, StoreTimeout
+from .store import MongoStore, home_record, record_id
 from .url import MongoURL, MongoURLError, parse_mongo_url
 
 __all__ = [
     "parse_mongo_url", "MongoURL", "MongoURLError",
-    "MongoStore", "StoreError", "home_record", "record_id",
+    "MongoStore", "StoreError", "StoreTimeout", "StoreOverloaded", "OperationGate", "home_record", "record_id",
     "FederationPublisher",
     "global_lookup", "GlobalLookup", "remote_target",
     "Federation", "FederationService", "FederationSettings", "federation_settings",

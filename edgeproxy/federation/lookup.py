@@ -10,10 +10,13 @@ Result codes (:class:`~edgeproxy.location.LookupResult`, OpenSIPS's ``lookup()``
 
 * ``FOUND`` (1) — local bindings and/or remote nodes;
 * ``NOT_FOUND`` (-1) / ``METHOD_NOT_ALLOWED`` (-2) — the local result when no other node holds the AoR;
-* ``ERROR`` (-3) — the store failed (down: within ``lookup_timeout``, 1 s by default) and there is no
-  usable local binding. When the store fails but local bindings exist, the result is ``FOUND`` with
-  those bindings and ``error`` set: calls to users registered on this node keep working during an
-  outage. (OpenSIPS answers "not found" for a failed query; the seed maps -1 and -3 alike to 404.)
+* ``ERROR`` (-3) — the store failed, did not answer within ``lookup_timeout`` (1 s by default,
+  waiting for a free connection included), or the query was refused because too many were already
+  waiting (:class:`~edgeproxy.federation.StoreOverloaded`), and there is no usable local binding. When
+  the store fails but local bindings exist, the result is ``FOUND`` with those bindings and ``error``
+  set: calls to users registered on this node keep working during an outage. A failed query is never
+  ``NOT_FOUND``: the shipped routes answer -3 with 503 + Retry-After (routes/federated.py), not the
+  404 of -1.
 """
 
 from __future__ import annotations

@@ -48,7 +48,8 @@ class Federation:
             reactor = require_asyncio_reactor(reactor)
             store = MongoStore(settings.url, reactor=reactor,
                                server_selection_timeout=settings.server_selection_timeout,
-                               lookup_timeout=settings.lookup_timeout, write_timeout=settings.write_timeout)
+                               lookup_timeout=settings.lookup_timeout, write_timeout=settings.write_timeout,
+                               max_in_flight=settings.max_in_flight, max_waiting=settings.max_waiting)
         elif reactor is None:
             from twisted.internet import reactor as installed
 

@@ -12,8 +12,11 @@ The node configuration (:mod:`edgeproxy.config`) can hand its ``[federation]`` t
     record_ttl = 360            # s a record lives without refresh (TTL index); default 3 x refresh
     retry_interval = 2          # s before the first retry after a failed write (doubles, max 30 s)
     server_selection_timeout = 1.0   # s; unless the URL sets serverSelectionTimeoutMS
-    lookup_timeout = 1.0        # s a global lookup / raw query may take before failing (-3)
+    lookup_timeout = 1.0        # s a global lookup / raw query may take, queueing included, before failing (-3)
     write_timeout = 5.0         # s a write may take
+    max_in_flight = 8           # store operations in the driver at once; the pool keeps this many connections
+                                # open (unless the URL sets maxPoolSize / minPoolSize)
+    max_waiting = 256           # lookups waiting for a free connection; beyond, refused at once (-3)
     batch_size = 1000           # records per bulk write when refreshing
     cleanup_on_start = true     # delete this node's leftover records at start-up
     unpublish_on_stop = true    # delete this node's records on a clean stop
@@ -46,6 +49,8 @@ class FederationSettings:
     server_selection_timeout: float = 1.0
     lookup_timeout: float = 1.0
     write_timeout: float = 5.0
+    max_in_flight: int = 8
+    max_waiting: int = 256
     batch_size: int = 1000
     cleanup_on_start: bool = True
     unpublish_on_stop: bool = True
@@ -101,6 +106,12 @@ def _count(key: str, value: Any) -> int:
     return value
 
 
+def _count0(key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(key, f"must be an integer >= 0, got {value!r}")
+    return value
+
+
 def _flag(key: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(key, f"must be true or false, got {value!r}")
@@ -111,6 +122,7 @@ _CHECKERS = {
     "refresh_interval": _seconds, "record_ttl": _seconds, "retry_interval": _seconds,
     "max_retry_interval": _seconds, "server_selection_timeout": _seconds, "lookup_timeout": _seconds,
     "write_timeout": _seconds, "batch_size": _count, "cleanup_on_start": _flag, "unpublish_on_stop": _flag,
+    "max_in_flight": _count, "max_waiting": _count0,
 }
 
 

@@ -21,11 +21,21 @@ past ``expires_at`` (MongoDB's TTL sweep runs only every 60 s).
 Theory of operation: every public method returns a Deferred and runs one coroutine on the asyncio
 event loop that drives the (asyncio) reactor, through PyMongo's ``AsyncMongoClient``
 (:func:`~edgeproxy.federation.reactor.deferred_from_coroutine`). The client is created on that loop
-at the first operation and is only ever used from it (it is not thread-safe). Every operation runs
-under a PyMongo client-side timeout (``pymongo.timeout``): lookups under ``lookup_timeout`` (1 s by
-default) so a global lookup fails fast when the store is down, writes under ``write_timeout``; server
-selection is bounded by ``serverSelectionTimeoutMS`` (1000 ms unless the URL says otherwise). Failures
-arrive as :class:`StoreError`, never as PyMongo exceptions, so callers need not import PyMongo.
+at the first operation and is only ever used from it (it is not thread-safe).
+
+Operations do not go to the driver directly but through an :class:`~edgeproxy.federation.gate.OperationGate`
+(see its module for the measurements behind it): at most ``max_in_flight`` in the driver, whose pool is
+sized to the same number of connections and kept open (``maxPoolSize`` = ``minPoolSize`` =
+``max_in_flight`` unless the URL sets them), so a checkout never waits inside PyMongo; the others wait
+in a FIFO, lookups at most ``max_waiting`` of them (beyond: :class:`StoreOverloaded` at once). Each
+operation has a firm deadline counted from its submission — lookups ``lookup_timeout`` (1 s by
+default), writes ``write_timeout`` — after which the caller gets :class:`StoreTimeout`; the driver is
+given the budget left at dispatch as its client-side timeout (``pymongo.timeout``) and is never
+cancelled from outside (cancelling PyMongo's tasks inside its pool code left the pool unusable). Server
+selection is bounded by ``serverSelectionTimeoutMS`` (1000 ms unless the URL says otherwise).
+Concurrent :meth:`homes` calls for one AoR (and identical raw ``find`` commands) share one round-trip.
+Failures arrive as :class:`StoreError` (or its subclasses), never as PyMongo exceptions, so callers
+need not import PyMongo.
 """
 
 from __future__ import annotations
@@ -37,10 +47,12 @@ from typing import Any, Iterable, Mapping
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from .gate import OperationGate, StoreError, StoreOverloaded, StoreTimeout
 from .reactor import deferred_from_coroutine, event_loop_of, require_asyncio_reactor
 from .url import MongoURL, parse_mongo_url
 
-__all__ = ["MongoStore", "StoreError", "home_record", "record_id", "MONGO_EXTRA_HINT"]
+__all__ = ["MongoStore", "StoreError", "StoreTimeout", "StoreOverloaded", "home_record", "record_id",
+           "MONGO_EXTRA_HINT"]
 
 log = Logger(namespace="edgeproxy.federation.store")
 
@@ -50,26 +62,10 @@ MONGO_EXTRA_HINT = "the MongoDB store needs PyMongo >= 4.13: pip install 'pymong
 _CURSOR_COMMANDS = frozenset({"find", "aggregate", "listcollections", "listindexes"})
 # Reply fields that are driver/cluster bookkeeping, dropped from raw_command results.
 _BOOKKEEPING = ("$clusterTime", "operationTime")
+# Read-only raw commands whose identical concurrent copies share one round-trip.
+_COALESCED_COMMANDS = frozenset({"find", "count", "distinct"})
 # MongoDB error codes for "an index with these keys/that name exists with other options".
 _INDEX_CONFLICTS = frozenset({85, 86})
-
-
-class StoreError(Exception):
-    """A store operation failed.
-
-    ``operation`` names it (``homes``, ``upsert_home`` …); ``unavailable`` is True when the store could
-    not be reached or did not answer in time (no server selected, connection refused or reset,
-    timeout) — the "store is down" case — and False when MongoDB answered with an error. ``cause`` is
-    the underlying exception. A node maps a failed global lookup to ``LookupResult.ERROR`` (-3).
-    """
-
-    def __init__(self, operation: str, cause: BaseException, unavailable: bool) -> None:
-        self.operation = operation
-        self.cause = cause
-        self.unavailable = unavailable
-        what = "store unavailable" if unavailable else "store error"
-        text = " ".join(str(cause).split())[:300] or type(cause).__name__
-        super().__init__(f"{operation}: {what}: {text}")
 
 
 def record_id(aor: str, sip_addr: str) -> str:
@@ -113,12 +109,17 @@ class MongoStore:
     Twisted's asyncio reactor (default: the installed reactor); anything else raises
     :class:`~edgeproxy.federation.FederationReactorError` here, at construction, with the command to
     use. ``server_selection_timeout`` applies unless the URL sets ``serverSelectionTimeoutMS``;
-    ``lookup_timeout`` bounds :meth:`homes` and :meth:`raw_command`, ``write_timeout`` everything else.
-    ``client_options`` are extra keyword arguments for ``AsyncMongoClient``.
+    ``lookup_timeout`` bounds :meth:`homes`, :meth:`raw_command` and :meth:`ping`, ``write_timeout``
+    everything else — queueing included. ``max_in_flight`` operations at most are in the driver at once
+    (and the pool keeps that many connections open unless the URL sets ``maxPoolSize`` /
+    ``minPoolSize``; a smaller ``maxPoolSize`` lowers ``max_in_flight`` to match); ``max_waiting`` lookups
+    at most wait for a slot (see the module docstring). ``client_options`` are extra keyword arguments
+    for ``AsyncMongoClient``.
     """
 
     def __init__(self, url: str | MongoURL, *, reactor: Any = None, server_selection_timeout: float = 1.0,
                  connect_timeout: float = 2.0, lookup_timeout: float = 1.0, write_timeout: float = 5.0,
+                 max_in_flight: int = 8, max_waiting: int = 256,
                  client_options: Mapping[str, Any] | None = None) -> None:
         self.url = url if isinstance(url, MongoURL) else parse_mongo_url(url)
         self.reactor = require_asyncio_reactor(reactor)
@@ -126,15 +127,29 @@ class MongoStore:
         self._pymongo = _import_pymongo()
         self.lookup_timeout = lookup_timeout
         self.write_timeout = write_timeout
+        if max_in_flight < 1 or max_waiting < 0:
+            raise ValueError("max_in_flight must be >= 1 and max_waiting >= 0")
         options: dict[str, Any] = {"appname": "edgeproxy"}
         if self.url.option("serverSelectionTimeoutMS") is None:
             options["serverSelectionTimeoutMS"] = int(server_selection_timeout * 1000)
         if self.url.option("connectTimeoutMS") is None:
             options["connectTimeoutMS"] = int(connect_timeout * 1000)
+        url_max_pool = self.url.option("maxPoolSize")
+        if url_max_pool is None:
+            options["maxPoolSize"] = max_in_flight
+        elif url_max_pool.isdigit() and int(url_max_pool) > 0:
+            max_in_flight = min(max_in_flight, int(url_max_pool))
+        if self.url.option("minPoolSize") is None:
+            # open before they are needed: a connection made on the lookup path costs a TCP handshake
+            # and a hello, and PyMongo makes at most two at a time (maxConnecting)
+            options["minPoolSize"] = max_in_flight
         options.update(client_options or {})
+        self.max_in_flight = max_in_flight
         self._client_options = options
         self._client: Any = None
         self._closed = False
+        self._gate = OperationGate(self.reactor, max_in_flight, max_waiting,
+                                   abandon_after=max(10.0, 2 * max(lookup_timeout, write_timeout)))
         # Fail now, not at the first operation, on a connection string PyMongo rejects.
         try:
             self._pymongo.uri_parser.parse_uri(self.url.client_uri, validate=True, warn=False)
@@ -144,6 +159,15 @@ class MongoStore:
     def __repr__(self) -> str:
         return f"<MongoStore {self.url}>"
 
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counters of the gate in front of the driver (operations submitted, dispatched, queued,
+        coalesced, timed out queued / running, refused as overloaded, ...) plus what is in flight and
+        waiting now. For operators and tests; the store server's own counters are the reference for
+        round-trips."""
+        return {**self._gate.stats, "running": self._gate.running, "waiting": self._gate.waiting,
+                "max_in_flight": self.max_in_flight}
+
     # -- plumbing ------------------------------------------------------------------------------------
     def _collection(self) -> Any:
         if self._closed:
@@ -152,23 +176,26 @@ class MongoStore:
             self._client = self._pymongo.AsyncMongoClient(self.url.client_uri, **self._client_options)
         return self._client[self.url.database][self.url.collection]
 
-    def _run(self, operation: str, timeout: float, coroutine_fn: Any, *args: Any) -> Deferred:
-        """Run ``coroutine_fn(collection, *args)`` on the loop under ``timeout``; map errors."""
+    def _run(self, operation: str, timeout: float, coroutine_fn: Any, *args: Any, bounded: bool = True) -> Deferred:
+        """Run ``coroutine_fn(collection, *args)`` on the loop through the gate, within ``timeout``
+        seconds from now; errors become :class:`StoreError`. ``bounded``: refused at once
+        (:class:`StoreOverloaded`) when ``max_waiting`` operations already wait (lookups); writes are
+        not refused, only timed out."""
         pymongo = self._pymongo
 
-        async def call() -> Any:
-            try:
-                collection = self._collection()
-                with pymongo.timeout(timeout):
-                    return await coroutine_fn(collection, *args)
-            except Exception as exc:
-                raise self._error(operation, exc) from exc
+        def start(remaining: float) -> Deferred:
+            async def call() -> Any:
+                try:
+                    collection = self._collection()
+                    # the budget left after queueing: the driver gives up by itself, nobody cancels it
+                    with pymongo.timeout(remaining):
+                        return await coroutine_fn(collection, *args)
+                except Exception as exc:
+                    raise self._error(operation, exc) from exc
 
-        d = deferred_from_coroutine(self._loop, call)
-        # Belt and braces: should a driver path not honour the client-side timeout, give up anyway.
-        d.addTimeout(timeout + 1.0, self.reactor)
-        d.addErrback(self._timeout_error, operation)
-        return d
+            return deferred_from_coroutine(self._loop, call).addErrback(self._driver_failure, operation)
+
+        return self._gate.submit(operation, timeout, start, bounded=bounded)
 
     def _error(self, operation: str, exc: BaseException) -> StoreError:
         if isinstance(exc, StoreError):
@@ -179,12 +206,12 @@ class MongoStore:
         return StoreError(operation, exc, unavailable)
 
     @staticmethod
-    def _timeout_error(failure: Any, operation: str) -> Any:
-        from twisted.internet.defer import CancelledError, TimeoutError as DeferredTimeout
-
-        if failure.check(DeferredTimeout, CancelledError) and not failure.check(StoreError):
-            raise StoreError(operation, failure.value, True)
-        return failure
+    def _driver_failure(failure: Any, operation: str) -> Any:
+        """Whatever else escaped the coroutine (an asyncio ``CancelledError`` — a BaseException — when
+        the loop shuts down) still reaches the caller as a StoreError."""
+        if failure.check(StoreError):
+            return failure
+        raise StoreError(operation, failure.value, True)
 
     # -- records -------------------------------------------------------------------------------------
     def upsert_home(self, aor: str, sip_addr: str, now: float, ttl: float) -> "Deferred[None]":
@@ -196,7 +223,7 @@ class MongoStore:
         async def op(coll: Any) -> None:
             await coll.update_one({"_id": key}, {"$set": doc}, upsert=True)
 
-        return self._run("upsert_home", self.write_timeout, op)
+        return self._run("upsert_home", self.write_timeout, op, bounded=False)
 
     def delete_home(self, aor: str, sip_addr: str) -> "Deferred[None]":
         """Remove the record of ``aor`` on node ``sip_addr`` (no error if there is none)."""
@@ -205,7 +232,7 @@ class MongoStore:
         async def op(coll: Any) -> None:
             await coll.delete_one({"_id": key})
 
-        return self._run("delete_home", self.write_timeout, op)
+        return self._run("delete_home", self.write_timeout, op, bounded=False)
 
     def sync_homes(self, present: Iterable[str], absent: Iterable[str], sip_addr: str, now: float,
                    ttl: float) -> "Deferred[int]":
@@ -229,7 +256,7 @@ class MongoStore:
             await coll.bulk_write(ops, ordered=False)
             return len(ops)
 
-        return self._run("sync_homes", self.write_timeout, op)
+        return self._run("sync_homes", self.write_timeout, op, bounded=False)
 
     def upsert_homes(self, aors: Iterable[str], sip_addr: str, now: float, ttl: float) -> "Deferred[int]":
         """Publish or refresh the records of many AoRs in one bulk write (see :meth:`sync_homes`)."""
@@ -240,8 +267,12 @@ class MongoStore:
 
         Records whose ``expires_at`` has passed at ``now`` (epoch seconds, default: the wall clock) are
         ignored even before MongoDB's TTL sweep deletes them; records without ``expires_at`` (written
-        by OpenSIPS) always count. Fails fast with an ``unavailable`` :class:`StoreError` when the
-        store is down (``lookup_timeout``).
+        by OpenSIPS) always count. Fails with an ``unavailable`` :class:`StoreError` within
+        ``lookup_timeout`` when the store is down or slow (:class:`StoreTimeout`), at once when too many
+        lookups already wait (:class:`StoreOverloaded`).
+
+        Concurrent calls for the same ``aor`` (with the default ``now``) share one ``find``: a burst of
+        calls to one user — a hunt group, a busy line retried — costs the store one round-trip.
         """
         # Filter on expiry here rather than in the query: an AoR has a record per node holding it (a
         # handful), and the plain {aor} query uses the aor index everywhere — SecantusDB, for one,
@@ -260,7 +291,9 @@ class MongoStore:
                     out.append(home)
             return out
 
-        return self._run("homes", self.lookup_timeout, op)
+        if now is not None:
+            return self._run("homes", self.lookup_timeout, op)
+        return self._gate.coalesce(("homes", aor), lambda: self._run("homes", self.lookup_timeout, op), list)
 
     def delete_node_records(self, sip_addr: str) -> "Deferred[int]":
         """Delete every record whose ``home_ip`` is ``sip_addr`` (a node's leftovers from before a crash
@@ -270,7 +303,7 @@ class MongoStore:
             result = await coll.delete_many({"home_ip": sip_addr})
             return int(result.deleted_count)
 
-        return self._run("delete_node_records", self.write_timeout, op)
+        return self._run("delete_node_records", self.write_timeout, op, bounded=False)
 
     # -- raw queries (OpenSIPS cache_raw_query) --------------------------------------------------------
     def raw_command(self, command: Mapping[str, Any] | str) -> "Deferred[list[dict[str, Any]]]":
@@ -283,7 +316,9 @@ class MongoStore:
         reply document without the cluster-time bookkeeping. For the seed's OpenSIPS 3.0 spelling, a
         ``find`` with ``query`` and no ``filter`` has ``query`` renamed to ``filter``. Documents are
         plain dicts (datetimes stay ``datetime``; ``_id`` may be an ``ObjectId``). A route should put a
-        ``limit`` in a query that may match many documents.
+        ``limit`` in a query that may match many documents. Identical ``find``/``count``/``distinct``
+        commands running at the same time share one round-trip. Failures, timeouts and overload are
+        :class:`StoreError` as for :meth:`homes`.
         """
         try:
             cmd = self._command_dict(command)
@@ -303,7 +338,18 @@ class MongoStore:
                 reply.pop(key, None)
             return [reply]
 
-        return self._run("raw_command", self.lookup_timeout, op)
+        if name not in _COALESCED_COMMANDS:
+            return self._run("raw_command", self.lookup_timeout, op)
+        # identical read commands in flight at the same time share one round-trip (the redirect route
+        # asks the same find for every call to one user); each caller gets its own copies
+        from bson import json_util
+
+        try:
+            key = ("raw_command", json_util.dumps(cmd))
+        except Exception:  # not representable as Extended JSON: the driver will say what is wrong
+            return self._run("raw_command", self.lookup_timeout, op)
+        return self._gate.coalesce(key, lambda: self._run("raw_command", self.lookup_timeout, op),
+                                   lambda docs: [dict(doc) for doc in docs])
 
     def _command_dict(self, command: Mapping[str, Any] | str) -> dict[str, Any]:
         if isinstance(command, (str, bytes)):
@@ -344,7 +390,7 @@ class MongoStore:
                              url=str(self.url), key=key, err=str(exc))
             return names
 
-        return self._run("ensure_indexes", self.write_timeout, op)
+        return self._run("ensure_indexes", self.write_timeout, op, bounded=False)
 
     def ping(self) -> "Deferred[None]":
         """Fire when the store answers a ``ping`` (fails fast like :meth:`homes` when it is down)."""

@@ -462,6 +462,8 @@ class Node:
             log.debug("{method} {call_id} from {src}: reply {code} {reason}", method=request.method,
                       call_id=request.call_id, src=rr.source.remote, code=code, reason=reason or "")
         response = request.make_response(code, reason, to_tag=self._to_tag(request))
+        for name, value in rr.reply_headers:  # the route's append_to_reply(), e.g. Retry-After on a 503
+            response.headers.add(name, value)
         if 300 <= code < 400:
             targets = ([] if not rr.ruri_changed else [request.uri]) + [b.uri for b in rr.branches]
             if targets:

@@ -17,6 +17,7 @@ OpenSIPS                                edgeproxy
 ``save("location")``                     ``await msg.save("location")``
 ``t_relay()``                            ``msg.t_relay()`` → bool
 ``sl_send_reply(404, "Not Here")``       ``msg.sl_send_reply(404, "Not Here")``
+``append_to_reply("Retry-After: 5")``    ``msg.append_to_reply("Retry-After: 5")`` (headers of the next reply)
 ``send_reply(302, "Moved")``             ``msg.send_reply(302, "Moved")`` (3xx: branches become Contact)
 ``record_route()`` ``loose_route()``     ``msg.record_route()`` ``msg.loose_route()``
 ``has_totag()`` ``is_method("INVITE")``  ``msg.has_totag()`` ``msg.is_method("INVITE")``
@@ -128,6 +129,7 @@ class RouteRequest:
         self.reply_route: Callable[..., Any] | None = None
         self.branch_route: Callable[..., Any] | None = None
         self.replied = False
+        self.reply_headers: list[tuple[str, str]] = []  # append_to_reply(): added to the route's replies
         self.relayed = False
         self.reply_code: int | None = None  # in failure_route: the winning reply's status
         self.reply: Response | None = None  # in failure_route: the winning reply
@@ -312,6 +314,18 @@ class RouteRequest:
         self._actions.reply(self, code, reason, True)
 
     t_reply = send_reply
+
+    def append_to_reply(self, header: str) -> None:
+        """OpenSIPS ``append_to_reply("Name: value\\r\\n")``: add a header to the replies this route
+        sends (``sl_send_reply``, ``send_reply``), e.g. ``Retry-After`` on a 503. Several lines may be
+        given at once; a trailing CRLF is optional."""
+        for line in header.replace("\r\n", "\n").split("\n"):
+            if not line.strip():
+                continue
+            name, colon, value = line.partition(":")
+            if not colon or not name.strip() or any(c in name for c in " \t"):
+                raise ValueError(f"append_to_reply: not a header line: {line!r}")
+            self.reply_headers.append((name.strip(), value.strip()))
 
     def sl_reply_error(self) -> None:
         """Reply 500 after a failed verb (OpenSIPS ``sl_reply_error``)."""

@@ -61,6 +61,11 @@ class RouteResult:
     def reply_code(self) -> int | None:
         return self.replies[-1][0] if self.replies else None
 
+    @property
+    def reply_headers(self) -> list[tuple[str, str]]:
+        """Headers the route added to its replies (``append_to_reply``)."""
+        return list(self.request.reply_headers)
+
 
 class RouteHarness:
     """In-memory :class:`~edgeproxy.routing.api.RouteActions` with a real location service."""
