@@ -965,7 +965,11 @@ class Node:
                 return
             log.info("stateless forward to {host}: no usable target", host=query.host)
 
-        d = self.locator.locate(query, self._transports())  # type: ignore[union-attr]
+        try:
+            d = self.locator.locate(query, self._transports())  # type: ignore[union-attr]
+        except Exception:
+            log.failure("locating {host} failed", host=query.host)
+            return False
         d.addCallbacks(located, lambda f: log.info("stateless forward to {host} failed: {why}", host=query.host,
                                                    why=f.getErrorMessage()))
         return True
