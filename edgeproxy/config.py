@@ -570,7 +570,7 @@ _SCHEMA: dict[str, _Section] = {
 class Config:
     """The whole configuration of one node, a section per attribute.
 
-    ``registrar``, ``timers``, ``proxy``, ``tls`` and ``ws`` are the lower layers' own settings
+    ``registrar``, ``timers``, ``proxy``, ``tls``, ``ws`` and ``dns`` are the lower layers' own settings
     objects, handed to them as they are (``proxy`` holds the ``[proxy]`` keys; the service adds
     ``node.domains`` and the debug flag, which live in ``[node]``). ``federation`` is the
     :class:`~edgeproxy.federation.FederationSettings` when ``[federation]`` is present. ``source`` is
