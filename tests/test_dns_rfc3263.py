@@ -327,3 +327,36 @@ def test_is_host_name(host: str, name: bool) -> None:
 ])
 def test_uri_query(uri: str, query: ServerQuery | None) -> None:
     assert uri_query(parse_uri(uri)) == query
+
+
+# -- the [dns] section of the configuration -------------------------------------------------------
+
+def test_dns_section_defaults_and_keys(tmp_path) -> None:
+    from edgeproxy.config import load_config
+    from edgeproxy.dns import DnsSettings
+
+    assert load_config().dns == DnsSettings()
+    path = tmp_path / "edge.toml"
+    path.write_text('[dns]\nnaptr = false\nsrv = true\nfailover = false\nservers = ["127.0.0.1:5353", "::1"]\n'
+                    "timeout = 0.5\ncache_size = 0\n")
+    assert load_config(str(path)).dns == DnsSettings(naptr=False, srv=True, failover=False,
+                                                     servers=(("127.0.0.1", 5353), ("::1", 53)), timeout=0.5,
+                                                     cache_size=0)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('servers = ["ns1.example"]', 'config: dns.servers[0]: must be an IP address (a DNS server is not looked up'),
+    ('servers = "127.0.0.1"', 'config: dns.servers: must be a list of "ip[:port]" strings'),
+    ("timeout = 0", "config: dns.timeout: must be a number of seconds > 0"),
+    ("cache_size = -1", "config: dns.cache_size: must be an integer >= 0"),
+    ("naptr = 1", "config: dns.naptr: must be true or false"),
+    ("naptrr = true", 'config: dns.naptrr: unknown key in [dns] (did you mean "naptr"?)'),
+])
+def test_dns_section_errors_are_one_line(tmp_path, text: str, message: str) -> None:
+    from edgeproxy.config import ConfigError, load_config
+
+    path = tmp_path / "edge.toml"
+    path.write_text(f"[dns]\n{text}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(str(path))
+    assert str(err.value).startswith(message), str(err.value)
