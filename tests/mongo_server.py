@@ -21,8 +21,9 @@ import signal
 import socket
 import subprocess
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 
@@ -100,6 +101,20 @@ class SecantusServer:
     @property
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+    @contextmanager
+    def stalled(self) -> Iterator[None]:
+        """The server frozen (SIGSTOP) for the ``with`` block, then thawed (SIGCONT): its sockets stay
+        open and the kernel still accepts connections, but nothing is answered -- a store that hangs
+        (a long GC, a stuck disk, an overloaded host) rather than one that is down."""
+        proc = self.process
+        if proc is None or proc.poll() is not None:
+            raise RuntimeError("the server is not running")
+        os.kill(proc.pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
 
 
 @dataclass

@@ -81,6 +81,29 @@ def test_full_queue_refuses_lookups_at_once_but_writes_still_wait(clock: Clock) 
     assert all(outcome(d) == "pending" for d in waiting)
 
 
+def test_a_lookup_that_would_only_time_out_in_the_queue_is_refused_at_once(clock: Clock) -> None:
+    """At the recent pace (0.3 s per operation, 2 slots), a fifth waiting lookup would need
+    (4/2 + 1) x 0.3 = 0.9 s: still in time for a 1 s deadline; the sixth (5/2 + 1) x 0.3 = 1.05 s
+    would not be, and is refused now rather than failing a second later."""
+    gate, drv = OperationGate(clock, 2, 100), Driver()
+    for name in ("a", "b"):
+        gate.submit(name, 1.0, drv.start(name))
+    clock.advance(0.3)
+    drv.finish("a")
+    drv.finish("b")
+    assert gate.latency == pytest.approx(0.3) and gate.expected_wait() == pytest.approx(0.3)
+    for name in ("c", "d"):
+        gate.submit(name, 1.0, drv.start(name))
+    queued = [gate.submit(f"q{i}", 1.0, drv.start(f"q{i}")) for i in range(5)]
+    assert all(outcome(d) == "pending" for d in queued) and gate.expected_wait() == pytest.approx(1.05)
+    late = gate.submit("homes", 1.0, drv.start("late"))
+    err = outcome(late)
+    assert isinstance(err, StoreOverloaded) and err.expected_wait == pytest.approx(1.05)
+    assert "about 1.05 s" in str(err) and gate.stats["shed_early"] == 1
+    # a write with a longer deadline still queues
+    assert outcome(gate.submit("upsert_home", 5.0, drv.start("w"), bounded=False)) == "pending"
+
+
 def test_deadline_counts_the_time_spent_waiting_and_the_driver_gets_what_is_left(clock: Clock) -> None:
     gate, drv = OperationGate(clock, 1, 10), Driver()
     gate.submit("first", 1.0, drv.start("first"))

@@ -30,12 +30,15 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet import task, threads
+from twisted.internet.defer import DeferredList
 from twisted.internet.task import Clock
 
 from edgeproxy.federation import (
     FederationPublisher,
     MongoStore,
     StoreError,
+    StoreOverloaded,
+    StoreTimeout,
     global_lookup,
     record_id,
 )
@@ -362,6 +365,129 @@ async def test_store_down_then_back_republishes_without_reregistration(target, u
     finally:
         await pub.stop()
         await store.close()
+
+
+# -- a store that hangs, an overloaded one, coalescing (counted by the server) ----------------------
+
+def server_finds(target: Any, collection: str) -> int:
+    """find + getMore commands the server counted on ``collection`` (its ``top``, as bench/load.py
+    reads it): the round-trips, seen from the store's side. Blocking: run it in a thread."""
+    from pymongo import MongoClient
+
+    client: Any = MongoClient(target.base_uri, serverSelectionTimeoutMS=3000)
+    try:
+        totals = client.admin.command("top")["totals"].get(f"{target.database}.{collection}", {})
+        return sum(int((totals.get(k) or {}).get("count", 0)) for k in ("queries", "getmore"))
+    finally:
+        client.close()
+
+
+def outcomes(ds: list[Any]) -> list[Any]:
+    """What each (already fired) Deferred gave: its value, or its failure's exception."""
+    out: list[Any] = []
+    for d in ds:
+        got: list[Any] = []
+        d.addBoth(lambda r, got=got: got.append(r.value if hasattr(r, "check") else r))
+        out.append(got[0] if got else "pending")
+    return out
+
+
+async def until_answers(store: MongoStore, aor: str, expected: list[str], within: float) -> float:
+    """Ask until the store answers ``expected``; seconds it took (fails after ``within``)."""
+    from twisted.internet import reactor
+
+    t0 = time.monotonic()
+    while True:
+        try:
+            if await store.homes(aor) == expected:
+                return time.monotonic() - t0
+        except StoreError:
+            pass
+        if time.monotonic() - t0 > within:
+            pytest.fail(f"the store client did not answer again within {within:g} s: {store.stats}")
+        await task.deferLater(reactor, 0.1, lambda: None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_stalled_store_lookups_are_minus_3_within_the_timeout_and_the_client_recovers(
+        target, url, location, clock) -> None:
+    """A store that hangs (SIGSTOP: connections open, nothing answered): every global lookup -- more of
+    them than there are connections -- ends as -3 (StoreTimeout), none later than lookup_timeout, none
+    as "not found"; after the store thaws the same client answers again (its pool is not wedged)."""
+    if not target.restartable:
+        pytest.skip("needs a SecantusDB the test can freeze (MONGO_URI points at an external server)")
+    store = MongoStore(url, lookup_timeout=0.5, write_timeout=2.0, max_in_flight=4)
+    try:
+        await store.upsert_home("bob@example.com", OTHER, time.time(), 180)
+        assert await store.homes("bob@example.com") == [OTHER]
+        with target.server.stalled():
+            t0 = time.monotonic()
+            lookups = [global_lookup(location, store, ME, f"u{i}@example.com") for i in range(12)]
+            direct = store.homes("bob@example.com")
+            results = await DeferredList(lookups)
+            took = time.monotonic() - t0
+            assert [r.code for _, r in results] == [LookupResult.ERROR] * 12
+            assert all(isinstance(r.error, StoreTimeout) and r.error.unavailable for _, r in results)
+            assert took < 0.5 + 0.3, f"lookups against a hung store took {took:.2f} s"
+            with pytest.raises(StoreTimeout):
+                await direct
+            assert store.stats["timeouts_queued"] >= 8 and store.stats["timeouts_running"] >= 4
+        recovered = await until_answers(store, "bob@example.com", [OTHER], within=6.0)
+        print(f"\n12 lookups against a hung store: -3 after {took:.3f} s; answers again {recovered:.2f} s after the thaw")
+    finally:
+        await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_overloaded_store_refuses_lookups_beyond_max_waiting_at_once(target, url, location) -> None:
+    """max_in_flight in the driver, max_waiting queued: the next lookups are refused at once (-3,
+    StoreOverloaded) instead of piling up behind a store that does not answer."""
+    if not target.restartable:
+        pytest.skip("needs a SecantusDB the test can freeze (MONGO_URI points at an external server)")
+    store = MongoStore(url, lookup_timeout=0.5, write_timeout=2.0, max_in_flight=2, max_waiting=3)
+    try:
+        assert await store.homes("warm@example.com") == []
+        with target.server.stalled():
+            lookups = [global_lookup(location, store, ME, f"u{i}@example.com") for i in range(10)]
+            now = outcomes(lookups[5:])  # no turn of the reactor yet: refused synchronously
+            assert [r.code for r in now] == [LookupResult.ERROR] * 5
+            assert all(isinstance(r.error, StoreOverloaded) for r in now)
+            results = await DeferredList(lookups[:5])
+            assert [type(r.error) for _, r in results] == [StoreTimeout] * 5
+            assert store.stats["overloaded"] == 5
+        await until_answers(store, "warm@example.com", [], within=6.0)
+    finally:
+        await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_lookups_of_one_aor_make_one_find_on_the_server(target, url, store) -> None:
+    collection = store.url.collection
+    now = time.time()
+    await store.upsert_homes([f"u{i}@example.com" for i in range(30)], OTHER, now, 180)
+    await store.upsert_home("alice@example.com", OTHER, now, 180)
+    await store.homes("alice@example.com")  # connections open
+
+    before = await threads.deferToThread(server_finds, target, collection)
+    same = await DeferredList([store.homes("alice@example.com") for _ in range(50)])
+    after_same = await threads.deferToThread(server_finds, target, collection)
+    assert [r for _, r in same] == [[OTHER]] * 50
+    assert len({id(r) for _, r in same}) == 50  # each caller has a list of its own
+    assert after_same - before == 1, "50 concurrent lookups of one AoR must cost one find"
+    assert store.stats["coalesced"] == 49
+
+    # the control: distinct AoRs are distinct finds, and a lookup after the answer is a new one
+    distinct = await DeferredList([store.homes(f"u{i}@example.com") for i in range(30)])
+    assert [r for _, r in distinct] == [[OTHER]] * 30
+    assert await store.homes("alice@example.com") == [OTHER]
+    after_all = await threads.deferToThread(server_finds, target, collection)
+    assert after_all - after_same == 31
+
+    # the redirect route's raw find: identical concurrent commands share one round-trip too
+    command = {"find": collection, "filter": {"aor": "alice@example.com"}}
+    raw = await DeferredList([store.raw_command(command) for _ in range(20)])
+    assert [[d["home_ip"] for d in docs] for _, docs in raw] == [[OTHER]] * 20
+    assert await threads.deferToThread(server_finds, target, collection) - after_all == 1
 
 
 # -- the face under another reactor -----------------------------------------------------------------

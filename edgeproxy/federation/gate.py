@@ -14,7 +14,10 @@ sits in that lock/condition code also left the pool unusable for minutes. So:
 * at most ``limit`` operations are handed to the driver at a time — the pool is sized to match and
   pre-opened, so a checkout always finds an idle connection and never waits inside the driver;
 * the others wait here, in a plain deque (no task, no timer per waiter beyond one ``callLater``);
-  lookups beyond ``max_waiting`` are refused at once with :class:`StoreOverloaded`;
+  a lookup is refused at once with :class:`StoreOverloaded` when ``max_waiting`` are already waiting,
+  or when the wait ahead of it, at the pace operations have been completing (a moving average of
+  their time in the driver), would not leave it done before its deadline — it would only fail later
+  and keep a call waiting for nothing;
 * every operation has a deadline counted from its submission, queueing included. When it passes, the
   caller gets :class:`StoreTimeout` at once; a queued operation is dropped, a running one is *not*
   cancelled — the driver ends it under its own client-side timeout (set to the budget left at
@@ -74,17 +77,23 @@ class StoreTimeout(StoreError):
 
 
 class StoreOverloaded(StoreError):
-    """Refused without being tried: ``max_waiting`` operations were already waiting for a slot."""
+    """Refused without being tried: ``max_waiting`` operations were already waiting for a slot, or the
+    wait ahead (``expected_wait`` seconds at the recent pace) would outlast the operation's deadline."""
 
-    def __init__(self, operation: str, waiting: int) -> None:
-        super().__init__(operation, OverflowError(f"{waiting} operations already waiting for the store"), True)
+    def __init__(self, operation: str, waiting: int, expected_wait: float | None = None) -> None:
+        text = f"{waiting} operations already waiting for the store"
+        if expected_wait is not None:
+            text += f" (about {expected_wait:.2f} s)"
+        super().__init__(operation, OverflowError(text), True)
         self.waiting = waiting
+        self.expected_wait = expected_wait
 
 
 class _Op:
     """One submitted operation: the caller's Deferred, its deadline timer, its place in the gate."""
 
-    __slots__ = ("operation", "start", "timeout", "deadline", "result", "timer", "state", "abandon_timer")
+    __slots__ = ("operation", "start", "timeout", "deadline", "result", "timer", "state", "abandon_timer",
+                 "dispatched_at")
 
     def __init__(self, operation: str, start: Callable[[float], "Deferred[Any]"], timeout: float,
                  deadline: float, on_cancel: Callable[["_Op"], None]) -> None:
@@ -97,6 +106,7 @@ class _Op:
         self.result: Deferred[Any] = Deferred(lambda _d: on_cancel(self))
         self.timer: Any = None
         self.abandon_timer: Any = None
+        self.dispatched_at = 0.0
         self.state = "new"  # new -> queued -> running -> done; queued -> dropped; running -> abandoned
 
 
@@ -112,6 +122,9 @@ class OperationGate:
     ``limit`` slots are taken.
     """
 
+    #: weight of the newest sample in the moving average of the time operations spend in the driver
+    LATENCY_WEIGHT = 0.1
+
     def __init__(self, clock: Any, limit: int, max_waiting: int, *, abandon_after: float = 10.0) -> None:
         if limit < 1 or max_waiting < 0:
             raise ValueError("limit must be >= 1 and max_waiting >= 0")
@@ -124,9 +137,11 @@ class OperationGate:
         self._queue: deque[_Op] = deque()
         self._draining = False
         self._coalescing: dict[Hashable, list[Deferred[Any]]] = {}
+        self.latency: float | None = None  # moving average of dispatch -> completion, seconds
         self.stats: dict[str, int] = {
             "submitted": 0, "dispatched": 0, "queued": 0, "max_waiting_seen": 0, "max_running": 0,
-            "coalesced": 0, "timeouts_queued": 0, "timeouts_running": 0, "overloaded": 0, "failed": 0,
+            "coalesced": 0, "timeouts_queued": 0, "timeouts_running": 0, "overloaded": 0, "shed_early": 0,
+            "failed": 0,
             "late_completions": 0, "abandoned": 0,
         }
 
@@ -143,11 +158,15 @@ class OperationGate:
         if self.running < self.limit and not self.waiting:
             self._dispatch(op, now)
             return op.result
-        if bounded and self.waiting >= self.max_waiting:
-            self.stats["overloaded"] += 1
-            op.state = "dropped"
-            op.result.errback(StoreOverloaded(operation, self.waiting))
-            return op.result
+        if bounded:
+            expected = self.expected_wait()
+            if self.waiting >= self.max_waiting or (expected is not None and expected >= timeout):
+                self.stats["overloaded"] += 1
+                if self.waiting < self.max_waiting:
+                    self.stats["shed_early"] += 1
+                op.state = "dropped"
+                op.result.errback(StoreOverloaded(operation, self.waiting, expected))
+                return op.result
         op.state = "queued"
         self.stats["queued"] += 1
         self.waiting += 1
@@ -155,6 +174,14 @@ class OperationGate:
         self._queue.append(op)
         op.timer = self.clock.callLater(timeout, self._expire, op)
         return op.result
+
+    def expected_wait(self) -> float | None:
+        """Seconds a new operation would take from now to completion with every slot busy: the queue
+        ahead of it drained ``limit`` at a time, then its own turn, at the recent pace; None before
+        any operation has completed."""
+        if self.latency is None:
+            return None
+        return (self.waiting / self.limit + 1.0) * self.latency
 
     def coalesce(self, key: Hashable, submit: Callable[[], "Deferred[Any]"],
                  copy: Callable[[Any], Any] = lambda value: value) -> "Deferred[Any]":
@@ -189,6 +216,7 @@ class OperationGate:
             self._time_out(op, "queued")
             return
         op.state = "running"
+        op.dispatched_at = now
         self.running += 1
         self.stats["dispatched"] += 1
         self.stats["max_running"] = max(self.stats["max_running"], self.running)
@@ -207,6 +235,8 @@ class OperationGate:
             self.stats["late_completions"] += 1
             return None
         op.state = "done"
+        elapsed = self.clock.seconds() - op.dispatched_at
+        self.latency = elapsed if self.latency is None else self.latency + self.LATENCY_WEIGHT * (elapsed - self.latency)
         for timer in (op.timer, op.abandon_timer):
             if timer is not None and timer.active():
                 timer.cancel()

@@ -14,7 +14,7 @@ The node configuration (:mod:`edgeproxy.config`) can hand its ``[federation]`` t
     server_selection_timeout = 1.0   # s; unless the URL sets serverSelectionTimeoutMS
     lookup_timeout = 1.0        # s a global lookup / raw query may take, queueing included, before failing (-3)
     write_timeout = 5.0         # s a write may take
-    max_in_flight = 8           # store operations in the driver at once; the pool keeps this many connections
+    max_in_flight = 16          # store operations in the driver at once; the pool keeps this many connections
                                 # open (unless the URL sets maxPoolSize / minPoolSize)
     max_waiting = 256           # lookups waiting for a free connection; beyond, refused at once (-3)
     batch_size = 1000           # records per bulk write when refreshing
@@ -49,7 +49,7 @@ class FederationSettings:
     server_selection_timeout: float = 1.0
     lookup_timeout: float = 1.0
     write_timeout: float = 5.0
-    max_in_flight: int = 8
+    max_in_flight: int = 16
     max_waiting: int = 256
     batch_size: int = 1000
     cleanup_on_start: bool = True

@@ -119,7 +119,7 @@ class MongoStore:
 
     def __init__(self, url: str | MongoURL, *, reactor: Any = None, server_selection_timeout: float = 1.0,
                  connect_timeout: float = 2.0, lookup_timeout: float = 1.0, write_timeout: float = 5.0,
-                 max_in_flight: int = 8, max_waiting: int = 256,
+                 max_in_flight: int = 16, max_waiting: int = 256,
                  client_options: Mapping[str, Any] | None = None) -> None:
         self.url = url if isinstance(url, MongoURL) else parse_mongo_url(url)
         self.reactor = require_asyncio_reactor(reactor)
