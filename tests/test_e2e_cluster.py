@@ -494,12 +494,13 @@ def test_store_down_local_calls_work_global_lookups_fail_fast_and_records_come_b
             local, took_local = call(fs, x, "alice")
             assert local.ok, local.describe()
             alice.wait_for_message(r"^BYE ", timeout=10)
-            # a global lookup on Y fails fast (-3 -> the seed's 404)
-            remote, took_remote = call(fs, y, "alice", scenario="uac_expect", expect_code=404)
+            # a global lookup on Y fails fast: -3 -> 503 with Retry-After, not the 404 of "nobody has her"
+            remote, took_remote = call(fs, y, "alice", scenario="uac_expect", expect_code=503)
             assert remote.ok, remote.describe()
+            assert retry_after(remote) == ["5"]
             assert took_remote < 3.0, f"the failed global lookup took {took_remote:.2f} s"
             print(f"\nstore down: local call complete in {took_local:.3f} s, "
-                  f"global lookup failed (404) in {took_remote:.3f} s (SIPp runs included)")
+                  f"global lookup failed (503) in {took_remote:.3f} s (SIPp runs included)")
         finally:
             restarted = time.monotonic()
             target.server.start()  # same port, empty: a store that lost its data
@@ -509,6 +510,48 @@ def test_store_down_local_calls_work_global_lookups_fail_fast_and_records_come_b
         assert [d["home_ip"] for d in docs] == [X_ADDR]
         result, _ = call(fs, y, "alice")
         assert result.ok, result.describe()
+
+
+def retry_after(result: SippResult) -> list[str]:
+    """The Retry-After values of the final response(s) a SIPp call got."""
+    return [v for m in result.received() if m.status is not None and m.status >= 300 for v in m.header("Retry-After")]
+
+
+def test_store_that_hangs_gives_503_with_retry_after_within_the_lookup_timeout_then_calls_resume(
+        cluster: Cluster, target, collection, tmp_path: Path) -> None:
+    """The store stops answering (SIGSTOP: connections open, no reply) -- the way a store under
+    overload or a long pause looks to the nodes. A call for a user registered on the other node must
+    end within the lookup timeout (0.5 s here) as 503 + Retry-After ("this node cannot ask now"), never
+    as 404 ("nobody has this user"); a call for a local user still goes through; once the store
+    answers again, the same nodes route through it again (no wedged client)."""
+    if not target.restartable:
+        pytest.skip("MONGO_URI points at a server these tests cannot freeze")
+    x, y = start_federated(cluster, target, collection)
+    fs = freeswitch(tmp_path)
+    with phone(tmp_path, x, "alice") as alice:
+        wait_until("alice's record", lambda: records_for(target, collection, "alice"))
+        warm, _ = call(fs, y, "alice")
+        assert warm.ok, warm.describe()
+        alice.wait_for_message(r"^BYE ", timeout=10)
+        mark = len(y.log())
+        with target.server.stalled():
+            remote, took = call(fs, y, "alice", scenario="uac_expect", expect_code=503)
+            assert remote.ok, remote.describe()
+            assert retry_after(remote) == ["5"]
+            assert 404 not in statuses(remote)
+            assert took < 0.5 + 1.5, f"503 took {took:.2f} s against a lookup timeout of 0.5 s"
+            local, took_local = call(fs, x, "alice")  # X: alice is in its memory, the store only costs its timeout
+            assert local.ok, local.describe()
+        assert "store failed" in y.log()[mark:]
+        thawed = time.monotonic()
+
+        def through_y() -> bool:
+            result, _ = call(fs, y, "alice", scenario="uac_call")
+            return result.ok
+
+        wait_until("a call through Y after the store answers again", through_y, timeout=15, step=0.2)
+        print(f"\nstore hung: Y answered 503 in {took:.3f} s, X completed the local call in {took_local:.3f} s "
+              f"(SIPp runs included); calls through Y again {time.monotonic() - thawed:.2f} s after the thaw")
 
 
 # -- the node table in MariaDB; admission to the cluster link ------------------------------------------------
