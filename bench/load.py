@@ -1217,6 +1217,11 @@ class Bench:
             # cluster health during the step, from the nodes' logs (warnings)
             r["peer_down"] = sum(text.count(" is DOWN") for text in new_logs.values())
             r["store_fail"] = sum(text.count("store failed") for text in new_logs.values())
+            # of which: lookups refused at once because the store's queue was full or would not drain
+            # in time (StoreOverloaded), and lookups that ran out of time (StoreTimeout); the calls
+            # concerned were answered 503 + Retry-After
+            r["store_shed"] = sum(text.count("already waiting for the store") for text in new_logs.values())
+            r["store_timeout"] = sum(text.count("store unavailable: no answer within") for text in new_logs.values())
         if topo.single:
             r["rss_kb"], r["hwm_kb"] = mem["proxy"].get("rss_kb"), mem["proxy"].get("hwm_kb")
         else:
