@@ -48,27 +48,25 @@ except ImportError:  # pragma: no cover - pyOpenSSL without its bindings module
 _warned = False
 
 
+def _warn_unsupported() -> None:
+    global _warned
+    if not _warned:
+        _warned = True
+        log.info("TLS buffers cannot be released with this pyOpenSSL: idle connections keep them")
+
+
 def release_bio_buffers(connection: SSL.Connection) -> bool:
     """Replace ``connection``'s memory BIOs by empty ones when neither holds unread bytes.
 
     Returns whether it did. A connection made over a socket (no memory BIOs) or one with data
     still in either BIO is left alone: the swap must never drop a byte of the stream. Empty BIOs
     carry no state, so the swap is safe at any point of the connection, handshake included."""
-    global _warned
-    ssl_ptr = getattr(connection, "_ssl", None)
     into = getattr(connection, "_into_ssl", None)
     out = getattr(connection, "_from_ssl", None)
-    if into is None or out is None:
-        if getattr(connection, "_socket", None) is not None:
-            return False  # TLS over a socket: OpenSSL owns the I/O, no memory BIOs
-        usable = False
-    else:
-        usable = _SUPPORTED and ssl_ptr is not None
-    if not usable:
-        if not _warned:
-            _warned = True
-            log.info("TLS buffers cannot be released with this pyOpenSSL: idle connections keep them")
-        return False
+    if into is None or out is None or not _SUPPORTED:
+        if getattr(connection, "_socket", None) is None:  # memory BIOs we cannot reach: say so once
+            _warn_unsupported()
+        return False  # (TLS over a socket has no memory BIOs: nothing to release)
     pending = _ffi.new("char **")
     if _lib.BIO_get_mem_data(into, pending) or _lib.BIO_get_mem_data(out, pending):
         return False
@@ -79,7 +77,7 @@ def release_bio_buffers(connection: SSL.Connection) -> bool:
     if new_out == _ffi.NULL:
         _lib.BIO_free(new_into)
         return False
-    _lib.SSL_set_bio(ssl_ptr, new_into, new_out)  # takes both, frees the old pair
+    _lib.SSL_set_bio(connection._ssl, new_into, new_out)  # takes both, frees the old pair
     connection._into_ssl = new_into
     connection._from_ssl = new_out
     return True
