@@ -18,7 +18,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from contextlib import contextmanager
@@ -27,16 +26,11 @@ from typing import Any, Iterator
 
 import pytest
 
+from ports import free_port
+
 __all__ = ["SecantusServer", "MongoTarget", "server_or_skip", "store_url", "free_port", "no_server_reason"]
 
 SECANTUS = "secantusd-py"
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on right now (127.0.0.1)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _ping(uri: str, timeout: float) -> bool:

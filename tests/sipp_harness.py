@@ -32,6 +32,8 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import pytest
 
+from ports import LOOPBACK, free_port
+
 __all__ = [
     "REPO",
     "SCENARIOS",
@@ -52,7 +54,6 @@ __all__ = [
 
 REPO = Path(__file__).resolve().parent.parent
 SCENARIOS = Path(__file__).resolve().parent / "sipp"
-LOOPBACK = "127.0.0.1"
 
 #: SIPp ``-t`` modes for our transport names (one socket for UDP, one connection for TCP).
 TRANSPORT_MODES = {"udp": "u1", "tcp": "t1"}
@@ -78,22 +79,6 @@ def require_sipp() -> str:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"{reason}; CI=true requires it", pytrace=False)
     pytest.skip(reason)
-
-
-def free_port(host: str = LOOPBACK) -> int:
-    """A port that is free for both UDP and TCP on ``host`` right now (another process may still
-    take it before it is used; ports are drawn from the kernel's ephemeral range)."""
-    for _ in range(100):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind((host, 0))
-            port = udp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind((host, port))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no port free for both UDP and TCP")
 
 
 def _port_in_use(transport: str, host: str, port: int) -> bool:

@@ -15,6 +15,7 @@ import pytest_twisted
 from twisted.internet import reactor
 
 from edgeproxy.cluster import Cluster, NodeInfo, NodeTableError, load_node_table, parse_db_url
+from ports import free_port
 
 DB_URL = os.environ.get("EDGEPROXY_TEST_DB_URL", "mysql://root@127.0.0.1:3306/test")
 
@@ -93,11 +94,7 @@ async def test_load_the_seed_table(db_table) -> None:
 @pytest_twisted.ensureDeferred
 async def test_loaded_table_runs_a_cluster(db_table) -> None:
     conn, name = db_table
-    import socket
-    probe = socket.socket()
-    probe.bind(("127.0.0.11", 0))
-    port = probe.getsockname()[1]
-    probe.close()
+    port = free_port("127.0.0.11")
     with conn.cursor() as cur:
         cur.execute(f"UPDATE `{name}` SET url = CONCAT(url, ':', %s), no_ping_retries = 1", (port,))
     rows = await load_node_table(DB_URL, name)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,31 +25,11 @@ from twisted.protocols import amp
 
 from edgeproxy.cluster import Cluster, LinkState, NodeInfo
 from edgeproxy.cluster.link import Ping, PingRefused
+from ports import free_port
 
 A, B, C = "127.0.0.11", "127.0.0.12", "127.0.0.13"
 INTERVAL, TIMEOUT, RETRIES = 0.2, 0.1, 3
 FAST = dict(ping_interval=INTERVAL, ping_timeout=TIMEOUT, seed_fallback_interval=0.3)
-
-
-def free_port(*hosts: str) -> int:
-    """A TCP port free on every host given (tried a few times)."""
-    for _ in range(50):
-        probe = socket.socket()
-        probe.bind((hosts[0], 0))
-        port = probe.getsockname()[1]
-        probe.close()
-        ok = True
-        for host in hosts:
-            s = socket.socket()
-            try:
-                s.bind((host, port))
-            except OSError:
-                ok = False
-            finally:
-                s.close()
-        if ok:
-            return port
-    raise RuntimeError("no common free port")
 
 
 def table(port: int, hosts=(A, B), *, flags=("seed", "seed"), cluster_id: int = 1,
