@@ -21,7 +21,7 @@ async def common_prelude(msg) -> bool:
         return True
     if msg.is_method("OPTIONS") and msg.ruri_user is None and msg.is_myself():
         msg.sl_send_reply(200, "OK")  # keep-alive pings (e.g. FreeSWITCH gateways) to the node itself
-        return
+        return True
     if msg.is_method("REGISTER"):
         if not msg.is_myself():
             msg.sl_send_reply(403, "Forbidden")

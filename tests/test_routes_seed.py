@@ -106,6 +106,15 @@ def test_seed_prelude_in_dialog_requests_follow_their_route_or_get_404(route) ->
 
 
 @ALL_ROUTES
+def test_seed_prelude_options_ping_to_the_node_gets_one_200_and_nothing_else(route) -> None:
+    """FreeSWITCH gateway pings: exactly one reply (the prelude once fell through to the lookup
+    and sent a 404 after the 200)."""
+    ping = invite(f"sip:{X}", to=f"sip:{X}", method="OPTIONS")
+    result = harness().run(route.request_route, ping, src(FS1))
+    assert result.replies == [(200, "OK", False)] and not result.relayed and result.error is None
+
+
+@ALL_ROUTES
 def test_seed_prelude_preloaded_route_to_another_host_is_refused(route) -> None:
     result = harness().run(route.request_route, invite(extra="Route: <sip:203.0.113.9;lr>\n"), src(FS1))
     assert replied(result) == (403, "Preload Route denied")
