@@ -39,6 +39,7 @@ from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
+from .auth.settings import QOP_CHOICES, AuthSettings
 from .config_error import ConfigError
 from .dns.settings import DnsSettings, parse_dns_server
 from .proxy.node import ProxySettings
@@ -473,6 +474,61 @@ def _dns_servers(key: str, value: Any, ctx: _Context) -> tuple[tuple[str, int], 
     return tuple(out)
 
 
+# -- [auth] -------------------------------------------------------------------------------------------
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,63}$")
+
+
+def _identifier(key: str, value: Any, ctx: _Context) -> str:
+    if not isinstance(value, str) or not _IDENTIFIER.match(value):
+        raise ConfigError(key, f"must be a plain SQL name (letters, digits, _), got {_show(value)}")
+    return value
+
+
+def _identifiers(key: str, value: Any, ctx: _Context) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise ConfigError(key, f"must be a list of column names, got {_show(value)}")
+    return tuple(_identifier(f"{key}[{i}]", v, ctx) for i, v in enumerate(value))
+
+
+def _algorithms(key: str, value: Any, ctx: _Context) -> tuple[str, ...]:
+    from .auth.digest import ALGORITHMS
+
+    if not isinstance(value, list) or not value:
+        raise ConfigError(key, f'must be a non-empty list like ["SHA-256", "MD5"], got {_show(value)}')
+    known = {a.lower(): a for a in ALGORITHMS}
+    out = []
+    for i, name in enumerate(value):
+        if not isinstance(name, str) or name.strip().lower() not in known:
+            raise ConfigError(f"{key}[{i}]", f"must be one of {', '.join(ALGORITHMS)}, got {_show(name)}")
+        out.append(known[name.strip().lower()])
+    return tuple(out)
+
+
+def _db_url(key: str, value: Any, ctx: _Context) -> str:
+    from .sqldb import DatabaseURLError, parse_db_url
+
+    text = _text(key, value, ctx)
+    if text:
+        try:
+            parse_db_url(text)
+        except DatabaseURLError as exc:
+            raise ConfigError(key, str(exc).removeprefix("db_url: ")) from None
+    return text
+
+
+def _users(key: str, value: Any, ctx: _Context) -> Mapping[str, str]:
+    """``[auth.users]``: ``"user[@domain]" = "password"``."""
+    if not isinstance(value, dict):
+        raise ConfigError(key, f'must be a table of "user[@domain]" = "password", got {_show(value)}')
+    for name, password in value.items():
+        if not name or any(c in name for c in ' \t"<>:;,') or name.count("@") > 1:
+            raise ConfigError(f"{key}.{name}", "must be a user name, or user@domain")
+        if not isinstance(password, str) or not password:
+            raise ConfigError(f"{key}.{name}", "must be a non-empty password string")
+    return MappingProxyType(dict(value))
+
+
 #: The schema of the file, section by section: what each table becomes, its keys and their checkers.
 _SCHEMA: dict[str, _Section] = {
     "node": _Section(NodeConfig, {
@@ -553,6 +609,21 @@ _SCHEMA: dict[str, _Section] = {
         "handshake_timeout": _seconds,
         "sni": _sni,
     }),
+    "auth": _Section(AuthSettings, {
+        "secret": _text,
+        "nonce_expire": _seconds,
+        "nonce_reuse": _boolean,
+        "qop": _choice(*QOP_CHOICES),
+        "algorithms": _algorithms,
+        "db_url": _db_url,
+        "table": _identifier,
+        "calculate_ha1": _boolean,
+        "use_domain": _boolean,
+        "password_column": _identifier,
+        "load_credentials": _identifiers,
+        "timeout": _seconds,
+        "users": _users,
+    }),
     "ws": _Section(WsSettings, {
         "path": _ws_path,
         "origins": _origins,
@@ -589,6 +660,8 @@ class Config:
     ws: WsSettings = field(default_factory=_SCHEMA["ws"].default)
     dns: DnsSettings = field(default_factory=_SCHEMA["dns"].default)
     federation: FederationSettings | None = None
+    # None without an [auth] section: the route's authentication verbs then fail loudly
+    auth: AuthSettings | None = field(default=None, hash=False)
     route_params: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), hash=False)
     source: str | None = None
 
@@ -753,7 +826,8 @@ def load_config(path: str | None = None, overrides: Mapping[str, Any] | None = N
                     raise
                 raise ConfigError(f"{exc.key} (command line)", exc.problem) from None
     _check_timers(checked["timers"])
-    built = {name: section.build(name, checked[name]) for name, section in _SCHEMA.items()}
+    built = {name: section.build(name, checked[name]) for name, section in _SCHEMA.items()
+             if name != "auth" or "auth" in raw or "auth" in sections}
 
     params = raw.get("route_params", {})
     federation = _federation(raw.get("federation"), built["cluster"])

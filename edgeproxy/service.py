@@ -16,6 +16,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IReactorCore
 from twisted.logger import Logger
 
+from .auth import Authenticator, subscriber_store
 from .config import Config, ConfigError
 from .location import InMemoryLocation
 from .proxy.node import Node
@@ -85,6 +86,8 @@ class RunningNode:
         if self.node.locator is not None:
             self.node.locator.stop()
         self.location.stop()
+        if self.node.auth is not None:
+            yield self.node.auth.close()
         yield self.transports.stop()
         if self.cluster is not None:
             yield self.cluster.stop()
@@ -120,6 +123,8 @@ def build_node(config: Config, reactor: Any = None) -> RunningNode:
     node = Node(reactor, transports, registrar, routes, settings, config.timers,
                 route_params=dict(getattr(config, "route_params", {}) or {}))
     node.locator = DnsLocator(reactor, config.dns)  # RFC 3263 for next hops named by a host name
+    if getattr(config, "auth", None) is not None:  # [auth]: the routes' www_authorize / proxy_authorize
+        node.auth = Authenticator(config.auth, subscriber_store(config.auth, reactor), reactor)
     transports.sink = node
     if routes.setup is not None:
         routes.setup(node)

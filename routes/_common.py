@@ -1,7 +1,10 @@
 """What every shipped route does before its own logic: OpenSIPS's stock sanity and in-dialog blocks,
-and the registrar. Kept in one place so the three seed variants differ only where the seed does."""
+the registrar and, with an ``[auth]`` section, digest authentication of the endpoints. Kept in one
+place so the three seed variants differ only where the seed does."""
 
 from __future__ import annotations
+
+from edgeproxy.routing import AuthResult
 
 
 async def common_prelude(msg) -> bool:
@@ -25,12 +28,44 @@ async def common_prelude(msg) -> bool:
     if msg.is_method("REGISTER"):
         if not msg.is_myself():
             msg.sl_send_reply(403, "Forbidden")
-        else:
+        elif await authenticate(msg, register=True):
             await msg.save("location")
         return True
     if msg.is_method("INVITE"):
         msg.record_route()
     return False
+
+
+async def authenticate(msg, *, register: bool) -> bool:
+    """With ``[auth]``, the stock scripts' authentication block; True when the request may go on::
+
+        if (!www_authorize("", "subscriber")) {      # proxy_authorize for anything but REGISTER
+            www_challenge("", "auth"); exit;          # 401 (407), stale=true after a stale nonce
+        }
+        if (!db_check_to()) { sl_send_reply(403, "Forbidden auth ID"); exit; }  # db_check_from()
+        consume_credentials();
+
+    One departure: -5 (the subscriber store did not answer) is 503 with Retry-After, not another
+    challenge -- a phone asked for its password again would tell its user the password is wrong.
+    """
+    if not msg.auth_enabled:
+        return True
+    code = await (msg.www_authorize("", "subscriber") if register else msg.proxy_authorize("", "subscriber"))
+    if code == AuthResult.GENERIC_ERROR:
+        msg.append_to_reply(f"Retry-After: {msg.params.get('retry_after', 5)}")
+        msg.sl_send_reply(503, "Service Unavailable")
+        return False
+    if code != AuthResult.AUTHORIZED:
+        if register:
+            msg.www_challenge("", "auth")
+        else:
+            msg.proxy_challenge("", "auth")
+        return False
+    if not (msg.check_to() if register else msg.check_from()):
+        msg.sl_send_reply(403, "Forbidden auth ID")
+        return False
+    msg.consume_credentials()
+    return True
 
 
 def relay_or_error(msg) -> None:
@@ -42,9 +77,12 @@ def relay_or_error(msg) -> None:
         msg.log("RELAY TO CONTACT SUCCESSFUL", "debug")
 
 
-def to_freeswitch(msg) -> None:
+async def to_freeswitch(msg) -> None:
     """Calls from endpoints go to the media servers (the seed's '...'): the first FreeSWITCH in
-    ``route_params.freeswitch``, or 404 when none is configured."""
+    ``route_params.freeswitch``, or 404 when none is configured; with ``[auth]``, only once the
+    caller has proven who she is (407 challenge, ``db_check_from``)."""
+    if not await authenticate(msg, register=False):
+        return
     freeswitch = msg.params.get("freeswitch", [])
     if not freeswitch:
         msg.sl_send_reply(404, "Not Found")

@@ -9,13 +9,19 @@
         }
         if (loose_route()) { sl_send_reply(403, "Preload Route denied"); exit; }
         if (!is_myself("$rd")) { sl_send_reply(403, "Relaying Forbidden"); exit; }  # no open relay
-        if (is_method("REGISTER")) { save("location"); exit; }
+        if (is_method("REGISTER")) {
+            # with [auth]: www_authorize / www_challenge / db_check_to / consume_credentials
+            save("location"); exit;
+        }
+        # with [auth]: callers of our domains prove who they are (proxy_authorize, db_check_from)
         lookup("location", "m");  switch ($retcode) { ... }
         record_route(); t_relay();
     }
 """
 
 from edgeproxy.routing import LookupResult
+
+from routes._common import authenticate
 
 
 async def request_route(msg):
@@ -48,8 +54,11 @@ async def request_route(msg):
         msg.sl_send_reply(200, "OK")  # keep-alive pings (e.g. FreeSWITCH gateways) to the node itself
         return
     if msg.is_method("REGISTER"):
-        await msg.save("location")
+        if await authenticate(msg, register=True):
+            await msg.save("location")
         return
+    if msg.is_myself(msg.request.from_.uri) and not await authenticate(msg, register=False):
+        return  # a caller claiming to be one of our users must prove it; calls from elsewhere need not
 
     code = await msg.lookup("location", "m")
     if code == LookupResult.NOT_FOUND or code == LookupResult.ERROR:

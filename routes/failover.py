@@ -35,4 +35,4 @@ async def request_route(msg):
             case LookupResult.ERROR:
                 msg.sl_send_reply(500, "Server Internal Error")
         return
-    to_freeswitch(msg)
+    await to_freeswitch(msg)

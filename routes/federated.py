@@ -66,4 +66,4 @@ async def request_route(msg):
                 msg.sl_send_reply(503, "Service Unavailable")
         return
 
-    to_freeswitch(msg)
+    await to_freeswitch(msg)

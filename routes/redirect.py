@@ -30,7 +30,7 @@ async def request_route(msg):
         return
     freeswitch = msg.params.get("freeswitch", [])
     if msg.si not in freeswitch:
-        to_freeswitch(msg)
+        await to_freeswitch(msg)
         return
 
     # build AoR without "sip:" and ask the store for its home_ip

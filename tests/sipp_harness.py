@@ -507,6 +507,11 @@ class Sipp:
 TEST_TIMERS: dict[str, Any] = {"t1": 0.1, "t2": 0.4, "t4": 0.5, "timer_c": 4.0}
 
 
+def _toml_key(key: str) -> str:
+    """A bare key when TOML allows one, else a quoted one (``"alice@example.com"``)."""
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else _toml_value(key)
+
+
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -517,7 +522,7 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, Mapping):  # an inline table, e.g. a [[cluster.nodes]] row in a list
-        return "{" + ", ".join(f"{key} = {_toml_value(v)}" for key, v in value.items()) + "}"
+        return "{" + ", ".join(f"{_toml_key(key)} = {_toml_value(v)}" for key, v in value.items()) + "}"
     raise TypeError(f"cannot write {value!r} as TOML")
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import os
 import string
-import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -171,14 +170,13 @@ def test_standard_base64_alphabet_is_not_accepted() -> None:
     pytest.fail("no nonce with - or _ in 200 tries")
 
 
-def test_ten_megabytes_is_refused_quickly() -> None:
+def test_ten_megabytes_is_refused_and_not_tracked() -> None:
+    """Refused on its length before any decoding (no timing asserted here: speed is the bench's)."""
     nonces = issuer()
     huge = "A" * 10_000_000
-    start = time.perf_counter()
-    for _ in range(100):
-        assert nonces.verify(huge, 0.0) is NonceState.INVALID
-        assert nonces.consume(huge, 1, 0.0) is False
-    assert time.perf_counter() - start < 0.05  # one length comparison each
+    assert nonces.verify(huge, 0.0) is NonceState.INVALID
+    assert nonces.consume(huge, 1, 0.0) is False
+    assert nonces.tracked == 0
 
 
 def test_non_string_is_invalid() -> None:

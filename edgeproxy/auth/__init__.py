@@ -1,6 +1,9 @@
 """Digest authentication (RFC 3261 §22; RFC 2617, RFC 7616, RFC 8760), as OpenSIPS's ``auth`` module
 does it: the pure core (the response arithmetic in :mod:`.digest`, signed nonces and their replay
-records in :mod:`.nonce`) that the route layer's authenticator builds on."""
+records in :mod:`.nonce`), where credentials come from (:mod:`.subscribers`: ``[auth.users]`` or the
+``subscriber`` table), and the :class:`Authenticator` behind the routes' ``www_authorize`` /
+``proxy_authorize`` / ``www_challenge`` (:mod:`.authenticator`), configured by ``[auth]``
+(:mod:`.settings`)."""
 
 from .digest import (
     ALGORITHMS,
@@ -16,6 +19,9 @@ from .digest import (
     session_ha1,
 )
 from .nonce import NonceIssuer, NonceState
+from .settings import AuthSettings
+from .subscribers import MemorySubscribers, Subscriber, SubscriberStore, SubscriberStoreError, SubscriberTable
+from .authenticator import AuthOutcome, AuthResult, Authenticator, default_realm, subscriber_store
 
 __all__ = [
     "ALGORITHMS",
@@ -31,4 +37,15 @@ __all__ = [
     "session_ha1",
     "NonceIssuer",
     "NonceState",
+    "AuthSettings",
+    "MemorySubscribers",
+    "Subscriber",
+    "SubscriberStore",
+    "SubscriberStoreError",
+    "SubscriberTable",
+    "AuthOutcome",
+    "AuthResult",
+    "Authenticator",
+    "default_realm",
+    "subscriber_store",
 ]

@@ -26,6 +26,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ..auth import AuthOutcome, Authenticator
 from ..coroutine import run_eagerly
 from ..dns import ServerQuery
 from ..location import LookupResult
@@ -33,7 +34,7 @@ from ..registrar import Registrar, aor_of
 from ..routing.api import Branch, RouteRequest, SIPError
 from ..routing.loader import RouteModule
 from ..sip.endpoint import Destination, Endpoint, Flow
-from ..sip.errors import SipValueError
+from ..sip.errors import SipParseError, SipValueError
 from ..sip.message import Headers, Request, Response
 from ..sip.uri import SipURI, parse_uri
 from ..transaction import (
@@ -196,6 +197,7 @@ class Node:
         self._domains = {d.lower() for d in settings.domains}
         self.cluster: Any = None  # an edgeproxy.cluster.Cluster when clustering is configured
         self.federation: Any = None  # an edgeproxy.federation.Federation with [federation]
+        self.auth: Authenticator | None = None  # digest authentication, with [auth]
         self.cluster_id = 1
         # RFC 3263 location of next hops named by a host name (edgeproxy.transport.locator); None: such
         # names go to the transports as they are, which resolve their A/AAAA (no SRV, no failover)
@@ -445,6 +447,15 @@ class Node:
             if not rr.replied and rr.request.method != "ACK":
                 self.reply(rr, err.code, err.reason, True)
             return
+        if failure.check(SipParseError):
+            # a header the route read is malformed (e.g. its credentials): the client's error, answered
+            # with the status the error carries, not a 500
+            bad: SipParseError = failure.value  # type: ignore[assignment]
+            log.info("{method} {call_id} from {src}: {status} {reason}", method=rr.request.method,
+                     call_id=rr.request.call_id, src=rr.source.remote, status=bad.status, reason=bad.reason)
+            if not rr.replied and rr.request.method != "ACK":
+                self.reply(rr, bad.status, bad.reason, False)
+            return
         self.stats["route_errors"] += 1
         log.failure("route {route} raised on {method} {call_id}", failure, route=self.routes.name,
                     method=rr.request.method, call_id=rr.request.call_id)
@@ -550,6 +561,24 @@ class Node:
         if self.federation is None:
             return fail(SendError("no federation store configured", 500))
         return self.federation.raw_query(command)
+
+    # -- RouteActions: authentication ----------------------------------------------------------------
+    def auth_enabled(self) -> bool:
+        return self.auth is not None
+
+    def _authenticator(self) -> Authenticator:
+        if self.auth is None:
+            raise RuntimeError("the route authenticates, but the node has no [auth] section")
+        return self.auth
+
+    def authorize(self, rr: RouteRequest, realm: str, table: str, proxy: bool) -> "Deferred[AuthOutcome]":
+        """OpenSIPS ``www_authorize`` / ``proxy_authorize``; a malformed header fails with its 400."""
+        return maybeDeferred(lambda: self._authenticator().authorize(rr.request, realm, proxy=proxy, table=table))
+
+    def challenge(self, rr: RouteRequest, realm: str, proxy: bool, qop: str | None,
+                  algorithms: tuple[str, ...] | None) -> list[tuple[str, str]]:
+        return self._authenticator().challenge(rr.request, realm, proxy=proxy, stale=rr.auth is not None and rr.auth.stale,
+                                               qop=qop, algorithms=algorithms)
 
     def cluster_node_changed(self, node_id: int, up: bool) -> None:
         """Cluster subscriber: when a node is declared down, the branches still waiting for its answer

@@ -23,7 +23,17 @@ OpenSIPS                                edgeproxy
 ``has_totag()`` ``is_method("INVITE")``  ``msg.has_totag()`` ``msg.is_method("INVITE")``
 ``t_on_failure("x")``                    ``msg.t_on_failure(x)`` (a function, checked at load time)
 ``xlog("...")``                          ``msg.log("...")``
+``www_authorize("", "subscriber")``      ``await msg.www_authorize()`` → AuthResult (1, -1..-5)
+``proxy_authorize("", "subscriber")``    ``await msg.proxy_authorize()``
+``www_challenge("", "auth")``            ``msg.www_challenge()`` (401; ``proxy_challenge()``: 407)
+``consume_credentials()``                ``msg.consume_credentials()``
+``db_check_to()`` ``db_check_from()``    ``msg.check_to()`` ``msg.check_from()``
+``$au`` ``$ar``                          ``msg.auth_user`` ``msg.auth_realm``
 ======================================  ====================================================
+
+The authentication verbs use the node's ``[auth]`` section (credentials from ``[auth.users]`` or the
+``subscriber`` table of ``[auth] db_url``); ``msg.auth_enabled`` tells whether the file has one, as
+Kamailio's stock script tests ``WITH_AUTH``.
 
 ``raise SIPError(403, "Forbidden")`` anywhere in a route replies with that status.
 """
@@ -35,6 +45,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from ..auth import AuthOutcome, AuthResult
 from ..location import LookupResult, binding_destination
 from ..sip.message import Request, Response
 from ..sip.uri import SipURI, URI, parse_uri
@@ -42,7 +53,7 @@ from ..sip.uri import SipURI, URI, parse_uri
 if TYPE_CHECKING:  # pragma: no cover
     pass
 
-__all__ = ["SIPError", "RouteRequest", "RouteActions", "LookupResult", "Branch"]
+__all__ = ["SIPError", "RouteRequest", "RouteActions", "LookupResult", "AuthResult", "Branch"]
 
 _log = Logger(namespace="edgeproxy.route")
 
@@ -99,6 +110,10 @@ class RouteActions(Protocol):
     def is_myself(self, host: str, port: int | None = None) -> bool: ...
     def cluster_check_addr(self, cluster_id: int, ip: str) -> bool: ...
     def cache_raw_query(self, rr: "RouteRequest", command: Any) -> "Deferred[list[dict[str, Any]]]": ...
+    def auth_enabled(self) -> bool: ...
+    def authorize(self, rr: "RouteRequest", realm: str, table: str, proxy: bool) -> "Deferred[AuthOutcome]": ...
+    def challenge(self, rr: "RouteRequest", realm: str, proxy: bool, qop: str | None,
+                  algorithms: tuple[str, ...] | None) -> list[tuple[str, str]]: ...
 
 
 def _coerce_uri(uri: URI | str) -> URI:
@@ -133,6 +148,7 @@ class RouteRequest:
         self.relayed = False
         self.reply_code: int | None = None  # in failure_route: the winning reply's status
         self.reply: Response | None = None  # in failure_route: the winning reply
+        self.auth: AuthOutcome | None = None  # the last www_authorize / proxy_authorize
 
     # -- pseudo-variables --------------------------------------------------------------------------
     @property
@@ -211,6 +227,27 @@ class RouteRequest:
     @property
     def call_id(self) -> str:
         return self.request.call_id
+
+    @property
+    def auth_user(self) -> str | None:
+        """The user whose credentials were accepted (OpenSIPS ``$au``), None before that."""
+        a = self.auth
+        return a.username if a is not None and a.result is AuthResult.AUTHORIZED else None
+
+    au = auth_user
+
+    @property
+    def auth_realm(self) -> str | None:
+        """The realm of the accepted credentials (OpenSIPS ``$ar``)."""
+        a = self.auth
+        return a.realm if a is not None and a.result is AuthResult.AUTHORIZED else None
+
+    ar = auth_realm
+
+    @property
+    def auth_enabled(self) -> bool:
+        """Whether the node has an ``[auth]`` section (Kamailio's ``WITH_AUTH``)."""
+        return self._actions.auth_enabled()
 
     @property
     def max_forwards(self) -> int | None:
@@ -298,6 +335,71 @@ class RouteRequest:
         (e.g. ``{"find": "userlocation", "filter": {"aor": "alice@example.com"}}``); fires with the
         documents as dicts, fails when the store is unreachable."""
         return self._actions.cache_raw_query(self, command)
+
+    # -- authentication ----------------------------------------------------------------------------
+    def www_authorize(self, realm: str = "", table: str = "subscriber") -> "Deferred[AuthResult]":
+        """Check the ``Authorization`` credentials for ``realm`` (``""``: the To domain of a REGISTER,
+        the From domain otherwise). Fires with an :class:`AuthResult`: AUTHORIZED (1), INVALID_USER
+        (-1), INVALID_PASSWORD (-2), STALE_NONCE (-3), NO_CREDENTIALS (-4), GENERIC_ERROR (-5: the
+        store could not answer). Malformed credentials raise a 400."""
+        return self._authorize(realm, table, proxy=False)
+
+    def proxy_authorize(self, realm: str = "", table: str = "subscriber") -> "Deferred[AuthResult]":
+        """:meth:`www_authorize` for ``Proxy-Authorization`` (calls and other requests to relay)."""
+        return self._authorize(realm, table, proxy=True)
+
+    def _authorize(self, realm: str, table: str, proxy: bool) -> "Deferred[AuthResult]":
+        def keep(outcome: AuthOutcome) -> AuthResult:
+            self.auth = outcome
+            return outcome.result
+
+        return self._actions.authorize(self, realm, table, proxy).addCallback(keep)
+
+    def www_challenge(self, realm: str = "", qop: str | None = None, algorithms: str | None = None) -> None:
+        """Answer 401 with a ``WWW-Authenticate`` challenge per algorithm (``"SHA-256,MD5"``; default
+        ``[auth] algorithms``), ``qop`` ``"auth"``, ``"auth-int"``, ``"auth,auth-int"`` or ``""``
+        (default ``[auth] qop``); ``stale=true`` when the last authorize found a stale nonce."""
+        self._challenge(realm, qop, algorithms, proxy=False)
+
+    def proxy_challenge(self, realm: str = "", qop: str | None = None, algorithms: str | None = None) -> None:
+        """Answer 407 with ``Proxy-Authenticate`` challenges (see :meth:`www_challenge`)."""
+        self._challenge(realm, qop, algorithms, proxy=True)
+
+    def _challenge(self, realm: str, qop: str | None, algorithms: str | None, proxy: bool) -> None:
+        names = tuple(a.strip() for a in algorithms.split(",") if a.strip()) if algorithms else None
+        for header in self._actions.challenge(self, realm, proxy, qop, names):
+            self.reply_headers.append(header)
+        if proxy:
+            self._actions.reply(self, 407, "Proxy Authentication Required", False)
+        else:
+            self._actions.reply(self, 401, "Unauthorized", False)
+
+    def consume_credentials(self) -> bool:
+        """Remove the accepted credentials from the request before it is relayed (the next hop has no
+        use for them, and they name our realm); False when nothing was accepted."""
+        a = self.auth
+        if a is None or a.result is not AuthResult.AUTHORIZED or a.header is None:
+            return False
+        return any(self.request.headers.discard(name, a.header) for name in ("Authorization", "Proxy-Authorization"))
+
+    def check_to(self) -> bool:
+        """OpenSIPS ``db_check_to()``: the To user is the one who authenticated (a REGISTER may only
+        change its own bindings)."""
+        return self._is_auth_user(self.request.to.uri)
+
+    def check_from(self) -> bool:
+        """OpenSIPS ``db_check_from()``: the From user is the one who authenticated (no calling as
+        somebody else)."""
+        return self._is_auth_user(self.request.from_.uri)
+
+    def _is_auth_user(self, uri: URI) -> bool:
+        user = self.auth_user
+        if user is None or not isinstance(uri, SipURI) or uri.user is None:
+            return False
+        name, at, domain = user.partition("@")
+        if at and domain.lower() != uri.host.lower():
+            return False
+        return name == uri.user
 
     def t_relay(self) -> bool:
         """Relay statefully to the destination set (RFC 3261 §16.6); False when nothing could be

@@ -31,6 +31,7 @@ from typing import Any, Callable, Mapping
 from twisted.internet.defer import Deferred, ensureDeferred, fail, maybeDeferred, succeed
 from twisted.internet.task import Clock
 
+from ..auth import AuthOutcome, Authenticator, AuthSettings, subscriber_store
 from ..location import InMemoryLocation, LookupResult
 from ..registrar import Registrar, RegistrarSettings, aor_of
 from ..proxy.hops import loose_route
@@ -75,8 +76,10 @@ class RouteHarness:
                  cluster_peers: dict[int, list[str]] | None = None,
                  homes: Mapping[str, list[str]] | BaseException | None = None,
                  raw_query: list[dict[str, Any]] | Callable[[Any], list[dict[str, Any]]] | BaseException | None = None,
-                 cluster_id: int = 1) -> None:
+                 cluster_id: int = 1, auth: AuthSettings | None = None) -> None:
         self.clock = Clock()
+        # [auth]: the node's Authenticator over [auth.users] (an in-memory store), on the harness clock
+        self.auth = Authenticator(auth, subscriber_store(auth), self.clock) if auth is not None else None
         self.location = InMemoryLocation(self.clock)
         self.registrar = Registrar(self.location, settings or RegistrarSettings(), self.clock)
         self.local = local
@@ -198,6 +201,21 @@ class RouteHarness:
         if callable(answer):
             return maybeDeferred(answer, command)
         return succeed([dict(doc) for doc in answer])
+
+    def auth_enabled(self) -> bool:
+        return self.auth is not None
+
+    def authorize(self, rr: RouteRequest, realm: str, table: str, proxy: bool) -> "Deferred[AuthOutcome]":
+        if self.auth is None:
+            return fail(RuntimeError("no [auth] settings (RouteHarness(auth=AuthSettings(...)))"))
+        return maybeDeferred(self.auth.authorize, rr.request, realm, proxy=proxy, table=table)
+
+    def challenge(self, rr: RouteRequest, realm: str, proxy: bool, qop: str | None,
+                  algorithms: tuple[str, ...] | None) -> list[tuple[str, str]]:
+        if self.auth is None:
+            raise RuntimeError("no [auth] settings (RouteHarness(auth=AuthSettings(...)))")
+        return self.auth.challenge(rr.request, realm, proxy=proxy, stale=rr.auth is not None and rr.auth.stale,
+                                   qop=qop, algorithms=algorithms)
 
     def cluster_check_addr(self, cluster_id: int, ip: str) -> bool:
         """Cluster peers are given as ``RouteHarness(cluster_peers={1: ["10.0.2.100"]})``."""

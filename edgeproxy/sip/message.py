@@ -181,6 +181,18 @@ class Headers:
         self._changed(key)
         return before - len(self._items)
 
+    def discard(self, name: str, value: str) -> bool:
+        """Remove the first line of ``name`` whose value is ``value``, the others staying where they
+        are (e.g. the one Authorization line this node accepted); False when there is none."""
+        key = g.canonical_name(name)
+        items = self._items
+        for i, (k, _, v) in enumerate(items):
+            if k == key and v == value:
+                del items[i]
+                self._changed(key)
+                return True
+        return False
+
     def pop_first_value(self, name: str) -> str | None:
         """Remove and return the first comma-separated value of ``name`` (top Via, top Route)."""
         key = g.canonical_name(name)

@@ -1,0 +1,165 @@
+"""Digest authentication end to end: ``twistd edgeproxy`` with an ``[auth]`` section and the shipped
+default route, SIPp as the phones (it answers 401/407 challenges itself: MD5, qop=auth), raw sockets
+for what SIPp will not send (replays, forged and malformed credentials).
+
+The node's users come from ``[auth.users]`` here; ``tests/test_e2e_auth_db.py`` runs the same
+registration against OpenSIPS's ``subscriber`` table in MariaDB.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import socket
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from sipp_harness import LOOPBACK, EdgeproxyNode, Sipp, edgeproxy_node, require_sipp
+
+USERS = {"alice": "wonderland", "bob": "builder"}
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EdgeproxyNode]:
+    require_sipp()
+    config = {"auth": {"users": USERS, "nonce_expire": 30}}
+    with edgeproxy_node(tmp_path_factory.mktemp("auth-node"), config=config) as n:
+        yield n
+
+
+def auth_args(user: str, password: str) -> list[str]:
+    return ["-au", user, "-ap", password]
+
+
+# -- with SIPp as the phone --------------------------------------------------------------------------
+
+def test_sipp_registers_with_its_password_and_receives_an_authenticated_call(node: EdgeproxyNode,
+                                                                             tmp_path: Path) -> None:
+    sipp = Sipp(tmp_path, "udp")
+    with sipp.start("register_auth", node.address, user="bob", ooc="uas_answer", duration_ms=60_000, timeout=70,
+                    extra=auth_args("bob", USERS["bob"])) as bob:
+        bob.wait_for_message(r"^SIP/2.0 200 OK", timeout=10)
+        caller = sipp.run("uac_call_auth", node.address, user="bob", keys={"caller": "alice"},
+                          extra=auth_args("alice", USERS["alice"]), duration_ms=200)
+    caller.assert_ok()
+    invites = [m.text for m in caller.sent() if m.method == "INVITE"]
+    # the first INVITE was challenged with 407, the second carried Proxy-Authorization
+    assert len(invites) == 2 and "Proxy-Authorization:" not in invites[0]
+    assert re.search(r'^Proxy-Authorization: Digest .*username="alice"', invites[1], re.M)
+    assert any(m.status == 407 and m.header("Proxy-Authenticate") for m in caller.received())
+    callee_side = [m for m in bob.result().received() if m.method == "INVITE"]
+    # consume_credentials(): the callee never sees the caller's credentials for our realm
+    assert callee_side and all(not m.header("Proxy-Authorization") for m in callee_side)
+
+
+def test_sipp_with_a_wrong_password_is_challenged_again_and_never_registered(node: EdgeproxyNode,
+                                                                             tmp_path: Path) -> None:
+    sipp = Sipp(tmp_path, "udp")
+    result = sipp.run("register_auth", node.address, user="alice", extra=auth_args("alice", "not-her-password"),
+                      timeout=10)
+    assert not result.ok
+    statuses = [m.status for m in result.received()]
+    assert statuses.count(401) == 2 and 200 not in statuses
+
+
+# -- raw sockets: what SIPp will not do ----------------------------------------------------------------
+
+class Phone:
+    """A UDP socket that answers challenges by hand (MD5, qop=auth) and can misbehave."""
+
+    def __init__(self, node: EdgeproxyNode) -> None:
+        self.node = node
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((LOOPBACK, 0))
+        self.sock.settimeout(3.0)
+        self.port = self.sock.getsockname()[1]
+        self.cseq = 0
+
+    def register(self, user: str, authorization: str | None = None, call_id: str = "raw-reg") -> str:
+        self.cseq += 1
+        auth = f"Authorization: {authorization}\r\n" if authorization else ""
+        text = (f"REGISTER sip:{LOOPBACK} SIP/2.0\r\n"
+                f"Via: SIP/2.0/UDP {LOOPBACK}:{self.port};branch=z9hG4bK-{call_id}-{self.cseq};rport\r\n"
+                f"Max-Forwards: 70\r\nFrom: <sip:{user}@{LOOPBACK}>;tag=r1\r\nTo: <sip:{user}@{LOOPBACK}>\r\n"
+                f"Call-ID: {call_id}\r\nCSeq: {self.cseq} REGISTER\r\n"
+                f"Contact: <sip:{user}@{LOOPBACK}:{self.port}>\r\nExpires: 300\r\n{auth}Content-Length: 0\r\n\r\n")
+        self.sock.sendto(text.encode(), (self.node.host, self.node.port))
+        return self.sock.recv(65535).decode()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def challenge_of(reply: str) -> dict[str, str]:
+    line = re.search(r"^WWW-Authenticate: Digest (.*)\r$", reply, re.M)
+    assert line, reply
+    return dict(re.findall(r'(\w+)="?([^",]*)"?', line.group(1)))
+
+
+def answer(user: str, password: str, challenge: dict[str, str], nc: int = 1, uri: str = f"sip:{LOOPBACK}") -> str:
+    md5 = lambda s: hashlib.md5(s.encode()).hexdigest()  # noqa: E731
+    ha1 = md5(f"{user}:{challenge['realm']}:{password}")
+    ha2 = md5(f"REGISTER:{uri}")
+    response = md5(f"{ha1}:{challenge['nonce']}:{nc:08x}:c0ffee:auth:{ha2}")
+    return (f'Digest username="{user}", realm="{challenge["realm"]}", nonce="{challenge["nonce"]}", uri="{uri}", '
+            f'response="{response}", algorithm=MD5, qop=auth, nc={nc:08x}, cnonce="c0ffee"')
+
+
+@pytest.fixture
+def phone(node: EdgeproxyNode) -> Iterator[Phone]:
+    p = Phone(node)
+    yield p
+    p.close()
+
+
+def status(reply: str) -> int:
+    return int(reply.split(" ", 2)[1])
+
+
+def test_challenge_names_the_realm_md5_and_qop(phone: Phone) -> None:
+    reply = phone.register("alice")
+    assert status(reply) == 401
+    c = challenge_of(reply)
+    assert c["realm"] == LOOPBACK and c["algorithm"] == "MD5" and c["qop"] == "auth" and "stale" not in c
+
+
+def test_a_replayed_register_is_refused_with_a_stale_challenge(phone: Phone) -> None:
+    c = challenge_of(phone.register("alice", call_id="replay"))
+    creds = answer("alice", USERS["alice"], c, nc=1)
+    assert status(phone.register("alice", creds, call_id="replay")) == 200
+    again = phone.register("alice", creds, call_id="replay")  # same nonce and nc: a captured request
+    assert status(again) == 401 and challenge_of(again).get("stale") == "true"
+    # the UA counting on (nc 2) with the same nonce is fine
+    assert status(phone.register("alice", answer("alice", USERS["alice"], c, nc=2), call_id="replay")) == 200
+
+
+def test_a_forged_nonce_is_stale_and_a_wrong_user_is_challenged(phone: Phone) -> None:
+    c = challenge_of(phone.register("alice", call_id="forge"))
+    forged = dict(c, nonce="A" * len(c["nonce"]))
+    reply = phone.register("alice", answer("alice", USERS["alice"], forged), call_id="forge")
+    assert status(reply) == 401 and challenge_of(reply).get("stale") == "true"
+    reply = phone.register("mallory", answer("mallory", "guess", c), call_id="forge")
+    assert status(reply) == 401 and "stale" not in challenge_of(reply)
+
+
+def test_credentials_of_one_user_cannot_register_another(phone: Phone) -> None:
+    """db_check_to(): bob's valid credentials on a REGISTER for alice's AoR are 403."""
+    c = challenge_of(phone.register("alice", call_id="check-to"))
+    creds = answer("bob", USERS["bob"], c)
+    assert phone.register("alice", creds, call_id="check-to").startswith("SIP/2.0 403 Forbidden auth ID")
+
+
+@pytest.mark.parametrize("header", [
+    'Digest username="alice", realm="127.0.0.1", nonce="x", uri="sip:127.0.0.1"',  # no response
+    'Digest username="alice", realm="127.0.0.1", nonce="x", uri="sip:127.0.0.1", response="zz", qop=auth',
+    'Digest username="alice", realm="127.0.0.1", nonce="x", uri="sip:127.0.0.1", response="' + "0" * 32
+    + '", algorithm=ROT13',
+    'Digest username="' + "a" * 5000 + '", realm="127.0.0.1", nonce="x", uri="sip:x", response="' + "0" * 32 + '"',
+    'Digest ,,,realm',
+])
+def test_malformed_credentials_for_our_realm_are_400_and_the_node_goes_on(phone: Phone, header: str) -> None:
+    reply = phone.register("alice", header, call_id="bad-creds")
+    assert status(reply) == 400, reply
+    assert status(phone.register("alice", call_id="after-bad")) == 401  # still serving
