@@ -204,6 +204,71 @@ weights = [1, 2]
     assert config.source == str(tmp_path / "edgeproxy.toml")
 
 
+# -- [auth] ---------------------------------------------------------------------------------------------
+
+
+def test_no_auth_section_means_no_authenticator() -> None:
+    config = load_config(None)
+    assert config.auth is None and build_node(config).node.auth is None
+
+
+def test_auth_section_with_every_key(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, """
+[auth]
+secret = "s3cret"
+nonce_expire = 45
+nonce_reuse = true
+qop = "auth,auth-int"
+algorithms = ["sha-256", "MD5"]
+calculate_ha1 = true
+use_domain = true
+password_column = "pw"
+load_credentials = ["rpid", "email_address"]
+timeout = 1.5
+table = "subscriber"
+[auth.users]
+"alice@example.com" = "wonderland"
+bob = "builder"
+"""))
+    a = config.auth
+    assert (a.secret, a.nonce_expire, a.nonce_reuse, a.qop, a.algorithms) == ("s3cret", 45.0, True, "auth,auth-int",
+                                                                            ("SHA-256", "MD5"))
+    assert (a.calculate_ha1, a.use_domain, a.password_column, a.load_credentials, a.timeout) == (
+        True, True, "pw", ("rpid", "email_address"), 1.5)
+    assert dict(a.users) == {"alice@example.com": "wonderland", "bob": "builder"}
+    running = build_node(config)
+    assert running.node.auth is not None and running.node.auth.settings is a
+
+
+def test_auth_with_a_database_builds_the_subscriber_table_without_connecting(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, '[auth]\ndb_url = "mysql://opensips:pw@db.example:3307/opensips"\n'))
+    store = build_node(config).node.auth.store
+    assert type(store).__name__ == "SubscriberTable"
+    store.close()
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('[auth]\nqop = "auth-conf"\n',
+     'config: auth.qop: must be one of "auth", "auth-int", "auth,auth-int", "", got "auth-conf"'),
+    ('[auth]\nalgorithms = ["MD5", "SHA-1"]\n',
+     'config: auth.algorithms[1]: must be one of MD5, MD5-sess, SHA-256, SHA-256-sess, SHA-512-256, SHA-512-256-sess,'
+     ' got "SHA-1"'),
+    ("[auth]\nalgorithms = []\n", 'config: auth.algorithms: must be a non-empty list like ["SHA-256", "MD5"], got []'),
+    ("[auth]\nnonce_expire = 0\n", "config: auth.nonce_expire: must be a number of seconds > 0, got 0"),
+    ('[auth]\ndb_url = "postgres://x/y"\n',
+     "config: auth.db_url: scheme 'postgres' is not supported (use mysql://)"),
+    ('[auth]\ntable = "subscriber; DROP TABLE x"\n',
+     'config: auth.table: must be a plain SQL name (letters, digits, _), got "subscriber; DROP TABLE x"'),
+    ('[auth.users]\nalice = 5\n', "config: auth.users.alice: must be a non-empty password string"),
+    ('[auth.users]\n"al ice" = "pw"\n', "config: auth.users.al ice: must be a user name, or user@domain"),
+    ('[auth]\ndb_url = "mysql://db/opensips"\n[auth.users]\nalice = "pw"\n',
+     "config: auth: give either db_url (the subscriber table) or [auth.users], not both"),
+    ("[auth]\nsecrets = 1\n", 'config: auth.secrets: unknown key in [auth] (did you mean "secret"?)'),
+])
+def test_auth_errors_name_the_key(tmp_path: Path, text: str, message: str) -> None:
+    assert error_of(tmp_path, text) == message
+
+
 # -- errors: one line naming the key and the problem ----------------------------------------------
 
 
