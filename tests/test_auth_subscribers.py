@@ -9,10 +9,8 @@ Each test module run creates uniquely named tables and drops them afterwards.
 from __future__ import annotations
 
 import hashlib
-import os
 import threading
 import time
-import uuid
 
 import pytest
 import pytest_twisted
@@ -28,28 +26,9 @@ from edgeproxy.auth.subscribers import (
     SubscriberStoreError,
     SubscriberTable,
 )
+from mariadb import (DB_URL, SUBSCRIBER_INSERT, SUBSCRIBER_SCHEMA, connect, connect_or_skip, subscriber_row,
+                     unique_name)
 from ports import free_port
-
-DB_URL = os.environ.get("EDGEPROXY_TEST_DB_URL", "mysql://root@127.0.0.1:3306/test")
-
-# OpenSIPS 3.x's subscriber table (scripts/mysql/auth_db-create.sql shape).
-CREATE = """
-CREATE TABLE `{table}` (
-    id INT(10) UNSIGNED AUTO_INCREMENT PRIMARY KEY NOT NULL,
-    username CHAR(64) DEFAULT '' NOT NULL,
-    domain CHAR(64) DEFAULT '' NOT NULL,
-    password CHAR(25) DEFAULT '' NOT NULL,
-    email_address CHAR(64) DEFAULT NULL,
-    ha1 CHAR(64) DEFAULT '' NOT NULL,
-    ha1_sha256 CHAR(64) DEFAULT '' NOT NULL,
-    ha1_sha512t256 CHAR(64) DEFAULT '' NOT NULL,
-    rpid CHAR(255) DEFAULT NULL,
-    CONSTRAINT account_idx UNIQUE (username, domain)
-) ENGINE=InnoDB
-"""
-INSERT = ("INSERT INTO `{table}` (username, domain, password, email_address, ha1, ha1_sha256, ha1_sha512t256, "
-          "rpid) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)")
-
 
 def md5(text: str) -> str:
     return hashlib.md5(text.encode()).hexdigest()
@@ -63,16 +42,10 @@ def sha512_256(text: str) -> str:
     return hashlib.new("sha512_256", text.encode()).hexdigest()
 
 
-def row(user: str, domain: str, password: str, *, all_ha1: bool = True, email=None, rpid=None) -> tuple:
-    a1 = f"{user}:{domain}:{password}"
-    return (user, domain, password, email, md5(a1), sha256(a1) if all_ha1 else "",
-            sha512_256(a1) if all_ha1 else "", rpid)
-
-
 ROWS = [
-    row("alice", "example.com", "alicepw", email="alice@example.com", rpid="sip:+15550001@example.com"),
-    row("alice", "other.example", "alice2pw"),
-    row("bob", "example.com", "bobpw", all_ha1=False),
+    subscriber_row("alice", "example.com", "alicepw", email="alice@example.com", rpid="sip:+15550001@example.com"),
+    subscriber_row("alice", "other.example", "alice2pw"),
+    subscriber_row("bob", "example.com", "bobpw", all_ha1=False),
 ]
 
 
@@ -143,37 +116,15 @@ def test_memory_refuses_bad_users() -> None:
 # -- the subscriber table ----------------------------------------------------------------------------
 
 
-def _connect():
-    try:
-        import pymysql
-    except ImportError as exc:
-        return None, f"PyMySQL not installed ({exc})"
-    db = sqldb.parse_db_url(DB_URL)
-    try:
-        return pymysql.connect(host=db.host, port=db.port, user=db.user, password=db.password,
-                               database=db.database, connect_timeout=3, autocommit=True), None
-    except pymysql.MySQLError as exc:
-        return None, f"MariaDB/MySQL unreachable at {db.host}:{db.port}/{db.database}: {exc}"
-
-
-def _conn_or_skip():
-    conn, why = _connect()
-    if conn is None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true and the test database is required: {why}")
-        pytest.skip(why)
-    return conn
-
-
 def _table_name() -> str:
-    return f"subscriber_t{uuid.uuid4().hex[:12]}"
+    return unique_name("subscriber")
 
 
 def _create(conn, name: str, alter: str = "") -> None:
     with conn.cursor() as cur:
-        cur.execute(CREATE.format(table=name))
+        cur.execute(SUBSCRIBER_SCHEMA.format(table=name))
         for r in ROWS:
-            cur.execute(INSERT.format(table=name), r)
+            cur.execute(SUBSCRIBER_INSERT.format(table=name), r)
         if alter:
             cur.execute(f"ALTER TABLE `{name}` {alter}")
 
@@ -186,7 +137,7 @@ def _drop(conn, name: str) -> None:
 @pytest.fixture(scope="module")
 def db_table():
     """(connection, name) of a uniquely named subscriber table holding ROWS; dropped afterwards."""
-    conn = _conn_or_skip()
+    conn = connect_or_skip()
     name = _table_name()
     try:
         _create(conn, name)
@@ -406,7 +357,7 @@ async def test_slow_query_fails_at_the_deadline_and_the_reactor_runs(db_table, t
     _, name = db_table
     store = tables(DB_URL, name, timeout=0.5)
     assert (await store.get("bob", None)) is not None  # connected, columns known
-    locker, _ = _connect()
+    locker, _ = connect()
     ticks = []
     ticker = task.LoopingCall(lambda: ticks.append(time.monotonic()))
     ticker.start(0.02)
@@ -435,7 +386,7 @@ async def test_close_waits_for_the_query_in_flight(db_table, tables) -> None:
     _, name = db_table
     store = tables(DB_URL, name, timeout=0.3)
     await store.get("bob", None)
-    locker, _ = _connect()
+    locker, _ = connect()
     try:
         with locker.cursor() as cur:
             cur.execute(f"LOCK TABLES `{name}` WRITE")

@@ -8,16 +8,15 @@ where a missing database is a failure, not a skip.
 from __future__ import annotations
 
 import os
-import uuid
 
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
 from edgeproxy.cluster import Cluster, NodeInfo, NodeTableError, load_node_table, parse_db_url
+from mariadb import DB_URL, connect_or_skip, unique_name
 from ports import free_port
 
-DB_URL = os.environ.get("EDGEPROXY_TEST_DB_URL", "mysql://root@127.0.0.1:3306/test")
 
 # OpenSIPS' clusterer table (scripts/mysql/clusterer-create.sql shape).
 CREATE = """
@@ -44,28 +43,11 @@ SEED = [
 ]
 
 
-def _connect():
-    try:
-        import pymysql
-    except ImportError as exc:
-        return None, f"PyMySQL not installed ({exc})"
-    db = parse_db_url(DB_URL)
-    try:
-        return pymysql.connect(host=db.host, port=db.port, user=db.user, password=db.password,
-                               database=db.database, connect_timeout=3, autocommit=True), None
-    except pymysql.MySQLError as exc:
-        return None, f"MariaDB/MySQL unreachable at {db.host}:{db.port}/{db.database}: {exc}"
-
-
 @pytest.fixture
 def db_table():
     """A uniquely named clusterer-shaped table holding the seed rows; dropped afterwards."""
-    conn, why = _connect()
-    if conn is None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true and the test database is required: {why}")
-        pytest.skip(why)
-    name = f"clusterer_t{uuid.uuid4().hex[:12]}"
+    conn = connect_or_skip()
+    name = unique_name("clusterer")
     with conn.cursor() as cur:
         cur.execute(CREATE.format(table=name))
         try:

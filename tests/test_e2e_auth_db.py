@@ -9,60 +9,26 @@ The table is created with OpenSIPS 3.x's columns, uniquely named, and dropped af
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import socket
 import time
-import uuid
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from edgeproxy.sqldb import connect_kwargs, parse_db_url
+from mariadb import DB_URL, SUBSCRIBER_INSERT, SUBSCRIBER_SCHEMA, connect_or_skip, subscriber_row, unique_name
 from ports import free_port
 from sipp_harness import LOOPBACK, EdgeproxyNode, Sipp, edgeproxy_node, require_sipp
 
-DB_URL = os.environ.get("EDGEPROXY_TEST_DB_URL", "mysql://root@127.0.0.1:3306/test")
-CREATE = """
-CREATE TABLE `{table}` (
-    id INT(10) UNSIGNED AUTO_INCREMENT PRIMARY KEY NOT NULL,
-    username CHAR(64) DEFAULT '' NOT NULL,
-    domain CHAR(64) DEFAULT '' NOT NULL,
-    password CHAR(25) DEFAULT '' NOT NULL,
-    email_address CHAR(64) DEFAULT NULL,
-    ha1 CHAR(64) DEFAULT '' NOT NULL,
-    ha1_sha256 CHAR(64) DEFAULT '' NOT NULL,
-    ha1_sha512t256 CHAR(64) DEFAULT '' NOT NULL,
-    rpid CHAR(255) DEFAULT NULL,
-    CONSTRAINT account_idx UNIQUE (username, domain)
-) ENGINE=InnoDB
-"""
-
-
-def _connect():
-    import pymysql
-
-    return pymysql.connect(**connect_kwargs(parse_db_url(DB_URL), 3.0), autocommit=True)
-
-
 @pytest.fixture(scope="module")
 def table() -> Iterator[str]:
-    try:
-        conn = _connect()
-    except Exception as exc:  # noqa: BLE001 - the reason is reported
-        why = f"no MariaDB/MySQL at {DB_URL}: {exc}"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true and the test database is required: {why}")
-        pytest.skip(why)
-    name = f"subscriber_e2e_{uuid.uuid4().hex[:8]}"
+    conn = connect_or_skip()
+    name = unique_name("subscriber_e2e")
     with conn.cursor() as cur:
-        cur.execute(CREATE.format(table=name))
+        cur.execute(SUBSCRIBER_SCHEMA.format(table=name))
         for user, password in (("alice", "wonderland"), ("bob", "builder")):
-            a1 = f"{user}:{LOOPBACK}:{password}"
-            cur.execute(f"INSERT INTO `{name}` (username, domain, password, ha1, ha1_sha256) VALUES (%s, %s, %s, %s, %s)",
-                        (user, LOOPBACK, password, hashlib.md5(a1.encode()).hexdigest(),
-                         hashlib.sha256(a1.encode()).hexdigest()))
+            cur.execute(SUBSCRIBER_INSERT.format(table=name), subscriber_row(user, LOOPBACK, password))
     try:
         yield name
     finally:
