@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 from .auth.settings import QOP_CHOICES, AuthSettings
 from .config_error import ConfigError
 from .dns.settings import DnsSettings, parse_dns_server
+from .proxy.flood import FloodSettings
 from .proxy.node import ProxySettings
 from .registrar.settings import RegistrarSettings
 from .sip.parser import Limits
@@ -517,6 +518,19 @@ def _db_url(key: str, value: Any, ctx: _Context) -> str:
     return text
 
 
+def _addresses(key: str, value: Any, ctx: _Context) -> tuple[str, ...]:
+    """A list of IP addresses (``[pike] trusted``)."""
+    if not isinstance(value, list):
+        raise ConfigError(key, f'must be a list of IP addresses like ["10.0.1.50"], got {_show(value)}')
+    out = []
+    for i, text in enumerate(value):
+        try:
+            out.append(str(ipaddress.ip_address(text if isinstance(text, str) else "?")))
+        except ValueError:
+            raise ConfigError(f"{key}[{i}]", f"must be an IP address, got {_show(text)}") from None
+    return tuple(out)
+
+
 def _users(key: str, value: Any, ctx: _Context) -> Mapping[str, str]:
     """``[auth.users]``: ``"user[@domain]" = "password"``."""
     if not isinstance(value, dict):
@@ -624,6 +638,14 @@ _SCHEMA: dict[str, _Section] = {
         "timeout": _seconds,
         "users": _users,
     }),
+    "pike": _Section(FloodSettings, {
+        "sampling_time_unit": _seconds,
+        "reqs_density_per_unit": _integer(1),
+        "remove_latency": _seconds,
+        "check_all": _boolean,
+        "trusted": _addresses,
+        "max_tracked": _integer(1),
+    }),
     "ws": _Section(WsSettings, {
         "path": _ws_path,
         "origins": _origins,
@@ -662,11 +684,15 @@ class Config:
     federation: FederationSettings | None = None
     # None without an [auth] section: the route's authentication verbs then fail loudly
     auth: AuthSettings | None = field(default=None, hash=False)
+    # None without a [pike] section: no flood detection, as OpenSIPS without the pike module
+    pike: FloodSettings | None = None
     route_params: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), hash=False)
     source: str | None = None
 
 
 _FREE_FORM = ("route_params", "federation")
+#: Sections that switch a feature on by being there (Config holds None without them).
+_OPTIONAL = ("auth", "pike")
 
 
 def _federation(table: Any, cluster: ClusterConfig) -> FederationSettings | None:
@@ -827,7 +853,7 @@ def load_config(path: str | None = None, overrides: Mapping[str, Any] | None = N
                 raise ConfigError(f"{exc.key} (command line)", exc.problem) from None
     _check_timers(checked["timers"])
     built = {name: section.build(name, checked[name]) for name, section in _SCHEMA.items()
-             if name != "auth" or "auth" in raw or "auth" in sections}
+             if name not in _OPTIONAL or name in raw or name in sections}
 
     params = raw.get("route_params", {})
     federation = _federation(raw.get("federation"), built["cluster"])

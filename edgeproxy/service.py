@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from .auth import Authenticator, subscriber_store
 from .config import Config, ConfigError
 from .location import InMemoryLocation
+from .proxy.flood import FloodDetector
 from .proxy.node import Node
 from .registrar import Registrar
 from .routing.loader import load_route_module
@@ -123,6 +124,8 @@ def build_node(config: Config, reactor: Any = None) -> RunningNode:
     node = Node(reactor, transports, registrar, routes, settings, config.timers,
                 route_params=dict(getattr(config, "route_params", {}) or {}))
     node.locator = DnsLocator(reactor, config.dns)  # RFC 3263 for next hops named by a host name
+    if config.pike is not None:  # [pike]: flood detection per source address
+        node.flood = FloodDetector(config.pike)
     if getattr(config, "auth", None) is not None:  # [auth]: the routes' www_authorize / proxy_authorize
         node.auth = Authenticator(config.auth, subscriber_store(config.auth, reactor), reactor)
     transports.sink = node

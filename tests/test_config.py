@@ -269,6 +269,21 @@ def test_auth_errors_name_the_key(tmp_path: Path, text: str, message: str) -> No
     assert error_of(tmp_path, text) == message
 
 
+def test_pike_section(tmp_path: Path) -> None:
+    assert load_config(None).pike is None and build_node(load_config(None)).node.flood is None
+    config = load_config(write(tmp_path, '[pike]\nsampling_time_unit = 1\nreqs_density_per_unit = 50\n'
+                                         'remove_latency = 60\ncheck_all = true\ntrusted = ["10.0.1.50", "::1"]\n'
+                                         "max_tracked = 1000\n"))
+    p = config.pike
+    assert (p.sampling_time_unit, p.reqs_density_per_unit, p.remove_latency, p.check_all, p.trusted, p.max_tracked) \
+        == (1.0, 50, 60.0, True, ("10.0.1.50", "::1"), 1000)
+    assert build_node(config).node.flood.settings is p
+    assert error_of(tmp_path, '[pike]\ntrusted = ["freeswitch"]\n') == \
+        'config: pike.trusted[0]: must be an IP address, got "freeswitch"'
+    assert error_of(tmp_path, "[pike]\nreqs_density_per_unit = 0\n") == \
+        "config: pike.reqs_density_per_unit: must be an integer >= 1, got 0"
+
+
 # -- errors: one line naming the key and the problem ----------------------------------------------
 
 

@@ -52,6 +52,7 @@ from ..transaction import (
     TransactionTable,
     TransportFailure,
 )
+from .flood import FloodDetector
 from .flowtoken import FlowTokens, InvalidFlowToken
 from .hops import loose_route, response_destination, stamp_received, uri_destination, uri_query
 from .locator import Locator
@@ -198,11 +199,13 @@ class Node:
         self.cluster: Any = None  # an edgeproxy.cluster.Cluster when clustering is configured
         self.federation: Any = None  # an edgeproxy.federation.Federation with [federation]
         self.auth: Authenticator | None = None  # digest authentication, with [auth]
+        self.flood: FloodDetector | None = None  # pike flood detection, with [pike]
         self.cluster_id = 1
         # RFC 3263 location of next hops named by a host name (edgeproxy.transport.locator); None: such
         # names go to the transports as they are, which resolve their A/AAAA (no SRV, no failover)
         self.locator: Locator | None = None
-        self.stats = {"requests": 0, "responses": 0, "relayed": 0, "replied": 0, "route_errors": 0}
+        self.stats = {"requests": 0, "responses": 0, "relayed": 0, "replied": 0, "route_errors": 0,
+                      "flood_dropped": 0, "dropped": 0}
 
     # -- identity ------------------------------------------------------------------------------------
     def add_local_endpoint(self, endpoint: Endpoint) -> None:
@@ -238,7 +241,11 @@ class Node:
         try:
             if isinstance(message, Request):
                 self.stats["requests"] += 1
-                self._on_request(message, flow)
+                flood = self.flood
+                if flood is not None and flood.settings.check_all and not self.flood_check(flow.remote.host):
+                    self.stats["flood_dropped"] += 1  # dropped unanswered, as pike's scripts do
+                else:
+                    self._on_request(message, flow)
             else:
                 self.stats["responses"] += 1
                 self._on_response(message, flow)
@@ -433,6 +440,9 @@ class Node:
     def _route_done(self, rr: RouteRequest) -> None:
         if rr.replied or rr.relayed or rr.request.method == "ACK":
             return
+        if rr.dropped:
+            self._discard(rr)
+            return
         ctx = getattr(rr, "_ctx", None)
         if ctx is not None and ctx.canceled:
             return
@@ -440,6 +450,19 @@ class Node:
                  route=self.routes.name, method=rr.request.method, call_id=rr.request.call_id,
                  status=self.settings.no_reply_status)
         self.reply(rr, self.settings.no_reply_status, None, True)
+
+    def _discard(self, rr: RouteRequest) -> None:
+        """``drop()``: forget the request's server transaction without answering it (it was made on
+        arrival to absorb retransmissions; left alone it would wait forever for a final response)."""
+        self.stats["dropped"] += 1
+        ctx: ServerContext | None = getattr(rr, "_ctx", None)
+        if ctx is None or ctx.tx is None or ctx.final_sent or ctx.branches:
+            return
+        self.table.remove(ctx.tx)
+        if self._owners.pop(ctx.tx, None) is ctx:
+            ctx.live -= 1
+        if ctx.live <= 0:
+            ctx.release()
 
     def _route_error(self, failure: Failure, rr: RouteRequest) -> None:
         if failure.check(SIPError):
@@ -561,6 +584,30 @@ class Node:
         if self.federation is None:
             return fail(SendError("no federation store configured", 500))
         return self.federation.raw_query(command)
+
+    # -- flood detection (pike) ----------------------------------------------------------------------
+    def flood_check(self, ip: str) -> bool:
+        """Count a request from ``ip``; False when it floods. Trusted sources and the other nodes of
+        the cluster are never counted: their traffic is many users' traffic."""
+        flood = self.flood
+        if flood is None or flood.is_trusted(ip) or self.cluster_check_addr(self.cluster_id, ip):
+            return True
+        ok, change = flood.check_and_report(ip, self.clock.seconds())
+        if change == "blocked":
+            log.warn("pike: {ip} is flooding (over {n} requests per {unit:g} s): its requests are refused",
+                     ip=ip, n=flood.settings.reqs_density_per_unit, unit=flood.settings.sampling_time_unit)
+        elif change == "unblocked":
+            log.info("pike: {ip} is below the limit again", ip=ip)
+        return ok
+
+    def pike_check_req(self, rr: RouteRequest) -> bool:
+        """OpenSIPS ``pike_check_req()``. With ``check_all`` every request was counted on arrival and
+        only those that passed reach a route, so the answer is True without counting twice."""
+        if self.flood is None:
+            raise RuntimeError("the route calls pike_check_req(), but the node has no [pike] section")
+        if self.flood.settings.check_all:
+            return True
+        return self.flood_check(rr.source_ip)
 
     # -- RouteActions: authentication ----------------------------------------------------------------
     def auth_enabled(self) -> bool:

@@ -29,6 +29,8 @@ OpenSIPS                                edgeproxy
 ``consume_credentials()``                ``msg.consume_credentials()``
 ``db_check_to()`` ``db_check_from()``    ``msg.check_to()`` ``msg.check_from()``
 ``$au`` ``$ar``                          ``msg.auth_user`` ``msg.auth_realm``
+``pike_check_req()``                     ``msg.pike_check_req()`` → bool (False: flooding)
+``drop()``                               ``msg.drop()`` (no reply at all)
 ======================================  ====================================================
 
 The authentication verbs use the node's ``[auth]`` section (credentials from ``[auth.users]`` or the
@@ -111,6 +113,7 @@ class RouteActions(Protocol):
     def cluster_check_addr(self, cluster_id: int, ip: str) -> bool: ...
     def cache_raw_query(self, rr: "RouteRequest", command: Any) -> "Deferred[list[dict[str, Any]]]": ...
     def auth_enabled(self) -> bool: ...
+    def pike_check_req(self, rr: "RouteRequest") -> bool: ...
     def authorize(self, rr: "RouteRequest", realm: str, table: str, proxy: bool) -> "Deferred[AuthOutcome]": ...
     def challenge(self, rr: "RouteRequest", realm: str, proxy: bool, qop: str | None,
                   algorithms: tuple[str, ...] | None) -> list[tuple[str, str]]: ...
@@ -146,6 +149,7 @@ class RouteRequest:
         self.replied = False
         self.reply_headers: list[tuple[str, str]] = []  # append_to_reply(): added to the route's replies
         self.relayed = False
+        self.dropped = False  # drop(): no reply at all
         self.reply_code: int | None = None  # in failure_route: the winning reply's status
         self.reply: Response | None = None  # in failure_route: the winning reply
         self.auth: AuthOutcome | None = None  # the last www_authorize / proxy_authorize
@@ -335,6 +339,17 @@ class RouteRequest:
         (e.g. ``{"find": "userlocation", "filter": {"aor": "alice@example.com"}}``); fires with the
         documents as dicts, fails when the store is unreachable."""
         return self._actions.cache_raw_query(self, command)
+
+    def drop(self) -> None:
+        """OpenSIPS ``drop()``: end routing with no reply at all and forget the request (a flood's
+        requests; a retransmission is then a new request to the route). Without it, a route that
+        neither replies nor relays gets ``proxy.no_reply_status``."""
+        self.dropped = True
+
+    def pike_check_req(self) -> bool:
+        """OpenSIPS ``pike_check_req()``: False when the source address sends more requests than
+        ``[pike]`` allows (``if not msg.pike_check_req(): msg.drop(); return``)."""
+        return self._actions.pike_check_req(self)
 
     # -- authentication ----------------------------------------------------------------------------
     def www_authorize(self, realm: str = "", table: str = "subscriber") -> "Deferred[AuthResult]":

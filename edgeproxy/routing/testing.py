@@ -80,6 +80,7 @@ class RouteHarness:
         self.clock = Clock()
         # [auth]: the node's Authenticator over [auth.users] (an in-memory store), on the harness clock
         self.auth = Authenticator(auth, subscriber_store(auth), self.clock) if auth is not None else None
+        self.flooding: set[str] = set()  # sources msg.pike_check_req() reports as flooding
         self.location = InMemoryLocation(self.clock)
         self.registrar = Registrar(self.location, settings or RegistrarSettings(), self.clock)
         self.local = local
@@ -204,6 +205,10 @@ class RouteHarness:
 
     def auth_enabled(self) -> bool:
         return self.auth is not None
+
+    def pike_check_req(self, rr: RouteRequest) -> bool:
+        """Flooding sources are given as ``RouteHarness.flooding = {"203.0.113.9"}``."""
+        return rr.source_ip not in self.flooding
 
     def authorize(self, rr: RouteRequest, realm: str, table: str, proxy: bool) -> "Deferred[AuthOutcome]":
         if self.auth is None:

@@ -1,0 +1,62 @@
+"""Flood protection end to end (``[pike] check_all``): a real ``twistd edgeproxy`` on loopback, UDP
+sockets on distinct loopback addresses as the sources. A flooding source's requests are dropped
+unanswered (and logged once), other sources and trusted ones are served, and the flooder is served
+again once it has been quiet."""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from sipp_harness import EdgeproxyNode, edgeproxy_node, require_sipp
+
+FLOODER, BYSTANDER, TRUSTED = "127.0.0.2", "127.0.0.4", "127.0.0.3"
+DENSITY = 20
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EdgeproxyNode]:
+    require_sipp()  # the harness's node needs nothing of SIPp, but it lives with the SIPp e2e tests
+    config = {"pike": {"check_all": True, "sampling_time_unit": 1.0, "reqs_density_per_unit": DENSITY,
+                       "trusted": [TRUSTED]}}
+    with edgeproxy_node(tmp_path_factory.mktemp("pike-node"), config=config) as n:
+        yield n
+
+
+def burst(node: EdgeproxyNode, source: str, count: int, tag: str) -> int:
+    """Send ``count`` OPTIONS pings from ``source`` at once; how many were answered (within 1 s)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((source, 0))
+        port = s.getsockname()[1]
+        for i in range(count):
+            s.sendto((f"OPTIONS sip:{node.host}:{node.port} SIP/2.0\r\n"
+                      f"Via: SIP/2.0/UDP {source}:{port};branch=z9hG4bK-{tag}-{i};rport\r\nMax-Forwards: 70\r\n"
+                      f"From: <sip:p@{source}>;tag={tag}\r\nTo: <sip:{node.host}>\r\nCall-ID: {tag}-{i}\r\n"
+                      f"CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n").encode(), (node.host, node.port))
+        answered = 0
+        s.settimeout(1.0)
+        try:
+            while answered < count:
+                if s.recv(65535).startswith(b"SIP/2.0 200 "):
+                    answered += 1
+        except socket.timeout:
+            pass
+        return answered
+
+
+def test_a_flooding_source_is_dropped_others_are_served_and_it_comes_back_when_quiet(node: EdgeproxyNode) -> None:
+    flooded = burst(node, FLOODER, 100, "flood")
+    assert DENSITY <= flooded < 100 - DENSITY, flooded  # the first ones pass, the rest are dropped
+    assert burst(node, BYSTANDER, 10, "bystander") == 10
+    assert burst(node, TRUSTED, 100, "trusted") == 100  # never counted (a FreeSWITCH, a carrier)
+    assert burst(node, FLOODER, 5, "still") == 0  # within the window: still flooding
+    time.sleep(2.2)  # two quiet sampling units
+    assert burst(node, FLOODER, 5, "back") == 5
+    log = node.log()
+    assert log.count(f"pike: {FLOODER} is flooding") == 1  # one line per episode, not per drop
+    assert f"pike: {FLOODER} is below the limit again" in log
+    assert node.running()
