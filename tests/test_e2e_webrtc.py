@@ -21,46 +21,24 @@ from typing import Iterator
 
 import pytest
 
-from sipp_harness import LOOPBACK, EdgeproxyNode, Sipp, SippProcess, edgeproxy_node, free_port, require_sipp
-from tls_ca import TestCA
-from webrtc_harness import WebClient, require_node, sip_messages
+from sipp_harness import LOOPBACK, EdgeproxyNode, Sipp, SippProcess, require_sipp
+from webrtc_harness import WebNode, header, require_node, sip_messages, wss_node
 
 DOMAIN = "example.test"
 ALLOWED_ORIGIN = "https://app.example.test"
 WS_MAX = 8192
 
 
-class WebNode:
-    """The node under test, its WSS URL and the CA file the clients trust."""
-
-    def __init__(self, node: EdgeproxyNode, wss_port: int, ca: str, workdir: Path) -> None:
-        self.node = node
-        self.wss_port = wss_port
-        self.url = f"wss://127.0.0.1:{wss_port}"
-        self.ca = ca
-        self.workdir = workdir
-
-    def client(self, lib: str, user: str, **options) -> WebClient:
-        return WebClient(lib, f"sip:{user}@{DOMAIN}", self.url, ca=self.ca, workdir=self.workdir, **options)
-
-
 @pytest.fixture(scope="module")
 def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebNode]:
     require_node()
     require_sipp()
-    workdir = tmp_path_factory.mktemp("webrtc")
-    ca = TestCA(workdir / "pki")
-    server = ca.issue("server", dns=["localhost"], ips=["127.0.0.1"])
-    port, wss_port = free_port(), free_port()
     config = {
-        "node": {"listen": [f"udp:{LOOPBACK}:{port}", f"tcp:{LOOPBACK}:{port}", f"wss:{LOOPBACK}:{wss_port}"],
-                 "domains": [DOMAIN]},
         "registrar": {"min_expires": 30},
-        "tls": {"certificate": server.cert, "key": server.key},
         "ws": {"origins": [ALLOWED_ORIGIN], "max_message_size": WS_MAX, "path": "*"},
     }
-    with edgeproxy_node(workdir / "node", config=config, port=port) as node:
-        yield WebNode(node, wss_port, ca.cert, workdir)
+    with wss_node(tmp_path_factory.mktemp("webrtc"), DOMAIN, config) as web:
+        yield web
 
 
 def udp_phone(web: WebNode, tmp_path: Path, user: str, ooc: str = "uas_answer") -> SippProcess:
@@ -75,12 +53,6 @@ def udp_phone(web: WebNode, tmp_path: Path, user: str, ooc: str = "uas_answer") 
 def single_via(message: str) -> bool:
     vias = [line for line in message.split("\r\n") if line.lower().startswith(("via:", "v:"))]
     return len(vias) == 1 and "," not in vias[0]
-
-
-def header(message: str, name: str) -> list[str]:
-    head = message.split("\r\n\r\n", 1)[0]
-    return [line.split(":", 1)[1].strip() for line in head.split("\r\n")[1:]
-            if line.lower().startswith(name.lower() + ":")]
 
 
 # -- registration ------------------------------------------------------------------------------------

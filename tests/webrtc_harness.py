@@ -6,6 +6,9 @@ line protocol of ``tests/webrtc/common.mjs``: events (one JSON object per stdout
 by a reader thread and waited for with :meth:`WebClient.wait`; commands go to its stdin. Every wait
 is bounded; clients are stopped by PID; each client also exits by itself after its ``deadline``.
 
+:func:`wss_node` runs the node under test with a WSS listener whose certificate a fresh test CA
+issued (:class:`WebNode`: its URL, the CA file the clients trust, and :meth:`WebNode.client`).
+
 :func:`require_node` skips a test when ``node`` or the installed packages are missing -- and fails
 it under ``CI=true``, so CI cannot pass by running nothing.
 """
@@ -20,12 +23,17 @@ import signal
 import subprocess
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, Mapping
 
 import pytest
 
-__all__ = ["WEBRTC_DIR", "node_path", "require_node", "WebClient", "sip_messages"]
+from sipp_harness import LOOPBACK, EdgeproxyNode, edgeproxy_node, free_port
+from tls_ca import TestCA
+
+__all__ = ["WEBRTC_DIR", "node_path", "require_node", "WebClient", "WebNode", "wss_node", "sip_messages",
+           "header"]
 
 WEBRTC_DIR = Path(__file__).resolve().parent / "webrtc"
 SCRIPTS = {"jssip": "jssip_client.mjs", "sipjs": "sipjs_client.mjs"}
@@ -56,7 +64,8 @@ def require_node() -> str:
 class WebClient:
     """One JsSIP or SIP.js user agent (``lib`` = ``"jssip"`` / ``"sipjs"``) connected to ``ws_url``
     as ``uri``; ``ca`` is the PEM file Node trusts in addition to its own (NODE_EXTRA_CA_CERTS).
-    Further options (``answer``, ``ring_ms``, ``expires``, ``origin``, ``register``) go to the script."""
+    Further options (``answer``, ``ring_ms``, ``expires``, ``origin``, ``register``, ``password``,
+    ``auth_user``) go to the script."""
 
     def __init__(self, lib: str, uri: str, ws_url: str, *, ca: str | None = None, workdir: Path,
                  deadline: float = 90.0, **options: Any) -> None:
@@ -198,3 +207,45 @@ def sip_messages(texts: list[str], first: str) -> list[str]:
     """The messages among ``texts`` whose first line starts with ``first`` (e.g. ``"BYE "``,
     ``"SIP/2.0 200"``)."""
     return [t for t in texts if t.startswith(first)]
+
+
+def header(message: str, name: str) -> list[str]:
+    """The values of the header ``name`` (full name, any case) in the head of ``message``."""
+    head = message.split("\r\n\r\n", 1)[0]
+    return [line.split(":", 1)[1].strip() for line in head.split("\r\n")[1:]
+            if line.lower().startswith(name.lower() + ":")]
+
+
+class WebNode:
+    """The node under test, its WSS URL and the CA file the clients trust."""
+
+    def __init__(self, node: EdgeproxyNode, wss_port: int, ca: str, workdir: Path, domain: str) -> None:
+        self.node = node
+        self.wss_port = wss_port
+        self.url = f"wss://127.0.0.1:{wss_port}"
+        self.ca = ca
+        self.workdir = workdir
+        self.domain = domain
+
+    def client(self, lib: str, user: str, **options: Any) -> WebClient:
+        """A :class:`WebClient` for ``sip:user@domain`` (``user`` may name its own domain: ``u@host``)."""
+        aor = user if "@" in user else f"{user}@{self.domain}"
+        return WebClient(lib, f"sip:{aor}", self.url, ca=self.ca, workdir=self.workdir, **options)
+
+
+@contextmanager
+def wss_node(workdir: Path, domain: str, config: Mapping[str, Mapping[str, Any]] | None = None) -> Iterator[WebNode]:
+    """An edgeproxy node for ``domain`` listening on UDP and TCP (one port) and WSS (another), its
+    certificate issued for 127.0.0.1 by a new test CA; ``config`` adds sections or keys."""
+    ca = TestCA(workdir / "pki")
+    server = ca.issue("server", dns=["localhost"], ips=["127.0.0.1"])
+    port, wss_port = free_port(), free_port()
+    sections: dict[str, dict[str, Any]] = {
+        "node": {"listen": [f"udp:{LOOPBACK}:{port}", f"tcp:{LOOPBACK}:{port}", f"wss:{LOOPBACK}:{wss_port}"],
+                 "domains": [domain]},
+        "tls": {"certificate": server.cert, "key": server.key},
+    }
+    for section, table in (config or {}).items():
+        sections.setdefault(section, {}).update(table)
+    with edgeproxy_node(workdir / "node", config=sections, port=port) as node:
+        yield WebNode(node, wss_port, ca.cert, workdir, domain)

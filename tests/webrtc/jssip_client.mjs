@@ -1,6 +1,7 @@
 // A JsSIP 3.13 user agent in Node, driven by pytest over the line protocol of common.mjs.
 //
 // Options (JSON argument): uri (sip:alice@example.test), ws (wss://127.0.0.1:PORT), origin (optional),
+// password and auth_user (optional: digest credentials; auth_user defaults to the user of uri),
 // expires (300), answer ("auto": 180 then 200 after ring_ms; "manual": wait for {"cmd":"answer"};
 // or a status code such as 486 to reject), ring_ms (0), register (true), deadline (s).
 // Events: connected, disconnected, registered, registration_failed, unregistered, incoming,
@@ -16,9 +17,14 @@ installPeerConnection();
 JsSIP.debug.disable("JsSIP:*");
 
 const socket = new JsSIP.WebSocketInterface(opts.ws);
+// Digest credentials only when given: JsSIP answers a 401/407 once (again after stale=true), itself
+const credentials = {};
+if (opts.password !== undefined) credentials.password = opts.password;
+if (opts.auth_user !== undefined) credentials.authorization_user = opts.auth_user;
 const ua = new JsSIP.UA({
   sockets: [socket],
   uri: opts.uri,
+  ...credentials,
   register: opts.register !== false,
   register_expires: opts.expires || 300,
   session_timers: false,
@@ -29,11 +35,12 @@ const ua = new JsSIP.UA({
 });
 
 let session = null;
+let outgoingRequest = null; // the INVITE of the session ua.call() just created (RTCSession has no public getter)
 const NO_MEDIA = { mediaConstraints: { audio: false, video: false } };
 
-function track(s) {
+function track(s, request) {
   session = s;
-  const base = { call_id: s.request ? s.request.call_id : undefined, direction: s.direction };
+  const base = { call_id: request ? request.call_id : undefined, direction: s.direction };
   s.on("progress", (e) => emit("progress", { ...base, status: e.response ? e.response.status_code : undefined }));
   s.on("accepted", (e) => emit("accepted", { ...base, originator: e.originator }));
   s.on("confirmed", (e) => emit("confirmed", { ...base, originator: e.originator }));
@@ -55,12 +62,19 @@ ua.on("registered", (e) =>
 );
 ua.on("unregistered", (e) => emit("unregistered", { status: e && e.response ? e.response.status_code : undefined }));
 ua.on("registrationFailed", (e) =>
-  emit("registration_failed", { cause: e.cause, status: e.response ? e.response.status_code : undefined }),
+  emit("registration_failed", {
+    cause: e.cause,
+    status: e.response ? e.response.status_code : undefined,
+    reason: e.response ? e.response.reason_phrase : undefined,
+  }),
 );
 ua.on("newRTCSession", (e) => {
-  if (e.originator !== "remote") return;
+  if (e.originator !== "remote") {
+    outgoingRequest = e.request; // emitted synchronously inside ua.call()
+    return;
+  }
   const s = e.session;
-  track(s);
+  track(s, e.request);
   emit("incoming", {
     call_id: e.request.call_id,
     from: e.request.from.uri.toString(),
@@ -79,9 +93,10 @@ ua.on("newRTCSession", (e) => {
 commands(async (cmd) => {
   switch (cmd.cmd) {
     case "call": {
+      outgoingRequest = null;
       const s = ua.call(cmd.target, { ...NO_MEDIA, rtcOfferConstraints: { offerToReceiveAudio: true } });
-      track(s);
-      emit("calling", { call_id: s.request ? s.request.call_id : undefined, target: cmd.target });
+      track(s, outgoingRequest);
+      emit("calling", { call_id: outgoingRequest ? outgoingRequest.call_id : undefined, target: cmd.target });
       break;
     }
     case "answer":

@@ -1,6 +1,7 @@
 // A SIP.js 0.21 user agent in Node, driven by pytest over the line protocol of common.mjs; the same
-// options, events and commands as jssip_client.mjs. SIP.js takes its media handling from a factory
-// (UserAgentOptions.sessionDescriptionHandlerFactory): here one that offers and answers a fixed SDP.
+// options (password and auth_user included), events and commands as jssip_client.mjs. SIP.js takes its
+// media handling from a factory (UserAgentOptions.sessionDescriptionHandlerFactory): here one that
+// offers and answers a fixed SDP.
 
 import {
   Inviter,
@@ -62,6 +63,9 @@ function track(s, direction) {
 
 const ua = new UserAgent({
   uri: UserAgent.makeURI(opts.uri),
+  // digest credentials (SIP.js answers a 401/407 once, again after stale=true); "" = none, the user of uri
+  authorizationPassword: opts.password || "",
+  authorizationUsername: opts.auth_user || "",
   transportOptions: { server: opts.ws, connectionTimeout: 5, keepAliveInterval: 0 },
   sessionDescriptionHandlerFactory: () => new FixedSdpHandler(),
   logBuiltinEnabled: false,
@@ -104,7 +108,8 @@ registerer.stateChange.addListener((state) => {
 function register() {
   return registerer.register({
     requestDelegate: {
-      onReject: (response) => emit("registration_failed", { status: response.message.statusCode }),
+      onReject: (response) =>
+        emit("registration_failed", { status: response.message.statusCode, reason: response.message.reasonPhrase }),
     },
   });
 }
