@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 from .auth.settings import QOP_CHOICES, AuthSettings
 from .config_error import ConfigError
 from .dns.settings import DnsSettings, parse_dns_server
+from .location.natping import NatPingSettings
 from .proxy.flood import FloodSettings
 from .proxy.node import ProxySettings
 from .registrar.settings import RegistrarSettings
@@ -543,6 +544,32 @@ def _users(key: str, value: Any, ctx: _Context) -> Mapping[str, str]:
     return MappingProxyType(dict(value))
 
 
+# -- [nathelper] --------------------------------------------------------------------------------------
+
+
+def _sip_method(key: str, value: Any, ctx: _Context) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z]{1,32}", value.strip()):
+        raise ConfigError(key, f'must be a SIP method such as "OPTIONS", got {_show(value)}')
+    return value.strip().upper()
+
+
+def _sip_uri_or_empty(key: str, value: Any, ctx: _Context) -> str:
+    from .sip.errors import SipValueError
+    from .sip.uri import SipURI, parse_uri
+
+    text = _text(key, value, ctx).strip()
+    if not text:
+        return ""
+    try:
+        ok = isinstance(parse_uri(text), SipURI) and not any(c in text for c in "<> \t\r\n")
+    except SipValueError:
+        ok = False
+    if not ok:
+        raise ConfigError(key, f'must be a sip: or sips: URI like "sip:pinger@example.com" ("": the node\'s), '
+                               f"got {_show(value)}")
+    return text
+
+
 #: The schema of the file, section by section: what each table becomes, its keys and their checkers.
 _SCHEMA: dict[str, _Section] = {
     "node": _Section(NodeConfig, {
@@ -656,6 +683,15 @@ _SCHEMA: dict[str, _Section] = {
         "max_connections": _integer(0),
         "handshake_timeout": _seconds,
     }),
+    "nathelper": _Section(NatPingSettings, {
+        "natping_interval": _zero_or_seconds,
+        "natping_partitions": _integer(1, 1000),
+        "natping_tcp": _boolean,
+        "sipping_method": _sip_method,
+        "sipping_from": _sip_uri_or_empty,
+        "remove_on_timeout": _boolean,
+        "max_pings_lost": _integer(1, 1000),
+    }),
 }
 
 
@@ -681,6 +717,7 @@ class Config:
     tls: TlsSettings = field(default_factory=_SCHEMA["tls"].default, hash=False)
     ws: WsSettings = field(default_factory=_SCHEMA["ws"].default)
     dns: DnsSettings = field(default_factory=_SCHEMA["dns"].default)
+    nathelper: NatPingSettings = field(default_factory=_SCHEMA["nathelper"].default)  # natping_interval 0: off
     federation: FederationSettings | None = None
     # None without an [auth] section: the route's authentication verbs then fail loudly
     auth: AuthSettings | None = field(default=None, hash=False)

@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from .auth import Authenticator, subscriber_store
 from .config import Config, ConfigError
 from .location import InMemoryLocation
+from .location.natping import NatPinger
 from .proxy.flood import FloodDetector
 from .proxy.node import Node
 from .registrar import Registrar
@@ -42,6 +43,7 @@ class RunningNode:
     config: Config | None = None
     cluster: Any = None
     federation: Any = None
+    pinger: Any = None  # a NatPinger with [nathelper] natping_interval > 0
 
     @inlineCallbacks
     def start(self, listen: list[str], advertise: str = "") -> Any:
@@ -78,12 +80,17 @@ class RunningNode:
         if advertise:
             for ep in self.transports.local_endpoints():
                 self.node.add_local_endpoint(type(ep)(ep.transport, advertise, ep.port))
+        if self.pinger is not None:  # [nathelper]: From sip:pinger@<advertised host or first listener>
+            endpoints = self.transports.local_endpoints()
+            self.pinger.start(advertise or (endpoints[0].host if endpoints else "127.0.0.1"))
 
     @inlineCallbacks
     def stop(self) -> Any:
         if self.federation is not None:
             yield self.federation.stop()
         self.node.stop()
+        if self.pinger is not None:
+            self.pinger.stop()
         if self.node.locator is not None:
             self.node.locator.stop()
         self.location.stop()
@@ -129,9 +136,13 @@ def build_node(config: Config, reactor: Any = None) -> RunningNode:
     if getattr(config, "auth", None) is not None:  # [auth]: the routes' www_authorize / proxy_authorize
         node.auth = Authenticator(config.auth, subscriber_store(config.auth, reactor), reactor)
     transports.sink = node
+    pinger = None
+    nathelper = getattr(config, "nathelper", None)
+    if nathelper is not None and nathelper.enabled:  # NAT keep-alives, started with the listeners
+        pinger = node.pinger = NatPinger(location, transports, nathelper, reactor)
     if routes.setup is not None:
         routes.setup(node)
-    return RunningNode(node, transports, location, registrar, config)
+    return RunningNode(node, transports, location, registrar, config, pinger=pinger)
 
 
 class GarbagePolicy:

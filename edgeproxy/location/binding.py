@@ -79,6 +79,8 @@ class Binding:
       registered without Allow accept all methods).
     * ``user_agent`` — the REGISTER's User-Agent (operator display, OpenSIPS ``user_agent`` column).
     * ``nat`` — OpenSIPS ``nat_bflag``: requests go to ``received`` rather than to the contact URI.
+    * ``sipping`` — OpenSIPS nathelper's ``sipping_bflag``: a NAT binding kept open with SIP requests
+      (OPTIONS) rather than 4-byte keep-alives (see :mod:`edgeproxy.location.natping`).
     * ``last_modified`` — when the binding was last written; orders bindings of equal q (most
       recent first).
     """
@@ -98,6 +100,7 @@ class Binding:
     methods: frozenset[str] | None = None
     user_agent: str | None = None
     nat: bool = False
+    sipping: bool = False
     last_modified: float = 0.0
 
     def __hash__(self) -> int:

@@ -199,6 +199,7 @@ class Node:
         self.cluster: Any = None  # an edgeproxy.cluster.Cluster when clustering is configured
         self.federation: Any = None  # an edgeproxy.federation.Federation with [federation]
         self.auth: Authenticator | None = None  # digest authentication, with [auth]
+        self.pinger: Any = None  # an edgeproxy.location.natping.NatPinger: takes its OPTIONS' replies
         self.flood: FloodDetector | None = None  # pike flood detection, with [pike]
         self.cluster_id = 1
         # RFC 3263 location of next hops named by a host name (edgeproxy.transport.locator); None: such
@@ -655,7 +656,7 @@ class Node:
 
     def save(self, rr: RouteRequest, table: str, flags: str) -> "Deferred[bool]":
         request = rr.request
-        d = self.registrar.save(request, rr.source, nat=rr.nat)
+        d = self.registrar.save(request, rr.source, nat=rr.nat, sipping=rr.sipping)
 
         def saved(response: Response) -> bool:
             if self.settings.log_decisions:
@@ -1060,7 +1061,11 @@ class Node:
 
     def _stray_response(self, response: Response) -> None:
         """A response matching no transaction (§16.7 step 1 / §18.1.2): forward it statelessly when
-        it carries our Via (a 2xx retransmission after our transaction ended), else drop it."""
+        it carries our Via (a 2xx retransmission after our transaction ended), else drop it. Replies
+        to the NAT pinger's OPTIONS (stateless, no transaction) are its own and go no further."""
+        pinger = self.pinger
+        if pinger is not None and pinger.response_received(response):
+            return
         via = response.top_via
         if not (via.branch or "").startswith(self._branch_prefix):
             log.debug("dropping stray response {status} {call_id}", status=response.status,

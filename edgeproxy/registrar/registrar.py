@@ -93,14 +93,15 @@ class Registrar:
         return aor_of(uri, self.settings.use_domain)
 
     def save(self, request: Request, flow: Flow, *, nat: bool = False,
-             aor: str | None = None) -> "Deferred[Response]":
+             aor: str | None = None, sipping: bool = False) -> "Deferred[Response]":
         """Process a REGISTER that arrived on ``flow`` and fire with the reply to send (OpenSIPS
         ``save("location")``).
 
         ``nat`` is OpenSIPS's ``nat_bflag`` for these contacts: requests for them go to the source
         address of this REGISTER, and the 200 OK shows it as ``received``. ``aor`` overrides the To URI
         as the address-of-record (OpenSIPS ``save()``'s third argument): a ``sip:``/``sips:`` URI is
-        canonicalised like the To URI, anything else is used as the key verbatim.
+        canonicalised like the To URI, anything else is used as the key verbatim. ``sipping`` is
+        nathelper's ``sipping_bflag``: NAT keep-alives to these contacts are SIP requests.
 
         Replies: 200 listing every current binding with ``expires`` (and ``Date``); 400 for malformed
         Contact/Expires/q/reg-id, a misused ``Contact: *`` or an out-of-order CSeq; 420 for Path in
@@ -114,7 +115,8 @@ class Registrar:
             return _fired(reject.response)
         except SipValueError as exc:
             return _fired(request.make_response(400, exc.reason))
-        return self._exclusive(key, lambda: self._apply(request, flow, nat, key, star, proposals, path, outbound))
+        return self._exclusive(key, lambda: self._apply(request, flow, nat, key, star, proposals, path, outbound,
+                                                        sipping))
 
     # -- request-only checks (§10.3 steps 5-7 that need no stored state) -----------------------------
     def _check(self, request: Request, aor: str | None
@@ -228,12 +230,12 @@ class Registrar:
     # -- the update (serialised per AoR) -------------------------------------------------------------
     async def _apply(self, request: Request, flow: Flow, nat: bool, key: str, star: bool,
                proposals: list[_Proposal] | None, path: tuple[str, ...],
-               outbound: bool = False):  # type: ignore[no-untyped-def]
+               outbound: bool = False, sipping: bool = False):  # type: ignore[no-untyped-def]
         try:
             current = await self.location.contacts(key)
             if proposals is None:
                 return self._ok(request, current, path)
-            outcome = self._merge(request, flow, nat, key, star, proposals, path, list(current))
+            outcome = self._merge(request, flow, nat, key, star, proposals, path, list(current), sipping)
             if isinstance(outcome, Response):
                 return outcome
             if outcome is None:  # a retransmission: answer with what is stored, change nothing
@@ -245,8 +247,8 @@ class Registrar:
             return request.make_response(500, "Server Internal Error")
 
     def _merge(self, request: Request, flow: Flow, nat: bool, key: str, star: bool,
-               proposals: list[_Proposal], path: tuple[str, ...], current: list[Binding]
-               ) -> list[Binding] | Response | None:
+               proposals: list[_Proposal], path: tuple[str, ...], current: list[Binding],
+               sipping: bool = False) -> list[Binding] | Response | None:
         """The new binding set, an error reply, or None for a retransmission (§10.3 steps 6-7)."""
         call_id = request.call_id
         cseq = request.cseq.number
@@ -291,7 +293,7 @@ class Registrar:
                         aor=key, uri=p.uri, contact_params=p.params, expires_at=now + p.expires, q=p.q,
                         call_id=call_id, cseq=cseq, path=path, received=received, flow=flow,
                         instance=p.instance, reg_id=p.reg_id, methods=p.methods, user_agent=user_agent,
-                        nat=nat, last_modified=now,
+                        nat=nat, sipping=sipping, last_modified=now,
                     ))
         except _Reject as reject:
             return reject.response

@@ -143,6 +143,7 @@ class RouteRequest:
         self.ruri_branch: Branch | None = None  # set by lookup(): the R-URI's own target data
         self.record_routed = False
         self.nat = False  # OpenSIPS nat_bflag: save() marks the contacts as behind NAT
+        self.sipping = False  # nathelper sipping_bflag: save() has NAT contacts pinged with OPTIONS
         self.failure_route: Callable[..., Any] | None = None
         self.reply_route: Callable[..., Any] | None = None
         self.branch_route: Callable[..., Any] | None = None
