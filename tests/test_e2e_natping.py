@@ -130,13 +130,20 @@ def spacing(times: list[float]) -> list[float]:
     return [b - a for a, b in pairwise(times)]
 
 
+def paced_by_the_interval(times: list[float]) -> bool:
+    """Pings come about once per interval: on average within half to twice it, none more than three
+    intervals apart (room for a loaded machine; the exact pacing is tested on a task.Clock)."""
+    gaps = spacing(times)
+    return 0.5 * INTERVAL < sum(gaps) / len(gaps) < 2 * INTERVAL and max(gaps) < 3 * INTERVAL
+
+
 def test_nat_phone_gets_crlf_keepalives_every_interval_at_its_public_address(node: EdgeproxyNode,
                                                                              phones: list[Phone]) -> None:
     p = phone(phones, "crlf-phone", node)
     p.register()
     got = p.pings(4)
     assert [data for _, data, _ in got] == [b"\r\n\r\n"] * 4
-    assert all(0.6 * INTERVAL < gap < 1.5 * INTERVAL for gap in spacing([t for t, _, _ in got])), got
+    assert paced_by_the_interval([t for t, _, _ in got]), got
     p.assert_private_address_silent()
 
 
@@ -150,7 +157,7 @@ def test_sipping_phone_gets_options_and_its_answers_are_swallowed(node: Edgeprox
         assert str(ping.from_.uri) == f"sip:pinger@{LOOPBACK}"
         assert ping.top_via.branch.startswith("z9hG4bKnp") and ping.top_via.port == node.port
     assert len({ping.top_via.branch for _, _, ping in got}) == len(got)
-    assert all(0.6 * INTERVAL < gap < 1.5 * INTERVAL for gap in spacing([t for t, _, _ in got])), got
+    assert paced_by_the_interval([t for t, _, _ in got]), got
     p.assert_private_address_silent()
     log = node.log()
     assert "stray response" not in log  # the node took the 200s as the pinger's, silently
