@@ -121,9 +121,29 @@ def test_replay_is_stale_but_counting_on_is_fine() -> None:
     auth = make()
     nonce = fresh_nonce(auth)
     assert result_of(auth.authorize(request(auth=digest("alice", "wonderland", nonce)))).result is AuthResult.AUTHORIZED
-    assert result_of(auth.authorize(request(auth=digest("alice", "wonderland", nonce)))).result is AuthResult.STALE_NONCE
+    replay = request(auth=digest("alice", "wonderland", nonce))
+    replay.headers.set("CSeq", "7 REGISTER")  # a new request carrying captured credentials
+    assert result_of(auth.authorize(replay)).result is AuthResult.STALE_NONCE
     assert result_of(auth.authorize(request(auth=digest("alice", "wonderland", nonce, nc=2)))).result \
         is AuthResult.AUTHORIZED
+
+
+def test_a_retransmitted_register_passes_but_the_same_credentials_on_another_request_do_not() -> None:
+    """A REGISTER is answered without a server transaction: its UDP retransmission reaches the
+    authenticator again and must not turn the 200 into a stale 401 (the registrar answers the
+    repeated Call-ID/CSeq with the stored bindings). An INVITE's retransmissions never get here, so
+    the same credentials on an INVITE again are a replay (a second call on a captured request)."""
+    auth = make()
+    creds = digest("alice", "wonderland", fresh_nonce(auth))
+    register = request(auth=creds)
+    assert [result_of(auth.authorize(register)).result for _ in range(2)] == [AuthResult.AUTHORIZED] * 2
+    other = request(auth=creds)
+    other.headers.set("CSeq", "2 REGISTER")
+    assert result_of(auth.authorize(other)).result is AuthResult.STALE_NONCE
+    nonce = fresh_nonce(auth, "INVITE")
+    inv = request("INVITE", auth=digest("alice", "wonderland", nonce, method="INVITE"), proxy=True)
+    assert result_of(auth.authorize(inv, proxy=True)).result is AuthResult.AUTHORIZED
+    assert result_of(auth.authorize(inv, proxy=True)).result is AuthResult.STALE_NONCE
 
 
 def test_a_wrong_password_does_not_burn_the_nonce() -> None:

@@ -483,3 +483,18 @@ def test_many_nonces_stay_within_bounds_over_time() -> None:
         assert nonces.tracked <= 50
     # 5 s of nonces at 100/s would be 500 records: the bound held, and the newest are still usable
     assert nonces.consume(nonces.issue(now), None, now)
+
+
+def test_the_last_accepted_use_resent_with_its_proof_is_accepted_anything_else_is_not() -> None:
+    """A REGISTER's UDP retransmission (no transaction absorbs it) repeats nonce, count and proof."""
+    nonces = issuer()
+    nonce = nonces.issue(0.0)
+    assert nonces.consume(nonce, 1, 1.0, resend_proof="resp|call|1")
+    assert nonces.consume(nonce, 1, 1.5, resend_proof="resp|call|1")  # the same request again
+    assert not nonces.consume(nonce, 1, 1.5, resend_proof="resp|call|2")  # same count, other request
+    assert not nonces.consume(nonce, 1, 1.5)  # no proof: a replay
+    assert nonces.consume(nonce, 2, 2.0, resend_proof="resp2|call|2")
+    assert not nonces.consume(nonce, 1, 2.0, resend_proof="resp|call|1")  # no longer the last one
+    plain = nonces.issue(0.0)  # without qop
+    assert nonces.consume(plain, None, 1.0, resend_proof="p")
+    assert nonces.consume(plain, None, 1.0, resend_proof="p") and not nonces.consume(plain, None, 1.0)

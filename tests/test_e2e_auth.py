@@ -135,6 +135,16 @@ def test_a_replayed_register_is_refused_with_a_stale_challenge(phone: Phone) -> 
     assert status(phone.register("alice", answer("alice", USERS["alice"], c, nc=2), call_id="replay")) == 200
 
 
+def test_a_retransmitted_authenticated_register_gets_its_200_again(node: EdgeproxyNode, phone: Phone) -> None:
+    """UDP: the 200 was lost, the phone sends the very same REGISTER (same branch, CSeq, credentials)."""
+    c = challenge_of(phone.register("bob", call_id="retrans"))
+    creds = answer("bob", USERS["bob"], c)
+    first = phone.register("bob", creds, call_id="retrans")
+    phone.cseq -= 1  # the same request, byte for byte
+    again = phone.register("bob", creds, call_id="retrans")
+    assert status(first) == 200 and status(again) == 200, again
+
+
 def test_a_forged_nonce_is_stale_and_a_wrong_user_is_challenged(phone: Phone) -> None:
     c = challenge_of(phone.register("alice", call_id="forge"))
     forged = dict(c, nonce="A" * len(c["nonce"]))

@@ -147,9 +147,14 @@ class Authenticator:
             return self._count(AuthOutcome(AuthResult.GENERIC_ERROR, realm=realm))
         if not response_matches(creds, ha1, request.method, request.body or b""):
             return self._count(AuthOutcome(AuthResult.INVALID_PASSWORD, realm=realm))
-        # ACK and CANCEL repeat the INVITE's credentials (RFC 3261 §22.1): checked, never consumed
+        # ACK and CANCEL repeat the INVITE's credentials (RFC 3261 §22.1): checked, never consumed. A
+        # REGISTER has no server transaction to absorb its retransmissions: the same request again
+        # (same response, Call-ID and CSeq) is let through to the registrar, which answers it as one
+        proof = (f"{creds.response}|{request.call_id}|{request.cseq.number}"
+                 if request.method == "REGISTER" else None)
         if request.method not in ("ACK", "CANCEL") and not self.nonces.consume(creds.nonce, creds.nc,
-                                                                              self.clock.seconds()):
+                                                                              self.clock.seconds(),
+                                                                              resend_proof=proof):
             return self._count(AuthOutcome(AuthResult.STALE_NONCE, realm=realm, stale=True))
         return self._count(AuthOutcome(AuthResult.AUTHORIZED, username=creds.username, realm=realm, header=header,
                                        subscriber=subscriber))

@@ -26,6 +26,7 @@ import math
 import os
 import re
 import struct
+from typing import Any
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -84,9 +85,9 @@ class NonceIssuer:
         self._random_bytes = random_bytes
         self._index = 0
         self._latest = -math.inf  # the latest now seen, in seconds
-        # nonce -> [expiry ms, highest nc accepted or _USED_WITHOUT_QOP], in the order first consumed
-        # (nearly the order of expiry, since nonces are used soon after they are issued).
-        self._records: OrderedDict[str, list[int]] = OrderedDict()
+        # nonce -> [expiry ms, highest nc accepted or _USED_WITHOUT_QOP, proof of that use or None], in
+        # the order first consumed (nearly the order of expiry: nonces are used soon after issue).
+        self._records: OrderedDict[str, list[Any]] = OrderedDict()
         # The latest expiry (ms) among records evicted for room: a nonce expiring no later than this,
         # and without a record, may have been used already.
         self._evicted_until: int | None = None
@@ -150,15 +151,20 @@ class NonceIssuer:
             return NonceState.STALE
         return NonceState.VALID
 
-    def consume(self, nonce: str, nc: int | None, now: float) -> bool:
+    def consume(self, nonce: str, nc: int | None, now: float, *, resend_proof: str | None = None) -> bool:
         """Record one use of ``nonce``; False when that use is a replay (answer with a stale challenge).
 
         Call it only after the response matched: a forger who cannot compute responses must not be able
         to use up nonces that real clients hold. Without qop (``nc`` None) a nonce is good for one
-        request; with qop each request must count higher than any accepted before (RFC 2617 §3.2.2:
-        retransmissions, which repeat the count, are absorbed by the transaction layer before this).
+        request; with qop each request must count higher than any accepted before (RFC 2617 §3.2.2).
         A nonce that is not ours or has expired is refused here too, whatever ``verify`` said earlier:
         time may have passed while the store was asked.
+
+        Retransmissions repeat the count. Those of requests with a server transaction never get here;
+        a REGISTER is answered without one, so its caller passes ``resend_proof`` (what identifies the
+        request: response, Call-ID, CSeq): the same nonce and count with the same proof as the last
+        accepted use is that request again -- harmless, since the registrar answers a repeated Call-ID
+        and CSeq with the stored bindings -- and is accepted; anything else reusing them is a replay.
         """
         if self.reuse:
             return True
@@ -173,17 +179,21 @@ class NonceIssuer:
         self._prune(now_ms)
         record = self._records.get(nonce)
         if record is not None:
+            if resend_proof is not None and resend_proof == record[2] and \
+                    record[1] == (_USED_WITHOUT_QOP if nc is None else nc):
+                return True  # the last accepted request, retransmitted
             if nc is None or record[1] == _USED_WITHOUT_QOP or nc <= record[1]:
                 return False
             record[1] = nc
+            record[2] = resend_proof
             return True
         if self._evicted_until is not None and expiry_ms <= self._evicted_until:
             return False  # its record may have been evicted: it may have been used
         if len(self._records) >= self.max_tracked:
-            _, (evicted_expiry, _) = self._records.popitem(last=False)
+            _, (evicted_expiry, _, _) = self._records.popitem(last=False)
             if self._evicted_until is None or evicted_expiry > self._evicted_until:
                 self._evicted_until = evicted_expiry
-        self._records[nonce] = [expiry_ms, _USED_WITHOUT_QOP if nc is None else nc]
+        self._records[nonce] = [expiry_ms, _USED_WITHOUT_QOP if nc is None else nc, resend_proof]
         return True
 
     def _prune(self, now_ms: float) -> None:
