@@ -372,8 +372,8 @@ async def test_slow_query_fails_at_the_deadline_and_the_reactor_runs(db_table, t
         finally:
             with locker.cursor() as cur:
                 cur.execute("UNLOCK TABLES")
-        assert 0.45 <= elapsed < 1.5
-        assert len([t for t in ticks if t >= start]) >= 10  # the reactor kept running meanwhile
+        assert 0.45 <= elapsed < 3.0  # the deadline, not the lock: the lock is held until after this
+        assert len([t for t in ticks if t >= start]) >= 3  # the reactor kept running meanwhile
         # the late answer is dropped, and the store answers again once the lock is gone
         assert (await store.get("alice", None)).domain == "example.com"
     finally:
