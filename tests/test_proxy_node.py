@@ -504,7 +504,7 @@ def test_max_forwards_missing_is_added_as_70_rfc3261_16_6_step3() -> None:
 def test_max_forwards_zero_is_answered_483_by_t_relay_rfc3261_16_3() -> None:
     w = World(module(relay_to_bob))
     sent = w.receive(invite(max_forwards=0), ALICE_FLOW)
-    assert [s.message.status for s in sent] == [100, 483]
+    assert [s.message.status for s in sent] == [483]
 
 
 def test_max_forwards_one_is_forwarded_as_zero_rfc3261_16_6_step3(world: World) -> None:
@@ -519,9 +519,9 @@ def test_max_forwards_one_is_forwarded_as_zero_rfc3261_16_6_step3(world: World) 
 
 def test_unregistered_callee_gets_404_and_ack_is_absorbed_rfc3261_17_2_1(world: World) -> None:
     sent = world.receive(invite("carol"), ALICE_FLOW)
-    assert [s.message.status for s in sent] == [100, 404]
-    not_found = sent[1].message
-    assert not_found.to_tag and sent[1].remote == ALICE
+    assert [s.message.status for s in sent] == [404]
+    not_found = sent[0].message
+    assert not_found.to_tag and sent[0].remote == ALICE
     # a retransmitted INVITE gets the 404 again (Completed), the ACK confirms, nothing more goes out
     again = world.receive(invite("carol"), ALICE_FLOW)
     assert [s.message.status for s in again] == [404]
@@ -552,7 +552,7 @@ def test_retransmitted_invite_after_180_gets_the_180_rfc3261_17_2_1(world: World
 
 def test_non_local_domain_is_refused_403(world: World) -> None:
     sent = world.receive(invite(uri="sip:bob@elsewhere.example.net"), ALICE_FLOW)
-    assert [s.message.status for s in sent] == [100, 403]
+    assert [s.message.status for s in sent] == [403]
 
 
 def test_in_dialog_request_without_route_gets_404(world: World) -> None:
@@ -1145,9 +1145,31 @@ def test_route_raising_sip_error_replies_with_its_status() -> None:
 
     w = World(module(request_route))
     sent = w.receive(invite(), ALICE_FLOW)
-    assert [(s.message.status, s.message.reason) for s in sent] == [(100, "Trying"), (403, "Go Away")]
-    assert sent[1].message.to_tag
+    assert [(s.message.status, s.message.reason) for s in sent] == [(403, "Go Away")]
+    assert sent[0].message.to_tag
     assert w.node.stats["route_errors"] == 0
+
+
+def test_100_trying_only_when_the_route_does_not_answer_the_invite_at_once_rfc3261_17_2_1() -> None:
+    """A route that answers in its synchronous part (404, 407, 403) sends no 100 (the TU answered
+    within 200 ms); one that waits for something gets its 100 in the same turn, before the wait;
+    one that relays sends it before the INVITE goes out."""
+    from twisted.internet.defer import Deferred
+
+    later: list[Deferred] = []
+
+    async def waits(msg):
+        d = Deferred()
+        later.append(d)
+        await d
+        msg.sl_send_reply(486, "Busy Here")
+
+    w = World(module(waits))
+    assert [s.message.status for s in w.receive(invite(), ALICE_FLOW)] == [100]
+    later[0].callback(None)
+    assert [s.message.status for s in w.sender.take()] == [486]
+    w = World(module(lambda msg: msg.sl_send_reply(404, "Not Found")))
+    assert [s.message.status for s in w.receive(invite(), ALICE_FLOW)] == [404]
 
 
 def test_async_route_raising_sip_error_replies_with_its_status() -> None:
@@ -1156,7 +1178,7 @@ def test_async_route_raising_sip_error_replies_with_its_status() -> None:
         raise SIPError(488)
 
     w = World(module(request_route))
-    assert [s.message.status for s in w.receive(invite(), ALICE_FLOW)] == [100, 488]
+    assert [s.message.status for s in w.receive(invite(), ALICE_FLOW)] == [488]
 
 
 def test_sip_error_on_register_is_answered_statelessly() -> None:
@@ -1184,7 +1206,7 @@ def test_route_raising_other_exception_replies_500_and_logs_traceback(logged: li
 
     w = World(module(request_route))
     sent = w.receive(invite(), ALICE_FLOW)
-    assert [s.message.status for s in sent] == [100, 500]
+    assert [s.message.status for s in sent] == [500]
     assert w.node.stats["route_errors"] == 1
     failures = [e for e in logged if "log_failure" in e]
     assert failures and failures[-1]["log_failure"].check(ZeroDivisionError)
@@ -1194,12 +1216,12 @@ def test_route_raising_other_exception_replies_500_and_logs_traceback(logged: li
 def test_route_neither_replying_nor_relaying_gets_no_reply_status_and_warning(logged: list[dict]) -> None:
     w = World(module(lambda msg: None))
     sent = w.receive(invite(), ALICE_FLOW)
-    assert [s.message.status for s in sent] == [100, 500]
+    assert [s.message.status for s in sent] == [500]
     warnings = [e for e in logged if e.get("log_level") == LogLevel.warn and e.get("log_namespace") == "edgeproxy.proxy"]
     assert warnings and "neither replied nor relayed" in warnings[-1]["log_format"]
     # the status is configurable
     w = World(module(lambda msg: None), ProxySettings(domains=("example.com",), no_reply_status=404))
-    assert [s.message.status for s in w.receive(invite(), ALICE_FLOW)] == [100, 404]
+    assert [s.message.status for s in w.receive(invite(), ALICE_FLOW)] == [404]
 
 
 def test_ack_route_doing_nothing_is_silent(logged: list[dict]) -> None:
@@ -1248,7 +1270,7 @@ def test_second_reply_from_a_route_is_ignored() -> None:
         msg.sl_send_reply(500)
 
     w = World(module(request_route))
-    assert [s.message.status for s in w.receive(invite(), ALICE_FLOW)] == [100, 404]
+    assert [s.message.status for s in w.receive(invite(), ALICE_FLOW)] == [404]
 
 
 def test_t_relay_twice_relays_once() -> None:
@@ -1706,7 +1728,7 @@ def test_closed_websocket_flow_takes_its_bindings_rfc7118_5(world: World) -> Non
     assert out.destination.flow == ws_flow and out.destination.flow_only  # never dial a browser
     world.node.flow_closed(ws_flow)
     sent = world.receive(invite(branch="z9hG4bKafterclose", call_id="after-close"), ALICE_FLOW)
-    assert [s.message.status for s in sent] == [100, 404]
+    assert [s.message.status for s in sent] == [404]
 
 
 def test_closed_tcp_flow_keeps_its_bindings_rfc3261_18(world: World) -> None:

@@ -363,20 +363,33 @@ class Node:
             self._route(request, flow, None)
             return
         # the server transaction exists at arrival, so retransmissions are absorbed while an async
-        # route runs (and INVITE gets its 100 Trying at once)
+        # route runs. An INVITE's 100 Trying waits for the route's synchronous part: a route that
+        # answers at once (404, a 407 challenge, 403) needs none (§17.2.1: the TU answers within
+        # 200 ms), which saves a send on every refused call; one that relays or awaits gets it in
+        # the same turn of the reactor, before anything is read from the network again.
         ctx = ServerContext(request, flow)
-        self._server_tx(ctx)
+        self._server_tx(ctx, trying=False)
         self._route(request, flow, ctx)
+        self._trying(ctx)
 
-    def _server_tx(self, ctx: ServerContext) -> Any:
-        """Create the server transaction of ``ctx`` if it has none yet."""
+    def _trying(self, ctx: ServerContext) -> None:
+        """The deferred 100 Trying of an INVITE (see :meth:`_on_request`): sent once, before the
+        request is relayed or when the route's synchronous part ends without a final answer."""
+        tx = ctx.tx
+        if (tx is not None and tx.is_invite and self.settings.auto_100trying and not ctx.final_sent
+                and tx.last_response is None and self._owners.get(tx) is ctx):
+            self._run(tx, tx.send_response(ctx.request.make_response(100), self.clock.seconds()))
+
+    def _server_tx(self, ctx: ServerContext, trying: bool = True) -> Any:
+        """Create the server transaction of ``ctx`` if it has none yet; an INVITE's sends 100 Trying
+        at once with ``proxy.auto_100trying`` unless ``trying`` is False (the caller sends it)."""
         if ctx.tx is not None:
             return ctx.tx
         now = self.clock.seconds()
         reliable = ctx.flow.remote.reliable
         if ctx.request.method == "INVITE":
             tx = ServerInviteTransaction(ctx.request, reliable=reliable, timers=self.timers, now=now,
-                                         auto_100=self.settings.auto_100trying)
+                                         auto_100=self.settings.auto_100trying and trying)
         else:
             tx = ServerNonInviteTransaction(ctx.request, reliable=reliable, timers=self.timers, now=now)
         ctx.tx = tx
@@ -756,6 +769,7 @@ class Node:
         if ctx.canceled:
             return False
         self._server_tx(ctx)
+        self._trying(ctx)
         rr.relayed = True
         self.stats["relayed"] += 1
         if self.settings.log_decisions:
