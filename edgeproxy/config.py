@@ -43,6 +43,7 @@ from .auth.settings import QOP_CHOICES, AuthSettings
 from .config_error import ConfigError
 from .dns.settings import DnsSettings, parse_dns_server
 from .location.natping import NatPingSettings
+from .management.settings import MISettings, parse_mi_listen
 from .proxy.flood import FloodSettings
 from .proxy.node import ProxySettings
 from .registrar.settings import RegistrarSettings
@@ -544,6 +545,26 @@ def _users(key: str, value: Any, ctx: _Context) -> Mapping[str, str]:
     return MappingProxyType(dict(value))
 
 
+# -- [mi] -------------------------------------------------------------------------------------------
+
+
+def _mi_listen(key: str, value: Any, ctx: _Context) -> str:
+    """``[mi] listen``: ``host:port`` of the management interface, "" for none."""
+    text = _text(key, value, ctx).strip()
+    if text:
+        try:
+            parse_mi_listen(text)
+        except ValueError as exc:
+            raise ConfigError(key, f"{exc}, got {_show(value)}") from None
+    return text
+
+
+def _mi_path(key: str, value: Any, ctx: _Context) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"/[A-Za-z0-9._~!$&'()*+,;=:@/-]*", value):
+        raise ConfigError(key, f'must be an HTTP path starting with "/", e.g. "/mi", got {_show(value)}')
+    return value
+
+
 # -- [nathelper] --------------------------------------------------------------------------------------
 
 
@@ -692,6 +713,14 @@ _SCHEMA: dict[str, _Section] = {
         "remove_on_timeout": _boolean,
         "max_pings_lost": _integer(1, 1000),
     }),
+    "mi": _Section(MISettings, {
+        "listen": _mi_listen,
+        "path": _mi_path,
+        "allow_remote": _boolean,
+        "token": _text,
+        "max_request_size": _integer(1024, 16 * 1024 * 1024),
+        "timeout": _seconds,
+    }),
 }
 
 
@@ -723,13 +752,15 @@ class Config:
     auth: AuthSettings | None = field(default=None, hash=False)
     # None without a [pike] section: no flood detection, as OpenSIPS without the pike module
     pike: FloodSettings | None = None
+    # None without an [mi] section: no management interface (OpenSIPS without mi_http)
+    mi: MISettings | None = None
     route_params: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), hash=False)
     source: str | None = None
 
 
 _FREE_FORM = ("route_params", "federation")
 #: Sections that switch a feature on by being there (Config holds None without them).
-_OPTIONAL = ("auth", "pike")
+_OPTIONAL = ("auth", "pike", "mi")
 
 
 def _federation(table: Any, cluster: ClusterConfig) -> FederationSettings | None:
@@ -786,6 +817,9 @@ def _cross_checks(config: Config) -> None:
     if config.federation is not None and not c.my_node_id:
         raise ConfigError("federation", "needs a cluster (cluster.my_node_id): records carry its sip_addr")
     _check_tls(config)
+    if config.mi is not None and config.mi.remote and not config.mi.allow_remote:
+        raise ConfigError("mi.listen", f"{config.mi.listen} is not a loopback address: the MI can remove "
+                                       "registrations, so set mi.allow_remote = true (and mi.token) to mean it")
     lim = config.limits
     if r.flow_timer and lim.tcp_idle_timeout and r.flow_timer >= lim.tcp_idle_timeout:
         # UAs keep-alive at 80-100 % of Flow-Timer (RFC 5626 §4.4.1): at or above the idle timeout

@@ -44,6 +44,7 @@ class RunningNode:
     cluster: Any = None
     federation: Any = None
     pinger: Any = None  # a NatPinger with [nathelper] natping_interval > 0
+    management: Any = None  # the MI listener (edgeproxy.management) with [mi] listen
 
     @inlineCallbacks
     def start(self, listen: list[str], advertise: str = "") -> Any:
@@ -83,9 +84,16 @@ class RunningNode:
         if self.pinger is not None:  # [nathelper]: From sip:pinger@<advertised host or first listener>
             endpoints = self.transports.local_endpoints()
             self.pinger.start(advertise or (endpoints[0].host if endpoints else "127.0.0.1"))
+        mi = getattr(self.config, "mi", None)
+        if mi is not None and mi.enabled:  # [mi]: OpenSIPS's MI (JSON-RPC over HTTP) on loopback
+            from .management import start_management
+
+            self.management = start_management(self, mi, reactor=self.node.clock)
 
     @inlineCallbacks
     def stop(self) -> Any:
+        if self.management is not None:
+            yield self.management.stop()
         if self.federation is not None:
             yield self.federation.stop()
         self.node.stop()

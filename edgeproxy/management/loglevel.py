@@ -1,0 +1,153 @@
+"""The node's log level at run time (MI ``log_level``), in OpenSIPS's numbers and our names.
+
+``twistd edgeproxy`` filters its log with a :class:`~twisted.logger.LogLevelFilterPredicate` that
+:mod:`edgeproxy.tap` puts inside a :class:`~twisted.logger.FilteringLogObserver` given to twistd as its
+log observer. :func:`find_level_filters` finds that predicate among the global log publisher's
+observers, so changing the level needs nothing from ``tap``; tests (and embedders) hand the predicate
+over themselves.
+
+OpenSIPS prints a message when its level is at most the configured ``log_level``: L_ALERT -3,
+L_CRIT -2, L_ERR -1, L_WARN 1, L_NOTICE 2, L_INFO 3, L_DBG 4. Mapped onto Twisted's levels:
+
+======================  ==========  ===========================
+OpenSIPS ``log_level``  our name    Twisted level
+======================  ==========  ===========================
+4                       debug       ``LogLevel.debug``
+3, 2                    info        ``LogLevel.info``
+1                       warn        ``LogLevel.warn``
+0, -1                   error       ``LogLevel.error``
+-2, -3, -4              critical    ``LogLevel.critical``
+======================  ==========  ===========================
+
+A level is reported back as 4, 3, 1, -1 or -2. Names (``debug``, ``info``, ``notice``, ``warn``,
+``warning``, ``error``, ``err``, ``critical``, ``crit``, ``alert``) are accepted too.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+from twisted.logger import (
+    FilteringLogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    LogPublisher,
+    globalLogPublisher,
+)
+
+__all__ = ["LogLevelControl", "find_level_filters", "parse_level", "opensips_level", "level_name"]
+
+_FROM_NUMBER = {4: LogLevel.debug, 3: LogLevel.info, 2: LogLevel.info, 1: LogLevel.warn, 0: LogLevel.error,
+                -1: LogLevel.error, -2: LogLevel.critical, -3: LogLevel.critical, -4: LogLevel.critical}
+_TO_NUMBER = {LogLevel.debug: 4, LogLevel.info: 3, LogLevel.warn: 1, LogLevel.error: -1, LogLevel.critical: -2}
+_FROM_NAME = {"debug": LogLevel.debug, "dbg": LogLevel.debug, "info": LogLevel.info, "notice": LogLevel.info,
+              "warn": LogLevel.warn, "warning": LogLevel.warn, "error": LogLevel.error, "err": LogLevel.error,
+              "critical": LogLevel.critical, "crit": LogLevel.critical, "alert": LogLevel.critical}
+_NAMES = {LogLevel.debug: "debug", LogLevel.info: "info", LogLevel.warn: "warn", LogLevel.error: "error",
+          LogLevel.critical: "critical"}
+
+
+def parse_level(value: Any) -> Any:
+    """An OpenSIPS level (-4..4, as a number or numeric string) or a name, as a Twisted ``LogLevel``.
+    Raises ValueError with the reason."""
+    if isinstance(value, bool):
+        raise ValueError("level must be a number from -4 to 4 or a name such as \"debug\"")
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in _FROM_NAME:
+            return _FROM_NAME[text]
+        try:
+            value = int(text)
+        except ValueError:
+            raise ValueError(f"unknown level {value!r}: use -4..4 or one of debug, info, warn, error, "
+                             "critical") from None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int) and value in _FROM_NUMBER:
+        return _FROM_NUMBER[value]
+    raise ValueError(f"level must be a number from -4 to 4 or a name such as \"debug\", got {value!r}")
+
+
+def opensips_level(level: Any) -> int:
+    """The OpenSIPS number reported for a Twisted level."""
+    return _TO_NUMBER.get(level, 3)
+
+
+def level_name(level: Any) -> str:
+    return _NAMES.get(level, level.name)
+
+
+def find_level_filters(publisher: Any = None) -> list[LogLevelFilterPredicate]:
+    """The level predicates of the filtering observers that ``publisher`` (the global log publisher by
+    default) feeds, directly or through nested publishers/filters. Empty when twistd was given its
+    own ``--logger`` (then there is no level filter to move)."""
+    found: list[LogLevelFilterPredicate] = []
+    seen: set[int] = set()
+
+    def visit(observer: Any) -> None:
+        if observer is None or id(observer) in seen:
+            return
+        seen.add(id(observer))
+        if isinstance(observer, FilteringLogObserver):
+            should = getattr(observer, "_shouldLogEvent", None)  # functools.partial(shouldLogEvent, predicates)
+            args = getattr(should, "args", ())
+            for predicate in (args[0] if args else ()):
+                if isinstance(predicate, LogLevelFilterPredicate) and predicate not in found:
+                    found.append(predicate)
+            visit(getattr(observer, "_observer", None))
+        elif isinstance(observer, LogPublisher):
+            for inner in list(getattr(observer, "_observers", ())):
+                visit(inner)
+
+    visit(publisher if publisher is not None else globalLogPublisher)
+    return found
+
+
+class LogLevelControl:
+    """Reads and moves the node's log level.
+
+    ``filters`` are the level predicates to move (default: :func:`find_level_filters`, looked up at
+    each call); ``node`` is the proxy :class:`~edgeproxy.proxy.node.Node`, whose per-decision debug
+    lines (``ProxySettings.log_decisions``) follow the level; ``initial`` the configured
+    ``node.log_level``, reported when there is no filter to read.
+    """
+
+    def __init__(self, node: Any = None, filters: Iterable[LogLevelFilterPredicate] | Callable[[], list] | None = None,
+                 initial: str = "info") -> None:
+        self.node = node
+        self._filters = filters
+        self._fallback = parse_level(initial)
+
+    def filters(self) -> list[LogLevelFilterPredicate]:
+        if self._filters is None:
+            return find_level_filters()
+        if callable(self._filters):
+            return list(self._filters())
+        return list(self._filters)
+
+    @property
+    def level(self) -> Any:
+        """The Twisted level in force (the first filter's default level)."""
+        filters = self.filters()
+        if filters:
+            return filters[0].logLevelForNamespace("")
+        return self._fallback
+
+    def set(self, value: Any) -> Any:
+        """Move every filter to ``value`` (see :func:`parse_level`); returns the Twisted level.
+        Raises ValueError for a bad value, LookupError when there is no filter to move."""
+        level = parse_level(value)
+        filters = self.filters()
+        if not filters:
+            raise LookupError("no log level filter to change (twistd was given its own --logger)")
+        for predicate in filters:
+            predicate.defaultLogLevel = level
+            predicate.setLogLevelForNamespace("", level)
+        node = self.node
+        settings = getattr(node, "settings", None)
+        if settings is not None and hasattr(settings, "log_decisions"):
+            from dataclasses import replace
+
+            node.settings = replace(settings, log_decisions=level == LogLevel.debug)
+        self._fallback = level
+        return level
