@@ -22,6 +22,7 @@ from twisted.logger import (
 from twisted.python import usage
 
 from .config import LOG_LEVELS, Config, ConfigError, load_config
+from .management.loglevel import register_level_filter
 
 __all__ = ["Options", "makeService"]
 
@@ -149,7 +150,9 @@ def _filtered_observer() -> Callable[..., Any]:
     observer = app_logger._getLogObserver()
     if not ILogObserver.providedBy(observer):
         observer = LegacyLogObserverWrapper(observer)
-    return FilteringLogObserver(observer, [LogLevelFilterPredicate(defaultLogLevel=level)])
+    predicate = LogLevelFilterPredicate(defaultLogLevel=level)
+    register_level_filter(predicate)  # MI log_level moves it at run time
+    return FilteringLogObserver(observer, [predicate])
 
 
 def makeService(options: Options) -> IService:

@@ -20,10 +20,8 @@ import pytest
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.logger import (
-    FilteringLogObserver,
     LogLevel,
     LogLevelFilterPredicate,
-    LogPublisher,
     globalLogPublisher,
 )
 from twisted.web.server import NOT_DONE_YET
@@ -35,7 +33,8 @@ from edgeproxy.location import InMemoryLocation, LookupResult
 from edgeproxy.management import MICommands, MIError, MISettings
 from edgeproxy.management.commands import ALL_METHODS, STATISTICS
 from edgeproxy.management.http import MIResource
-from edgeproxy.management.loglevel import LogLevelControl, find_level_filters, parse_level
+from edgeproxy.management.loglevel import (LogLevelControl, find_level_filters, parse_level, register_level_filter,
+                                           unregister_level_filter)
 from edgeproxy.proxy.flood import FloodDetector, FloodSettings
 from edgeproxy.proxy.node import Node, ProxySettings
 from edgeproxy.registrar import Registrar, RegistrarSettings
@@ -375,9 +374,13 @@ def test_level_mapping_and_filter_discovery() -> None:
         LogLevel.debug, LogLevel.info, LogLevel.info, LogLevel.warn, LogLevel.error, LogLevel.error,
         LogLevel.critical, LogLevel.critical]
     predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)
-    publisher = LogPublisher(FilteringLogObserver(lambda e: None, [predicate]))  # what twistd's observer is
-    assert find_level_filters(LogPublisher(publisher)) == [predicate]
-    assert predicate not in find_level_filters(globalLogPublisher)
+    assert predicate not in find_level_filters()
+    register_level_filter(predicate)  # what edgeproxy.tap does with twistd's observer's predicate
+    try:
+        assert predicate in find_level_filters()
+    finally:
+        unregister_level_filter(predicate)
+    assert predicate not in find_level_filters()
 
 
 def test_internal_failure_is_a_server_error_and_a_log_line(world: World) -> None:

@@ -2,9 +2,9 @@
 
 ``twistd edgeproxy`` filters its log with a :class:`~twisted.logger.LogLevelFilterPredicate` that
 :mod:`edgeproxy.tap` puts inside a :class:`~twisted.logger.FilteringLogObserver` given to twistd as its
-log observer. :func:`find_level_filters` finds that predicate among the global log publisher's
-observers, so changing the level needs nothing from ``tap``; tests (and embedders) hand the predicate
-over themselves.
+log observer, and registers here (:func:`register_level_filter`): ``tap`` is the layer above, so it
+hands the predicate down rather than this module reaching into Twisted's observers for it. Tests
+(and embedders) hand their own predicate over.
 
 OpenSIPS prints a message when its level is at most the configured ``log_level``: L_ALERT -3,
 L_CRIT -2, L_ERR -1, L_WARN 1, L_NOTICE 2, L_INFO 3, L_DBG 4. Mapped onto Twisted's levels:
@@ -28,14 +28,12 @@ from __future__ import annotations
 from typing import Any, Callable, Iterable
 
 from twisted.logger import (
-    FilteringLogObserver,
     LogLevel,
     LogLevelFilterPredicate,
-    LogPublisher,
-    globalLogPublisher,
 )
 
-__all__ = ["LogLevelControl", "find_level_filters", "parse_level", "opensips_level", "level_name"]
+__all__ = ["LogLevelControl", "find_level_filters", "register_level_filter", "unregister_level_filter", "parse_level",
+           "opensips_level", "level_name"]
 
 _FROM_NUMBER = {4: LogLevel.debug, 3: LogLevel.info, 2: LogLevel.info, 1: LogLevel.warn, 0: LogLevel.error,
                 -1: LogLevel.error, -2: LogLevel.critical, -3: LogLevel.critical, -4: LogLevel.critical}
@@ -77,30 +75,26 @@ def level_name(level: Any) -> str:
     return _NAMES.get(level, level.name)
 
 
-def find_level_filters(publisher: Any = None) -> list[LogLevelFilterPredicate]:
-    """The level predicates of the filtering observers that ``publisher`` (the global log publisher by
-    default) feeds, directly or through nested publishers/filters. Empty when twistd was given its
-    own ``--logger`` (then there is no level filter to move)."""
-    found: list[LogLevelFilterPredicate] = []
-    seen: set[int] = set()
+#: The level predicates of the node's log observers, registered by whoever builds them
+#: (:mod:`edgeproxy.tap` for twistd's observer); weak enough for tests to register their own.
+_LEVEL_FILTERS: list[LogLevelFilterPredicate] = []
 
-    def visit(observer: Any) -> None:
-        if observer is None or id(observer) in seen:
-            return
-        seen.add(id(observer))
-        if isinstance(observer, FilteringLogObserver):
-            should = getattr(observer, "_shouldLogEvent", None)  # functools.partial(shouldLogEvent, predicates)
-            args = getattr(should, "args", ())
-            for predicate in (args[0] if args else ()):
-                if isinstance(predicate, LogLevelFilterPredicate) and predicate not in found:
-                    found.append(predicate)
-            visit(getattr(observer, "_observer", None))
-        elif isinstance(observer, LogPublisher):
-            for inner in list(getattr(observer, "_observers", ())):
-                visit(inner)
 
-    visit(publisher if publisher is not None else globalLogPublisher)
-    return found
+def register_level_filter(predicate: LogLevelFilterPredicate) -> None:
+    """Make ``predicate`` one that MI ``log_level`` reads and moves."""
+    if predicate not in _LEVEL_FILTERS:
+        _LEVEL_FILTERS.append(predicate)
+
+
+def unregister_level_filter(predicate: LogLevelFilterPredicate) -> None:
+    if predicate in _LEVEL_FILTERS:
+        _LEVEL_FILTERS.remove(predicate)
+
+
+def find_level_filters() -> list[LogLevelFilterPredicate]:
+    """The registered level predicates. Empty when twistd was given its own ``--logger`` (then there
+    is no level filter of ours to move)."""
+    return list(_LEVEL_FILTERS)
 
 
 class LogLevelControl:
