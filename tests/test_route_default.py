@@ -231,3 +231,21 @@ def test_options_to_the_node_itself_is_answered_200_keepalive(h: RouteHarness) -
 def test_options_to_a_user_is_routed_like_any_request(h: RouteHarness) -> None:
     result = h.run(route.request_route, invite("sip:nobody@example.com", method="OPTIONS"))
     assert result.reply_code == 404
+
+
+def test_harness_save_keeps_the_nat_and_sipping_flags_a_route_sets() -> None:
+    """``msg.nat`` / ``msg.sipping`` before ``save()`` reach the binding in RouteHarness as in the node."""
+    from edgeproxy.routing.testing import RouteHarness
+
+    def route(msg):
+        msg.nat = True
+        msg.sipping = True
+        return msg.save("location")
+
+    h = RouteHarness(domains=["example.com"])
+    text = ("REGISTER sip:example.com SIP/2.0\nVia: SIP/2.0/UDP 10.0.0.5:5062;branch=z9hG4bK-nat\nMax-Forwards: 70\n"
+            "From: <sip:alice@example.com>;tag=n\nTo: <sip:alice@example.com>\nCall-ID: nat-1\nCSeq: 1 REGISTER\n"
+            "Contact: <sip:alice@10.0.0.5:5062>\nContent-Length: 0\n\n")
+    assert h.run(route, text).replies[0][0] == 200
+    [binding] = h.location.get("alice")
+    assert binding.nat and binding.sipping

@@ -186,7 +186,7 @@ class RouteHarness:
             self.reply(rr, response.status, response.reason, False)
             return response.status == 200
 
-        return self.registrar.save(rr.request, rr.source).addCallback(saved)
+        return self.registrar.save(rr.request, rr.source, nat=rr.nat, sipping=rr.sipping).addCallback(saved)
 
     def loose_route(self, rr: RouteRequest) -> bool:
         return loose_route(rr.request, self.is_myself)
