@@ -22,11 +22,10 @@ from twisted.python.failure import Failure
 
 from ..sip.message import Request
 from ..sip.values import parse_credentials
-from .digest import (DigestError, DigestResponse, base_algorithm, canonical_algorithm, challenge_value, compute_ha1,
-                     response_matches)
+from .digest import DigestError, DigestResponse, base_algorithm, challenge_value, compute_ha1, response_matches
 from .nonce import NonceIssuer, NonceState
-from .settings import QOP_CHOICES, AuthSettings
-from .subscribers import MemorySubscribers, Subscriber, SubscriberStore, SubscriberStoreError
+from .settings import AuthSettings
+from .subscribers import MemorySubscribers, Subscriber, SubscriberStore, SubscriberStoreError, SubscriberTable
 
 __all__ = ["AuthResult", "AuthOutcome", "Authenticator", "DigestError", "default_realm", "subscriber_store"]
 
@@ -113,15 +112,13 @@ class Authenticator:
                   qop: str | None = None, algorithms: tuple[str, ...] | None = None) -> list[tuple[str, str]]:
         """The challenge headers of a 401 (``proxy``: 407) to ``request``, one per algorithm, preferred
         first (RFC 8760 §2.4), each with a fresh nonce; ``realm`` ``""``: :func:`default_realm`."""
+        # challenge_value checks (and canonicalises) the algorithm and qop: a bad one is a ValueError
         realm = realm or default_realm(request, proxy)
-        algorithms = tuple(canonical_algorithm(a) for a in algorithms) if algorithms else self.settings.algorithms
-        if qop is not None and qop not in QOP_CHOICES:
-            raise ValueError(f"qop must be one of {', '.join(repr(q) for q in QOP_CHOICES)}, not {qop!r}")
         name = CHALLENGE_HEADER[proxy]
         qop = self.settings.qop if qop is None else qop
         now = self.clock.seconds()
         return [(name, challenge_value(realm, self.nonces.issue(now), algorithm=algorithm, qop=qop, stale=stale))
-                for algorithm in algorithms]
+                for algorithm in (algorithms or self.settings.algorithms)]
 
     # -- steps ------------------------------------------------------------------------------------------
     def _credentials(self, request: Request, realm: str, proxy: bool) -> tuple[str, DigestResponse] | None:
@@ -178,8 +175,6 @@ class Authenticator:
 def subscriber_store(settings: AuthSettings, reactor: Any = None) -> SubscriberStore:
     """The store the settings name: the subscriber table of ``db_url``, else ``[auth.users]``."""
     if settings.db_url:
-        from .subscribers import SubscriberTable
-
         return SubscriberTable(settings.db_url, settings.table, reactor=reactor,
                                password_column=settings.password_column, calculate_ha1=settings.calculate_ha1,
                                use_domain=settings.use_domain, load_credentials=settings.load_credentials,

@@ -26,7 +26,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ..auth import AuthOutcome, Authenticator
+from ..auth import Authenticator
 from ..coroutine import run_eagerly
 from ..dns import ServerQuery
 from ..location import LookupResult
@@ -624,22 +624,8 @@ class Node:
         return self.flood_check(rr.source_ip)
 
     # -- RouteActions: authentication ----------------------------------------------------------------
-    def auth_enabled(self) -> bool:
-        return self.auth is not None
-
-    def _authenticator(self) -> Authenticator:
-        if self.auth is None:
-            raise RuntimeError("the route authenticates, but the node has no [auth] section")
+    def authenticator(self) -> Authenticator | None:
         return self.auth
-
-    def authorize(self, rr: RouteRequest, realm: str, table: str, proxy: bool) -> "Deferred[AuthOutcome]":
-        """OpenSIPS ``www_authorize`` / ``proxy_authorize``; a malformed header fails with its 400."""
-        return maybeDeferred(lambda: self._authenticator().authorize(rr.request, realm, proxy=proxy, table=table))
-
-    def challenge(self, rr: RouteRequest, realm: str, proxy: bool, qop: str | None,
-                  algorithms: tuple[str, ...] | None) -> list[tuple[str, str]]:
-        return self._authenticator().challenge(rr.request, realm, proxy=proxy, stale=rr.auth is not None and rr.auth.stale,
-                                               qop=qop, algorithms=algorithms)
 
     def cluster_node_changed(self, node_id: int, up: bool) -> None:
         """Cluster subscriber: when a node is declared down, the branches still waiting for its answer

@@ -44,10 +44,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
 
-from ..auth import AuthOutcome, AuthResult
+from ..auth import AuthOutcome, AuthResult, Authenticator
 from ..location import LookupResult, binding_destination
 from ..sip.message import Request, Response
 from ..sip.uri import SipURI, URI, parse_uri
@@ -112,11 +112,8 @@ class RouteActions(Protocol):
     def is_myself(self, host: str, port: int | None = None) -> bool: ...
     def cluster_check_addr(self, cluster_id: int, ip: str) -> bool: ...
     def cache_raw_query(self, rr: "RouteRequest", command: Any) -> "Deferred[list[dict[str, Any]]]": ...
-    def auth_enabled(self) -> bool: ...
     def pike_check_req(self, rr: "RouteRequest") -> bool: ...
-    def authorize(self, rr: "RouteRequest", realm: str, table: str, proxy: bool) -> "Deferred[AuthOutcome]": ...
-    def challenge(self, rr: "RouteRequest", realm: str, proxy: bool, qop: str | None,
-                  algorithms: tuple[str, ...] | None) -> list[tuple[str, str]]: ...
+    def authenticator(self) -> "Authenticator | None": ...
 
 
 def _coerce_uri(uri: URI | str) -> URI:
@@ -252,7 +249,7 @@ class RouteRequest:
     @property
     def auth_enabled(self) -> bool:
         """Whether the node has an ``[auth]`` section (Kamailio's ``WITH_AUTH``)."""
-        return self._actions.auth_enabled()
+        return self._actions.authenticator() is not None
 
     @property
     def max_forwards(self) -> int | None:
@@ -364,12 +361,20 @@ class RouteRequest:
         """:meth:`www_authorize` for ``Proxy-Authorization`` (calls and other requests to relay)."""
         return self._authorize(realm, table, proxy=True)
 
+    def _authenticator(self) -> Authenticator:
+        auth = self._actions.authenticator()
+        if auth is None:
+            raise RuntimeError("the route authenticates, but the node has no [auth] section")
+        return auth
+
     def _authorize(self, realm: str, table: str, proxy: bool) -> "Deferred[AuthResult]":
         def keep(outcome: AuthOutcome) -> AuthResult:
             self.auth = outcome
             return outcome.result
 
-        return self._actions.authorize(self, realm, table, proxy).addCallback(keep)
+        # maybeDeferred: malformed credentials raise a DigestError (400) that the route's await sees
+        d = maybeDeferred(self._authenticator().authorize, self.request, realm, proxy=proxy, table=table)
+        return d.addCallback(keep)
 
     def www_challenge(self, realm: str = "", qop: str | None = None, algorithms: str | None = None) -> None:
         """Answer 401 with a ``WWW-Authenticate`` challenge per algorithm (``"SHA-256,MD5"``; default
@@ -383,8 +388,9 @@ class RouteRequest:
 
     def _challenge(self, realm: str, qop: str | None, algorithms: str | None, proxy: bool) -> None:
         names = tuple(a.strip() for a in algorithms.split(",") if a.strip()) if algorithms else None
-        for header in self._actions.challenge(self, realm, proxy, qop, names):
-            self.reply_headers.append(header)
+        stale = self.auth is not None and self.auth.stale
+        self.reply_headers += self._authenticator().challenge(self.request, realm, proxy=proxy, stale=stale, qop=qop,
+                                                              algorithms=names)
         if proxy:
             self._actions.reply(self, 407, "Proxy Authentication Required", False)
         else:

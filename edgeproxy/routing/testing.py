@@ -31,7 +31,7 @@ from typing import Any, Callable, Mapping
 from twisted.internet.defer import Deferred, ensureDeferred, fail, maybeDeferred, succeed
 from twisted.internet.task import Clock
 
-from ..auth import AuthOutcome, Authenticator, AuthSettings, subscriber_store
+from ..auth import Authenticator, AuthSettings, subscriber_store
 from ..location import InMemoryLocation, LookupResult
 from ..registrar import Registrar, RegistrarSettings, aor_of
 from ..proxy.hops import loose_route
@@ -203,24 +203,12 @@ class RouteHarness:
             return maybeDeferred(answer, command)
         return succeed([dict(doc) for doc in answer])
 
-    def auth_enabled(self) -> bool:
-        return self.auth is not None
+    def authenticator(self) -> Authenticator | None:
+        return self.auth
 
     def pike_check_req(self, rr: RouteRequest) -> bool:
         """Flooding sources are given as ``RouteHarness.flooding = {"203.0.113.9"}``."""
         return rr.source_ip not in self.flooding
-
-    def authorize(self, rr: RouteRequest, realm: str, table: str, proxy: bool) -> "Deferred[AuthOutcome]":
-        if self.auth is None:
-            return fail(RuntimeError("no [auth] settings (RouteHarness(auth=AuthSettings(...)))"))
-        return maybeDeferred(self.auth.authorize, rr.request, realm, proxy=proxy, table=table)
-
-    def challenge(self, rr: RouteRequest, realm: str, proxy: bool, qop: str | None,
-                  algorithms: tuple[str, ...] | None) -> list[tuple[str, str]]:
-        if self.auth is None:
-            raise RuntimeError("no [auth] settings (RouteHarness(auth=AuthSettings(...)))")
-        return self.auth.challenge(rr.request, realm, proxy=proxy, stale=rr.auth is not None and rr.auth.stale,
-                                   qop=qop, algorithms=algorithms)
 
     def cluster_check_addr(self, cluster_id: int, ip: str) -> bool:
         """Cluster peers are given as ``RouteHarness(cluster_peers={1: ["10.0.2.100"]})``."""
