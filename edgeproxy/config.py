@@ -39,6 +39,8 @@ from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
+from . import sqldb
+from .auth.digest import ALGORITHMS, DigestError, canonical_algorithm
 from .auth.settings import QOP_CHOICES, AuthSettings
 from .config_error import ConfigError
 from .dns.settings import DnsSettings, parse_dns_server
@@ -479,11 +481,8 @@ def _dns_servers(key: str, value: Any, ctx: _Context) -> tuple[tuple[str, int], 
 
 # -- [auth] -------------------------------------------------------------------------------------------
 
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,63}$")
-
-
 def _identifier(key: str, value: Any, ctx: _Context) -> str:
-    if not isinstance(value, str) or not _IDENTIFIER.match(value):
+    if not isinstance(value, str) or not sqldb.IDENT.match(value):
         raise ConfigError(key, f"must be a plain SQL name (letters, digits, _), got {_show(value)}")
     return value
 
@@ -495,27 +494,23 @@ def _identifiers(key: str, value: Any, ctx: _Context) -> tuple[str, ...]:
 
 
 def _algorithms(key: str, value: Any, ctx: _Context) -> tuple[str, ...]:
-    from .auth.digest import ALGORITHMS
-
     if not isinstance(value, list) or not value:
         raise ConfigError(key, f'must be a non-empty list like ["SHA-256", "MD5"], got {_show(value)}')
-    known = {a.lower(): a for a in ALGORITHMS}
     out = []
     for i, name in enumerate(value):
-        if not isinstance(name, str) or name.strip().lower() not in known:
-            raise ConfigError(f"{key}[{i}]", f"must be one of {', '.join(ALGORITHMS)}, got {_show(name)}")
-        out.append(known[name.strip().lower()])
+        try:
+            out.append(canonical_algorithm(name.strip() if isinstance(name, str) else "?"))
+        except DigestError:
+            raise ConfigError(f"{key}[{i}]", f"must be one of {', '.join(ALGORITHMS)}, got {_show(name)}") from None
     return tuple(out)
 
 
 def _db_url(key: str, value: Any, ctx: _Context) -> str:
-    from .sqldb import DatabaseURLError, parse_db_url
-
     text = _text(key, value, ctx)
     if text:
         try:
-            parse_db_url(text)
-        except DatabaseURLError as exc:
+            sqldb.parse_db_url(text)
+        except sqldb.DatabaseURLError as exc:
             raise ConfigError(key, str(exc).removeprefix("db_url: ")) from None
     return text
 

@@ -43,8 +43,12 @@ class RunningNode:
     config: Config | None = None
     cluster: Any = None
     federation: Any = None
-    pinger: Any = None  # a NatPinger with [nathelper] natping_interval > 0
     management: Any = None  # the MI listener (edgeproxy.management) with [mi] listen
+
+    @property
+    def pinger(self) -> Any:
+        """The NAT pinger (``[nathelper]``), which the node holds: it takes its OPTIONS' replies."""
+        return self.node.pinger
 
     @inlineCallbacks
     def start(self, listen: list[str], advertise: str = "") -> Any:
@@ -81,10 +85,10 @@ class RunningNode:
         if advertise:
             for ep in self.transports.local_endpoints():
                 self.node.add_local_endpoint(type(ep)(ep.transport, advertise, ep.port))
-        if self.pinger is not None:  # [nathelper]: From sip:pinger@<advertised host or first listener>
+        if self.node.pinger is not None:  # [nathelper]: From sip:pinger@<advertised host or first listener>
             endpoints = self.transports.local_endpoints()
-            self.pinger.start(advertise or (endpoints[0].host if endpoints else "127.0.0.1"))
-        mi = getattr(self.config, "mi", None)
+            self.node.pinger.start(advertise or (endpoints[0].host if endpoints else "127.0.0.1"))
+        mi = self.config.mi if self.config is not None else None
         if mi is not None and mi.enabled:  # [mi]: OpenSIPS's MI (JSON-RPC over HTTP) on loopback
             from .management import start_management
 
@@ -97,8 +101,8 @@ class RunningNode:
         if self.federation is not None:
             yield self.federation.stop()
         self.node.stop()
-        if self.pinger is not None:
-            self.pinger.stop()
+        if self.node.pinger is not None:
+            self.node.pinger.stop()
         if self.node.locator is not None:
             self.node.locator.stop()
         self.location.stop()
@@ -141,16 +145,14 @@ def build_node(config: Config, reactor: Any = None) -> RunningNode:
     node.locator = DnsLocator(reactor, config.dns)  # RFC 3263 for next hops named by a host name
     if config.pike is not None:  # [pike]: flood detection per source address
         node.flood = FloodDetector(config.pike)
-    if getattr(config, "auth", None) is not None:  # [auth]: the routes' www_authorize / proxy_authorize
+    if config.auth is not None:  # [auth]: the routes' www_authorize / proxy_authorize
         node.auth = Authenticator(config.auth, subscriber_store(config.auth, reactor), reactor)
     transports.sink = node
-    pinger = None
-    nathelper = getattr(config, "nathelper", None)
-    if nathelper is not None and nathelper.enabled:  # NAT keep-alives, started with the listeners
-        pinger = node.pinger = NatPinger(location, transports, nathelper, reactor)
+    if config.nathelper.enabled:  # NAT keep-alives, started with the listeners
+        node.pinger = NatPinger(location, transports, config.nathelper, reactor)
     if routes.setup is not None:
         routes.setup(node)
-    return RunningNode(node, transports, location, registrar, config, pinger=pinger)
+    return RunningNode(node, transports, location, registrar, config)
 
 
 class GarbagePolicy:

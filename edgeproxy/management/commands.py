@@ -486,7 +486,7 @@ class MICommands:
                 _gauge("pike", "tracked_ips", lambda: len(flood)),
                 Stat("pike", "blocked_events", lambda: flood.blocked_events, reset_events),
             ]
-        pinger = getattr(parts, "pinger", None)
+        pinger = node.pinger
         if pinger is not None:
             out += [_counter("nathelper", name, pinger.stats) for name in list(pinger.stats)]
         federation = getattr(parts, "federation", None)
