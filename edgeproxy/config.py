@@ -499,7 +499,8 @@ def _algorithms(key: str, value: Any, ctx: _Context) -> tuple[str, ...]:
     out = []
     for i, name in enumerate(value):
         try:
-            out.append(canonical_algorithm(name.strip() if isinstance(name, str) else "?"))
+            # canonical_algorithm takes an absent name as MD5 (RFC 2617); in a list it is a mistake
+            out.append(canonical_algorithm(name.strip() if isinstance(name, str) and name.strip() else "?"))
         except DigestError:
             raise ConfigError(f"{key}[{i}]", f"must be one of {', '.join(ALGORITHMS)}, got {_show(name)}") from None
     return tuple(out)

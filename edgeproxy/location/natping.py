@@ -64,6 +64,7 @@ from dataclasses import dataclass
 from itertools import count
 from typing import TYPE_CHECKING, Any, Iterable
 
+from twisted.internet.defer import maybeDeferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -112,25 +113,9 @@ class NatPingSettings:
         return self.natping_interval > 0
 
 
-class _KeepAlive:
-    """The 4-byte keep-alive (RFC 5626 §3.5.1 CRLFCRLF): one shared object, what a Sender serialises
-    with ``to_bytes()`` like any message."""
-
-    __slots__ = ()
-    DATA = b"\r\n\r\n"
-
-    def to_bytes(self) -> bytes:
-        return self.DATA
-
-    def __repr__(self) -> str:
-        return "<keep-alive CRLFCRLF>"
-
-
-KEEPALIVE = _KeepAlive()
-
-
 class _Ping:
-    """One SIP ping, already on the wire form (built from a template: no parse, no header objects)."""
+    """A keep-alive already in its wire form (a SIP ping built from a template: no parse, no header
+    objects; or the 4-byte CRLFCRLF), what a Sender serialises with ``to_bytes()`` like any message."""
 
     __slots__ = ("data",)
 
@@ -141,7 +126,11 @@ class _Ping:
         return self.data
 
     def __repr__(self) -> str:
-        return f"<SIP ping {self.data.split(b' ', 2)[:2]!r}>"
+        return f"<ping {self.data[:16]!r}>"
+
+
+#: RFC 5626 §3.5.1 CRLFCRLF: one shared object for every binding.
+KEEPALIVE = _Ping(b"\r\n\r\n")
 
 
 class _State:
@@ -220,15 +209,12 @@ class NatPinger:
     def response_received(self, response: Response) -> bool:
         """True when ``response`` answers one of our pings (then it is dealt with here); any status
         counts as an answer: the contact is alive and its NAT binding open."""
-        vias = response.headers.get("via")
-        if vias is None or self.branch_prefix not in vias:
-            return False
-        branch = response.top_via.branch or ""
+        branch = response.top_via.branch or ""  # parsed once: the node reads it next anyway
         if not branch.startswith(self.branch_prefix):
             return False
         self.stats["replies"] += 1
         state = self._in_flight.pop(branch, None)
-        if state is not None and state.branch == branch:
+        if state is not None:  # only the ping in flight is in _in_flight, under its own branch
             state.branch = None
             state.missed = 0
         return True
@@ -279,19 +265,15 @@ class NatPinger:
                 transport = flow.remote.transport
                 if transport != "UDP" and (not tcp or transport not in _PINGED):
                     continue
-                try:
-                    if b.sipping:
-                        message = self._sip_ping(aor, b, old_states, states)
-                        if message is None:
-                            continue
-                        self.stats["sip_pings"] += 1
-                    else:
-                        message = KEEPALIVE
-                        self.stats["keepalives"] += 1
-                    d = self.sender.send(Destination(b.received or flow.remote, flow, True), message)
-                except Exception:
-                    self._failed_send(Failure(), aor, b.uri, failed, old_failed)
-                    continue
+                if b.sipping:
+                    message = self._sip_ping(aor, b, old_states, states)
+                    if message is None:
+                        continue
+                    self.stats["sip_pings"] += 1
+                else:
+                    message = KEEPALIVE
+                    self.stats["keepalives"] += 1
+                d = maybeDeferred(self.sender.send, Destination(b.received or flow.remote, flow, True), message)
                 d.addErrback(self._failed_send, aor, b.uri, failed, old_failed)
         in_flight = self._in_flight
         for state in old_states.values():  # bindings gone since the last interval
@@ -342,13 +324,8 @@ class NatPinger:
         self.stats["removed"] += 1
         log.info("nathelper: {aor} contact {contact} did not answer {n} {method} pings in a row: removed",
                  aor=aor, contact=str(b.uri), n=missed, method=self.settings.sipping_method)
-        try:
-            d = self.location.remove(aor, b.uri)
-        except Exception:
-            log.failure("nathelper: removing {contact} of {aor} failed", aor=aor, contact=str(b.uri))
-            return
-        d.addErrback(lambda f: log.failure("nathelper: removing {contact} of {aor} failed", f,
-                                           aor=aor, contact=str(b.uri)))
+        maybeDeferred(self.location.remove, aor, b.uri).addErrback(
+            lambda f: log.failure("nathelper: removing {contact} of {aor} failed", f, aor=aor, contact=str(b.uri)))
 
     def _failed_send(self, failure: Failure, aor: str, uri: SipURI, failed: set, old_failed: set) -> None:
         self.stats["send_failures"] += 1
