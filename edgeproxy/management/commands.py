@@ -40,6 +40,7 @@ from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ..registrar import format_q, received_uri
 from .loglevel import LogLevelControl, level_name, opensips_level
 
 __all__ = [
@@ -190,14 +191,6 @@ def _gauge(group: str, name: str, get: Callable[[], int | float]) -> Stat:
     return Stat(group, name, get, None)
 
 
-def format_q(q: float | None) -> str:
-    """OpenSIPS ``q2str``: "" when the UA gave no q, else "1", "0.5", "0.125"."""
-    if q is None:
-        return ""
-    text = f"{q:.3f}".rstrip("0").rstrip(".")
-    return text or "0"
-
-
 def methods_mask(methods: Iterable[str] | None) -> int:
     """A contact's accepted methods as OpenSIPS's bit mask (ALL_METHODS when unknown)."""
     if methods is None:
@@ -206,15 +199,6 @@ def methods_mask(methods: Iterable[str] | None) -> int:
     for m in methods:
         mask |= _METHOD_BITS.get(m.upper(), _METHOD_OTHER)
     return mask
-
-
-def received_text(endpoint: Any) -> str:
-    """A REGISTER's source as OpenSIPS writes ``received``: ``sip:ip:port`` plus ``;transport=`` for
-    anything but UDP."""
-    uri = f"sip:{endpoint.hostport}"
-    if endpoint.transport != "UDP":
-        uri += f";transport={endpoint.transport.lower()}"
-    return uri
 
 
 def contact_json(binding: Any, now: float) -> dict[str, Any]:
@@ -231,7 +215,7 @@ def contact_json(binding: Any, now: float) -> dict[str, Any]:
     if binding.user_agent:
         out["User-agent"] = binding.user_agent
     if binding.received is not None:
-        out["Received"] = received_text(binding.received)
+        out["Received"] = received_uri(binding.received)
     if binding.path:
         out["Path"] = ",".join(binding.path)
     out["State"] = "CS_NEW"  # OpenSIPS's state of a contact never written to a database

@@ -253,8 +253,6 @@ def start_management(parts: Any, settings: MISettings, reactor: Any = None,
     if reactor is None:
         from twisted.internet import reactor  # type: ignore[no-redef]
     host, port = settings.address
-    if settings.remote and not settings.allow_remote:
-        raise ValueError(f"mi.listen {settings.listen!r} is not a loopback address; set mi.allow_remote = true")
     commands = commands or MICommands(parts)
     site = MISite(MIResource(commands, settings, reactor), settings, reactor)
     interface = "127.0.0.1" if host == "localhost" else host

@@ -8,10 +8,10 @@
 """
 
 from ..location.destination import binding_destination
-from .registrar import Registrar, contact_value, received_uri
+from .registrar import Registrar, contact_value, format_q, received_uri
 from .settings import MIN_EXPIRES_MODES, PATH_MODES, RegistrarSettings, aor_of
 
 __all__ = [
-    "Registrar", "RegistrarSettings", "aor_of", "binding_destination", "contact_value", "received_uri",
+    "Registrar", "RegistrarSettings", "aor_of", "binding_destination", "contact_value", "format_q", "received_uri",
     "MIN_EXPIRES_MODES", "PATH_MODES",
 ]

@@ -372,7 +372,7 @@ def contact_value(binding: Binding, now: float, received_param: str = "received"
     address as ``received`` (OpenSIPS ``received_param``)."""
     parts = [f"<{binding.uri}>;expires={binding.expires_in(now)}"]
     if binding.q is not None:
-        parts.append(f";q={_format_q(binding.q)}")
+        parts.append(f";q={format_q(binding.q)}")
     if binding.instance is not None:
         parts.append(f';+sip.instance="{binding.instance}"')
         if binding.reg_id is not None:
@@ -393,7 +393,10 @@ def received_uri(endpoint: Endpoint) -> str:
     return uri
 
 
-def _format_q(q: float) -> str:
+def format_q(q: float | None) -> str:
+    """A q-value as OpenSIPS's ``q2str`` prints it: "1", "0.5", "0.125"; "" when the UA gave none."""
+    if q is None:
+        return ""
     text = f"{q:.3f}".rstrip("0").rstrip(".")
     return text or "0"
 
