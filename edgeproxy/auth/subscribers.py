@@ -23,8 +23,7 @@ subscriber's stored HA1s, which are over the bare user part, are left out.
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping, Protocol, Sequence
 
 from twisted.enterprise import adbapi
@@ -145,7 +144,7 @@ class MemorySubscribers:
         user, domain, at_form = found
         subscriber = self._first.get(user) if domain is None else self._rows.get((user, domain.lower()))
         if subscriber is not None and at_form and subscriber.ha1:
-            subscriber = dataclasses.replace(subscriber, ha1={})  # HA1s over "user", not "user@domain"
+            subscriber = replace(subscriber, ha1={})  # HA1s over "user", not "user@domain"
         return succeed(subscriber)
 
     def close(self) -> None:
@@ -157,13 +156,14 @@ class MemorySubscribers:
 
 @dataclass(frozen=True)
 class _Schema:
-    """The queries for the table's columns as found (read once, at the first lookup)."""
+    """The queries for the table's columns as found (read once, at the first lookup): user and
+    domain are selected first, then the secrets, then the ``load_credentials`` columns."""
 
-    columns: tuple[str, ...]              # user and domain, selected first
-    secrets: tuple[tuple[str, str], ...]  # (algorithm or "password", column), selected next
+    secrets: tuple[tuple[str, str], ...]  # (algorithm or "password", column)
     at_secrets: tuple[tuple[str, str], ...]  # the same for a "user@domain" username
-    order_by: str
     missing_ha1: tuple[str, ...]          # HA1 columns the table lacks (logged once)
+    #: the SELECT for (a "user@domain" username, a domain to match): built once, not per lookup
+    select: Mapping[tuple[bool, bool], str] = field(default_factory=dict)
 
 
 class _Call:
@@ -281,16 +281,8 @@ class SubscriberTable:
         if call.expired:
             return None
         schema = self._schema or self._read_schema(trans)
-        secrets = schema.at_secrets if at_form else schema.secrets
-        columns = schema.columns[:2] + tuple(c for _, c in secrets) + tuple(self.load_credentials)
-        sql = (f"SELECT {', '.join(sqldb.quote_ident(c) for c in columns)} FROM {self._table} "
-               f"WHERE {sqldb.quote_ident(self.user_column)} = %s")
-        params: tuple[str, ...] = (user,)
-        if domain is not None:
-            sql += f" AND {sqldb.quote_ident(self.domain_column)} = %s"
-            params += (domain,)
-        sql += f"{schema.order_by} LIMIT 1"
-        trans.execute(sql, params)
+        params = (user,) if domain is None else (user, domain)
+        trans.execute(schema.select[at_form, domain is not None], params)
         return schema, trans.fetchone()
 
     def _read_schema(self, trans: Any) -> _Schema:
@@ -321,7 +313,16 @@ class SubscriberTable:
             has_b = self.ha1b_column is not None and self.ha1b_column.lower() in present
             at_secrets = (("MD5", self.ha1b_column),) if has_b else ()  # type: ignore[assignment]
         order_by = f" ORDER BY {sqldb.quote_ident(primary[0])}" if len(primary) == 1 else ""
-        return _Schema((self.user_column, self.domain_column), secrets, at_secrets, order_by, missing)
+        user, domain = sqldb.quote_ident(self.user_column), sqldb.quote_ident(self.domain_column)
+        select = {}
+        for at_form, chosen in ((False, secrets), (True, at_secrets)):
+            columns = ", ".join(sqldb.quote_ident(c)
+                                for c in (self.user_column, self.domain_column, *(c for _, c in chosen),
+                                          *self.load_credentials))
+            for with_domain in (False, True):
+                where = f"{user} = %s" + (f" AND {domain} = %s" if with_domain else "")
+                select[at_form, with_domain] = f"SELECT {columns} FROM {self._table} WHERE {where}{order_by} LIMIT 1"
+        return _Schema(secrets, at_secrets, missing, select)
 
     def _answered(self, result: Any, call: _Call, user: str, domain: str | None, at_form: bool) -> None:
         self._inflight -= 1
