@@ -60,7 +60,7 @@ def fetch_node_rows(db: DatabaseURL, table: str = "clusterer", *,
         conn = pymysql.connect(**sqldb.connect_kwargs(db, connect_timeout),
                                cursorclass=pymysql.cursors.DictCursor, read_timeout=30)
     except pymysql.MySQLError as exc:
-        raise NodeTableError(f"db {db.user}@{db.host}:{db.port}/{db.database}: cannot connect: "
+        raise NodeTableError(f"db {db.where}: cannot connect: "
                              f"{sqldb.mysql_message(exc)}") from None
     try:
         with conn.cursor() as cursor:
