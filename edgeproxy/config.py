@@ -47,7 +47,7 @@ from .dns.settings import DnsSettings, parse_dns_server
 from .location.natping import NatPingSettings
 from .management.settings import MISettings, parse_mi_listen
 from .proxy.flood import FloodSettings
-from .proxy.node import ProxySettings
+from .proxy.settings import ProxySettings
 from .registrar.settings import RegistrarSettings
 from .sip.parser import Limits
 from .transaction import TimerSettings

@@ -27,7 +27,7 @@ from edgeproxy.config import (
     load_config,
     parse_listen_spec,
 )
-from edgeproxy.proxy.node import ProxySettings
+from edgeproxy.proxy.settings import ProxySettings
 from edgeproxy.registrar import RegistrarSettings
 from edgeproxy.service import build_node
 from edgeproxy.sip.parser import Limits

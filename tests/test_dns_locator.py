@@ -16,7 +16,7 @@ from twisted.internet.defer import gatherResults
 
 from dns_server import listen_dns
 from edgeproxy.dns import DnsSettings, ServerQuery
-from edgeproxy.proxy.sender import SendError
+from edgeproxy.interfaces import SendError
 from edgeproxy.sip.endpoint import Endpoint
 from edgeproxy.transport.locator import DnsLocator
 from test_transport_support import within

@@ -36,7 +36,8 @@ from edgeproxy.management.http import MIResource
 from edgeproxy.management.loglevel import (LogLevelControl, find_level_filters, parse_level, register_level_filter,
                                            unregister_level_filter)
 from edgeproxy.proxy.flood import FloodDetector, FloodSettings
-from edgeproxy.proxy.node import Node, ProxySettings
+from edgeproxy.proxy.node import Node
+from edgeproxy.proxy.settings import ProxySettings
 from edgeproxy.registrar import Registrar, RegistrarSettings
 from edgeproxy.routing.loader import load_route_module
 from edgeproxy.service import RunningNode

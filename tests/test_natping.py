@@ -22,8 +22,9 @@ from twisted.logger import globalLogPublisher
 from edgeproxy.config import ConfigError, load_config
 from edgeproxy.location import InMemoryLocation
 from edgeproxy.location.natping import KEEPALIVE, NatPinger, NatPingSettings
-from edgeproxy.proxy.node import Node, ProxySettings
-from edgeproxy.proxy.sender import SendError
+from edgeproxy.proxy.node import Node
+from edgeproxy.proxy.settings import ProxySettings
+from edgeproxy.interfaces import SendError
 from edgeproxy.registrar import Registrar, RegistrarSettings
 from edgeproxy.routing.loader import RouteModule
 from edgeproxy.service import build_node

@@ -15,8 +15,8 @@ import pytest
 from twisted.internet.defer import Deferred, fail, succeed
 
 from edgeproxy.dns import ServerQuery
-from edgeproxy.proxy.node import ProxySettings
-from edgeproxy.proxy.sender import SendError
+from edgeproxy.proxy.settings import ProxySettings
+from edgeproxy.interfaces import SendError
 from edgeproxy.sip import Request
 from edgeproxy.sip.endpoint import Endpoint
 from edgeproxy.transaction import TimerSettings

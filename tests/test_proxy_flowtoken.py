@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from edgeproxy.proxy.flowtoken import FlowTokens, InvalidFlowToken
-from edgeproxy.proxy.sender import SendError
+from edgeproxy.interfaces import SendError
 from edgeproxy.sip.endpoint import Endpoint, Flow
 from test_proxy_node import ALICE, ALICE_FLOW, BOB, BOB_FLOW, RR_UDP, World, answer, in_dialog, invite, only, sip
 

@@ -1,7 +1,7 @@
 """The stateful proxy engine (RFC 3261 §16) end to end, without sockets.
 
 Every test drives a real :class:`~edgeproxy.proxy.node.Node` with a ``task.Clock``, an in-memory
-recording :class:`~edgeproxy.proxy.sender.Sender`, a real InMemoryLocation + Registrar and a route
+recording :class:`~edgeproxy.interfaces.Sender`, a real InMemoryLocation + Registrar and a route
 module (``routes/default.py`` or a small inline one). Messages go in as SIP text parsed by
 ``parse_datagram``; what the node sends is serialised and parsed back, so every assertion is on what
 would be on the wire and where it would go. The downstream UA's answers are built from the request
@@ -24,8 +24,9 @@ from twisted.internet.task import Clock
 from twisted.logger import LogLevel, globalLogPublisher
 
 from edgeproxy.location import InMemoryLocation
-from edgeproxy.proxy.node import Node, ProxySettings
-from edgeproxy.proxy.sender import SendError
+from edgeproxy.proxy.node import Node
+from edgeproxy.proxy.settings import ProxySettings
+from edgeproxy.interfaces import SendError
 from edgeproxy.registrar import Registrar, RegistrarSettings
 from edgeproxy.routing import LookupResult
 from edgeproxy.routing.api import SIPError

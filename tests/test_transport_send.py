@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import pytest_twisted
 
-from edgeproxy.proxy.sender import SendError
+from edgeproxy.interfaces import SendError
 from edgeproxy.sip.endpoint import Destination, Endpoint, Flow
 from edgeproxy.sip.message import Request
 from test_transport_support import (  # noqa: F401 - fixtures

@@ -22,7 +22,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrap
 from twisted.internet.interfaces import IHandshakeListener
 from zope.interface import implementer
 
-from edgeproxy.proxy.sender import SendError
+from edgeproxy.interfaces import SendError
 from edgeproxy.sip.endpoint import Destination, Endpoint, Flow
 from edgeproxy.sip.message import Request
 from edgeproxy.transport.tls import TlsContexts, TlsSettings

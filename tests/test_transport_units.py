@@ -178,7 +178,7 @@ def test_connect_timeout_fails_the_queued_sends_with_503():
     from twisted.internet.testing import MemoryReactorClock
     from twisted.python.failure import Failure
 
-    from edgeproxy.proxy.sender import SendError
+    from edgeproxy.interfaces import SendError
     from edgeproxy.sip.endpoint import Destination
     from edgeproxy.sip.message import Request
 

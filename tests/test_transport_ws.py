@@ -18,7 +18,7 @@ from twisted.internet import reactor, ssl
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
 
-from edgeproxy.proxy.sender import SendError
+from edgeproxy.interfaces import SendError
 from edgeproxy.sip.endpoint import Destination, Endpoint
 from edgeproxy.sip.message import Request
 from edgeproxy.transport.tls import TlsSettings

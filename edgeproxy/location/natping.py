@@ -52,7 +52,7 @@ Theory of operation:
   binding.
 
 The pinger needs a location service that reads synchronously (``aors()`` and ``get(aor)``, as
-:class:`~edgeproxy.location.InMemoryLocation` has) and a :class:`~edgeproxy.proxy.sender.Sender`.
+:class:`~edgeproxy.location.InMemoryLocation` has) and a :class:`~edgeproxy.interfaces.Sender`.
 """
 
 from __future__ import annotations

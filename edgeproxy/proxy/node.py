@@ -54,26 +54,14 @@ from ..transaction import (
 )
 from .flood import FloodDetector
 from .flowtoken import FlowTokens, InvalidFlowToken
+from .settings import ProxySettings
 from .hops import loose_route, response_destination, stamp_received, uri_destination, uri_query
-from .locator import Locator
-from .sender import SendError, Sender
+
+from ..interfaces import Locator, SendError, Sender
 
 __all__ = ["Node", "ProxySettings"]
 
 log = Logger(namespace="edgeproxy.proxy")
-
-
-@dataclass(frozen=True, slots=True)
-class ProxySettings:
-    """Proxy behaviour knobs, named after their OpenSIPS counterparts where one exists."""
-
-    record_route_double: bool = True  # rr enable_double_rr
-    auto_100trying: bool = True  # tm auto_100trying
-    no_reply_status: int = 500  # a route that neither replies nor relays
-    max_forwards_default: int = 70  # §8.1.1.6
-    domains: tuple[str, ...] = ()  # local domains (``uri == myself``); empty = the listeners only
-    log_decisions: bool = False  # one debug line per routing decision (log_level = "debug")
-    dns_failover: bool = True  # RFC 3263 §4.3 across a located next hop's targets (tm use_dns_failover)
 
 
 class ClientBranch:

@@ -31,7 +31,7 @@ from twisted.python.failure import Failure
 from ..dns import A, AAAA, NAPTR, SRV, Answer, AnswerCache, DnsSettings, Naptr, Question, ServerQuery, Srv
 from ..dns import locate as rfc3263_locate
 from ..dns import parse_hosts
-from ..proxy.sender import SendError
+from ..interfaces import SendError
 from ..sip.endpoint import Endpoint
 
 __all__ = ["DnsLocator", "HostsFile"]
@@ -75,7 +75,7 @@ class HostsFile:
 
 
 class DnsLocator:
-    """The node's :class:`~edgeproxy.proxy.locator.Locator`: ``settings`` is the ``[dns]`` table;
+    """The node's :class:`~edgeproxy.interfaces.Locator`: ``settings`` is the ``[dns]`` table;
     ``resolver`` an ``IResolver`` to use instead of a ``twisted.names.client.Resolver`` for
     ``settings.servers`` (or the system's ``/etc/resolv.conf``); ``rng`` orders SRV weights."""
 
@@ -104,7 +104,7 @@ class DnsLocator:
         return self._resolver
 
     def locate(self, query: ServerQuery, transports: frozenset[str]) -> "Deferred[list[Endpoint]]":
-        """See :meth:`edgeproxy.proxy.locator.Locator.locate`."""
+        """See :meth:`edgeproxy.interfaces.Locator.locate`."""
         self.stats["locations"] += 1
         s = self.settings
         procedure = rfc3263_locate(query, transports, self.rng, naptr=s.naptr, srv=s.srv,

@@ -39,12 +39,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ..proxy.sender import SendError
+from ..interfaces import SendError
 from ..sip.endpoint import Destination, Endpoint, Flow
 from ..sip.message import Message
 from ..sip.parser import DEFAULT_LIMITS, Limits
 from ._util import guess_local_address, ip_literal
-from .sink import MessageSink
+from ..interfaces import MessageSink
 from .tcp import SipClientFactory, SipServerFactory
 from .udp import SipDatagramProtocol
 
@@ -111,9 +111,9 @@ class _Addresses:
 
 class TransportManager:
     """UDP and TCP transports of one node (RFC 3261 §18), implementing
-    :class:`edgeproxy.proxy.sender.Sender`.
+    :class:`edgeproxy.interfaces.Sender`.
 
-    ``sink`` is the :class:`~edgeproxy.transport.sink.MessageSink` (may be assigned after
+    ``sink`` is the :class:`~edgeproxy.interfaces.MessageSink` (may be assigned after
     construction, before the first listener starts). ``limits`` bound every parse; ``max_connections``
     caps open plus connecting TCP connections, inbound and outbound together (beyond it, accepted
     sockets are closed at once and sends that need a new connection fail with 503);
