@@ -12,7 +12,7 @@ plugin's options are parsed), or, without that option, at the first import of
 can call :func:`arrange_asyncio_reactor` from ``postOptions`` when the configuration has a store:
 nothing installed yet → it installs the asyncio reactor; the asyncio reactor already chosen → fine;
 another one chosen on the command line → :class:`FederationReactorError` with a one-line instruction.
-(Measured cost of the asyncio reactor on a UDP echo: ``python -m edgeproxy.federation.reactor_bench``.)
+(Measured cost of the asyncio reactor on a UDP echo: ``python bench/reactor_bench.py``.)
 """
 
 from __future__ import annotations

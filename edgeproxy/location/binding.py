@@ -10,7 +10,7 @@ Bindings are immutable values: the registrar builds new ones and hands the compl
 :meth:`LocationService.replace`, so a reader never sees a half-updated binding.
 
 Memory: the target is at most 2 KB per registered contact at 100,000 contacts (see
-``python -m edgeproxy.location.measure``). Hence ``slots``, a shared empty mapping instead of a
+``python bench/location_memory.py``). Hence ``slots``, a shared empty mapping instead of a
 per-binding dict when there are no extra contact parameters, and interned/shared values for strings
 and sets that repeat across bindings (User-Agent, method sets).
 """

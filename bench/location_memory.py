@@ -1,4 +1,4 @@
-"""Measure the memory cost of registered contacts: ``python -m edgeproxy.location.measure [N]``.
+"""Measure the memory cost of registered contacts: ``python bench/location_memory.py [N]``.
 
 Registers N (default 100,000) AoRs through the real :class:`~edgeproxy.registrar.Registrar` path —
 REGISTER text parsed by :func:`~edgeproxy.sip.parse_datagram`, one binding each — half of them like
@@ -11,15 +11,18 @@ what the location service keeps. The target of the issue is at most 2 KB per con
 from __future__ import annotations
 
 import gc
+import os
 import sys
 import tracemalloc
 
-from twisted.internet.task import Clock
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from ..registrar import Registrar, RegistrarSettings
-from ..sip import parse_datagram
-from ..sip.endpoint import Endpoint, Flow
-from .memory import InMemoryLocation
+from twisted.internet.task import Clock  # noqa: E402
+
+from edgeproxy.location import InMemoryLocation  # noqa: E402
+from edgeproxy.registrar import Registrar, RegistrarSettings  # noqa: E402
+from edgeproxy.sip import parse_datagram  # noqa: E402
+from edgeproxy.sip.endpoint import Endpoint, Flow  # noqa: E402
 
 _WS = (
     "REGISTER sip:example.com SIP/2.0\r\n"

@@ -1,6 +1,6 @@
 """What the asyncio reactor costs the SIP hot path: a UDP echo measured under each reactor.
 
-``python -m edgeproxy.federation.reactor_bench [-n 100000] [--window 32] [reactor ...]`` starts, for
+``python bench/reactor_bench.py [-n 100000] [--window 32] [reactor ...]`` starts, for
 each reactor (``epoll``, ``asyncio``, and ``asyncio-uvloop`` when uvloop is installed), a Twisted UDP
 echo server in a child process, drives it from a plain-socket client in this process (``window``
 datagrams outstanding, then one sent per one received), and prints the server's CPU time per datagram
