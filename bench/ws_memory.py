@@ -276,7 +276,7 @@ def main() -> int:
         print(f"RLIMIT_NOFILE is {limit}: too low for {n} connections", file=sys.stderr)
         return 2
     deadline = time.monotonic() + args.timeout
-    from tls_ca import TestCA
+    from support.tls_ca import TestCA
 
     with tempfile.TemporaryDirectory(prefix="ws-memory-") as tmp:
         ca = TestCA(tmp)

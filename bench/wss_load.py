@@ -411,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
             if host == "localhost":
                 host = "127.0.0.1"
         else:
-            from tls_ca import TestCA
+            from support.tls_ca import TestCA
 
             ca = TestCA(Path(tmp.name) / "pki")
             server = ca.issue("server", dns=["localhost"], ips=["127.0.0.1"])

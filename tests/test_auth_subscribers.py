@@ -26,9 +26,9 @@ from edgeproxy.auth.subscribers import (
     SubscriberStoreError,
     SubscriberTable,
 )
-from mariadb import (DB_URL, SUBSCRIBER_INSERT, SUBSCRIBER_SCHEMA, connect, connect_or_skip, subscriber_row,
+from support.mariadb import (DB_URL, SUBSCRIBER_INSERT, SUBSCRIBER_SCHEMA, connect, connect_or_skip, subscriber_row,
                      unique_name)
-from ports import free_port
+from support.ports import free_port
 
 def md5(text: str) -> str:
     return hashlib.md5(text.encode()).hexdigest()

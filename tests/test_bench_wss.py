@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from webrtc_harness import node_path
+from support.webrtc_harness import node_path
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "bench" / "wss_load.py"

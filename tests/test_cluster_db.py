@@ -14,8 +14,8 @@ import pytest_twisted
 from twisted.internet import reactor
 
 from edgeproxy.cluster import Cluster, NodeInfo, NodeTableError, load_node_table, parse_db_url
-from mariadb import DB_URL, connect_or_skip, unique_name
-from ports import free_port
+from support.mariadb import DB_URL, connect_or_skip, unique_name
+from support.ports import free_port
 
 
 # OpenSIPS' clusterer table (scripts/mysql/clusterer-create.sql shape).

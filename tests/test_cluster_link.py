@@ -25,7 +25,7 @@ from twisted.protocols import amp
 
 from edgeproxy.cluster import Cluster, LinkState, NodeInfo
 from edgeproxy.cluster.link import Ping, PingRefused
-from ports import free_port
+from support.ports import free_port
 
 A, B, C = "127.0.0.11", "127.0.0.12", "127.0.0.13"
 INTERVAL, TIMEOUT, RETRIES = 0.2, 0.1, 3

@@ -17,7 +17,7 @@ from twisted.python import usage
 
 from edgeproxy import config as config_module
 from edgeproxy import tap
-from tls_ca import TestCA
+from support.tls_ca import TestCA
 from edgeproxy.config import (
     _SCHEMA,
     Config,

@@ -16,8 +16,8 @@ from edgeproxy.config import Config, ConfigError, load_config
 from edgeproxy.service import build_node
 from edgeproxy.transport.tls import TlsSettings
 from edgeproxy.transport.ws import WsSettings
-from sipp_harness import _twistd, free_port
-from tls_ca import TestCA
+from support.sipp_harness import _twistd, free_port
+from support.tls_ca import TestCA
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -14,12 +14,12 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults
 
-from dns_server import listen_dns
+from support.dns_server import listen_dns
 from edgeproxy.dns import DnsSettings, ServerQuery
 from edgeproxy.interfaces import SendError
 from edgeproxy.sip.endpoint import Endpoint
 from edgeproxy.transport.locator import DnsLocator
-from test_transport_support import within
+from support.transport import within
 
 ZONE = {
     "origin": "carrier.test",

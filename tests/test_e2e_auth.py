@@ -16,7 +16,7 @@ from typing import Iterator
 
 import pytest
 
-from sipp_harness import LOOPBACK, EdgeproxyNode, Sipp, edgeproxy_node, require_sipp
+from support.sipp_harness import LOOPBACK, EdgeproxyNode, Sipp, edgeproxy_node, require_sipp
 
 USERS = {"alice": "wonderland", "bob": "builder"}
 

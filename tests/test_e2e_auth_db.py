@@ -17,9 +17,9 @@ from typing import Iterator
 
 import pytest
 
-from mariadb import DB_URL, SUBSCRIBER_INSERT, SUBSCRIBER_SCHEMA, connect_or_skip, subscriber_row, unique_name
-from ports import free_port
-from sipp_harness import LOOPBACK, EdgeproxyNode, Sipp, edgeproxy_node, require_sipp
+from support.mariadb import DB_URL, SUBSCRIBER_INSERT, SUBSCRIBER_SCHEMA, connect_or_skip, subscriber_row, unique_name
+from support.ports import free_port
+from support.sipp_harness import LOOPBACK, EdgeproxyNode, Sipp, edgeproxy_node, require_sipp
 
 @pytest.fixture(scope="module")
 def table() -> Iterator[str]:

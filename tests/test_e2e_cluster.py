@@ -31,8 +31,8 @@ from typing import Any, Callable, Iterator
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-import mongo_server
-from sipp_harness import REPO, EdgeproxyNode, Sipp, SippProcess, SippResult, edgeproxy_node, free_port, require_sipp
+from support import mongo_server
+from support.sipp_harness import REPO, EdgeproxyNode, Sipp, SippProcess, SippResult, edgeproxy_node, free_port, require_sipp
 
 DOMAIN = "sip.domain.test"
 X_IP, Y_IP, Z_IP = "127.0.0.11", "127.0.0.12", "127.0.0.13"

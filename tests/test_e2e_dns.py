@@ -19,8 +19,8 @@ from typing import Iterator
 
 import pytest
 
-from dns_server import dns_server_process
-from sipp_harness import LOOPBACK, EdgeproxyNode, Sipp, edgeproxy_node, free_port, require_sipp
+from support.dns_server import dns_server_process
+from support.sipp_harness import LOOPBACK, EdgeproxyNode, Sipp, edgeproxy_node, free_port, require_sipp
 
 ROUTE = '''\
 """Relay every request to its Request-URI (a carrier trunk), as a trunk-facing OpenSIPS route does."""

@@ -21,8 +21,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from ports import free_port
-from sipp_harness import LOOPBACK, EdgeproxyNode, Sipp, SippProcess, edgeproxy_node, require_sipp
+from support.ports import free_port
+from support.sipp_harness import LOOPBACK, EdgeproxyNode, Sipp, SippProcess, edgeproxy_node, require_sipp
 
 try:
     from opensips.mi import OpenSIPSMI, OpenSIPSMIException

@@ -24,7 +24,7 @@ from typing import Iterator
 import pytest
 
 from edgeproxy.sip import Request, Response, parse_datagram
-from sipp_harness import LOOPBACK, EdgeproxyNode, Sipp, edgeproxy_node, free_port, require_sipp
+from support.sipp_harness import LOOPBACK, EdgeproxyNode, Sipp, edgeproxy_node, free_port, require_sipp
 
 PRIVATE = "127.0.0.2"  # where the phones' Contacts point: never to be pinged
 INTERVAL = 1.0

@@ -11,7 +11,7 @@ from typing import Iterator
 
 import pytest
 
-from sipp_harness import EdgeproxyNode, edgeproxy_node, require_sipp
+from support.sipp_harness import EdgeproxyNode, edgeproxy_node, require_sipp
 
 FLOODER, BYSTANDER, TRUSTED = "127.0.0.2", "127.0.0.4", "127.0.0.3"
 UNIT, DENSITY = 2.0, 40

@@ -16,7 +16,7 @@ from typing import Iterator
 
 import pytest
 
-from sipp_harness import LOOPBACK, EdgeproxyNode, Sipp, SippProcess, edgeproxy_node, free_port, require_sipp
+from support.sipp_harness import LOOPBACK, EdgeproxyNode, Sipp, SippProcess, edgeproxy_node, free_port, require_sipp
 
 
 @pytest.fixture(scope="module")

@@ -32,8 +32,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from sipp_harness import LOOPBACK, EdgeproxyNode, Sipp, SippProcess, edgeproxy_node, free_port, require_sipp
-from tls_ca import Issued, TestCA
+from support.sipp_harness import LOOPBACK, EdgeproxyNode, Sipp, SippProcess, edgeproxy_node, free_port, require_sipp
+from support.tls_ca import Issued, TestCA
 
 DOMAIN = "example.test"
 

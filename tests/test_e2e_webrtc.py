@@ -21,8 +21,8 @@ from typing import Iterator
 
 import pytest
 
-from sipp_harness import LOOPBACK, EdgeproxyNode, Sipp, SippProcess, require_sipp
-from webrtc_harness import WebNode, header, require_node, sip_messages, wss_node
+from support.sipp_harness import LOOPBACK, EdgeproxyNode, Sipp, SippProcess, require_sipp
+from support.webrtc_harness import WebNode, header, require_node, sip_messages, wss_node
 
 DOMAIN = "example.test"
 ALLOWED_ORIGIN = "https://app.example.test"

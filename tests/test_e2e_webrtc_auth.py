@@ -24,7 +24,7 @@ from typing import Iterator
 
 import pytest
 
-from webrtc_harness import WebClient, WebNode, header, require_node, sip_messages, wss_node
+from support.webrtc_harness import WebClient, WebNode, header, require_node, sip_messages, wss_node
 
 DOMAIN = "example.test"
 LIBS = ("jssip", "sipjs")

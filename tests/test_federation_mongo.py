@@ -49,7 +49,7 @@ from edgeproxy.sip import Request, parse_datagram
 from edgeproxy.sip.endpoint import Endpoint, Flow
 
 sys.path.insert(0, str(Path(__file__).parent))
-import mongo_server  # noqa: E402  (tests/ is not a package)
+from support import mongo_server  # noqa: E402  (tests/ is not a package)
 
 ON_ASYNCIO = is_asyncio_reactor(sys.modules.get("twisted.internet.reactor"))
 REPO = Path(__file__).resolve().parent.parent

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-import mongo_server  # noqa: E402
+from support import mongo_server  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 

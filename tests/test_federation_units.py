@@ -28,7 +28,7 @@ from edgeproxy.federation import (
 from edgeproxy.location import LookupResult
 
 sys.path.insert(0, str(Path(__file__).parent))
-import mongo_server  # noqa: E402
+from support import mongo_server  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -20,7 +20,7 @@ from edgeproxy.interfaces import SendError
 from edgeproxy.sip import Request
 from edgeproxy.sip.endpoint import Endpoint
 from edgeproxy.transaction import TimerSettings
-from test_proxy_node import (
+from support.proxy import (
     ALICE_FLOW,
     World,
     answer,

@@ -91,7 +91,7 @@ def test_settings_refuse_nonsense(kw) -> None:
 # -- in the node: pike_check_req() from a route ---------------------------------------------------------
 
 def test_a_route_calling_pike_check_req_and_drop_answers_the_flooder_nothing_and_keeps_no_state() -> None:
-    from test_proxy_node import BOB_FLOW, World, module, sip
+    from support.proxy import BOB_FLOW, World, module, sip
 
     def route(msg):
         if not msg.pike_check_req():
@@ -114,7 +114,7 @@ def test_a_route_calling_pike_check_req_and_drop_answers_the_flooder_nothing_and
 
 
 def test_a_dropped_invite_leaves_no_transaction_behind() -> None:
-    from test_proxy_node import BOB_FLOW, World, invite, module
+    from support.proxy import BOB_FLOW, World, invite, module
 
     def route(msg):
         msg.drop()

@@ -13,7 +13,7 @@ import pytest
 from edgeproxy.proxy.flowtoken import FlowTokens, InvalidFlowToken
 from edgeproxy.interfaces import SendError
 from edgeproxy.sip.endpoint import Endpoint, Flow
-from test_proxy_node import ALICE, ALICE_FLOW, BOB, BOB_FLOW, RR_UDP, World, answer, in_dialog, invite, only, sip
+from support.proxy import ALICE, ALICE_FLOW, BOB, BOB_FLOW, RR_UDP, World, answer, in_dialog, invite, only, sip
 
 LOCAL_WSS = Endpoint("WSS", "127.0.0.1", 8443)
 WALTER = Endpoint("WSS", "127.0.0.1", 50001)
@@ -207,7 +207,7 @@ def test_forged_token_gets_403(world: World) -> None:
 
 
 def test_set_dst_overrides_the_flow_token(world: World) -> None:
-    from test_proxy_node import module
+    from support.proxy import module
 
     def route(msg):
         if msg.has_totag() and msg.loose_route():

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from sipp_harness import (
+from support.sipp_harness import (
     LOOPBACK,
     _options_probe,
     edgeproxy_node,

@@ -12,11 +12,9 @@ from twisted.internet.error import CannotListenError
 from edgeproxy.sip.endpoint import Endpoint
 from edgeproxy.transport import parse_listen
 from edgeproxy.transport._util import ip_literal
-from test_transport_support import (  # noqa: F401 - fixtures
+from support.transport import (
     RecordingSink,
-    clients,
     listening,
-    make_manager,
     needs_ipv6,
     request,
 )

@@ -7,17 +7,14 @@ import pytest
 import pytest_twisted
 
 from edgeproxy.interfaces import SendError
-from edgeproxy.sip.endpoint import Destination, Endpoint, Flow
+from edgeproxy.sip.endpoint import Destination, Endpoint
 from edgeproxy.sip.message import Request
-from test_transport_support import (  # noqa: F401 - fixtures
+from support.transport import (
     RecordingSink,
-    clients,
     free_tcp_port,
     listening,
-    make_manager,
     needs_ipv6,
     request,
-    sleep,
     status_of,
 )
 

@@ -6,11 +6,9 @@ from __future__ import annotations
 import pytest_twisted
 
 from edgeproxy.sip.endpoint import Endpoint, Flow
-from test_transport_support import (  # noqa: F401 - fixtures
+from support.transport import (
     RecordingSink,
-    clients,
     listening,
-    make_manager,
     needs_ipv6,
     request,
     sleep,

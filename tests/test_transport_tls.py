@@ -9,117 +9,27 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_twisted
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from twisted.internet import reactor, ssl, threads
-from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
-from twisted.internet.interfaces import IHandshakeListener
-from zope.interface import implementer
+from twisted.internet import ssl, threads
 
 from edgeproxy.interfaces import SendError
 from edgeproxy.sip.endpoint import Destination, Endpoint, Flow
 from edgeproxy.sip.message import Request
 from edgeproxy.transport.tls import TlsContexts, TlsSettings
-from test_transport_support import (  # noqa: F401 - fixtures
-    TIMEOUT,
-    RawTCP,
+from support.transport import (
+    VIA_TLS,
     RecordingSink,
-    clients,
+    TlsClient,
     listening,
-    make_manager,
     needs_ipv6,
     request,
     sleep,
     status_of,
     within,
 )
-from tls_ca import Issued, TestCA
-
-VIA_TLS = "SIP/2.0/TLS 127.0.0.1:5999"
-
-
-class Pki:
-    def __init__(self, directory: Path) -> None:
-        self.ca = TestCA(directory / "ca")
-        self.server = self.ca.issue("server", dns=["sip.test", "localhost"], ips=["127.0.0.1", "::1"],
-                                    client=True)
-        self.other = self.ca.issue("other", dns=["other.test"])
-        self.wild = self.ca.issue("wild", dns=["*.wild.test"])
-        self.wrong = self.ca.issue("wrong", dns=["wrong.test"])
-        self.client = self.ca.issue("client", dns=["client.test"], client=True, server=False)
-        self.rogue_ca = TestCA(directory / "rogue", "rogue CA")
-        self.rogue = self.rogue_ca.issue("rogue", dns=["client.test"], client=True)
-
-    def settings(self, identity: Issued | None = None, **kwargs: Any) -> TlsSettings:
-        identity = identity or self.server
-        kwargs.setdefault("ca", self.ca.cert)
-        return TlsSettings(certificate=identity.cert, key=identity.key, **kwargs)
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: Any) -> Pki:
-    return Pki(tmp_path_factory.mktemp("pki"))
-
-
-def _pem(*paths: str) -> bytes:
-    return b"".join(Path(p).read_bytes() for p in paths)
-
-
-@implementer(IHandshakeListener)
-class TlsClient(RawTCP):
-    """A raw client over TLS that also tells when its handshake completed."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.handshake: Deferred = Deferred()
-
-    def handshakeCompleted(self) -> None:
-        if not self.handshake.called:
-            self.handshake.callback(self)
-
-    def connectionLost(self, reason: Any = None) -> None:
-        if not self.handshake.called:
-            self.handshake.errback(reason)
-        super().connectionLost(reason)
-
-    def wait_handshake(self) -> Deferred:
-        return within(self.handshake)
-
-    def peer_common_name(self) -> str:
-        from cryptography.x509.oid import NameOID
-
-        cert = self.transport.getPeerCertificate().to_cryptography()
-        return str(cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
-
-
-@pytest.fixture
-def tls_clients(pki: Pki) -> Any:
-    opened: list[TlsClient] = []
-
-    def connect(port: int, name: str = "sip.test", cert: Issued | None = None, trust: str | None = None,
-                **extra: Any) -> Deferred:
-        root = ssl.Certificate.loadPEM(_pem(trust or pki.ca.cert))
-        if cert is not None:  # cryptography objects: pyOpenSSL's own are deprecated
-            extra["certificate"] = x509.load_pem_x509_certificate(_pem(cert.leaf))
-            extra["privateKey"] = serialization.load_pem_private_key(_pem(cert.key), None)
-        creator = ssl.optionsForClientTLS(name, trustRoot=root, extraCertificateOptions=extra or None)
-        endpoint = wrapClientTLS(creator, TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=TIMEOUT))
-        proto = TlsClient()
-        opened.append(proto)
-        proto.handshake.addErrback(lambda f: f)  # observed by tests that expect a failure
-        return within(connectProtocol(endpoint, proto))
-
-    yield connect
-    for proto in opened:
-        if proto.transport is not None and not proto.is_closed:
-            proto.transport.abortConnection()
-            pytest_twisted.blockon(proto.wait_closed())
 
 
 async def _serve(make_manager: Any, settings: TlsSettings, sink: Any = None, **kwargs: Any) -> Any:
@@ -352,7 +262,7 @@ async def test_outbound_tls_to_an_untrusted_server_fails_and_verify_server_off_a
 
 @pytest_twisted.ensureDeferred
 async def test_outbound_tls_connection_refused_fails_503(make_manager, pki):
-    from test_transport_support import free_tcp_port
+    from support.transport import free_tcp_port
 
     _, near, _ = await _serve(make_manager, pki.settings())
     with pytest.raises(SendError) as info:

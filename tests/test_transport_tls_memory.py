@@ -15,17 +15,16 @@ from twisted.internet.task import Clock
 
 from edgeproxy.sip.endpoint import Destination
 from edgeproxy.transport.tls_memory import IdleTlsReclaimer, release_bio_buffers
-from test_transport_support import (  # noqa: F401 - fixtures
+from support.transport import (
+    VIA_TLS,
+    VIA_WSS,
+    Pki,
     RecordingSink,
-    clients,
     listening,
-    make_manager,
     request,
     sleep,
     status_of,
 )
-from test_transport_tls import VIA_TLS, Pki, pki, tls_clients  # noqa: F401 - fixtures
-from test_transport_ws import VIA_WSS, ws_clients  # noqa: F401 - fixtures
 
 # -- the swap on a connection pair -----------------------------------------------------------------
 
@@ -70,7 +69,7 @@ def _read(conn: SSL.Connection) -> bytes:
 
 
 @pytest.fixture
-def pair(pki: Pki) -> tuple[SSL.Connection, SSL.Connection]:  # noqa: F811
+def pair(pki: Pki) -> tuple[SSL.Connection, SSL.Connection]:
     server_ctx = SSL.Context(SSL.TLS_METHOD)
     server_ctx.use_certificate_chain_file(pki.server.cert)
     server_ctx.use_privatekey_file(pki.server.key)

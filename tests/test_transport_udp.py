@@ -12,15 +12,12 @@ from edgeproxy.sip.endpoint import Destination, Endpoint, Flow
 from edgeproxy.sip.message import Request, Response
 from edgeproxy.sip.parser import Limits
 from edgeproxy.transport.stun import MAGIC_COOKIE
-from test_transport_support import (  # noqa: F401 - fixtures
+from support.transport import (
     RecordingSink,
-    clients,
     listening,
-    make_manager,
     needs_ipv6,
     request,
     response,
-    sleep,
     status_of,
 )
 

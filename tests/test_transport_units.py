@@ -15,7 +15,7 @@ from edgeproxy.sip.endpoint import Endpoint
 from edgeproxy.sip.parser import Limits
 from edgeproxy.transport import SipDatagramProtocol, SipStreamProtocol, TransportManager
 from edgeproxy.transport.tcp import LINGER_SECONDS
-from test_transport_support import RecordingSink, request, status_of
+from support.transport import RecordingSink, request, status_of
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "rfc4475"
 MANIFEST = tomllib.loads((FIXTURES / "manifest.toml").read_text()) if FIXTURES.exists() else {}

@@ -9,85 +9,28 @@ would not make.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import pytest_twisted
-from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
-from twisted.internet import reactor, ssl
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
 
 from edgeproxy.interfaces import SendError
 from edgeproxy.sip.endpoint import Destination, Endpoint
 from edgeproxy.sip.message import Request
 from edgeproxy.transport.tls import TlsSettings
 from edgeproxy.transport.ws import WsSettings
-from test_transport_support import (  # noqa: F401 - fixtures
-    TIMEOUT,
+from support.transport import (
+    VIA_WSS,
     RecordingSink,
-    clients,
     listening,
-    make_manager,
     request,
     sleep,
     status_of,
     within,
 )
-from tls_ca import TestCA
+from support.tls_ca import TestCA
 
 VIA_WS = "SIP/2.0/WS df7jal23ls0d.invalid"
-VIA_WSS = "SIP/2.0/WSS df7jal23ls0d.invalid"
-
-
-class WsClient(WebSocketClientProtocol):
-    """A WebSocket client that records frames and its close."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.frames: list[tuple[bytes, bool]] = []
-        self.opened: Deferred = Deferred()
-        self.closed: Deferred = Deferred()
-        self.close_code: int | None = None
-        self._waiting: list[tuple[Callable[[], bool], Deferred]] = []
-
-    def onOpen(self) -> None:
-        self.opened.callback(self)
-
-    def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        self.frames.append((payload, isBinary))
-        self._check()
-
-    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
-        self.close_code = code
-        if not self.opened.called:
-            self.opened.errback(ConnectionError(f"WebSocket not opened: {code} {reason}"))
-        if not self.closed.called:
-            self.closed.callback(code)
-        for _, d in self._waiting:
-            d.errback(AssertionError(f"closed with {code} {reason}; frames {self.frames!r}"))
-        self._waiting = []
-
-    def _check(self) -> None:
-        still = []
-        for predicate, d in self._waiting:
-            if predicate():
-                d.callback(None)
-            else:
-                still.append((predicate, d))
-        self._waiting = still
-
-    def wait_frames(self, n: int) -> Deferred:
-        if len(self.frames) >= n:
-            return succeed(None)
-        d: Deferred = Deferred()
-        self._waiting.append((lambda: len(self.frames) >= n, d))
-        return within(d)
-
-    def wait_closed(self, seconds: float = TIMEOUT) -> Deferred:
-        d: Deferred = Deferred()
-        self.closed.addBoth(lambda r: (d.called or d.callback(r), r)[1])
-        return within(d, seconds)
 
 
 class Pki:
@@ -102,37 +45,6 @@ class Pki:
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: Any) -> Pki:
     return Pki(tmp_path_factory.mktemp("wspki"))
-
-
-@pytest.fixture
-def ws_clients(pki: Pki) -> Any:
-    """``await ws_clients(port, secure=False, protocols=("sip",), origin=None, path="/")`` -> open
-    :class:`WsClient`, or (``opened=False``) the client right after its TCP connect."""
-    opened: list[WsClient] = []
-
-    async def connect(port: int, *, secure: bool = False, protocols: tuple[str, ...] = ("sip",),
-                      origin: str | None = None, path: str = "/", wait_open: bool = True) -> WsClient:
-        scheme = "wss" if secure else "ws"
-        factory = WebSocketClientFactory(f"{scheme}://sip.test:{port}{path}", protocols=list(protocols),
-                                         origin=origin, reactor=reactor)
-        factory.protocol = WsClient
-        factory.setProtocolOptions(openHandshakeTimeout=TIMEOUT, autoPingInterval=0)
-        endpoint: Any = TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=TIMEOUT)
-        if secure:
-            root = ssl.Certificate.loadPEM(Path(pki.ca.cert).read_bytes())
-            endpoint = wrapClientTLS(ssl.optionsForClientTLS("sip.test", trustRoot=root), endpoint)
-        proto = await within(endpoint.connect(factory))
-        opened.append(proto)
-        proto.opened.addErrback(lambda f: f)  # tests that expect a refusal look at it themselves
-        if wait_open:
-            await within(proto.opened)
-        return proto  # type: ignore[no-any-return]
-
-    yield connect
-    for proto in opened:
-        if proto.transport is not None and not proto.closed.called:
-            proto.transport.abortConnection()
-            pytest_twisted.blockon(proto.wait_closed())
 
 
 async def _serve(make_manager: Any, spec: str = "ws:127.0.0.1:0", sink: Any = None, **kwargs: Any) -> Any:

@@ -26,7 +26,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from ports import free_port
+from .ports import free_port
 
 __all__ = ["SecantusServer", "MongoTarget", "server_or_skip", "store_url", "free_port", "no_server_reason"]
 

@@ -29,13 +29,13 @@ from typing import Any, Callable, Iterator, Mapping
 
 import pytest
 
-from sipp_harness import LOOPBACK, EdgeproxyNode, edgeproxy_node, free_port
-from tls_ca import TestCA
+from .sipp_harness import LOOPBACK, EdgeproxyNode, edgeproxy_node, free_port
+from .tls_ca import TestCA
 
 __all__ = ["WEBRTC_DIR", "node_path", "require_node", "WebClient", "WebNode", "wss_node", "sip_messages",
            "header"]
 
-WEBRTC_DIR = Path(__file__).resolve().parent / "webrtc"
+WEBRTC_DIR = Path(__file__).resolve().parents[1] / "webrtc"
 SCRIPTS = {"jssip": "jssip_client.mjs", "sipjs": "sipjs_client.mjs"}
 
 

@@ -1,25 +1,32 @@
-"""Shared helpers of the transport tests (imported by the other ``test_transport_*`` modules).
+"""Helpers of the transport tests (``test_transport_*``): raw UDP/TCP/TLS/WebSocket clients, a recording
+:class:`~edgeproxy.interfaces.MessageSink`, request and response bytes, and the test PKI.
 
-The transport tests run real sockets on loopback in the global reactor through pytest-twisted,
-which plain ``pytest`` loads with its default reactor: no conftest is needed. Each wait is bounded
-(``within``) so that a broken transport fails a test instead of hanging the run.
+The transport tests run real sockets on loopback in the global reactor through pytest-twisted. Each
+wait is bounded (``within``) so that a broken transport fails a test instead of hanging the run. The
+fixtures built on these (``make_manager``, ``clients``, ``pki``, ``tls_clients``, ``ws_clients``) are in
+``tests/conftest.py``.
 """
 
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-import pytest_twisted
+from autobahn.twisted.websocket import WebSocketClientProtocol
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, DeferredQueue, maybeDeferred, succeed
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol
+from twisted.internet.defer import Deferred, DeferredQueue, succeed
+from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import DatagramProtocol, Protocol
+from zope.interface import implementer
 
 from edgeproxy.sip.endpoint import Endpoint, Flow
 from edgeproxy.sip.message import Message
 from edgeproxy.transport import TransportManager, parse_listen
+from edgeproxy.transport.tls import TlsSettings
+
+from .tls_ca import Issued, TestCA
 
 TIMEOUT = 5.0
 
@@ -198,46 +205,111 @@ def status_of(data: bytes) -> int:
     return int(data[8:11])
 
 
-@pytest.fixture
-def make_manager() -> Any:
-    """``make_manager(sink=None, **kwargs) -> TransportManager``; all are stopped after the test."""
-    managers: list[TransportManager] = []
-
-    def make(sink: Any = None, **kwargs: Any) -> TransportManager:
-        manager = TransportManager(reactor, sink if sink is not None else RecordingSink(), **kwargs)
-        managers.append(manager)
-        return manager
-
-    yield make
-    for manager in managers:
-        pytest_twisted.blockon(within(manager.stop()))
+VIA_TLS = "SIP/2.0/TLS 127.0.0.1:5999"
+VIA_WSS = "SIP/2.0/WSS df7jal23ls0d.invalid"
 
 
-@pytest.fixture
-def clients() -> Any:
-    """Opens raw clients and closes them after the test: ``udp(host)``, ``await tcp(host, port)``."""
-    opened_udp: list[Any] = []
-    opened_tcp: list[RawTCP] = []
+class Pki:
+    """The TLS tests' certificates: a CA, server and client identities, a wildcard, a wrong name, and a
+    rogue CA with a client of its own."""
 
-    class Clients:
-        def udp(self, host: str = "127.0.0.1") -> RawUDP:
-            proto = RawUDP()
-            opened_udp.append(reactor.listenUDP(0, proto, interface=host))
-            return proto
+    def __init__(self, directory: Path) -> None:
+        self.ca = TestCA(directory / "ca")
+        self.server = self.ca.issue("server", dns=["sip.test", "localhost"], ips=["127.0.0.1", "::1"],
+                                    client=True)
+        self.other = self.ca.issue("other", dns=["other.test"])
+        self.wild = self.ca.issue("wild", dns=["*.wild.test"])
+        self.wrong = self.ca.issue("wrong", dns=["wrong.test"])
+        self.client = self.ca.issue("client", dns=["client.test"], client=True, server=False)
+        self.rogue_ca = TestCA(directory / "rogue", "rogue CA")
+        self.rogue = self.rogue_ca.issue("rogue", dns=["client.test"], client=True)
 
-        def tcp(self, host: str, port: int) -> Deferred:
-            endpoint_type = TCP6ClientEndpoint if ":" in host else TCP4ClientEndpoint
-            proto = RawTCP()
-            opened_tcp.append(proto)
-            return within(connectProtocol(endpoint_type(reactor, host, port, timeout=TIMEOUT), proto))
+    def settings(self, identity: Issued | None = None, **kwargs: Any) -> TlsSettings:
+        identity = identity or self.server
+        kwargs.setdefault("ca", self.ca.cert)
+        return TlsSettings(certificate=identity.cert, key=identity.key, **kwargs)
 
-    yield Clients()
-    for port in opened_udp:
-        pytest_twisted.blockon(within(maybeDeferred(port.stopListening)))
-    for proto in opened_tcp:
-        if proto.transport is not None and not proto.is_closed:
-            proto.transport.abortConnection()
-            pytest_twisted.blockon(proto.wait_closed())
+
+def pem(*paths: str) -> bytes:
+    """The PEM files at ``paths``, concatenated."""
+    return b"".join(Path(p).read_bytes() for p in paths)
+
+
+@implementer(IHandshakeListener)
+class TlsClient(RawTCP):
+    """A raw client over TLS that also tells when its handshake completed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.handshake: Deferred = Deferred()
+
+    def handshakeCompleted(self) -> None:
+        if not self.handshake.called:
+            self.handshake.callback(self)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if not self.handshake.called:
+            self.handshake.errback(reason)
+        super().connectionLost(reason)
+
+    def wait_handshake(self) -> Deferred:
+        return within(self.handshake)
+
+    def peer_common_name(self) -> str:
+        from cryptography.x509.oid import NameOID
+
+        cert = self.transport.getPeerCertificate().to_cryptography()
+        return str(cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
+
+
+class WsClient(WebSocketClientProtocol):
+    """A WebSocket client that records frames and its close."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frames: list[tuple[bytes, bool]] = []
+        self.opened: Deferred = Deferred()
+        self.closed: Deferred = Deferred()
+        self.close_code: int | None = None
+        self._waiting: list[tuple[Callable[[], bool], Deferred]] = []
+
+    def onOpen(self) -> None:
+        self.opened.callback(self)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.frames.append((payload, isBinary))
+        self._check()
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self.close_code = code
+        if not self.opened.called:
+            self.opened.errback(ConnectionError(f"WebSocket not opened: {code} {reason}"))
+        if not self.closed.called:
+            self.closed.callback(code)
+        for _, d in self._waiting:
+            d.errback(AssertionError(f"closed with {code} {reason}; frames {self.frames!r}"))
+        self._waiting = []
+
+    def _check(self) -> None:
+        still = []
+        for predicate, d in self._waiting:
+            if predicate():
+                d.callback(None)
+            else:
+                still.append((predicate, d))
+        self._waiting = still
+
+    def wait_frames(self, n: int) -> Deferred:
+        if len(self.frames) >= n:
+            return succeed(None)
+        d: Deferred = Deferred()
+        self._waiting.append((lambda: len(self.frames) >= n, d))
+        return within(d)
+
+    def wait_closed(self, seconds: float = TIMEOUT) -> Deferred:
+        d: Deferred = Deferred()
+        self.closed.addBoth(lambda r: (d.called or d.callback(r), r)[1])
+        return within(d, seconds)
 
 
 async def listening(manager: TransportManager, spec: str) -> Any:
@@ -246,6 +318,7 @@ async def listening(manager: TransportManager, spec: str) -> Any:
 
 
 __all__ = [
-    "Endpoint", "RawTCP", "RawUDP", "RecordingSink", "TIMEOUT", "clients", "free_tcp_port", "ipv6_loopback",
-    "listening", "make_manager", "needs_ipv6", "request", "response", "sleep", "status_of", "within",
+    "Endpoint", "Pki", "RawTCP", "RawUDP", "RecordingSink", "TIMEOUT", "TlsClient", "VIA_TLS", "VIA_WSS", "WsClient",
+    "free_tcp_port", "ipv6_loopback", "listening", "needs_ipv6", "request", "response", "sleep", "status_of",
+    "within",
 ]

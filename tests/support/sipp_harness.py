@@ -32,7 +32,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import pytest
 
-from ports import LOOPBACK, free_port
+from .ports import LOOPBACK, free_port
 
 __all__ = [
     "REPO",
@@ -52,8 +52,8 @@ __all__ = [
     "toml_text",
 ]
 
-REPO = Path(__file__).resolve().parent.parent
-SCENARIOS = Path(__file__).resolve().parent / "sipp"
+REPO = Path(__file__).resolve().parents[2]
+SCENARIOS = Path(__file__).resolve().parents[1] / "sipp"
 
 #: SIPp ``-t`` modes for our transport names (one socket for UDP, one connection for TCP).
 TRANSPORT_MODES = {"udp": "u1", "tcp": "t1"}

@@ -1,0 +1,1 @@
+"""Helpers shared by the test modules (servers, harnesses, recording doubles); no tests here."""
