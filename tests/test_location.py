@@ -18,6 +18,7 @@ from edgeproxy.location import (
 )
 from edgeproxy.sip import parse_uri
 from edgeproxy.sip.endpoint import Destination, Endpoint, Flow
+from support.doubles import LocationRecorder
 
 T0 = 1_000_000.0
 LOCAL_UDP = Endpoint("UDP", "192.0.2.1", 5060)
@@ -41,25 +42,12 @@ def binding(aor: str = "alice", contact: str = "sip:alice@198.51.100.7", *, expi
                    received=flow.remote, last_modified=kw.pop("last_modified", now), **kw)
 
 
-class Recorder:
-    """A LocationListener that records events in order."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[str, str]] = []
-
-    def aor_created(self, aor: str) -> None:
-        self.events.append(("created", aor))
-
-    def aor_emptied(self, aor: str) -> None:
-        self.events.append(("emptied", aor))
-
-
 class LocationTestCase(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.clock.advance(T0)
         self.loc = InMemoryLocation(self.clock)
-        self.events = Recorder()
+        self.events = LocationRecorder()
         self.loc.subscribe(self.events)
 
     def lookup(self, aor: str, method: str | None = None) -> tuple[LookupResult, list[Binding]]:
@@ -98,7 +86,7 @@ class BindingTests(SynchronousTestCase):
         self.assertEqual(LookupResult.METHOD_NOT_ALLOWED, -2)
 
     def test_recorder_is_a_listener(self) -> None:
-        self.assertIsInstance(Recorder(), LocationListener)
+        self.assertIsInstance(LocationRecorder(), LocationListener)
 
 
 class StoreTests(LocationTestCase):
@@ -413,7 +401,7 @@ class ModelTests(SynchronousTestCase):
         clock = Clock()
         clock.advance(T0)
         loc = InMemoryLocation(clock)
-        rec = Recorder()
+        rec = LocationRecorder()
         loc.subscribe(rec)
         model: dict[str, list[tuple[str, float, Flow]]] = {}
 

@@ -43,6 +43,7 @@ from edgeproxy.routing.loader import load_route_module
 from edgeproxy.service import RunningNode
 from edgeproxy.sip import Request, Response, parse_datagram
 from edgeproxy.sip.endpoint import Endpoint, Flow
+from support.doubles import LocationRecorder
 
 T0 = 1_000.0
 LOCAL = Endpoint("UDP", "127.0.0.1", 5060)
@@ -61,19 +62,6 @@ class NullSender:
         return succeed(Flow(LOCAL, destination.remote))
 
 
-class Recorder:
-    """A location listener (what federation and the NAT pinger are)."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[str, str]] = []
-
-    def aor_created(self, aor: str) -> None:
-        self.events.append(("created", aor))
-
-    def aor_emptied(self, aor: str) -> None:
-        self.events.append(("emptied", aor))
-
-
 class World:
     def __init__(self, settings: RegistrarSettings | None = None) -> None:
         self.clock = Clock()
@@ -89,7 +77,7 @@ class World:
         self.wall = [1_700_000_000.0]
         self.mi = MICommands(self.parts, log_control=LogLevelControl(self.node, [self.predicate]),
                              wall=lambda: self.wall[0])
-        self.listener = Recorder()
+        self.listener = LocationRecorder()
         self.location.subscribe(self.listener)
 
     def register(self, user: str, contact: str, *, expires: int = 300, source: Endpoint = PHONE,

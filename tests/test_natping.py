@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock, LoopingCall
-from twisted.logger import globalLogPublisher
 
 from edgeproxy.config import ConfigError, load_config
 from edgeproxy.location import InMemoryLocation
@@ -30,6 +29,7 @@ from edgeproxy.routing.loader import RouteModule
 from edgeproxy.service import build_node
 from edgeproxy.sip import Request, Response, parse_datagram
 from edgeproxy.sip.endpoint import Destination, Endpoint, Flow
+from support.doubles import LocationRecorder
 
 T0 = 1_000.0
 LOCAL_UDP = Endpoint("UDP", "127.0.0.1", 5060)
@@ -87,17 +87,6 @@ class RecordingSender:
         return out
 
 
-class Listener:
-    def __init__(self) -> None:
-        self.events: list[tuple[str, str]] = []
-
-    def aor_created(self, aor: str) -> None:
-        self.events.append(("created", aor))
-
-    def aor_emptied(self, aor: str) -> None:
-        self.events.append(("emptied", aor))
-
-
 class World:
     def __init__(self, **settings: Any) -> None:
         self.clock = Clock()
@@ -148,14 +137,6 @@ class World:
         assert isinstance(ping, Request)
         response = ping.make_response(status, to_tag="phone")
         return parse_datagram(response.to_bytes())  # type: ignore[return-value]
-
-
-@pytest.fixture
-def logged():
-    events: list[dict] = []
-    globalLogPublisher.addObserver(events.append)
-    yield events
-    globalLogPublisher.removeObserver(events.append)
 
 
 def lines(events: list[dict], namespace: str = "edgeproxy.nathelper") -> list[str]:
@@ -318,7 +299,7 @@ def test_late_reply_after_stop_is_still_swallowed() -> None:
 
 def test_unanswered_sip_pings_remove_the_binding_after_max_pings_lost(logged: list[dict]) -> None:
     w = World(natping_interval=30, remove_on_timeout=True, max_pings_lost=3)
-    listener = Listener()
+    listener = LocationRecorder()
     w.location.subscribe(listener)
     w.register("bob", sipping=True, contact="<sip:bob@10.0.0.9:5062>")
     w.register("alice")  # CRLF-pinged: cannot answer, never removed

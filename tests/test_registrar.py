@@ -13,6 +13,7 @@ from edgeproxy.location import Binding, InMemoryLocation, LookupResult
 from edgeproxy.registrar import Registrar, RegistrarSettings, aor_of, binding_destination
 from edgeproxy.sip import Request, Response, parse_datagram, parse_name_address, parse_uri
 from edgeproxy.sip.endpoint import Destination, Endpoint, Flow
+from support.doubles import LocationRecorder
 
 T0 = 1_700_000_000.0
 UDP = Flow(Endpoint("UDP", "192.0.2.1", 5060), Endpoint("UDP", "198.51.100.7", 5062))
@@ -41,17 +42,6 @@ def register(*contacts: str, to: str = "<sip:alice@Example.COM>", call_id: str =
     return msg
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.events: list[tuple[str, str]] = []
-
-    def aor_created(self, aor: str) -> None:
-        self.events.append(("created", aor))
-
-    def aor_emptied(self, aor: str) -> None:
-        self.events.append(("emptied", aor))
-
-
 class RegistrarTestCase(SynchronousTestCase):
     settings = RegistrarSettings()
 
@@ -59,7 +49,7 @@ class RegistrarTestCase(SynchronousTestCase):
         self.clock = Clock()
         self.clock.advance(T0)
         self.location = InMemoryLocation(self.clock)
-        self.events = Recorder()
+        self.events = LocationRecorder()
         self.location.subscribe(self.events)
         self.registrar = Registrar(self.location, self.settings, self.clock)
 
