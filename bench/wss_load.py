@@ -10,7 +10,7 @@ process holding N WebSocket-over-TLS connections (``ws`` package, ``sip`` subpro
 ``wNNNNN`` per connection with the Via/Contact shape of JsSIP (random ``.invalid`` hosts,
 ``transport=ws``). This script:
 
-1. makes a throw-away CA and server certificate (tests/tls_ca.py) in a temporary directory, writes a
+1. makes a throw-away CA and server certificate (tests/support/tls_ca.py) in a temporary directory, writes a
    node configuration (a ``wss:127.0.0.1:PORT`` listener, warn logging, connection limits above N)
    and starts ``twistd -n --pidfile= edgeproxy --config FILE`` (or attaches to ``--proxy``/``--proxy-pid``),
    with RLIMIT_NOFILE raised for it and for the client;

@@ -7,7 +7,7 @@ Topology (all loopback)::
     node X      127.0.0.11:5060   cluster link bin:127.0.0.11:5555, sip_addr 127.0.0.11
     node Y      127.0.0.12:5060   cluster link bin:127.0.0.12:5555, sip_addr 127.0.0.12
     phones      127.0.0.31, .32   SIPp register.xml + -oocsf uas_answer.xml, one per phone
-    store       127.0.0.1:<free>  SecantusDB (tests/mongo_server.py); MONGO_URI: a real MongoDB
+    store       127.0.0.1:<free>  SecantusDB (tests/support/mongo_server.py); MONGO_URI: a real MongoDB
 
 Users are ``user@sip.domain.test`` (``registrar.use_domain``, as the seed). Cluster timers are short
 (ping_interval 0.3 s, ping_timeout 0.2 s, no_ping_retries 2) and so are the SIP timers (the harness's

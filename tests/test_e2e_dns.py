@@ -1,5 +1,5 @@
 """RFC 3263 end to end over real sockets: ``twistd edgeproxy`` whose ``[dns] servers`` is an
-authoritative DNS server run by the test (``tests/dns_server.py``, a ``twisted.names`` server on
+authoritative DNS server run by the test (``tests/support/dns_server.py``, a ``twisted.names`` server on
 127.0.0.1 holding the zone ``carrier.test``), SIPp as caller and as the carrier's servers.
 
 The caller sends ``INVITE sip:+1555@<name>.carrier.test`` to the node, whose route relays every

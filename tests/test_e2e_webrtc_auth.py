@@ -1,5 +1,5 @@
 """Digest authentication end to end with the stock SIP-over-WebSocket libraries: JsSIP 3.13 and SIP.js
-0.21 in Node (see ``tests/test_e2e_webrtc.py`` and ``tests/webrtc_harness.py``) connect over WSS to
+0.21 in Node (see ``tests/test_e2e_webrtc.py`` and ``tests/support/webrtc_harness.py``) connect over WSS to
 ``twistd edgeproxy`` with an ``[auth]`` section and the shipped default route, and answer its
 challenges themselves with the password they were given.
 

@@ -11,7 +11,7 @@ reactor for all its tests. The project's test command (``python -m pytest tests`
   ``MONGO_URI`` and ``CI`` carry over), reads the child's JUnit XML, and passes, fails (with the
   child's failures) or skips (with the child's reason) accordingly.
 
-Server: see tests/mongo_server.py — SecantusDB on a free port, or ``MONGO_URI``; no server → skip,
+Server: see tests/support/mongo_server.py — SecantusDB on a free port, or ``MONGO_URI``; no server → skip,
 except under ``CI=true`` → fail. Tests that stop and restart the server need SecantusDB.
 """
 

@@ -1,7 +1,7 @@
 """SIP over TLS on real loopback sockets: inbound and outbound connections, mutual TLS, server-name
 checks on outbound connections (RFC 5922), SNI, handshake failures and timeouts.
 
-Certificates come from a CA made at test time (``tls_ca.TestCA``); clients are Twisted's own TLS
+Certificates come from a CA made at test time (``support.tls_ca.TestCA``); clients are Twisted's own TLS
 clients, plus sipsak (GnuTLS) when it is installed.
 """
 
