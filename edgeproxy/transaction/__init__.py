@@ -9,6 +9,8 @@ Four state machines (:class:`ClientInviteTransaction`, :class:`ClientNonInviteTr
 Timer values come from :class:`TimerSettings`. Nothing here performs I/O or reads a clock.
 """
 
+from ._base import TIMER_CANCEL, Input, State, Transaction
+from ._client import ClientInviteTransaction, ClientNonInviteTransaction, ClientTransaction
 from ._events import (
     Action,
     DeliverRequest,
@@ -20,18 +22,7 @@ from ._events import (
     TransactionError,
     TransportFailure,
 )
-from ._machine import (
-    TIMER_CANCEL,
-    ClientInviteTransaction,
-    ClientNonInviteTransaction,
-    ClientTransaction,
-    Input,
-    ServerInviteTransaction,
-    ServerNonInviteTransaction,
-    ServerTransaction,
-    State,
-    Transaction,
-)
+from ._server import ServerInviteTransaction, ServerNonInviteTransaction, ServerTransaction
 from ._table import TransactionTable
 from ._timers import TimerSettings
 

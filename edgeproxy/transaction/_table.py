@@ -13,26 +13,34 @@ Matching is one dict lookup. Each transaction is indexed under one key, computed
 
 Branches compare exactly (case-sensitively), as sent-by hosts compare case-insensitively (§20.42).
 
-Timers: every armed timer of every transaction sits in one binary heap as ``(deadline, sequence,
-transaction, name)``. Re-arming or cancelling a timer does not touch the heap; the transaction's own
-``_deadlines`` says which sequence number is current, and stale entries are skipped when they reach
-the top (lazy deletion). When stale entries outnumber live ones the heap is rebuilt, so it stays
-within a constant factor of the live timers and every operation is O(log n) amortised.
+Timers, as aioquic's owner drives a connection: the table never looks inside a transaction. Each one
+exposes its next :attr:`~Transaction.deadline`, and while it is a member the table is its
+:attr:`~Transaction.on_change` observer, told after any input that moved that deadline or terminated
+it, whoever made the call (the TU calls the transactions directly). The heap holds ``(deadline,
+sequence, transaction)``: an entry is pushed when a deadline moves and is current while it equals the
+transaction's ``deadline``; stale entries are skipped when they reach the top (lazy deletion). When
+entries outnumber twice the members the heap is rebuilt, so it stays within a constant factor of the
+live transactions and every operation is O(log n) amortised. Termination reaches the table the same
+way, and the transaction leaves the index at once.
 """
 
 from __future__ import annotations
 
 from heapq import heapify, heappop, heappush
-from typing import Iterator
+from itertools import count
+from typing import Callable, Iterator
 
 from ..sip.message import Request, Response
+from ._base import State, Transaction
+from ._client import ClientTransaction
 from ._events import Action, TransactionError
-from ._machine import ClientTransaction, ServerInviteTransaction, ServerTransaction, Transaction
+from ._server import ServerInviteTransaction, ServerTransaction
 
 __all__ = ["TransactionTable"]
 
 _COMPACT_MIN = 1024
-_HeapEntry = tuple[float, int, Transaction, str]
+_TERMINATED = State.TERMINATED
+_HeapEntry = tuple[float, int, Transaction]
 
 
 def _via_key(request: Request) -> tuple:
@@ -62,33 +70,37 @@ class TransactionTable:
     it by itself when it reaches Terminated, whatever input drove it there. :meth:`get_timer` is the
     earliest deadline over all transactions, so an adapter needs a single ``callLater``; after any
     input, re-read it. :meth:`handle_timer` fires what is due and returns ``(transaction, action)``
-    pairs in deadline order.
+    pairs, transactions in the order of their deadlines.
     """
 
-    __slots__ = ("_index", "_heap", "_live")
+    __slots__ = ("_index", "_keys", "_heap", "_order", "_observer")
 
     def __init__(self) -> None:
         self._index: dict[tuple, Transaction] = {}
+        self._keys: dict[Transaction, tuple] = {}
         self._heap: list[_HeapEntry] = []
-        self._live = 0
+        self._order = count()
+        # one bound method for every member: what ``on_change`` of a member is, and how we know it
+        self._observer: Callable[[Transaction], None] = self._changed
 
     def __len__(self) -> int:
         return len(self._index)
 
     def __contains__(self, tx: object) -> bool:
-        return isinstance(tx, Transaction) and tx._table is self
+        return isinstance(tx, Transaction) and tx in self._keys
 
     def __iter__(self) -> Iterator[Transaction]:
         return iter(list(self._index.values()))
 
     # -- membership ----------------------------------------------------------------------------------
     def add(self, tx: Transaction) -> None:
-        """Index ``tx`` and take over its timers. Raises :class:`TransactionError` when a live
-        transaction already has the same key (the TU should have matched the request first), when a
-        client request has no branch (§8.1.1.7) or when ``tx`` is already in a table or over."""
-        if tx._table is not None:
+        """Index ``tx`` and take over its timers (it gets the table as its ``on_change`` observer).
+        Raises :class:`TransactionError` when a live transaction already has the same key (the TU
+        should have matched the request first), when a client request has no branch (§8.1.1.7) or
+        when ``tx`` is already in a table (or observed otherwise) or over."""
+        if tx.on_change is not None:
             raise TransactionError("transaction already in a table")
-        if tx.terminated:
+        if tx.state is _TERMINATED:
             raise TransactionError("transaction already terminated")
         request = tx.request
         if isinstance(tx, ClientTransaction):
@@ -98,26 +110,32 @@ class TransactionTable:
             key: tuple = ("c", branch, request.method)
         else:
             key = _server_key(request, request.method)
-        if key in self._index:
+        index = self._index
+        if key in index:
             raise TransactionError(f"duplicate transaction {key[:3]!r}")
-        self._index[key] = tx
-        tx._key = key
-        tx._table = self
-        for name, (when, seq) in tx._deadlines.items():
-            self._schedule(when, seq, tx, name)
+        index[key] = tx
+        self._keys[tx] = key
+        tx.on_change = self._observer
+        if tx.deadline is not None:
+            self._push(tx.deadline, tx)
 
     def remove(self, tx: Transaction) -> None:
         """Forget ``tx`` without terminating it (shutdown, or a TU that takes it elsewhere): it no
         longer matches and its timers no longer fire from this table."""
-        if tx._table is self:
-            self._live -= len(tx._deadlines)
+        if tx in self._keys:
             self._forget(tx)
 
     def _forget(self, tx: Transaction) -> None:
-        if self._index.get(tx._key) is tx:  # type: ignore[arg-type]
-            del self._index[tx._key]  # type: ignore[arg-type]
-        tx._table = None
-        tx._key = None
+        del self._index[self._keys.pop(tx)]
+        tx.on_change = None
+
+    def _changed(self, tx: Transaction) -> None:
+        """``on_change`` of every member: a new deadline to schedule, or the end (§17: "destroyed"
+        on Terminated)."""
+        if tx.state is _TERMINATED:
+            self._forget(tx)
+        elif tx.deadline is not None:
+            self._push(tx.deadline, tx)
 
     # -- matching ------------------------------------------------------------------------------------
     def match_request(self, request: Request) -> ServerTransaction | None:
@@ -157,49 +175,42 @@ class TransactionTable:
         return tx if isinstance(tx, ServerInviteTransaction) else None
 
     # -- timers --------------------------------------------------------------------------------------
-    def _schedule(self, when: float, seq: int, tx: Transaction, name: str) -> None:
+    def _push(self, when: float, tx: Transaction) -> None:
         heap = self._heap
-        heappush(heap, (when, seq, tx, name))
-        self._live += 1
-        if len(heap) > _COMPACT_MIN and len(heap) > 2 * self._live:
+        heappush(heap, (when, next(self._order), tx))
+        if len(heap) > _COMPACT_MIN and len(heap) > 2 * len(self._keys):
             self._compact()
 
-    def _valid(self, entry: _HeapEntry) -> bool:
-        tx = entry[2]
-        if tx._table is not self:
-            return False
-        current = tx._deadlines.get(entry[3])
-        return current is not None and current[1] == entry[1]
-
     def _compact(self) -> None:
-        valid = self._valid
+        observer = self._observer
         heap = self._heap
-        heap[:] = [entry for entry in heap if valid(entry)]  # in place: handle_timer holds it
+        # in place: handle_timer holds the list
+        heap[:] = [e for e in heap if e[2].deadline == e[0] and e[2].on_change is observer]
         heapify(heap)
-        self._live = len(heap)
 
     def get_timer(self) -> float | None:
         """The earliest deadline of any transaction in the table, or None."""
         heap = self._heap
-        valid = self._valid
+        observer = self._observer
         while heap:
-            if valid(heap[0]):
-                return heap[0][0]
+            when, _, tx = heap[0]
+            if tx.deadline == when and tx.on_change is observer:
+                return when
             heappop(heap)
         return None
 
     def handle_timer(self, now: float) -> list[tuple[Transaction, Action]]:
-        """Fire every timer due at ``now``, earliest first (ties in arming order), and return what
-        the transactions want done as ``(transaction, action)`` pairs."""
+        """Fire every timer due at ``now`` and return what the transactions want done as
+        ``(transaction, action)`` pairs: transactions in the order of their deadlines (ties in the
+        order the deadlines were set), each one's timers in its own deadline order."""
         heap = self._heap
-        valid = self._valid
+        observer = self._observer
         out: list[tuple[Transaction, Action]] = []
         while heap and heap[0][0] <= now:
-            entry = heappop(heap)
-            if not valid(entry):
-                continue
-            tx = entry[2]
-            for action in tx._expire(entry[3], now):
+            when, _, tx = heappop(heap)
+            if tx.deadline != when or tx.on_change is not observer:
+                continue  # stale: the deadline moved (a newer entry has it) or tx left the table
+            for action in tx.handle_timer(now):
                 out.append((tx, action))
         return out
 
