@@ -55,7 +55,7 @@ BOB_FLOW = Flow(LOCAL, BOB)
 def build(clock: Clock) -> tuple[Any, "Sender"]:
     """The node under measure (routes/default.py, domain example.com) and the sender it sends with."""
     from edgeproxy.location import InMemoryLocation
-    from edgeproxy.proxy.node import Node
+    from edgeproxy.node import Node
     try:
         from edgeproxy.proxy.settings import ProxySettings
     except ImportError:  # the tree before issue 9 (324e73e): ProxySettings lived beside Node

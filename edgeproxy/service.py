@@ -9,27 +9,35 @@ from __future__ import annotations
 
 import gc
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.application import service
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
 from twisted.internet.interfaces import IReactorCore
 from twisted.logger import Logger
 
 from .auth import Authenticator, subscriber_store
 from .config import Config, ConfigError
+from .cluster import Cluster, NodeTable
 from .location import InMemoryLocation
 from .location.natping import NatPinger
 from .proxy.flood import FloodDetector
-from .proxy.node import Node
+from .node import Node
 from .registrar import Registrar
 from .routing.loader import load_route_module
 from .transport import TransportManager, parse_listen
 from .transport.locator import DnsLocator
 
-__all__ = ["make_service", "build_node", "RunningNode", "NodeService"]
+if TYPE_CHECKING:  # pragma: no cover - imported when [federation] is configured (it needs pymongo)
+    from .federation import Federation
+
+__all__ = ["make_service", "build_node", "load_node", "RunningNode", "NodeService"]
 
 log = Logger(namespace="edgeproxy.service")
+
+
+class Stoppable(Protocol):
+    def stop(self) -> Any: ...
 
 
 @dataclass
@@ -41,41 +49,20 @@ class RunningNode:
     location: InMemoryLocation
     registrar: Registrar
     config: Config | None = None
-    cluster: Any = None
-    federation: Any = None
-    management: Any = None  # the MI listener (edgeproxy.management) with [mi] listen
+    cluster: Cluster | None = None
+    federation: Federation | None = None
+    management: Stoppable | None = None  # the MI listener (edgeproxy.management) with [mi] listen
 
     @property
-    def pinger(self) -> Any:
+    def pinger(self) -> NatPinger | None:
         """The NAT pinger (``[nathelper]``), which the node holds: it takes its OPTIONS' replies."""
-        return self.node.pinger
+        return self.node.pinger  # type: ignore[return-value]
 
     @inlineCallbacks
     def start(self, listen: list[str], advertise: str = "") -> Any:
-        c = self.config.cluster if self.config is not None else None
-        if c is not None and c.my_node_id:
-            from .cluster import Cluster, NodeTable, load_node_table
-
-            rows = (yield load_node_table(c.db_url, c.db_table)) if c.db_url else NodeTable.from_dicts(c.nodes)
-            self.cluster = Cluster(self.node.clock, c.my_node_id, rows, ping_interval=c.ping_interval,
-                                   ping_timeout=c.ping_timeout, node_timeout=c.node_timeout,
-                                   seed_fallback_interval=c.seed_fallback_interval)
+        if self.cluster is not None:
             yield self.cluster.start()
-            self.node.cluster = self.cluster
-            self.node.cluster_id = c.cluster_id
-            self.cluster.subscribe(self.node.cluster_node_changed)
-        if self.config is not None and self.config.federation is not None:
-            from .federation import Federation
-
-            settings = self.config.federation
-            if not settings.sip_addr:  # [federation] without sip_addr, node table in a database: the row's
-                sip_addr = self.cluster.sip_addr_of(c.my_node_id) if self.cluster is not None else None
-                if not sip_addr:
-                    raise ConfigError("federation.sip_addr", f"not set, and node {c.my_node_id}'s row in "
-                                                             f"table {c.db_table!r} has no sip_addr either")
-                settings = replace(settings, sip_addr=sip_addr)
-            self.federation = Federation(self.location, settings, reactor=self.node.clock)
-            self.node.federation = self.federation
+        if self.federation is not None:
             self.federation.start()  # never waits for the store: a node whose store is down still serves
         for spec in listen:
             endpoint = parse_listen(spec)
@@ -85,9 +72,10 @@ class RunningNode:
         if advertise:
             for ep in self.transports.local_endpoints():
                 self.node.add_local_endpoint(type(ep)(ep.transport, advertise, ep.port))
-        if self.node.pinger is not None:  # [nathelper]: From sip:pinger@<advertised host or first listener>
+        pinger = self.pinger
+        if pinger is not None:  # [nathelper]: From sip:pinger@<advertised host or first listener>
             endpoints = self.transports.local_endpoints()
-            self.node.pinger.start(advertise or (endpoints[0].host if endpoints else "127.0.0.1"))
+            pinger.start(advertise or (endpoints[0].host if endpoints else "127.0.0.1"))
         mi = self.config.mi if self.config is not None else None
         if mi is not None and mi.enabled:  # [mi]: OpenSIPS's MI (JSON-RPC over HTTP) on loopback
             from .management import start_management
@@ -101,8 +89,9 @@ class RunningNode:
         if self.federation is not None:
             yield self.federation.stop()
         self.node.stop()
-        if self.node.pinger is not None:
-            self.node.pinger.stop()
+        pinger = self.pinger
+        if pinger is not None:
+            pinger.stop()
         if self.node.locator is not None:
             self.node.locator.stop()
         self.location.stop()
@@ -113,11 +102,25 @@ class RunningNode:
             yield self.cluster.stop()
 
 
-def build_node(config: Config, reactor: Any = None) -> RunningNode:
-    """Wire transports, location, registrar, route module and proxy for ``config``.
+def load_node(config: Config, reactor: Any = None) -> "Deferred[RunningNode]":
+    """:func:`build_node`, after reading the cluster's node table from its database when
+    ``[cluster] db_url`` names one (OpenSIPS clusterer's ``db_mode``)."""
+    c = config.cluster
+    if c is None or not c.my_node_id or not c.db_url:
+        return maybeDeferred(build_node, config, reactor)
+    from .cluster import load_node_table
+
+    return load_node_table(c.db_url, c.db_table).addCallback(lambda rows: build_node(config, reactor, rows))
+
+
+def build_node(config: Config, reactor: Any = None, node_table: NodeTable | None = None) -> RunningNode:
+    """Wire transports, location, registrar, route module, cluster, federation and proxy for
+    ``config``; ``node_table`` is the cluster's node table when it comes from a database (see
+    :func:`load_node`), else the configuration's ``[[cluster.nodes]]`` are used.
 
     The configuration's sections are the layers' own settings objects (see :mod:`edgeproxy.config`),
-    so they are handed over as they are: nothing here restates a setting.
+    so they are handed over as they are: nothing here restates a setting. Every collaborator is
+    built before the object that uses it, and given to it as it is built.
     """
     if reactor is None:
         from twisted.internet import reactor as default_reactor
@@ -129,10 +132,11 @@ def build_node(config: Config, reactor: Any = None) -> RunningNode:
     # [node] keys the proxy needs too: the domains it answers for and per-decision debug lines
     settings = replace(config.proxy, domains=tuple(config.node.domains),
                        log_decisions=config.node.log_level == "debug", dns_failover=config.dns.failover)
+    cluster = _cluster(config, reactor, node_table)
+    federation = _federation(config, reactor, location, cluster)
     limits = config.limits
     transports = TransportManager(
         reactor,
-        None,
         limits=limits,  # a LimitsConfig is the parser's Limits
         max_connections=limits.max_connections,
         idle_timeout=limits.tcp_idle_timeout,
@@ -140,19 +144,55 @@ def build_node(config: Config, reactor: Any = None) -> RunningNode:
         tls=config.tls,
         ws=config.ws,
     )
-    node = Node(reactor, transports, registrar, routes, settings, config.timers,
-                route_params=dict(getattr(config, "route_params", {}) or {}))
-    node.locator = DnsLocator(reactor, config.dns)  # RFC 3263 for next hops named by a host name
-    if config.pike is not None:  # [pike]: flood detection per source address
-        node.flood = FloodDetector(config.pike)
-    if config.auth is not None:  # [auth]: the routes' www_authorize / proxy_authorize
-        node.auth = Authenticator(config.auth, subscriber_store(config.auth, reactor), reactor)
-    transports.sink = node
-    if config.nathelper.enabled:  # NAT keep-alives, started with the listeners
-        node.pinger = NatPinger(location, transports, config.nathelper, reactor)
+    node = Node(
+        reactor, transports, registrar, routes, settings, config.timers,
+        route_params=dict(getattr(config, "route_params", {}) or {}),
+        locator=DnsLocator(reactor, config.dns),  # RFC 3263 for next hops named by a host name
+        cluster=cluster,
+        cluster_id=config.cluster.cluster_id if config.cluster is not None else 1,
+        federation=federation,
+        # [auth]: the routes' www_authorize / proxy_authorize
+        auth=Authenticator(config.auth, subscriber_store(config.auth, reactor), reactor) if config.auth else None,
+        flood=FloodDetector(config.pike) if config.pike is not None else None,  # [pike]: per source address
+        # NAT keep-alives, started with the listeners
+        pinger=NatPinger(location, transports, config.nathelper, reactor) if config.nathelper.enabled else None,
+    )
+    if cluster is not None:
+        cluster.subscribe(node.cluster_node_changed)
+    transports.start(node)  # the sink, given as the transports start (node and transports need each other)
     if routes.setup is not None:
         routes.setup(node)
-    return RunningNode(node, transports, location, registrar, config)
+    return RunningNode(node, transports, location, registrar, config, cluster, federation)
+
+
+def _cluster(config: Config, reactor: Any, node_table: NodeTable | None) -> Cluster | None:
+    c = config.cluster
+    if c is None or not c.my_node_id:
+        return None
+    if node_table is None:
+        if c.db_url:
+            raise ConfigError("cluster.db_url", "the node table is read from the database first: use load_node()")
+        node_table = NodeTable.from_dicts(c.nodes)
+    return Cluster(reactor, c.my_node_id, node_table, ping_interval=c.ping_interval, ping_timeout=c.ping_timeout,
+                   node_timeout=c.node_timeout, seed_fallback_interval=c.seed_fallback_interval)
+
+
+def _federation(config: Config, reactor: Any, location: InMemoryLocation, cluster: Cluster | None) -> Federation | None:
+    settings = config.federation
+    if settings is None:
+        return None
+    from .federation import Federation
+
+    if not settings.sip_addr:  # [federation] without sip_addr, node table in a database: the row's
+        c = config.cluster
+        node_id = c.my_node_id if c is not None else None
+        sip_addr = cluster.sip_addr_of(node_id) if cluster is not None and node_id else None
+        if not sip_addr:
+            table = c.db_table if c is not None else "clusterer"
+            raise ConfigError("federation.sip_addr", f"not set, and node {node_id}'s row in "
+                                                     f"table {table!r} has no sip_addr either")
+        settings = replace(settings, sip_addr=sip_addr)
+    return Federation(location, settings, reactor=reactor)
 
 
 class GarbagePolicy:
@@ -208,8 +248,13 @@ class NodeService(service.Service):
 
     def startService(self) -> None:
         super().startService()
-        self.running_node = build_node(self.config)
-        d = self.running_node.start(list(self.config.node.listen), self.config.node.advertise)
+        d = load_node(self.config)
+
+        def built(running: RunningNode) -> Deferred[Any]:
+            self.running_node = running
+            return running.start(list(self.config.node.listen), self.config.node.advertise)
+
+        d.addCallback(built)
 
         def started(_: Any) -> None:
             self._gc = GarbagePolicy(self.config.node.gc_full_interval)

@@ -22,7 +22,7 @@ async def common_prelude(msg) -> bool:
         if not msg.is_method("ACK"):
             msg.sl_send_reply(403, "Preload Route denied")
         return True
-    if msg.is_method("OPTIONS") and msg.ruri_user is None and msg.is_myself():
+    if msg.is_method("OPTIONS") and msg.rU is None and msg.is_myself():
         msg.sl_send_reply(200, "OK")  # keep-alive pings (e.g. FreeSWITCH gateways) to the node itself
         return True
     if msg.is_method("REGISTER"):
@@ -71,10 +71,10 @@ async def authenticate(msg, *, register: bool) -> bool:
 def relay_or_error(msg) -> None:
     """``if (!t_relay()) { xlog(...); sl_reply_error(); }``"""
     if not msg.t_relay():
-        msg.log("UNABLE TO RELAY TO CONTACT")
+        msg.xlog("UNABLE TO RELAY TO CONTACT")
         msg.sl_reply_error()
     else:
-        msg.log("RELAY TO CONTACT SUCCESSFUL", "debug")
+        msg.xlog("RELAY TO CONTACT SUCCESSFUL", "debug")
 
 
 async def to_freeswitch(msg) -> None:
@@ -87,5 +87,5 @@ async def to_freeswitch(msg) -> None:
     if not freeswitch:
         msg.sl_send_reply(404, "Not Found")
         return
-    msg.set_dst(f"sip:{freeswitch[0]}")
+    msg.du = f"sip:{freeswitch[0]}"
     relay_or_error(msg)

@@ -50,7 +50,7 @@ async def request_route(msg):
         msg.sl_send_reply(403, "Relaying Forbidden")
         return
 
-    if msg.is_method("OPTIONS") and msg.ruri_user is None and msg.is_myself():
+    if msg.is_method("OPTIONS") and msg.rU is None and msg.is_myself():
         msg.sl_send_reply(200, "OK")  # keep-alive pings (e.g. FreeSWITCH gateways) to the node itself
         return
     if msg.is_method("REGISTER"):

@@ -26,7 +26,7 @@ async def request_route(msg):
     if msg.si in msg.params.get("freeswitch", []):
         match await msg.lookup("location", "m"):
             case LookupResult.FOUND:
-                msg.log("LOCAL CONTACT FOUND")
+                msg.xlog("LOCAL CONTACT FOUND")
                 relay_or_error(msg)
             case LookupResult.NOT_FOUND:
                 msg.sl_send_reply(404, "Not Found")

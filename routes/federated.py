@@ -39,7 +39,7 @@ async def request_route(msg):
         # do local lookup
         match await msg.lookup("location", "m"):
             case LookupResult.FOUND:
-                msg.log("LOCAL CONTACT FOUND")
+                msg.xlog("LOCAL CONTACT FOUND")
                 relay_or_error(msg)
             case LookupResult.NOT_FOUND:
                 msg.sl_send_reply(404, "Not Here")
@@ -54,7 +54,7 @@ async def request_route(msg):
         # do global lookup to find where the endpoint is registered
         match await msg.lookup("location", "g"):
             case LookupResult.FOUND:
-                msg.log("CONTACT FOUND, RELAY TO ENDPOINT OR OPENSIPS NODE")
+                msg.xlog("CONTACT FOUND, RELAY TO ENDPOINT OR OPENSIPS NODE")
                 relay_or_error(msg)
             case LookupResult.NOT_FOUND:
                 msg.sl_send_reply(404, "Not Found")

@@ -39,7 +39,7 @@ async def request_route(msg):
         docs = await msg.cache_raw_query(
             {"find": msg.params.get("collection", "userlocation"), "filter": {"aor": short_aor}})
     except Exception as exc:  # the store failed, timed out or is overloaded: FreeSWITCH should try elsewhere
-        msg.log(f"STORE QUERY FAILED: {exc}", "warn")
+        msg.xlog(f"STORE QUERY FAILED: {exc}", "warn")
         msg.append_to_reply(f"Retry-After: {msg.params.get('retry_after', 5)}")
         msg.sl_send_reply(503, "Location Store Unavailable")
         return
@@ -48,13 +48,13 @@ async def request_route(msg):
 
     # 405 if the contact is registered nowhere, so FreeSWITCH doesn't retry
     if not homes:
-        msg.log("CONTACT NOT REGISTERED IN MONGO")
+        msg.xlog("CONTACT NOT REGISTERED IN MONGO")
         msg.sl_send_reply(405, "Not Allowed")
         return
 
     # registered, but not on this server: redirect to the node that has it
     if private_ip not in homes:
-        msg.log("LOCAL CONTACT NOT FOUND")
+        msg.xlog("LOCAL CONTACT NOT FOUND")
         msg.append_branch(f"sip:{msg.tU}@{homes[0]}")
         msg.send_reply(302, "Moved Temporarily")
         return
@@ -63,7 +63,7 @@ async def request_route(msg):
     original_aor = f"sip:{msg.tU}@{msg.params.get('domain', msg.td)}"
     match await msg.lookup("location", "m", original_aor):
         case LookupResult.FOUND:
-            msg.log("LOCAL CONTACT FOUND IN MEMORY")
+            msg.xlog("LOCAL CONTACT FOUND IN MEMORY")
             relay_or_error(msg)
         case LookupResult.NOT_FOUND:
             msg.sl_send_reply(404, "Not Here")

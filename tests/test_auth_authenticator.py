@@ -278,7 +278,7 @@ def test_default_route_challenges_a_register_then_saves_it_without_its_credentia
     assert first.replies == [(401, "Unauthorized", False)]
     [(name, value)] = first.reply_headers
     ok = h.run(default_route.request_route, register(digest("alice", "wonderland", nonce_of(value))))
-    assert ok.replies[0][0] == 200 and ok.request.auth_user == "alice"
+    assert ok.replies[0][0] == 200 and ok.request.au == "alice"
     assert "Authorization" not in ok.request.request.headers  # consume_credentials()
     assert [str(b.uri) for b in h.location.get("alice")] == ["sip:alice@192.0.2.10:5062"]
 

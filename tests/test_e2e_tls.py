@@ -430,7 +430,7 @@ def passthrough(msg):
 
 async def request_route(msg):
     if not msg.has_totag() and msg.rU in ("trunkgood", "trunkbad"):
-        msg.set_dst(msg.params[msg.rU])
+        msg.du = msg.params[msg.rU]
         msg.record_route()
         msg.t_on_failure(passthrough)
         msg.t_relay()

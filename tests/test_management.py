@@ -36,7 +36,7 @@ from edgeproxy.management.http import MIResource
 from edgeproxy.management.loglevel import (LogLevelControl, find_level_filters, parse_level, register_level_filter,
                                            unregister_level_filter)
 from edgeproxy.proxy.flood import FloodDetector, FloodSettings
-from edgeproxy.proxy.node import Node
+from edgeproxy.node import Node
 from edgeproxy.proxy.settings import ProxySettings
 from edgeproxy.registrar import Registrar, RegistrarSettings
 from edgeproxy.routing.loader import load_route_module
@@ -63,14 +63,14 @@ class NullSender:
 
 
 class World:
-    def __init__(self, settings: RegistrarSettings | None = None) -> None:
+    def __init__(self, settings: RegistrarSettings | None = None, flood: FloodDetector | None = None) -> None:
         self.clock = Clock()
         self.clock.advance(T0)
         self.location = InMemoryLocation(self.clock)
         self.registrar = Registrar(self.location, settings or RegistrarSettings(), self.clock)
         self.sender = NullSender()
         self.node = Node(self.clock, self.sender, self.registrar, load_route_module("routes.default"),
-                         ProxySettings(domains=("example.com",)))
+                         ProxySettings(domains=("example.com",)), flood=flood)
         self.node.add_local_endpoint(LOCAL)
         self.parts = RunningNode(self.node, self.sender, self.location, self.registrar)  # type: ignore[arg-type]
         self.predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)
@@ -278,8 +278,8 @@ def test_list_and_reset_statistics(world: World) -> None:
     assert world.error("reset_statistics", ["nope"]).code == 404
 
 
-def test_statistics_of_optional_parts(world: World) -> None:
-    world.node.flood = FloodDetector(FloodSettings(reqs_density_per_unit=2, check_all=True))
+def test_statistics_of_optional_parts() -> None:
+    world = World(flood=FloodDetector(FloodSettings(reqs_density_per_unit=2, check_all=True)))
     source = Flow(LOCAL, Endpoint("UDP", "192.0.2.66", 5060))
     for n in range(6):
         world.node.message_received(parse_datagram(options(100 + n)), source)
@@ -298,7 +298,7 @@ def test_pike_and_clusterer_commands_exist_only_with_their_parts(world: World) -
         err = world.error(method)
         assert (err.code, err.message) == (-32601, "Method not found")
     assert "pike_list" not in world.call("which") and "clusterer_list" not in world.call("which")
-    world.node.flood = FloodDetector(FloodSettings())
+    world = World(flood=FloodDetector(FloodSettings()))
     assert world.call("pike_list") == {"IPs": []}
     assert "pike_list" in world.call("which")
 

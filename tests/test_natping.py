@@ -21,7 +21,7 @@ from twisted.internet.task import Clock, LoopingCall
 from edgeproxy.config import ConfigError, load_config
 from edgeproxy.location import InMemoryLocation
 from edgeproxy.location.natping import KEEPALIVE, NatPinger, NatPingSettings
-from edgeproxy.proxy.node import Node
+from edgeproxy.node import Node
 from edgeproxy.proxy.settings import ProxySettings
 from edgeproxy.interfaces import SendError
 from edgeproxy.registrar import Registrar, RegistrarSettings
@@ -259,9 +259,8 @@ def node_world(**settings: Any) -> tuple[World, Node, Recorder]:
 
     node = Node(w.clock, w.sender, w.registrar, RouteModule("natping_routes", mod, request_route,
                                                             onreply_route=onreply_route),
-                ProxySettings(domains=("example.com",)))
+                ProxySettings(domains=("example.com",)), pinger=w.pinger)
     node.add_local_endpoint(LOCAL_UDP)
-    node.pinger = w.pinger
     return w, node, rec
 
 

@@ -69,9 +69,8 @@ def trunk_route(msg: Any) -> None:
 
 
 def make_world(answers: dict[str, Any], *, failover: bool = True, timers: TimerSettings | None = None) -> World:
-    w = World(module(trunk_route), ProxySettings(domains=("example.com",), dns_failover=failover), timers)
-    w.node.locator = FakeLocator(answers)
-    return w
+    return World(module(trunk_route), ProxySettings(domains=("example.com",), dns_failover=failover), timers,
+                 locator=FakeLocator(answers))
 
 
 def call(w: World, uri: str = TRUNK_URI, **kw: Any) -> list[Any]:
@@ -219,8 +218,7 @@ def test_name_resolution_failure_is_what_failure_route_sees() -> None:
         msg.t_on_failure(failure_route)
         msg.t_relay()
 
-    w = World(module(route), ProxySettings(domains=("example.com",)))
-    w.node.locator = FakeLocator({})
+    w = World(module(route), ProxySettings(domains=("example.com",)), locator=FakeLocator({}))
     w.receive(invite(uri=TRUNK_URI), ALICE_FLOW)
     assert seen == [(503, "Name Resolution Failed")]
 

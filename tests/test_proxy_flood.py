@@ -99,8 +99,7 @@ def test_a_route_calling_pike_check_req_and_drop_answers_the_flooder_nothing_and
             return
         msg.sl_send_reply(200, "OK")
 
-    w = World(routes=module(route))
-    w.node.flood = FloodDetector(FloodSettings(sampling_time_unit=1.0, reqs_density_per_unit=3))
+    w = World(routes=module(route), flood=FloodDetector(FloodSettings(sampling_time_unit=1.0, reqs_density_per_unit=3)))
     answered = []
     for i in range(6):
         sent = w.receive(sip("MESSAGE sip:bob@example.com SIP/2.0",

@@ -25,7 +25,7 @@ WENDY_CONTACT = "<sip:w3ndy@a8b9c0d1e2f3.invalid;transport=ws>"
 
 
 def rr_ws(world: World, flow: Flow) -> str:
-    return f"<sip:{world.node.flow_tokens.encode(flow)}@127.0.0.1:8443;transport=ws;lr;ob>"
+    return f"<sip:{world.node.forwarder.flow_tokens.encode(flow)}@127.0.0.1:8443;transport=ws;lr;ob>"
 
 
 @pytest.fixture
@@ -201,7 +201,7 @@ def test_forged_token_gets_403(world: World) -> None:
     fwd = only(world.receive(ws_invite("bob"), WALTER_FLOW), lambda s: s.is_request("INVITE")).message
     forged = FlowTokens(b"attacker" * 4).encode(Flow(LOCAL_WSS, WENDY, 22))
     bob_bye = callee_request("BYE", fwd, via="SIP/2.0/UDP 192.0.2.10:5062", target="sip:w4lt3r@df7jal23ls0d.invalid")
-    bob_bye = bob_bye.replace(world.node.flow_tokens.encode(WALTER_FLOW), forged)
+    bob_bye = bob_bye.replace(world.node.forwarder.flow_tokens.encode(WALTER_FLOW), forged)
     final = only(world.receive(bob_bye, BOB_FLOW))
     assert final.is_response(403) and not any(s.is_request() for s in world.sender.sent)
 
@@ -211,7 +211,7 @@ def test_set_dst_overrides_the_flow_token(world: World) -> None:
 
     def route(msg):
         if msg.has_totag() and msg.loose_route():
-            msg.set_dst("sip:192.0.2.99:5070")
+            msg.du = "sip:192.0.2.99:5070"
             msg.t_relay()
 
     w = World(module(route))
@@ -239,7 +239,7 @@ def test_tcp_flow_token_falls_back_to_a_routable_contact(world: World) -> None:
     world.node.add_local_endpoint(Endpoint("TLS", "127.0.0.1", 5061))
     world.register(contacts=("<sip:bob@192.0.2.10:5061;transport=tls>",), flow=bob_tls)
     fwd = only(world.receive(invite(), ALICE_FLOW), lambda s: s.is_request("INVITE")).message
-    token = world.node.flow_tokens.encode(bob_tls)
+    token = world.node.forwarder.flow_tokens.encode(bob_tls)
     assert fwd.headers.values("record-route") == [f"<sip:{token}@127.0.0.1:5061;transport=tls;lr;ob>", RR_UDP]
     ok = only(world.receive(answer(fwd, 200, contact="<sip:bob@192.0.2.10:5061;transport=tls>"), bob_tls)).message
     out = only(world.receive(in_dialog("BYE", ok, cseq=2, branch="z9hG4bKtls"), ALICE_FLOW))

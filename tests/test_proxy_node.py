@@ -22,7 +22,7 @@ from twisted.logger import LogLevel
 from edgeproxy.proxy.settings import ProxySettings
 from edgeproxy.interfaces import SendError
 from edgeproxy.routing import LookupResult
-from edgeproxy.routing.api import SIPError
+from edgeproxy.routing import RouteReply
 from edgeproxy.routing.loader import RouteModule
 from edgeproxy.sip import Request, Response
 from edgeproxy.sip.endpoint import Endpoint, Flow
@@ -909,7 +909,7 @@ def test_branch_route_can_edit_each_forwarded_copy() -> None:
 
 def test_route_raising_sip_error_replies_with_its_status() -> None:
     def request_route(msg):
-        raise SIPError(403, "Go Away")
+        raise RouteReply(403, "Go Away")
 
     w = World(module(request_route))
     sent = w.receive(invite(), ALICE_FLOW)
@@ -943,7 +943,7 @@ def test_100_trying_only_when_the_route_does_not_answer_the_invite_at_once_rfc32
 def test_async_route_raising_sip_error_replies_with_its_status() -> None:
     async def request_route(msg):
         await msg.lookup("location")
-        raise SIPError(488)
+        raise RouteReply(488)
 
     w = World(module(request_route))
     assert [s.message.status for s in w.receive(invite(), ALICE_FLOW)] == [488]
@@ -951,7 +951,7 @@ def test_async_route_raising_sip_error_replies_with_its_status() -> None:
 
 def test_sip_error_on_register_is_answered_statelessly() -> None:
     def request_route(msg):
-        raise SIPError(403)
+        raise RouteReply(403)
 
     w = World(module(request_route))
     text = sip(
@@ -1093,7 +1093,7 @@ def test_2xx_retransmission_after_the_transaction_ended_is_forwarded_rfc3261_16_
 
 
 def test_stray_response_with_our_branch_but_no_other_via_is_dropped(world: World) -> None:
-    branch = world.node._branch_prefix + "ff"
+    branch = world.node.forwarder.branch_prefix + "ff"
     stray = sip(
         "SIP/2.0 200 OK",
         f"Via: SIP/2.0/UDP 127.0.0.1:5060;branch={branch}",
@@ -1164,7 +1164,7 @@ def test_unacknowledged_404_ends_on_timer_h_rfc3261_17_2_1(world: World) -> None
     sent = world.run_for(40)
     assert {s.message.status for s in sent} == {404}  # Timer G retransmissions only
     assert len(sent) >= 5
-    assert len(world.node.table) == 0 and world.node._owners == {}
+    assert len(world.node.table) == 0 and world.node.proxy.idle
 
 
 def test_timer_c_before_any_provisional_answers_408_without_cancel_rfc3261_16_8() -> None:
@@ -1591,7 +1591,7 @@ def test_forked_invite_any_interleaving_answers_once_and_drains(data: st.DataObj
     assert len({m.status for m in decided if m.status >= 300}) <= 1, [m.status for m in decided]
     first_2xx = next((i for i, m in enumerate(decided) if m.status < 300), len(decided))
     assert all(m.status < 300 for m in decided[first_2xx:]), [m.status for m in decided]
-    assert len(w.node.table) == 0 and w.node._owners == {} and w.node._timer is None
+    assert len(w.node.table) == 0 and w.node.proxy.idle
 
 
 def test_single_record_route_setting_when_changing_transport_rfc3261_16_6_step4() -> None:

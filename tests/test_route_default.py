@@ -12,7 +12,7 @@ import pytest
 
 import routes.default as route
 from edgeproxy.routing import LookupResult
-from edgeproxy.routing.api import SIPError
+from edgeproxy.routing import RouteReply
 from edgeproxy.routing.loader import load_route_module
 from edgeproxy.routing.testing import RouteHarness
 from edgeproxy.sip.endpoint import Endpoint
@@ -202,7 +202,7 @@ def test_preloaded_route_to_us_on_initial_request_is_removed_rfc3261_16_4(h: Rou
 
 def test_harness_records_sip_error_and_exceptions(h: RouteHarness) -> None:
     def refuses(msg):
-        raise SIPError(403, "Forbidden")
+        raise RouteReply(403, "Forbidden")
 
     def crashes(msg):
         raise KeyError("boom")

@@ -11,9 +11,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from twisted.internet.defer import succeed
+from twisted.internet.defer import fail
+from twisted.internet.task import Clock
 
 from edgeproxy.federation import StoreError, StoreOverloaded, StoreTimeout
+from edgeproxy.location import InMemoryLocation
 from edgeproxy.registrar import RegistrarSettings
 from edgeproxy.routing import LookupResult
 from edgeproxy.routing.testing import RouteHarness, RouteResult
@@ -61,6 +63,26 @@ def register_message_only(h: RouteHarness) -> None:
             f"Max-Forwards: 70\nFrom: <{ALICE}>;tag=rm\nTo: <{ALICE}>\nCall-ID: reg-m\nCSeq: 1 REGISTER\n"
             f"Contact: <{ALICE_CONTACT}>;methods=\"MESSAGE\"\nExpires: 300\nContent-Length: 0\n\n")
     assert replied(h.run(failover.request_route, text, PHONE))[0] == 200
+
+
+class BrokenLocation(InMemoryLocation):
+    """A location table whose lookups fail (its storage is gone): ``lookup()`` gives -3."""
+
+    def lookup(self, aor: str, method: str | None = None) -> Any:
+        return fail(RuntimeError("the location table cannot be read"))
+
+
+def harness_giving(code: LookupResult, *, store: bool = False) -> RouteHarness:
+    """A harness whose ``lookup()`` of alice gives ``code`` for real: nobody registered (-1), a
+    MESSAGE-only contact (-2, with flag ``m``), a failing location table (-3) or, for a global lookup
+    (``store``), the store down with nothing local (-3)."""
+    if code == LookupResult.ERROR:
+        return harness(homes=StoreError("homes", ConnectionError("down"), True)) if store else \
+            harness(location=BrokenLocation(Clock()))
+    h = harness(homes={}) if store else harness()
+    if code == LookupResult.METHOD_NOT_ALLOWED:
+        register_message_only(h)
+    return h
 
 
 def targets(result: RouteResult) -> list[tuple[str, str | None]]:
@@ -211,8 +233,9 @@ def test_seed_federated_lookup_codes(source, expected) -> None:
     codes = {LookupResult.NOT_FOUND: (404, not_found), LookupResult.ERROR: expected,
              LookupResult.METHOD_NOT_ALLOWED: (405, "Not Allowed")}
     for code, reply in codes.items():
-        h = harness()
-        h.lookup = lambda rr, table, flags, aor, code=code: succeed(code)  # type: ignore[method-assign]
+        if source == FS1 and code == LookupResult.METHOD_NOT_ALLOWED:
+            continue  # FreeSWITCH's global lookup has no flag m: -2 cannot happen there (next test)
+        h = harness_giving(code, store=source == FS1)
         assert replied(h.run(federated.request_route, invite(), src(source))) == reply
 
 
@@ -257,7 +280,8 @@ def test_seed_redirect_registered_on_another_node_is_302_to_it() -> None:
     h = harness(raw_query=[record(Y)])
     result = h.run(redirect.request_route, invite(), src(FS1))
     assert result.replies == [(302, "Moved Temporarily", True)]  # send_reply: stateful, Contact = $branch
-    assert [str(b.uri) for b in result.request.branches] == [f"sip:alice@{Y}"]
+    assert [str(b.uri) for b in result.state.branches] == [f"sip:alice@{Y}"]
+    assert result.responses[0].headers.get("Contact") == f"<sip:alice@{Y}>"
     assert not result.relayed
 
 
@@ -301,8 +325,7 @@ def test_seed_redirect_store_failure_is_503_with_retry_after(error) -> None:
 
 
 def test_seed_redirect_local_lookup_error_is_500_not_404() -> None:
-    h = harness(raw_query=[record(X)])
-    h.lookup = lambda rr, table, flags, aor: succeed(LookupResult.ERROR)  # type: ignore[method-assign]
+    h = harness(raw_query=[record(X)], location=BrokenLocation(Clock()))
     assert replied(h.run(redirect.request_route, invite(f"sip:alice@{X}"), src(FS1))) == (500, "Server Internal Error")
 
 
@@ -346,6 +369,5 @@ def test_seed_failover_lookup_codes_map_like_the_seed() -> None:
     codes = {LookupResult.NOT_FOUND: (404, "Not Found"), LookupResult.ERROR: (500, "Server Internal Error"),
              LookupResult.METHOD_NOT_ALLOWED: (405, "Not Allowed")}
     for code, expected in codes.items():
-        h = harness()
-        h.lookup = lambda rr, table, flags, aor, code=code: succeed(code)  # type: ignore[method-assign]
+        h = harness_giving(code)
         assert replied(h.run(failover.request_route, invite(), src(FS1))) == expected

@@ -101,7 +101,7 @@ class LogLevelControl:
     """Reads and moves the node's log level.
 
     ``filters`` are the level predicates to move (default: :func:`find_level_filters`, looked up at
-    each call); ``node`` is the proxy :class:`~edgeproxy.proxy.node.Node`, whose per-decision debug
+    each call); ``node`` is the proxy :class:`~edgeproxy.node.Node`, whose per-decision debug
     lines (``ProxySettings.log_decisions``) follow the level; ``initial`` the configured
     ``node.log_level``, reported when there is no filter to read.
     """
@@ -137,11 +137,7 @@ class LogLevelControl:
         for predicate in filters:
             predicate.defaultLogLevel = level
             predicate.setLogLevelForNamespace("", level)
-        node = self.node
-        settings = getattr(node, "settings", None)
-        if settings is not None and hasattr(settings, "log_decisions"):
-            from dataclasses import replace
-
-            node.settings = replace(settings, log_decisions=level == LogLevel.debug)
+        if self.node is not None:
+            self.node.set_log_decisions(level == LogLevel.debug)
         self._fallback = level
         return level

@@ -1,8 +1,9 @@
 """Unit-testing route modules without a network.
 
-:class:`RouteHarness` runs a route function against a request built from SIP text, over a real
-:class:`~edgeproxy.location.InMemoryLocation` and :class:`~edgeproxy.registrar.Registrar`, and records
-what the route did (replies, relays, Record-Route, branches) instead of sending anything::
+:class:`RouteHarness` runs a route function against a request built from SIP text with the node's
+own verbs (:class:`~edgeproxy.routing.verbs.RouteVerbs`) over a real
+:class:`~edgeproxy.location.InMemoryLocation` and :class:`~edgeproxy.registrar.Registrar`, and
+records what the route did (replies, relays, Record-Route, targets) instead of sending anything::
 
     from edgeproxy.routing.testing import RouteHarness
     import routes.default as route
@@ -13,13 +14,16 @@ what the route did (replies, relays, Record-Route, branches) instead of sending 
     assert result.relayed and result.record_routed
     assert str(result.targets[0].uri) == "sip:alice@192.0.2.10:5062"
 
+Only where a request would leave the node does the harness differ from it: a reply or a relay is
+recorded here (:class:`RouteResult`) instead of going through transactions and sockets.
+
 Federation stand-ins: ``homes={"alice@example.com": ["10.0.2.100"]}`` are the other nodes a global
 lookup (flag ``g``) finds in the shared store -- each becomes a branch ``sip:<aor>`` via
-``sip:<home>``, after the local contacts, as the node does, and not for a request from a
-``cluster_peers`` address (the loop guard); ``homes=StoreError(...)`` (any exception) is a store that
-is down. ``raw_query`` answers ``msg.cache_raw_query(command)``: a list of documents, a callable
-``command -> documents`` (or raising), or an exception; the commands are kept in
-:attr:`RouteHarness.raw_queries`.
+``sip:<home>``, after the local contacts, as on the node (the same
+:func:`~edgeproxy.federation.global_lookup`), and not for a request from a ``cluster_peers`` address
+(the loop guard); ``homes=StoreError(...)`` (any exception) is a store that is down. ``raw_query``
+answers ``msg.cache_raw_query(command)``: a list of documents, a callable ``command -> documents``
+(or raising), or an exception; the commands are kept in :attr:`RouteHarness.raw_queries`.
 """
 
 from __future__ import annotations
@@ -32,14 +36,21 @@ from twisted.internet.defer import Deferred, ensureDeferred, fail, maybeDeferred
 from twisted.internet.task import Clock
 
 from ..auth import Authenticator, AuthSettings, subscriber_store
-from ..location import InMemoryLocation, LookupResult
-from ..registrar import Registrar, RegistrarSettings, aor_of
-from ..proxy.hops import loose_route
-from ..sip.endpoint import Endpoint, Flow
-from ..sip.message import Request, Response
+from ..federation.lookup import GlobalLookup, global_lookup
+from ..federation.store import StoreError
+from ..interfaces import SendError
+from ..location import InMemoryLocation
+from ..proxy.context import Branch, RouteState
+from ..proxy.flood import FloodDetector, FloodSettings
+from ..proxy.forwarding import Forwarder
+from ..proxy.identity import LocalIdentity
+from ..proxy.settings import ProxySettings
+from ..registrar import Registrar, RegistrarSettings
+from ..sip.endpoint import Destination, Endpoint, Flow
+from ..sip.message import Message, Request, Response
 from ..sip.parser import parse_datagram
-from ..sip.uri import SipURI, parse_uri
-from .api import Branch, RouteRequest, SIPError
+from .api import RouteRequest
+from .verbs import RouteVerbs
 
 __all__ = ["RouteHarness", "RouteResult"]
 
@@ -49,14 +60,16 @@ class RouteResult:
     """What a route did with one request."""
 
     request: RouteRequest
+    state: RouteState
     replies: list[tuple[int, str | None, bool]] = field(default_factory=list)  # (code, reason, stateful)
+    responses: list[Response] = field(default_factory=list)  # the replies as they would be sent
     relayed: bool = False
     targets: list[Branch] = field(default_factory=list)
     error: BaseException | None = None
 
     @property
     def record_routed(self) -> bool:
-        return self.request.record_routed
+        return self.state.record_routed
 
     @property
     def reply_code(self) -> int | None:
@@ -65,33 +78,127 @@ class RouteResult:
     @property
     def reply_headers(self) -> list[tuple[str, str]]:
         """Headers the route added to its replies (``append_to_reply``)."""
-        return list(self.request.reply_headers)
+        return list(self.state.reply_headers)
+
+
+class _Recorder:
+    """The harness's :class:`~edgeproxy.routing.verbs.ProxyCore`: records instead of sending."""
+
+    def __init__(self) -> None:
+        self.result: RouteResult | None = None
+
+    def respond(self, route: RouteState, response: Response, stateful: bool) -> None:
+        assert self.result is not None
+        self.result.replies.append((response.status, response.reason, stateful))
+        self.result.responses.append(response)
+
+    def relay(self, route: RouteState, targets: list[Branch]) -> bool:
+        assert self.result is not None
+        route.relayed = True
+        self.result.relayed = True
+        self.result.targets = targets
+        return True
+
+    def forward_ack(self, route: RouteState, target: Branch) -> bool:
+        return self.relay(route, [target])
+
+
+class _Listeners:
+    """A :class:`~edgeproxy.interfaces.Sender` with listeners and no network: the verbs only ask it
+    which address faces a peer (flow tokens); sending is an error."""
+
+    def __init__(self, local: Endpoint) -> None:
+        self.local = local
+
+    def send(self, destination: Destination, message: Message) -> "Deferred[Flow]":
+        return fail(SendError("RouteHarness does not send"))
+
+    def local_endpoint(self, transport: str, remote: Endpoint | None = None) -> Endpoint | None:
+        return Endpoint(transport, self.local.host, self.local.port)
+
+
+class _Peers:
+    """``cluster_peers={1: ["10.0.2.100"]}``: the other nodes' addresses, all up."""
+
+    def __init__(self, peers: Mapping[int, list[str]]) -> None:
+        self.peers = peers
+
+    def cluster_check_addr(self, cluster_id: int, ip: str) -> bool:
+        return ip in self.peers.get(cluster_id, ())
+
+    def node_for_sip_addr(self, ip: str, cluster_id: int | None = None) -> None:
+        return None
+
+    def is_up(self, node_id: int, cluster_id: int | None = None) -> bool:
+        return True
+
+
+class _Store:
+    """The federation store of ``homes`` and ``raw_query`` (see the module docstring)."""
+
+    def __init__(self, location: InMemoryLocation, homes: Mapping[str, list[str]] | BaseException | None,
+                 raw_query: list[dict[str, Any]] | Callable[[Any], list[dict[str, Any]]] | BaseException | None,
+                 sip_addr: str) -> None:
+        self.location = location
+        self.known = homes
+        self.answer = raw_query
+        self.sip_addr = sip_addr
+        self.queries: list[Any] = []
+
+    def homes(self, aor: str) -> list[str]:
+        if isinstance(self.known, BaseException):
+            raise StoreError("homes", self.known, False)
+        return list((self.known or {}).get(aor, ()))
+
+    def global_lookup(self, aor: str, method: str | None = None) -> "Deferred[GlobalLookup]":
+        return global_lookup(self.location, self, self.sip_addr, aor, method)
+
+    def raw_query(self, command: Mapping[str, Any] | str) -> "Deferred[list[dict[str, Any]]]":
+        self.queries.append(command)
+        answer = self.answer
+        if answer is None:
+            return fail(RuntimeError("no federation store configured (RouteHarness(raw_query=...))"))
+        if isinstance(answer, BaseException):
+            return fail(answer)
+        if callable(answer):
+            return maybeDeferred(answer, command)
+        return succeed([dict(doc) for doc in answer])
 
 
 class RouteHarness:
-    """In-memory :class:`~edgeproxy.routing.api.RouteActions` with a real location service."""
+    """The node's route verbs with in-memory collaborators, recording what leaves."""
 
     def __init__(self, domains: list[str] | tuple[str, ...] = (), local: Endpoint = Endpoint("UDP", "127.0.0.1", 5060),
                  settings: RegistrarSettings | None = None, params: dict[str, Any] | None = None,
                  cluster_peers: dict[int, list[str]] | None = None,
                  homes: Mapping[str, list[str]] | BaseException | None = None,
                  raw_query: list[dict[str, Any]] | Callable[[Any], list[dict[str, Any]]] | BaseException | None = None,
-                 cluster_id: int = 1, auth: AuthSettings | None = None) -> None:
+                 cluster_id: int = 1, auth: AuthSettings | None = None,
+                 pike: FloodSettings | None = None, location: InMemoryLocation | None = None) -> None:
         self.clock = Clock()
         # [auth]: the node's Authenticator over [auth.users] (an in-memory store), on the harness clock
         self.auth = Authenticator(auth, subscriber_store(auth), self.clock) if auth is not None else None
-        self.flooding: set[str] = set()  # sources msg.pike_check_req() reports as flooding
-        self.location = InMemoryLocation(self.clock)
+        # a location service of the test's own (e.g. one whose lookups fail) instead of a fresh one
+        self.location = location if location is not None else InMemoryLocation(self.clock)
         self.registrar = Registrar(self.location, settings or RegistrarSettings(), self.clock)
         self.local = local
-        self.domains = {d.lower() for d in domains}
         self.params = params or {}
-        self.cluster_peers = cluster_peers or {}
-        self.homes = homes
-        self.raw_query = raw_query
-        self.raw_queries: list[Any] = []
-        self.cluster_id = cluster_id
-        self._result: RouteResult | None = None
+        self.stats: dict[str, int] = {"replied": 0, "relayed": 0}
+        proxy_settings = ProxySettings(domains=tuple(domains))
+        self.forwarder = Forwarder(_Listeners(local), proxy_settings)
+        self._recorder = _Recorder()
+        self.store = (_Store(self.location, homes, raw_query, local.host)
+                      if homes is not None or raw_query is not None else None)
+        self.flood = FloodDetector(pike) if pike is not None else None
+        self.verbs = RouteVerbs(self._recorder, self.forwarder, LocalIdentity(domains, [local]), self.registrar,
+                                proxy_settings, self.clock, self.stats,
+                                cluster=_Peers(cluster_peers or {}), cluster_id=cluster_id,
+                                federation=self.store, auth=self.auth, flood=self.flood)
+
+    @property
+    def raw_queries(self) -> list[Any]:
+        """The commands ``msg.cache_raw_query`` ran, in order."""
+        return self.store.queries if self.store is not None else []
 
     # -- setup ---------------------------------------------------------------------------------------
     def register(self, aor: str, contact: str, expires: int = 3600,
@@ -105,16 +212,17 @@ class RouteHarness:
         )
         request = parse_datagram(text.encode())
         assert isinstance(request, Request)
-        d = self.registrar.save(request, Flow(self.local, source))
         out: list[Response] = []
-        d.addCallback(out.append)
+        self.registrar.save(request, Flow(self.local, source)).addCallback(out.append)
         return out[0]
 
     # -- running -------------------------------------------------------------------------------------
     def run(self, route: Callable[..., Any], message: str | bytes | Request,
             source: Endpoint = Endpoint("UDP", "192.0.2.20", 5060)) -> RouteResult:
         """Run ``route`` on ``message`` (SIP text or a Request) and return what it did. Routes that
-        await Deferreds from this harness complete synchronously."""
+        await Deferreds from this harness complete synchronously. As on the node, a
+        :class:`~edgeproxy.routing.api.RouteReply` is answered statefully; a malformed header the
+        route read is answered with its own status; any other exception is recorded in ``error``."""
         if isinstance(message, Request):
             request = message
         else:
@@ -122,100 +230,17 @@ class RouteHarness:
             parsed = parse_datagram(data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"))
             assert isinstance(parsed, Request)
             request = parsed
-        rr = RouteRequest(request, Flow(self.local, source), self, self.params)
-        result = self._result = RouteResult(rr)
+        state = RouteState(request, Flow(self.local, source))
+        msg = RouteRequest(state, self.verbs, self.params)
+        result = self._recorder.result = RouteResult(msg, state)
         try:
-            outcome = route(rr)
+            outcome = route(msg)
             if inspect.iscoroutine(outcome):
-                d = ensureDeferred(outcome)
                 failures: list[Any] = []
-                d.addErrback(failures.append)
+                ensureDeferred(outcome).addErrback(failures.append)
                 if failures:
                     failures[0].raiseException()
-        except SIPError as exc:
-            result.replies.append((exc.code, exc.reason, True))
-        except Exception as exc:  # noqa: BLE001 - recorded for the test to assert on
-            result.error = exc
+        except Exception as exc:  # noqa: BLE001 - answered as the node does, else recorded
+            if not self.verbs.answer_error(state, exc):
+                result.error = exc
         return result
-
-    # -- RouteActions ----------------------------------------------------------------------------------
-    def relay(self, rr: RouteRequest) -> bool:
-        assert self._result is not None
-        if rr.replied or rr.relayed:
-            return False
-        rr.relayed = True
-        self._result.relayed = True
-        first = rr.ruri_branch or Branch(rr.request.uri, dst_uri=rr.dst_uri)
-        self._result.targets = [first, *rr.branches]
-        return True
-
-    def reply(self, rr: RouteRequest, code: int, reason: str | None, stateful: bool) -> None:
-        assert self._result is not None
-        rr.replied = True
-        self._result.replies.append((code, reason, stateful))
-
-    def lookup(self, rr: RouteRequest, table: str, flags: str, aor: str | None) -> "Deferred[LookupResult]":
-        uri = parse_uri(aor if aor.startswith(("sip:", "sips:")) else f"sip:{aor}") if aor else rr.request.uri
-        if not isinstance(uri, SipURI):
-            return succeed(LookupResult.NOT_FOUND)
-        key = aor_of(uri, self.registrar.settings.use_domain)
-        method = rr.request.method if "m" in flags else None
-        remote: list[str] = []
-        store_down = False
-        if "g" in flags and self.homes is not None and not self.cluster_check_addr(self.cluster_id, rr.source_ip):
-            if isinstance(self.homes, BaseException):
-                store_down = True
-            else:
-                remote = list(self.homes.get(key, ()))
-
-        def found(res: tuple[LookupResult, list[Any]]) -> LookupResult:
-            code, bindings = res
-            if store_down and code != LookupResult.FOUND:
-                return LookupResult.ERROR
-            local = [Branch.to_binding(b) for b in bindings] if code == LookupResult.FOUND else []
-            targets = local + [Branch.via_node(key, h) for h in remote]
-            if not targets:
-                return code
-            rr.set_targets(targets)
-            return LookupResult.FOUND
-
-        return maybeDeferred(self.location.lookup, key, method).addCallback(found)
-
-    def save(self, rr: RouteRequest, table: str, flags: str) -> "Deferred[bool]":
-        def saved(response: Response) -> bool:
-            self.reply(rr, response.status, response.reason, False)
-            return response.status == 200
-
-        return self.registrar.save(rr.request, rr.source, nat=rr.nat, sipping=rr.sipping).addCallback(saved)
-
-    def loose_route(self, rr: RouteRequest) -> bool:
-        return loose_route(rr.request, self.is_myself)
-
-    def cache_raw_query(self, rr: RouteRequest, command: Any) -> "Deferred[list[dict[str, Any]]]":
-        """Answer from ``raw_query`` (see the module docstring); fails when none was given."""
-        self.raw_queries.append(command)
-        answer = self.raw_query
-        if answer is None:
-            return fail(RuntimeError("no federation store configured (RouteHarness(raw_query=...))"))
-        if isinstance(answer, BaseException):
-            return fail(answer)
-        if callable(answer):
-            return maybeDeferred(answer, command)
-        return succeed([dict(doc) for doc in answer])
-
-    def authenticator(self) -> Authenticator | None:
-        return self.auth
-
-    def pike_check_req(self, rr: RouteRequest) -> bool:
-        """Flooding sources are given as ``RouteHarness.flooding = {"203.0.113.9"}``."""
-        return rr.source_ip not in self.flooding
-
-    def cluster_check_addr(self, cluster_id: int, ip: str) -> bool:
-        """Cluster peers are given as ``RouteHarness(cluster_peers={1: ["10.0.2.100"]})``."""
-        return ip in self.cluster_peers.get(cluster_id, ())
-
-    def is_myself(self, host: str, port: int | None = None) -> bool:
-        host = host.lower()
-        if host in self.domains:
-            return True
-        return host == self.local.host and port in (None, self.local.port)

@@ -1,4 +1,4 @@
-"""The proxy tests' world: a real :class:`~edgeproxy.proxy.node.Node` with a ``task.Clock``, an in-memory
+"""The proxy tests' world: a real :class:`~edgeproxy.node.Node` with a ``task.Clock``, an in-memory
 recording :class:`~edgeproxy.interfaces.Sender`, a real InMemoryLocation + Registrar and a route module,
 plus the SIP text of the cast's requests and answers (used by ``test_proxy_*``).
 
@@ -18,7 +18,9 @@ from twisted.internet.task import Clock
 
 from edgeproxy.interfaces import SendError
 from edgeproxy.location import InMemoryLocation
-from edgeproxy.proxy.node import Node
+from edgeproxy.node import Node, PingReplies
+from edgeproxy.interfaces import Locator
+from edgeproxy.proxy.flood import FloodDetector
 from edgeproxy.proxy.settings import ProxySettings
 from edgeproxy.registrar import Registrar, RegistrarSettings
 from edgeproxy.routing.loader import RouteModule, load_route_module
@@ -44,7 +46,7 @@ BOB_TCP_FLOW = Flow(LOCAL_TCP, BOB_TCP, 7)
 
 def rr_tcp(world: "World", flow: Flow) -> str:
     """Our TCP Record-Route entry facing the client on ``flow``: it names the connection (RFC 5626)."""
-    return f"<sip:{world.node.flow_tokens.encode(flow)}@127.0.0.1:5060;transport=tcp;lr;ob>"
+    return f"<sip:{world.node.forwarder.flow_tokens.encode(flow)}@127.0.0.1:5060;transport=tcp;lr;ob>"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -107,14 +109,16 @@ class RecordingSender:
 
 class World:
     def __init__(self, routes: RouteModule | None = None, settings: ProxySettings | None = None,
-                 timers: TimerSettings | None = None) -> None:
+                 timers: TimerSettings | None = None, *, locator: Locator | None = None,
+                 flood: FloodDetector | None = None, pinger: Callable[["World"], PingReplies] | None = None) -> None:
         self.clock = Clock()
         self.clock.advance(T0)
         self.location = InMemoryLocation(self.clock)
         self.registrar = Registrar(self.location, RegistrarSettings(), self.clock)
         self.sender = RecordingSender()
         self.node = Node(self.clock, self.sender, self.registrar, routes or load_route_module("routes.default"),
-                         settings or ProxySettings(domains=("example.com",)), timers)
+                         settings or ProxySettings(domains=("example.com",)), timers, locator=locator, flood=flood,
+                         pinger=pinger(self) if pinger is not None else None)
         self.node.add_local_endpoint(LOCAL_UDP)
         self.node.add_local_endpoint(LOCAL_TCP)
 
@@ -156,8 +160,7 @@ class World:
         """Every transaction ended and was forgotten (Timers D/I/J/K/L/M and the §9.1 wait)."""
         self.advance(200)
         assert len(self.node.table) == 0, list(self.node.table)
-        assert self.node._owners == {}
-        assert self.node._timer is None
+        assert self.node.proxy.idle  # no transaction owned, no timer armed
 
 
 _seq = count(1)

@@ -1,0 +1,600 @@
+"""The transaction-stateful proxy core of RFC 3261 §16 (OpenSIPS's ``tm``): server and client
+transactions, forking, CANCEL, and the response processing of §16.7.
+
+Theory of operation. :class:`StatefulProxy` owns the transaction table and the one timer that wakes
+it at the earliest transaction deadline. Transactions are sans-IO: they return actions (send,
+deliver, timeout) that :meth:`StatefulProxy.execute` carries out. A request the route relays becomes
+a :class:`~edgeproxy.proxy.context.ServerContext` with one client transaction per target (§16.6),
+serially by q groups and in parallel within a group; responses come back through the client
+transactions and are forwarded or collected for the best-response choice of §16.7. What the route
+module may do on the way (``onreply_route``, ``failure_route``, ``branch_route``, routing an ACK that
+a transaction delivered) is asked of :class:`RouteHooks`, which the node implements.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Protocol, Union
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from ..dns import ServerQuery
+from ..interfaces import SendError
+from ..sip.endpoint import Destination, Endpoint, Flow
+from ..sip.errors import SipValueError
+from ..sip.message import Request, Response
+from ..transaction import (
+    ClientInviteTransaction,
+    ClientNonInviteTransaction,
+    DeliverRequest,
+    DeliverResponse,
+    SendRequest,
+    SendResponse,
+    ServerInviteTransaction,
+    ServerNonInviteTransaction,
+    Terminated,
+    Timeout,
+    TimerSettings,
+    TransactionTable,
+    TransportFailure,
+)
+from .context import Branch, CancelBranch, ClientBranch, RouteState, ServerContext
+from .forwarding import Forwarder, build_cancel
+from .hops import response_destination
+from .responses import best_response, upstream_final
+from .settings import ProxySettings
+
+__all__ = ["StatefulProxy", "RouteHooks", "ProxyStats"]
+
+log = Logger(namespace="edgeproxy.proxy")
+
+Transaction = Union[ServerInviteTransaction, ServerNonInviteTransaction, ClientInviteTransaction,
+                    ClientNonInviteTransaction]
+Owner = Union[ServerContext, ClientBranch, CancelBranch]
+ProxyStats = dict[str, int]  # the node's counters (the MI's core:/tm:/sl: statistics)
+
+
+class RouteHooks(Protocol):
+    """What the proxy core asks of the route module while it handles a transaction (the node)."""
+
+    def reply_route(self, ctx: ServerContext, response: Response) -> None:
+        """``onreply_route``: a response arrived on one of ``ctx``'s branches."""
+
+    def failure_route(self, ctx: ServerContext, best: Response) -> bool:
+        """Every branch has failed with ``best`` as the winner: True when a ``failure_route`` was
+        started (it then decides: :meth:`StatefulProxy.failure_route_done`)."""
+        ...
+
+    def branch_route(self, ctx: ServerContext, request: Request) -> "Deferred[None] | None":
+        """``branch_route``: ``request`` is about to leave as one branch of ``ctx``; a Deferred when
+        the route is still running (the branch waits for it)."""
+
+    def ack_route(self, request: Request, flow: Flow) -> None:
+        """An ACK for a 2xx that matched a server transaction (RFC 6026 Accepted): end to end, it is
+        routed like any in-dialog request."""
+
+
+class HostMatcher(Protocol):
+    """Whether a host (an IP literal or name) is the one meant (e.g. a cluster node's address)."""
+
+    def __call__(self, host: str) -> bool: ...
+
+
+class StatefulProxy:
+    """Server/client transactions of the proxy and what happens between them (§16.6-§16.10)."""
+
+    def __init__(self, clock: IReactorTime, forwarder: Forwarder, hooks: RouteHooks, settings: ProxySettings,
+                 timers: TimerSettings, stats: ProxyStats) -> None:
+        self.clock = clock
+        self.forwarder = forwarder
+        self.hooks = hooks
+        self.settings = settings
+        self.timers = timers
+        self.stats = stats
+        self.table = TransactionTable()
+        self._owners: dict[Transaction, Owner] = {}
+        self._timer: IDelayedCall | None = None
+
+    @property
+    def idle(self) -> bool:
+        """No transaction is owned and no timer is armed (everything has been cleaned up)."""
+        return not self._owners and self._timer is None
+
+    # -- timers --------------------------------------------------------------------------------------
+    def arm(self) -> None:
+        """(Re)arm the one reactor timer for the earliest transaction deadline."""
+        when = self.table.get_timer()
+        timer = self._timer
+        if when is None:
+            if timer is not None and timer.active():
+                timer.cancel()
+            self._timer = None
+            return
+        if timer is not None and timer.active():
+            if timer.getTime() <= when:
+                return
+            timer.cancel()
+        self._timer = self.clock.callLater(max(0.0, when - self.clock.seconds()), self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        try:
+            for tx, action in self.table.handle_timer(self.clock.seconds()):
+                self.execute(tx, (action,))
+        except Exception:
+            log.failure("internal error in transaction timers")
+        self.arm()
+
+    def stop(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    # -- executing transaction actions ---------------------------------------------------------------
+    def execute(self, tx: Transaction, actions: Iterable[object]) -> None:
+        owner = self._owners.get(tx)
+        for action in actions:
+            if isinstance(action, SendResponse):
+                if isinstance(owner, ServerContext):
+                    self.forwarder.send(response_destination(action.response, owner.flow), action.response)
+            elif isinstance(action, SendRequest):
+                if isinstance(owner, CancelBranch):
+                    self.forwarder.send(owner.destination, action.request)
+                elif isinstance(owner, ClientBranch):
+                    self.forwarder.send(owner.send_destination(), action.request)
+            elif isinstance(action, DeliverResponse):
+                if isinstance(owner, ClientBranch):
+                    self._branch_response(owner, action.response)
+            elif isinstance(action, DeliverRequest):
+                if isinstance(owner, ServerContext):
+                    self.hooks.ack_route(action.request, owner.flow)
+            elif isinstance(action, Timeout):
+                if isinstance(owner, ClientBranch):
+                    # no answer at all from this target (not even 1xx): RFC 3263 §4.3, the next one
+                    if owner.alternatives and not owner.provisional and self._fail_over(owner, "timeout"):
+                        continue
+                    self.branch_failed(owner, 408, "Request Timeout")
+            elif isinstance(action, TransportFailure):
+                if isinstance(owner, ClientBranch):
+                    self.branch_failed(owner, 503, "Service Unavailable")
+            elif isinstance(action, Terminated):
+                gone = self._owners.pop(tx, None)
+                ctx = gone if isinstance(gone, ServerContext) else gone.ctx if isinstance(gone, ClientBranch) else None
+                if ctx is not None:
+                    ctx.live -= 1
+                    if ctx.live <= 0:
+                        ctx.release()
+
+    def _own(self, tx: Transaction, owner: Owner) -> None:
+        self._owners[tx] = owner
+        self.table.add(tx)
+
+    # -- requests ------------------------------------------------------------------------------------
+    def absorb(self, request: Request) -> bool:
+        """A request that matches a server transaction (a retransmission, the ACK of a non-2xx,
+        §17.2.3) is that transaction's: True when it was taken."""
+        tx = self.table.match_request(request)
+        if tx is None:
+            return False
+        self.execute(tx, tx.receive_request(request, self.clock.seconds()))
+        return True
+
+    def open(self, request: Request, flow: Flow) -> ServerContext:
+        """The context of a new request, with its server transaction at arrival so retransmissions
+        are absorbed while an asynchronous route runs; no 100 Trying yet (see :meth:`trying`)."""
+        ctx = ServerContext(request, flow)
+        self._server_tx(ctx, trying=False)
+        return ctx
+
+    def trying(self, ctx: ServerContext) -> None:
+        """The deferred 100 Trying of an INVITE: sent once, before the request is relayed or when the
+        route's synchronous part ends without a final answer. A route that answers at once (404, a
+        407 challenge, 403) needs none (§17.2.1: the TU answers within 200 ms)."""
+        tx = ctx.tx
+        if (tx is not None and tx.is_invite and self.settings.auto_100trying and not ctx.final_sent
+                and tx.last_response is None and self._owners.get(tx) is ctx):
+            self.execute(tx, tx.send_response(ctx.request.make_response(100), self.clock.seconds()))
+
+    def _server_tx(self, ctx: ServerContext, trying: bool = True) -> ServerInviteTransaction | ServerNonInviteTransaction:
+        """The server transaction of ``ctx``, created if it has none yet; an INVITE's sends 100 Trying
+        at once with ``proxy.auto_100trying`` unless ``trying`` is False (the caller sends it)."""
+        if ctx.tx is not None:
+            return ctx.tx
+        now = self.clock.seconds()
+        reliable = ctx.flow.remote.reliable
+        tx: ServerInviteTransaction | ServerNonInviteTransaction
+        if ctx.request.method == "INVITE":
+            tx = ServerInviteTransaction(ctx.request, reliable=reliable, timers=self.timers, now=now,
+                                         auto_100=self.settings.auto_100trying and trying)
+        else:
+            tx = ServerNonInviteTransaction(ctx.request, reliable=reliable, timers=self.timers, now=now)
+        ctx.tx = tx
+        ctx.live += 1
+        self._own(tx, ctx)
+        self.execute(tx, tx.start(now))
+        return tx
+
+    def discard(self, ctx: ServerContext) -> None:
+        """``drop()``: forget the request's server transaction without answering it (it was made on
+        arrival to absorb retransmissions; left alone it would wait forever for a final response)."""
+        if ctx.tx is None or ctx.final_sent or ctx.branches:
+            return
+        self.table.remove(ctx.tx)
+        if self._owners.pop(ctx.tx, None) is ctx:
+            ctx.live -= 1
+        if ctx.live <= 0:
+            ctx.release()
+
+    def cancel(self, cancel: Request, flow: Flow) -> None:
+        """§16.10: answer the CANCEL ourselves, then cancel every pending branch of its INVITE."""
+        inv_tx = self.table.find_invite_for_cancel(cancel)
+        ctx = self._owners.get(inv_tx) if inv_tx is not None else None
+        to_tag = self.forwarder.to_tag(cancel)
+        if not isinstance(ctx, ServerContext):
+            self.send_stateless(cancel.make_response(481, to_tag=to_tag), flow)
+            return
+        self.send_stateless(cancel.make_response(200, to_tag=to_tag), flow)
+        if ctx.canceled:
+            return
+        ctx.canceled = True
+        ctx.groups = []
+        if ctx.final_sent:
+            return
+        pending = [b for b in ctx.branches if b.final is None]
+        if not pending:
+            # the route has not relayed yet (or everything already failed): end it here
+            if ctx.route is not None:
+                ctx.route.replied = True
+            self._respond(ctx, ctx.request.make_response(487, "Request Terminated",
+                                                        to_tag=self.forwarder.to_tag(ctx.request)))
+            return
+        for b in pending:
+            self._cancel_branch(b)
+
+    # -- replies (the ProxyCore of the route verbs) --------------------------------------------------
+    def respond(self, route: RouteState, response: Response, stateful: bool) -> None:
+        """A response of the route's: through the server transaction when there is one (or
+        ``stateful`` asks for it: ``send_reply``/``t_reply``), else statelessly (``sl_send_reply``)."""
+        ctx = route.ctx
+        if ctx is not None and (ctx.tx is not None or stateful):
+            self._respond(ctx, response)
+        else:
+            self.send_stateless(response, route.source)
+
+    def send_stateless(self, response: Response, flow: Flow) -> None:
+        self.forwarder.send(response_destination(response, flow), response)
+
+    def _respond(self, ctx: ServerContext, response: Response) -> None:
+        """Send a response through the server transaction (creating it if needed)."""
+        tx = self._server_tx(ctx)
+        if response.status >= 200:
+            ctx.final_sent = True
+        actions = tx.send_response(response, self.clock.seconds())
+        if not actions and 200 <= response.status < 300 and ctx.request.method == "INVITE":
+            # §16.7 step 5: a 2xx is always forwarded, even after a negative final (Timer C's 408
+            # racing the callee's 200): the server transaction no longer takes it, so statelessly,
+            # as a 2xx arriving after the client transaction (§16.7 step 1), for the caller to ACK
+            self.forwarder.send(response_destination(response, ctx.flow), response)
+            return
+        self.execute(tx, actions)
+
+    # -- relaying (§16.6) ----------------------------------------------------------------------------
+    def relay(self, route: RouteState, targets: list[Branch]) -> bool:
+        """Relay ``route``'s request statefully to ``targets``: q groups tried serially, highest
+        first, the targets of a group in parallel (§16.6). False when the request was cancelled."""
+        request = route.request
+        ctx = route.ctx
+        if ctx is None:
+            ctx = route.ctx = ServerContext(request, route.source)
+            ctx.route = route
+        if ctx.canceled:
+            return False
+        self._server_tx(ctx)
+        self.trying(ctx)
+        route.relayed = True
+        self.stats["relayed"] += 1
+        if self.settings.log_decisions:
+            log.debug("{method} {call_id} from {src}: relay to {targets}", method=request.method,
+                      call_id=request.call_id, src=route.source.remote,
+                      targets=", ".join(f"{t.uri} q={t.q}" for t in targets))
+        groups: dict[float, list[Branch]] = {}
+        for t in targets:
+            groups.setdefault(1.0 if t.q is None else t.q, []).append(t)
+        ctx.groups = [groups[q] for q in sorted(groups, reverse=True)]
+        route.ruri_consumed = (request.uri_text, str(route.dst_uri) if route.dst_uri else None)
+        route.branches = []
+        route.ruri_branch = None
+        self._start_group(ctx)
+        return True
+
+    def forward_ack(self, route: RouteState, target: Branch) -> bool:
+        """An ACK for a 2xx is forwarded statelessly (§16.11)."""
+        return self.forwarder.forward_stateless(route, target)
+
+    def _start_group(self, ctx: ServerContext) -> None:
+        group = ctx.groups.pop(0)
+        # a branch may fail synchronously (a UDP send error): the context must not be decided
+        # before every branch of the group exists (§16.7 step 6 waits for all branches)
+        ctx.starting = True
+        try:
+            for target in group:
+                self._start_branch(ctx, target)
+        finally:
+            ctx.starting = False
+        self.check_done(ctx)
+
+    def _start_branch(self, ctx: ServerContext, target: Branch) -> None:
+        fw = self.forwarder
+        try:
+            fwd, destination, query = fw.prepare(ctx.request, target, ctx.route, ctx.flow, fw.new_branch())
+        except (SendError, SipValueError) as exc:
+            cb = ClientBranch(ctx, target, ctx.request, Destination(Endpoint("UDP", "0.0.0.0", 0)))
+            ctx.branches.append(cb)
+            cb.final = fw.local_final(ctx.request, ctx.request, exc.status, exc.reason)
+            return
+        cb = ClientBranch(ctx, target, fwd, destination)
+        ctx.branches.append(cb)
+        if query is None:
+            self._launch(cb)
+            return
+        cb.base = fwd
+        fw.locate(query).addCallbacks(self._located, self._locate_failed, callbackArgs=(cb,),
+                                      errbackArgs=(cb, query))
+
+    def _located(self, targets: list[Endpoint], cb: ClientBranch) -> None:
+        """The next hop's targets are known: send to the first one that can be tried."""
+        ctx = cb.ctx
+        if ctx is None or cb.final is not None or cb.replaced:
+            return  # the transaction ended while the name was being looked up
+        if ctx.canceled or ctx.final_sent:
+            cb.final = self.forwarder.local_final(ctx.request, cb.request, 487, "Request Terminated")
+        else:
+            attempt = self.forwarder.try_next(cb, list(targets))
+            if isinstance(attempt, ClientBranch):
+                self._launch(attempt)
+            else:
+                log.info("cannot locate {host}: {why}", host=cb.destination.server_name,
+                         why=attempt.reason if targets
+                         else "Name Resolution Failed (no such name or no usable target)")
+                cb.final = self.forwarder.local_final(ctx.request, cb.request, attempt.status, attempt.reason)
+        if cb.final is not None:
+            self.check_done(ctx)
+        self.arm()
+
+    def _locate_failed(self, failure: Failure, cb: ClientBranch, query: ServerQuery) -> None:
+        err = failure.value
+        if not isinstance(err, SendError):
+            log.failure("locating {host} failed", failure, host=query.host)
+            err = SendError("Name Resolution Failed")
+        log.info("cannot locate {host}: {why}", host=query.host, why=err.reason)
+        ctx = cb.ctx
+        if ctx is None or cb.final is not None or cb.replaced:
+            return
+        cb.final = self.forwarder.local_final(ctx.request, cb.request, err.status, err.reason)
+        self.check_done(ctx)
+        self.arm()
+
+    def _fail_over(self, cb: ClientBranch, why: str) -> bool:
+        """Move ``cb`` to its next target if DNS failover applies (the context still wants an
+        answer); True when a new attempt was started."""
+        ctx = cb.ctx
+        if (not self.settings.dns_failover or ctx is None or cb.replaced or ctx.canceled or ctx.final_sent
+                or not cb.alternatives):
+            return False
+        log.info("{method} to {dest} failed ({why}): trying the next target of {name}", method=cb.request.method,
+                 dest=cb.destination.remote, why=why, name=cb.destination.server_name)
+        attempt = self.forwarder.try_next(cb, cb.alternatives)
+        if isinstance(attempt, ClientBranch):
+            self._launch(attempt)
+            return True
+        return False
+
+    def _launch(self, cb: ClientBranch) -> None:
+        """Run the branch route on ``cb``'s request, then start its client transaction and send it
+        (§16.6 steps 9-11); an asynchronous branch route holds the branch back until it ends."""
+        ctx = cb.ctx
+        assert ctx is not None
+        waiting = self.hooks.branch_route(ctx, cb.request)
+        if waiting is None:
+            self._start_transaction(cb)
+            return
+        waiting.addCallback(self._branch_route_done, cb)
+
+    def _branch_route_done(self, _: None, cb: ClientBranch) -> None:
+        ctx = cb.ctx
+        if ctx is None or cb.replaced or cb.final is not None:
+            return
+        if ctx.canceled or ctx.final_sent:
+            cb.final = self.forwarder.local_final(ctx.request, cb.request, 487, "Request Terminated")
+            self.check_done(ctx)
+        else:
+            self._start_transaction(cb)
+        self.arm()
+
+    def _start_transaction(self, cb: ClientBranch) -> None:
+        ctx = cb.ctx
+        assert ctx is not None
+        fwd = cb.request
+        destination = cb.destination
+        now = self.clock.seconds()
+        reliable = destination.remote.reliable
+        tx: ClientInviteTransaction | ClientNonInviteTransaction
+        if fwd.method == "INVITE":
+            tx = ClientInviteTransaction(fwd, reliable=reliable, timers=self.timers, now=now)
+        else:
+            tx = ClientNonInviteTransaction(fwd, reliable=reliable, timers=self.timers, now=now)
+        cb.tx = tx
+        ctx.live += 1
+        self._own(tx, cb)
+        for action in tx.start(now):
+            if isinstance(action, SendRequest):
+                d = self.forwarder.sender.send(destination, action.request)
+                d.addCallbacks(self._branch_sent, self._branch_send_failed, callbackArgs=(cb,), errbackArgs=(cb,))
+            else:
+                self.execute(tx, (action,))
+
+    @staticmethod
+    def _branch_sent(flow: Flow, cb: ClientBranch) -> None:
+        cb.flow = flow
+
+    def _branch_send_failed(self, failure: Failure, cb: ClientBranch) -> None:
+        err = failure.value
+        status = err.status if isinstance(err, SendError) else 503
+        reason = err.reason if isinstance(err, SendError) else "Service Unavailable"
+        if cb.final is None and cb.alternatives and self._fail_over(cb, reason):
+            if cb.tx is not None:  # the failed attempt's transaction ends; its events are ignored now
+                self.execute(cb.tx, cb.tx.transport_error(self.clock.seconds()))
+            self.arm()
+            return
+        log.info("branch to {dest} failed: {why}", dest=cb.destination.remote, why=failure.getErrorMessage())
+        if cb.final is None:
+            # the SendError's status is the branch's response (430 Flow Failed, 477 ...): record it
+            # before the transaction's TransportFailure would count the branch as a plain 503
+            self.branch_failed(cb, status, reason)
+            if cb.tx is not None:
+                self.execute(cb.tx, cb.tx.transport_error(self.clock.seconds()))
+        self.arm()
+
+    # -- responses (§16.7) ---------------------------------------------------------------------------
+    def receive_response(self, response: Response) -> bool:
+        """A response from the network: True when it matched a client transaction (§17.1.3)."""
+        tx = self.table.match_response(response)
+        if tx is None:
+            return False
+        self.execute(tx, tx.receive_response(response, self.clock.seconds()))
+        return True
+
+    def forward_stray(self, response: Response) -> None:
+        """A response matching no transaction (§16.7 step 1 / §18.1.2): forwarded statelessly when it
+        carries our Via (a 2xx retransmission after our transaction ended), else dropped."""
+        via = response.top_via
+        if not (via.branch or "").startswith(self.forwarder.branch_prefix):
+            log.debug("dropping stray response {status} {call_id}", status=response.status,
+                      call_id=response.call_id)
+            return
+        out = response.copy()
+        out.pop_via()
+        if not out.headers.get("via"):
+            return
+        self.forwarder.send(response_destination(out, None), out)
+
+    def _branch_response(self, cb: ClientBranch, response: Response) -> None:
+        ctx = cb.ctx
+        if ctx is None or cb.replaced:  # released, or a target we failed over from: nobody waits
+            return
+        status = response.status
+        self.hooks.reply_route(ctx, response)
+        if status < 200:
+            cb.provisional = True
+            if cb.cancel_wanted:
+                self._cancel_branch(cb)
+            if status == 100 or ctx.final_sent:
+                return
+            self._forward_response(ctx, response)
+            return
+        if cb.final is not None and status >= 300:
+            return  # the branch already ended (timer C, transport error): late final absorbed
+        if status == 503 and cb.alternatives and self._fail_over(cb, "503"):
+            return  # RFC 3261 §21.5.4 / 3263 §4.3 (OpenSIPS and Kamailio DNS failover on 503)
+        cb.final = response
+        if status < 300:
+            if ctx.request.method == "INVITE" or not ctx.final_sent:
+                self._forward_response(ctx, response)
+                ctx.final_sent = True
+        if status < 300 or status >= 600:
+            # a 2xx or 6xx ends the search (§16.7 step 5, §16.7 step 4 for 6xx)
+            ctx.groups = []
+            for other in ctx.branches:
+                if other is not cb and other.final is None:
+                    self._cancel_branch(other)
+            if status < 300:
+                return
+        self.check_done(ctx)
+
+    def branch_failed(self, cb: ClientBranch, status: int, reason: str) -> None:
+        """Timer B/C/F, a transport error or a dead cluster node ended a branch: it counts as
+        ``status`` (§16.7 step 6, §16.8)."""
+        ctx = cb.ctx
+        if cb.final is not None or ctx is None or cb.replaced:
+            return
+        if status == 408 and cb.provisional and cb.request.method == "INVITE":
+            self._cancel_branch(cb)  # §16.8: timer C fired, CANCEL the branch
+        # generated here, so it gets our To tag like any local final response (§8.2.6.2, §16.9)
+        cb.final = cb.request.make_response(status, reason, to_tag=self.forwarder.to_tag(ctx.request))
+        self.check_done(ctx)
+
+    def check_done(self, ctx: ServerContext) -> None:
+        """When every branch has a final response: the next q group, else the failure route, else
+        the best response upstream (§16.7 step 6)."""
+        if ctx.final_sent or ctx.failure_running or ctx.starting:
+            return
+        if any(b.final is None for b in ctx.branches):
+            return
+        if ctx.groups and not ctx.canceled:
+            self._start_group(ctx)
+            return
+        finals = [b.final for b in ctx.branches if b.final is not None]
+        if not finals:
+            return
+        best = best_response(finals)
+        if not ctx.canceled and self.hooks.failure_route(ctx, best):
+            return
+        self.forward_best(ctx, best)
+
+    def failure_route_done(self, ctx: ServerContext, best: Response, branches_before: int) -> None:
+        """A failure route has ended: nothing more when it replied; its new branches decide when it
+        relayed (they may all have failed already, while the route held the decision back);
+        otherwise ``best`` goes upstream."""
+        ctx.failure_running = False
+        route = ctx.route
+        if route is not None and route.replied:
+            return
+        if len(ctx.branches) > branches_before:
+            self.check_done(ctx)
+            return
+        self.forward_best(ctx, best)
+
+    def forward_best(self, ctx: ServerContext, best: Response) -> None:
+        self._forward_response(ctx, upstream_final(best, [b.final for b in ctx.branches]))
+
+    def _forward_response(self, ctx: ServerContext, response: Response) -> None:
+        """§16.7 steps 9-10: drop our Via and send through the server transaction."""
+        out = response.copy()
+        out.pop_via()
+        if not out.headers.get("via"):
+            return
+        self._respond(ctx, out)
+
+    def _cancel_branch(self, cb: ClientBranch) -> None:
+        """§9.1 / §16.10: CANCEL a pending INVITE branch once it has had a provisional response."""
+        if cb.final is not None or cb.cancel_sent or cb.request.method != "INVITE" or cb.tx is None:
+            return
+        if not cb.provisional:
+            cb.cancel_wanted = True
+            return
+        cb.cancel_sent = True
+        cancel = build_cancel(cb.request)
+        destination = cb.send_destination()
+        now = self.clock.seconds()
+        tx = ClientNonInviteTransaction(cancel, reliable=destination.remote.reliable, timers=self.timers, now=now)
+        self._own(tx, CancelBranch(destination))
+        self.execute(tx, tx.start(now))
+        self.execute(cb.tx, cb.tx.cancel_sent(now))
+
+    # -- cluster -------------------------------------------------------------------------------------
+    def end_branches_to(self, same_host: HostMatcher, port: int | None, why: str) -> int:
+        """End with 480 every branch still waiting for an answer from ``host`` (``port``: any when
+        None), as if it had answered so; the number ended."""
+        stranded = [cb for cb in self._owners.values()
+                    if isinstance(cb, ClientBranch) and cb.final is None and cb.ctx is not None
+                    and same_host(cb.destination.remote.host)
+                    and (port is None or cb.destination.remote.port == port)]
+        for cb in stranded:
+            log.info("{method} {call_id}: branch to {dest} ends, {why}", method=cb.request.method,
+                     call_id=cb.request.call_id, dest=cb.destination.remote, why=why)
+            self.branch_failed(cb, 480, "Temporarily Unavailable")
+        if stranded:
+            self.arm()
+        return len(stranded)

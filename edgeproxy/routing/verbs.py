@@ -1,0 +1,322 @@
+"""The route verbs: what ``lookup``, ``save``, ``loose_route``, ``t_relay``, ``sl_send_reply``, the
+authentication and pike checks do -- one implementation, for the node and for
+:class:`~edgeproxy.routing.testing.RouteHarness` alike.
+
+:class:`RouteVerbs` decides (which targets, which reply, which status on a malformed input) and
+writes the request's :class:`~edgeproxy.proxy.context.RouteState`; what leaves the node goes through
+its :class:`ProxyCore`: the node's :class:`~edgeproxy.proxy.engine.StatefulProxy`, or the harness's
+recorder. So a route unit-tested with the harness runs the very code the node runs.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Mapping, Protocol
+
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from ..auth import Authenticator
+from ..interfaces import SendError
+from ..location import Binding, LookupResult
+from ..proxy.context import Branch, RouteState
+from ..proxy.flood import FloodDetector
+from ..proxy.flowtoken import InvalidFlowToken
+from ..proxy.forwarding import Forwarder
+from ..proxy.hops import loose_route
+from ..proxy.identity import LocalIdentity
+from ..proxy.settings import ProxySettings
+from ..registrar import Registrar, aor_of
+from ..sip.errors import SipParseError, SipValueError
+from ..sip.message import Request, Response
+from ..sip.uri import SipURI, parse_uri
+from .errors import RouteReply
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..cluster.nodes import NodeInfo
+    from ..federation.lookup import GlobalLookup
+
+__all__ = ["RouteVerbs", "ProxyCore", "ClusterView", "FederationView"]
+
+log = Logger(namespace="edgeproxy.proxy")
+
+
+class ProxyCore(Protocol):
+    """Where the verbs' decisions take effect: replies and relays (the node's stateful proxy)."""
+
+    def respond(self, route: RouteState, response: Response, stateful: bool) -> None: ...
+
+    def relay(self, route: RouteState, targets: list[Branch]) -> bool: ...
+
+    def forward_ack(self, route: RouteState, target: Branch) -> bool: ...
+
+
+class ClusterView(Protocol):
+    """What the verbs ask of the cluster layer (:class:`edgeproxy.cluster.Cluster`)."""
+
+    def cluster_check_addr(self, cluster_id: int, ip: str) -> bool: ...
+
+    def node_for_sip_addr(self, ip: str, cluster_id: int | None = None) -> "NodeInfo | None": ...
+
+    def is_up(self, node_id: int, cluster_id: int | None = None) -> bool: ...
+
+
+class FederationView(Protocol):
+    """What the verbs ask of the federation (:class:`edgeproxy.federation.Federation`)."""
+
+    def global_lookup(self, aor: str, method: str | None = None) -> "Deferred[GlobalLookup]": ...
+
+    def raw_query(self, command: Mapping[str, Any] | str) -> "Deferred[list[dict[str, Any]]]": ...
+
+
+class RouteVerbs:
+    """The OpenSIPS verbs behind :class:`~edgeproxy.routing.api.RouteRequest`, over a request's
+    :class:`RouteState`."""
+
+    def __init__(self, core: ProxyCore, forwarder: Forwarder, identity: LocalIdentity, registrar: Registrar,
+                 settings: ProxySettings, clock: IReactorTime, stats: dict[str, int], *,
+                 cluster: ClusterView | None = None, cluster_id: int = 1,
+                 federation: FederationView | None = None, auth: Authenticator | None = None,
+                 flood: FloodDetector | None = None) -> None:
+        self.core = core
+        self.forwarder = forwarder
+        self.identity = identity
+        self.registrar = registrar
+        self.location = registrar.location
+        self.settings = settings
+        self.clock = clock
+        self.stats = stats
+        self.cluster = cluster
+        self.cluster_id = cluster_id
+        self.federation = federation
+        self.auth = auth
+        self.flood = flood
+        self.log_decisions = settings.log_decisions  # one debug line per decision; the MI may flip it
+
+    # -- identity ------------------------------------------------------------------------------------
+    def is_myself(self, host: str, port: int | None = None) -> bool:
+        return self.identity.is_myself(host, port)
+
+    def cluster_check_addr(self, cluster_id: int, ip: str) -> bool:
+        """OpenSIPS ``cluster_check_addr``: ``ip`` is the sip_addr of another node of the cluster."""
+        return self.cluster is not None and self.cluster.cluster_check_addr(cluster_id, ip)
+
+    # -- replies -------------------------------------------------------------------------------------
+    def reply(self, route: RouteState, code: int, reason: str | None, stateful: bool) -> None:
+        """``sl_send_reply`` (``stateful`` False) / ``send_reply``: once per request, never to an
+        ACK; our To tag; the route's ``append_to_reply`` headers; a 3xx carries the destination set
+        as Contact, as OpenSIPS prints ``$branch``."""
+        request = route.request
+        if request.method == "ACK" or route.replied:
+            return
+        route.replied = True
+        self.stats["replied"] += 1
+        if self.log_decisions:
+            log.debug("{method} {call_id} from {src}: reply {code} {reason}", method=request.method,
+                      call_id=request.call_id, src=route.source.remote, code=code, reason=reason or "")
+        response = request.make_response(code, reason, to_tag=self.forwarder.to_tag(request))
+        for name, value in route.reply_headers:
+            response.headers.add(name, value)
+        if 300 <= code < 400:
+            targets = ([] if not route.ruri_changed else [request.uri]) + [b.uri for b in route.branches]
+            if targets:
+                response.headers.add("Contact", ", ".join(f"<{t}>" for t in targets))
+        self.core.respond(route, response, stateful)
+
+    def answer_error(self, route: RouteState, error: BaseException) -> bool:
+        """Answer what a route raised when it is an answer: a :class:`RouteReply` with its status
+        (statefully, as ``send_reply``), a malformed header the route read (its credentials, say)
+        with the status the :class:`~edgeproxy.sip.errors.SipParseError` carries -- the client's
+        error, not a 500. False for anything else (a bug in the route: the caller answers 500)."""
+        if isinstance(error, RouteReply):
+            self.reply(route, error.code, error.reason, True)
+            return True
+        if isinstance(error, SipParseError):
+            request = route.request
+            log.info("{method} {call_id} from {src}: {status} {reason}", method=request.method,
+                     call_id=request.call_id, src=route.source.remote, status=error.status, reason=error.reason)
+            self.reply(route, error.status, error.reason, False)
+            return True
+        return False
+
+    # -- relaying ------------------------------------------------------------------------------------
+    def relay(self, route: RouteState) -> bool:
+        """``t_relay()``: 483 when Max-Forwards is spent, 403 for a forged flow token (RFC 5626
+        §5.3); in a failure route the Request-URI already tried is not tried again unless the route
+        changed it (OpenSIPS/Kamailio "ruri consumed"); False when nothing could be relayed."""
+        request = route.request
+        ctx = route.ctx
+        in_failure_route = ctx is not None and ctx.failure_running
+        if route.replied or (route.relayed and not in_failure_route):
+            return False
+        if route.flow_error:
+            self.reply(route, 403, "Invalid Flow Token", False)  # (nothing for an ACK)
+            return False
+        if request.max_forwards == 0:
+            self.reply(route, 483, "Too Many Hops", False)
+            return True
+        targets = route.targets()
+        if (in_failure_route and route.ruri_branch is None
+                and route.ruri_consumed == (request.uri_text, str(route.dst_uri) if route.dst_uri else None)):
+            targets = targets[1:]  # append_branch() + t_relay() goes to the new targets only
+        if not targets:
+            return False
+        if request.method == "ACK":
+            route.relayed = True
+            return self.core.forward_ack(route, targets[0])
+        return self.core.relay(route, targets)
+
+    def loose_route(self, route: RouteState) -> bool:
+        """OpenSIPS ``loose_route()`` plus RFC 5626 §5.3: when one of our popped Route URIs carries
+        a flow token naming another connection than the one the request came on, the request goes
+        over that connection (it is heading back to the client behind it); a token naming the
+        arrival connection means the request comes from that client and is routed as usual. A
+        token that fails its MAC gets 403 at ``t_relay``."""
+        popped: list[SipURI] = []
+        routed = loose_route(route.request, self.identity.is_myself, popped, self.forwarder.is_flow_token)
+        arrival = route.source.connection_id
+        for uri in popped:
+            try:
+                flow = self.forwarder.flow_tokens.decode(uri.user)
+            except InvalidFlowToken:
+                log.info("{method} {call_id} from {src}: Route with a forged or stale flow token",
+                         method=route.request.method, call_id=route.request.call_id, src=route.source.remote)
+                route.flow_error = True
+                break
+            if flow is None or flow.connection_id == arrival:
+                continue
+            route.flow_destination = self.forwarder.flow_destination(flow, route.request.uri)
+            break
+        return routed
+
+    # -- location ------------------------------------------------------------------------------------
+    def lookup(self, route: RouteState, table: str, flags: str, aor: str | None) -> "Deferred[LookupResult]":
+        """OpenSIPS ``lookup()``: on FOUND the Request-URI becomes the first contact and the others
+        become branches. Flag ``m`` filters by method; flag ``g`` (federation) adds one branch per
+        other node holding the AoR, unless the request came from a cluster node (it has crossed the
+        cluster once already: the loop guard) or that node is down. A malformed AoR is ERROR (-3)."""
+        request = route.request
+        try:
+            uri = parse_uri(aor if aor.startswith(("sip:", "sips:")) else f"sip:{aor}") if aor else request.uri
+        except SipValueError:
+            return succeed(LookupResult.ERROR)
+        if not isinstance(uri, SipURI):
+            return succeed(LookupResult.NOT_FOUND)
+        key = aor_of(uri, self.registrar.settings.use_domain)
+        method = request.method if "m" in flags else None
+        federation = self.federation
+        if "g" in flags and federation is not None and not self.cluster_check_addr(self.cluster_id,
+                                                                                   route.source.remote.host):
+            return federation.global_lookup(key, method).addCallback(self._global_found, route, key)
+        d = maybeDeferred(self.location.lookup, key, method)
+
+        def found(result: tuple[LookupResult, list[Binding]]) -> LookupResult:
+            code, bindings = result
+            if code != LookupResult.FOUND or not bindings:
+                return code if code != LookupResult.FOUND else LookupResult.NOT_FOUND
+            set_targets(route, [Branch.to_binding(b) for b in bindings])
+            return LookupResult.FOUND
+
+        def failed(failure: Failure) -> LookupResult:
+            log.failure("lookup of {aor} failed", failure, aor=key)
+            return LookupResult.ERROR
+
+        return d.addCallbacks(found, failed)
+
+    def _global_found(self, result: "GlobalLookup", route: RouteState, key: str) -> LookupResult:
+        """Local contacts first, then a branch ``sip:<aor>`` via each live home node (OpenSIPS's
+        federation lookup), never to this node."""
+        if result.code != LookupResult.FOUND:
+            return LookupResult(result.code)
+        targets = [Branch.to_binding(b) for b in result.bindings]
+        for home in result.homes:
+            if self.cluster is not None:
+                peer = self.cluster.node_for_sip_addr(home.rsplit(":", 1)[0] if home.count(":") == 1 else home,
+                                                      self.cluster_id)
+                if peer is not None and not self.cluster.is_up(peer.node_id, self.cluster_id):
+                    continue  # a dead node is skipped, not waited for
+            targets.append(Branch.via_node(key, home))
+        if not targets:
+            return LookupResult.NOT_FOUND
+        set_targets(route, targets)
+        if self.log_decisions:
+            log.debug("global lookup {aor}: {n} local, homes {homes}", aor=key, n=len(result.bindings),
+                      homes=", ".join(result.homes) or "none")
+        return LookupResult.FOUND
+
+    def save(self, route: RouteState, table: str, flags: str) -> "Deferred[bool]":
+        """OpenSIPS ``save()``: store the REGISTER's bindings and answer it statelessly (flag ``r``:
+        do not answer, the route will); True on 200."""
+        request = route.request
+        d = self.registrar.save(request, route.source, nat=route.nat, sipping=route.sipping)
+
+        def saved(response: Response) -> bool:
+            if self.log_decisions:
+                log.debug("REGISTER {call_id} from {src}: save -> {status}", call_id=request.call_id,
+                          src=route.source.remote, status=response.status)
+            if "r" not in flags and not route.replied:
+                route.replied = True
+                self.stats["replied"] += 1
+                if response.status >= 200 and request.to_tag is None:
+                    self._add_to_tag(response, request)
+                self.core.respond(route, response, False)
+            return response.status == 200
+
+        def failed(failure: Failure) -> bool:
+            log.failure("save() failed for {call_id}", failure, call_id=request.call_id)
+            if not route.replied:
+                self.reply(route, 500, "Server Internal Error", False)
+            return False
+
+        return d.addCallbacks(saved, failed)
+
+    def _add_to_tag(self, response: Response, request: Request) -> None:
+        to = response.headers.get("to")
+        if to is not None and "tag=" not in to.lower():
+            response.headers.set("To", f"{to};tag={self.forwarder.to_tag(request)}")
+
+    def cache_raw_query(self, command: Mapping[str, Any] | str) -> "Deferred[list[dict[str, Any]]]":
+        """OpenSIPS ``cache_raw_query`` on the federation store; fails when none is configured."""
+        if self.federation is None:
+            return fail(SendError("no federation store configured", 500))
+        return self.federation.raw_query(command)
+
+    # -- pike ----------------------------------------------------------------------------------------
+    def flood_check(self, ip: str) -> bool:
+        """Count a request from ``ip``; False when it floods. Trusted sources and the other nodes of
+        the cluster are never counted: their traffic is many users' traffic."""
+        flood = self.flood
+        if flood is None or flood.is_trusted(ip) or self.cluster_check_addr(self.cluster_id, ip):
+            return True
+        ok, change = flood.check_and_report(ip, self.clock.seconds())
+        if change == "blocked":
+            log.warn("pike: {ip} is flooding (over {n} requests per {unit:g} s): its requests are refused",
+                     ip=ip, n=flood.settings.reqs_density_per_unit, unit=flood.settings.sampling_time_unit)
+        elif change == "unblocked":
+            log.info("pike: {ip} is below the limit again", ip=ip)
+        return ok
+
+    def pike_check_req(self, route: RouteState) -> bool:
+        """OpenSIPS ``pike_check_req()``. With ``check_all`` every request was counted on arrival and
+        only those that passed reach a route, so the answer is True without counting twice."""
+        if self.flood is None:
+            raise RuntimeError("the route calls pike_check_req(), but the node has no [pike] section")
+        if self.flood.settings.check_all:
+            return True
+        return self.flood_check(route.source.remote.host)
+
+    # -- authentication ------------------------------------------------------------------------------
+    def authenticator(self) -> Authenticator | None:
+        """The node's digest authenticator (``[auth]``), None without one."""
+        return self.auth
+
+
+def set_targets(route: RouteState, targets: list[Branch]) -> None:
+    """What a successful ``lookup()`` leaves behind: the first target becomes the Request-URI
+    (with its next hop), the others are appended to the destination set."""
+    first, *rest = targets
+    route.request.uri = first.uri
+    route.ruri_changed = True
+    route.ruri_branch = first
+    route.branches.extend(rest)
