@@ -902,6 +902,64 @@ def test_branch_route_can_edit_each_forwarded_copy() -> None:
         "sip:bob@192.0.2.10:5062", "sip:bob@192.0.2.11:5064"]
 
 
+def two_branches(msg):
+    msg.ruri = "sip:bob@192.0.2.10:5062"
+    msg.append_branch("sip:bob@192.0.2.11:5064")
+    msg.t_relay()
+
+
+def test_module_level_branch_route_runs_for_every_branch() -> None:
+    """A module's ``branch_route(msg, request)`` runs without ``t_on_branch`` (it used to be checked at
+    load time and never called)."""
+    def branch_route(msg, request):
+        request.headers.add("X-Branch", f"{msg.method} {request.uri}")
+
+    w = World(module(two_branches, branch_route=branch_route))
+    sent = requests(w.receive(invite(), ALICE_FLOW), "INVITE")
+    assert sorted(s.message.headers.get("x-branch") for s in sent) == [
+        "INVITE sip:bob@192.0.2.10:5062", "INVITE sip:bob@192.0.2.11:5064"]
+
+
+def test_async_branch_route_holds_its_branch_until_it_ends() -> None:
+    """An ``async def`` branch route runs (it used to be a coroutine nobody awaited), and a branch
+    whose route awaits leaves only when the route is done, with what the route wrote."""
+    gates: dict[str, Deferred] = {}
+
+    async def branch_route(msg, request):
+        gates[str(request.uri)] = gate = Deferred()
+        request.headers.add("X-Checked", await gate)
+
+    w = World(module(two_branches, branch_route=branch_route))
+    assert requests(w.receive(invite(), ALICE_FLOW), "INVITE") == []  # both held back
+    gates["sip:bob@192.0.2.11:5064"].callback("second")
+    first_out = requests(w.sender.take(), "INVITE")
+    assert [(str(s.message.uri), s.message.headers.get("x-checked")) for s in first_out] == [
+        ("sip:bob@192.0.2.11:5064", "second")]
+    gates["sip:bob@192.0.2.10:5062"].callback("first")
+    assert [s.message.headers.get("x-checked") for s in requests(w.sender.take(), "INVITE")] == ["first"]
+
+
+def test_async_branch_route_of_a_cancelled_call_sends_nothing() -> None:
+    """A branch still in its branch route when the caller cancels never leaves; the caller gets 487."""
+    gate: Deferred = Deferred()
+
+    async def branch_route(msg, request):
+        await gate
+
+    def one_branch(msg):
+        msg.ruri = "sip:bob@192.0.2.10:5062"
+        msg.t_relay()
+
+    w = World(module(one_branch, branch_route=branch_route))
+    w.receive(invite(), ALICE_FLOW)
+    sent = w.receive(cancel(), ALICE_FLOW)
+    assert any(s.is_response(200) for s in sent)  # the CANCEL's own 200
+    gate.callback(None)
+    out = w.sender.take()
+    assert not any(s.is_request("INVITE") for s in out)
+    assert [s.message.status for s in out if s.is_response()] == [487]
+
+
 # ---------------------------------------------------------------------------------------------------
 # route errors and local replies
 # ---------------------------------------------------------------------------------------------------

@@ -249,3 +249,35 @@ def test_harness_save_keeps_the_nat_and_sipping_flags_a_route_sets() -> None:
     assert h.run(route, text).replies[0][0] == 200
     [binding] = h.location.get("alice")
     assert binding.nat and binding.sipping
+
+
+# -- the harness runs the node's verbs: what its own copy of lookup/save used to get wrong ------------
+
+def test_harness_lookup_of_a_malformed_aor_is_error_as_on_the_node(h: RouteHarness) -> None:
+    """A malformed AoR is -3 (ERROR) for the route to map, not an exception out of the route."""
+    seen: list[LookupResult] = []
+
+    async def route(msg):
+        seen.append(await msg.lookup("location", "", "bob@[not-an-address"))
+        msg.sl_send_reply(404, "Not Found")
+
+    result = h.run(route, invite())
+    assert result.error is None and seen == [LookupResult.ERROR] and result.reply_code == 404
+
+
+def test_harness_save_with_flag_r_does_not_reply(h: RouteHarness) -> None:
+    """``save("location", "r")``: the bindings are stored and the route sends its own reply."""
+    async def route(msg):
+        stored = await msg.save("location", "r")
+        msg.sl_send_reply(202 if stored else 500, "Stored")
+
+    result = h.run(route, register())
+    assert result.replies == [(202, "Stored", False)]
+    assert [b.uri.host for b in h.location.get("bob")] == ["192.0.2.10"]
+
+
+def test_harness_save_reply_carries_a_to_tag_as_on_the_node(h: RouteHarness) -> None:
+    """The registrar's 200 gets our To tag (§8.2.6.2), in the harness as on the wire."""
+    result = h.run(route.request_route, register())
+    [response] = result.responses
+    assert response.status == 200 and response.to_tag
