@@ -8,11 +8,12 @@
             sl_send_reply(404, "Not here"); exit;
         }
         if (loose_route()) { sl_send_reply(403, "Preload Route denied"); exit; }
-        if (!is_myself("$rd")) { sl_send_reply(403, "Relaying Forbidden"); exit; }  # no open relay
         if (is_method("REGISTER")) {
+            if (!is_myself("$rd")) { sl_send_reply(403, "Forbidden"); exit; }
             # with [auth]: www_authorize / www_challenge / db_check_to / consume_credentials
             save("location"); exit;
         }
+        if (!is_myself("$rd")) { sl_send_reply(403, "Relaying Forbidden"); exit; }  # no open relay
         # with [auth]: callers of our domains prove who they are (proxy_authorize, db_check_from)
         lookup("location", "m");  switch ($retcode) { ... }
         record_route(); t_relay();
@@ -21,41 +22,17 @@
 
 from edgeproxy.routing import LookupResult
 
-from routes._common import authenticate
+from routes._common import authenticate, common_prelude
 
 
 async def request_route(msg):
-    if not msg.mf_process_maxfwd_header(10):
-        msg.sl_send_reply(483, "Too Many Hops")
-        return
-
-    if msg.has_totag():
-        # in-dialog requests follow the route set recorded at dialog creation
-        if msg.loose_route():
-            msg.t_relay()
-        elif msg.is_method("ACK"):
-            pass  # an ACK that matches no transaction and carries no route: nothing to do
-        else:
-            msg.sl_send_reply(404, "Not here")
-        return
-
-    # initial requests: a pre-loaded Route naming this node is removed by loose_route() (§16.4);
-    # one naming anybody else is refused, as OpenSIPS's stock script does
-    if msg.loose_route():
-        if not msg.is_method("ACK"):
-            msg.sl_send_reply(403, "Preload Route denied")
+    # Max-Forwards, in-dialog requests, pre-loaded Routes, OPTIONS pings to the node, REGISTER
+    # (with [auth]: challenge, check_to): the block every shipped route shares
+    if await common_prelude(msg):
         return
 
     if not msg.is_myself():
-        msg.sl_send_reply(403, "Relaying Forbidden")
-        return
-
-    if msg.is_method("OPTIONS") and msg.rU is None and msg.is_myself():
-        msg.sl_send_reply(200, "OK")  # keep-alive pings (e.g. FreeSWITCH gateways) to the node itself
-        return
-    if msg.is_method("REGISTER"):
-        if await authenticate(msg, register=True):
-            await msg.save("location")
+        msg.sl_send_reply(403, "Relaying Forbidden")  # no open relay
         return
     if msg.is_myself(msg.request.from_.uri) and not await authenticate(msg, register=False):
         return  # a caller claiming to be one of our users must prove it; calls from elsewhere need not
