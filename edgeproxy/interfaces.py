@@ -10,16 +10,21 @@ implement it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
 from .dns import ServerQuery
 from .sip.endpoint import Destination, Endpoint, Flow
 from .sip.message import Message
+from .sip.parser import Limits
 
 if TYPE_CHECKING:  # pragma: no cover - typing only: this module must not load a reactor
     from twisted.internet.defer import Deferred
+    from twisted.python.failure import Failure
 
-__all__ = ["MessageSink", "Sender", "SendError", "Locator"]
+__all__ = [
+    "MessageSink", "Sender", "SendError", "Locator",
+    "Timer", "Clock", "Connection", "Dial", "ConnectionRegistry",
+]
 
 
 class SendError(Exception):
@@ -88,4 +93,126 @@ class Locator(Protocol):
 
     def stop(self) -> None:
         """Cancel pending lookups and timers (the node is stopping)."""
+        ...
+
+
+# -- between a connection protocol and its controller ---------------------------------------------
+
+
+class Timer(Protocol):
+    """A call scheduled with :meth:`Clock.callLater` (Twisted's ``IDelayedCall``)."""
+
+    def active(self) -> bool: ...
+
+    def cancel(self) -> None: ...
+
+
+class Clock(Protocol):
+    """The two calls of Twisted's ``IReactorTime`` the transports use (the reactor; ``task.Clock``
+    in tests)."""
+
+    def seconds(self) -> float: ...
+
+    def callLater(self, delay: float, callable: Callable[..., object], *args: object,  # noqa: A002
+                  **kw: object) -> Timer: ...
+
+
+class Connection(Protocol):
+    """One stream connection -- TCP, TLS, WS or WSS -- as its :class:`ConnectionRegistry` keeps it.
+
+    The registry indexes it for RFC 3261 §18 connection reuse and by flow (RFC 5626 §3.3), sends on
+    it and closes it at shutdown. ``flow`` is None until the registry gives it one in
+    :meth:`ConnectionRegistry.connection_made` (which sets it before the first message is written)."""
+
+    flow: Flow | None
+
+    @property
+    def transport_name(self) -> str:
+        """The transport of its flows: ``TCP``, ``TLS``, ``WS`` or ``WSS``."""
+        ...
+
+    @property
+    def writable(self) -> bool:
+        """Whether messages may still be written (connected, not closing)."""
+        ...
+
+    def write_message(self, data: bytes) -> None:
+        """Write one serialised SIP message (§18.3: a stream carries whole messages back to back)."""
+        ...
+
+    def close(self) -> None:
+        """Close gracefully, flushing what was written."""
+        ...
+
+    def abort(self) -> None:
+        """Drop the connection now."""
+        ...
+
+
+class Dial(Protocol):
+    """An outbound connection being opened to send (RFC 3261 §18.1.1). The connection protocol
+    gets it from its factory and only hands it back to its registry, which owns what waits on it."""
+
+    @property
+    def remote(self) -> Endpoint:
+        """Where it connects to."""
+        ...
+
+
+class ConnectionRegistry(Protocol):
+    """What a connection protocol calls on its controller, as ``twisted.names`` protocols call
+    theirs. The protocols frame and parse; the registry numbers, indexes and admits connections.
+
+    Life cycle of a connection: the factory asks :meth:`admit` before building the protocol; TLS and
+    WebSocket connections are *pending* between :meth:`handshake_started` and
+    :meth:`handshake_ended` (counted against the limit, RFC 7118 §5 / RFC 3261 §26.2.1: no message
+    before the handshake); :meth:`connection_made` once messages can flow; :meth:`connection_lost`
+    when it is gone. An outbound connection that never got that far reports :meth:`dial_failed`.
+    """
+
+    @property
+    def clock(self) -> Clock:
+        """Timers and timestamps (idle timeouts, RFC 5626 §4.4.1 keep-alive bookkeeping)."""
+        ...
+
+    @property
+    def limits(self) -> Limits:
+        """The bounds of every parse."""
+        ...
+
+    @property
+    def idle_timeout(self) -> float | None:
+        """Seconds a connection may receive nothing before it is closed (None or 0: never)."""
+        ...
+
+    def admit(self, transport: str, host: str, port: int) -> bool:
+        """Whether an accepted connection from ``host``:``port`` may stay (the node is running and
+        below its connection limit); False means the factory closes the socket at once. The one
+        admission check of every stream listener; a refusal is logged here."""
+        ...
+
+    def handshake_started(self, connection: Connection) -> None:
+        """A TLS or WebSocket handshake began: the connection counts as pending."""
+        ...
+
+    def handshake_ended(self, connection: Connection) -> bool:
+        """The handshake is over (done or failed): no longer pending. Returns whether it was."""
+        ...
+
+    def connection_made(self, connection: Connection, peer: tuple[str, int], own: tuple[str, int],
+                        local: Endpoint | None, dial: Dial | None) -> Flow:
+        """Number and index a connection that is up (for TLS and WebSocket: handshake done), set
+        its ``flow`` and return it. ``peer``/``own`` are the socket's addresses; ``local`` the
+        listener's advertised endpoint (None for an outbound connection: the registry picks the
+        listener of the remote's family, else ``own``, §18.1.1). For ``dial`` the messages waiting
+        on it are written, in order, and their sends complete with the flow."""
+        ...
+
+    def connection_lost(self, connection: Connection) -> None:
+        """The connection closed: unindex it and tell the sink its flow closed (RFC 5626 §4.4)."""
+        ...
+
+    def dial_failed(self, dial: Dial, reason: Failure) -> None:
+        """An outbound connection failed before :meth:`connection_made` (refused, timed out, TLS
+        handshake failed): its waiting sends fail with :class:`SendError` (503)."""
         ...

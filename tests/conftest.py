@@ -41,7 +41,8 @@ def make_manager() -> Any:
     managers: list[TransportManager] = []
 
     def make(sink: Any = None, **kwargs: Any) -> TransportManager:
-        manager = TransportManager(reactor, sink if sink is not None else RecordingSink(), **kwargs)
+        manager = TransportManager(reactor, **kwargs)
+        manager.start(sink if sink is not None else RecordingSink())
         managers.append(manager)
         return manager
 

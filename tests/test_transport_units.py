@@ -41,8 +41,7 @@ class FakeUDPPort:
 
 def udp_protocol(limits: Limits = Limits()) -> tuple[SipDatagramProtocol, RecordingSink, FakeSocket]:
     sink = RecordingSink()
-    manager = TransportManager(Clock(), sink, limits=limits)
-    proto = SipDatagramProtocol(manager, Endpoint("UDP", "127.0.0.1", 5060), 2)
+    proto = SipDatagramProtocol(sink, limits, Endpoint("UDP", "127.0.0.1", 5060), 2)
     port = FakeUDPPort()
     proto.makeConnection(port)
     return proto, sink, port.socket
@@ -51,8 +50,9 @@ def udp_protocol(limits: Limits = Limits()) -> tuple[SipDatagramProtocol, Record
 def tcp_protocol(**kwargs) -> tuple[SipStreamProtocol, RecordingSink, StringTransport, Clock]:
     sink = RecordingSink()
     clock = Clock()
-    manager = TransportManager(clock, sink, **kwargs)
-    proto = SipStreamProtocol(manager, LOCAL_TCP)
+    manager = TransportManager(clock, **kwargs)
+    manager.start(sink)
+    proto = SipStreamProtocol(manager.connections, sink, LOCAL_TCP)
     transport = StringTransport()
     proto.makeConnection(transport)
     return proto, sink, transport, clock
@@ -183,7 +183,8 @@ def test_connect_timeout_fails_the_queued_sends_with_503():
     from edgeproxy.sip.message import Request
 
     reactor = MemoryReactorClock()
-    manager = TransportManager(reactor, RecordingSink(), connect_timeout=2.5)
+    manager = TransportManager(reactor, connect_timeout=2.5)
+    manager.start(RecordingSink())
     d1 = manager.send(Destination(Endpoint("TCP", "192.0.2.1", 5060)), Request("OPTIONS", "sip:a@example.com"))
     d2 = manager.send(Destination(Endpoint("TCP", "192.0.2.1", 5060)), Request("OPTIONS", "sip:b@example.com"))
     assert len(reactor.tcpClients) == 1

@@ -28,9 +28,8 @@ from twisted.names import client, dns
 from twisted.names.error import DNSNameError
 from twisted.python.failure import Failure
 
-from ..dns import A, AAAA, NAPTR, SRV, Answer, AnswerCache, DnsSettings, Naptr, Question, ServerQuery, Srv
+from ..dns import AAAA, NAPTR, SRV, A, Answer, AnswerCache, DnsSettings, Naptr, Question, ServerQuery, Srv, parse_hosts
 from ..dns import locate as rfc3263_locate
-from ..dns import parse_hosts
 from ..interfaces import SendError
 from ..sip.endpoint import Endpoint
 
@@ -79,7 +78,7 @@ class DnsLocator:
     ``resolver`` an ``IResolver`` to use instead of a ``twisted.names.client.Resolver`` for
     ``settings.servers`` (or the system's ``/etc/resolv.conf``); ``rng`` orders SRV weights."""
 
-    def __init__(self, reactor: Any, settings: DnsSettings = DnsSettings(), *, resolver: Any = None,
+    def __init__(self, reactor: Any, settings: DnsSettings = DnsSettings(), *, resolver: Any = None,  # noqa: B008
                  hosts: str = _HOSTS, rng: random.Random | None = None) -> None:
         self.reactor = reactor
         self.settings = settings
@@ -274,10 +273,11 @@ def _answer(result: tuple[list[Any], list[Any], list[Any]], question: Question) 
 
 def _failed(failure: Failure, question: Question) -> Answer:
     if failure.check(DNSNameError):
-        message = failure.value.args[0] if failure.value.args else None
+        args = getattr(failure.value, "args", ())
+        message = args[0] if args else None
         return Answer((), _negative_ttl(getattr(message, "authority", ())), nxdomain=True)
     log.info("DNS {rtype} {name}: {why}", rtype=question.rtype, name=question.name,
-             why=failure.getErrorMessage() or failure.type.__name__)
+             why=failure.getErrorMessage() or getattr(failure.type, "__name__", "error"))
     return Answer.failure()
 
 

@@ -1,12 +1,15 @@
 """The transport layer's controller: listeners, connections, and :class:`Sender` for the node.
 
-Theory of operation. :class:`TransportManager` owns every socket of a node. Listeners are opened with
-:meth:`TransportManager.listen`; each UDP listener is one :class:`SipDatagramProtocol`, each TCP
-listener a :class:`SipServerFactory` whose connections are :class:`SipStreamProtocol`. Protocols
-parse and hand valid messages straight to ``manager.sink`` (the node); connections report their
-start and end here, where they are numbered (``connection_id``) and indexed twice: by id, for
-flows, and by remote ``(host, port)``, for RFC 3261 §18 connection reuse (a response or request to
-a peer goes over any open connection with it, inbound or outbound, of the same transport).
+Theory of operation. :class:`TransportManager` owns every socket of a node. Life cycle: build it
+(no sink: the node that is the sink needs the manager as its sender), :meth:`~TransportManager.start`
+it with the sink, :meth:`~TransportManager.listen` on each endpoint, :meth:`~TransportManager.stop`.
+Each UDP listener is one :class:`SipDatagramProtocol`, each TCP listener a :class:`SipServerFactory`
+whose connections are :class:`SipStreamProtocol`; all are built with the sink and hand valid
+messages straight to it. Connections report their start and end to the manager's
+:class:`~.connections.ConnectionTable` through the public
+:class:`~edgeproxy.interfaces.ConnectionRegistry`, which numbers them and indexes them twice: by id,
+for flows, and by remote ``(host, port)``, for RFC 3261 §18 connection reuse (a response or request
+to a peer goes over any open connection with it, inbound or outbound, of the same transport).
 
 TLS (:mod:`.tls`) and WebSocket (:mod:`.ws`, RFC 7118) connections are the same kind of connection
 to the manager: they have an id, a flow and ``write_message``; until their handshake completes they
@@ -18,103 +21,52 @@ UDP flow, the listener the flow arrived on; else a UDP listener of the destinati
 an open TCP/TLS connection to the destination, or a new outbound connection (messages queue until it
 is up; for TLS until the handshake verified the server's certificate against the destination's
 name, or ``Destination.server_name``). A name that reaches here is resolved to its first A/AAAA
-address (IP literals skip that): RFC 3263 location (NAPTR, SRV, failover between targets) happens
+address (IP literals skip that, :mod:`.resolve`): RFC 3263 location (NAPTR, SRV, failover between targets) happens
 before, in the proxy with :mod:`.locator`, which hands over addresses.
 """
 
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass, field
-from itertools import count
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
-from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.defer import CancelledError, Deferred, DeferredList, fail, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
-from twisted.internet.error import CannotListenError, ConnectionRefusedError
-from twisted.internet.error import TimeoutError as ConnectTimeoutError
-from twisted.internet.interfaces import IListeningPort, IReactorSocket, IResolutionReceiver
+from twisted.internet.interfaces import IReactorSocket, IStreamClientEndpoint
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
-from twisted.python.failure import Failure
-from zope.interface import implementer
 
-from ..interfaces import SendError
+from ..interfaces import Connection, MessageSink, SendError
 from ..sip.endpoint import Destination, Endpoint, Flow
 from ..sip.message import Message
 from ..sip.parser import DEFAULT_LIMITS, Limits
-from ._util import guess_local_address, ip_literal
-from ..interfaces import MessageSink
+from ._util import ip_literal
+from .connections import ConnectionTable
+from .listeners import Listener, ListenerIndex, adopt_v6only, advertised_host
+from .resolve import resolve_first
 from .tcp import SipClientFactory, SipServerFactory
 from .udp import SipDatagramProtocol
 
 if TYPE_CHECKING:
     from .tls import TlsContexts, TlsSettings
-    from .ws import WsSettings
+    from .tls_memory import IdleTlsReclaimer
+    from .ws import SipWebSocketFactory, WsSettings
 
 __all__ = ["TransportManager", "Listener"]
 
-_TLS_KINDS = frozenset({"TLS", "WSS"})
-
 log = Logger(namespace="edgeproxy.transport")
 
-_WILDCARDS = {"0.0.0.0": socket.AF_INET, "::": socket.AF_INET6}
 _WEBSOCKETS = ("WS", "WSS")
 _UDP_RCVBUF = 4 * 1024 * 1024
 _STOP_GRACE = 1.0
-
-
-@dataclass(eq=False)
-class Listener:
-    """One listening socket.
-
-    ``bound`` is the socket's address (the real port when 0 was asked for); ``local`` is what flows
-    carry and :meth:`TransportManager.local_endpoint` returns (differs from ``bound`` for wildcard
-    listeners, see :meth:`TransportManager.listen`).
-    """
-
-    bound: Endpoint
-    local: Endpoint
-    family: int
-    port: IListeningPort
-    protocol: SipDatagramProtocol | None = None
-
-
-@dataclass(eq=False)
-class _Dial:
-    """An outbound connection being opened and the messages waiting for it."""
-
-    key: tuple[str, str, int]
-    remote: Endpoint
-    queue: list[tuple[bytes, Deferred]] = field(default_factory=list)
-    attempt: Deferred | None = None
-
-
-@implementer(IResolutionReceiver)
-class _Addresses:
-    def __init__(self) -> None:
-        self.found: list[tuple[int, str]] = []
-        self.deferred: Deferred = Deferred()
-
-    def resolutionBegan(self, resolution: Any) -> None:
-        pass
-
-    def addressResolved(self, address: Any) -> None:
-        family = socket.AF_INET6 if isinstance(address, IPv6Address) else socket.AF_INET
-        item = (family, address.host)
-        if item not in self.found:
-            self.found.append(item)
-
-    def resolutionComplete(self) -> None:
-        self.deferred.callback(self.found)
 
 
 class TransportManager:
     """UDP and TCP transports of one node (RFC 3261 §18), implementing
     :class:`edgeproxy.interfaces.Sender`.
 
-    ``sink`` is the :class:`~edgeproxy.interfaces.MessageSink` (may be assigned after
-    construction, before the first listener starts). ``limits`` bound every parse; ``max_connections``
+    ``reactor`` provides ``IReactorUDP``, ``IReactorTCP``, ``IReactorTime`` and the name resolver
+    (``IReactorSocket`` too for ``::`` listeners). ``limits`` bound every parse; ``max_connections``
     caps open plus connecting TCP connections, inbound and outbound together (beyond it, accepted
     sockets are closed at once and sends that need a new connection fail with 503);
     ``idle_timeout`` (seconds, None/0 = never) closes connections that received nothing for that long;
@@ -122,12 +74,14 @@ class TransportManager:
     listeners announce (see :meth:`listen`). ``tls`` (:class:`~edgeproxy.transport.tls.TlsSettings`)
     is needed for ``tls`` and ``wss`` listeners and configures outbound TLS; ``ws``
     (:class:`~edgeproxy.transport.ws.WsSettings`) configures ``ws``/``wss`` listeners.
+
+    The sink is not a constructor argument: it is given to :meth:`start`, which must come before
+    :meth:`listen`; until then every send fails with ``SendError("Transport Not Started")``.
     """
 
     def __init__(
         self,
         reactor: Any,
-        sink: MessageSink | None,
         limits: Limits = DEFAULT_LIMITS,
         max_connections: int = 4096,
         idle_timeout: float | None = 300.0,
@@ -137,39 +91,56 @@ class TransportManager:
         ws: WsSettings | None = None,
     ) -> None:
         self.reactor = reactor
-        self.sink: MessageSink = sink  # type: ignore[assignment]
         self.limits = limits
-        self.max_connections = max_connections
-        self.idle_timeout = idle_timeout
         self.connect_timeout = connect_timeout
         self.advertise = advertise
         self.backlog = 511
-        self._listeners: list[Listener] = []
-        self._udp: dict[tuple[Endpoint, int], SipDatagramProtocol] = {}
-        self._udp_default: dict[int, SipDatagramProtocol] = {}
-        self._locals: dict[tuple[str, int | None], Endpoint] = {}
         self.tls_settings = tls
         self.ws_settings = ws
         self._tls: TlsContexts | None = None
-        self._connections: dict[int, Any] = {}
-        self._by_remote: dict[tuple[str, str, int], list[Any]] = {}
-        self._dials: dict[tuple[str, str, int], _Dial] = {}
-        self._pending: set[Any] = set()
-        self._ids = count(1)
-        self._stopping = False
-        self._all_closed: Deferred | None = None
-        self.tls_reclaimer: Any = None  # an IdleTlsReclaimer from the first TLS/WSS connection on
+        self._sink: MessageSink | None = None
+        self._refusal: str | None = "Transport Not Started"  # why sends fail; None while running
+        self._index = ListenerIndex()
+        self._table = ConnectionTable(reactor, limits, self._index, max_connections, idle_timeout)
+        # the send path's lookups, held directly (both objects update them in place)
+        self._udp = self._index.udp
+        self._udp_default = self._index.udp_default
+        self._connections = self._table.by_id
+        self._by_remote = self._table.by_remote
+
+    # -- life cycle --------------------------------------------------------------------------------
+    def start(self, sink: MessageSink) -> None:
+        """Start with ``sink``, the node that receives every message and closed flow
+        (:class:`~edgeproxy.interfaces.MessageSink`); once, before the first :meth:`listen`."""
+        if self._sink is not None and self._sink is not sink:
+            raise RuntimeError("the transports are already started with another sink")
+        self._sink = sink
+        self._refusal = None
+        self._table.open(sink)
+
+    @property
+    def max_connections(self) -> int:
+        return self._table.max_connections
+
+    @property
+    def idle_timeout(self) -> float | None:
+        return self._table.idle_timeout
+
+    @property
+    def tls_reclaimer(self) -> IdleTlsReclaimer | None:
+        """The :class:`~.tls_memory.IdleTlsReclaimer`, from the first TLS/WSS connection on."""
+        return self._table.tls_reclaimer
 
     # -- listening ---------------------------------------------------------------------------------
     def listen(self, endpoint: Endpoint, advertise: str | None = None) -> "Deferred[Listener]":
-        """Open a listener on ``endpoint`` (an IP literal; see :func:`parse_listen`).
+        """Open a listener on ``endpoint`` (an IP literal; see :func:`parse_listen`); after :meth:`start`.
 
-        Fires with the :class:`Listener`, or fails with ``CannotListenError`` / ``ValueError``.
-        For a wildcard address (``0.0.0.0``, ``::``) the advertised host is ``advertise`` (this
-        call's, else the manager's), if it is a name or an address of the listener's family, else a
-        best guess: the source address of the default route (loopback without one). A ``::``
-        listener is IPv6-only (``IPV6_V6ONLY``), so that it can sit next to a ``0.0.0.0`` one on
-        the same port; list both to serve both families.
+        Fires with the :class:`Listener`, or fails with ``CannotListenError`` / ``ValueError``
+        (``RuntimeError`` before :meth:`start`). For a wildcard address (``0.0.0.0``, ``::``) the
+        advertised host is ``advertise`` (this call's, else the manager's), if it is a name or an
+        address of the listener's family, else a best guess: the source address of the default
+        route (loopback without one). A ``::`` listener is IPv6-only (``IPV6_V6ONLY``), so that it
+        can sit next to a ``0.0.0.0`` one on the same port; list both to serve both families.
         """
         try:
             listener = self._listen(endpoint, advertise)
@@ -178,6 +149,9 @@ class TransportManager:
         return succeed(listener)
 
     def _listen(self, endpoint: Endpoint, advertise: str | None) -> Listener:
+        sink = self._sink
+        if sink is None:
+            raise RuntimeError(f"cannot listen on {endpoint}: the transports are not started")
         literal = ip_literal(endpoint.host)
         if literal is None:
             raise ValueError(f"cannot listen on {endpoint}: host is not an IP address")
@@ -186,12 +160,13 @@ class TransportManager:
         reactor = self.reactor
         v6only = host == "::" and IReactorSocket.providedBy(reactor)
         protocol: SipDatagramProtocol | None = None
+        port: Any  # the reactor's udp.Port or tcp.Port: an IListeningPort that is also an ISystemHandle
         if transport == "UDP":
-            protocol = SipDatagramProtocol(self, endpoint, family)
+            protocol = SipDatagramProtocol(sink, self.limits, endpoint, family)
             packet = min(self.limits.max_message_size + 1, 65536)
             if v6only:
-                port = self._adopt_v6only(socket.SOCK_DGRAM, endpoint.port,
-                                          lambda fd: reactor.adoptDatagramPort(fd, socket.AF_INET6, protocol, packet))
+                port = adopt_v6only(socket.SOCK_DGRAM, endpoint.port, self.backlog,
+                                    lambda fd: reactor.adoptDatagramPort(fd, socket.AF_INET6, protocol, packet))
             else:
                 port = reactor.listenUDP(endpoint.port, protocol, interface=host, maxPacketSize=packet)
             try:
@@ -199,46 +174,49 @@ class TransportManager:
             except Exception:  # best effort; the kernel caps it at net.core.rmem_max
                 pass
         elif transport in ("TCP", "TLS", "WS", "WSS"):
-            factory, outer = self._server_factory(transport)
+            factory, outer = self._server_factory(transport, sink)
             if v6only:
-                port = self._adopt_v6only(socket.SOCK_STREAM, endpoint.port,
-                                          lambda fd: reactor.adoptStreamPort(fd, socket.AF_INET6, outer))
+                port = adopt_v6only(socket.SOCK_STREAM, endpoint.port, self.backlog,
+                                    lambda fd: reactor.adoptStreamPort(fd, socket.AF_INET6, outer))
             else:
                 port = reactor.listenTCP(endpoint.port, outer, backlog=self.backlog, interface=host)
         else:
             raise ValueError(f"cannot listen on {endpoint}: unsupported transport {endpoint.transport}")
         bound = Endpoint(transport, host, port.getHost().port)
-        local = Endpoint(transport, self._advertised_host(host, family, advertise), bound.port)
+        local = Endpoint(transport, advertised_host(host, family, advertise, self.advertise), bound.port)
         if protocol is not None:
             protocol.local = local
         else:
             factory.local = local
         listener = Listener(bound, local, family, port, protocol)
-        self._listeners.append(listener)
-        self._stopping = False
-        self._reindex()
+        self._index.add(listener)
+        self._refusal = None
+        self._table.accepting = True
         log.info("listening on {bound} as {local}", bound=bound, local=local)
         return listener
 
-    def _server_factory(self, transport: str) -> tuple[Any, Any]:
+    def _server_factory(self, transport: str,
+                        sink: MessageSink) -> tuple[SipServerFactory | SipWebSocketFactory, Factory[Any]]:
         """The factory whose protocols serve a listener of ``transport`` (its ``local`` is set once
         the port is bound) and the factory that listens (the same, or a TLS wrapper around it)."""
         if transport == "TCP":
-            factory: Any = SipServerFactory(self)
-            return factory, factory
+            tcp = SipServerFactory(self._table, sink)
+            return tcp, tcp
         server = None
         if transport in ("TLS", "WSS"):
             server = self.tls_contexts().server
             if server is None:
                 raise ValueError(f"a {transport.lower()} listener needs a TLS certificate and key")
+        factory: SipServerFactory | SipWebSocketFactory
         if transport == "TLS":
             from .tls import SipTlsServerFactory
 
-            factory = SipTlsServerFactory(self)
+            factory = SipTlsServerFactory(self._table, sink, self.tls_contexts().settings.handshake_timeout)
         else:
-            from .ws import SipWebSocketFactory
+            from .ws import SipWebSocketFactory, WsSettings
 
-            factory = SipWebSocketFactory(self, secure=transport == "WSS")
+            factory = SipWebSocketFactory(self._table, sink, secure=transport == "WSS",
+                                          settings=self.ws_settings or WsSettings())
         if server is None:
             return factory, factory
         from .tls import TlsServerWrapper
@@ -253,156 +231,35 @@ class TransportManager:
             self._tls = TlsContexts(self.tls_settings if self.tls_settings is not None else TlsSettings())
         return self._tls
 
-    def _adopt_v6only(self, kind: int, port: int, adopt: Callable[[int], IListeningPort]) -> IListeningPort:
-        sock = socket.socket(socket.AF_INET6, kind)
-        try:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            if kind == socket.SOCK_STREAM:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(("::", port))
-            if kind == socket.SOCK_STREAM:
-                sock.listen(self.backlog)
-            sock.setblocking(False)
-            return adopt(sock.fileno())  # the reactor keeps a duplicate of the descriptor
-        except OSError as exc:
-            raise CannotListenError("::", port, exc) from exc
-        finally:
-            sock.close()
-
-    def _advertised_host(self, host: str, family: int, advertise: str | None) -> str:
-        if host not in _WILDCARDS:
-            return host
-        for candidate in (advertise, self.advertise):
-            if candidate:
-                literal = ip_literal(candidate)
-                if literal is None:
-                    return candidate
-                if literal[0] == family:
-                    return literal[1]
-        return guess_local_address(family)
-
-    def _reindex(self) -> None:
-        self._udp = {}
-        self._udp_default = {}
-        self._locals = {}
-        for lst in self._listeners:
-            transport = lst.local.transport
-            if lst.protocol is not None:
-                self._udp.setdefault((lst.local, lst.family), lst.protocol)
-                self._udp_default.setdefault(lst.family, lst.protocol)
-            self._locals.setdefault((transport, None), lst.local)
-            self._locals.setdefault((transport, lst.family), lst.local)
-        for lst in self._listeners:
-            transport = lst.local.transport
-            if transport != "UDP":  # a connection's Via may name a listener of the other family
-                for family in _WILDCARDS.values():
-                    self._locals.setdefault((transport, family), lst.local)
-
     @property
     def listeners(self) -> list[Listener]:
-        return list(self._listeners)
+        return list(self._index.listeners)
 
     def local_endpoints(self) -> list[Endpoint]:
         """The advertised endpoint of every listener, in the order they were opened."""
-        return [lst.local for lst in self._listeners]
+        return [lst.local for lst in self._index.listeners]
 
     def local_endpoint(self, transport: str, remote: Endpoint | None = None) -> Endpoint | None:
         """The address to advertise (Via sent-by, Record-Route, Path) for ``transport`` toward
-        ``remote`` (RFC 3261 §18.1.1): the first listener of that transport and of the remote's
-        address family. For TCP a listener of the other family is acceptable (replies come back on
-        the connection); for UDP it is not. A remote given by name gets the first listener.
-        None when there is no suitable listener."""
-        family = None
-        if remote is not None:
-            literal = ip_literal(remote.host)
-            if literal is not None:
-                family = literal[0]
-        return self._locals.get((transport, family))
+        ``remote`` (RFC 3261 §18.1.1); see :meth:`.ListenerIndex.local_endpoint`."""
+        return self._index.local_endpoint(transport, remote)
 
     # -- connections -------------------------------------------------------------------------------
+    @property
+    def connections(self) -> ConnectionTable:
+        """The :class:`~edgeproxy.interfaces.ConnectionRegistry` every stream protocol of this
+        manager reports to."""
+        return self._table
+
     @property
     def connection_count(self) -> int:
         """Open plus connecting connections (TCP, TLS, WebSocket; also TLS and WebSocket ones still
         in their handshake)."""
-        return len(self._connections) + len(self._dials) + len(self._pending)
+        return self._table.count
 
-    def _may_connect(self) -> bool:
-        return not self._stopping and self.connection_count < self.max_connections
-
-    def connection(self, connection_id: int) -> Any:
+    def connection(self, connection_id: int) -> Connection | None:
         """The open connection with that id, if any."""
         return self._connections.get(connection_id)
-
-    def _connection_made(self, proto: Any) -> None:
-        """Number and index a connection that is up (for TLS and WebSocket: handshake done).
-
-        ``proto`` is a :class:`SipStreamProtocol` or a WebSocket protocol: it has ``transport``,
-        ``transport_name``, ``local``, ``dial``, ``connection_id``, ``flow``, ``writable``,
-        ``write_message``, ``close`` and ``abort``."""
-        kind = proto.transport_name
-        peer = proto.transport.getPeer()
-        literal = ip_literal(peer.host)
-        host = literal[1] if literal is not None else peer.host
-        remote = Endpoint(kind, host, peer.port)
-        local = proto.local
-        if local is None:
-            local = self.local_endpoint(kind, remote)
-            if local is None:
-                mine = proto.transport.getHost()
-                local = Endpoint(kind, mine.host, mine.port)
-            proto.local = local
-        cid = next(self._ids)
-        proto.connection_id = cid
-        flow = proto.flow = Flow(local, remote, cid)
-        self._connections[cid] = proto
-        self._by_remote.setdefault((kind, host, peer.port), []).append(proto)
-        if kind in _TLS_KINDS:
-            if self.tls_reclaimer is None:
-                self._start_tls_reclaimer()
-            # the handshake's flights, while the next handshakes can reuse the memory; on the next
-            # turn of the reactor, once Twisted has flushed what the handshake left to send
-            self.reactor.callLater(0, self.tls_reclaimer.release, proto)
-        dial = getattr(proto, "dial", None)
-        if dial is not None:
-            proto.dial = None
-            if self._dials.get(dial.key) is dial:
-                del self._dials[dial.key]
-            queue, dial.queue = dial.queue, []
-            for data, _ in queue:
-                proto.write_message(data)
-            for _, d in queue:
-                d.callback(flow)
-
-    def _start_tls_reclaimer(self) -> None:
-        """Idle TLS and WSS connections give back their BIO buffers (see ``tls_memory``)."""
-        from .tls_memory import IdleTlsReclaimer
-
-        reclaimer = self.tls_reclaimer = IdleTlsReclaimer(self.reactor, self._connections)
-        if not self._stopping:
-            reclaimer.start()
-
-    def _connection_lost(self, proto: Any) -> None:
-        cid = proto.connection_id
-        if cid is None or self._connections.get(cid) is not proto:
-            return
-        del self._connections[cid]
-        flow = proto.flow
-        assert flow is not None
-        key = (flow.remote.transport, flow.remote.host, flow.remote.port)
-        same = self._by_remote.get(key)
-        if same is not None:
-            if proto in same:
-                same.remove(proto)
-            if not same:
-                del self._by_remote[key]
-        try:
-            if self.sink is not None:
-                self.sink.flow_closed(flow)
-        except Exception:
-            log.failure("sink failed on the close of {flow}", flow=flow)
-        if self._all_closed is not None and not self._connections:
-            d, self._all_closed = self._all_closed, None
-            d.callback(None)
 
     # -- sending -----------------------------------------------------------------------------------
     def send(self, destination: Destination, message: Message) -> "Deferred[Flow]":
@@ -430,28 +287,29 @@ class TransportManager:
                 return self._write(conn, data)
         remote = destination.remote
         transport = remote.transport
-        if destination.flow_only and not self._udp_flow_open(flow):
+        if destination.flow_only and not self._index.udp_flow_open(flow):
             return fail(SendError("Flow Failed", 430))
-        if self._stopping:
-            return fail(SendError("Transport Stopped"))
+        if self._refusal is not None:
+            return fail(SendError(self._refusal))
         literal = ip_literal(remote.host)
         if transport in _WEBSOCKETS:
             # RFC 7118 §5: WebSocket clients are never dialled; only an open connection will do.
             return self._send_ws(transport, literal, remote.port, data)
         if literal is None:
-            d = self._resolve(remote.host, remote.port, transport)
-            d.addCallback(lambda found: self._send_to(transport, found[0], found[1], remote.port, data, flow,
-                                                      remote.host))
-            return d
+            udp_default = self._udp_default
+            resolved = resolve_first(self.reactor, remote.host, remote.port, transport,
+                                     lambda family: transport != "UDP" or family in udp_default)
+            return resolved.addCallback(lambda found: self._send_to(transport, found[0], found[1], remote.port,
+                                                                    data, flow, remote.host))
         return self._send_to(transport, literal[0], literal[1], remote.port, data, flow, destination.server_name)
 
-    def _write(self, conn: Any, data: bytes) -> "Deferred[Flow]":
+    def _write(self, conn: Connection, data: bytes) -> "Deferred[Flow]":
         try:
             conn.write_message(data)
         except Exception as exc:
             log.debug("sending on {flow} failed: {exc}", flow=conn.flow, exc=exc)
             return fail(SendError("Send Failed"))
-        return succeed(conn.flow)
+        return succeed(conn.flow)  # type: ignore[arg-type]  # an indexed connection has its flow
 
     def _send_ws(self, transport: str, literal: tuple[int, str] | None, port: int,
                  data: bytes) -> "Deferred[Flow]":
@@ -460,11 +318,6 @@ class TransportManager:
                 if conn.writable:
                     return self._write(conn, data)
         return fail(SendError("Flow Failed", 430))
-
-    def _udp_flow_open(self, flow: Flow | None) -> bool:
-        if flow is None or flow.connection_id is not None or flow.local.transport != "UDP":
-            return False
-        return any(proto.open for (local, _), proto in self._udp.items() if local == flow.local)
 
     def _send_to(self, transport: str, family: int, host: str, port: int, data: bytes,
                  flow: Flow | None, server_name: str | None = None) -> "Deferred[Flow]":
@@ -497,17 +350,19 @@ class TransportManager:
             for conn in reversed(conns):
                 if conn.writable:
                     return self._write(conn, data)
-        d: Deferred = Deferred()
-        dial = self._dials.get(key)
+        d: Deferred[Flow] = Deferred()
+        table = self._table
+        dial = table.dials.get(key)
         if dial is not None:
             dial.queue.append((data, d))
             return d
-        if not self._may_connect():
+        if not table.may_connect:
             return fail(SendError("Too Many Connections"))
-        factory: Any
+        sink = self._sink
+        assert sink is not None  # may_connect: started
+        factory: SipClientFactory
         endpoint_type = TCP6ClientEndpoint if family == socket.AF_INET6 else TCP4ClientEndpoint
-        endpoint: Any = endpoint_type(self.reactor, host, port, timeout=self.connect_timeout)
-        dial = _Dial(key, Endpoint(transport, host, port))
+        endpoint: IStreamClientEndpoint = endpoint_type(self.reactor, host, port, timeout=self.connect_timeout)
         if transport == "TLS":
             from twisted.internet.endpoints import wrapClientTLS
 
@@ -519,90 +374,26 @@ class TransportManager:
                 log.error("cannot open a TLS connection to {host}:{port}: {exc}", host=host, port=port, exc=exc)
                 return fail(SendError("TLS Not Configured"))
             endpoint = wrapClientTLS(creator, endpoint)
-            factory = SipTlsClientFactory(self, dial)
+            dial = table.dial(transport, host, port)
+            factory = SipTlsClientFactory(table, sink, dial, self.tls_contexts().settings.handshake_timeout)
         else:
-            factory = SipClientFactory(self, dial)
-        self._dials[key] = dial
+            dial = table.dial(transport, host, port)
+            factory = SipClientFactory(table, sink, dial)
         dial.queue.append((data, d))
         attempt = dial.attempt = endpoint.connect(factory)
-        attempt.addErrback(self._dial_failed, dial)
+        attempt.addErrback(lambda reason: table.dial_failed(dial, reason))
         return d
-
-    def _dial_failed(self, failure: Failure, dial: _Dial) -> None:
-        if self._dials.get(dial.key) is dial:
-            del self._dials[dial.key]
-        if failure.check(ConnectionRefusedError):
-            reason = "Connection Refused"
-        elif failure.check(ConnectTimeoutError):
-            reason = "Connect Timeout"
-        elif failure.check(CancelledError):
-            reason = "Transport Stopped"
-        elif dial.remote.transport == "TLS":
-            reason = "TLS Handshake Failed"
-        else:
-            reason = "Connection Failed"
-        log.debug("connecting to {remote} failed: {why}", remote=dial.remote, why=failure.getErrorMessage())
-        queue, dial.queue = dial.queue, []
-        for _, d in queue:
-            d.errback(SendError(reason))
-
-    def _resolve(self, host: str, port: int, transport: str) -> "Deferred[tuple[int, str]]":
-        """The first address of ``host`` usable for ``transport`` (for UDP: of a family with a
-        listener), through the reactor's getaddrinfo resolver: for the names RFC 3263 location does
-        not cover (a response's Via sent-by, a closed flow's fallback contact)."""
-        receiver = _Addresses()
-        try:
-            self.reactor.nameResolver.resolveHostName(
-                receiver, host, port, addressTypes=[IPv4Address, IPv6Address],
-                transportSemantics="UDP" if transport == "UDP" else "TCP")
-        except Exception:
-            log.failure("resolver failed for {host}", host=host)
-            return fail(SendError("Name Resolution Failed"))
-
-        def pick(found: list[tuple[int, str]]) -> tuple[int, str]:
-            for family, address in found:
-                if transport != "UDP" or family in self._udp_default:
-                    literal = ip_literal(address)
-                    return (family, literal[1] if literal is not None else address)
-            log.debug("no usable address for {host}: {found}", host=host, found=found)
-            raise SendError("Name Resolution Failed")
-
-        return receiver.deferred.addCallback(pick)
 
     # -- stopping ----------------------------------------------------------------------------------
     def stop(self) -> "Deferred[None]":
         """Close every listener and connection and fail queued sends; fires when all are closed.
 
-        Connections get a graceful close, and are aborted after a short grace period."""
-        self._stopping = True
-        if self.tls_reclaimer is not None:
-            self.tls_reclaimer.stop()
-        waits: list[Deferred] = []
-        listeners, self._listeners = self._listeners, []
-        self._reindex()
-        for lst in listeners:
-            waits.append(maybeDeferred(lst.port.stopListening))
-        for dial in list(self._dials.values()):
-            if dial.attempt is not None:
-                dial.attempt.cancel()
-        for proto in list(self._pending):  # TLS/WebSocket handshakes in progress
-            proto.abort()
-        if self._connections:
-            all_closed = self._all_closed = Deferred()
+        Connections get a graceful close, and are aborted after a short grace period. A stopped
+        manager may :meth:`listen` again (with the sink it was started with)."""
+        if self._sink is not None:
+            self._refusal = "Transport Stopped"
+        waits: list[Deferred[Any]] = [maybeDeferred(lst.port.stopListening) for lst in self._index.clear()]
+        all_closed = self._table.close_all(_STOP_GRACE)
+        if all_closed is not None:
             waits.append(all_closed)
-            for conn in list(self._connections.values()):
-                conn.close()
-
-            def abort_rest() -> None:
-                for conn in list(self._connections.values()):
-                    conn.abort()
-
-            grace = self.reactor.callLater(_STOP_GRACE, abort_rest)
-
-            def closed(result: object) -> object:
-                if grace.active():
-                    grace.cancel()
-                return result
-
-            all_closed.addBoth(closed)
         return DeferredList(waits, consumeErrors=True).addCallback(lambda _: None)

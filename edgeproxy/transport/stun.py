@@ -45,7 +45,7 @@ def binding_response(data: bytes, host: str, port: int) -> bytes | None:
     txid = data[8:20]
     packed = socket.inet_pton(family, text.partition("%")[0])
     mask = struct.pack("!I", MAGIC_COOKIE) + (txid if family == socket.AF_INET6 else b"")
-    xaddr = bytes(a ^ b for a, b in zip(packed, mask))
+    xaddr = bytes(a ^ b for a, b in zip(packed, mask, strict=False))
     value = struct.pack("!BBH", 0, 1 if family == socket.AF_INET else 2, port ^ (MAGIC_COOKIE >> 16)) + xaddr
     attribute = struct.pack("!HH", _XOR_MAPPED_ADDRESS, len(value)) + value
     return _HEADER.pack(_BINDING_SUCCESS, len(attribute), MAGIC_COOKIE) + txid + attribute

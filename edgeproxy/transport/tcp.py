@@ -1,27 +1,26 @@
 """SIP over TCP (RFC 3261 §18.1.1, §18.2.1, §18.3; RFC 5626 §3.5.1 keep-alive).
 
 One :class:`SipStreamProtocol` per connection, inbound or outbound; it frames with the core's
-``StreamParser`` and hands messages to the manager's sink, like ``twisted.names.dns.DNSProtocol``.
-The manager (the controller) numbers connections, indexes them for reuse and sends on them.
+``StreamParser`` and hands messages to its sink, like ``twisted.names.dns.DNSProtocol``. Its
+controller is a :class:`~edgeproxy.interfaces.ConnectionRegistry` (the manager's connection table),
+which admits, numbers and indexes connections for reuse; the protocol calls nothing else of it.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ..interfaces import ConnectionRegistry, Dial, MessageSink, Timer
 from ..sip.endpoint import Endpoint, Flow
 from ..sip.errors import SipParseError
 from ..sip.parser import NEED_DATA, PING, StreamParser
 from ._util import error_reply
-
-if TYPE_CHECKING:
-    from .manager import TransportManager, _Dial
 
 __all__ = ["SipStreamProtocol", "SipServerFactory", "SipClientFactory", "LINGER_SECONDS"]
 
@@ -47,25 +46,33 @@ class SipStreamProtocol(Protocol):
     * A connection that receives nothing for ``idle_timeout`` seconds is closed (only received
       traffic counts: a peer that never reads cannot keep a connection alive).
 
-    ``flow`` is ``Flow(local, remote, connection_id)`` once connected; ``local`` is the advertised
-    address of the TCP listener (for outbound connections the listener of the remote's family when
-    there is one, else the socket's own address).
+    ``flow`` is ``Flow(local, remote, connection_id)`` once connected (the registry sets it);
+    ``local`` is the advertised address of the TCP listener, None for an outbound connection (its
+    flow gets the listener of the remote's family when there is one, else the socket's own address).
+    ``dial`` is the outbound connection attempt this connection is, handed back to the registry.
     """
 
     transport_name = "TCP"
     """The transport of this connection's flows (subclasses over TLS say ``TLS``)."""
 
-    def __init__(self, manager: TransportManager, local: Endpoint | None, dial: _Dial | None = None) -> None:
-        self.manager = manager
+    def __init__(self, registry: ConnectionRegistry, sink: MessageSink, local: Endpoint | None,
+                 dial: Dial | None = None) -> None:
+        self.registry = registry
+        self.sink = sink
         self.local = local
         self.dial = dial
-        self.parser = StreamParser(manager.limits)
-        self.connection_id: int | None = None
+        self.parser = StreamParser(registry.limits)
         self.flow: Flow | None = None
         self.closing = False
         self.last_received = 0.0
-        self._idle_call: IDelayedCall | None = None
-        self._linger_call: IDelayedCall | None = None
+        self._idle_call: Timer | None = None
+        self._linger_call: Timer | None = None
+
+    @property
+    def connection_id(self) -> int | None:
+        """The registry's number of this connection, once it is up."""
+        flow = self.flow
+        return None if flow is None else flow.connection_id
 
     # -- life cycle --------------------------------------------------------------------------------
     def connectionMade(self) -> None:
@@ -75,11 +82,15 @@ class SipStreamProtocol(Protocol):
                 getattr(transport, option)(True)
             except Exception:  # not every transport (tests' fakes) has socket options
                 pass
-        self.last_received = self.manager.reactor.seconds()
-        self.manager._connection_made(self)
-        timeout = self.manager.idle_timeout
+        registry = self.registry
+        clock = registry.clock
+        self.last_received = clock.seconds()
+        peer, own = transport.getPeer(), transport.getHost()
+        dial, self.dial = self.dial, None
+        registry.connection_made(self, (peer.host, peer.port), (own.host, own.port), self.local, dial)
+        timeout = registry.idle_timeout
         if timeout:
-            self._idle_call = self.manager.reactor.callLater(timeout, self._check_idle)
+            self._idle_call = clock.callLater(timeout, self._check_idle)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.closing = True
@@ -87,7 +98,7 @@ class SipStreamProtocol(Protocol):
             if call is not None and call.active():
                 call.cancel()
         self._idle_call = self._linger_call = None
-        self.manager._connection_lost(self)
+        self.registry.connection_lost(self)
 
     @property
     def writable(self) -> bool:
@@ -112,8 +123,8 @@ class SipStreamProtocol(Protocol):
 
     def _check_idle(self) -> None:
         self._idle_call = None
-        timeout = self.manager.idle_timeout
-        clock = self.manager.reactor
+        timeout = self.registry.idle_timeout or 0.0
+        clock = self.registry.clock
         remaining = self.last_received + timeout - clock.seconds()
         if remaining > 0:
             self._idle_call = clock.callLater(remaining, self._check_idle)
@@ -125,10 +136,10 @@ class SipStreamProtocol(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self.closing:
             return
-        self.last_received = self.manager.reactor.seconds()
+        self.last_received = self.registry.clock.seconds()
         parser = self.parser
         parser.feed(data)
-        sink = self.manager.sink
+        sink = self.sink
         flow = self.flow
         while True:
             try:
@@ -179,7 +190,7 @@ class SipStreamProtocol(Protocol):
         except Exception:
             transport.loseConnection()
             return
-        self._linger_call = self.manager.reactor.callLater(LINGER_SECONDS, self.abort)
+        self._linger_call = self.registry.clock.callLater(LINGER_SECONDS, self.abort)
 
     def readConnectionLost(self) -> None:
         """The peer half-closed (or closed): answer a message cut short, then close."""
@@ -204,36 +215,41 @@ class SipStreamProtocol(Protocol):
 
 
 class SipServerFactory(Factory):
-    """Builds the protocol of each accepted connection of one TCP listener, refusing connections
-    beyond the manager's ``max_connections`` (the socket is closed as soon as it is accepted)."""
+    """Builds the protocol of each accepted connection of one TCP listener, once the registry
+    admits it (beyond ``max_connections`` the socket is closed as soon as it is accepted).
+
+    ``transport_name`` is the listener's transport, for the registry's refusal log; subclasses
+    build other stream protocols (TLS) with :meth:`connection`."""
 
     noisy = False
+    transport_name = "TCP"
 
-    def __init__(self, manager: TransportManager) -> None:
-        self.manager = manager
+    def __init__(self, registry: ConnectionRegistry, sink: MessageSink) -> None:
+        self.registry = registry
+        self.sink = sink
         self.local: Endpoint | None = None
 
-    def buildProtocol(self, addr: Any) -> SipStreamProtocol | None:  # type: ignore[override]
-        if not self.manager._may_connect():
-            log.info("refusing TCP connection from {host}:{port}: {count} connections open",
-                     host=getattr(addr, "host", "?"), port=getattr(addr, "port", "?"),
-                     count=self.manager.connection_count)
+    def buildProtocol(self, addr: Any) -> SipStreamProtocol | None:
+        if not self.registry.admit(self.transport_name, getattr(addr, "host", "?"), getattr(addr, "port", 0)):
             return None
-        proto = SipStreamProtocol(self.manager, self.local)
+        proto = self.connection(None)
         proto.factory = self
         return proto
 
+    def connection(self, dial: Dial | None) -> SipStreamProtocol:
+        """A new protocol: for this listener (``dial`` None) or for an outbound attempt."""
+        return SipStreamProtocol(self.registry, self.sink, self.local, dial)
 
-class SipClientFactory(Factory):
-    """Builds the protocol of one outbound connection (RFC 3261 §18.1.1, opened to send)."""
 
-    noisy = False
+class SipClientFactory(SipServerFactory):
+    """Builds the protocol of one outbound connection (RFC 3261 §18.1.1, opened to send): no
+    admission (the sender checked it before dialling) and no listener's ``local``."""
 
-    def __init__(self, manager: TransportManager, dial: _Dial) -> None:
-        self.manager = manager
+    def __init__(self, registry: ConnectionRegistry, sink: MessageSink, dial: Dial) -> None:
+        super().__init__(registry, sink)
         self.dial = dial
 
     def buildProtocol(self, addr: Any) -> SipStreamProtocol:
-        proto = SipStreamProtocol(self.manager, None, self.dial)
+        proto = self.connection(self.dial)
         proto.factory = self
         return proto

@@ -25,25 +25,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL
 from twisted.internet import ssl
-from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, IOpenSSLClientConnectionCreator
+from twisted.internet.interfaces import IHandshakeListener, IOpenSSLClientConnectionCreator
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ..interfaces import ConnectionRegistry, Dial, MessageSink, Timer
 from ..sip.endpoint import Endpoint
 from ._util import ip_literal
-from .tcp import SipServerFactory, SipStreamProtocol
-
-if TYPE_CHECKING:
-    from .manager import TransportManager, _Dial
+from .tcp import SipClientFactory, SipServerFactory, SipStreamProtocol
 
 __all__ = ["TlsSettings", "TlsContexts", "SipTlsProtocol", "SipTlsServerFactory", "SipTlsClientFactory",
            "TlsServerWrapper", "handshake_failure_reason"]
@@ -353,25 +351,28 @@ def handshake_failure_reason(reason: Failure) -> str:
 @implementer(IHandshakeListener)
 class SipTlsProtocol(SipStreamProtocol):
     """One SIP-over-TLS connection. Framing, keep-alives and errors are those of
-    :class:`SipStreamProtocol`; it joins the manager (id, flow, sends) when the handshake completes."""
+    :class:`SipStreamProtocol`; it joins the registry (id, flow, sends) when the handshake completes,
+    which must happen within ``handshake_timeout`` seconds (:attr:`TlsSettings.handshake_timeout`)."""
 
     transport_name = "TLS"
 
-    def __init__(self, manager: TransportManager, local: Endpoint | None, dial: _Dial | None = None) -> None:
-        super().__init__(manager, local, dial)
-        self._handshake_call: IDelayedCall | None = None
+    def __init__(self, registry: ConnectionRegistry, sink: MessageSink, local: Endpoint | None,
+                 dial: Dial | None = None, handshake_timeout: float = TlsSettings.handshake_timeout) -> None:
+        super().__init__(registry, sink, local, dial)
+        self.handshake_timeout = handshake_timeout
+        self._handshake_call: Timer | None = None
 
     def connectionMade(self) -> None:
-        # TCP is up; the handshake is running. Register only at handshakeCompleted.
-        manager = self.manager
-        manager._pending.add(self)
-        timeout = manager.tls_contexts().settings.handshake_timeout
+        # TCP is up; the handshake is running (RFC 3261 §26.2.1: no message before it is done).
+        registry = self.registry
+        registry.handshake_started(self)
+        timeout = self.handshake_timeout
         if timeout and timeout > 0:
-            self._handshake_call = manager.reactor.callLater(timeout, self._handshake_timed_out)
+            self._handshake_call = registry.clock.callLater(timeout, self._handshake_timed_out)
 
     def handshakeCompleted(self) -> None:
         self._cancel_handshake_timer()
-        self.manager._pending.discard(self)
+        self.registry.handshake_ended(self)
         if self.closing:
             return
         super().connectionMade()
@@ -388,21 +389,21 @@ class SipTlsProtocol(SipStreamProtocol):
 
     def _peer(self) -> str:
         try:
-            peer = self.transport.getPeer()  # type: ignore[union-attr]
+            transport: Any = self.transport
+            peer = transport.getPeer()
             return Endpoint("TLS", peer.host, peer.port).hostport
         except Exception:
             return "?"
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._cancel_handshake_timer()
-        manager = self.manager
-        if self in manager._pending or (self.connection_id is None and self.dial is not None):
-            manager._pending.discard(self)
+        registry = self.registry
+        if registry.handshake_ended(self) or (self.flow is None and self.dial is not None):
             why = handshake_failure_reason(reason)
             log.info("TLS handshake with {peer} failed: {why}", peer=self._peer(), why=why)
             dial, self.dial = self.dial, None
             if dial is not None:
-                manager._dial_failed(reason, dial)
+                registry.dial_failed(dial, reason)
         super().connectionLost(reason)
 
 
@@ -420,28 +421,27 @@ class TlsServerWrapper(TLSMemoryBIOFactory):
 
 
 class SipTlsServerFactory(SipServerFactory):
-    """Builds the :class:`SipTlsProtocol` of each accepted connection of one TLS listener (wrapped
+    """Builds the :class:`SipTlsProtocol` of each admitted connection of one TLS listener (wrapped
     by the manager in a ``TLSMemoryBIOFactory``)."""
 
-    def buildProtocol(self, addr: Any) -> SipTlsProtocol | None:  # type: ignore[override]
-        if not self.manager._may_connect():
-            log.info("refusing TLS connection from {host}:{port}: {count} connections open",
-                     host=getattr(addr, "host", "?"), port=getattr(addr, "port", "?"),
-                     count=self.manager.connection_count)
-            return None
-        proto = SipTlsProtocol(self.manager, self.local)
-        proto.factory = self
-        return proto
+    transport_name = "TLS"
+
+    def __init__(self, registry: ConnectionRegistry, sink: MessageSink, handshake_timeout: float) -> None:
+        super().__init__(registry, sink)
+        self.handshake_timeout = handshake_timeout
+
+    def connection(self, dial: Dial | None) -> SipTlsProtocol:
+        return SipTlsProtocol(self.registry, self.sink, self.local, dial, self.handshake_timeout)
 
 
-class SipTlsClientFactory(SipServerFactory):
+class SipTlsClientFactory(SipClientFactory):
     """Builds the protocol of one outbound TLS connection."""
 
-    def __init__(self, manager: TransportManager, dial: _Dial) -> None:
-        super().__init__(manager)
-        self.dial = dial
+    transport_name = "TLS"
 
-    def buildProtocol(self, addr: Any) -> SipTlsProtocol:  # type: ignore[override]
-        proto = SipTlsProtocol(self.manager, None, self.dial)
-        proto.factory = self
-        return proto
+    def __init__(self, registry: ConnectionRegistry, sink: MessageSink, dial: Dial, handshake_timeout: float) -> None:
+        super().__init__(registry, sink, dial)
+        self.handshake_timeout = handshake_timeout
+
+    def connection(self, dial: Dial | None) -> SipTlsProtocol:
+        return SipTlsProtocol(self.registry, self.sink, None, dial, self.handshake_timeout)

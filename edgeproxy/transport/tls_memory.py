@@ -21,11 +21,13 @@ swapped and the connections just keep their buffers (logged once).
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Mapping
 
 from OpenSSL import SSL
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+
+from ..interfaces import Clock, Connection
 
 __all__ = ["release_bio_buffers", "IdleTlsReclaimer", "RELEASE_INTERVAL", "RELEASE_QUIET"]
 
@@ -91,7 +93,7 @@ class IdleTlsReclaimer:
     ``transport`` whose ``getHandle()`` is the ``SSL.Connection`` for TLS and WSS; others are
     skipped. The sweep reads one float per connection (about 1 ms per 10,000 connections)."""
 
-    def __init__(self, reactor: Any, connections: Mapping[int, Any], interval: float = RELEASE_INTERVAL,
+    def __init__(self, reactor: Clock, connections: Mapping[int, Connection], interval: float = RELEASE_INTERVAL,
                  quiet: float = RELEASE_QUIET) -> None:
         self.reactor = reactor
         self.connections = connections
@@ -109,7 +111,7 @@ class IdleTlsReclaimer:
         """Start sweeping (idempotent); the first sweep is ``interval`` seconds from now."""
         if self._loop is None and self.interval > 0:
             loop = self._loop = LoopingCall(self.sweep)
-            loop.clock = self.reactor
+            loop.clock = self.reactor  # type: ignore[assignment]  # an IReactorTime; Clock is its two calls
             loop.start(self.interval, now=False).addErrback(
                 lambda f: log.failure("TLS buffer sweep failed", f))
 
@@ -118,7 +120,7 @@ class IdleTlsReclaimer:
         if loop is not None and loop.running:
             loop.stop()
 
-    def release(self, proto: Any) -> bool:
+    def release(self, proto: Connection) -> bool:
         """Release one connection's buffers now (the manager calls this when a handshake completes:
         its flights are the largest data most connections ever see). A connection that is no
         longer in ``connections`` (closed meanwhile) is left alone."""

@@ -1,27 +1,26 @@
 """SIP over UDP (RFC 3261 §18.1.1, §18.2.1, §18.3): one datagram is one message.
 
 The protocol is thin, like ``twisted.names.dns.DNSDatagramProtocol``: it parses and hands the message
-to the manager's sink. This is the benchmarked hot path, so it does no logging, no formatting and no
-copying for a valid message.
+to the sink it was built with (a datagram has no connection, so it needs no
+:class:`~edgeproxy.interfaces.ConnectionRegistry`). This is the benchmarked hot path, so it does no
+logging, no formatting and no copying for a valid message.
 """
 
 from __future__ import annotations
 
 import errno
 import socket
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
+from ..interfaces import MessageSink
 from ..sip.endpoint import Endpoint, Flow
 from ..sip.errors import SipParseError
-from ..sip.parser import parse_datagram
+from ..sip.parser import Limits, parse_datagram
 from ._util import error_reply
 from .stun import binding_response, is_stun
-
-if TYPE_CHECKING:
-    from .manager import TransportManager
 
 __all__ = ["SipDatagramProtocol"]
 
@@ -35,19 +34,20 @@ class SipDatagramProtocol(DatagramProtocol):
     responses leave from the port the request arrived on (§18.2.2, RFC 3581 §4 symmetric response).
 
     Keep-alives are handled here and never reach the sink: CRLF-only datagrams are ignored, STUN
-    Binding requests (RFC 5626 §4.4.2) get a Binding response, other STUN messages are dropped. A malformed request is answered with the core's status (400, 505, 513 ...) sent back to
-    the datagram's source address; a malformed response is dropped (§18.1.2). Nothing raised while
+    Binding requests (RFC 5626 §4.4.2) get a Binding response, other STUN messages are dropped. A
+    malformed request is answered with the core's status (400, 505, 513 ...) sent back to the
+    datagram's source address; a malformed response is dropped (§18.1.2). Nothing raised while
     handling a datagram escapes into the reactor.
     """
 
     noisy = False
 
-    def __init__(self, manager: TransportManager, local: Endpoint, family: int) -> None:
-        self.manager = manager
+    def __init__(self, sink: MessageSink, limits: Limits, local: Endpoint, family: int) -> None:
+        self._sink = sink
         self.local = local
         """The advertised endpoint of this listener; the ``local`` of every flow it reports."""
         self.family = family
-        self._limits = manager.limits
+        self._limits = limits
         self._sock: socket.socket | None = None
 
     def startProtocol(self) -> None:
@@ -72,7 +72,7 @@ class SipDatagramProtocol(DatagramProtocol):
         if message is None:
             return
         try:
-            self.manager.sink.message_received(message, Flow(self.local, Endpoint("UDP", addr[0], addr[1])))
+            self._sink.message_received(message, Flow(self.local, Endpoint("UDP", addr[0], addr[1])))
         except Exception:
             log.failure("sink failed on a message from {addr}", addr=addr)
 

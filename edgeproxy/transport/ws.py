@@ -5,7 +5,9 @@ answer selects; without it the upgrade is refused with 400. A browser whose ``Or
 :attr:`WsSettings.origins` gets 403 (clients without an ``Origin`` -- not browsers -- are let in); a
 request for another path than :attr:`WsSettings.path` gets 404; beyond
 :attr:`WsSettings.max_connections` on one listener, 503. Until the handshake is done a connection has
-no id and no flow and counts as pending against the manager's ``max_connections``.
+no id and no flow and counts as pending against the manager's ``max_connections``: the protocol
+reports its handshake and its life to a :class:`~edgeproxy.interfaces.ConnectionRegistry` and hands
+messages to the sink its factory was built with.
 
 Messages (RFC 7118 §5): every WebSocket message (text or binary) holds exactly one SIP message and is
 parsed like a datagram (``parse_datagram``): no stream framing and no per-connection parser. A message
@@ -33,7 +35,7 @@ from __future__ import annotations
 import fnmatch
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import TrafficStats, WebSocketProtocol
@@ -44,14 +46,12 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ..sip.endpoint import Endpoint
+from ..interfaces import Clock, ConnectionRegistry, MessageSink
+from ..sip.endpoint import Endpoint, Flow
 from ..sip.errors import SipParseError
 from ..sip.parser import parse_datagram
 from ._util import error_reply
 from .autobahn_logging import defer_debug_formatting
-
-if TYPE_CHECKING:
-    from .manager import TransportManager
 
 __all__ = ["WsSettings", "SipWebSocketProtocol", "SipWebSocketFactory", "SUBPROTOCOL"]
 
@@ -151,14 +151,14 @@ class _BucketTimers:
     fires early. Autobahn's own (txaio's) truncates every due time to a whole second, so a pong
     timeout of ``t`` could fire anywhere from ``t - 1`` seconds on."""
 
-    def __init__(self, reactor: Any, bucket: float = 0.2) -> None:
+    def __init__(self, reactor: Clock, bucket: float = 0.2) -> None:
         self._reactor = reactor
         self._bucket = bucket
         self._slots: dict[int, list[_TimerCall]] = {}
 
     def call_later(self, delay: float, func: Any, *args: Any, **kwargs: Any) -> _TimerCall:
         if kwargs:
-            args = (lambda: func(*args, **kwargs),)  # type: ignore[assignment]
+            args = (lambda: func(*args, **kwargs),)
             func = _call
         now = self._reactor.seconds()
         slot = math.ceil((now + max(delay, 0.0)) / self._bucket)
@@ -188,31 +188,28 @@ def _call(thunk: Any) -> None:
 class SipWebSocketProtocol(WebSocketServerProtocol):
     """One SIP-over-WebSocket connection (server side).
 
-    Implements what the manager needs of a connection: ``transport_name``, ``local``,
-    ``connection_id``, ``flow``, ``writable``, :meth:`write_message`, :meth:`close`, :meth:`abort`.
+    Implements :class:`~edgeproxy.interfaces.Connection` for the registry: ``transport_name``,
+    ``flow``, ``writable``, :meth:`write_message`, :meth:`close`, :meth:`abort`.
     Per-listener subclasses (made by :class:`SipWebSocketFactory`) fix ``transport_name`` and hold
     autobahn's options as class attributes.
     """
 
     transport_name = "WS"
-    connection_id: int | None = None
-    flow: Any = None
+    flow: Flow | None = None
     closing = False
     last_received = 0.0
     factory: SipWebSocketFactory
 
     @property
-    def local(self) -> Endpoint | None:
-        return self.factory.local
-
-    @local.setter
-    def local(self, value: Endpoint | None) -> None:  # the manager fills in a missing local; never for listeners
-        pass
+    def connection_id(self) -> int | None:
+        """The registry's number of this connection, once it is open."""
+        flow = self.flow
+        return None if flow is None else flow.connection_id
 
     # -- life cycle --------------------------------------------------------------------------------
     def connectionMade(self) -> None:
         super().connectionMade()
-        self.factory.manager._pending.add(self)
+        self.factory.registry.handshake_started(self)
 
     def onConnect(self, request: Any) -> str:
         factory = self.factory
@@ -224,17 +221,20 @@ class SipWebSocketProtocol(WebSocketServerProtocol):
             raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
         for offered in request.protocols:
             if offered.lower() == SUBPROTOCOL:
-                return offered  # type: ignore[no-any-return]
+                return offered
         log.info("refusing WebSocket from {peer}: no sip subprotocol in {offered!r}", peer=self.peer,
                  offered=request.protocols)
         raise ConnectionDeny(ConnectionDeny.BAD_REQUEST, "the sip WebSocket subprotocol is required (RFC 7118)")
 
     def onOpen(self) -> None:
-        manager = self.factory.manager
-        manager._pending.discard(self)
-        self.last_received = manager.reactor.seconds()
-        manager._connection_made(self)
-        self.factory.opened(self)
+        factory = self.factory
+        registry = factory.registry
+        registry.handshake_ended(self)
+        self.last_received = registry.clock.seconds()
+        transport: Any = self.transport
+        peer, own = transport.getPeer(), transport.getHost()
+        registry.connection_made(self, (peer.host, peer.port), (own.host, own.port), factory.local, None)
+        factory.opened(self)
         self._compact()
 
     def _compact(self) -> None:
@@ -261,8 +261,8 @@ class SipWebSocketProtocol(WebSocketServerProtocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.closing = True
-        manager = self.factory.manager
-        if self in manager._pending and not reason.check(ConnectionDone):
+        registry = self.factory.registry
+        if registry.handshake_ended(self) and not reason.check(ConnectionDone):
             from .tls import handshake_failure_reason
 
             log.info("{kind} handshake with {peer} failed: {why}", kind=self.transport_name, peer=self.peer,
@@ -270,10 +270,8 @@ class SipWebSocketProtocol(WebSocketServerProtocol):
         try:
             super().connectionLost(reason)
         finally:
-            factory = self.factory
-            factory.manager._pending.discard(self)
-            factory.closed(self)
-            factory.manager._connection_lost(self)
+            self.factory.closed(self)
+            registry.connection_lost(self)
 
     @property
     def writable(self) -> bool:
@@ -296,8 +294,9 @@ class SipWebSocketProtocol(WebSocketServerProtocol):
 
     def abort(self) -> None:
         self.closing = True
-        if self.transport is not None:
-            self.transport.abortConnection()
+        transport: Any = self.transport
+        if transport is not None:
+            transport.abortConnection()
 
     # -- receiving ---------------------------------------------------------------------------------
     def dataReceived(self, data: bytes) -> None:
@@ -307,10 +306,9 @@ class SipWebSocketProtocol(WebSocketServerProtocol):
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if self.closing:
             return
-        manager = self.factory.manager
-        limits = manager.limits
+        factory = self.factory
         try:
-            message = parse_datagram(payload, limits)
+            message = parse_datagram(payload, factory.limits)
         except SipParseError as exc:
             self._reject(exc, payload)
             return
@@ -320,7 +318,7 @@ class SipWebSocketProtocol(WebSocketServerProtocol):
         if message is None:
             return
         try:
-            manager.sink.message_received(message, self.flow)
+            factory.sink.message_received(message, self.flow)  # type: ignore[arg-type]  # open: has its flow
         except Exception:
             log.failure("sink failed on a message from {flow}", flow=self.flow)
 
@@ -343,19 +341,22 @@ for _name, _value in _RESTING.items():  # the resting values, for _compact
 class SipWebSocketFactory(WebSocketServerFactory):
     """The factory of one ``ws`` or ``wss`` listener (for ``wss`` the manager wraps it in TLS).
 
-    ``local`` is the listener's advertised endpoint, set by the manager once the port is bound."""
+    ``local`` is the listener's advertised endpoint, set by the manager once the port is bound;
+    ``registry`` admits connections and keeps them, ``sink`` receives their messages."""
 
     noisy = False
 
-    def __init__(self, manager: TransportManager, secure: bool, settings: WsSettings | None = None) -> None:
-        settings = settings if settings is not None else (manager.ws_settings or WsSettings())
+    def __init__(self, registry: ConnectionRegistry, sink: MessageSink, secure: bool,
+                 settings: WsSettings = WsSettings()) -> None:  # noqa: B008 - frozen
         super().__init__(url="wss://localhost" if secure else "ws://localhost", protocols=[SUBPROTOCOL],
-                         server="edgeproxy", reactor=manager.reactor)
-        self.manager = manager
+                         server="edgeproxy", reactor=registry.clock)
+        self.registry = registry
+        self.sink = sink
+        self.limits = registry.limits
         self.settings = settings
         self.local: Endpoint | None = None
         self.transport_name = "WSS" if secure else "WS"
-        size = settings.max_message_size or manager.limits.max_message_size
+        size = settings.max_message_size or registry.limits.max_message_size
         self.setProtocolOptions(
             versions=[13],
             webStatus=False,
@@ -389,10 +390,7 @@ class SipWebSocketFactory(WebSocketServerFactory):
         self.traffic = TrafficStats()  # the counters of every open connection of this listener, together
 
     def buildProtocol(self, addr: Any) -> Any:
-        if not self.manager._may_connect():
-            log.info("refusing {kind} connection from {host}:{port}: {count} connections open",
-                     kind=self.transport_name, host=getattr(addr, "host", "?"), port=getattr(addr, "port", "?"),
-                     count=self.manager.connection_count)
+        if not self.registry.admit(self.transport_name, getattr(addr, "host", "?"), getattr(addr, "port", 0)):
             return None
         proto: Any = self.protocol()
         proto.factory = self
