@@ -44,7 +44,7 @@ def _park(coro: Coroutine[Any, Any, Any], awaited: Any, result: "Deferred[Any]")
         # the Failure from being reported as unhandled.
         try:
             if isinstance(value, Failure):
-                nxt = value.throwExceptionIntoGenerator(coro)  # type: ignore[arg-type]
+                nxt = value.throwExceptionIntoGenerator(coro)
             else:
                 nxt = coro.send(None)
         except StopIteration as stop:

@@ -117,7 +117,7 @@ def connect_kwargs(db: DatabaseURL, connect_timeout: float) -> dict[str, Any]:
 
 def mysql_message(exc: BaseException) -> str:
     """A driver error in one line: ``(code) message`` for MySQL errors, else the exception's text."""
-    args = getattr(exc, "args", ())
+    args = exc.args
     if len(args) >= 2:
         text = f"({args[0]}) {args[1]}"
     else:

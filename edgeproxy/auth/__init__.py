@@ -5,6 +5,7 @@ records in :mod:`.nonce`), where credentials come from (:mod:`.subscribers`: ``[
 ``proxy_authorize`` / ``www_challenge`` (:mod:`.authenticator`), configured by ``[auth]``
 (:mod:`.settings`)."""
 
+from .authenticator import Authenticator, AuthOutcome, AuthResult, default_realm, subscriber_store
 from .digest import (
     ALGORITHMS,
     DigestError,
@@ -21,7 +22,6 @@ from .digest import (
 from .nonce import NonceIssuer, NonceState
 from .settings import AuthSettings
 from .subscribers import MemorySubscribers, Subscriber, SubscriberStore, SubscriberStoreError, SubscriberTable
-from .authenticator import AuthOutcome, AuthResult, Authenticator, default_realm, subscriber_store
 
 __all__ = [
     "ALGORITHMS",

@@ -104,9 +104,8 @@ class Authenticator:
         if self.nonces.verify(creds.nonce, now) is not NonceState.VALID:
             return succeed(self._count(AuthOutcome(AuthResult.STALE_NONCE, realm=realm, stale=True)))
         d = self.store.get(creds.username, realm if self.settings.use_domain else None)
-        d.addCallbacks(self._check, self._store_failed, callbackArgs=(request, creds, header, realm),
-                       errbackArgs=(creds, realm))
-        return d
+        return d.addCallbacks(self._check, self._store_failed, callbackArgs=(request, creds, header, realm),
+                              errbackArgs=(creds, realm))
 
     def challenge(self, request: Request, realm: str = "", *, proxy: bool = False, stale: bool = False,
                   qop: str | None = None, algorithms: tuple[str, ...] | None = None) -> list[tuple[str, str]]:

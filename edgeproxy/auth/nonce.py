@@ -26,9 +26,9 @@ import math
 import os
 import re
 import struct
-from typing import Any
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Any
 
 __all__ = ["NonceIssuer", "NonceState"]
 

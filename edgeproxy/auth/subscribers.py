@@ -264,7 +264,8 @@ class SubscriberTable:
         if found is None:
             return succeed(None)
         call = _Call()
-        call.out = out = Deferred(lambda _: self._cancel(call))
+        out: Deferred[Subscriber | None] = Deferred(lambda _: self._cancel(call))
+        call.out = out
         call.timer = self._reactor.callLater(self.timeout, self._expire, call)
         self._run(call, *found)
         return out
@@ -324,7 +325,8 @@ class SubscriberTable:
                 select[at_form, with_domain] = f"SELECT {columns} FROM {self._table} WHERE {where}{order_by} LIMIT 1"
         return _Schema(secrets, at_secrets, missing, select)
 
-    def _answered(self, result: Any, call: _Call, user: str, domain: str | None, at_form: bool) -> None:
+    def _answered(self, result: tuple[_Schema, tuple | None] | Failure | None, call: _Call, user: str,
+                  domain: str | None, at_form: bool) -> None:
         self._inflight -= 1
         try:
             if isinstance(result, Failure) and call.started and not call.expired and not call.retried \
@@ -369,7 +371,7 @@ class SubscriberTable:
         secrets = schema.at_secrets if at_form else schema.secrets
         password = None
         ha1: dict[str, str] = {}
-        for (name, _), value in zip(secrets, row[2:2 + len(secrets)]):
+        for (name, _), value in zip(secrets, row[2:2 + len(secrets)], strict=True):
             if value is None:
                 continue
             value = _text(value)
@@ -377,7 +379,7 @@ class SubscriberTable:
                 password = value
             elif value:
                 ha1[name] = value.lower()
-        attrs = dict(zip(self.load_credentials, row[2 + len(secrets):]))
+        attrs = dict(zip(self.load_credentials, row[2 + len(secrets):], strict=True))
         return Subscriber(_text(row[0]), _text(row[1] or ""), password=password, ha1=ha1, attrs=attrs)
 
     def _store_error(self, failure: Failure, call: _Call) -> Failure | SubscriberStoreError:
@@ -445,7 +447,7 @@ def _is_connection_lost(failure: Failure) -> bool:
     if failure.check(adbapi.ConnectionLost):
         return True
     exc = failure.value
-    args = getattr(exc, "args", ())
+    args: tuple[Any, ...] = getattr(exc, "args", ())
     return type(exc).__module__.startswith("pymysql") and bool(args) and (args[0] in _GONE or (
         type(exc).__name__ == "InterfaceError" and args[0] == 0))
 

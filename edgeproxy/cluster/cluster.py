@@ -357,7 +357,7 @@ class Cluster:
             return
         if all(self._live[k].state is LinkState.DOWN for k in peer.keys):
             log.debug("cluster: dropping the link to {url}: no node there is up", url=str(peer.addr))
-            peer.link.transport.abortConnection()
+            peer.link.abort()
 
     def _verdict_changed(self, node_id: int) -> None:
         up = self.is_up(node_id)
@@ -401,7 +401,7 @@ class Cluster:
         def connected(proto: OutboundLink) -> None:
             peer.connecting = None
             if not self._running:
-                proto.transport.loseConnection()
+                proto.close()
                 return
             peer.link = proto
             pending, peer.pending = list(peer.pending), {}
@@ -509,7 +509,7 @@ class Cluster:
         if problem is not None:
             self._log_refusal(link.peer_ip, "cluster: refused ping from {ip} (cluster {c}, node {n}): {problem}",
                               ip=link.peer_ip, c=cluster_id, n=node_id, problem=problem)
-            self._reactor.callLater(0, link.transport.loseConnection)
+            self._reactor.callLater(0, link.close)
             raise PingRefused(problem)
         now = self._reactor.seconds()
         self._apply((cluster_id, node_id), self._live[(cluster_id, node_id)].ping_received(now))
@@ -538,8 +538,8 @@ class Cluster:
 
     # ---------------------------------------------------------------- helpers
 
-    def _close(self, proto: Any) -> Deferred:
+    def _close(self, proto: InboundLink | OutboundLink) -> Deferred:
         d: Deferred = Deferred()
         self._closing[proto] = d
-        proto.transport.abortConnection()  # prompt even when a hung peer no longer reads
+        proto.abort()  # prompt even when a hung peer no longer reads
         return d

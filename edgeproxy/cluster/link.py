@@ -10,11 +10,13 @@ protocols here only carry them.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, cast
 
-from twisted.internet.protocol import ServerFactory
+from twisted.internet.interfaces import ITCPTransport
+from twisted.internet.protocol import ServerFactory, connectionDone
 from twisted.logger import Logger
 from twisted.protocols import amp
+from twisted.python.failure import Failure
 
 __all__ = ["Ping", "PingRefused", "InboundLink", "OutboundLink", "LinkFactory", "PingHandler"]
 
@@ -62,9 +64,19 @@ class _QuietAMP(amp.AMP):
     def makeConnection(self, transport: Any) -> None:
         amp.BinaryBoxProtocol.makeConnection(self, transport)
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         amp.BinaryBoxProtocol.connectionLost(self, reason)
         self.transport = None
+
+    def close(self) -> None:
+        """Close the connection cleanly (nothing once it is lost)."""
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def abort(self) -> None:
+        """Drop the connection at once, unsent data and all (nothing once it is lost)."""
+        if self.transport is not None:
+            cast(ITCPTransport, self.transport).abortConnection()
 
 
 class InboundLink(_QuietAMP):
@@ -79,7 +91,7 @@ class InboundLink(_QuietAMP):
         super().connectionMade()
         self.handler.inbound_opened(self)
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
         self.handler.inbound_closed(self)
 
@@ -95,7 +107,7 @@ class OutboundLink(_QuietAMP):
         super().__init__()
         self._on_lost = on_lost
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)  # fails the pings still in flight first
         self._on_lost(self)
 

@@ -9,7 +9,7 @@ fetches the answers with ``twisted.names`` and runs :func:`locate`.
 
 from .cache import MAX_TTL, AnswerCache
 from .hosts import parse_hosts
-from .records import A, AAAA, NAPTR, SRV, Answer, Naptr, Question, Srv
+from .records import AAAA, NAPTR, SRV, A, Answer, Naptr, Question, Srv
 from .rfc3263 import MAX_TARGETS, ServerQuery, is_host_name, locate, order_srv, select_naptr, srv_name
 from .settings import DnsSettings, parse_dns_server
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Generator, Iterable, Mapping, Sequence
 
 from ..sip.endpoint import Endpoint, default_port
-from .records import A, AAAA, NAPTR, SRV, Answer, Naptr, Question, Srv
+from .records import AAAA, NAPTR, SRV, A, Answer, Naptr, Question, Srv
 
 __all__ = [
     "ServerQuery",
@@ -176,7 +176,7 @@ def locate(query: ServerQuery, transports: frozenset[str], rng: random.Random, *
     if plan:
         questions = tuple(Question(name, SRV) for _, name in plan)
         answers = yield questions
-        for (transport, _), question in zip(plan, questions):
+        for (transport, _), question in zip(plan, questions, strict=True):
             records = [r for r in answers[question].records if isinstance(r, Srv)]
             any_srv = any_srv or bool(records)
             found += [(transport, r) for r in order_srv(records, rng)]

@@ -20,6 +20,7 @@ per address-of-record, one small document to MongoDB saying "this AoR has bindin
 PyMongo is imported only when a :class:`MongoStore` is built (the ``mongo`` extra).
 """
 
+from .gate import OperationGate, StoreError, StoreOverloaded, StoreTimeout
 from .lookup import GlobalLookup, global_lookup, remote_target
 from .publisher import FederationPublisher
 from .reactor import (
@@ -32,7 +33,6 @@ from .reactor import (
 )
 from .service import Federation, FederationService
 from .settings import FederationSettings, federation_settings
-from .gate import OperationGate, StoreError, StoreOverloaded, StoreTimeout
 from .store import MongoStore, home_record, record_id
 from .url import MongoURL, MongoURLError, parse_mongo_url
 

@@ -236,7 +236,10 @@ class OperationGate:
             return None
         op.state = "done"
         elapsed = self.clock.seconds() - op.dispatched_at
-        self.latency = elapsed if self.latency is None else self.latency + self.LATENCY_WEIGHT * (elapsed - self.latency)
+        if self.latency is None:
+            self.latency = elapsed
+        else:
+            self.latency += self.LATENCY_WEIGHT * (elapsed - self.latency)
         for timer in (op.timer, op.abandon_timer):
             if timer is not None and timer.active():
                 timer.cancel()

@@ -72,7 +72,10 @@ def global_lookup(location: Any, store: Any, sip_addr: str, aor: str, method: st
 
         return succeed(GlobalLookup(aor, LookupResult.ERROR))
     local = maybeDeferred(location.lookup, aor, method)
-    remote = maybeDeferred(store.homes, aor) if store_up else fail(StoreError("homes", ConnectionError("store is down"), True))
+    if store_up:
+        remote = maybeDeferred(store.homes, aor)
+    else:
+        remote = fail(StoreError("homes", ConnectionError("store is down"), True))
     both = DeferredList([local, remote], consumeErrors=True)
 
     def combine(results: list[tuple[bool, Any]]) -> GlobalLookup:

@@ -222,8 +222,13 @@ class FederationPublisher:
         success, False on failure (then a retry is scheduled); never fails. A sync already running is
         joined rather than doubled."""
         if self._syncing is not None:
-            joined: Deferred = Deferred()
-            self._syncing.addBoth(lambda ok: (joined.callback(ok), ok)[1])
+            joined: Deferred[bool] = Deferred()
+
+            def join(ok: bool) -> bool:
+                joined.callback(ok)
+                return ok
+
+            self._syncing.addBoth(join)
             return joined
         if not self.running:
             return succeed(False)

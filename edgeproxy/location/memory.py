@@ -14,8 +14,9 @@ Theory of operation:
 * Reads filter on ``expires_at > now``, so an expired binding is never returned even when the timer has
   not run yet (a busy reactor, or a test Clock not advanced).
 * ``_by_flow`` indexes the AoRs that have bindings on each connection-oriented flow (the ones that can
-  close) — a bare AoR string in the usual one-client-per-connection case, a set otherwise — so :meth:`InMemoryLocation.remove_flow` does not scan; connection-less flows are not
-  indexed (their removal scans every AoR — UDP "flows" never close).
+  close) — a bare AoR string in the usual one-client-per-connection case, a set otherwise — so
+  :meth:`InMemoryLocation.remove_flow` does not scan; connection-less flows are not indexed (their
+  removal scans every AoR — UDP "flows" never close).
 """
 
 from __future__ import annotations

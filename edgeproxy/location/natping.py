@@ -62,7 +62,7 @@ import os
 import re
 from dataclasses import dataclass
 from itertools import count
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, TypeAlias
 
 from twisted.internet.defer import maybeDeferred
 from twisted.internet.task import LoopingCall
@@ -133,6 +133,10 @@ class _Ping:
 KEEPALIVE = _Ping(b"\r\n\r\n")
 
 
+#: a SIP-pinged binding: (address of record, contact URI)
+_Key: TypeAlias = "tuple[str, SipURI]"
+
+
 class _State:
     """What is kept per SIP-pinged binding: the branch of its ping in flight (None: answered or none
     sent), how many pings in a row went unanswered, and when the binding was written (a
@@ -169,8 +173,8 @@ class NatPinger:
         parts = settings.natping_partitions
         self._partitions = parts
         self._buckets: list[list[str]] = [[] for _ in range(parts)]
-        self._states: list[dict[tuple[str, SipURI], _State]] = [{} for _ in range(parts)]
-        self._failed: list[set[tuple[str, SipURI]]] = [set() for _ in range(parts)]
+        self._states: list[dict[_Key, _State]] = [{} for _ in range(parts)]
+        self._failed: list[set[_Key]] = [set() for _ in range(parts)]
         self._in_flight: dict[str, _State] = {}
         self._next = 0
         self._loop: LoopingCall | None = None
@@ -245,8 +249,9 @@ class NatPinger:
 
     def _ping_partition(self, part: int) -> None:
         aors, self._buckets[part] = self._buckets[part], []
-        old_states, states = self._states[part], {}
-        old_failed, failed = self._failed[part], set()
+        states: dict[_Key, _State] = {}
+        failed: set[_Key] = set()
+        old_states, old_failed = self._states[part], self._failed[part]
         self._states[part], self._failed[part] = states, failed
         get = self.location.get
         tcp = self.settings.natping_tcp
@@ -280,7 +285,8 @@ class NatPinger:
             if state.branch is not None:
                 in_flight.pop(state.branch, None)
 
-    def _sip_ping(self, aor: str, b: Binding, old_states: dict, states: dict) -> _Ping | None:
+    def _sip_ping(self, aor: str, b: Binding, old_states: dict[_Key, _State], states: dict[_Key, _State]
+                  ) -> _Ping | None:
         """The ping for a SIP-pinged binding, after counting a previous unanswered one; None when the
         binding was removed for not answering."""
         key = (aor, b.uri)
@@ -327,7 +333,8 @@ class NatPinger:
         maybeDeferred(self.location.remove, aor, b.uri).addErrback(
             lambda f: log.failure("nathelper: removing {contact} of {aor} failed", f, aor=aor, contact=str(b.uri)))
 
-    def _failed_send(self, failure: Failure, aor: str, uri: SipURI, failed: set, old_failed: set) -> None:
+    def _failed_send(self, failure: Failure, aor: str, uri: SipURI, failed: set[_Key], old_failed: set[_Key]
+                     ) -> None:
         self.stats["send_failures"] += 1
         key = (aor, uri)
         if key not in old_failed and key not in failed:

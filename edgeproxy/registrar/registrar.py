@@ -81,7 +81,7 @@ class Registrar:
         if clock is None:
             clock = getattr(location, "clock", None)
             if clock is None:
-                from twisted.internet import reactor as clock  # type: ignore[no-redef]
+                from twisted.internet import reactor as clock
         self.location = location
         self.settings = settings if settings is not None else RegistrarSettings()
         self.clock = clock
@@ -175,8 +175,8 @@ class Registrar:
                     raise SipValueError("Invalid reg-id")
                 reg_id = int(text)
             methods = allow_methods
-            if params.get("methods"):
-                methods = shared_methods(m.strip(" \t") for m in params["methods"].strip('"').split(","))
+            if listed := params.get("methods"):
+                methods = shared_methods(m.strip(" \t") for m in listed.strip('"').split(","))
             proposals.append(_Proposal(
                 uri=uri,
                 expires=self._expires(request, contact.params, header_expires),
@@ -229,8 +229,8 @@ class Registrar:
 
     # -- the update (serialised per AoR) -------------------------------------------------------------
     async def _apply(self, request: Request, flow: Flow, nat: bool, key: str, star: bool,
-               proposals: list[_Proposal] | None, path: tuple[str, ...],
-               outbound: bool = False, sipping: bool = False):  # type: ignore[no-untyped-def]
+                     proposals: list[_Proposal] | None, path: tuple[str, ...],
+                     outbound: bool = False, sipping: bool = False) -> Response:
         try:
             current = await self.location.contacts(key)
             if proposals is None:

@@ -7,7 +7,7 @@ from .errors import SipError, SipParseError, SipValueError
 from .message import Headers, Message, Request, Response, reason_phrase
 from .parser import DEFAULT_LIMITS, NEED_DATA, PING, Limits, StreamParser, error_response, parse_datagram
 from .uri import URI, AbsoluteURI, SipURI, TelURI, parse_uri
-from .values import CSeq, Credentials, NameAddress, Via, parse_name_address, parse_via
+from .values import Credentials, CSeq, NameAddress, Via, parse_name_address, parse_via
 
 __all__ = [
     "SipError", "SipParseError", "SipValueError",

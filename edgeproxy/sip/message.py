@@ -16,15 +16,15 @@ from . import grammar as g
 from .errors import SipValueError
 from .uri import URI, parse_uri
 from .values import (
-    CSeq,
     Credentials,
+    CSeq,
     NameAddress,
     Via,
     parse_credentials,
     parse_cseq,
     parse_delta_seconds,
-    parse_name_address,
     parse_first_via,
+    parse_name_address,
     parse_via,
 )
 
@@ -474,7 +474,7 @@ class Message:
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):
             return NotImplemented
-        return self._eq_key() == other._eq_key()  # type: ignore[union-attr]
+        return self._eq_key() == other._eq_key()
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -550,7 +550,8 @@ class Response(Message):
 
     __slots__ = ("status", "reason")
 
-    def __init__(self, status: int, reason: str | None = None, headers: Headers | None = None, body: bytes = b"") -> None:
+    def __init__(self, status: int, reason: str | None = None, headers: Headers | None = None,
+                 body: bytes = b"") -> None:
         super().__init__(headers, body)
         self.status = status
         self.reason = reason if reason is not None else reason_phrase(status)

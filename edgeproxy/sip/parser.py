@@ -110,8 +110,9 @@ def _salvage_text(text: str, cut: bool = False) -> list[tuple[str, str]]:
 
 
 def _looks_like_request(data: bytes | bytearray | str) -> bool:
-    head = data[:16].lstrip(b"\r\n" if not isinstance(data, str) else "\r\n")
-    return not head.startswith(b"SIP/" if not isinstance(data, str) else "SIP/")
+    if isinstance(data, str):
+        return not data[:16].lstrip("\r\n").startswith("SIP/")
+    return not data[:16].lstrip(b"\r\n").startswith(b"SIP/")
 
 
 def _cut_head_error(data: bytes | bytearray, limits: "Limits", reason: str, status: int, *,
@@ -387,7 +388,7 @@ class StreamParser:
         self.limits = limits
         self._buf = bytearray()
         self._scan = 0
-        self._pending: tuple[int, int, Message] | None = None
+        self._pending: tuple[int, int, Message | _Discard] | None = None
 
     def feed(self, data: bytes) -> None:
         """Append received bytes; call :meth:`next_event` until it returns :data:`NEED_DATA`."""
@@ -454,7 +455,7 @@ class StreamParser:
             if len(buf) >= end + 4 + cl:
                 del buf[: end + 4 + cl]  # framed: drop this message only
             else:
-                self._pending = (end + 4, cl, _Discard())  # type: ignore[arg-type]
+                self._pending = (end + 4, cl, _Discard())
             raise
         return self._finish_body(end + 4, cl, msg)
 
@@ -475,7 +476,7 @@ class StreamParser:
         try:
             if pending is not None:
                 msg = pending[2]
-                if type(msg) is _Discard:
+                if isinstance(msg, _Discard):
                     return
                 is_request = isinstance(msg, Request)
                 raise SipParseError("Truncated message", is_request=is_request,
@@ -485,13 +486,13 @@ class StreamParser:
         finally:
             del buf[:]
 
-    def _finish_body(self, body_start: int, cl: int, msg: Message) -> Message | _Sentinel:
+    def _finish_body(self, body_start: int, cl: int, msg: Message | _Discard) -> Message | _Sentinel:
         buf = self._buf
         if len(buf) < body_start + cl:
             self._pending = (body_start, cl, msg)
             return NEED_DATA
         self._pending = None
-        if type(msg) is _Discard:  # the body of a message whose start line was refused
+        if isinstance(msg, _Discard):  # the body of a message whose start line was refused
             del buf[: body_start + cl]
             return self.next_event()
         msg.body = bytes(buf[body_start : body_start + cl])

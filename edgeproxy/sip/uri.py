@@ -25,6 +25,7 @@ class URI:
 
     __slots__ = ("scheme", "_text")
     scheme: str
+    _text: str
 
     def __str__(self) -> str:
         return self._text
@@ -121,7 +122,7 @@ class SipURI(URI):
     # -- building ------------------------------------------------------------------------------------
     def replace(self, **changes: Any) -> "SipURI":
         """A copy with some fields changed; ``params``/``headers`` replace the whole mapping."""
-        fields = dict(
+        fields: dict[str, Any] = dict(
             host=self.host,
             user=self.user,
             port=self.port,
