@@ -3,7 +3,10 @@
 * :mod:`.commands` -- :class:`MICommands`: ``ul_dump``, ``ul_show_contact``, ``ul_rm``,
   ``ul_rm_contact``, ``get_statistics``, ``list_statistics``, ``reset_statistics``, ``clusterer_list``,
   ``pike_list``, ``uptime``, ``version``, ``which``, ``help``, ``ps``, ``log_level`` over a running
-  node's parts, answering what OpenSIPS answers.
+  node's parts, answering what OpenSIPS answers: the command table, dispatch and the core commands;
+  :mod:`.usrloc` (the ``ul_*`` commands) and :mod:`.statistics` (the counters and their commands) are
+  its parts, :mod:`.rpc` the JSON-RPC vocabulary (:class:`MIError`, error codes, parameter recipes) and
+  :mod:`.parts` what they read of a running node (:class:`~.parts.NodeParts`).
 * :mod:`.http` -- the twisted.web resource at ``[mi] path`` and :func:`start_management`.
 * :mod:`.settings` -- :class:`MISettings`, the ``[mi]`` section (imported by the configuration, so
   this package loads twisted.web only when something else is asked for).

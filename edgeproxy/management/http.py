@@ -17,7 +17,7 @@ from __future__ import annotations
 import hmac
 import json
 from io import BytesIO
-from typing import Any
+from typing import Any, Protocol, cast
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, TimeoutError, succeed
 from twisted.logger import Logger
@@ -58,7 +58,7 @@ class MIResource(resource.Resource):
         self.commands = commands
         self.settings = settings
         if clock is None:
-            from twisted.internet import reactor as clock  # type: ignore[no-redef]
+            from twisted.internet import reactor as clock
         self.clock = clock
         self._path = settings.path.rstrip("/") or "/"
 
@@ -76,8 +76,10 @@ class MIResource(resource.Resource):
         if getattr(request, "mi_too_large", False):
             return self._error_body(request, 413, MIError(INVALID_REQUEST, "Invalid Request",
                                                           f"body larger than {self.settings.max_request_size} bytes"))
-        request.content.seek(0)
-        body = request.content.read()
+        body = b""
+        if request.content is not None:
+            request.content.seek(0)
+            body = request.content.read()
         origin = _peer(request)
         try:
             message = json.loads(body)
@@ -87,8 +89,9 @@ class MIResource(resource.Resource):
             if not message:
                 return self._json(request, _answer(None, error=MIError(INVALID_REQUEST, "Invalid Request",
                                                                        "empty batch")))
-            d = DeferredList([self._one(item, origin) for item in message], consumeErrors=True)
-            d.addCallback(lambda results: [answer for ok, answer in results if ok and answer is not None])
+            batch = DeferredList([self._one(item, origin) for item in message], consumeErrors=True)
+            d: Deferred[Any] = batch.addCallback(
+                lambda results: [answer for ok, answer in results if ok and answer is not None])
         else:
             d = self._one(message, origin)
         self._finish_later(request, d)
@@ -125,7 +128,7 @@ class MIResource(resource.Resource):
             return _answer(request_id, result=result) if has_id else None
 
         def failed(failure: Failure) -> dict[str, Any] | None:
-            if failure.check(MIError):
+            if isinstance(failure.value, MIError):
                 error = failure.value
             elif failure.check(CancelledError, TimeoutError):
                 log.warn("MI {method} from {origin}: no answer within {t:g} s", method=message["method"],
@@ -193,22 +196,32 @@ class _BoundedRequest(server.Request):
     mi_too_large = False
     _mi_received = 0
 
+    def _limit(self) -> int:
+        return cast(_SiteChannel, self.channel).site.max_request_size
+
     def gotLength(self, length: int | None) -> None:
-        limit = self.channel.site.max_request_size
+        limit = self._limit()
         if length is not None and length > limit:
             self.mi_too_large = True
         self.content = BytesIO()
 
     def handleContentChunk(self, data: bytes) -> None:
-        limit = self.channel.site.max_request_size
+        limit = self._limit()
         self._mi_received += len(data)
         if self._mi_received > limit:
             self.mi_too_large = True
             if self._mi_received > 16 * limit + 1_048_576:  # not worth reading any further
-                self.channel.transport.loseConnection()
+                if self.channel.transport is not None:
+                    self.channel.transport.loseConnection()
             return
-        if not self.mi_too_large:
+        if not self.mi_too_large and self.content is not None:
             self.content.write(data)
+
+
+class _SiteChannel(Protocol):
+    """An HTTP channel as a site builds it: ``Site.buildProtocol`` sets ``site`` on each."""
+
+    site: MISite
 
 
 class MISite(server.Site):
@@ -251,7 +264,7 @@ def start_management(parts: Any, settings: MISettings, reactor: Any = None,
     """Listen for MI requests on ``settings.listen`` over ``parts`` (a RunningNode). Raises
     ``twisted.internet.error.CannotListenError`` when the address is taken."""
     if reactor is None:
-        from twisted.internet import reactor  # type: ignore[no-redef]
+        from twisted.internet import reactor
     host, port = settings.address
     commands = commands or MICommands(parts)
     site = MISite(MIResource(commands, settings, reactor), settings, reactor)

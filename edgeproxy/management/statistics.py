@@ -1,0 +1,179 @@
+"""The statistics of the MI: ``get_statistics``, ``list_statistics``, ``reset_statistics`` (OpenSIPS
+core) over our counters under OpenSIPS-like ``group:name`` keys; :data:`STATISTICS` is the table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, MutableMapping
+
+from .parts import Counted, NodeParts
+from .rpc import MIError, invalid_params
+
+__all__ = ["Stat", "STATISTICS", "StatisticsCommands"]
+
+
+@dataclass(frozen=True)
+class Stat:
+    """One statistic: ``group:name``, how to read it, and how to reset it (None: not resettable,
+    OpenSIPS's "non-incremental")."""
+
+    group: str
+    name: str
+    get: Callable[[], int | float]
+    reset: Callable[[], None] | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.group}:{self.name}"
+
+
+#: How our counters appear to ``get_statistics``: (key, where it comes from, resettable).
+#: Groups exist only when their part runs (``pike:`` with ``[pike]``, ``auth:`` with ``[auth]``, ...).
+STATISTICS: tuple[tuple[str, str, bool], ...] = (
+    ("core:rcv_requests", "node.stats['requests']: requests received (before routing)", True),
+    ("core:rcv_replies", "node.stats['responses']: responses received", True),
+    ("core:drop_requests", "node.stats['dropped']: requests a route dropped unanswered (msg.drop())", True),
+    ("core:err_requests", "node.stats['route_errors']: requests whose route raised (answered 500)", True),
+    ("core:timestamp", "seconds since the node started", False),
+    ("tm:UAS_transactions", "node.stats['relayed']: requests relayed statefully (t_relay)", True),
+    ("tm:inuse_transactions", "transactions in the table now", False),
+    ("sl:sent_replies", "node.stats['replied']: replies sent by routes (sl_send_reply, save)", True),
+    ("usrloc:registered_users", "AoRs stored (with at least one contact)", False),
+    ("usrloc:location-users", "AoRs of the location table (the same number)", False),
+    ("usrloc:location-contacts", "contacts of the location table", False),
+    ("registrar:max_expires", "[registrar] max_expires", False),
+    ("registrar:max_contacts", "[registrar] max_contacts", False),
+    ("registrar:default_expire", "[registrar] default_expires", False),
+    ("auth:<result>", "node.auth.stats: authorized, invalid_user, invalid_password, stale_nonce, "
+                      "no_credentials, generic_error (www/proxy_authorize outcomes), with [auth]", True),
+    ("pike:flood_dropped", "node.stats['flood_dropped']: requests dropped by check_all, with [pike]", True),
+    ("pike:blocked_ips", "sources blocked now", False),
+    ("pike:tracked_ips", "sources counted now", False),
+    ("pike:blocked_events", "times a source became blocked", True),
+    ("nathelper:<counter>", "NatPinger.stats: keepalives, sip_pings, replies, send_failures, removed, "
+                            "with natping_interval > 0", True),
+    ("federation:<counter>", "the publisher's upserts, deletes, syncs, synced_records, failures, "
+                             "cleaned_on_start, with [federation]", True),
+    ("dns:<counter>", "the RFC 3263 locator's locations, queries, cache_hits, timeouts", True),
+)
+
+
+def _counter(group: str, name: str, counters: MutableMapping[str, Any], key: str | None = None) -> Stat:
+    key = key or name
+
+    def reset() -> None:
+        counters[key] = 0
+
+    return Stat(group, name, lambda: counters.get(key, 0), reset)
+
+
+def _gauge(group: str, name: str, get: Callable[[], int | float]) -> Stat:
+    return Stat(group, name, get, None)
+
+
+class StatisticsCommands:
+    """The statistics commands, over the parts running now (a part of :class:`~.commands.MICommands`).
+    ``wall`` and ``started_at`` give ``core:timestamp``."""
+
+    parts: NodeParts
+    wall: Callable[[], float]
+    started_at: float
+
+    def statistics(self) -> list[Stat]:
+        """Every statistic of the parts running now, in ``list_statistics`` order."""
+        parts = self.parts
+        node = parts.node
+        s = node.stats
+        location = self.parts.location
+        out = [
+            _counter("core", "rcv_requests", s, "requests"),
+            _counter("core", "rcv_replies", s, "responses"),
+            _counter("core", "drop_requests", s, "dropped"),
+            _counter("core", "err_requests", s, "route_errors"),
+            _gauge("core", "timestamp", lambda: int(self.wall() - self.started_at)),
+            _counter("tm", "UAS_transactions", s, "relayed"),
+            _gauge("tm", "inuse_transactions", lambda: len(node.table)),
+            _counter("sl", "sent_replies", s, "replied"),
+            _gauge("usrloc", "registered_users", lambda: len(location)),
+            _gauge("usrloc", "location-users", lambda: len(location)),
+            _gauge("usrloc", "location-contacts", self._contact_count),
+        ]
+        settings = parts.registrar.settings
+        out += [
+            _gauge("registrar", "max_expires", lambda: settings.max_expires),
+            _gauge("registrar", "max_contacts", lambda: settings.max_contacts),
+            _gauge("registrar", "default_expire", lambda: settings.default_expires),
+        ]
+        auth = getattr(node, "auth", None)
+        if auth is not None:
+            out += [_counter("auth", name, auth.stats) for name in list(auth.stats)]
+        flood = getattr(node, "flood", None)
+        if flood is not None:
+            def reset_events() -> None:
+                flood.blocked_events = 0
+
+            out += [
+                _counter("pike", "flood_dropped", s),
+                _gauge("pike", "blocked_ips", lambda: len(flood.blocked())),
+                _gauge("pike", "tracked_ips", lambda: len(flood)),
+                Stat("pike", "blocked_events", lambda: flood.blocked_events, reset_events),
+            ]
+        pinger = node.pinger
+        if pinger is not None:
+            out += [_counter("nathelper", name, pinger.stats) for name in list(pinger.stats)]
+        federation = getattr(parts, "federation", None)
+        publisher: Counted | None = getattr(federation, "publisher", None)
+        if publisher is not None:
+            counters = publisher.stats
+            out += [_counter("federation", name, counters) for name in list(counters)]
+        dns = getattr(getattr(node, "locator", None), "stats", None)  # the RFC 3263 locator's, with [dns]
+        if isinstance(dns, dict):
+            out += [_counter("dns", name, dns) for name in list(dns)]
+        return out
+
+    def _contact_count(self) -> int:
+        """Contacts stored: O(1) from the in-memory table's counter (like ``len``, it may hold contacts
+        expired since the expiry timer last ran, which it does at once on a running reactor)."""
+        location = self.parts.location
+        count = getattr(location, "binding_count", None)
+        if count is not None:
+            return int(count)
+        get = getattr(location, "get", None)
+        return sum(len(get(aor)) for aor in location.aors()) if get is not None else 0
+
+    def _select(self, statistics: Any, allow_all: bool = True) -> list[Stat]:
+        if isinstance(statistics, str):
+            statistics = [statistics]
+        if not isinstance(statistics, list) or not statistics or not all(isinstance(n, str) for n in statistics):
+            raise invalid_params('statistics must be a list of names, e.g. ["all"], ["core:", "usrloc:"] '
+                                 'or ["rcv_requests"]')
+        stats = self.statistics()
+        chosen: dict[str, Stat] = {}
+        for name in statistics:
+            name = name.strip()
+            if name == "all" and allow_all:
+                picked = stats
+            elif len(name) > 1 and name.endswith(":"):
+                group = name[:-1].lower()
+                picked = [st for st in stats if st.group.lower() == group]
+            else:
+                lowered = name.lower()
+                picked = [st for st in stats if st.key.lower() == lowered or st.name.lower() == lowered][:1]
+            for st in picked:
+                chosen.setdefault(st.key, st)
+        if not chosen:
+            raise MIError(404, "Statistics Not Found")
+        return list(chosen.values())
+
+    def get_statistics(self, statistics: Any) -> dict[str, int | float]:
+        return {st.key: st.get() for st in self._select(statistics)}
+
+    def list_statistics(self, statistics: Any = None) -> dict[str, str]:
+        stats = self.statistics() if statistics is None else self._select(statistics, allow_all=False)
+        return {st.key: "incremental" if st.reset is not None else "non-incremental" for st in stats}
+
+    def reset_statistics(self, statistics: Any) -> str:
+        for st in self._select(statistics, allow_all=False):
+            if st.reset is not None:
+                st.reset()
+        return "OK"
