@@ -21,8 +21,9 @@ from twisted.logger import (
 )
 from twisted.python import usage
 
-from .config import LOG_LEVELS, Config, ConfigError, load_config
+from .config import Config, ConfigError, load_config
 from .management.loglevel import register_level_filter
+from .node_settings import LOG_LEVELS
 
 __all__ = ["Options", "makeService"]
 

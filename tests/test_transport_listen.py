@@ -7,17 +7,17 @@ import socket
 
 import pytest
 import pytest_twisted
-from twisted.internet.error import CannotListenError
-
-from edgeproxy.sip.endpoint import Endpoint
-from edgeproxy.transport import parse_listen
-from edgeproxy.transport._util import ip_literal
 from support.transport import (
     RecordingSink,
     listening,
     needs_ipv6,
     request,
 )
+from twisted.internet.error import CannotListenError
+
+from edgeproxy.sip.address import TRANSPORTS, canonical_host, ip_literal
+from edgeproxy.sip.endpoint import Endpoint
+from edgeproxy.transport import parse_listen
 
 
 @pytest.mark.parametrize(("spec", "expected"), [
@@ -39,19 +39,20 @@ def test_parse_listen_round_trips_str_of_endpoint():
 
 
 @pytest.mark.parametrize(("spec", "complaint"), [
-    ("127.0.0.1:5060", "unsupported transport"),
-    ("sctp:127.0.0.1:5061", "unsupported transport 'sctp'"),
-    ("udp", "missing transport"),
+    ("127.0.0.1:5060", "transport must be one of udp, tcp, tls, ws, wss"),
+    ("sctp:127.0.0.1:5061", "transport must be one of"),
+    ("udp", 'must be "transport:host:port"'),
     ("udp:", "missing host"),
     ("udp::5060", "missing host"),
     ("udp:::1:5060", "in brackets"),
     ("udp:[::1:5060", "unterminated"),
     ("udp:[::1]5060", "after ']'"),
     ("udp:[127.0.0.1]:5060", "only IPv6"),
-    ("udp:localhost:5060", "not an IP address"),
-    ("udp:127.0.0.1:sip", "not a number"),
-    ("udp:127.0.0.1:", "not a number"),
-    ("udp:127.0.0.1:70000", "out of range"),
+    ("udp:localhost:5060", "names are not resolved for listening"),
+    ("udp:[fe80::1%eth0]:5060", "host must be an IPv4 address or an IPv6 address"),
+    ("udp:127.0.0.1:sip", "port must be a number from 0 to 65535, not 'sip'"),
+    ("udp:127.0.0.1:", "port must be a number"),
+    ("udp:127.0.0.1:70000", "port must be from 0 to 65535"),
 ])
 def test_parse_listen_errors_say_what_is_wrong(spec, complaint):
     with pytest.raises(ValueError) as info:
@@ -66,6 +67,15 @@ def test_ip_literal():
     assert ip_literal("fe80::1%eth0") == (socket.AF_INET6, "fe80::1%eth0")
     assert ip_literal("example.com") is None
     assert ip_literal("1.2.3") is None
+    assert ip_literal("127.0.0.1%eth0") is None and ip_literal("fe80::1%") is None
+
+
+def test_one_list_of_transports_and_one_host_check():
+    assert TRANSPORTS == ("UDP", "TCP", "TLS", "WS", "WSS")
+    assert canonical_host("[2001:DB8:0::1]") == "2001:db8::1" and canonical_host("2001:db8::1") == "2001:db8::1"
+    assert canonical_host("SIP.Example.COM") == "sip.example.com"
+    assert canonical_host("1.2.3") is None and canonical_host("300.1.1.1") is None
+    assert canonical_host("my host") is None and canonical_host("[example.com]") is None
 
 
 @pytest_twisted.ensureDeferred

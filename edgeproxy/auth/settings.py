@@ -19,16 +19,21 @@
     [auth.users]             # the embedded store, when there is no db_url
     "alice@example.com" = "secret"
 
-:class:`AuthSettings` is what the table becomes; ``edgeproxy.config`` checks the keys.
+:class:`AuthSettings` is what the table becomes; :data:`SECTION` checks the keys.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping
+from typing import Any, Mapping
 
-__all__ = ["AuthSettings", "QOP_CHOICES"]
+from .. import sqldb
+from ..config_error import ConfigError
+from ..config_schema import Context, Section, boolean, choice, seconds, show, text
+from .digest import ALGORITHMS, DigestError, canonical_algorithm
+
+__all__ = ["AuthSettings", "QOP_CHOICES", "SECTION"]
 
 QOP_CHOICES = ("auth", "auth-int", "auth,auth-int", "")
 
@@ -52,18 +57,81 @@ class AuthSettings:
     users: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), hash=False)
 
     def __post_init__(self) -> None:
-        from .digest import ALGORITHMS, canonical_algorithm
-
         if self.qop not in QOP_CHOICES:
             raise ValueError(f"qop must be one of {', '.join(repr(q) for q in QOP_CHOICES)}, not {self.qop!r}")
         if not self.algorithms:
             raise ValueError("algorithms must name at least one algorithm")
         try:
             names = tuple(canonical_algorithm(a) for a in self.algorithms)
-        except Exception as exc:  # DigestError: the wire's error type, not the configuration's
-            raise ValueError(f"algorithms: {getattr(exc, 'reason', exc)} (known: {', '.join(ALGORITHMS)})") from None
+        except DigestError as exc:  # the wire's error type, not the configuration's
+            raise ValueError(f"algorithms: {exc.reason} (known: {', '.join(ALGORITHMS)})") from None
         object.__setattr__(self, "algorithms", names)
         if self.nonce_expire <= 0 or self.timeout <= 0:
             raise ValueError("nonce_expire and timeout must be positive")
         if self.db_url and self.users:
             raise ValueError("give either db_url (the subscriber table) or [auth.users], not both")
+
+
+def _identifier(key: str, value: Any, ctx: Context) -> str:
+    if not isinstance(value, str) or not sqldb.IDENT.match(value):
+        raise ConfigError(key, f"must be a plain SQL name (letters, digits, _), got {show(value)}")
+    return value
+
+
+def _identifiers(key: str, value: Any, ctx: Context) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise ConfigError(key, f"must be a list of column names, got {show(value)}")
+    return tuple(_identifier(f"{key}[{i}]", v, ctx) for i, v in enumerate(value))
+
+
+def _algorithms(key: str, value: Any, ctx: Context) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        raise ConfigError(key, f'must be a non-empty list like ["SHA-256", "MD5"], got {show(value)}')
+    out = []
+    for i, name in enumerate(value):
+        try:
+            # canonical_algorithm takes an absent name as MD5 (RFC 2617); in a list it is a mistake
+            out.append(canonical_algorithm(name.strip() if isinstance(name, str) and name.strip() else "?"))
+        except DigestError:
+            raise ConfigError(f"{key}[{i}]", f"must be one of {', '.join(ALGORITHMS)}, got {show(name)}") from None
+    return tuple(out)
+
+
+def _db_url(key: str, value: Any, ctx: Context) -> str:
+    url = text(key, value, ctx)
+    if url:
+        try:
+            sqldb.parse_db_url(url)
+        except sqldb.DatabaseURLError as exc:
+            raise ConfigError(key, str(exc).removeprefix("db_url: ")) from None
+    return url
+
+
+def _users(key: str, value: Any, ctx: Context) -> Mapping[str, str]:
+    """``[auth.users]``: ``"user[@domain]" = "password"``."""
+    if not isinstance(value, dict):
+        raise ConfigError(key, f'must be a table of "user[@domain]" = "password", got {show(value)}')
+    for name, password in value.items():
+        if not name or any(c in name for c in ' \t"<>:;,') or name.count("@") > 1:
+            raise ConfigError(f"{key}.{name}", "must be a user name, or user@domain")
+        if not isinstance(password, str) or not password:
+            raise ConfigError(f"{key}.{name}", "must be a non-empty password string")
+    return MappingProxyType(dict(value))
+
+
+#: ``[auth]``: present, it switches digest authentication on (the node holds None without it).
+SECTION: Section[AuthSettings] = Section(AuthSettings, {
+    "secret": text,
+    "nonce_expire": seconds,
+    "nonce_reuse": boolean,
+    "qop": choice(*QOP_CHOICES),
+    "algorithms": _algorithms,
+    "db_url": _db_url,
+    "table": _identifier,
+    "calculate_ha1": boolean,
+    "use_domain": boolean,
+    "password_column": _identifier,
+    "load_credentials": _identifiers,
+    "timeout": seconds,
+    "users": _users,
+}, optional=True)

@@ -1,7 +1,7 @@
 """Federation settings: a ``[federation]`` configuration table, checked with one-line errors.
 
-The node configuration (:mod:`edgeproxy.config`) can hand its ``[federation]`` table to
-:func:`federation_settings`; errors are :class:`edgeproxy.config.ConfigError` naming the key::
+The node configuration (:mod:`edgeproxy.config`) hands its ``[federation]`` table to
+:func:`federation_settings`; errors are :class:`~edgeproxy.config_error.ConfigError` naming the key::
 
     [federation]
     # OpenSIPS: modparam("usrloc", "cachedb_url", "mongodb://10.0.1.244:27017/opensipsDB.userlocation")
@@ -24,13 +24,13 @@ The node configuration (:mod:`edgeproxy.config`) can hand its ``[federation]`` t
 
 from __future__ import annotations
 
-import ipaddress
-import math
 import re
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
 from ..config_error import ConfigError
+from ..config_schema import Checker, Context, boolean, integer, seconds, unknown
+from ..sip.address import canonical_host
 from .url import MongoURL, MongoURLError, parse_mongo_url
 
 __all__ = ["FederationSettings", "federation_settings"]
@@ -66,7 +66,6 @@ class FederationSettings:
 
 
 _HOSTPORT = re.compile(r"^(?P<host>\[[^\]]+\]|[^:\[\]]+)(?::(?P<port>[0-9]{1,5}))?$")
-_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*$")
 
 
 def _sip_addr(key: str, value: Any) -> str:
@@ -80,64 +79,29 @@ def _sip_addr(key: str, value: Any) -> str:
     if m is None:
         raise ConfigError(key, f"must be {wanted}, got {text!r}")
     host = m["host"]
-    try:
-        if host.startswith("["):
-            ipaddress.IPv6Address(host[1:-1])
-        elif re.fullmatch(r"[0-9.]+", host):
-            ipaddress.IPv4Address(host)
-        elif not _NAME.match(host):
-            raise ValueError(host)
-    except ValueError:
-        raise ConfigError(key, f"must be {wanted}, got {text!r}") from None
+    if canonical_host(host) is None or (host.startswith("[") and ":" not in host):  # brackets: IPv6 only
+        raise ConfigError(key, f"must be {wanted}, got {text!r}")
     if m["port"] is not None and not 1 <= int(m["port"]) <= 65535:
         raise ConfigError(key, f"port must be from 1 to 65535, got {text!r}")
     return text
 
 
-def _seconds(key: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ConfigError(key, f"must be a number of seconds > 0, got {value!r}")
-    return float(value)
-
-
-def _count(key: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(key, f"must be an integer >= 1, got {value!r}")
-    return value
-
-
-def _count0(key: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(key, f"must be an integer >= 0, got {value!r}")
-    return value
-
-
-def _flag(key: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(key, f"must be true or false, got {value!r}")
-    return value
-
-
-_CHECKERS = {
-    "refresh_interval": _seconds, "record_ttl": _seconds, "retry_interval": _seconds,
-    "max_retry_interval": _seconds, "server_selection_timeout": _seconds, "lookup_timeout": _seconds,
-    "write_timeout": _seconds, "batch_size": _count, "cleanup_on_start": _flag, "unpublish_on_stop": _flag,
-    "max_in_flight": _count, "max_waiting": _count0,
+_CHECKERS: dict[str, Checker] = {
+    "refresh_interval": seconds, "record_ttl": seconds, "retry_interval": seconds,
+    "max_retry_interval": seconds, "server_selection_timeout": seconds, "lookup_timeout": seconds,
+    "write_timeout": seconds, "batch_size": integer(1), "cleanup_on_start": boolean, "unpublish_on_stop": boolean,
+    "max_in_flight": integer(1), "max_waiting": integer(0),
 }
 
 
 def federation_settings(table: Mapping[str, Any], section: str = "federation") -> FederationSettings:
-    """Check a ``[federation]`` table; raise :class:`~edgeproxy.config.ConfigError` (one line)."""
+    """Check a ``[federation]`` table; raise :class:`~edgeproxy.config_error.ConfigError` (one line)."""
     if not isinstance(table, Mapping):
         raise ConfigError(section, "must be a table")
-    known = {f.name for f in fields(FederationSettings)}
+    known = sorted(f.name for f in fields(FederationSettings))
     for key in table:
         if key not in known:
-            import difflib
-
-            close = difflib.get_close_matches(key, sorted(known), n=1)
-            hint = f'did you mean "{close[0]}"?' if close else "expected one of " + ", ".join(sorted(known))
-            raise ConfigError(f"{section}.{key}", f"unknown key in [{section}] ({hint})")
+            raise unknown(f"{section}.{key}", f"key in [{section}]", known)
     for required in ("cachedb_url", "sip_addr"):
         if required not in table:
             raise ConfigError(f"{section}.{required}", "is required when [federation] is present")
@@ -146,10 +110,12 @@ def federation_settings(table: Mapping[str, Any], section: str = "federation") -
         parse_mongo_url(url)
     except MongoURLError as exc:
         raise ConfigError(f"{section}.cachedb_url", str(exc)) from None
-    values: dict[str, Any] = {"cachedb_url": url.strip(), "sip_addr": _sip_addr(f"{section}.sip_addr", table["sip_addr"])}
+    values: dict[str, Any] = {"cachedb_url": url.strip(),
+                              "sip_addr": _sip_addr(f"{section}.sip_addr", table["sip_addr"])}
+    here = Context(".")  # no key of the table is a path
     for key, check in _CHECKERS.items():
         if key in table:
-            values[key] = check(f"{section}.{key}", table[key])
+            values[key] = check(f"{section}.{key}", table[key], here)
     settings = FederationSettings(**values)
     if settings.ttl <= settings.refresh_interval:
         raise ConfigError(f"{section}.record_ttl",

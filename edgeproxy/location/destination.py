@@ -15,16 +15,13 @@ from .binding import Binding
 
 __all__ = ["binding_destination", "uri_endpoint"]
 
-_TRANSPORTS = {"udp": "UDP", "tcp": "TCP", "tls": "TLS", "ws": "WS", "wss": "WSS", "sctp": "SCTP"}
-
-
 def uri_endpoint(uri: SipURI) -> Endpoint:
     """The transport address a SIP URI names without DNS (RFC 3263 §4.1 in its simplest form): the
     ``transport`` parameter (upper-cased), ``sips:`` meaning TLS (or WSS with ``transport=ws``), UDP by
     default; the URI port or the transport's default port. ``maddr`` wins over the host (§19.1.1).
     """
     t = uri.transport
-    transport = _TRANSPORTS.get(t, t.upper()) if t else ("TLS" if uri.secure else "UDP")
+    transport = t.upper() if t else ("TLS" if uri.secure else "UDP")
     if uri.secure:
         if transport in ("TCP", "UDP"):
             transport = "TLS"

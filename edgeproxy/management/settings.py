@@ -3,15 +3,22 @@
 Off unless ``listen`` names an address. The interface can remove registrations, so it listens on a
 loopback address unless ``allow_remote`` says otherwise (the configuration refuses a remote address
 without it), and ``token`` may require ``Authorization: Bearer <token>`` on every request.
+:data:`SECTION` is the ``[mi]`` table of the configuration.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["MISettings", "parse_mi_listen", "is_loopback"]
+from ..config_error import ConfigError
+from ..config_schema import Context, Section, boolean, integer, seconds, show, text
+from ..sip.address import ip_literal
+
+__all__ = ["MISettings", "parse_mi_listen", "is_loopback", "SECTION"]
 
 _HOSTPORT = re.compile(r"^(?P<host>\[[^\]]+\]|[^:\[\]]+):(?P<port>[0-9]{1,5})$")
 
@@ -23,19 +30,17 @@ def parse_mi_listen(text: str) -> tuple[str, int]:
     if m is None:
         raise ValueError('must be "host:port", e.g. "127.0.0.1:8888" (IPv6 in brackets: "[::1]:8888")')
     host, port = m["host"], int(m["port"])
+    literal = ip_literal(host)
     if host.startswith("["):
-        host = host[1:-1]
-        try:
-            host = str(ipaddress.IPv6Address(host))
-        except ValueError:
-            raise ValueError("the host in brackets must be an IPv6 address") from None
+        if literal is None or literal[0] != socket.AF_INET6:
+            raise ValueError("the host in brackets must be an IPv6 address")
+        host = literal[1]
+    elif literal is not None:
+        host = literal[1]
+    elif host.lower() == "localhost":
+        host = "localhost"
     else:
-        try:
-            host = str(ipaddress.IPv4Address(host))
-        except ValueError:
-            if host.lower() != "localhost":
-                raise ValueError("host must be an IP address (or localhost): the listener binds to it") from None
-            host = "localhost"
+        raise ValueError("host must be an IP address (or localhost): the listener binds to it")
     if not 1 <= port <= 65535:
         raise ValueError("port must be from 1 to 65535")
     return host, port
@@ -91,3 +96,37 @@ class MISettings:
     def remote(self) -> bool:
         """True when ``listen`` is not a loopback address."""
         return bool(self.listen) and not is_loopback(self.address[0])
+
+
+def _listen(key: str, value: Any, ctx: Context) -> str:
+    """``[mi] listen``: ``host:port`` of the management interface, "" for none."""
+    spec = text(key, value, ctx).strip()
+    if spec:
+        try:
+            parse_mi_listen(spec)
+        except ValueError as exc:
+            raise ConfigError(key, f"{exc}, got {show(value)}") from None
+    return spec
+
+
+def _path(key: str, value: Any, ctx: Context) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"/[A-Za-z0-9._~!$&'()*+,;=:@/-]*", value):
+        raise ConfigError(key, f'must be an HTTP path starting with "/", e.g. "/mi", got {show(value)}')
+    return value
+
+
+def _local_unless_allowed(mi: MISettings) -> None:
+    if mi.remote and not mi.allow_remote:
+        raise ConfigError("mi.listen", f"{mi.listen} is not a loopback address: the MI can remove "
+                                       "registrations, so set mi.allow_remote = true (and mi.token) to mean it")
+
+
+#: ``[mi]``: present, it configures the management interface (the node holds None without it).
+SECTION: Section[MISettings] = Section(MISettings, {
+    "listen": _listen,
+    "path": _path,
+    "allow_remote": boolean,
+    "token": text,
+    "max_request_size": integer(1024, 16 * 1024 * 1024),
+    "timeout": seconds,
+}, after=_local_unless_allowed, optional=True)

@@ -6,11 +6,10 @@ Pure functions over messages and endpoints, so every rule is unit-tested without
 
 from __future__ import annotations
 
-import ipaddress
-
 from typing import Callable
 
 from ..dns import ServerQuery, is_host_name
+from ..sip.address import is_ip
 from ..sip.endpoint import Destination, Endpoint, Flow, default_port
 from ..sip.message import Request, Response
 from ..sip.uri import SipURI
@@ -25,17 +24,6 @@ __all__ = [
     "uri_transport",
     "loose_route",
 ]
-
-
-def is_ip(host: str) -> bool:
-    """Whether ``host`` is an IP literal (IPv6 with or without brackets)."""
-    if host.startswith("["):
-        host = host[1:-1]
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def _bare(host: str) -> str:

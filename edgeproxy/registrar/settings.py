@@ -1,13 +1,16 @@
-"""Registrar policy knobs (OpenSIPS ``registrar`` module parameters and ``save()`` flags)."""
+"""Registrar policy knobs (OpenSIPS ``registrar`` module parameters and ``save()`` flags), and the
+``[registrar]`` table of the configuration that sets them (:data:`SECTION`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from urllib.parse import unquote
 
+from ..config_error import ConfigError
+from ..config_schema import Section, boolean, choice, integer
 from ..sip.uri import SipURI
 
-__all__ = ["RegistrarSettings", "aor_of", "MIN_EXPIRES_MODES", "PATH_MODES"]
+__all__ = ["RegistrarSettings", "aor_of", "MIN_EXPIRES_MODES", "PATH_MODES", "SECTION"]
 
 MIN_EXPIRES_MODES = ("clamp", "reject")
 PATH_MODES = ("ignore", "off", "lazy", "strict")
@@ -76,6 +79,27 @@ class RegistrarSettings:
                 raise ValueError(f"{name} must not be negative")
         if self.default_expires == 0:
             raise ValueError("default_expires must be positive")
+
+
+def _min_not_above_max(settings: RegistrarSettings) -> None:
+    if settings.max_expires and settings.min_expires > settings.max_expires:
+        raise ConfigError("registrar.min_expires",
+                          f"must be <= registrar.max_expires ({settings.max_expires}), got {settings.min_expires}")
+
+
+#: The ``[registrar]`` table: its keys (``retry_after``, ``received_param`` and ``cseq_delay`` are
+#: not among them) and their checks.
+SECTION: Section[RegistrarSettings] = Section(RegistrarSettings, {
+    "default_expires": integer(1),
+    "min_expires": integer(0),
+    "max_expires": integer(0),
+    "min_expires_mode": choice(*MIN_EXPIRES_MODES),
+    "max_contacts": integer(0),
+    "use_domain": boolean,
+    "path_mode": choice(*PATH_MODES),
+    "outbound": boolean,
+    "flow_timer": integer(0),
+}, after=_min_not_above_max)
 
 
 def aor_of(uri: SipURI, use_domain: bool) -> str:

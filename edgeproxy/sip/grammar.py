@@ -7,8 +7,10 @@ they implement. Input has already been unfolded (§7.3.1), so LWS here is plain 
 
 from __future__ import annotations
 
-import ipaddress
 import re
+import socket
+
+from .address import ip_literal
 
 # §25.1 token; non-ASCII is tolerated in tokens used as display names (phones send UTF-8 unquoted).
 TOKEN_CHARS = r"A-Za-z0-9\-.!%*_+`'~"
@@ -96,11 +98,8 @@ COMPACT_FORMS: dict[str, str] = {
 def valid_ipv6_reference(host: str) -> bool:
     """Whether ``[...]`` holds an IPv6 address (§25.1 IPv6reference; RFC 5118). Only called for hosts
     that start with ``[``, so the common path never pays for it."""
-    try:
-        ipaddress.IPv6Address(host[1:-1])
-    except ValueError:
-        return False
-    return True
+    literal = ip_literal(host[1:-1])
+    return literal is not None and literal[0] == socket.AF_INET6
 
 
 def small_int(text: str, maximum: int) -> int | None:

@@ -1,39 +1,16 @@
-"""Small helpers shared by the transports: IP literals, local-address guesses and the bytes of the
-reply to a request that failed to parse."""
+"""Small helpers shared by the transports: IP literals (:func:`edgeproxy.sip.address.ip_literal`, the
+one parser, re-exported for the transport modules), local-address guesses and the bytes of the reply
+to a request that failed to parse."""
 
 from __future__ import annotations
 
-import functools
 import socket
 
+from ..sip.address import ip_literal
 from ..sip.errors import SipParseError
 from ..sip.parser import error_response
 
 __all__ = ["ip_literal", "guess_local_address", "error_reply"]
-
-_FAMILIES = (socket.AF_INET, socket.AF_INET6)
-
-
-@functools.lru_cache(maxsize=4096)
-def ip_literal(host: str) -> tuple[int, str] | None:
-    """``(address family, canonical text)`` when ``host`` is an IP literal, else None (a name).
-
-    IPv6 may come with or without brackets and keeps a ``%scope`` suffix. Canonical text makes
-    ``::1`` and ``0::1`` the same key in the connection index. Cached: destinations repeat.
-    """
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    base, pct, scope = host.partition("%")
-    for family in _FAMILIES:
-        try:
-            packed = socket.inet_pton(family, base)
-        except (OSError, ValueError):
-            continue
-        if pct and family != socket.AF_INET6:
-            return None
-        text = socket.inet_ntop(family, packed)
-        return family, (f"{text}%{scope}" if pct else text)
-    return None
 
 
 def guess_local_address(family: int) -> str:

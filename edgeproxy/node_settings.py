@@ -1,0 +1,135 @@
+"""``[node]``: where the node listens and which route module decides what to do with requests.
+
+::
+
+    [node]
+    listen = ["udp:127.0.0.1:5060", "tcp:127.0.0.1:5060"]  # transport:host:port; IPv6 as [::1]
+    advertise = ""          # host for Via / Record-Route when listening on 0.0.0.0 or [::]
+    domains = []            # domains the node is responsible for; []: every domain
+    route = ""              # a .py file (relative to the config file) or a dotted module; "": routes.default
+    log_level = "info"
+    gc_full_interval = 300  # s between full garbage collections; 0: Python's own schedule
+
+A section of the service (``edgeproxy.service`` opens the listeners, loads the route module and
+sets up logging and the garbage collector): no lower layer has a settings class for it. Listen specs
+are checked by the transports' own parser (:func:`edgeproxy.transport.listen.parse_listen`), so a
+spec the file may hold is one the node can listen on.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from .config_error import ConfigError
+from .config_schema import Context, Section, choice, seconds_or_zero, show
+from .sip.address import canonical_host
+from .transport.listen import ListenSpecError, parse_listen
+
+__all__ = ["NodeConfig", "LOG_LEVELS", "SECTION"]
+
+#: Accepted ``node.log_level`` values, most to least verbose.
+LOG_LEVELS = ("debug", "info", "warn", "error")
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """``[node]`` (see the module docstring).
+
+    ``listen`` holds ``transport:host:port`` strings as :class:`~edgeproxy.sip.endpoint.Endpoint`
+    prints them (transport lower-case, IPv6 hosts in brackets). ``advertise`` and ``domains`` keep
+    IPv6 literals without brackets, as :class:`~edgeproxy.sip.endpoint.Endpoint` holds them.
+    ``route`` is an absolute ``.py`` path or a dotted module name; empty means ``routes.default``.
+    """
+
+    listen: tuple[str, ...] = ("udp:127.0.0.1:5060", "tcp:127.0.0.1:5060")
+    advertise: str = ""
+    domains: tuple[str, ...] = ()
+    route: str = ""
+    log_level: str = "info"
+    node_id: str | None = None
+    gc_full_interval: float = 300.0
+
+
+def _listen(key: str, value: Any, ctx: Context) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        raise ConfigError(key, f"must be a non-empty list of \"transport:host:port\" strings, got {show(value)}")
+    specs: list[str] = []
+    for i, spec in enumerate(value):
+        if not isinstance(spec, str):
+            raise ConfigError(f"{key}[{i}]", f"must be a \"transport:host:port\" string, got {show(spec)}")
+        try:
+            endpoint = parse_listen(spec, strict=True)
+        except ListenSpecError as exc:
+            raise ConfigError(f"{key}[{i}]", f"{exc.reason}, got {show(spec)}") from None
+        if str(endpoint) in specs:
+            raise ConfigError(f"{key}[{i}]", f"listed twice: {show(spec)}")
+        specs.append(str(endpoint))
+    return tuple(specs)
+
+
+def _advertise(key: str, value: Any, ctx: Context) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(key, f"must be a host name or IP address string, got {show(value)}")
+    if value == "":
+        return ""
+    host = canonical_host(value.strip())
+    if host is None:
+        raise ConfigError(key, f"must be a host name or IP address, got {show(value)}")
+    return host
+
+
+def _domains(key: str, value: Any, ctx: Context) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise ConfigError(key, f"must be a list of domain names, got {show(value)}")
+    out: list[str] = []
+    for i, d in enumerate(value):
+        host = canonical_host(d.strip()) if isinstance(d, str) else None
+        if host is None:
+            raise ConfigError(f"{key}[{i}]", f"must be a domain name or IP address, got {show(d)}")
+        if host not in out:
+            out.append(host)
+    return tuple(out)
+
+
+_DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+def _route(key: str, value: Any, ctx: Context) -> str:
+    """A route module: a ``.py`` file (relative to the config file's directory) or a dotted name.
+
+    Only the spelling and the file's existence are checked here; importing the module and checking
+    its functions is :func:`edgeproxy.routing.loader.load_route_module`'s job.
+    """
+    if not isinstance(value, str):
+        raise ConfigError(key, f"must be a .py file path or a dotted module name, got {show(value)}")
+    spec = value.strip()
+    if spec == "":
+        return ""
+    if spec.endswith(".py") or "/" in spec or os.sep in spec:
+        path = ctx.path(spec)
+        if not os.path.isfile(path):
+            raise ConfigError(key, f"no such file: {show(path)}")
+        return path
+    if not _DOTTED.match(spec):
+        raise ConfigError(key, f"must be a .py file path or a dotted module name, got {show(value)}")
+    return spec
+
+
+def _node_id(key: str, value: Any, ctx: Context) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", value):
+        raise ConfigError(key, f"must be 1-64 letters, digits, '.', '_' or '-', got {show(value)}")
+    return value
+
+
+SECTION: Section[NodeConfig] = Section(NodeConfig, {
+    "listen": _listen,
+    "advertise": _advertise,
+    "domains": _domains,
+    "route": _route,
+    "log_level": choice(*LOG_LEVELS, aliases={"warning": "warn"}),
+    "node_id": _node_id,
+    "gc_full_interval": seconds_or_zero,
+})
