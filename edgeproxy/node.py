@@ -227,7 +227,7 @@ class Node:
         self.verbs.reply(state, self.settings.no_reply_status, None, True)
 
     def _route_error(self, failure: Failure, state: RouteState) -> None:
-        if self.verbs.answer_error(state, failure.value):
+        if failure.value is not None and self.verbs.answer_error(state, failure.value):
             return
         request = state.request
         self.stats["route_errors"] += 1

@@ -18,11 +18,7 @@ from ..sip.uri import URI, SipURI, parse_uri
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..auth import AuthOutcome
-    from ..transaction import ClientInviteTransaction, ClientNonInviteTransaction
-    from ..transaction import ServerInviteTransaction, ServerNonInviteTransaction
-
-    ClientTransaction = ClientInviteTransaction | ClientNonInviteTransaction
-    ServerTransaction = ServerInviteTransaction | ServerNonInviteTransaction
+    from ..transaction import ClientTransaction, ServerTransaction
 
 __all__ = ["Branch", "RouteState", "ServerContext", "ClientBranch", "CancelBranch"]
 

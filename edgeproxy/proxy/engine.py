@@ -13,9 +13,8 @@ a transaction delivered) is asked of :class:`RouteHooks`, which the node impleme
 
 from __future__ import annotations
 
-from typing import Iterable, Protocol, Union
+from typing import Iterable, Union
 
-from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -28,58 +27,34 @@ from ..sip.message import Request, Response
 from ..transaction import (
     ClientInviteTransaction,
     ClientNonInviteTransaction,
+    ClientTransaction,
     DeliverRequest,
     DeliverResponse,
     SendRequest,
     SendResponse,
     ServerInviteTransaction,
     ServerNonInviteTransaction,
+    ServerTransaction,
     Terminated,
     Timeout,
     TimerSettings,
+    Transaction,
     TransactionTable,
     TransportFailure,
 )
 from .context import Branch, CancelBranch, ClientBranch, RouteState, ServerContext
 from .forwarding import Forwarder, build_cancel
+from .hooks import HostMatcher, RouteHooks
 from .hops import response_destination
 from .responses import best_response, upstream_final
 from .settings import ProxySettings
 
-__all__ = ["StatefulProxy", "RouteHooks", "ProxyStats"]
+__all__ = ["StatefulProxy", "ProxyStats"]
 
 log = Logger(namespace="edgeproxy.proxy")
 
-Transaction = Union[ServerInviteTransaction, ServerNonInviteTransaction, ClientInviteTransaction,
-                    ClientNonInviteTransaction]
 Owner = Union[ServerContext, ClientBranch, CancelBranch]
 ProxyStats = dict[str, int]  # the node's counters (the MI's core:/tm:/sl: statistics)
-
-
-class RouteHooks(Protocol):
-    """What the proxy core asks of the route module while it handles a transaction (the node)."""
-
-    def reply_route(self, ctx: ServerContext, response: Response) -> None:
-        """``onreply_route``: a response arrived on one of ``ctx``'s branches."""
-
-    def failure_route(self, ctx: ServerContext, best: Response) -> bool:
-        """Every branch has failed with ``best`` as the winner: True when a ``failure_route`` was
-        started (it then decides: :meth:`StatefulProxy.failure_route_done`)."""
-        ...
-
-    def branch_route(self, ctx: ServerContext, request: Request) -> "Deferred[None] | None":
-        """``branch_route``: ``request`` is about to leave as one branch of ``ctx``; a Deferred when
-        the route is still running (the branch waits for it)."""
-
-    def ack_route(self, request: Request, flow: Flow) -> None:
-        """An ACK for a 2xx that matched a server transaction (RFC 6026 Accepted): end to end, it is
-        routed like any in-dialog request."""
-
-
-class HostMatcher(Protocol):
-    """Whether a host (an IP literal or name) is the one meant (e.g. a cluster node's address)."""
-
-    def __call__(self, host: str) -> bool: ...
 
 
 class StatefulProxy:
@@ -197,14 +172,14 @@ class StatefulProxy:
                 and tx.last_response is None and self._owners.get(tx) is ctx):
             self.execute(tx, tx.send_response(ctx.request.make_response(100), self.clock.seconds()))
 
-    def _server_tx(self, ctx: ServerContext, trying: bool = True) -> ServerInviteTransaction | ServerNonInviteTransaction:
+    def _server_tx(self, ctx: ServerContext, trying: bool = True) -> ServerTransaction:
         """The server transaction of ``ctx``, created if it has none yet; an INVITE's sends 100 Trying
         at once with ``proxy.auto_100trying`` unless ``trying`` is False (the caller sends it)."""
         if ctx.tx is not None:
             return ctx.tx
         now = self.clock.seconds()
         reliable = ctx.flow.remote.reliable
-        tx: ServerInviteTransaction | ServerNonInviteTransaction
+        tx: ServerTransaction
         if ctx.request.method == "INVITE":
             tx = ServerInviteTransaction(ctx.request, reliable=reliable, timers=self.timers, now=now,
                                          auto_100=self.settings.auto_100trying and trying)
@@ -420,7 +395,7 @@ class StatefulProxy:
         destination = cb.destination
         now = self.clock.seconds()
         reliable = destination.remote.reliable
-        tx: ClientInviteTransaction | ClientNonInviteTransaction
+        tx: ClientTransaction
         if fwd.method == "INVITE":
             tx = ClientInviteTransaction(fwd, reliable=reliable, timers=self.timers, now=now)
         else:
@@ -569,7 +544,8 @@ class StatefulProxy:
 
     def _cancel_branch(self, cb: ClientBranch) -> None:
         """§9.1 / §16.10: CANCEL a pending INVITE branch once it has had a provisional response."""
-        if cb.final is not None or cb.cancel_sent or cb.request.method != "INVITE" or cb.tx is None:
+        tx = cb.tx
+        if cb.final is not None or cb.cancel_sent or not isinstance(tx, ClientInviteTransaction):
             return
         if not cb.provisional:
             cb.cancel_wanted = True
@@ -578,10 +554,11 @@ class StatefulProxy:
         cancel = build_cancel(cb.request)
         destination = cb.send_destination()
         now = self.clock.seconds()
-        tx = ClientNonInviteTransaction(cancel, reliable=destination.remote.reliable, timers=self.timers, now=now)
-        self._own(tx, CancelBranch(destination))
-        self.execute(tx, tx.start(now))
-        self.execute(cb.tx, cb.tx.cancel_sent(now))
+        cancel_tx = ClientNonInviteTransaction(cancel, reliable=destination.remote.reliable, timers=self.timers,
+                                               now=now)
+        self._own(cancel_tx, CancelBranch(destination))
+        self.execute(cancel_tx, cancel_tx.start(now))
+        self.execute(tx, tx.cancel_sent(now))
 
     # -- cluster -------------------------------------------------------------------------------------
     def end_branches_to(self, same_host: HostMatcher, port: int | None, why: str) -> int:

@@ -51,7 +51,7 @@ from typing import Any, Awaitable, Callable, Mapping
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
 
-from ..auth import AuthOutcome, AuthResult, Authenticator
+from ..auth import Authenticator, AuthOutcome, AuthResult
 from ..location import LookupResult
 from ..proxy.context import Branch, RouteState
 from ..sip.message import Request, Response
