@@ -8,7 +8,7 @@ timeout). Names found here are used as they are (see :func:`edgeproxy.dns.rfc326
 
 from __future__ import annotations
 
-import ipaddress
+from ..sip.address import ip_literal
 
 __all__ = ["parse_hosts"]
 
@@ -21,10 +21,10 @@ def parse_hosts(text: str) -> dict[str, tuple[str, ...]]:
         fields = line.split("#", 1)[0].split()
         if len(fields) < 2:
             continue
-        try:
-            address = str(ipaddress.ip_address(fields[0]))
-        except ValueError:
+        literal = ip_literal(fields[0])
+        if literal is None or "%" in literal[1]:
             continue
+        address = literal[1]
         for name in fields[1:]:
             found = table.setdefault(name.lower().rstrip("."), [])
             if address not in found:
