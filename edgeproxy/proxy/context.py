@@ -96,6 +96,11 @@ class RouteState:
         # the Request-URI (and $du) relayed to: failure_route does not try it again (ruri consumed)
         self.ruri_consumed: tuple[str, str | None] | None = None
 
+    def adds_record_route(self) -> bool:
+        """Whether our Record-Route goes on the forwarded request: the route asked for it and the
+        request can start a dialog (never on REGISTER, ACK or CANCEL: RFC 3261 §16.6 step 4, §10)."""
+        return self.record_routed and self.request.method not in ("REGISTER", "ACK", "CANCEL")
+
     def targets(self) -> list[Branch]:
         """The destination set: the Request-URI's branch (with ``$du`` or the flow named by a popped
         Route's flow token, RFC 5626 §5.3), then the appended branches."""

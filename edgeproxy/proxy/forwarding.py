@@ -20,7 +20,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ..dns import ServerQuery
-from ..interfaces import Locator, SendError, Sender
+from ..interfaces import Locator, Sender, SendError
 from ..sip.endpoint import Destination, Endpoint, Flow
 from ..sip.errors import SipValueError
 from ..sip.message import Headers, Message, Request, Response
@@ -171,7 +171,7 @@ class Forwarder:
         local = self.sender.local_endpoint(destination.remote.transport, destination.remote)
         if local is None:
             raise SendError(f"no {destination.remote.transport} listener", 503)
-        if route is not None and route.record_routed and fwd.method not in ("REGISTER", "ACK", "CANCEL"):
+        if route is not None and route.adds_record_route():
             # RFC 5626 §5.3 / RFC 7118 §5: an entry facing a client on a connection names that
             # connection with a flow token; two entries when the request changes listener (RFC 5658)
             # or goes from one client's connection to another's, so each side's in-dialog requests

@@ -69,7 +69,9 @@ class RouteResult:
 
     @property
     def record_routed(self) -> bool:
-        return self.state.record_routed
+        """Whether the relayed request carries our Record-Route (the route asked, and the method
+        can have one), as on the wire."""
+        return self.state.adds_record_route()
 
     @property
     def reply_code(self) -> int | None:
@@ -233,6 +235,11 @@ class RouteHarness:
         state = RouteState(request, Flow(self.local, source))
         msg = RouteRequest(state, self.verbs, self.params)
         result = self._recorder.result = RouteResult(msg, state)
+        if request.method == "CANCEL":
+            # as on the node, a CANCEL never reaches the route: the proxy answers it (§16.10), and
+            # the harness has no INVITE transaction for it to match
+            self.verbs.reply(state, 481, None, False)
+            return result
         try:
             outcome = route(msg)
             if inspect.iscoroutine(outcome):
