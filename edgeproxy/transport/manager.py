@@ -107,6 +107,7 @@ class TransportManager:
         self._udp_default = self._index.udp_default
         self._connections = self._table.by_id
         self._by_remote = self._table.by_remote
+        self._udp_flow_open = self._index.udp_flow_open
 
     # -- life cycle --------------------------------------------------------------------------------
     def start(self, sink: MessageSink) -> None:
@@ -287,7 +288,7 @@ class TransportManager:
                 return self._write(conn, data)
         remote = destination.remote
         transport = remote.transport
-        if destination.flow_only and not self._index.udp_flow_open(flow):
+        if destination.flow_only and not self._udp_flow_open(flow):
             return fail(SendError("Flow Failed", 430))
         if self._refusal is not None:
             return fail(SendError(self._refusal))
