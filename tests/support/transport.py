@@ -62,6 +62,17 @@ def free_tcp_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def fire_ready(waiting: list[tuple[Callable[[], bool], Deferred]]) -> list[tuple[Callable[[], bool], Deferred]]:
+    """Fire (with None) each waiter whose predicate now holds; return the ones still waiting."""
+    still = []
+    for predicate, d in waiting:
+        if predicate():
+            d.callback(None)
+        else:
+            still.append((predicate, d))
+    return still
+
+
 class RecordingSink:
     """A MessageSink that records everything and lets a test wait for a condition."""
 
@@ -82,13 +93,7 @@ class RecordingSink:
         self._check()
 
     def _check(self) -> None:
-        still = []
-        for predicate, d in self._waiting:
-            if predicate():
-                d.callback(None)
-            else:
-                still.append((predicate, d))
-        self._waiting = still
+        self._waiting = fire_ready(self._waiting)
 
     def wait_for(self, predicate: Callable[[], bool], seconds: float = TIMEOUT) -> Deferred:
         if predicate():
@@ -291,13 +296,7 @@ class WsClient(WebSocketClientProtocol):
         self._waiting = []
 
     def _check(self) -> None:
-        still = []
-        for predicate, d in self._waiting:
-            if predicate():
-                d.callback(None)
-            else:
-                still.append((predicate, d))
-        self._waiting = still
+        self._waiting = fire_ready(self._waiting)
 
     def wait_frames(self, n: int) -> Deferred:
         if len(self.frames) >= n:
