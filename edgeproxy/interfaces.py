@@ -6,6 +6,11 @@ through :class:`Sender`; next hops named by a host name are found through a :cla
 (RFC 3263). The behaviour layers (proxy, registrar, location, NAT pinging) import only this module,
 never ``edgeproxy.transport``, so they run and are tested with in-memory stand-ins; the transports
 implement it.
+
+Inside the transport layer the same shape holds one level down: each connection protocol (TCP, TLS,
+WebSocket) is a :class:`Connection` that reports its life -- admission, handshake, up, down, a
+failed dial -- to a :class:`ConnectionRegistry` and to nothing else; the transport manager's
+connection table implements it. Only typing imports of Twisted here: the module loads no reactor.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.interfaces import IAddress, IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -229,7 +229,7 @@ class SipServerFactory(Factory):
         self.sink = sink
         self.local: Endpoint | None = None
 
-    def buildProtocol(self, addr: Any) -> SipStreamProtocol | None:
+    def buildProtocol(self, addr: IAddress | None) -> SipStreamProtocol | None:
         if not self.registry.admit(self.transport_name, getattr(addr, "host", "?"), getattr(addr, "port", 0)):
             return None
         proto = self.connection(None)
@@ -249,7 +249,7 @@ class SipClientFactory(SipServerFactory):
         super().__init__(registry, sink)
         self.dial = dial
 
-    def buildProtocol(self, addr: Any) -> SipStreamProtocol:
+    def buildProtocol(self, addr: IAddress | None) -> SipStreamProtocol:
         proto = self.connection(self.dial)
         proto.factory = self
         return proto
