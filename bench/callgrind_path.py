@@ -5,7 +5,7 @@ Run from the repository root::
     python bench/callgrind_path.py --kind register -n 10     # the workload alone (no valgrind)
     python bench/callgrind_path.py --measure                  # valgrind both kinds, N=10 and N=110
 
-A :class:`~edgeproxy.proxy.node.Node` is built with a ``task.Clock`` and an in-memory sender (no
+A :class:`~edgeproxy.node.Node` is built with a ``task.Clock`` and an in-memory sender (no
 sockets, no reactor, no randomness that changes the path), then driven with messages parsed by
 ``parse_datagram`` exactly as a transport hands them over:
 
@@ -55,11 +55,11 @@ BOB_FLOW = Flow(LOCAL, BOB)
 def build(clock: Clock) -> tuple[Any, "Sender"]:
     """The node under measure (routes/default.py, domain example.com) and the sender it sends with."""
     from edgeproxy.location import InMemoryLocation
-    from edgeproxy.node import Node
     try:
+        from edgeproxy.node import Node
         from edgeproxy.proxy.settings import ProxySettings
-    except ImportError:  # the tree before issue 9 (324e73e): ProxySettings lived beside Node
-        from edgeproxy.proxy.node import ProxySettings  # type: ignore[attr-defined,no-redef]
+    except ImportError:  # the tree before issue 9 (324e73e): both in edgeproxy/proxy/node.py
+        from edgeproxy.proxy.node import Node, ProxySettings  # type: ignore[attr-defined,no-redef]
     from edgeproxy.registrar import Registrar, RegistrarSettings
     from edgeproxy.routing.loader import load_route_module
 
