@@ -144,9 +144,10 @@ def _groups_setters() -> tuple[Any, Any]:
     """OpenSSL's ``SSL_CTX_set1_curves_list`` / ``SSL_set1_curves_list`` (pyOpenSSL has no public
     call for groups; cryptography's bindings, which it uses, have these two)."""
     try:
-        from OpenSSL._util import lib
+        from cryptography.hazmat.bindings.openssl.binding import Binding
     except ImportError:  # pragma: no cover
         return None, None
+    lib = Binding().lib
     return getattr(lib, "SSL_CTX_set1_curves_list", None), getattr(lib, "SSL_set1_curves_list", None)
 
 

@@ -39,8 +39,11 @@ RELEASE_QUIET = 1.0
 """Seconds a connection must have received nothing before its buffers are released."""
 
 try:
-    from OpenSSL._util import ffi as _ffi
-    from OpenSSL._util import lib as _lib
+    # the bindings pyOpenSSL itself runs on (its private OpenSSL._util holds these same two objects)
+    from cryptography.hazmat.bindings.openssl.binding import Binding
+
+    _binding = Binding()
+    _ffi, _lib = _binding.ffi, _binding.lib
 
     _SUPPORTED = all(hasattr(_lib, name) for name in ("BIO_new", "BIO_s_mem", "BIO_get_mem_data", "SSL_set_bio"))
 except ImportError:  # pragma: no cover - pyOpenSSL without its bindings module
