@@ -104,10 +104,11 @@ def serve(args: argparse.Namespace) -> None:
             def flow_closed(self, flow: Any) -> None:
                 pass
 
-        manager = TransportManager(reactor, Answer(), max_connections=args.connections + 1024, idle_timeout=None,
+        manager = TransportManager(reactor, max_connections=args.connections + 1024, idle_timeout=None,
                                    tls=tls, ws=ws)
 
         def start() -> Any:
+            manager.start(Answer())
             return manager.listen(parse_listen("wss:127.0.0.1:0"))
 
     class Control(LineReceiver):
