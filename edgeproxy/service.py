@@ -17,12 +17,12 @@ from twisted.internet.interfaces import IReactorCore
 from twisted.logger import Logger
 
 from .auth import Authenticator, subscriber_store
-from .config import Config, ConfigError
 from .cluster import Cluster, NodeTable
+from .config import Config, ConfigError
 from .location import InMemoryLocation
 from .location.natping import NatPinger
-from .proxy.flood import FloodDetector
 from .node import Node
+from .proxy.flood import FloodDetector
 from .registrar import Registrar
 from .routing.loader import load_route_module
 from .transport import TransportManager, parse_listen
@@ -250,17 +250,18 @@ class NodeService(service.Service):
         super().startService()
         d = load_node(self.config)
 
-        def built(running: RunningNode) -> Deferred[Any]:
+        def built(running: RunningNode) -> Deferred[RunningNode]:
             self.running_node = running
-            return running.start(list(self.config.node.listen), self.config.node.advertise)
+            starting = running.start(list(self.config.node.listen), self.config.node.advertise)
+            return starting.addCallback(lambda _: running)
 
         d.addCallback(built)
 
-        def started(_: Any) -> None:
+        def started(running: RunningNode) -> None:
             self._gc = GarbagePolicy(self.config.node.gc_full_interval)
             self._gc.start()
             log.info("edgeproxy listening on {listen}, route {route}",
-                     listen=", ".join(self.config.node.listen), route=self.running_node.node.routes.name)
+                     listen=", ".join(self.config.node.listen), route=running.node.routes.name)
 
         def failed(f: Any) -> None:
             log.failure("edgeproxy failed to start", f)
