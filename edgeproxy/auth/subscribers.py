@@ -311,8 +311,8 @@ class SubscriberTable:
             if not secrets:
                 raise SubscriberStoreError(f"{self._where}: none of the HA1 columns "
                                            f"{', '.join(self.ha1_columns.values())} exists")
-            has_b = self.ha1b_column is not None and self.ha1b_column.lower() in present
-            at_secrets = (("MD5", self.ha1b_column),) if has_b else ()  # type: ignore[assignment]
+            ha1b = self.ha1b_column
+            at_secrets = (("MD5", ha1b),) if ha1b is not None and ha1b.lower() in present else ()
         order_by = f" ORDER BY {sqldb.quote_ident(primary[0])}" if len(primary) == 1 else ""
         user, domain = sqldb.quote_ident(self.user_column), sqldb.quote_ident(self.domain_column)
         select = {}

@@ -184,22 +184,22 @@ class InMemoryLocation:
             aors = by_flow.get(flow)
             if aors is None:
                 continue
-            if type(aors) is str:
+            if isinstance(aors, str):
                 if aors == aor:
                     del by_flow[flow]
             else:
-                aors.discard(aor)  # type: ignore[union-attr]
+                aors.discard(aor)
                 if len(aors) == 1:
                     by_flow[flow] = next(iter(aors))
         for flow in new_flows - old_flows:
             aors = by_flow.get(flow)
             if aors is None:
                 by_flow[flow] = aor  # the common case: one AoR per connection, no set
-            elif type(aors) is str:
+            elif isinstance(aors, str):
                 if aors != aor:
                     by_flow[flow] = {aors, aor}
             else:
-                aors.add(aor)  # type: ignore[union-attr]
+                aors.add(aor)
         record.bindings = tuple(bindings)  # a tuple is smaller than a list
 
     def _update(self, aor: str, record: _Record, keep: list[Binding]) -> None:

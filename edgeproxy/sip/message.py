@@ -10,7 +10,7 @@ only Content-Length is recomputed from the body.
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, TypeVar
+from typing import Callable, Iterator, TypeVar, cast
 
 from . import grammar as g
 from .errors import SipValueError
@@ -124,7 +124,7 @@ class Headers:
         """``parse(self)`` cached under ``key`` until the header ``key`` changes."""
         cache = self._cache
         if key in cache:
-            return cache[key]  # type: ignore[return-value]
+            return cast(T, cache[key])
         value = parse(self)
         cache[key] = value
         return value

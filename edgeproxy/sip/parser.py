@@ -263,8 +263,8 @@ def _validate(msg: Message, content_length: int | None) -> None:
         cache["from"] = parse_name_address(seen["from"], "From")
         cache["to"] = parse_name_address(seen["to"], "To")
         cseq = cache["cseq"] = parse_cseq(seen["cseq"])
-        if is_request:
-            method = msg.method  # type: ignore[attr-defined]
+        if isinstance(msg, Request):
+            method = msg.method
             if cseq.method != method:
                 if method not in KNOWN_METHODS:
                     # RFC 4475 §3.1.2.18: an unknown method whose CSeq disagrees gets 501.

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Any, Mapping
+from typing import Any, Mapping, overload
 from urllib.parse import unquote as _pct_unquote
 
 from . import grammar as g
@@ -188,8 +188,8 @@ class SipURI(URI):
         for name in mine.keys() & theirs.keys():
             if mine[name] != theirs[name]:
                 return False
-        h1 = {_norm(k).lower(): _norm(v) for k, v in self.headers.items()}  # type: ignore[union-attr]
-        h2 = {_norm(k).lower(): _norm(v) for k, v in other.headers.items()}  # type: ignore[union-attr]
+        h1 = {_norm(k).lower(): _norm(v) for k, v in self.headers.items()}
+        h2 = {_norm(k).lower(): _norm(v) for k, v in other.headers.items()}
         return h1 == h2
 
     def _key(self) -> Any:
@@ -202,8 +202,8 @@ def _norm_params(params: Mapping[str, str | None]) -> dict[str, str | None]:
     out: dict[str, str | None] = {}
     for k, v in params.items():
         if "%" in k:
-            k = _norm(k).lower()  # type: ignore[union-attr]
-        out[k] = _norm(v).lower() if v is not None else None  # type: ignore[union-attr]
+            k = _norm(k).lower()
+        out[k] = _norm(v).lower() if v is not None else None
     return out
 
 
@@ -270,6 +270,14 @@ _ESCAPE_RE = re.compile(r"%([0-9A-Fa-f]{2})")
 def _decode_escape(m: re.Match[str]) -> str:
     ch = chr(int(m.group(1), 16))
     return "%" + m.group(1).upper() if ch in _RESERVED else ch
+
+
+@overload
+def _norm(value: str) -> str: ...
+
+
+@overload
+def _norm(value: None) -> None: ...
 
 
 def _norm(value: str | None) -> str | None:

@@ -53,7 +53,7 @@ def scan_params(text: str, pos: int) -> tuple[Params, int]:
     # regex and split. It is used only when it stops where the general loop below would: at the end
     # of the text or at the comma before the next value.
     m = g.SIMPLE_PARAMS_RE.match(text, pos)
-    end = m.end()  # type: ignore[union-attr]
+    end = m.end() if m is not None else pos  # the pattern matches the empty string: always a match
     if end == len(text) or text[end] == ",":
         params: Params = {}
         if end > pos:
