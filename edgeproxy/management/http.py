@@ -25,6 +25,7 @@ from twisted.python.failure import Failure
 from twisted.web import resource, server
 
 from .commands import INVALID_REQUEST, PARSE_ERROR, SERVER_ERROR, MICommands, MIError
+from .parts import NodeParts
 from .settings import MISettings
 
 __all__ = ["MIResource", "MISite", "ManagementService", "start_management"]
@@ -259,7 +260,7 @@ class ManagementService:
         return port.stopListening() or succeed(None)
 
 
-def start_management(parts: Any, settings: MISettings, reactor: Any = None,
+def start_management(parts: NodeParts, settings: MISettings, reactor: Any = None,
                      commands: MICommands | None = None) -> ManagementService:
     """Listen for MI requests on ``settings.listen`` over ``parts`` (a RunningNode). Raises
     ``twisted.internet.error.CannotListenError`` when the address is taken."""
