@@ -6,6 +6,8 @@ Four state machines (:class:`ClientInviteTransaction`, :class:`ClientNonInviteTr
 :class:`DeliverResponse`, :class:`DeliverRequest`, :class:`Timeout`, :class:`TransportFailure`,
 :class:`Terminated`). A :class:`TransactionTable` matches incoming messages to them (§17.1.3, §17.2.3,
 §9.2) and drives every timer from one heap: ``get_timer()`` / ``handle_timer(now)``, as in aioquic.
+A transaction knows no table: it exposes its next ``deadline`` and one ``on_change`` observer, which
+the table (or any other driver) uses to reschedule it and to forget it when it terminates.
 Timer values come from :class:`TimerSettings`. Nothing here performs I/O or reads a clock.
 """
 

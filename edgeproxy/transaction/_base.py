@@ -189,10 +189,11 @@ class Transaction:
         actions: list[Action] = []
         deadlines = self._deadlines
         while (when := self.deadline) is not None and when <= now:
-            name = next(n for n, at in deadlines.items() if at == when)  # the first armed of the earliest
+            for name in deadlines:  # the first armed of the earliest
+                if deadlines[name] == when:
+                    break
             del deadlines[name]
             actions += self._dispatch(_TIMER_INPUTS[name], now, name)
-            self._settle()  # also when the state had no row for the timer
         return actions
 
     def _arm(self, name: str, delay: float, now: float) -> None:
@@ -221,12 +222,13 @@ class Transaction:
     def _dispatch(self, event: Input, now: float, arg: Any) -> list[Action]:
         row = self._TRANSITIONS.get((self.state, event))
         if row is None:
-            return []
-        handler, target = row
-        actions = handler(self, now, arg) if handler is not None else []
-        if target is not self.state:
-            self._enter(target, now, actions)
-        self._settle()
+            actions: list[Action] = []
+        else:
+            handler, target = row
+            actions = handler(self, now, arg) if handler is not None else []
+            if target is not self.state:
+                self._enter(target, now, actions)
+        self._settle()  # also without a row: a timer that fired there is gone all the same
         return actions
 
     def _enter(self, state: State, now: float, actions: list[Action]) -> None:
