@@ -1,4 +1,5 @@
-"""Twisted glue: build a running node from a :class:`~edgeproxy.config.Config`.
+"""Twisted glue: build a running node from a configuration (:class:`NodeConfiguration`, which the
+loader's :class:`~edgeproxy.config.Config` is).
 
 ``make_service(config)`` returns a ``MultiService`` whose start opens the listeners and whose stop
 closes them and cancels every timer; ``twistd edgeproxy`` (see :mod:`edgeproxy.tap`) is a thin shell
@@ -18,7 +19,7 @@ from twisted.logger import Logger
 
 from .auth import Authenticator, subscriber_store
 from .cluster import Cluster, NodeTable
-from .config import Config, ConfigError
+from .config_error import ConfigError
 from .location import InMemoryLocation
 from .location.natping import NatPinger
 from .node import Node
@@ -29,11 +30,59 @@ from .transport import TransportManager, parse_listen
 from .transport.locator import DnsLocator
 
 if TYPE_CHECKING:  # pragma: no cover - imported when [federation] is configured (it needs pymongo)
+    from .auth.settings import AuthSettings
+    from .cluster.settings import ClusterConfig
+    from .dns.settings import DnsSettings
     from .federation import Federation
+    from .federation.settings import FederationSettings
+    from .location.natping import NatPingSettings
+    from .management.settings import MISettings
+    from .node_settings import NodeConfig
+    from .proxy.flood import FloodSettings
+    from .proxy.settings import ProxySettings
+    from .registrar.settings import RegistrarSettings
+    from .transaction import TimerSettings
+    from .transport.settings import LimitsConfig
+    from .transport.tls import TlsSettings
+    from .transport.ws import WsSettings
 
-__all__ = ["make_service", "build_node", "load_node", "RunningNode", "NodeService"]
+__all__ = ["make_service", "build_node", "load_node", "RunningNode", "NodeService", "NodeConfiguration"]
 
 log = Logger(namespace="edgeproxy.service")
+
+
+class NodeConfiguration(Protocol):
+    """What the service reads of a node's configuration, a section's settings per attribute (the
+    loader's :class:`~edgeproxy.config.Config` is one; the loader sits above this module)."""
+
+    @property
+    def node(self) -> NodeConfig: ...
+    @property
+    def registrar(self) -> RegistrarSettings: ...
+    @property
+    def timers(self) -> TimerSettings: ...
+    @property
+    def proxy(self) -> ProxySettings: ...
+    @property
+    def limits(self) -> LimitsConfig: ...
+    @property
+    def cluster(self) -> ClusterConfig: ...
+    @property
+    def tls(self) -> TlsSettings: ...
+    @property
+    def ws(self) -> WsSettings: ...
+    @property
+    def dns(self) -> DnsSettings: ...
+    @property
+    def nathelper(self) -> NatPingSettings: ...
+    @property
+    def federation(self) -> FederationSettings | None: ...
+    @property
+    def auth(self) -> AuthSettings | None: ...
+    @property
+    def pike(self) -> FloodSettings | None: ...
+    @property
+    def mi(self) -> MISettings | None: ...
 
 
 class Stoppable(Protocol):
@@ -48,7 +97,7 @@ class RunningNode:
     transports: TransportManager
     location: InMemoryLocation
     registrar: Registrar
-    config: Config | None = None
+    config: NodeConfiguration | None = None
     cluster: Cluster | None = None
     federation: Federation | None = None
     management: Stoppable | None = None  # the MI listener (edgeproxy.management) with [mi] listen
@@ -102,7 +151,7 @@ class RunningNode:
             yield self.cluster.stop()
 
 
-def load_node(config: Config, reactor: Any = None) -> "Deferred[RunningNode]":
+def load_node(config: NodeConfiguration, reactor: Any = None) -> "Deferred[RunningNode]":
     """:func:`build_node`, after reading the cluster's node table from its database when
     ``[cluster] db_url`` names one (OpenSIPS clusterer's ``db_mode``)."""
     c = config.cluster
@@ -113,7 +162,7 @@ def load_node(config: Config, reactor: Any = None) -> "Deferred[RunningNode]":
     return load_node_table(c.db_url, c.db_table).addCallback(lambda rows: build_node(config, reactor, rows))
 
 
-def build_node(config: Config, reactor: Any = None, node_table: NodeTable | None = None) -> RunningNode:
+def build_node(config: NodeConfiguration, reactor: Any = None, node_table: NodeTable | None = None) -> RunningNode:
     """Wire transports, location, registrar, route module, cluster, federation and proxy for
     ``config``; ``node_table`` is the cluster's node table when it comes from a database (see
     :func:`load_node`), else the configuration's ``[[cluster.nodes]]`` are used.
@@ -165,7 +214,7 @@ def build_node(config: Config, reactor: Any = None, node_table: NodeTable | None
     return RunningNode(node, transports, location, registrar, config, cluster, federation)
 
 
-def _cluster(config: Config, reactor: Any, node_table: NodeTable | None) -> Cluster | None:
+def _cluster(config: NodeConfiguration, reactor: Any, node_table: NodeTable | None) -> Cluster | None:
     c = config.cluster
     if c is None or not c.my_node_id:
         return None
@@ -177,7 +226,8 @@ def _cluster(config: Config, reactor: Any, node_table: NodeTable | None) -> Clus
                    node_timeout=c.node_timeout, seed_fallback_interval=c.seed_fallback_interval)
 
 
-def _federation(config: Config, reactor: Any, location: InMemoryLocation, cluster: Cluster | None) -> Federation | None:
+def _federation(config: NodeConfiguration, reactor: Any, location: InMemoryLocation,
+                cluster: Cluster | None) -> Federation | None:
     settings = config.federation
     if settings is None:
         return None
@@ -242,7 +292,7 @@ class GarbagePolicy:
 class NodeService(service.Service):
     """Starts and stops one :class:`RunningNode` with the twistd application."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: NodeConfiguration) -> None:
         self.config = config
         self.running_node: RunningNode | None = None
 
@@ -281,7 +331,7 @@ class NodeService(service.Service):
         return None
 
 
-def make_service(config: Config) -> service.MultiService:
+def make_service(config: NodeConfiguration) -> service.MultiService:
     """The twistd service of one node."""
     top = service.MultiService()
     NodeService(config).setServiceParent(top)
