@@ -8,13 +8,19 @@ The layers, lowest first (:data:`LAYERS`):
 1. **sans-IO** -- the transaction layer (``edgeproxy.transaction``) and the RFC 3263 location
    procedure (``edgeproxy.dns``).
 2. **contract** -- ``edgeproxy.interfaces``: what transports and the layers above agree on.
-3. **behaviour** -- proxy, the node, registrar, location, cluster, federation, auth, routing, and the
-   small shared modules (``coroutine``, ``sqldb``).
-4. **glue** -- Twisted glue: transports, the MI (``management``), ``service``, and the ``[node]``
+3-6. **behaviour**, in four steps:
+
+   3. **services** -- registrar, location, cluster, federation, auth, and the small shared modules
+      (``coroutine``, ``sqldb``);
+   4. **proxy core** -- ``edgeproxy.proxy``: the transaction-stateful proxy, which knows no route
+      module (it asks :class:`~edgeproxy.proxy.hooks.RouteHooks`);
+   5. **routing** -- ``edgeproxy.routing``: the route verbs, ``msg``, the loader and the harness;
+   6. **node** -- ``edgeproxy.node``: receives messages and runs route modules.
+7. **glue** -- Twisted glue: transports, the MI (``management``), ``service``, and the ``[node]``
    settings (``node_settings``, which parses listen specs with the transports).
-5. **loader** -- ``config``.
-6. **tap** -- ``edgeproxy.tap``.
-7. **plugin** -- ``twisted/plugins/edgeproxy_plugin.py``.
+8. **loader** -- ``config``.
+9. **tap** -- ``edgeproxy.tap``.
+10. **plugin** -- ``twisted/plugins/edgeproxy_plugin.py``.
 
 Checked statically, by walking every module's AST (any ``import``/``from ... import``, including ones
 inside functions or ``TYPE_CHECKING`` blocks, and ``importlib``/``__import__`` calls with a literal
@@ -51,9 +57,13 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundation", ("edgeproxy", "edgeproxy.sip", "edgeproxy.config_error", "edgeproxy.config_schema")),
     ("sans-IO", ("edgeproxy.transaction", "edgeproxy.dns")),
     ("contract", ("edgeproxy.interfaces",)),
-    ("behaviour", ("edgeproxy.proxy", "edgeproxy.node", "edgeproxy.registrar", "edgeproxy.location",
-                   "edgeproxy.cluster", "edgeproxy.federation", "edgeproxy.auth", "edgeproxy.routing",
-                   "edgeproxy.coroutine", "edgeproxy.sqldb")),
+    # behaviour, in four steps: the services a node uses; the transaction-stateful proxy core, which
+    # knows no route module; the route verbs and API over that core; the node that runs route modules
+    ("services", ("edgeproxy.registrar", "edgeproxy.location", "edgeproxy.cluster", "edgeproxy.federation",
+                  "edgeproxy.auth", "edgeproxy.coroutine", "edgeproxy.sqldb")),
+    ("proxy core", ("edgeproxy.proxy",)),
+    ("routing", ("edgeproxy.routing",)),
+    ("node", ("edgeproxy.node",)),
     ("glue", ("edgeproxy.transport", "edgeproxy.management", "edgeproxy.service", "edgeproxy.node_settings")),
     ("loader", ("edgeproxy.config",)),
     ("tap", ("edgeproxy.tap",)),
@@ -364,9 +374,13 @@ def test_the_checker_sees_imports(tmp_path: Path) -> None:
 
 def test_the_map_ranks_upward_imports() -> None:
     names = ["edgeproxy.sip.uri", "edgeproxy.dns.rfc3263", "edgeproxy.interfaces", "edgeproxy.registrar",
-             "edgeproxy.transport.udp", "edgeproxy.service", "edgeproxy.config", "edgeproxy.tap",
-             "twisted.plugins.edgeproxy_plugin"]
-    assert [_rank(name) for name in names] == [0, 1, 2, 3, 4, 4, 5, 6, 7]
+             "edgeproxy.proxy.engine", "edgeproxy.routing.verbs", "edgeproxy.node", "edgeproxy.transport.udp",
+             "edgeproxy.service", "edgeproxy.config", "edgeproxy.tap", "twisted.plugins.edgeproxy_plugin"]
+    assert [LAYER_NAME[_rank(name)] for name in names] == [  # type: ignore[index]
+        "foundation", "sans-IO", "contract", "services", "proxy core", "routing", "node", "glue", "glue", "loader",
+        "tap", "plugin"]
+    ranks = [_rank(name) for name in names]
+    assert ranks == sorted(ranks)
     assert _rank("edgeproxy.__version__") == _rank("edgeproxy") == 0  # a name the root defines
     assert _rank("twisted.internet") is None
 
