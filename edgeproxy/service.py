@@ -101,11 +101,7 @@ class RunningNode:
     cluster: Cluster | None = None
     federation: Federation | None = None
     management: Stoppable | None = None  # the MI listener (edgeproxy.management) with [mi] listen
-
-    @property
-    def pinger(self) -> NatPinger | None:
-        """The NAT pinger (``[nathelper]``), which the node holds: it takes its OPTIONS' replies."""
-        return self.node.pinger  # type: ignore[return-value]
+    pinger: NatPinger | None = None  # [nathelper]; the node holds it too: it takes its OPTIONS' replies
 
     @inlineCallbacks
     def start(self, listen: list[str], advertise: str = "") -> Any:
@@ -193,6 +189,8 @@ def build_node(config: NodeConfiguration, reactor: Any = None, node_table: NodeT
         tls=config.tls,
         ws=config.ws,
     )
+    # NAT keep-alives (started with the listeners)
+    pinger = NatPinger(location, transports, config.nathelper, reactor) if config.nathelper.enabled else None
     node = Node(
         reactor, transports, registrar, routes, settings, config.timers,
         route_params=dict(getattr(config, "route_params", {}) or {}),
@@ -203,15 +201,14 @@ def build_node(config: NodeConfiguration, reactor: Any = None, node_table: NodeT
         # [auth]: the routes' www_authorize / proxy_authorize
         auth=Authenticator(config.auth, subscriber_store(config.auth, reactor), reactor) if config.auth else None,
         flood=FloodDetector(config.pike) if config.pike is not None else None,  # [pike]: per source address
-        # NAT keep-alives, started with the listeners
-        pinger=NatPinger(location, transports, config.nathelper, reactor) if config.nathelper.enabled else None,
+        pinger=pinger,
     )
     if cluster is not None:
         cluster.subscribe(node.cluster_node_changed)
     transports.start(node)  # the sink, given as the transports start (node and transports need each other)
     if routes.setup is not None:
         routes.setup(node)
-    return RunningNode(node, transports, location, registrar, config, cluster, federation)
+    return RunningNode(node, transports, location, registrar, config, cluster, federation, pinger=pinger)
 
 
 def _cluster(config: NodeConfiguration, reactor: Any, node_table: NodeTable | None) -> Cluster | None:
