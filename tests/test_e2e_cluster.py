@@ -32,6 +32,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from support import mongo_server
+from support.ports import bindable
 from support.sipp_harness import REPO, EdgeproxyNode, Sipp, SippProcess, SippResult, edgeproxy_node, free_port, require_sipp
 
 DOMAIN = "sip.domain.test"
@@ -45,13 +46,7 @@ def _node_ports() -> tuple[int, int]:
     address; otherwise (say, another run of these tests on this machine) ports free on all of them,
     which then appear in the nodes' ``sip_addr``."""
     def free(port: int, kind: int) -> bool:
-        for ip in (X_IP, Y_IP, Z_IP):
-            with socket.socket(socket.AF_INET, kind) as s:
-                try:
-                    s.bind((ip, port))
-                except OSError:
-                    return False
-        return True
+        return all(bindable(kind, ip, port) for ip in (X_IP, Y_IP, Z_IP))
 
     if free(5060, socket.SOCK_DGRAM) and free(5555, socket.SOCK_STREAM):
         return 5060, 5555

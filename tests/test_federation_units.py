@@ -237,7 +237,7 @@ def test_global_lookup_remote_targets_are_opensips_extra_hops() -> None:
 
 def test_no_server_skips_with_a_reason_but_fails_under_ci(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MONGO_URI", raising=False)
-    monkeypatch.setattr(mongo_server.shutil, "which", lambda name: None)
+    monkeypatch.setattr(mongo_server, "secantus_executable", lambda: None)
     reason = mongo_server.no_server_reason()
     assert reason is not None and "secantusd-py is not installed" in reason and "MONGO_URI" in reason
     monkeypatch.delenv("CI", raising=False)

@@ -19,9 +19,11 @@ import secrets
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
@@ -31,6 +33,13 @@ from .ports import free_port
 __all__ = ["SecantusServer", "MongoTarget", "server_or_skip", "store_url", "free_port", "no_server_reason"]
 
 SECANTUS = "secantusd-py"
+
+
+def secantus_executable() -> str | None:
+    """``secantusd-py`` beside this interpreter (a virtual environment need not be on PATH), else on
+    PATH; None when it is not installed."""
+    sibling = Path(sys.executable).parent / SECANTUS
+    return str(sibling) if sibling.exists() else shutil.which(SECANTUS)
 
 
 def _ping(uri: str, timeout: float) -> bool:
@@ -62,7 +71,7 @@ class SecantusServer:
         return f"mongodb://127.0.0.1:{self.port}/?replicaSet=secantus"
 
     def start(self, timeout: float = 30.0) -> None:
-        exe = shutil.which(SECANTUS)
+        exe = secantus_executable()
         if exe is None:
             raise RuntimeError(f"{SECANTUS} is not installed (pip install secantusdb)")
         self.process = subprocess.Popen(
@@ -145,7 +154,7 @@ def no_server_reason() -> str | None:
         import pymongo  # noqa: F401
     except ImportError:
         return "pymongo is not installed (pip install 'pymongo>=4.13,<5')"
-    if shutil.which(SECANTUS) is None:
+    if secantus_executable() is None:
         return f"no MongoDB server: {SECANTUS} is not installed (pip install secantusdb) and MONGO_URI is not set"
     return None
 

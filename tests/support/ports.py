@@ -19,7 +19,8 @@ LOOPBACK = "127.0.0.1"
 _handed_out: set[int] = set()
 
 
-def _bindable(kind: int, host: str, port: int) -> bool:
+def bindable(kind: int, host: str, port: int) -> bool:
+    """Whether a socket of ``kind`` (SOCK_DGRAM, SOCK_STREAM) can be bound to ``host:port`` now."""
     with socket.socket(socket.AF_INET, kind) as s:
         try:
             s.bind((host, port))
@@ -38,7 +39,7 @@ def free_port(*hosts: str) -> int:
             port = probe.getsockname()[1]
         if port in _handed_out:
             continue
-        if all(_bindable(kind, host, port) for host in hosts for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM)):
+        if all(bindable(kind, host, port) for host in hosts for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM)):
             _handed_out.add(port)
             return port
     raise RuntimeError(f"no port free for UDP and TCP on {', '.join(hosts)}")

@@ -32,7 +32,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import pytest
 
-from .ports import LOOPBACK, free_port
+from .ports import LOOPBACK, bindable, free_port
 
 __all__ = [
     "REPO",
@@ -96,13 +96,7 @@ def _port_in_use(transport: str, host: str, port: int) -> bool:
             if fields[1] in wanted and (transport == "udp" or fields[3] == "0A"):
                 return True
         return False
-    kind = socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM
-    with socket.socket(socket.AF_INET, kind) as s:
-        try:
-            s.bind((host, port))
-        except OSError:
-            return True
-        return False
+    return not bindable(socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM, host, port)
 
 
 # -- scenarios ------------------------------------------------------------------------------------
