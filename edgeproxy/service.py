@@ -8,14 +8,19 @@ around it, and tests call :func:`build_node` directly to run a node inside their
 
 from __future__ import annotations
 
+import atexit
 import gc
+import os
+import sys
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.application import service
 from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IReactorCore
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from .auth import Authenticator, subscriber_store
 from .cluster import Cluster, NodeTable
@@ -46,7 +51,8 @@ if TYPE_CHECKING:  # pragma: no cover - imported when [federation] is configured
     from .transport.tls import TlsSettings
     from .transport.ws import WsSettings
 
-__all__ = ["make_service", "build_node", "load_node", "RunningNode", "NodeService", "NodeConfiguration"]
+__all__ = ["make_service", "build_node", "load_node", "RunningNode", "NodeService", "NodeConfiguration",
+           "StartupError"]
 
 log = Logger(namespace="edgeproxy.service")
 
@@ -286,6 +292,41 @@ class GarbagePolicy:
             gc.set_threshold(*self._defaults)
 
 
+class StartupError(Exception):
+    """The node could not start; the message is the one-line reason (e.g. "cannot listen on
+    udp:127.0.0.1:5060: Address already in use")."""
+
+
+def startup_reason(failure: Failure) -> str:
+    """One line saying why starting failed: the error's own message, without a traceback."""
+    err = failure.value
+    if isinstance(err, CannotListenError):
+        why = err.socketError.strerror if isinstance(err.socketError, OSError) and err.socketError.strerror \
+            else str(err.socketError)
+        return f"cannot listen on {err.interface or '*'}:{err.port}: {why}"
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if isinstance(err, (ConfigError, StartupError)) else f"{type(err).__name__}: {text}"
+
+
+def exit_with_failure(reason: str) -> None:
+    """A start-up failure found once the reactor runs: stop it, and when twistd has finished (pid file
+    removed, logs flushed) end the process with status 1, which is what a supervisor looks at."""
+    from twisted.internet import reactor
+
+    def exit_1() -> None:
+        sys.stderr.write(f"edgeproxy: cannot start: {reason}\n")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
+
+    atexit.register(exit_1)
+    if IReactorCore.providedBy(reactor):
+        if reactor.running:
+            reactor.stop()
+        else:
+            reactor.callWhenRunning(reactor.stop)
+
+
 class NodeService(service.Service):
     """Starts and stops one :class:`RunningNode` with the twistd application."""
 
@@ -294,6 +335,11 @@ class NodeService(service.Service):
         self.running_node: RunningNode | None = None
 
     def startService(self) -> None:
+        """Build and start the node. A failure known before this returns (a port taken, an address not
+        on this host, a certificate unreadable: binding is synchronous) raises :class:`StartupError`,
+        which twistd turns into exit status 1 -- in the foreground, and as a daemon through the
+        parent's status pipe. One that comes later (the cluster's node table, a database) is logged
+        in one line, stops the reactor and makes the process exit with status 1 once twistd is done."""
         super().startService()
         d = load_node(self.config)
 
@@ -310,14 +356,20 @@ class NodeService(service.Service):
             log.info("edgeproxy listening on {listen}, route {route}",
                      listen=", ".join(self.config.node.listen), route=running.node.routes.name)
 
-        def failed(f: Any) -> None:
-            log.failure("edgeproxy failed to start", f)
-            from twisted.internet import reactor
+        d.addCallback(started)
+        failures: list[Failure] = []
+        d.addErrback(failures.append)
+        if failures:  # failed before returning: twistd reports it and exits 1
+            raise StartupError(startup_reason(failures[0])) from failures[0].value
 
-            if IReactorCore.providedBy(reactor) and reactor.running:
-                reactor.stop()
+        def late_failure(_: object) -> None:
+            if not failures:
+                return
+            reason = startup_reason(failures[0])
+            log.critical("edgeproxy: cannot start: {reason}", reason=reason)
+            exit_with_failure(reason)
 
-        d.addCallbacks(started, failed)
+        d.addCallback(late_failure)
 
     def stopService(self) -> Deferred | None:
         super().stopService()

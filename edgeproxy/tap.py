@@ -161,4 +161,22 @@ def makeService(options: Options) -> IService:
     from .service import make_service
 
     assert options.config is not None, "parseOptions() must run before makeService()"
+    _one_line_startup_errors()
     return make_service(options.config)
+
+
+def _one_line_startup_errors() -> None:
+    """In the foreground a :class:`~edgeproxy.service.StartupError` leaves twistd (exit status 1) as
+    one line on stderr, like a configuration error, instead of a traceback; other exceptions keep
+    Python's report. (As a daemon, twistd's parent prints the reason it gets from the child.)"""
+    from .service import StartupError
+
+    previous = sys.excepthook
+
+    def hook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+        if isinstance(value, StartupError):
+            sys.stderr.write(f"edgeproxy: cannot start: {value}\n")
+            return
+        previous(kind, value, tb)
+
+    sys.excepthook = hook

@@ -145,6 +145,12 @@ def _is_twisted(name: str) -> bool:
     return name == "twisted" or name.startswith("twisted.")
 
 
+#: Names with a leading underscore that their library documents as public API, not private.
+DOCUMENTED_UNDERSCORE = frozenset({
+    "os._exit",  # "exit the process with status n, without calling cleanup handlers" (the os docs)
+})
+
+
 def _is_private(name: str) -> bool:
     return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
 
@@ -339,6 +345,8 @@ def _private_imports(path: Path, root: Path = ROOT) -> list[str]:
             value = value.value
         if isinstance(value, ast.Name) and value.id in modules:
             dotted = ".".join([modules[value.id], *reversed(chain)])
+            if dotted in DOCUMENTED_UNDERSCORE:
+                continue
             if _private_use(importer, dotted):
                 bad.append(f"{where}:{node.lineno}: {value.id}.{'.'.join(reversed(chain))}")
     return bad
