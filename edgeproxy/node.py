@@ -211,29 +211,10 @@ class Node:
         self.proxy.arm()
 
     def _route_done(self, state: RouteState) -> None:
-        if state.replied or state.relayed or state.request.method == "ACK":
-            return
-        ctx = state.ctx
-        if state.dropped:
-            self.stats["dropped"] += 1
-            if ctx is not None:
-                self.proxy.discard(ctx)
-            return
-        if ctx is not None and ctx.canceled:
-            return
-        log.warn("route {route} neither replied nor relayed {method} {call_id}; answering {status}",
-                 route=self.routes.name, method=state.request.method, call_id=state.request.call_id,
-                 status=self.settings.no_reply_status)
-        self.verbs.reply(state, self.settings.no_reply_status, None, True)
+        self.verbs.route_done(state, self.routes.name)
 
     def _route_error(self, failure: Failure, state: RouteState) -> None:
-        if failure.value is not None and self.verbs.answer_error(state, failure.value):
-            return
-        request = state.request
-        self.stats["route_errors"] += 1
-        log.failure("route {route} raised on {method} {call_id}", failure, route=self.routes.name,
-                    method=request.method, call_id=request.call_id)
-        self.verbs.reply(state, 500, "Server Internal Error", True)
+        self.verbs.route_failed(state, failure, self.routes.name)
 
     # -- RouteHooks: what the proxy core asks of the route module ------------------------------------
     def reply_route(self, ctx: ServerContext, response: Response) -> None:

@@ -208,7 +208,21 @@ def test_harness_records_sip_error_and_exceptions(h: RouteHarness) -> None:
         raise KeyError("boom")
 
     assert h.run(refuses, invite()).replies == [(403, "Forbidden", True)]
-    assert isinstance(h.run(crashes, invite()).error, KeyError)
+    crashed = h.run(crashes, invite())
+    assert isinstance(crashed.error, KeyError)
+    assert crashed.replies == [(500, "Server Internal Error", True)]  # what the node answers, too
+
+
+def test_harness_answers_a_route_that_decides_nothing_as_the_node_does(h: RouteHarness) -> None:
+    """Neither a reply nor a relay: ``proxy.no_reply_status`` (500); ``drop()``: nothing at all."""
+    def undecided(msg):
+        msg.record_route()
+
+    def dropper(msg):
+        msg.drop()
+
+    assert h.run(undecided, invite()).replies == [(500, "Server Internal Error", True)]
+    assert h.run(dropper, invite()).replies == []
 
 
 def test_harness_runs_async_routes_and_sees_branches(h: RouteHarness) -> None:

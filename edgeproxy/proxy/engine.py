@@ -191,6 +191,11 @@ class StatefulProxy:
         self.execute(tx, tx.start(now))
         return tx
 
+    def drop(self, route: RouteState) -> None:
+        """``drop()`` of a request handled statefully: see :meth:`discard`."""
+        if route.ctx is not None:
+            self.discard(route.ctx)
+
     def discard(self, ctx: ServerContext) -> None:
         """``drop()``: forget the request's server transaction without answering it (it was made on
         arrival to absorb retransmissions; left alone it would wait forever for a final response)."""

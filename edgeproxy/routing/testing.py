@@ -34,6 +34,7 @@ from typing import Any, Callable, Mapping
 
 from twisted.internet.defer import Deferred, ensureDeferred, fail, maybeDeferred, succeed
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 
 from ..auth import Authenticator, AuthSettings, subscriber_store
 from ..federation.lookup import GlobalLookup, global_lookup
@@ -47,9 +48,11 @@ from ..proxy.identity import LocalIdentity
 from ..proxy.settings import ProxySettings
 from ..registrar import Registrar, RegistrarSettings
 from ..sip.endpoint import Destination, Endpoint, Flow
+from ..sip.errors import SipParseError
 from ..sip.message import Message, Request, Response
 from ..sip.parser import parse_datagram
 from .api import RouteRequest
+from .errors import RouteReply
 from .verbs import RouteVerbs
 
 __all__ = ["RouteHarness", "RouteResult"]
@@ -103,6 +106,9 @@ class _Recorder:
 
     def forward_ack(self, route: RouteState, target: Branch) -> bool:
         return self.relay(route, [target])
+
+    def drop(self, route: RouteState) -> None:
+        """Nothing to forget: the harness keeps no transactions."""
 
 
 class _Listeners:
@@ -185,7 +191,7 @@ class RouteHarness:
         self.registrar = Registrar(self.location, settings or RegistrarSettings(), self.clock)
         self.local = local
         self.params = params or {}
-        self.stats: dict[str, int] = {"replied": 0, "relayed": 0}
+        self.stats: dict[str, int] = {"replied": 0, "relayed": 0, "dropped": 0, "route_errors": 0}
         proxy_settings = ProxySettings(domains=tuple(domains))
         self.forwarder = Forwarder(_Listeners(local), proxy_settings)
         self._recorder = _Recorder()
@@ -243,11 +249,15 @@ class RouteHarness:
         try:
             outcome = route(msg)
             if inspect.iscoroutine(outcome):
-                failures: list[Any] = []
+                failures: list[Failure] = []
                 ensureDeferred(outcome).addErrback(failures.append)
                 if failures:
                     failures[0].raiseException()
-        except Exception as exc:  # noqa: BLE001 - answered as the node does, else recorded
-            if not self.verbs.answer_error(state, exc):
+        except Exception as exc:  # noqa: BLE001 - answered as the node answers it, and recorded
+            failure = Failure()
+            if not isinstance(exc, (RouteReply, SipParseError)):
                 result.error = exc
+            self.verbs.route_failed(state, failure, "harness")
+        else:
+            self.verbs.route_done(state, "harness")
         return result

@@ -49,6 +49,8 @@ class ProxyCore(Protocol):
 
     def relay(self, route: RouteState, targets: list[Branch]) -> bool: ...
 
+    def drop(self, route: RouteState) -> None: ...
+
     def forward_ack(self, route: RouteState, target: Branch) -> bool: ...
 
 
@@ -139,6 +141,35 @@ class RouteVerbs:
             self.reply(route, error.status, error.reason, False)
             return True
         return False
+
+    def route_done(self, route: RouteState, name: str) -> None:
+        """A route function returned: a request it neither answered nor relayed gets
+        ``proxy.no_reply_status`` (with a warning: a route should always decide), unless it was an
+        ACK (never answered), dropped (``drop()``: forgotten without a word) or cancelled."""
+        request = route.request
+        if route.replied or route.relayed or request.method == "ACK":
+            return
+        if route.dropped:
+            self.stats["dropped"] += 1
+            self.core.drop(route)
+            return
+        ctx = route.ctx
+        if ctx is not None and ctx.canceled:
+            return
+        log.warn("route {route} neither replied nor relayed {method} {call_id}; answering {status}",
+                 route=name, method=request.method, call_id=request.call_id, status=self.settings.no_reply_status)
+        self.reply(route, self.settings.no_reply_status, None, True)
+
+    def route_failed(self, route: RouteState, failure: Failure, name: str) -> None:
+        """A route function raised: an answer it meant (:meth:`answer_error`), else a bug in the
+        route: logged with its traceback and answered 500."""
+        if failure.value is not None and self.answer_error(route, failure.value):
+            return
+        request = route.request
+        self.stats["route_errors"] += 1
+        log.failure("route {route} raised on {method} {call_id}", failure, route=name, method=request.method,
+                    call_id=request.call_id)
+        self.reply(route, 500, "Server Internal Error", True)
 
     # -- relaying ------------------------------------------------------------------------------------
     def relay(self, route: RouteState) -> bool:
