@@ -295,3 +295,18 @@ def test_harness_save_reply_carries_a_to_tag_as_on_the_node(h: RouteHarness) -> 
     result = h.run(route.request_route, register())
     [response] = result.responses
     assert response.status == 200 and response.to_tag
+
+
+def test_a_misspelled_hook_stops_the_route_module_at_load_time(tmp_path) -> None:
+    """``onreply_rout`` would never run: the module is refused with the name it resembles; helpers
+    with other names, or starting with ``_``, are fine."""
+    from edgeproxy.routing import RouteLoadError
+
+    bad = tmp_path / "typo_route.py"
+    bad.write_text("def request_route(msg):\n    msg.t_relay()\n\ndef onreply_rout(msg, reply):\n    pass\n")
+    with pytest.raises(RouteLoadError, match="onreply_rout looks like a misspelled onreply_route"):
+        load_route_module(str(bad))
+    good = tmp_path / "helper_route.py"
+    good.write_text("def request_route(msg):\n    msg.t_relay()\n\ndef _onreply_rout(msg, reply):\n    pass\n\n"
+                    "def to_freeswitch(msg):\n    pass\n")
+    assert load_route_module(str(good)).onreply_route is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.util
 import inspect
@@ -49,6 +50,25 @@ def _import(spec: str) -> ModuleType:
     return importlib.import_module(spec)
 
 
+#: The functions a route module may define, with how many arguments each takes.
+HOOKS = (("request_route", 1), ("onreply_route", 2), ("failure_route", 1), ("branch_route", 2), ("setup", 1))
+
+
+def _refuse_misspelled_hooks(spec: str, module: ModuleType) -> None:
+    """A module-level function whose name is one letter or two away from a hook's (``onreply_rout``,
+    ``failure_rute``) would silently never run: refuse it at load time, with the name it resembles."""
+    hooks = [name for name, _ in HOOKS]
+    for name, value in vars(module).items():
+        if name in hooks or name.startswith("_") or not inspect.isfunction(value):
+            continue
+        if getattr(value, "__module__", None) != module.__name__:
+            continue  # imported from elsewhere, e.g. a helper
+        close = difflib.get_close_matches(name, hooks, n=1, cutoff=0.85)
+        if close:
+            raise RouteLoadError(f"route module {spec!r}: {name} looks like a misspelled {close[0]} "
+                                 f"(rename it, or start its name with _ if it is a helper of yours)")
+
+
 def _arity_ok(fn: Callable[..., Any], n: int) -> bool:
     try:
         inspect.signature(fn).bind(*range(n))
@@ -67,9 +87,9 @@ def load_route_module(spec: str | None) -> RouteModule:
         raise
     except Exception as exc:  # the user's module failed while importing
         raise RouteLoadError(f"route module {spec!r}: {type(exc).__name__}: {exc}") from exc
+    _refuse_misspelled_hooks(spec, module)
     fns: dict[str, Any] = {}
-    for name, arity in (("request_route", 1), ("onreply_route", 2), ("failure_route", 1),
-                        ("branch_route", 2), ("setup", 1)):
+    for name, arity in HOOKS:
         fn = getattr(module, name, None)
         if fn is None:
             continue
