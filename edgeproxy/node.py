@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .auth import Authenticator
+from .cluster.nodes import same_host, sip_addr_host
 from .coroutine import run_eagerly
 from .interfaces import Locator, Sender
 from .location import LocationService
@@ -118,8 +119,8 @@ class Node:
 
     def set_log_decisions(self, enabled: bool) -> None:
         """One debug line per routing decision, or none (the MI's ``log_level`` follows the level)."""
-        self.proxy.settings = self.forwarder.settings = self.settings = replace(self.settings, log_decisions=enabled)
-        self.verbs.log_decisions = enabled
+        settings = self.settings = replace(self.settings, log_decisions=enabled)
+        self.proxy.settings = self.forwarder.settings = self.verbs.settings = settings
 
     def stop(self) -> None:
         self.proxy.stop()
@@ -219,10 +220,8 @@ class Node:
     # -- RouteHooks: what the proxy core asks of the route module ------------------------------------
     def reply_route(self, ctx: ServerContext, response: Response) -> None:
         state = ctx.route
-        if state is None:
-            return
-        hook = state.reply_route or self.routes.onreply_route
-        if hook is not None:
+        hook = None if state is None else state.reply_route or self.routes.onreply_route
+        if state is not None and hook is not None:
             self._run_hook("onreply_route", hook, self._msg(state), response)
 
     def branch_route(self, ctx: ServerContext, request: Request) -> "Deferred[None] | None":
@@ -230,10 +229,8 @@ class Node:
         about to leave: ``request`` is the branch's own copy, which it may change. An ``async def``
         that waits holds the branch back until it ends (the Deferred returned)."""
         state = ctx.route
-        if state is None:
-            return None
-        hook = state.branch_route or self.routes.branch_route
-        if hook is None:
+        hook = None if state is None else state.branch_route or self.routes.branch_route
+        if state is None or hook is None:
             return None
         return self._run_hook("branch_route", hook, self._msg(state), request)
 
@@ -258,10 +255,8 @@ class Node:
         """Run the armed (``t_on_failure``, one shot as in OpenSIPS) or module-level failure route;
         it sees ``best`` as ``msg.reply`` and may relay to new branches or reply."""
         state = ctx.route
-        if state is None:
-            return False
-        hook = state.failure_route or self.routes.failure_route
-        if hook is None:
+        hook = None if state is None else state.failure_route or self.routes.failure_route
+        if state is None or hook is None:
             return False
         ctx.failure_running = True
         state.reply = best
@@ -285,8 +280,6 @@ class Node:
         sip_addr = cluster.sip_addr_of(node_id)
         if not sip_addr:
             return
-        from .cluster.nodes import same_host, sip_addr_host
-
         host = sip_addr_host(sip_addr) or sip_addr
         tail = sip_addr.rsplit("]", 1)[-1] if sip_addr.startswith("[") else sip_addr
         port = int(tail.rsplit(":", 1)[1]) if tail.count(":") == 1 else None

@@ -68,7 +68,7 @@ class RouteState:
     __slots__ = ("request", "source", "ctx", "ruri_changed", "branches", "dst_uri", "ruri_branch",
                  "record_routed", "nat", "sipping", "failure_route", "reply_route", "branch_route",
                  "replied", "reply_headers", "relayed", "dropped", "reply", "auth", "flow_error",
-                 "flow_destination", "in_failure_route", "ruri_consumed")
+                 "flow_destination", "ruri_consumed")
 
     def __init__(self, request: Request, source: Flow, ctx: "ServerContext | None" = None) -> None:
         self.request = request
@@ -92,9 +92,12 @@ class RouteState:
         self.auth: AuthOutcome | None = None  # the last www_authorize / proxy_authorize
         self.flow_error = False  # loose_route() popped a Route with a forged flow token (403)
         self.flow_destination: Destination | None = None  # loose_route(): the flow a token named
-        self.in_failure_route = False
         # the Request-URI (and $du) relayed to: failure_route does not try it again (ruri consumed)
         self.ruri_consumed: tuple[str, str | None] | None = None
+
+    def ruri_key(self) -> tuple[str, str | None]:
+        """The Request-URI and ``$du`` as relayed: what "ruri consumed" compares in a failure route."""
+        return self.request.uri_text, str(self.dst_uri) if self.dst_uri is not None else None
 
     def adds_record_route(self) -> bool:
         """Whether our Record-Route goes on the forwarded request: the route asked for it and the

@@ -283,7 +283,7 @@ class StatefulProxy:
         for t in targets:
             groups.setdefault(1.0 if t.q is None else t.q, []).append(t)
         ctx.groups = [groups[q] for q in sorted(groups, reverse=True)]
-        route.ruri_consumed = (request.uri_text, str(route.dst_uri) if route.dst_uri else None)
+        route.ruri_consumed = route.ruri_key()
         route.branches = []
         route.ruri_branch = None
         self._start_group(ctx)

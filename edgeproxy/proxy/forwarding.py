@@ -13,7 +13,6 @@ from __future__ import annotations
 import binascii
 import os
 from itertools import count
-from typing import TYPE_CHECKING
 
 from twisted.internet.defer import Deferred, fail
 from twisted.logger import Logger
@@ -30,10 +29,7 @@ from .flowtoken import FlowTokens, InvalidFlowToken
 from .hops import uri_destination, uri_query
 from .settings import ProxySettings
 
-if TYPE_CHECKING:  # pragma: no cover
-    pass
-
-__all__ = ["Forwarder", "rr_uri"]
+__all__ = ["Forwarder", "build_cancel", "rr_uri"]
 
 log = Logger(namespace="edgeproxy.proxy")
 

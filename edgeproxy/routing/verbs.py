@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ..auth import Authenticator
+from ..cluster.nodes import sip_addr_host
 from ..interfaces import SendError
 from ..location import Binding, LookupResult
 from ..proxy.context import Branch, RouteState
@@ -94,7 +95,6 @@ class RouteVerbs:
         self.federation = federation
         self.auth = auth
         self.flood = flood
-        self.log_decisions = settings.log_decisions  # one debug line per decision; the MI may flip it
 
     # -- identity ------------------------------------------------------------------------------------
     def is_myself(self, host: str, port: int | None = None) -> bool:
@@ -114,7 +114,7 @@ class RouteVerbs:
             return
         route.replied = True
         self.stats["replied"] += 1
-        if self.log_decisions:
+        if self.settings.log_decisions:
             log.debug("{method} {call_id} from {src}: reply {code} {reason}", method=request.method,
                       call_id=request.call_id, src=route.source.remote, code=code, reason=reason or "")
         response = request.make_response(code, reason, to_tag=self.forwarder.to_tag(request))
@@ -189,7 +189,7 @@ class RouteVerbs:
             return True
         targets = route.targets()
         if (in_failure_route and route.ruri_branch is None
-                and route.ruri_consumed == (request.uri_text, str(route.dst_uri) if route.dst_uri else None)):
+                and route.ruri_consumed == route.ruri_key()):
             targets = targets[1:]  # append_branch() + t_relay() goes to the new targets only
         if not targets:
             return False
@@ -263,15 +263,14 @@ class RouteVerbs:
         targets = [Branch.to_binding(b) for b in result.bindings]
         for home in result.homes:
             if self.cluster is not None:
-                peer = self.cluster.node_for_sip_addr(home.rsplit(":", 1)[0] if home.count(":") == 1 else home,
-                                                      self.cluster_id)
+                peer = self.cluster.node_for_sip_addr(sip_addr_host(home) or home, self.cluster_id)
                 if peer is not None and not self.cluster.is_up(peer.node_id, self.cluster_id):
                     continue  # a dead node is skipped, not waited for
             targets.append(Branch.via_node(key, home))
         if not targets:
             return LookupResult.NOT_FOUND
         set_targets(route, targets)
-        if self.log_decisions:
+        if self.settings.log_decisions:
             log.debug("global lookup {aor}: {n} local, homes {homes}", aor=key, n=len(result.bindings),
                       homes=", ".join(result.homes) or "none")
         return LookupResult.FOUND
@@ -283,7 +282,7 @@ class RouteVerbs:
         d = self.registrar.save(request, route.source, nat=route.nat, sipping=route.sipping)
 
         def saved(response: Response) -> bool:
-            if self.log_decisions:
+            if self.settings.log_decisions:
                 log.debug("REGISTER {call_id} from {src}: save -> {status}", call_id=request.call_id,
                           src=route.source.remote, status=response.status)
             if "r" not in flags and not route.replied:
