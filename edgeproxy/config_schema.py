@@ -23,7 +23,7 @@ from .config_error import ConfigError
 
 __all__ = [
     "Checker", "Context", "Section", "show", "unknown",
-    "integer", "seconds", "seconds_or_zero", "zero_or_seconds", "boolean", "choice", "text", "file_path",
+    "integer", "seconds", "zero_or_seconds", "boolean", "choice", "text", "file_path",
 ]
 
 
@@ -91,13 +91,6 @@ def seconds(key: str, value: Any, ctx: Context) -> float:
     """A positive number of seconds."""
     if not _is_number(value) or value <= 0:
         raise ConfigError(key, f"must be a number of seconds > 0, got {show(value)}")
-    return float(value)
-
-
-def seconds_or_zero(key: str, value: Any, ctx: Context) -> float:
-    """A number of seconds, 0 included."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise ConfigError(key, f"must be a number of seconds >= 0, got {show(value)}")
     return float(value)
 
 

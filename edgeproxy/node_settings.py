@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config_error import ConfigError
-from .config_schema import Context, Section, choice, seconds_or_zero, show
+from .config_schema import Context, Section, choice, show, zero_or_seconds
 from .sip.address import canonical_host
 from .transport.listen import ListenSpecError, parse_listen
 
@@ -131,5 +131,5 @@ SECTION: Section[NodeConfig] = Section(NodeConfig, {
     "route": _route,
     "log_level": choice(*LOG_LEVELS, aliases={"warning": "warn"}),
     "node_id": _node_id,
-    "gc_full_interval": seconds_or_zero,
+    "gc_full_interval": zero_or_seconds,  # 0: CPython's own collection schedule
 })

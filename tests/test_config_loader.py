@@ -104,3 +104,16 @@ def test_importing_the_loader_imports_no_layer() -> None:
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == ""
+
+
+def test_gc_full_interval_refuses_nan_and_infinity(tmp_path) -> None:
+    """A near-copy of the seconds check let NaN and infinity through; there is one check now."""
+    import pytest
+
+    from edgeproxy.config import ConfigError, load_config
+
+    for bad in ("nan", "inf"):
+        path = tmp_path / f"gc-{bad}.toml"
+        path.write_text(f"[node]\ngc_full_interval = {bad}\n")
+        with pytest.raises(ConfigError, match="node.gc_full_interval: must be a number of seconds >= 0"):
+            load_config(str(path))
