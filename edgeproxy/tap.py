@@ -172,6 +172,8 @@ def _one_line_startup_errors() -> None:
     from .service import StartupError
 
     previous = sys.excepthook
+    if getattr(previous, "edgeproxy_startup", False):
+        return  # installed by an earlier makeService: one wrapper is enough
 
     def hook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
         if isinstance(value, StartupError):
@@ -179,4 +181,5 @@ def _one_line_startup_errors() -> None:
             return
         previous(kind, value, tb)
 
+    hook.edgeproxy_startup = True  # type: ignore[attr-defined]
     sys.excepthook = hook

@@ -7,13 +7,12 @@ all and implements the proxy's :class:`~edgeproxy.interfaces.Sender`: build it, 
 ``listen(endpoint)`` for each listener, ``stop()``.
 """
 
-from ..interfaces import MessageSink
 from .listen import parse_listen
 from .manager import Listener, TransportManager
 from .tcp import SipStreamProtocol
 from .udp import SipDatagramProtocol
 
 __all__ = [
-    "TransportManager", "Listener", "MessageSink", "parse_listen",
+    "TransportManager", "Listener", "parse_listen",
     "SipDatagramProtocol", "SipStreamProtocol",
 ]

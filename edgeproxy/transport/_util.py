@@ -1,16 +1,14 @@
-"""Small helpers shared by the transports: IP literals (:func:`edgeproxy.sip.address.ip_literal`, the
-one parser, re-exported for the transport modules), local-address guesses and the bytes of the reply
-to a request that failed to parse."""
+"""Small helpers shared by the transports: local-address guesses and the bytes of the reply to a
+request that failed to parse."""
 
 from __future__ import annotations
 
 import socket
 
-from ..sip.address import ip_literal
 from ..sip.errors import SipParseError
 from ..sip.parser import error_response
 
-__all__ = ["ip_literal", "guess_local_address", "error_reply"]
+__all__ = ["guess_local_address", "error_reply"]
 
 
 def guess_local_address(family: int) -> str:

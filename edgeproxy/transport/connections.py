@@ -23,9 +23,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ..interfaces import Clock, Connection, Dial, MessageSink, SendError
+from ..sip.address import ip_literal
 from ..sip.endpoint import Endpoint, Flow
 from ..sip.parser import Limits
-from ._util import ip_literal
 from .listeners import ListenerIndex
 
 if TYPE_CHECKING:

@@ -16,8 +16,9 @@ from typing import Callable
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 
+from ..sip.address import ip_literal
 from ..sip.endpoint import Endpoint, Flow
-from ._util import guess_local_address, ip_literal
+from ._util import guess_local_address
 from .udp import SipDatagramProtocol
 
 __all__ = ["Listener", "ListenerIndex", "WILDCARDS", "adopt_v6only", "advertised_host"]

@@ -37,10 +37,10 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
 from ..interfaces import Connection, MessageSink, SendError
+from ..sip.address import ip_literal
 from ..sip.endpoint import Destination, Endpoint, Flow
 from ..sip.message import Message
 from ..sip.parser import DEFAULT_LIMITS, Limits
-from ._util import ip_literal
 from .connections import ConnectionTable
 from .listeners import Listener, ListenerIndex, adopt_v6only, advertised_host
 from .resolve import resolve_first

@@ -18,7 +18,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from ..interfaces import SendError
-from ._util import ip_literal
+from ..sip.address import ip_literal
 
 __all__ = ["resolve_first"]
 

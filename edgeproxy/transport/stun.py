@@ -10,7 +10,7 @@ from __future__ import annotations
 import socket
 import struct
 
-from ._util import ip_literal
+from ..sip.address import ip_literal
 
 __all__ = ["is_stun", "binding_response"]
 

@@ -39,8 +39,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ..interfaces import ConnectionRegistry, Dial, MessageSink, Timer
+from ..sip.address import ip_literal
 from ..sip.endpoint import Endpoint
-from ._util import ip_literal
 from .tcp import SipClientFactory, SipServerFactory, SipStreamProtocol
 
 __all__ = ["TlsSettings", "TlsContexts", "SipTlsProtocol", "SipTlsServerFactory", "SipTlsClientFactory",
