@@ -86,3 +86,21 @@ def test_a_tls_handshake_counts_as_pending_until_it_ends():
     reactor.advance(3.0)  # the handshake timed out: aborted
     proto.connectionLost(Failure(ConnectionError("aborted")))
     assert manager.connection_count == 0 and sink.closed == []
+
+
+def test_the_tls_buffer_reclaimer_runs_again_after_stop_and_listen():
+    """``stop()`` stops the reclaimer of idle TLS buffers; a manager listening again (which stop()'s
+    docstring allows) must have it running again, or TLS connections keep their buffers forever."""
+    from edgeproxy.transport.tls_memory import IdleTlsReclaimer
+
+    reactor = MemoryReactorClock()
+    manager = TransportManager(reactor)
+    manager.start(RecordingSink())
+    table = manager.connections
+    table.tls_reclaimer = reclaimer = IdleTlsReclaimer(reactor, table.by_id)
+    reclaimer.start()
+    manager.stop()
+    assert not reclaimer.running
+    listening: list[object] = []
+    manager.listen(parse_listen("tcp:127.0.0.1:5060")).addCallback(listening.append)
+    assert listening and table.accepting and reclaimer.running

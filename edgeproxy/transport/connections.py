@@ -79,9 +79,12 @@ class ConnectionTable:
         self._all_closed: Deferred[None] | None = None
 
     def open(self, sink: MessageSink) -> None:
-        """Accept connections from now on; closed flows are reported to ``sink``."""
+        """Accept connections from now on; closed flows are reported to ``sink``. Also after
+        :meth:`close_all`: the TLS memory reclaimer it stopped runs again."""
         self._sink = sink
         self.accepting = True
+        if self.tls_reclaimer is not None:
+            self.tls_reclaimer.start()  # idempotent
 
     @property
     def count(self) -> int:

@@ -192,7 +192,8 @@ class TransportManager:
         listener = Listener(bound, local, family, port, protocol)
         self._index.add(listener)
         self._refusal = None
-        self._table.accepting = True
+        assert self._sink is not None  # listen() refuses to run before start(sink)
+        self._table.open(self._sink)
         log.info("listening on {bound} as {local}", bound=bound, local=local)
         return listener
 
