@@ -117,3 +117,16 @@ def test_gc_full_interval_refuses_nan_and_infinity(tmp_path) -> None:
         path.write_text(f"[node]\ngc_full_interval = {bad}\n")
         with pytest.raises(ConfigError, match="node.gc_full_interval: must be a number of seconds >= 0"):
             load_config(str(path))
+
+
+def test_an_ipv4_address_in_brackets_is_refused_everywhere(tmp_path) -> None:
+    """``[1.2.3.4]`` used to pass as node.advertise; federation and the MI refused it with checks of
+    their own. The one IP-literal parser refuses it now, for all of them."""
+    import pytest
+
+    from edgeproxy.config import ConfigError, load_config
+
+    path = tmp_path / "advertise.toml"
+    path.write_text('[node]\nadvertise = "[192.0.2.1]"\n')
+    with pytest.raises(ConfigError, match="node.advertise"):
+        load_config(str(path))

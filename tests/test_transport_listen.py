@@ -68,6 +68,8 @@ def test_ip_literal():
     assert ip_literal("example.com") is None
     assert ip_literal("1.2.3") is None
     assert ip_literal("127.0.0.1%eth0") is None and ip_literal("fe80::1%") is None
+    # only IPv6 goes in brackets (RFC 3986 §3.2.2): the one parser says so, not each caller
+    assert ip_literal("[1.2.3.4]") is None and canonical_host("[1.2.3.4]") is None
 
 
 def test_one_list_of_transports_and_one_host_check():

@@ -79,7 +79,7 @@ def _sip_addr(key: str, value: Any) -> str:
     if m is None:
         raise ConfigError(key, f"must be {wanted}, got {text!r}")
     host = m["host"]
-    if canonical_host(host) is None or (host.startswith("[") and ":" not in host):  # brackets: IPv6 only
+    if canonical_host(host) is None:
         raise ConfigError(key, f"must be {wanted}, got {text!r}")
     if m["port"] is not None and not 1 <= int(m["port"]) <= 65535:
         raise ConfigError(key, f"port must be from 1 to 65535, got {text!r}")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +31,7 @@ def parse_mi_listen(text: str) -> tuple[str, int]:
     host, port = m["host"], int(m["port"])
     literal = ip_literal(host)
     if host.startswith("["):
-        if literal is None or literal[0] != socket.AF_INET6:
+        if literal is None:  # ip_literal takes only IPv6 in brackets
             raise ValueError("the host in brackets must be an IPv6 address")
         host = literal[1]
     elif literal is not None:

@@ -26,9 +26,11 @@ def ip_literal(host: str) -> tuple[int, str] | None:
     """``(address family, canonical text)`` when ``host`` is an IP literal, else None (a name).
 
     IPv6 may come with or without brackets and keeps a ``%scope`` suffix; the text is without
-    brackets. Canonical text (RFC 5952) makes ``::1`` and ``0::1`` one address. Cached: hosts repeat.
+    brackets. Only IPv6 goes in brackets (RFC 3986 §3.2.2, RFC 3261 §25.1): ``[1.2.3.4]`` is None.
+    Canonical text (RFC 5952) makes ``::1`` and ``0::1`` one address. Cached: hosts repeat.
     """
-    if host.startswith("[") and host.endswith("]"):
+    bracketed = host.startswith("[") and host.endswith("]")
+    if bracketed:
         host = host[1:-1]
     base, pct, scope = host.partition("%")
     for family in _FAMILIES:
@@ -36,7 +38,7 @@ def ip_literal(host: str) -> tuple[int, str] | None:
             packed = socket.inet_pton(family, base)
         except (OSError, ValueError):
             continue
-        if pct and (family != socket.AF_INET6 or not scope):
+        if ((pct or bracketed) and family != socket.AF_INET6) or (pct and not scope):
             return None
         text = socket.inet_ntop(family, packed)
         return family, (f"{text}%{scope}" if pct else text)

@@ -8,7 +8,6 @@ they implement. Input has already been unfolded (§7.3.1), so LWS here is plain 
 from __future__ import annotations
 
 import re
-import socket
 
 from .address import ip_literal
 
@@ -98,8 +97,7 @@ COMPACT_FORMS: dict[str, str] = {
 def valid_ipv6_reference(host: str) -> bool:
     """Whether ``[...]`` holds an IPv6 address (§25.1 IPv6reference; RFC 5118). Only called for hosts
     that start with ``[``, so the common path never pays for it."""
-    literal = ip_literal(host[1:-1])
-    return literal is not None and literal[0] == socket.AF_INET6
+    return ip_literal(host) is not None  # in brackets, ip_literal takes IPv6 only
 
 
 def small_int(text: str, maximum: int) -> int | None:
