@@ -132,16 +132,14 @@ def _federation(table: Any, cluster: ClusterConfig) -> FederationSettings | None
     from .federation.settings import federation_settings
 
     table = dict(table)
-    from_db = False
-    if "sip_addr" not in table and cluster.my_node_id:
-        if cluster.db_url:
-            # the node table is read from the database at start-up (RunningNode.start fills it in)
-            table["sip_addr"] = "0.0.0.0"
-            from_db = True
-        for row in () if from_db else cluster.nodes:
-            if int(row["node_id"]) == cluster.my_node_id and row.get("sip_addr"):
-                table["sip_addr"] = row["sip_addr"]
-                break
+    from_db = "sip_addr" not in table and bool(cluster.my_node_id and cluster.db_url)
+    if from_db:
+        # the node table is read from the database at start-up (service._federation fills it in)
+        table["sip_addr"] = "0.0.0.0"
+    elif "sip_addr" not in table:
+        row = cluster.my_row()
+        if row is not None and row.sip_addr:
+            table["sip_addr"] = row.sip_addr
     settings = federation_settings(table)
     return replace(settings, sip_addr="") if from_db else settings
 

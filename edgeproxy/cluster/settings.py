@@ -25,7 +25,7 @@ from typing import Any, Mapping
 
 from ..config_error import ConfigError
 from ..config_schema import Context, Section, integer, seconds, show, text
-from .nodes import NodeTable, NodeTableError
+from .nodes import NodeInfo, NodeTable, NodeTableError
 
 __all__ = ["ClusterConfig", "SECTION"]
 
@@ -46,6 +46,13 @@ class ClusterConfig:
     node_timeout: float | None = None
     seed_fallback_interval: float = 5.0
 
+    def my_row(self) -> NodeInfo | None:
+        """This node's row of ``[[cluster.nodes]]`` in its cluster (None without one, or when the
+        table is read from ``db_url`` at start-up)."""
+        if not self.my_node_id or not self.nodes:
+            return None
+        return NodeTable.from_dicts(self.nodes).get(self.cluster_id, self.my_node_id)
+
 
 def _node_rows(key: str, value: Any, ctx: Context) -> tuple[Mapping[str, Any], ...]:
     """``[[cluster.nodes]]`` rows, checked as the clusterer table would be."""
@@ -61,8 +68,7 @@ def _node_rows(key: str, value: Any, ctx: Context) -> tuple[Mapping[str, Any], .
 def _check_cluster(c: ClusterConfig) -> None:
     if c.my_node_id and not c.db_url and not c.nodes:
         raise ConfigError("cluster.my_node_id", "needs a node table: cluster.db_url or [[cluster.nodes]]")
-    if c.my_node_id and c.nodes and not any(
-            int(r["node_id"]) == c.my_node_id and int(r["cluster_id"]) == c.cluster_id for r in c.nodes):
+    if c.my_node_id and c.nodes and c.my_row() is None:
         raise ConfigError("cluster.my_node_id", f"node {c.my_node_id} is not in cluster {c.cluster_id}'s rows")
 
 
