@@ -13,7 +13,7 @@ import pytest_twisted
 from OpenSSL import SSL
 from twisted.internet.task import Clock
 
-from edgeproxy.sip.endpoint import Destination
+from edgeproxy.sip.endpoint import Destination, Endpoint, Flow
 from edgeproxy.transport.tls_memory import IdleTlsReclaimer, release_bio_buffers
 from support.transport import (
     VIA_TLS,
@@ -129,8 +129,10 @@ class _Handle:
 
 
 class _Proto:
+    """A TLS connection as the reclaimer sees it: its flow (the registry's id), transport, last read."""
+
     def __init__(self, cid: int, connection: SSL.Connection, last: float) -> None:
-        self.connection_id = cid
+        self.flow = Flow(Endpoint("TLS", "127.0.0.1", 5061), Endpoint("TLS", "192.0.2.7", 40000), cid)
         self.transport = _Handle(connection)
         self.last_received = last
 

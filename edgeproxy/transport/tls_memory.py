@@ -127,7 +127,8 @@ class IdleTlsReclaimer:
         """Release one connection's buffers now (the manager calls this when a handshake completes:
         its flights are the largest data most connections ever see). A connection that is no
         longer in ``connections`` (closed meanwhile) is left alone."""
-        if self.connections.get(getattr(proto, "connection_id", None)) is not proto:  # type: ignore[arg-type]
+        flow = proto.flow
+        if flow is None or flow.connection_id is None or self.connections.get(flow.connection_id) is not proto:
             return False
         transport = getattr(proto, "transport", None)
         handle = getattr(transport, "getHandle", None)
