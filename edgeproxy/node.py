@@ -24,7 +24,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .auth import Authenticator
-from .cluster.nodes import same_host, sip_addr_host
 from .coroutine import run_eagerly
 from .interfaces import Locator, Sender
 from .location import LocationService
@@ -280,6 +279,8 @@ class Node:
         sip_addr = cluster.sip_addr_of(node_id)
         if not sip_addr:
             return
+        from .cluster.nodes import same_host, sip_addr_host  # a cluster is running: the package is loaded
+
         host = sip_addr_host(sip_addr) or sip_addr
         tail = sip_addr.rsplit("]", 1)[-1] if sip_addr.startswith("[") else sip_addr
         port = int(tail.rsplit(":", 1)[1]) if tail.count(":") == 1 else None

@@ -18,7 +18,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ..auth import Authenticator
-from ..cluster.nodes import sip_addr_host
 from ..interfaces import SendError
 from ..location import Binding, LookupResult
 from ..proxy.context import Branch, RouteState
@@ -260,6 +259,9 @@ class RouteVerbs:
         federation lookup), never to this node."""
         if result.code != LookupResult.FOUND:
             return LookupResult(result.code)
+        # imported here: the cluster package (AMP, the clusterer table) loads only on nodes that federate
+        from ..cluster.nodes import sip_addr_host
+
         targets = [Branch.to_binding(b) for b in result.bindings]
         for home in result.homes:
             if self.cluster is not None:
