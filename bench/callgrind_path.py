@@ -65,7 +65,7 @@ def build(clock: Clock) -> tuple[Any, "Sender"]:
 
     registrar = Registrar(InMemoryLocation(clock), RegistrarSettings(), clock)
     sender = Sender()
-    node = Node(clock, sender, registrar, load_route_module("routes.default"),
+    node = Node(clock, sender, registrar, load_route_module("edgeproxy_routes.default"),
                 ProxySettings(domains=("example.com",)), None)
     node.add_local_endpoint(LOCAL)
     return node, sender

@@ -6,7 +6,7 @@
     listen = ["udp:127.0.0.1:5060", "tcp:127.0.0.1:5060"]  # transport:host:port; IPv6 as [::1]
     advertise = ""          # host for Via / Record-Route when listening on 0.0.0.0 or [::]
     domains = []            # domains the node is responsible for; []: every domain
-    route = ""              # a .py file (relative to the config file) or a dotted module; "": routes.default
+    route = ""              # a .py file (relative to the config file) or a dotted module; "": edgeproxy_routes.default
     log_level = "info"
     gc_full_interval = 300  # s between full garbage collections; 0: Python's own schedule
 
@@ -41,7 +41,7 @@ class NodeConfig:
     ``listen`` holds ``transport:host:port`` strings as :class:`~edgeproxy.sip.endpoint.Endpoint`
     prints them (transport lower-case, IPv6 hosts in brackets). ``advertise`` and ``domains`` keep
     IPv6 literals without brackets, as :class:`~edgeproxy.sip.endpoint.Endpoint` holds them.
-    ``route`` is an absolute ``.py`` path or a dotted module name; empty means ``routes.default``.
+    ``route`` is an absolute ``.py`` path or a dotted module name; empty means ``edgeproxy_routes.default``.
     """
 
     listen: tuple[str, ...] = ("udp:127.0.0.1:5060", "tcp:127.0.0.1:5060")

@@ -22,7 +22,7 @@
 
 from edgeproxy.routing import LookupResult
 
-from routes._common import authenticate, common_prelude
+from edgeproxy_routes._common import authenticate, common_prelude
 
 
 async def request_route(msg):

@@ -17,7 +17,7 @@ The bridge still moves on to the next node on a 500.
 
 from edgeproxy.routing import LookupResult
 
-from routes._common import common_prelude, relay_or_error, to_freeswitch
+from edgeproxy_routes._common import common_prelude, relay_or_error, to_freeswitch
 
 
 async def request_route(msg):

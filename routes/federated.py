@@ -25,7 +25,7 @@ try the other node, or me later", and local users are still found (-3 only when 
 
 from edgeproxy.routing import LookupResult
 
-from routes._common import common_prelude, relay_or_error, to_freeswitch
+from edgeproxy_routes._common import common_prelude, relay_or_error, to_freeswitch
 
 
 async def request_route(msg):

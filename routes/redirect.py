@@ -22,7 +22,7 @@ ask. Likewise the local lookup's -3 (an internal error) is 500, not the "Not Her
 
 from edgeproxy.routing import LookupResult
 
-from routes._common import common_prelude, relay_or_error, to_freeswitch
+from edgeproxy_routes._common import common_prelude, relay_or_error, to_freeswitch
 
 
 async def request_route(msg):

@@ -18,8 +18,8 @@ from edgeproxy.auth import (AuthResult, Authenticator, AuthSettings, DigestError
 from edgeproxy.routing.testing import RouteHarness
 from edgeproxy.sip.parser import parse_datagram
 from edgeproxy.sip.message import Request
-import routes.default as default_route
-import routes.federated as federated_route
+import edgeproxy_routes.default as default_route
+import edgeproxy_routes.federated as federated_route
 
 REALM = "example.com"
 USERS = {"alice": "wonderland", "bob@example.com": "builder"}

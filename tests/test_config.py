@@ -405,7 +405,7 @@ def test_relative_route_resolves_against_the_config_file_or_the_cwd(tmp_path: Pa
     path = write(tmp_path / "etc", '[node]\nroute = "r.py"\n')
     assert load_config(path).node.route == str(tmp_path / "etc" / "r.py")
     assert load_config(path, {"node.route": "r.py"}).node.route == str(tmp_path / "cwd" / "r.py")
-    assert load_config(path, {"node.route": "routes.default"}).node.route == "routes.default"
+    assert load_config(path, {"node.route": "edgeproxy_routes.default"}).node.route == "edgeproxy_routes.default"
 
 
 # -- twistd edgeproxy: Options and makeService ----------------------------------------------------

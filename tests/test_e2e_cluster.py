@@ -585,7 +585,7 @@ def test_cluster_node_with_a_store_starts_under_twistd_even_if_its_route_imports
     install the default reactor first, and the node refused to start."""
     route = tmp_path / "reactor_route.py"
     route.write_text("from twisted.internet import reactor  # module level, as Twisted code does\n\n"
-                     "from routes.federated import request_route  # noqa: F401\n")
+                     "from edgeproxy_routes.federated import request_route  # noqa: F401\n")
     config = node_config("federated", X_IP, 1, store_url=target.url(collection), collection=collection)
     config["node"]["route"] = str(route)
     x = cluster.start("X", X_IP, config)

@@ -33,7 +33,7 @@ MAX_LOST = 2
 ROUTE = '''\
 """Mark REGISTERs' contacts as behind NAT (SIP-pinged for sipping-* users), then the default route."""
 
-import routes.default as default
+import edgeproxy_routes.default as default
 
 
 async def request_route(msg):

@@ -421,7 +421,7 @@ def test_a_listener_requiring_client_certificates_refuses_untrusted_ones(tmp_pat
 TRUNK_ROUTE = '''"""Test route: calls to trunkgood/trunkbad go to a TLS peer by set_dst (as a trunk would);
 the branch's own final answer is passed on (the proxy would turn a lone 503 into 500, RFC 3261
 §16.7 step 6)."""
-from routes.default import request_route as default_route
+from edgeproxy_routes.default import request_route as default_route
 
 
 def passthrough(msg):

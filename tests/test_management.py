@@ -69,7 +69,7 @@ class World:
         self.location = InMemoryLocation(self.clock)
         self.registrar = Registrar(self.location, settings or RegistrarSettings(), self.clock)
         self.sender = NullSender()
-        self.node = Node(self.clock, self.sender, self.registrar, load_route_module("routes.default"),
+        self.node = Node(self.clock, self.sender, self.registrar, load_route_module("edgeproxy_routes.default"),
                          ProxySettings(domains=("example.com",)), flood=flood)
         self.node.add_local_endpoint(LOCAL)
         self.parts = RunningNode(self.node, self.sender, self.location, self.registrar)  # type: ignore[arg-type]

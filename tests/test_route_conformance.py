@@ -180,7 +180,7 @@ class Scenario:
     diverges: dict[str, str] = field(default_factory=dict)  # driver -> why it differs (strict xfail)
 
 
-DEFAULT = "routes.default"
+DEFAULT = "edgeproxy_routes.default"
 SCENARIOS = [
     # routes/default.py: OpenSIPS's stock script
     Scenario("default-register", DEFAULT, REGISTER_ALICE, Reply(200, "OK"), sender="alice"),
@@ -210,7 +210,7 @@ SCENARIOS = [
              Reply(400, "Malformed authorization parameter"), config=AUTH),
 ]
 for _name in ("failover", "federated", "redirect"):
-    _route = f"routes.{_name}"
+    _route = f"edgeproxy_routes.{_name}"
     SCENARIOS += [
         # the prelude all three share (routes/_common.py)
         Scenario(f"{_name}-register", _route, REGISTER_ALICE, Reply(200, "OK"), sender="alice", config=SEED),
@@ -226,7 +226,7 @@ for _name in ("failover", "federated", "redirect"):
                  Reply(407, "Proxy Authentication Required"), config=SEED + AUTH),
     ]
 for _name in ("failover", "federated"):  # FreeSWITCH's calls: a local lookup (no cluster, no store here)
-    _route = f"routes.{_name}"
+    _route = f"edgeproxy_routes.{_name}"
     SCENARIOS += [
         Scenario(f"{_name}-from-fs-local-user", _route, INVITE_ALICE, ALICE_RELAYED, sender="fs",
                  registered=True, config=SEED),
@@ -235,7 +235,7 @@ for _name in ("failover", "federated"):  # FreeSWITCH's calls: a local lookup (n
     ]
 SCENARIOS += [
     # redirect asks the store first: without one, "this node could not ask", not "not found"
-    Scenario("redirect-from-fs-no-store", "routes.redirect", INVITE_ALICE, Reply(503, "Location Store Unavailable"),
+    Scenario("redirect-from-fs-no-store", "edgeproxy_routes.redirect", INVITE_ALICE, Reply(503, "Location Store Unavailable"),
              sender="fs", registered=True, config=SEED),
 ]
 
@@ -382,5 +382,5 @@ async def test_route_conformance(scenario: Scenario, driver: str, tmp_path: Path
 
 def test_every_shipped_route_is_covered_by_both_drivers() -> None:
     routes = {s.route for s in SCENARIOS}
-    assert routes == {"routes.default", "routes.failover", "routes.federated", "routes.redirect"}
+    assert routes == {"edgeproxy_routes.default", "edgeproxy_routes.failover", "edgeproxy_routes.federated", "edgeproxy_routes.redirect"}
     assert len({s.id for s in SCENARIOS}) == len(SCENARIOS)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-import routes.default as route
+import edgeproxy_routes.default as route
 from edgeproxy.routing import LookupResult
 from edgeproxy.routing import RouteReply
 from edgeproxy.routing.loader import load_route_module
@@ -54,7 +54,7 @@ def h() -> RouteHarness:
 
 
 def test_the_default_route_loads_and_has_a_request_route() -> None:
-    loaded = load_route_module("routes.default")
+    loaded = load_route_module("edgeproxy_routes.default")
     assert loaded.request_route is route.request_route
     assert loaded.failure_route is None and loaded.onreply_route is None
 

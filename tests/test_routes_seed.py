@@ -20,7 +20,7 @@ from edgeproxy.registrar import RegistrarSettings
 from edgeproxy.routing import LookupResult
 from edgeproxy.routing.testing import RouteHarness, RouteResult
 from edgeproxy.sip.endpoint import Endpoint
-from routes import failover, federated, redirect
+from edgeproxy_routes import failover, federated, redirect
 
 DOMAIN = "sip.domain.com"
 X, Y = "10.0.1.100", "10.0.2.100"

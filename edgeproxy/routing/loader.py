@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 __all__ = ["RouteModule", "RouteLoadError", "load_route_module", "DEFAULT_ROUTE"]
 
-DEFAULT_ROUTE = "routes.default"
+DEFAULT_ROUTE = "edgeproxy_routes.default"
 
 
 class RouteLoadError(Exception):
@@ -78,7 +78,7 @@ def _arity_ok(fn: Callable[..., Any], n: int) -> bool:
 
 
 def load_route_module(spec: str | None) -> RouteModule:
-    """Import ``spec`` (``path/to/routes.py`` or ``package.module``; empty → ``routes.default``) and
+    """Import ``spec`` (``path/to/routes.py`` or ``package.module``; empty → ``edgeproxy_routes.default``) and
     check its route functions' signatures."""
     spec = spec or DEFAULT_ROUTE
     try:

@@ -6,7 +6,7 @@ own verbs (:class:`~edgeproxy.routing.verbs.RouteVerbs`) over a real
 records what the route did (replies, relays, Record-Route, targets) instead of sending anything::
 
     from edgeproxy.routing.testing import RouteHarness
-    import routes.default as route
+    import edgeproxy_routes.default as route
 
     h = RouteHarness(domains=["example.com"])
     h.register("sip:alice@example.com", "sip:alice@192.0.2.10:5062")

@@ -116,7 +116,7 @@ class World:
         self.location = InMemoryLocation(self.clock)
         self.registrar = Registrar(self.location, RegistrarSettings(), self.clock)
         self.sender = RecordingSender()
-        self.node = Node(self.clock, self.sender, self.registrar, routes or load_route_module("routes.default"),
+        self.node = Node(self.clock, self.sender, self.registrar, routes or load_route_module("edgeproxy_routes.default"),
                          settings or ProxySettings(domains=("example.com",)), timers, locator=locator, flood=flood,
                          pinger=pinger(self) if pinger is not None else None)
         self.node.add_local_endpoint(LOCAL_UDP)
