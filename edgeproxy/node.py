@@ -47,7 +47,8 @@ __all__ = ["Node", "NodeCluster", "PingReplies"]
 
 log = Logger(namespace="edgeproxy.proxy")
 
-_STATS = ("requests", "responses", "relayed", "replied", "route_errors", "flood_dropped", "dropped")
+_STATS = ("requests", "responses", "relayed", "replied", "route_errors", "flood_dropped", "dropped", "timeouts",
+          "timeouts_inv")
 
 
 class NodeCluster(ClusterView, Protocol):
@@ -101,10 +102,11 @@ class Node:
         self.stats: dict[str, int] = dict.fromkeys(_STATS, 0)
         self.identity = LocalIdentity(settings.domains)
         self.forwarder = Forwarder(sender, settings, locator)
-        self.proxy = StatefulProxy(clock, self.forwarder, self, settings, timers or TimerSettings(), self.stats)
+        timers = timers or TimerSettings()
+        self.proxy = StatefulProxy(clock, self.forwarder, self, settings, timers, self.stats)
         self.verbs = RouteVerbs(self.proxy, self.forwarder, self.identity, registrar, settings, clock, self.stats,
                                 cluster=cluster, cluster_id=cluster_id, federation=federation, auth=auth,
-                                flood=flood)
+                                flood=flood, timers=timers)
 
     # -- identity and state --------------------------------------------------------------------------
     def add_local_endpoint(self, endpoint: Endpoint) -> None:

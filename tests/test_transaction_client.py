@@ -347,6 +347,38 @@ class TestInviteAccepted:
         assert tx.state is State.ACCEPTED
 
 
+class TestTimerCFromFirstReply:
+    """``c_from_first_reply``: Timer C as OpenSIPS's fr_inv_timeout -- B alone until the first
+    reply, then C from that reply (also a 100); the route's $T_fr_inv_timeout uses it."""
+
+    def tx(self, reliable: bool = False, **timers: float) -> ClientInviteTransaction:
+        tx = ClientInviteTransaction(request("INVITE"), reliable=reliable, timers=TimerSettings(**timers), now=0.0,
+                                     c_from_first_reply=True)
+        tx.start(0.0)
+        return tx
+
+    def test_not_armed_before_any_reply(self) -> None:
+        tx = self.tx(timer_b=2.0, timer_c=1.0)
+        assert tx.deadlines == {"A": 0.5, "B": 2.0}
+        timeline = run_timers(tx, 10.0)
+        assert timeline[-2:] == [(2.0, Timeout("B")), (2.0, Terminated())]
+        assert Timeout("C") not in [a for _, a in timeline]
+
+    def test_armed_by_the_first_reply_even_a_100(self) -> None:
+        tx = self.tx(reliable=True, timer_b=2.0, timer_c=5.0)
+        tx.receive_response(response(tx.request, 100, to_tag=None), 1.5)
+        assert tx.deadlines == {"C": 6.5}
+        tx.receive_response(response(tx.request, 180), 3.0)
+        assert tx.deadlines == {"C": 8.0}  # restarted by 101-199 as usual
+        assert run_timers(tx, 8.0) == [(8.0, Timeout("C"))]
+        assert tx.state is State.PROCEEDING and set(tx.deadlines) == {TIMER_CANCEL}
+
+    def test_switched_off_stays_off(self) -> None:
+        tx = self.tx(reliable=True, timer_c=None)  # type: ignore[arg-type]
+        tx.receive_response(response(tx.request, 180), 1.0)
+        assert tx.get_timer() is None
+
+
 class TestInviteMisuse:
     def test_terminated_ignores_everything(self) -> None:
         tx = invite_tx()

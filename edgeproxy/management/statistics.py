@@ -37,6 +37,10 @@ STATISTICS: tuple[tuple[str, str, bool], ...] = (
     ("core:timestamp", "seconds since the node started", False),
     ("tm:UAS_transactions", "node.stats['relayed']: requests relayed statefully (t_relay)", True),
     ("tm:inuse_transactions", "transactions in the table now", False),
+    ("tm:timeout_finalresponse", "node.stats['timeouts']: branches that got no reply at all in time "
+                                 "(fr_timeout: Timer B/F or $T_fr_timeout)", True),
+    ("tm:timeout_finalresponse_inv", "node.stats['timeouts_inv']: INVITE branches with no final after a "
+                                     "provisional (fr_inv_timeout: Timer C or $T_fr_inv_timeout)", True),
     ("sl:sent_replies", "node.stats['replied']: replies sent by routes (sl_send_reply, save)", True),
     ("usrloc:registered_users", "AoRs stored (with at least one contact)", False),
     ("usrloc:location-users", "AoRs of the location table (the same number)", False),
@@ -93,6 +97,8 @@ class StatisticsCommands:
             _gauge("core", "timestamp", lambda: int(self.wall() - self.started_at)),
             _counter("tm", "UAS_transactions", s, "relayed"),
             _gauge("tm", "inuse_transactions", lambda: len(node.table)),
+            _counter("tm", "timeout_finalresponse", s, "timeouts"),
+            _counter("tm", "timeout_finalresponse_inv", s, "timeouts_inv"),
             _counter("sl", "sent_replies", s, "replied"),
             _gauge("usrloc", "registered_users", lambda: len(location)),
             _gauge("usrloc", "location-users", lambda: len(location)),

@@ -68,7 +68,7 @@ class RouteState:
     __slots__ = ("request", "source", "ctx", "ruri_changed", "branches", "dst_uri", "ruri_branch",
                  "record_routed", "nat", "sipping", "failure_route", "reply_route", "branch_route",
                  "replied", "reply_headers", "relayed", "dropped", "reply", "auth", "flow_error",
-                 "flow_destination", "ruri_consumed")
+                 "flow_destination", "ruri_consumed", "fr_timeout", "fr_inv_timeout")
 
     def __init__(self, request: Request, source: Flow, ctx: "ServerContext | None" = None) -> None:
         self.request = request
@@ -94,6 +94,10 @@ class RouteState:
         self.flow_destination: Destination | None = None  # loose_route(): the flow a token named
         # the Request-URI (and $du) relayed to: failure_route does not try it again (ruri consumed)
         self.ruri_consumed: tuple[str, str | None] | None = None
+        # $T_fr_timeout / $T_fr_inv_timeout (OpenSIPS tm, seconds): this transaction's branches wait
+        # so long for a first reply / for a final after one; None: the node's [timers]
+        self.fr_timeout: float | None = None
+        self.fr_inv_timeout: float | None = None
 
     def ruri_key(self) -> tuple[str, str | None]:
         """The Request-URI and ``$du`` as relayed: what "ruri consumed" compares in a failure route."""
@@ -160,7 +164,7 @@ class ClientBranch:
     and a ``replaced`` branch's late events are ignored (its transaction only finishes its ACKs)."""
 
     __slots__ = ("ctx", "target", "request", "destination", "tx", "final", "provisional",
-                 "cancel_wanted", "cancel_sent", "flow", "base", "alternatives", "replaced")
+                 "cancel_wanted", "cancel_sent", "flow", "base", "alternatives", "replaced", "received")
 
     def __init__(self, ctx: ServerContext, target: Branch, request: Request, destination: Destination) -> None:
         self.ctx: ServerContext | None = ctx  # None once the context is released
@@ -176,6 +180,7 @@ class ClientBranch:
         self.base: Request | None = None
         self.alternatives: list[Endpoint] | None = None
         self.replaced = False
+        self.received = False  # ``final`` came from the network (else we made it: t_local_replied)
 
     def send_destination(self) -> Destination:
         """Where this branch's requests (retransmissions, its CANCEL) go: over the flow its first

@@ -13,6 +13,7 @@ a transaction delivered) is asked of :class:`RouteHooks`, which the node impleme
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Iterable, Union
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -71,6 +72,7 @@ class StatefulProxy:
         self.table = TransactionTable()
         self._owners: dict[Transaction, Owner] = {}
         self._timer: IDelayedCall | None = None
+        self._branch_timers: dict[tuple[float | None, float | None], TimerSettings] = {}
 
     @property
     def idle(self) -> bool:
@@ -127,6 +129,10 @@ class StatefulProxy:
                     self.hooks.ack_route(action.request, owner.flow)
             elif isinstance(action, Timeout):
                 if isinstance(owner, ClientBranch):
+                    if owner.final is None and not owner.replaced:
+                        # OpenSIPS tm: timeout_finalresponse (no reply at all) / _inv (after a 1xx)
+                        key = "timeouts_inv" if owner.provisional else "timeouts"
+                        self.stats[key] = self.stats.get(key, 0) + 1
                     # no answer at all from this target (not even 1xx): RFC 3263 §4.3, the next one
                     if owner.alternatives and not owner.provisional and self._fail_over(owner, "timeout"):
                         continue
@@ -400,11 +406,17 @@ class StatefulProxy:
         destination = cb.destination
         now = self.clock.seconds()
         reliable = destination.remote.reliable
+        route = ctx.route
+        timers = self.timers
+        per_tx = route is not None and (route.fr_timeout is not None or route.fr_inv_timeout is not None)
+        if per_tx:
+            assert route is not None
+            timers = self.branch_timers(route.fr_timeout, route.fr_inv_timeout)
         tx: ClientTransaction
         if fwd.method == "INVITE":
-            tx = ClientInviteTransaction(fwd, reliable=reliable, timers=self.timers, now=now)
+            tx = ClientInviteTransaction(fwd, reliable=reliable, timers=timers, now=now, c_from_first_reply=per_tx)
         else:
-            tx = ClientNonInviteTransaction(fwd, reliable=reliable, timers=self.timers, now=now)
+            tx = ClientNonInviteTransaction(fwd, reliable=reliable, timers=timers, now=now)
         cb.tx = tx
         ctx.live += 1
         self._own(tx, cb)
@@ -414,6 +426,24 @@ class StatefulProxy:
                 d.addCallbacks(self._branch_sent, self._branch_send_failed, callbackArgs=(cb,), errbackArgs=(cb,))
             else:
                 self.execute(tx, (action,))
+
+    def branch_timers(self, fr_timeout: float | None, fr_inv_timeout: float | None) -> TimerSettings:
+        """The timers of a branch whose route set ``$T_fr_timeout`` / ``$T_fr_inv_timeout`` (OpenSIPS
+        ``tm``, seconds; None: the node's): ``fr_timeout`` bounds the wait for any reply (Timer B of an
+        INVITE, Timer F otherwise), ``fr_inv_timeout`` the wait for a final after the first reply
+        (Timer C, armed from that reply: ``c_from_first_reply``). Read when the branch is sent, as
+        OpenSIPS reads them, so a failure route's new value applies to the branches it adds.
+        One TimerSettings per distinct pair, kept: routes use a handful of values."""
+        key = (fr_timeout, fr_inv_timeout)
+        timers = self._branch_timers.get(key)
+        if timers is None:
+            base = self.timers
+            timers = replace(base, timer_b=fr_timeout if fr_timeout is not None else base.timer_b,
+                             timer_f=fr_timeout if fr_timeout is not None else base.timer_f,
+                             timer_c=fr_inv_timeout if fr_inv_timeout is not None else base.timer_c)
+            if len(self._branch_timers) < 64:
+                self._branch_timers[key] = timers
+        return timers
 
     @staticmethod
     def _branch_sent(flow: Flow, cb: ClientBranch) -> None:
@@ -479,6 +509,7 @@ class StatefulProxy:
         if status == 503 and cb.alternatives and self._fail_over(cb, "503"):
             return  # RFC 3261 §21.5.4 / 3263 §4.3 (OpenSIPS and Kamailio DNS failover on 503)
         cb.final = response
+        cb.received = True
         if status < 300:
             if ctx.request.method == "INVITE" or not ctx.final_sent:
                 self._forward_response(ctx, response)

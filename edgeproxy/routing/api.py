@@ -17,6 +17,10 @@ OpenSIPS                                edgeproxy
 ``$au`` ``$ar``                          ``msg.au`` ``msg.ar``
 ``setbflag(NAT)``, sipping flag          ``msg.nat = True``, ``msg.sipping = True``
 ``$T_reply_code``                        ``msg.reply_code`` (``msg.reply``: the reply) in failure_route
+``t_check_status("408|5[0-9][0-9]")``    ``msg.t_check_status("408|5[0-9][0-9]")``
+``t_local_replied("all")``               ``msg.t_local_replied("all")`` (a timeout's 408 is local)
+``$T_fr_timeout = 2``                    ``msg.T_fr_timeout = 2`` (seconds; ``$T_fr_inv_timeout`` alike)
+Kamailio ``t_set_fr(60000, 2000)``       ``msg.t_set_fr(60000, 2000)`` (ms), ``msg.t_reset_fr()``
 ``lookup("location", "m")``              ``await msg.lookup("location", "m")`` → LookupResult
 ``save("location")``                     ``await msg.save("location")``
 ``t_relay()``                            ``msg.t_relay()`` → bool
@@ -218,6 +222,52 @@ class RouteRequest:
         """In a failure route: its status (``$T_reply_code``)."""
         reply = self._state.reply
         return reply.status if reply is not None else None
+
+    @property
+    def T_fr_timeout(self) -> float | None:  # noqa: N802 - OpenSIPS's $T_fr_timeout
+        """OpenSIPS ``$T_fr_timeout`` (seconds): how long each branch of this transaction waits for
+        a first reply (Timer B / F) before it ends with a local 408 and the failure route runs.
+        Assign before ``t_relay()`` (or in the failure route, for the branches it adds); None or 0
+        restores the node's value, which is what reading returns until then."""
+        return self._verbs.fr_timeout(self._state, False)
+
+    @T_fr_timeout.setter
+    def T_fr_timeout(self, seconds: float | None) -> None:  # noqa: N802
+        self._verbs.set_fr_timeout(self._state, False, seconds)
+
+    @property
+    def T_fr_inv_timeout(self) -> float | None:  # noqa: N802 - OpenSIPS's $T_fr_inv_timeout
+        """OpenSIPS ``$T_fr_inv_timeout`` (seconds): how long an INVITE branch that has answered
+        provisionally waits for its final (Timer C, from the first reply); then it is CANCELled and
+        ends with a local 408."""
+        return self._verbs.fr_timeout(self._state, True)
+
+    @T_fr_inv_timeout.setter
+    def T_fr_inv_timeout(self, seconds: float | None) -> None:  # noqa: N802
+        self._verbs.set_fr_timeout(self._state, True, seconds)
+
+    def t_set_fr(self, fr_inv_ms: int, fr_ms: int = 0) -> None:
+        """Kamailio ``t_set_fr(fr_inv_timeout, fr_timeout)`` in milliseconds; 0 leaves that one as
+        it is (Kamailio ``tm`` docs)."""
+        if fr_inv_ms:
+            self._verbs.set_fr_timeout(self._state, True, fr_inv_ms / 1000)
+        if fr_ms:
+            self._verbs.set_fr_timeout(self._state, False, fr_ms / 1000)
+
+    def t_reset_fr(self) -> None:
+        """Kamailio ``t_reset_fr()``: back to the node's ``[timers]``."""
+        self._verbs.set_fr_timeout(self._state, False, None)
+        self._verbs.set_fr_timeout(self._state, True, None)
+
+    def t_check_status(self, pattern: str) -> bool:
+        """OpenSIPS ``t_check_status(re)``: in a failure route, whether the reply's status matches
+        ``pattern`` (a regular expression searched in the three digits, as OpenSIPS does)."""
+        return self._verbs.t_check_status(self._state, pattern)
+
+    def t_local_replied(self, which: str = "all") -> bool:
+        """OpenSIPS ``t_local_replied("all"|"branch"|"last")`` (and ``"any"``): whether the failed
+        branches' finals were made by this node -- a timeout's 408 -- rather than received."""
+        return self._verbs.t_local_replied(self._state, which)
 
     def header(self, name: str) -> str | None:
         """The first value of a header (OpenSIPS ``$hdr(name)``)."""

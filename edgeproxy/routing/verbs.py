@@ -10,6 +10,7 @@ recorder. So a route unit-tested with the harness runs the very code the node ru
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any, Mapping, Protocol
 
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
@@ -31,6 +32,7 @@ from ..registrar import Registrar, aor_of
 from ..sip.errors import SipParseError, SipValueError
 from ..sip.message import Request, Response
 from ..sip.uri import SipURI, parse_uri
+from ..transaction import TimerSettings
 from .errors import RouteReply
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -80,7 +82,7 @@ class RouteVerbs:
                  settings: ProxySettings, clock: IReactorTime, stats: dict[str, int], *,
                  cluster: ClusterView | None = None, cluster_id: int = 1,
                  federation: FederationView | None = None, auth: Authenticator | None = None,
-                 flood: FloodDetector | None = None) -> None:
+                 flood: FloodDetector | None = None, timers: TimerSettings | None = None) -> None:
         self.core = core
         self.forwarder = forwarder
         self.identity = identity
@@ -94,6 +96,7 @@ class RouteVerbs:
         self.federation = federation
         self.auth = auth
         self.flood = flood
+        self.timers = timers if timers is not None else TimerSettings()  # the node's [timers]
 
     # -- identity ------------------------------------------------------------------------------------
     def is_myself(self, host: str, port: int | None = None) -> bool:
@@ -337,6 +340,59 @@ class RouteVerbs:
         if self.flood.settings.check_all:
             return True
         return self.flood_check(route.source.remote.host)
+
+    # -- tm: per-transaction timers and the failure route's view of the branches ---------------------
+    def fr_timeout(self, route: RouteState, inv: bool) -> float | None:
+        """``$T_fr_timeout`` (``inv`` False) / ``$T_fr_inv_timeout``: the route's value, else the node's
+        (Timer B for an INVITE, F otherwise / Timer C; None when Timer C is off)."""
+        value = route.fr_inv_timeout if inv else route.fr_timeout
+        if value is not None:
+            return value
+        if inv:
+            return self.timers.c
+        return self.timers.b if route.request.method == "INVITE" else self.timers.f
+
+    @staticmethod
+    def set_fr_timeout(route: RouteState, inv: bool, seconds: float | None) -> None:
+        """Assign ``$T_fr_timeout`` / ``$T_fr_inv_timeout`` (seconds) for the branches this
+        transaction sends from now on; None or 0 restores the node's value (OpenSIPS
+        ``t_funcs.h: is_timeout_set``). Anything but a number >= 0 is the route's bug: ValueError."""
+        if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, (int, float))
+                                    or not seconds >= 0 or seconds == float("inf")):
+            raise ValueError(f"{'$T_fr_inv_timeout' if inv else '$T_fr_timeout'} must be seconds >= 0, "
+                             f"got {seconds!r}")
+        value = float(seconds) if seconds else None
+        if inv:
+            route.fr_inv_timeout = value
+        else:
+            route.fr_timeout = value
+
+    @staticmethod
+    def t_check_status(route: RouteState, pattern: str) -> bool:
+        """OpenSIPS ``t_check_status(re)``: the status of the reply the failure route handles
+        (``$T_reply_code``) matches ``pattern`` -- searched, not anchored, as OpenSIPS's
+        ``regexec``; False where there is no such reply (a request route)."""
+        reply = route.reply
+        return reply is not None and re.search(pattern, str(reply.status)) is not None
+
+    @staticmethod
+    def t_local_replied(route: RouteState, which: str) -> bool:
+        """OpenSIPS ``t_local_replied("all"|"branch"|"last")``, extended with ``"any"``: whether the
+        final replies of the transaction's branches were generated here (a timeout's 408, a
+        transport error's 503/477) rather than received. ``"all"``: every branch's; ``"any"``: at
+        least one; ``"branch"``/``"last"``: the one the failure route sees as ``msg.reply``."""
+        ctx = route.ctx
+        if ctx is None:
+            return False
+        finals = [b for b in ctx.branches if b.final is not None]
+        if which == "all":
+            return bool(finals) and all(not b.received for b in finals)
+        if which == "any":
+            return any(not b.received for b in finals)
+        if which in ("branch", "last"):
+            reply = route.reply
+            return any(b.final is reply and not b.received for b in finals)
+        raise ValueError(f't_local_replied: "all", "any", "branch" or "last", got {which!r}')
 
     # -- authentication ------------------------------------------------------------------------------
     def authenticator(self) -> Authenticator | None:

@@ -51,18 +51,26 @@ class ClientInviteTransaction(ClientTransaction):
     for a 2xx is the TU's business (§13.2.2.4), and for a proxy it is forwarded end to end.
 
     Timer C (§16.6 step 11) is armed here too, see the module's theory of operation.
+
+    ``c_from_first_reply`` gives Timer C OpenSIPS's ``fr_inv_timeout`` meaning instead of the RFC's:
+    not armed when the INVITE leaves -- until the first reply only Timer B (OpenSIPS ``fr_timeout``)
+    runs -- but on entering Proceeding, by any 1xx including 100 (OpenSIPS ``tm``: the first reply
+    switches the branch to the ``fr_inv_timeout`` timer list; ``$T_fr_inv_timeout``,
+    ``modules/tm/README.md``). A route's per-transaction timers use it, so a short ``fr_inv_timeout``
+    never cuts a branch that has not answered yet.
     """
 
-    __slots__ = ("ack",)
+    __slots__ = ("ack", "_c_from_first_reply")
     _INITIAL = State.CALLING
     is_invite = True
 
     def __init__(self, request: Request, *, reliable: bool, timers: TimerSettings | None = None,
-                 now: float = 0.0) -> None:
+                 now: float = 0.0, c_from_first_reply: bool = False) -> None:
         if request.method != "INVITE":
             raise TransactionError(f"{request.method} needs a non-INVITE client transaction")
         super().__init__(request, reliable=reliable, timers=timers, now=now)
         self.ack: Request | None = None
+        self._c_from_first_reply = c_from_first_reply
 
     def start(self, now: float) -> list[Action]:
         """Enter Calling: send the INVITE, arm Timer A (unreliable), Timer B and Timer C."""
@@ -72,7 +80,7 @@ class ClientInviteTransaction(ClientTransaction):
             self._interval = timers.a
             self._arm("A", timers.a, now)
         self._arm("B", timers.b, now)
-        if timers.c is not None:
+        if timers.c is not None and not self._c_from_first_reply:
             self._arm("C", timers.c, now)
         self._settle()
         return [SendRequest(self.request)]
@@ -114,6 +122,8 @@ class ClientInviteTransaction(ClientTransaction):
     # -- entry actions -------------------------------------------------------------------------------
     def _enter_proceeding(self, now: float, actions: list[Action]) -> None:
         self._disarm("A", "B")  # §17.1.1.2: no retransmissions in Proceeding; B only guards Calling
+        if self._c_from_first_reply and self.timers.c is not None:
+            self._arm("C", self.timers.c, now)  # OpenSIPS: fr_inv_timeout from the first reply on
 
     def _enter_completed(self, now: float, actions: list[Action]) -> None:
         self._disarm_all()
