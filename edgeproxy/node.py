@@ -41,6 +41,7 @@ from .routing.verbs import ClusterView, FederationView, RouteVerbs
 from .sip.endpoint import Endpoint, Flow
 from .sip.errors import SipValueError
 from .sip.message import Message, Request, Response
+from .sip.parser import bounded_error_response
 from .transaction import TimerSettings, TransactionTable
 
 __all__ = ["Node", "NodeCluster", "PingReplies"]
@@ -146,7 +147,11 @@ class Node:
         except SipValueError as exc:
             log.info("dropping message from {flow}: {reason}", flow=flow, reason=exc.reason)
             if isinstance(message, Request) and message.method != "ACK":
-                self.proxy.send_stateless(message.make_response(exc.status, exc.reason), flow)
+                # bounded as a parse error's reply (the top Via, sane-sized From/To/Call-ID/CSeq)
+                reply = bounded_error_response(exc.status, exc.reason,
+                                               [(k, v) for k, _, v in message.headers.items()])
+                if reply is not None:
+                    self.proxy.send_stateless(reply, flow)
         except Exception:
             log.failure("internal error handling message from {flow}", flow=flow)
         self.proxy.arm()
@@ -184,6 +189,7 @@ class Node:
 
     def _route(self, request: Request, flow: Flow, ctx: ServerContext | None) -> None:
         state = RouteState(request, flow, ctx)
+        state.trusted = self.verbs.trusted_source(flow.remote.host)
         if ctx is not None:
             ctx.route = state
         self._call(state, self.routes.request_route, (self._msg(state),), self._route_done)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable
 
+from ..auth import AuthResult
 from ..location import Binding, binding_destination
 from ..sip.endpoint import Destination, Endpoint, Flow
 from ..sip.message import Request, Response
@@ -68,7 +69,7 @@ class RouteState:
     __slots__ = ("request", "source", "ctx", "ruri_changed", "branches", "dst_uri", "ruri_branch",
                  "record_routed", "nat", "sipping", "failure_route", "reply_route", "branch_route",
                  "replied", "reply_headers", "relayed", "dropped", "reply", "auth", "flow_error",
-                 "flow_destination", "ruri_consumed", "fr_timeout", "fr_inv_timeout")
+                 "flow_destination", "ruri_consumed", "fr_timeout", "fr_inv_timeout", "trusted")
 
     def __init__(self, request: Request, source: Flow, ctx: "ServerContext | None" = None) -> None:
         self.request = request
@@ -98,6 +99,15 @@ class RouteState:
         # so long for a first reply / for a final after one; None: the node's [timers]
         self.fr_timeout: float | None = None
         self.fr_inv_timeout: float | None = None
+        self.trusted = False  # the source is a trusted address or another node (set on arrival)
+
+    @property
+    def proven(self) -> bool:
+        """Whether the source has shown it receives what is sent to it -- it is trusted, or the route
+        authenticated the request (digest credentials answer our challenge): only then is a final
+        response retransmitted on Timer G over UDP (see :class:`ProxySettings`)."""
+        auth = self.auth
+        return self.trusted or (auth is not None and auth.result == AuthResult.AUTHORIZED)
 
     def ruri_key(self) -> tuple[str, str | None]:
         """The Request-URI and ``$du`` as relayed: what "ruri consumed" compares in a failure route."""
@@ -138,6 +148,15 @@ class ServerContext:
         self.failure_running = False
         self.starting = False  # a group's branches are being created: no best-response choice yet
         self.live = 0  # transactions of this context not yet terminated
+
+    def shed(self, request: Request) -> None:
+        """The request was answered here and never relayed: keep ``request`` (the transaction's
+        slim copy) instead of the whole one, and let go of the route state (which holds the whole
+        request too), so an answered transaction costs a few hundred bytes until it ends."""
+        self.request = request
+        route = self.route
+        if route is not None:
+            self.route = None
 
     def release(self) -> None:
         """Break the context's reference cycles (route state, branches) once its last transaction

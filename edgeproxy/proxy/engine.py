@@ -241,13 +241,19 @@ class StatefulProxy:
 
     # -- replies (the ProxyCore of the route verbs) --------------------------------------------------
     def respond(self, route: RouteState, response: Response, stateful: bool) -> None:
-        """A response of the route's: through the server transaction when there is one (or
-        ``stateful`` asks for it: ``send_reply``/``t_reply``), else statelessly (``sl_send_reply``)."""
+        """A response of the route's: ``send_reply``/``t_reply`` (``stateful``) through the server
+        transaction; ``sl_send_reply`` statelessly, as OpenSIPS's ``sl`` module: one reply per request
+        received, nothing retransmitted on a timer, a retransmitted request routed and answered again
+        (issue 16: the transaction's Timer G made one spoofed INVITE worth eleven 404s). The
+        transaction made on arrival is forgotten for a stateless final; it still carries a
+        provisional, and a final of a request already relayed (a failure route's)."""
         ctx = route.ctx
-        if ctx is not None and (ctx.tx is not None or stateful):
+        if ctx is not None and (stateful or (ctx.tx is not None and (ctx.branches or response.status < 200))):
             self._respond(ctx, response)
-        else:
-            self.send_stateless(response, route.source)
+            return
+        if ctx is not None and response.status >= 200:
+            self.discard(ctx)
+        self.send_stateless(response, route.source)
 
     def send_stateless(self, response: Response, flow: Flow) -> None:
         self.forwarder.send(response_destination(response, flow), response)
@@ -257,6 +263,13 @@ class StatefulProxy:
         tx = self._server_tx(ctx)
         if response.status >= 200:
             ctx.final_sent = True
+            if isinstance(tx, ServerInviteTransaction) and not tx.reliable:
+                route = ctx.route
+                tx.retransmit_final = self.settings.retransmit_unauthenticated or (route is not None and route.proven)
+            if not ctx.branches:
+                # answered here: only an ACK or a retransmission can still come (until Timer H/J)
+                tx.shed_request()
+                ctx.shed(tx.request)
         actions = tx.send_response(response, self.clock.seconds())
         if not actions and 200 <= response.status < 300 and ctx.request.method == "INVITE":
             # §16.7 step 5: a 2xx is always forwarded, even after a negative final (Timer C's 408

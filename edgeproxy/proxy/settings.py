@@ -31,6 +31,9 @@ class ProxySettings:
     domains: tuple[str, ...] = ()  # local domains (``uri == myself``); empty = the listeners only
     log_decisions: bool = False  # one debug line per routing decision (log_level = "debug")
     dns_failover: bool = True  # RFC 3263 §4.3 across a located next hop's targets (tm use_dns_failover)
+    # Timer G for an INVITE's final response to a UDP source that is neither trusted nor authenticated
+    # by the route: off, the final is re-sent once per retransmitted INVITE (no reflection amplifier)
+    retransmit_unauthenticated: bool = False
 
 
 PROXY_SECTION: Section[ProxySettings] = Section(ProxySettings, {
@@ -38,6 +41,7 @@ PROXY_SECTION: Section[ProxySettings] = Section(ProxySettings, {
     "auto_100trying": boolean,
     "no_reply_status": integer(400, 699),
     "max_forwards_default": integer(1, 255),
+    "retransmit_unauthenticated": boolean,
 })
 
 

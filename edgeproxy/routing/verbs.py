@@ -318,11 +318,17 @@ class RouteVerbs:
         return self.federation.raw_query(command)
 
     # -- pike ----------------------------------------------------------------------------------------
+    def trusted_source(self, ip: str) -> bool:
+        """``[pike] trusted`` or another node of the cluster: never counted by pike, and proven to
+        receive what is sent to it (its finals are retransmitted on Timer G)."""
+        flood = self.flood
+        return (flood is not None and flood.is_trusted(ip)) or self.cluster_check_addr(self.cluster_id, ip)
+
     def flood_check(self, ip: str) -> bool:
         """Count a request from ``ip``; False when it floods. Trusted sources and the other nodes of
         the cluster are never counted: their traffic is many users' traffic."""
         flood = self.flood
-        if flood is None or flood.is_trusted(ip) or self.cluster_check_addr(self.cluster_id, ip):
+        if flood is None or self.trusted_source(ip):
             return True
         ok, change = flood.check_and_report(ip, self.clock.seconds())
         if change == "blocked":

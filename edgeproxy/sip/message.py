@@ -523,6 +523,17 @@ class Request(Message):
         return Request(self.method, self._uri if self._uri is not None else self._uri_text,
                        self.headers.copy(), self.body)
 
+    def transaction_copy(self) -> "Request":
+        """What a server transaction needs of this request once it is answered: the Request-Line and
+        the headers §17.2.3 matches on and §8.2.6.2 copies into responses (Via, From, To, Call-ID,
+        CSeq), without the body or any other header -- so that an answered transaction waiting for
+        its ACK (Timer H, 64*T1) holds a few hundred bytes instead of up to a 64 KB request."""
+        headers = Headers([item for item in self.headers._items if item[0] in _RESPONSE_COPIED])
+        top_via = self.headers._cache.get("via^")
+        if top_via is not None:
+            headers._cache["via^"] = top_via
+        return Request(self.method, self._uri if self._uri is not None else self._uri_text, headers)
+
     def make_response(self, status: int, reason: str | None = None, *, to_tag: str | None = None) -> "Response":
         """A response to this request per §8.2.6.2: Via, From, To, Call-ID and CSeq copied; ``to_tag``
         added to To when given and To has no tag yet (never for 100, §8.2.6.2)."""

@@ -34,6 +34,8 @@ __all__ = [
     "NEED_DATA",
     "PING",
     "error_response",
+    "bounded_error_response",
+    "MAX_ERROR_REPLY",
 ]
 
 
@@ -507,21 +509,54 @@ class _Discard:
     __slots__ = ()
 
 
+MAX_ERROR_REPLY: Final = 1500
+"""The most octets a reply to a malformed request may take: one unfragmented datagram on an
+Ethernet path, whatever the request held (issue 16: a 513 copying 12,000 Vias was 96 KB)."""
+
+#: the longest value of each header an error reply copies; a longer one is left out (From, To,
+#: Call-ID) or makes the request unanswerable (Via, CSeq: a reply nobody can match is not sent)
+_COPY_LIMIT: Final = {"via": 512, "from": 256, "to": 256, "call-id": 256, "cseq": 64}
+_REASON_LIMIT: Final = 96
+_PRETTY = {"via": "Via", "from": "From", "to": "To", "call-id": "Call-ID", "cseq": "CSeq"}
+
+
 def error_response(exc: SipParseError, *, to_tag: str | None = None) -> Response | None:
     """The reply to a request that failed to parse (§8.2.6.2), or None when none is possible
     (a broken response is dropped, §18.1.2; without Via and CSeq nobody could match the reply).
 
-    Built only from what was salvaged: Via (all values), From, To, Call-ID, CSeq, in their order.
-    ``to_tag`` is appended to a To that has none (§8.2.6.2; never for a 100).
+    Built only from what was salvaged, bounded by :func:`bounded_error_response`. ``to_tag`` is
+    appended to a To that has none (§8.2.6.2; never for a 100).
     """
     if not exc.can_reply:
         return None
-    items = []
-    for k, v in exc.partial:
-        if k == "to" and to_tag and exc.status != 100 and ";tag=" not in v.replace(" ", "").lower():
+    return bounded_error_response(exc.status, exc.reason, exc.partial, to_tag=to_tag)
+
+
+def bounded_error_response(status: int, reason: str, partial: list[tuple[str, str]], *,
+                           to_tag: str | None = None) -> Response | None:
+    """A response to a malformed request, from its salvaged ``(name, value)`` pairs: the top Via
+    value (what routes the reply back, §18.2.2, and matches it, §17.1.3 -- RFC 3261 §8.2.6's
+    "response to a malformed request" needs no more), and the first From, To, Call-ID and CSeq, each
+    only if of sane size (:data:`_COPY_LIMIT`); the reason phrase, which may quote the input, is cut
+    to 96 characters. At most :data:`MAX_ERROR_REPLY` octets: never an amplifier, always a datagram.
+    None when the top Via or the CSeq is too long to copy."""
+    items: list[tuple[str, str, str]] = []
+    seen: set[str] = set()
+    for k, v in partial:
+        if k in seen or k not in _COPY_LIMIT:
+            continue
+        seen.add(k)
+        if k == "via" and "," in v:
+            v = g.split_commas(v[: 4 * _COPY_LIMIT["via"]])[0]
+        if len(v) > _COPY_LIMIT[k]:
+            if k in ("via", "cseq"):
+                return None
+            continue
+        if k == "to" and to_tag and status != 100 and ";tag=" not in v.replace(" ", "").lower():
             v = f"{v};tag={to_tag}"
         items.append((k, _PRETTY[k], v))
-    return Response(exc.status, exc.reason, Headers(items))
-
-
-_PRETTY = {"via": "Via", "from": "From", "to": "To", "call-id": "Call-ID", "cseq": "CSeq"}
+    if "via" not in seen or "cseq" not in seen:
+        return None
+    if len(reason) > _REASON_LIMIT:
+        reason = reason[: _REASON_LIMIT - 3] + "..."
+    return Response(status, reason, Headers(items))

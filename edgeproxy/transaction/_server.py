@@ -45,6 +45,12 @@ class ServerTransaction(Transaction):
         event = status_input(response.status, Input.SEND_1XX, Input.SEND_2XX, Input.SEND_300_699)
         return self._dispatch(event, now, response)
 
+    def shed_request(self) -> None:
+        """Keep of the request only what matching (§17.2.3) and responses (§8.2.6.2) need
+        (:meth:`~edgeproxy.sip.message.Request.transaction_copy`): for a transaction answered
+        locally, which waits up to Timer H for nothing but an ACK or a retransmission."""
+        self.request = self.request.transaction_copy()
+
     def _send(self, now: float, response: Response) -> list[Action]:
         self.last_response = response
         if response.status >= 200 and not self.request.top_via.rfc3261_branch:
@@ -69,9 +75,15 @@ class ServerInviteTransaction(ServerTransaction):
     INVITE, until the ACK (→ Confirmed, absorbing ACKs for Timer I) or Timer H (→ ``Timeout("H")``).
     A 2xx leads to Accepted (RFC 6026 §8.7): retransmitted INVITEs are absorbed, further 2xx from
     the TU are sent, an ACK is passed to the TU (:class:`DeliverRequest`), until Timer L.
+
+    ``retransmit_final`` False (set by the TU before it sends the final) leaves Timer G unarmed: the
+    final goes out once and again only for each retransmitted INVITE. A proxy does that for a
+    source that never proved it receives (a spoofed UDP address): Timer G would otherwise send it
+    ten copies for one datagram, a reflection amplifier (issue 16; OpenSIPS's ``sl_send_reply``
+    never retransmits either). Timer H still bounds the wait for the ACK.
     """
 
-    __slots__ = ("auto_100", "_interval")
+    __slots__ = ("auto_100", "_interval", "retransmit_final")
     _INITIAL = State.PROCEEDING
     is_invite = True
 
@@ -82,6 +94,7 @@ class ServerInviteTransaction(ServerTransaction):
         super().__init__(request, reliable=reliable, timers=timers, now=now)
         self.auto_100 = auto_100
         self._interval = 0.0
+        self.retransmit_final = True
 
     def start(self, now: float) -> list[Action]:
         """The transaction exists, in Proceeding; sends 100 Trying if ``auto_100`` (§17.2.1). The
@@ -101,7 +114,7 @@ class ServerInviteTransaction(ServerTransaction):
 
     def _enter_completed(self, now: float, actions: list[Action]) -> None:
         timers = self.timers
-        if not self.reliable:
+        if not self.reliable and self.retransmit_final:
             self._interval = timers.g
             self._arm("G", timers.g, now)
         self._arm("H", timers.h, now)

@@ -89,6 +89,9 @@ class SipDatagramProtocol(DatagramProtocol):
                      replied="" if reply else " (not answered)")
             if reply is not None:
                 self.sendto(reply, addr[0], addr[1])
+        except OSError as err:  # EMSGSIZE, EHOSTUNREACH ...: the reply is lost, as on the network
+            log.info("reply to a malformed datagram from {host}:{port} not sent: {why}", host=addr[0],
+                     port=addr[1], why=err.strerror or err)
         except Exception:
             log.failure("failed to answer a malformed datagram from {addr}", addr=addr)
 
