@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from .dns.settings import DnsSettings
     from .federation.settings import FederationSettings
     from .location.natping import NatPingSettings
+    from .management.metrics_settings import MetricsSettings
     from .management.settings import MISettings
     from .node_settings import NodeConfig
     from .proxy.flood import FloodSettings
@@ -71,6 +72,7 @@ SECTIONS: Mapping[str, tuple[str, str]] = MappingProxyType({
     "ws": ("edgeproxy.transport.settings", "WS_SECTION"),
     "nathelper": ("edgeproxy.location.settings", "SECTION"),
     "mi": ("edgeproxy.management.settings", "SECTION"),
+    "metrics": ("edgeproxy.management.metrics_settings", "SECTION"),
 })
 #: Tables checked by their own code (``[federation]``) or not at all (``[route_params]``).
 _FREE_FORM = ("route_params", "federation")
@@ -119,6 +121,8 @@ class Config:
     pike: FloodSettings | None = None
     # None without an [mi] section: no management interface (OpenSIPS without mi_http)
     mi: MISettings | None = None
+    # None without a [metrics] section: no Prometheus exposition
+    metrics: MetricsSettings | None = None
     route_params: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), hash=False)
     source: str | None = None
 
@@ -154,6 +158,9 @@ def _cross_checks(config: Config) -> None:
         if transport in ("tls", "wss") and not (tls.certificate and tls.key):
             raise ConfigError(f"node.listen[{i}]", f"a {transport} listener needs tls.certificate and tls.key,"
                                                    f" got {show(spec)}")
+    if config.metrics is not None and not config.metrics.listen and not (config.mi is not None and config.mi.enabled):
+        raise ConfigError("metrics.listen", "not set, and there is no [mi] listen to serve the metrics on: "
+                                            'set one of them (e.g. listen = "127.0.0.1:9102")')
     r, lim = config.registrar, config.limits
     if r.flow_timer and lim.tcp_idle_timeout and r.flow_timer >= lim.tcp_idle_timeout:
         # UAs keep-alive at 80-100 % of Flow-Timer (RFC 5626 §4.4.1): at or above the idle timeout

@@ -26,6 +26,7 @@ from twisted.python.failure import Failure
 from .auth import Authenticator
 from .coroutine import run_eagerly
 from .interfaces import Locator, Sender
+from .latency import LatencyHistogram
 from .location import LocationService
 from .proxy.context import RouteState, ServerContext
 from .proxy.engine import StatefulProxy
@@ -50,6 +51,10 @@ log = Logger(namespace="edgeproxy.proxy")
 
 _STATS = ("requests", "responses", "relayed", "replied", "route_errors", "flood_dropped", "dropped", "timeouts",
           "timeouts_inv")
+#: Methods counted by name (Kamailio/OpenSIPS ``core:rcv_requests_<method>``); any other is ``OTHER``:
+#: a method is a token from the network, so its name never becomes a key of its own.
+METHODS = ("INVITE", "ACK", "BYE", "CANCEL", "REGISTER", "OPTIONS", "INFO", "UPDATE", "PRACK", "SUBSCRIBE",
+           "NOTIFY", "PUBLISH", "MESSAGE", "REFER", "OTHER")
 
 
 class NodeCluster(ClusterView, Protocol):
@@ -101,6 +106,11 @@ class Node:
         self.flood = flood
         self.pinger = pinger
         self.stats: dict[str, int] = dict.fromkeys(_STATS, 0)
+        # what the statistics and Prometheus read (counters only on the message path): requests by
+        # method, responses received by class (index status // 100), REGISTER processing times
+        self.methods: dict[str, int] = dict.fromkeys(METHODS, 0)
+        self.reply_classes: list[int] = [0] * 7
+        self.register_time = LatencyHistogram()
         self.identity = LocalIdentity(settings.domains)
         self.forwarder = Forwarder(sender, settings, locator)
         timers = timers or TimerSettings()
@@ -133,6 +143,11 @@ class Node:
         try:
             if isinstance(message, Request):
                 self.stats["requests"] += 1
+                methods = self.methods
+                if message.method in methods:
+                    methods[message.method] += 1
+                else:
+                    methods["OTHER"] += 1
                 flood = self.flood
                 if flood is not None and flood.settings.check_all and not self.verbs.flood_check(flow.remote.host):
                     self.stats["flood_dropped"] += 1  # dropped unanswered, as pike's scripts do
@@ -140,6 +155,7 @@ class Node:
                     self._on_request(message, flow)
             elif isinstance(message, Response):
                 self.stats["responses"] += 1
+                self.reply_classes[message.status // 100] += 1
                 if not self.proxy.receive_response(message):
                     pinger = self.pinger
                     if pinger is None or not pinger.response_received(message):
@@ -192,6 +208,8 @@ class Node:
         state.trusted = self.verbs.trusted_source(flow.remote.host)
         if ctx is not None:
             ctx.route = state
+        elif request.method == "REGISTER":
+            state.started = self.clock.seconds()  # the register_time histogram (_route_done)
         self._call(state, self.routes.request_route, (self._msg(state),), self._route_done)
 
     def _call(self, state: RouteState, fn: Callable[..., Any], args: tuple[Any, ...],
@@ -220,6 +238,8 @@ class Node:
 
     def _route_done(self, state: RouteState) -> None:
         self.verbs.route_done(state, self.routes.name)
+        if state.started:
+            self.register_time.observe(self.clock.seconds() - state.started)
 
     def _route_error(self, failure: Failure, state: RouteState) -> None:
         self.verbs.route_failed(state, failure, self.routes.name)

@@ -41,6 +41,7 @@ if TYPE_CHECKING:  # pragma: no cover - imported when [federation] is configured
     from .federation import Federation
     from .federation.settings import FederationSettings
     from .location.natping import NatPingSettings
+    from .management.metrics_settings import MetricsSettings
     from .management.settings import MISettings
     from .node_settings import NodeConfig
     from .proxy.flood import FloodSettings
@@ -89,6 +90,8 @@ class NodeConfiguration(Protocol):
     def pike(self) -> FloodSettings | None: ...
     @property
     def mi(self) -> MISettings | None: ...
+    @property
+    def metrics(self) -> MetricsSettings | None: ...
 
 
 class Stoppable(Protocol):
@@ -108,6 +111,7 @@ class RunningNode:
     federation: Federation | None = None
     management: Stoppable | None = None  # the MI listener (edgeproxy.management) with [mi] listen
     pinger: NatPinger | None = None  # [nathelper]; the node holds it too: it takes its OPTIONS' replies
+    metrics: Stoppable | None = None  # the Prometheus listener, with [metrics] listen
 
     @inlineCallbacks
     def start(self, listen: list[str], advertise: str = "") -> Any:
@@ -128,15 +132,24 @@ class RunningNode:
             endpoints = self.transports.local_endpoints()
             pinger.start(advertise or (endpoints[0].host if endpoints else "127.0.0.1"))
         mi = self.config.mi if self.config is not None else None
+        metrics = getattr(self.config, "metrics", None)
         if mi is not None and mi.enabled:  # [mi]: OpenSIPS's MI (JSON-RPC over HTTP) on loopback
             from .management import start_management
 
-            self.management = start_management(self, mi, reactor=self.node.clock)
+            # [metrics] without a listen of its own: GET <path> on the MI's listener
+            self.management = start_management(self, mi, reactor=self.node.clock,
+                                               metrics=metrics if metrics is not None and not metrics.listen else None)
+        if metrics is not None and metrics.listen:
+            from .management import start_metrics
+
+            self.metrics = start_metrics(self, metrics, reactor=self.node.clock)
 
     @inlineCallbacks
     def stop(self) -> Any:
         if self.management is not None:
             yield self.management.stop()
+        if self.metrics is not None:
+            yield self.metrics.stop()
         if self.federation is not None:
             yield self.federation.stop()
         self.node.stop()

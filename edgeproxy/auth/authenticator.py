@@ -20,6 +20,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ..latency import LatencyHistogram
 from ..sip.message import Request
 from ..sip.values import parse_credentials
 from .digest import DigestError, DigestResponse, base_algorithm, challenge_value, compute_ha1, response_matches
@@ -81,6 +82,9 @@ class Authenticator:
         secret = settings.secret.encode() if settings.secret else os.urandom(32)
         self.nonces = NonceIssuer(secret, settings.nonce_expire, reuse=settings.nonce_reuse)
         self.stats = {result.name.lower(): 0 for result in AuthResult}
+        # subscriber-store lookups: how long they took (answers and failures alike) and how many failed
+        self.store_latency = LatencyHistogram()
+        self.store_errors = 0
 
     def authorize(self, request: Request, realm: str = "", *, proxy: bool = False,
                   table: str | None = None) -> "Deferred[AuthOutcome]":
@@ -104,6 +108,7 @@ class Authenticator:
         if self.nonces.verify(creds.nonce, now) is not NonceState.VALID:
             return succeed(self._count(AuthOutcome(AuthResult.STALE_NONCE, realm=realm, stale=True)))
         d = self.store.get(creds.username, realm if self.settings.use_domain else None)
+        d.addBoth(self._timed, now)
         return d.addCallbacks(self._check, self._store_failed, callbackArgs=(request, creds, header, realm),
                               errbackArgs=(creds, realm))
 
@@ -154,6 +159,12 @@ class Authenticator:
             return self._count(AuthOutcome(AuthResult.STALE_NONCE, realm=realm, stale=True))
         return self._count(AuthOutcome(AuthResult.AUTHORIZED, username=creds.username, realm=realm, header=header,
                                        subscriber=subscriber))
+
+    def _timed(self, result: Any, started: float) -> Any:
+        self.store_latency.observe(self.clock.seconds() - started)
+        if isinstance(result, Failure):
+            self.store_errors += 1
+        return result
 
     def _store_failed(self, failure: Failure, creds: DigestResponse, realm: str) -> AuthOutcome:
         if failure.check(SubscriberStoreError):

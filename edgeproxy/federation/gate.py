@@ -39,6 +39,8 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ..latency import LatencyHistogram
+
 __all__ = ["OperationGate", "StoreError", "StoreTimeout", "StoreOverloaded"]
 
 log = Logger(namespace="edgeproxy.federation.store")
@@ -138,6 +140,7 @@ class OperationGate:
         self._draining = False
         self._coalescing: dict[Hashable, list[Deferred[Any]]] = {}
         self.latency: float | None = None  # moving average of dispatch -> completion, seconds
+        self.histogram = LatencyHistogram()  # every operation's dispatch -> completion (Prometheus)
         self.stats: dict[str, int] = {
             "submitted": 0, "dispatched": 0, "queued": 0, "max_waiting_seen": 0, "max_running": 0,
             "coalesced": 0, "timeouts_queued": 0, "timeouts_running": 0, "overloaded": 0, "shed_early": 0,
@@ -240,6 +243,7 @@ class OperationGate:
             self.latency = elapsed
         else:
             self.latency += self.LATENCY_WEIGHT * (elapsed - self.latency)
+        self.histogram.observe(elapsed)
         for timer in (op.timer, op.abandon_timer):
             if timer is not None and timer.active():
                 timer.cancel()

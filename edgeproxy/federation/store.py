@@ -47,6 +47,7 @@ from typing import Any, Iterable, Mapping
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from ..latency import LatencyHistogram
 from .gate import OperationGate, StoreError, StoreOverloaded, StoreTimeout
 from .reactor import deferred_from_coroutine, event_loop_of, require_asyncio_reactor
 from .url import MongoURL, parse_mongo_url
@@ -167,6 +168,11 @@ class MongoStore:
         round-trips."""
         return {**self._gate.stats, "running": self._gate.running, "waiting": self._gate.waiting,
                 "max_in_flight": self.max_in_flight}
+
+    @property
+    def latency(self) -> LatencyHistogram:
+        """How long store operations took in the driver (dispatch -> completion), as a histogram."""
+        return self._gate.histogram
 
     # -- plumbing ------------------------------------------------------------------------------------
     def _collection(self) -> Any:

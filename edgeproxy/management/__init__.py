@@ -7,7 +7,10 @@
   :mod:`.usrloc` (the ``ul_*`` commands) and :mod:`.statistics` (the counters and their commands) are
   its parts, :mod:`.rpc` the JSON-RPC vocabulary (:class:`MIError`, error codes, parameter recipes) and
   :mod:`.parts` what they read of a running node (:class:`~.parts.NodeParts`).
-* :mod:`.http` -- the twisted.web resource at ``[mi] path`` and :func:`start_management`.
+* :mod:`.http` -- the twisted.web resources at ``[mi] path`` and ``[metrics] path``,
+  :func:`start_management` and :func:`start_metrics`.
+* :mod:`.prometheus` -- the Prometheus collector over the statistics; :mod:`.metrics_settings` the
+  ``[metrics]`` section.
 * :mod:`.settings` -- :class:`MISettings`, the ``[mi]`` section (imported by the configuration, so
   this package loads twisted.web only when something else is asked for).
 * :mod:`.loglevel` -- OpenSIPS's log levels onto the filter twistd logs through.
@@ -18,10 +21,11 @@ from typing import Any
 from .settings import MISettings
 
 __all__ = ["MICommands", "MIError", "STATISTICS", "MIResource", "ManagementService", "start_management",
-           "LogLevelControl", "MISettings"]
+           "start_metrics", "LogLevelControl", "MISettings"]
 
 _LAZY = {"MICommands": "commands", "MIError": "commands", "STATISTICS": "commands", "MIResource": "http",
-         "ManagementService": "http", "start_management": "http", "LogLevelControl": "loglevel"}
+         "ManagementService": "http", "start_management": "http", "start_metrics": "http",
+         "LogLevelControl": "loglevel"}
 
 
 def __getattr__(name: str) -> Any:

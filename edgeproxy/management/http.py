@@ -25,10 +25,11 @@ from twisted.python.failure import Failure
 from twisted.web import resource, server
 
 from .commands import INVALID_REQUEST, PARSE_ERROR, SERVER_ERROR, MICommands, MIError
+from .metrics_settings import MetricsSettings
 from .parts import NodeParts
 from .settings import MISettings
 
-__all__ = ["MIResource", "MISite", "ManagementService", "start_management"]
+__all__ = ["MIResource", "MISite", "MetricsResource", "Paths", "ManagementService", "start_management", "start_metrics"]
 
 log = Logger(namespace="edgeproxy.management")
 
@@ -99,10 +100,7 @@ class MIResource(resource.Resource):
         return server.NOT_DONE_YET
 
     def _authorized(self, request: server.Request) -> bool:
-        header = request.getHeader(b"authorization") or b""
-        scheme, _, token = header.partition(b" ")
-        expected = self.settings.token.encode("utf-8")
-        return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), expected)
+        return _bearer_ok(request, self.settings.token)
 
     # -- JSON-RPC ------------------------------------------------------------------------------------
     def _one(self, message: Any, origin: str) -> "Deferred[dict[str, Any] | None]":
@@ -179,9 +177,64 @@ class MIResource(resource.Resource):
         return self._json(request, _answer(None, error=error), code)
 
     def _plain(self, request: server.Request, code: int, text: str) -> bytes:
-        request.setResponseCode(code)
-        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-        return (text + "\n").encode("utf-8")
+        return _plain(request, code, text)
+
+
+class MetricsResource(resource.Resource):
+    """``GET <path>``: the Prometheus text exposition of a node (:mod:`.prometheus`), built when asked.
+    ``token``, when set (the MI's, on the MI's listener), is required as ``Authorization: Bearer``
+    (Prometheus's ``authorization`` scrape setting)."""
+
+    isLeaf = True
+
+    def __init__(self, commands: MICommands, settings: MetricsSettings, token: str = "") -> None:
+        super().__init__()
+        from .prometheus import metrics_registry
+
+        self.settings = settings
+        self.token = token
+        self.registry = metrics_registry(commands, settings)
+
+    def render(self, request: server.Request) -> bytes:
+        if request.method not in (b"GET", b"HEAD"):
+            request.setHeader(b"allow", b"GET, HEAD")
+            return _plain(request, 405, "metrics are read with GET")
+        if self.token and not _bearer_ok(request, self.token):
+            request.setHeader(b"www-authenticate", b'Bearer realm="edgeproxy-metrics"')
+            return _plain(request, 401, "Authorization: Bearer <token> required")
+        from .prometheus import CONTENT_TYPE, exposition
+
+        request.setHeader(b"content-type", CONTENT_TYPE.encode("ascii"))
+        return exposition(self.registry)
+
+
+class Paths(resource.Resource):
+    """The root of a listener serving several resources, each at one exact path (the MI at
+    ``[mi] path``, the metrics at ``[metrics] path``); any other path goes to ``fallback`` (whose
+    answer there is 404)."""
+
+    isLeaf = True
+
+    def __init__(self, paths: dict[str, resource.Resource], fallback: resource.Resource) -> None:
+        super().__init__()
+        self.paths = {(p.rstrip("/") or "/"): r for p, r in paths.items()}
+        self.fallback = fallback
+
+    def render(self, request: server.Request) -> Any:
+        path = request.path.decode("latin-1")
+        return self.paths.get(path.rstrip("/") or "/", self.fallback).render(request)
+
+
+def _bearer_ok(request: server.Request, token: str) -> bool:
+    header = request.getHeader(b"authorization") or b""
+    scheme, _, given = header.partition(b" ")
+    return scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), token.encode("utf-8"))
+
+
+def _plain(request: server.Request, code: int, text: str) -> bytes:
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+    return (text + "\n").encode("utf-8")
 
 
 def _peer(request: server.Request) -> str:
@@ -231,10 +284,10 @@ class MISite(server.Site):
     noisy = False
     requestFactory = _BoundedRequest
 
-    def __init__(self, mi: MIResource, settings: MISettings, clock: Any = None) -> None:
+    def __init__(self, root: resource.Resource, max_request_size: int, clock: Any = None) -> None:
         kwargs = {"reactor": clock} if clock is not None else {}
-        super().__init__(mi, requestFactory=_BoundedRequest, timeout=60, **kwargs)
-        self.max_request_size = settings.max_request_size
+        super().__init__(root, requestFactory=_BoundedRequest, timeout=60, **kwargs)
+        self.max_request_size = max_request_size
 
     def log(self, request: Any) -> None:  # commands that change something are logged by MICommands
         pass
@@ -243,7 +296,7 @@ class MISite(server.Site):
 class ManagementService:
     """The MI listener of a running node: :meth:`stop` closes it."""
 
-    def __init__(self, commands: MICommands, settings: MISettings, port: Any) -> None:
+    def __init__(self, commands: MICommands, settings: MISettings | None, port: Any) -> None:
         self.commands = commands
         self.settings = settings
         self.port = port
@@ -261,14 +314,20 @@ class ManagementService:
 
 
 def start_management(parts: NodeParts, settings: MISettings, reactor: Any = None,
-                     commands: MICommands | None = None) -> ManagementService:
-    """Listen for MI requests on ``settings.listen`` over ``parts`` (a RunningNode). Raises
-    ``twisted.internet.error.CannotListenError`` when the address is taken."""
+                     commands: MICommands | None = None, metrics: MetricsSettings | None = None
+                     ) -> ManagementService:
+    """Listen for MI requests on ``settings.listen`` over ``parts`` (a RunningNode), and with
+    ``metrics`` serve the Prometheus exposition at its path on the same listener (behind the MI's
+    ``token`` when one is set). Raises ``twisted.internet.error.CannotListenError`` when the address
+    is taken."""
     if reactor is None:
         from twisted.internet import reactor
     host, port = settings.address
     commands = commands or MICommands(parts)
-    site = MISite(MIResource(commands, settings, reactor), settings, reactor)
+    root: resource.Resource = MIResource(commands, settings, reactor)
+    if metrics is not None:
+        root = Paths({metrics.path: MetricsResource(commands, metrics, settings.token)}, root)
+    site = MISite(root, settings.max_request_size, reactor)
     interface = "127.0.0.1" if host == "localhost" else host
     listening = reactor.listenTCP(port, site, interface=interface)
     bound = listening.getHost()
@@ -279,4 +338,34 @@ def start_management(parts: NodeParts, settings: MISettings, reactor: Any = None
     else:
         log.info("MI (JSON-RPC) listening on http://{host}:{port}{path}", host=bound.host, port=bound.port,
                  path=settings.path)
+    if metrics is not None:
+        log.info("Prometheus metrics at http://{host}:{port}{path}", host=bound.host, port=bound.port,
+                 path=metrics.path)
     return ManagementService(commands, settings, listening)
+
+
+def start_metrics(parts: NodeParts, settings: MetricsSettings, reactor: Any = None) -> ManagementService:
+    """Serve the Prometheus exposition on a listener of its own (``[metrics] listen``): only
+    ``GET <path>`` there, no MI (nothing that can change the node), no token."""
+    if reactor is None:
+        from twisted.internet import reactor
+    host, port = settings.address
+    commands = MICommands(parts)
+    metrics = MetricsResource(commands, settings)
+    site = MISite(Paths({settings.path: metrics}, _NotFound(settings.path)), 4096, reactor)
+    listening = reactor.listenTCP(port, site, interface="127.0.0.1" if host == "localhost" else host)
+    bound = listening.getHost()
+    log.info("Prometheus metrics at http://{host}:{port}{path}", host=bound.host, port=bound.port,
+             path=settings.path)
+    return ManagementService(commands, None, listening)
+
+
+class _NotFound(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+
+    def render(self, request: server.Request) -> bytes:
+        return _plain(request, 404, f"nothing here: GET {self.path}")

@@ -9,11 +9,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, MutableMapping, Protocol, Sized
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ..latency import LatencyHistogram
     from ..location import InMemoryLocation
     from ..proxy.flood import FloodDetector
     from ..registrar import Registrar
 
-__all__ = ["NodeParts", "MINode", "Counted"]
+__all__ = ["NodeParts", "MINode", "MIProxy", "Counted"]
 
 
 class Counted(Protocol):
@@ -23,12 +24,37 @@ class Counted(Protocol):
     def stats(self) -> MutableMapping[str, Any]: ...
 
 
+class MIProxy(Protocol):
+    """What the statistics read of the proxy core: final responses sent by class, setup times, and
+    the transactions by transport (walked when asked)."""
+
+    @property
+    def finals(self) -> list[int]: ...
+
+    @property
+    def setup_time(self) -> LatencyHistogram: ...
+
+    def transactions_by_transport(self) -> dict[tuple[str, str], int]: ...
+
+
 class MINode(Protocol):
     """What the MI reads of the proxy node: its counters, its transaction table, the parts it holds
     (``auth`` with ``[auth]``, ``flood`` with ``[pike]``, ``pinger`` with ``[nathelper]``)."""
 
     @property
     def stats(self) -> MutableMapping[str, Any]: ...
+
+    @property
+    def methods(self) -> MutableMapping[str, int]: ...
+
+    @property
+    def reply_classes(self) -> list[int]: ...
+
+    @property
+    def register_time(self) -> LatencyHistogram: ...
+
+    @property
+    def proxy(self) -> MIProxy: ...
 
     @property
     def table(self) -> Sized: ...

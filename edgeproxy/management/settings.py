@@ -17,7 +17,7 @@ from ..config_error import ConfigError
 from ..config_schema import Context, Section, boolean, integer, seconds, show, text
 from ..sip.address import ip_literal
 
-__all__ = ["MISettings", "parse_mi_listen", "is_loopback", "SECTION"]
+__all__ = ["MISettings", "parse_mi_listen", "is_loopback", "check_listen", "check_path", "SECTION"]
 
 _HOSTPORT = re.compile(r"^(?P<host>\[[^\]]+\]|[^:\[\]]+):(?P<port>[0-9]{1,5})$")
 
@@ -97,8 +97,8 @@ class MISettings:
         return bool(self.listen) and not is_loopback(self.address[0])
 
 
-def _listen(key: str, value: Any, ctx: Context) -> str:
-    """``[mi] listen``: ``host:port`` of the management interface, "" for none."""
+def check_listen(key: str, value: Any, ctx: Context) -> str:
+    """``[mi] listen`` (and ``[metrics] listen``): ``host:port`` of an HTTP listener, "" for none."""
     spec = text(key, value, ctx).strip()
     if spec:
         try:
@@ -108,9 +108,10 @@ def _listen(key: str, value: Any, ctx: Context) -> str:
     return spec
 
 
-def _path(key: str, value: Any, ctx: Context) -> str:
+def check_path(key: str, value: Any, ctx: Context) -> str:
+    """An HTTP path (``[mi] path``, ``[metrics] path``)."""
     if not isinstance(value, str) or not re.fullmatch(r"/[A-Za-z0-9._~!$&'()*+,;=:@/-]*", value):
-        raise ConfigError(key, f'must be an HTTP path starting with "/", e.g. "/mi", got {show(value)}')
+        raise ConfigError(key, f'must be an HTTP path starting with "/", got {show(value)}')
     return value
 
 
@@ -122,8 +123,8 @@ def _local_unless_allowed(mi: MISettings) -> None:
 
 #: ``[mi]``: present, it configures the management interface (the node holds None without it).
 SECTION: Section[MISettings] = Section(MISettings, {
-    "listen": _listen,
-    "path": _path,
+    "listen": check_listen,
+    "path": check_path,
     "allow_remote": boolean,
     "token": text,
     "max_request_size": integer(1024, 16 * 1024 * 1024),

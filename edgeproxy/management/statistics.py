@@ -15,12 +15,18 @@ __all__ = ["Stat", "STATISTICS", "StatisticsCommands"]
 @dataclass(frozen=True)
 class Stat:
     """One statistic: ``group:name``, how to read it, and how to reset it (None: not resettable,
-    OpenSIPS's "non-incremental")."""
+    OpenSIPS's "non-incremental").
+
+    For Prometheus (:mod:`.prometheus`), statistics that are one series of a group -- requests by
+    method, replies by class -- name their ``family`` (the metric's name after the prefix) and their
+    ``labels``; the others are a metric of their own, ``<group>_<name>``."""
 
     group: str
     name: str
     get: Callable[[], int | float]
     reset: Callable[[], None] | None = None
+    family: str = ""
+    labels: tuple[tuple[str, str], ...] = ()
 
     @property
     def key(self) -> str:
@@ -34,6 +40,10 @@ STATISTICS: tuple[tuple[str, str, bool], ...] = (
     ("core:rcv_replies", "node.stats['responses']: responses received", True),
     ("core:drop_requests", "node.stats['dropped']: requests a route dropped unanswered (msg.drop())", True),
     ("core:err_requests", "node.stats['route_errors']: requests whose route raised (answered 500)", True),
+    ("core:rcv_requests_<method>", "node.methods: requests received by method (invite, ack, bye, cancel, "
+                                   "register, options, info, update, prack, subscribe, notify, publish, "
+                                   "message, refer, other)", True),
+    ("core:rcv_replies_<N>xx", "node.reply_classes: responses received by class (1xx ... 6xx)", True),
     ("core:timestamp", "seconds since the node started", False),
     ("tm:UAS_transactions", "node.stats['relayed']: requests relayed statefully (t_relay)", True),
     ("tm:inuse_transactions", "transactions in the table now", False),
@@ -41,6 +51,7 @@ STATISTICS: tuple[tuple[str, str, bool], ...] = (
                                  "(fr_timeout: Timer B/F or $T_fr_timeout)", True),
     ("tm:timeout_finalresponse_inv", "node.stats['timeouts_inv']: INVITE branches with no final after a "
                                      "provisional (fr_inv_timeout: Timer C or $T_fr_inv_timeout)", True),
+    ("tm:<N>xx_transactions", "proxy.finals: final responses sent by server transactions, by class", True),
     ("sl:sent_replies", "node.stats['replied']: replies sent by routes (sl_send_reply, save)", True),
     ("usrloc:registered_users", "AoRs stored (with at least one contact)", False),
     ("usrloc:location-users", "AoRs of the location table (the same number)", False),
@@ -75,6 +86,29 @@ def _gauge(group: str, name: str, get: Callable[[], int | float]) -> Stat:
     return Stat(group, name, get, None)
 
 
+def _slot(group: str, name: str, counters: list[int], index: int, family: str, labels: tuple[tuple[str, str], ...]
+          ) -> Stat:
+    def reset() -> None:
+        counters[index] = 0
+
+    return Stat(group, name, lambda: counters[index], reset, family, labels)
+
+
+def _by_method(methods: MutableMapping[str, int]) -> list[Stat]:
+    out = []
+    for method in list(methods):
+        stat = _counter("core", f"rcv_requests_{method.lower()}", methods, method)
+        out.append(Stat(stat.group, stat.name, stat.get, stat.reset, "core_rcv_requests_by_method",
+                        (("method", method),)))
+    return out
+
+
+def _by_class(group: str, name: str, counters: list[int], family: str, first: int = 1) -> list[Stat]:
+    """``name`` with ``N`` for each class ``first``..6 (``rcv_replies_{N}xx``), one series each of
+    ``family``."""
+    return [_slot(group, name.format(N=n), counters, n, family, (("class", f"{n}xx"),)) for n in range(first, 7)]
+
+
 class StatisticsCommands:
     """The statistics commands, over the parts running now (a part of :class:`~.commands.MICommands`).
     ``wall`` and ``started_at`` give ``core:timestamp``."""
@@ -94,11 +128,14 @@ class StatisticsCommands:
             _counter("core", "rcv_replies", s, "responses"),
             _counter("core", "drop_requests", s, "dropped"),
             _counter("core", "err_requests", s, "route_errors"),
-            _gauge("core", "timestamp", lambda: int(self.wall() - self.started_at)),
+            *_by_method(node.methods),
+            *_by_class("core", "rcv_replies_{N}xx", node.reply_classes, "core_rcv_replies_by_class"),
+            Stat("core", "timestamp", lambda: int(self.wall() - self.started_at), family="core_uptime_seconds"),
             _counter("tm", "UAS_transactions", s, "relayed"),
             _gauge("tm", "inuse_transactions", lambda: len(node.table)),
             _counter("tm", "timeout_finalresponse", s, "timeouts"),
             _counter("tm", "timeout_finalresponse_inv", s, "timeouts_inv"),
+            *_by_class("tm", "{N}xx_transactions", node.proxy.finals, "tm_transactions_by_class", first=2),
             _counter("sl", "sent_replies", s, "replied"),
             _gauge("usrloc", "registered_users", lambda: len(location)),
             _gauge("usrloc", "location-users", lambda: len(location)),
@@ -106,9 +143,10 @@ class StatisticsCommands:
         ]
         settings = parts.registrar.settings
         out += [
-            _gauge("registrar", "max_expires", lambda: settings.max_expires),
+            Stat("registrar", "max_expires", lambda: settings.max_expires, family="registrar_max_expires_seconds"),
             _gauge("registrar", "max_contacts", lambda: settings.max_contacts),
-            _gauge("registrar", "default_expire", lambda: settings.default_expires),
+            Stat("registrar", "default_expire", lambda: settings.default_expires,
+                 family="registrar_default_expire_seconds"),
         ]
         auth = getattr(node, "auth", None)
         if auth is not None:

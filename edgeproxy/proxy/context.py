@@ -69,7 +69,7 @@ class RouteState:
     __slots__ = ("request", "source", "ctx", "ruri_changed", "branches", "dst_uri", "ruri_branch",
                  "record_routed", "nat", "sipping", "failure_route", "reply_route", "branch_route",
                  "replied", "reply_headers", "relayed", "dropped", "reply", "auth", "flow_error",
-                 "flow_destination", "ruri_consumed", "fr_timeout", "fr_inv_timeout", "trusted")
+                 "flow_destination", "ruri_consumed", "fr_timeout", "fr_inv_timeout", "trusted", "started")
 
     def __init__(self, request: Request, source: Flow, ctx: "ServerContext | None" = None) -> None:
         self.request = request
@@ -100,6 +100,7 @@ class RouteState:
         self.fr_timeout: float | None = None
         self.fr_inv_timeout: float | None = None
         self.trusted = False  # the source is a trusted address or another node (set on arrival)
+        self.started = 0.0  # a REGISTER's arrival (clock seconds), for its processing time; else 0
 
     @property
     def proven(self) -> bool:

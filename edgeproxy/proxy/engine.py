@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 
 from ..dns import ServerQuery
 from ..interfaces import SendError
+from ..latency import LatencyHistogram
 from ..sip.endpoint import Destination, Endpoint, Flow
 from ..sip.errors import SipValueError
 from ..sip.message import Request, Response
@@ -70,6 +71,9 @@ class StatefulProxy:
         self.timers = timers
         self.stats = stats
         self.table = TransactionTable()
+        # finals sent, by status // 100 (tm's 2xx_transactions ...); INVITE arrival -> first final
+        self.finals: list[int] = [0] * 7
+        self.setup_time = LatencyHistogram()
         self._owners: dict[Transaction, Owner] = {}
         self._timer: IDelayedCall | None = None
         self._branch_timers: dict[tuple[float | None, float | None], TimerSettings] = {}
@@ -261,7 +265,12 @@ class StatefulProxy:
     def _respond(self, ctx: ServerContext, response: Response) -> None:
         """Send a response through the server transaction (creating it if needed)."""
         tx = self._server_tx(ctx)
-        if response.status >= 200:
+        status = response.status
+        if status >= 200:
+            if not ctx.final_sent:
+                self.finals[status // 100] += 1  # tm's <N>xx_transactions, once per transaction
+                if tx.is_invite:  # post-dial delay plus ringing: what the caller waited for an answer
+                    self.setup_time.observe(self.clock.seconds() - tx.created)
             ctx.final_sent = True
             if isinstance(tx, ServerInviteTransaction) and not tx.reliable:
                 route = ctx.route
@@ -609,7 +618,17 @@ class StatefulProxy:
         self.execute(cancel_tx, cancel_tx.start(now))
         self.execute(tx, tx.cancel_sent(now))
 
-    # -- cluster -------------------------------------------------------------------------------------
+    def transactions_by_transport(self) -> dict[tuple[str, str], int]:
+        """``("server"|"client", transport)`` -> transactions now: a walk made when scraped."""
+        out: dict[tuple[str, str], int] = {}
+        for owner in self._owners.values():
+            if isinstance(owner, ServerContext):
+                key = ("server", owner.flow.transport)
+            else:  # a branch, or the CANCEL of one
+                key = ("client", owner.destination.remote.transport)
+            out[key] = out.get(key, 0) + 1
+        return out
+
     def end_branches_to(self, same_host: HostMatcher, port: int | None, why: str) -> int:
         """End with 480 every branch still waiting for an answer from ``host`` (``port``: any when
         None), as if it had answered so; the number ended."""

@@ -259,6 +259,14 @@ class TransportManager:
         in their handshake)."""
         return self._table.count
 
+    def connections_by_transport(self) -> dict[str, int]:
+        """Open connections by transport (``TCP``, ``TLS``, ``WS``, ``WSS``): counted when asked (the
+        statistics), never kept up per message."""
+        out: dict[str, int] = {}
+        for conn in self._table.by_id.values():
+            out[conn.transport_name] = out.get(conn.transport_name, 0) + 1
+        return out
+
     def connection(self, connection_id: int) -> Connection | None:
         """The open connection with that id, if any."""
         return self._connections.get(connection_id)
