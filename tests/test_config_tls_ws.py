@@ -133,7 +133,8 @@ def test_relative_paths_resolve_against_the_config_file(tmp_path: Path, pki) -> 
     ("[ws]\nhandshake_timeout = 0\n", "config: ws.handshake_timeout: must be a number of seconds > 0, got 0"),
     ("[ws]\nmax_connections = 1.5\n", "config: ws.max_connections: must be an integer >= 0, got 1.5"),
     ("[ws]\npong = 1\n", "config: ws.pong: unknown key in [ws] (expected one of handshake_timeout, idle_timeout,"
-                         " max_connections, max_message_size, origins, path, ping_interval, ping_timeout)"),
+                         " max_connections, max_handshake_size, max_message_size, origins, path, ping_interval,"
+                         " ping_timeout)"),
 ])
 def test_errors_are_one_line_naming_the_key(tmp_path: Path, text: str, message: str) -> None:
     assert error_of(tmp_path, text) == message.replace("{dir}", str(tmp_path))

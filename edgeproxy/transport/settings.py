@@ -179,4 +179,5 @@ WS_SECTION: Section[WsSettings] = Section(WsSettings, {
     "idle_timeout": zero_or_seconds,
     "max_connections": integer(0),
     "handshake_timeout": seconds,
+    "max_handshake_size": integer(1024, 65536),
 })

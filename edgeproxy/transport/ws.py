@@ -61,6 +61,8 @@ SUBPROTOCOL = "sip"
 """The WebSocket subprotocol of SIP (RFC 7118 §4.1, IANA registry)."""
 
 _STATE_OPEN = WebSocketProtocol.STATE_OPEN
+_STATE_CONNECTING = WebSocketProtocol.STATE_CONNECTING
+_END_OF_HEAD = b"\r\n\r\n"
 
 defer_debug_formatting()  # autobahn's unprinted debug arguments cost ~290 µs per connection
 _CLOSE_GOING_AWAY = WebSocketProtocol.CLOSE_STATUS_CODE_GOING_AWAY
@@ -102,7 +104,10 @@ class WsSettings:
     server pings and to wait for the pong (0 disables). ``idle_timeout``: close a connection that
     received nothing, pongs included, for that long (0 = never). ``max_connections``: per listener,
     beyond it handshakes get 503 (0 = only the manager's overall limit). ``handshake_timeout``:
-    seconds for the TLS and HTTP handshakes together.
+    seconds for the TLS and HTTP handshakes together. ``max_handshake_size``: the longest HTTP upgrade
+    head in octets (request line and headers, up to the empty line), checked before the bytes are
+    stored; beyond it the client gets 431 and the connection closes (8 KB, like HTTP servers' limits:
+    issue 16 saw a head that never ended take 29 MB per connection).
     """
 
     path: str = "*"
@@ -113,6 +118,7 @@ class WsSettings:
     idle_timeout: float = 0.0
     max_connections: int = 0
     handshake_timeout: float = 5.0
+    max_handshake_size: int = 8192
 
 
 def _norm_path(path: str) -> str:
@@ -301,7 +307,31 @@ class SipWebSocketProtocol(WebSocketServerProtocol):
     # -- receiving ---------------------------------------------------------------------------------
     def dataReceived(self, data: bytes) -> None:
         self.last_received = self.factory.reactor.seconds()
+        if self.state == _STATE_CONNECTING and not self._head_fits(data):
+            return
         self._dataReceived(data)
+
+    def _head_fits(self, data: bytes) -> bool:
+        """Whether the HTTP upgrade head, with ``data``, stays within ``max_handshake_size``; when it
+        does not, the client gets 431 and the connection closes, and nothing more is stored
+        (autobahn would buffer until the empty line, however far)."""
+        if self.closing:
+            return False  # refused already: what still comes is discarded
+        buffered = self.data
+        limit = self.factory.settings.max_handshake_size
+        if len(buffered) + len(data) <= limit:
+            return True
+        # the head may end in this read, frames may follow it: only the head counts
+        tail = buffered[-3:]
+        end = (tail + data).find(_END_OF_HEAD)
+        if end >= 0 and len(buffered) - len(tail) + end + 4 <= limit:
+            return True
+        self.closing = True
+        self.data = b""
+        log.info("refusing {kind} handshake from {peer}: upgrade head over {limit} octets (431)",
+                 kind=self.transport_name, peer=self.peer, limit=limit)
+        self.failHandshake("Request Header Fields Too Large", 431)
+        return False
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if self.closing:
