@@ -40,6 +40,7 @@ from .config_schema import Context, Section, show, unknown
 if TYPE_CHECKING:
     from .auth.settings import AuthSettings
     from .cluster.settings import ClusterConfig
+    from .dispatcher.settings import DispatcherSettings
     from .dns.settings import DnsSettings
     from .federation.settings import FederationSettings
     from .location.natping import NatPingSettings
@@ -73,6 +74,7 @@ SECTIONS: Mapping[str, tuple[str, str]] = MappingProxyType({
     "nathelper": ("edgeproxy.location.settings", "SECTION"),
     "mi": ("edgeproxy.management.settings", "SECTION"),
     "metrics": ("edgeproxy.management.metrics_settings", "SECTION"),
+    "dispatcher": ("edgeproxy.dispatcher.settings", "SECTION"),
 })
 #: Tables checked by their own code (``[federation]``) or not at all (``[route_params]``).
 _FREE_FORM = ("route_params", "federation")
@@ -123,6 +125,8 @@ class Config:
     mi: MISettings | None = None
     # None without a [metrics] section: no Prometheus exposition
     metrics: MetricsSettings | None = None
+    # None without a [dispatcher] section: no destination sets (the ds_* verbs raise)
+    dispatcher: DispatcherSettings | None = field(default=None, hash=False)
     route_params: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), hash=False)
     source: str | None = None
 

@@ -25,6 +25,7 @@ from twisted.python.failure import Failure
 
 from .auth import Authenticator
 from .coroutine import run_eagerly
+from .dispatcher import Dispatcher
 from .interfaces import Locator, Sender
 from .latency import LatencyHistogram
 from .location import LocationService
@@ -35,6 +36,7 @@ from .proxy.forwarding import Forwarder
 from .proxy.hops import stamp_received
 from .proxy.identity import LocalIdentity
 from .proxy.settings import ProxySettings
+from .proxy.uac import LocalUac
 from .registrar import Registrar
 from .routing.api import RouteRequest
 from .routing.loader import RouteModule
@@ -91,6 +93,7 @@ class Node:
         auth: Authenticator | None = None,
         flood: FloodDetector | None = None,
         pinger: PingReplies | None = None,
+        dispatcher: Dispatcher | None = None,
     ) -> None:
         self.clock = clock
         self.registrar = registrar
@@ -105,6 +108,7 @@ class Node:
         self.auth = auth
         self.flood = flood
         self.pinger = pinger
+        self.dispatcher = dispatcher
         self.stats: dict[str, int] = dict.fromkeys(_STATS, 0)
         # what the statistics and Prometheus read (counters only on the message path): requests by
         # method, responses received by class (index status // 100), REGISTER processing times
@@ -117,7 +121,9 @@ class Node:
         self.proxy = StatefulProxy(clock, self.forwarder, self, settings, timers, self.stats)
         self.verbs = RouteVerbs(self.proxy, self.forwarder, self.identity, registrar, settings, clock, self.stats,
                                 cluster=cluster, cluster_id=cluster_id, federation=federation, auth=auth,
-                                flood=flood, timers=timers)
+                                flood=flood, timers=timers, dispatcher=dispatcher)
+        # requests of the node's own (the dispatcher's probes), through the proxy's transactions
+        self.uac = LocalUac(self.proxy, self.forwarder, clock)
 
     # -- identity and state --------------------------------------------------------------------------
     def add_local_endpoint(self, endpoint: Endpoint) -> None:

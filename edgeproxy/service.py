@@ -25,6 +25,8 @@ from twisted.python.failure import Failure
 from .auth import Authenticator, subscriber_store
 from .cluster import Cluster, NodeTable
 from .config_error import ConfigError
+from .dispatcher import Dispatcher
+from .dispatcher.prober import Prober
 from .location import InMemoryLocation
 from .location.natping import NatPinger
 from .node import Node
@@ -37,6 +39,7 @@ from .transport.locator import DnsLocator
 if TYPE_CHECKING:  # pragma: no cover - imported when [federation] is configured (it needs pymongo)
     from .auth.settings import AuthSettings
     from .cluster.settings import ClusterConfig
+    from .dispatcher.settings import DispatcherSettings
     from .dns.settings import DnsSettings
     from .federation import Federation
     from .federation.settings import FederationSettings
@@ -92,6 +95,8 @@ class NodeConfiguration(Protocol):
     def mi(self) -> MISettings | None: ...
     @property
     def metrics(self) -> MetricsSettings | None: ...
+    @property
+    def dispatcher(self) -> DispatcherSettings | None: ...
 
 
 class Stoppable(Protocol):
@@ -112,6 +117,8 @@ class RunningNode:
     management: Stoppable | None = None  # the MI listener (edgeproxy.management) with [mi] listen
     pinger: NatPinger | None = None  # [nathelper]; the node holds it too: it takes its OPTIONS' replies
     metrics: Stoppable | None = None  # the Prometheus listener, with [metrics] listen
+    dispatcher: Dispatcher | None = None  # [dispatcher]; the node's verbs hold it too
+    prober: Prober | None = None  # [dispatcher] ds_ping_interval > 0
 
     @inlineCallbacks
     def start(self, listen: list[str], advertise: str = "") -> Any:
@@ -119,6 +126,8 @@ class RunningNode:
             yield self.cluster.start()
         if self.federation is not None:
             self.federation.start()  # never waits for the store: a node whose store is down still serves
+        if self.dispatcher is not None and self.dispatcher.load_rows is not None:
+            yield self.dispatcher.reload()  # the dispatcher table (db_url): a node without it does not start
         for spec in listen:
             endpoint = parse_listen(spec)
             yield self.transports.listen(endpoint)
@@ -131,6 +140,8 @@ class RunningNode:
         if pinger is not None:  # [nathelper]: From sip:pinger@<advertised host or first listener>
             endpoints = self.transports.local_endpoints()
             pinger.start(advertise or (endpoints[0].host if endpoints else "127.0.0.1"))
+        if self.prober is not None:
+            self.prober.start()
         mi = self.config.mi if self.config is not None else None
         metrics = getattr(self.config, "metrics", None)
         if mi is not None and mi.enabled:  # [mi]: OpenSIPS's MI (JSON-RPC over HTTP) on loopback
@@ -152,6 +163,8 @@ class RunningNode:
             yield self.metrics.stop()
         if self.federation is not None:
             yield self.federation.stop()
+        if self.prober is not None:
+            self.prober.stop()
         self.node.stop()
         pinger = self.pinger
         if pinger is not None:
@@ -210,6 +223,7 @@ def build_node(config: NodeConfiguration, reactor: Any = None, node_table: NodeT
     )
     # NAT keep-alives (started with the listeners)
     pinger = NatPinger(location, transports, config.nathelper, reactor) if config.nathelper.enabled else None
+    dispatcher = _dispatcher(config, reactor)
     node = Node(
         reactor, transports, registrar, routes, settings, config.timers,
         route_params=dict(getattr(config, "route_params", {}) or {}),
@@ -221,13 +235,29 @@ def build_node(config: NodeConfiguration, reactor: Any = None, node_table: NodeT
         auth=Authenticator(config.auth, subscriber_store(config.auth, reactor), reactor) if config.auth else None,
         flood=FloodDetector(config.pike) if config.pike is not None else None,  # [pike]: per source address
         pinger=pinger,
+        dispatcher=dispatcher,
     )
+    # [dispatcher] ds_ping_interval: probes go out as the node's own client transactions
+    prober = Prober(dispatcher, node.uac, reactor) if dispatcher is not None and dispatcher.settings.probing else None
     if cluster is not None:
         cluster.subscribe(node.cluster_node_changed)
     transports.start(node)  # the sink, given as the transports start (node and transports need each other)
     if routes.setup is not None:
         routes.setup(node)
-    return RunningNode(node, transports, location, registrar, config, cluster, federation, pinger=pinger)
+    return RunningNode(node, transports, location, registrar, config, cluster, federation, pinger=pinger,
+                       dispatcher=dispatcher, prober=prober)
+
+
+def _dispatcher(config: NodeConfiguration, reactor: Any) -> Dispatcher | None:
+    """``[dispatcher]``: the destinations of the file, or of OpenSIPS's table (read when the node starts)."""
+    settings = getattr(config, "dispatcher", None)
+    if settings is None:
+        return None
+    if not settings.db_url:
+        return Dispatcher(settings)
+    from .dispatcher.db import load_rows
+
+    return Dispatcher(settings, load_rows=lambda: load_rows(reactor, settings.db_url, settings.table_name))
 
 
 def _cluster(config: NodeConfiguration, reactor: Any, node_table: NodeTable | None) -> Cluster | None:

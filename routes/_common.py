@@ -77,11 +77,35 @@ def relay_or_error(msg) -> None:
         msg.xlog("RELAY TO CONTACT SUCCESSFUL", "debug")
 
 
+def from_freeswitch(msg) -> bool:
+    """Whether the request comes from a media server: with ``[dispatcher]``, a destination of the
+    FreeSWITCH set (``route_params.freeswitch_set``, 1) -- ``ds_is_in_list($si, 0, set)``; without
+    it, an address of ``route_params.freeswitch``."""
+    if msg.ds_enabled:
+        return msg.ds_is_in_list(msg.si, 0, msg.params.get("freeswitch_set", 1))
+    return msg.si in msg.params.get("freeswitch", [])
+
+
 async def to_freeswitch(msg) -> None:
-    """Calls from endpoints go to the media servers (the seed's '...'): the first FreeSWITCH in
-    ``route_params.freeswitch``, or 404 when none is configured; with ``[auth]``, only once the
-    caller has proven who she is (407 challenge, ``db_check_from``)."""
+    """Calls from endpoints go to the media servers (the seed's '...'); with ``[auth]``, only once the
+    caller has proven who she is (407 challenge, ``db_check_from``).
+
+    With ``[dispatcher]``: a server of the FreeSWITCH set chosen by ``ds_select_dst(set, alg, "f")``
+    (``route_params.freeswitch_set``, 1; ``freeswitch_algorithm``, 4: round robin), and the next one
+    when it fails with 408 (no answer) or 5xx (:func:`freeswitch_failed`); 503 with Retry-After when no
+    server of the set is up. Without it: the first address of ``route_params.freeswitch``, or 404 when
+    none is configured."""
     if not await authenticate(msg, register=False):
+        return
+    if msg.ds_enabled:
+        if msg.ds_select_dst(msg.params.get("freeswitch_set", 1), msg.params.get("freeswitch_algorithm", 4),
+                             "f") != 1:
+            msg.xlog("NO MEDIA SERVER AVAILABLE", "warn")
+            msg.append_to_reply(f"Retry-After: {msg.params.get('retry_after', 5)}")
+            msg.sl_send_reply(503, "Service Unavailable")
+            return
+        msg.t_on_failure(freeswitch_failed)
+        relay_or_error(msg)
         return
     freeswitch = msg.params.get("freeswitch", [])
     if not freeswitch:
@@ -89,3 +113,22 @@ async def to_freeswitch(msg) -> None:
         return
     msg.du = f"sip:{freeswitch[0]}"
     relay_or_error(msg)
+
+
+def freeswitch_failed(msg) -> None:
+    """failure_route of a call sent to the FreeSWITCH set::
+
+        if (t_check_status("408|5[0-9][0-9]") && ds_next_dst()) { t_on_failure("fs"); t_relay(); }
+
+    408 (the server did not answer) and 5xx (it could not take the call) move the call to the next
+    server of the set; anything else -- 486 Busy, 603 Decline, 404 -- is the callee's answer and goes
+    back to the caller as it is. When no server is left the best reply goes back."""
+    code = msg.reply_code
+    if code is None or not (code == 408 or 500 <= code < 600):
+        return
+    if msg.ds_next_dst() != 1:
+        msg.xlog(f"FREESWITCH FAILED WITH {code}, NO OTHER SERVER LEFT", "warn")
+        return
+    msg.xlog(f"FREESWITCH FAILED WITH {code}, TRYING {msg.du}")
+    msg.t_on_failure(freeswitch_failed)
+    msg.t_relay()

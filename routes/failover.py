@@ -2,7 +2,8 @@
 
 FreeSWITCH bridges to node X first and to node Y on 404 (``bridge sofia/gateway/X/u|sofia/gateway/Y/u``);
 each node only looks in its own memory and answers 404 fast and statelessly when the user is not
-there. Configuration (``[route_params]``): ``freeswitch``. The seed's block::
+there. Configuration (``[route_params]``): ``freeswitch``, or a ``[dispatcher]`` set of media servers
+(``freeswitch_set``, 1; see ``routes/_common.py``). The seed's block::
 
     if ($si == FreeSWITCH) {
         lookup("location", "m");
@@ -17,13 +18,13 @@ The bridge still moves on to the next node on a 500.
 
 from edgeproxy.routing import LookupResult
 
-from edgeproxy_routes._common import common_prelude, relay_or_error, to_freeswitch
+from edgeproxy_routes._common import common_prelude, from_freeswitch, relay_or_error, to_freeswitch
 
 
 async def request_route(msg):
     if await common_prelude(msg):
         return
-    if msg.si in msg.params.get("freeswitch", []):
+    if from_freeswitch(msg):
         match await msg.lookup("location", "m"):
             case LookupResult.FOUND:
                 msg.xlog("LOCAL CONTACT FOUND")

@@ -1,6 +1,7 @@
 """Federated cluster topology, the seed's default (``cluster_check_addr`` + global lookup).
 
-Configuration (``[route_params]``): ``cluster_id`` (1), ``freeswitch`` (the media servers' addresses)
+Configuration (``[route_params]``): ``cluster_id`` (1), ``freeswitch`` (the media servers' addresses;
+with ``[dispatcher]`` the set ``freeswitch_set`` instead, see ``routes/_common.py``)
 and ``retry_after`` (seconds, 5), with ``[cluster]`` and ``[federation]`` set up. The seed's block::
 
     if (cluster_check_addr(1, "$si")) {            # from a node of the cluster
@@ -25,14 +26,13 @@ try the other node, or me later", and local users are still found (-3 only when 
 
 from edgeproxy.routing import LookupResult
 
-from edgeproxy_routes._common import common_prelude, relay_or_error, to_freeswitch
+from edgeproxy_routes._common import common_prelude, from_freeswitch, relay_or_error, to_freeswitch
 
 
 async def request_route(msg):
     if await common_prelude(msg):
         return
     cluster_id = msg.params.get("cluster_id", 1)
-    freeswitch = msg.params.get("freeswitch", [])
 
     # if from a node in the cluster
     if msg.cluster_check_addr(cluster_id, msg.si):
@@ -50,7 +50,7 @@ async def request_route(msg):
         return
 
     # if from FreeSWITCH
-    if msg.si in freeswitch:
+    if from_freeswitch(msg):
         # do global lookup to find where the endpoint is registered
         match await msg.lookup("location", "g"):
             case LookupResult.FOUND:

@@ -2,7 +2,8 @@
 
 The node asks the shared store where the callee is registered; if it is another node, it answers
 302 with ``Contact: <sip:user@home_ip>`` so FreeSWITCH calls that node directly and this one leaves
-the signalling path. Configuration (``[route_params]``): ``freeswitch`` (media servers), ``domain``
+the signalling path. Configuration (``[route_params]``): ``freeswitch`` (media servers; or the ``[dispatcher]`` set
+``freeswitch_set``), ``domain``
 (the users' domain, to rebuild the AoR after a redirect), ``private_ip`` (this node's ``sip_addr``),
 ``collection`` (``userlocation``) and ``retry_after`` (seconds, 5). The seed's block::
 
@@ -22,14 +23,13 @@ ask. Likewise the local lookup's -3 (an internal error) is 500, not the "Not Her
 
 from edgeproxy.routing import LookupResult
 
-from edgeproxy_routes._common import common_prelude, relay_or_error, to_freeswitch
+from edgeproxy_routes._common import common_prelude, from_freeswitch, relay_or_error, to_freeswitch
 
 
 async def request_route(msg):
     if await common_prelude(msg):
         return
-    freeswitch = msg.params.get("freeswitch", [])
-    if msg.si not in freeswitch:
+    if not from_freeswitch(msg):
         await to_freeswitch(msg)
         return
 

@@ -161,6 +161,12 @@ AUTH = '[auth]\nsecret = "conformance"\n[auth.users]\n"alice@{domain}" = "secret
 SEED = ('[registrar]\nuse_domain = true\n'
         '[route_params]\nfreeswitch = ["{fs_host}"]\ndomain = "{domain}"\nprivate_ip = "{node_host}"\n')
 
+# the same with the media servers as a dispatcher set (routes/_common.py: ds_select_dst, ds_is_in_list)
+SEED_DS = ('[registrar]\nuse_domain = true\n'
+           '[route_params]\ndomain = "{domain}"\nprivate_ip = "{node_host}"\n'
+           '[dispatcher]\n[[dispatcher.destinations]]\nsetid = 1\ndestination = "sip:{fs}"\n')
+SEED_DS_DOWN = SEED_DS + "state = 1\n"  # the only server is switched off (Inactive)
+
 ALICE_RELAYED = Relay("sip:alice@{alice}", "{alice}", True)
 ALICE_REACHED = Relay("sip:alice@{alice}", "{alice}", False)  # relayed without our Record-Route
 TO_FREESWITCH = Relay("sip:bob@{domain}", "{fs}", True)
@@ -232,6 +238,11 @@ for _name in ("failover", "federated"):  # FreeSWITCH's calls: a local lookup (n
                  registered=True, config=SEED),
         Scenario(f"{_name}-from-fs-unknown-user", _route, INVITE_BOB, Reply(404, "Not Found"), sender="fs",
                  registered=True, config=SEED),
+        # FreeSWITCH recognised by ds_is_in_list($si, 0, 1); switched off, it is still a server of the set
+        Scenario(f"{_name}-ds-from-fs-local-user", _route, INVITE_ALICE, ALICE_RELAYED, sender="fs",
+                 registered=True, config=SEED_DS),
+        Scenario(f"{_name}-ds-from-inactive-fs-local-user", _route, INVITE_ALICE, ALICE_RELAYED, sender="fs",
+                 registered=True, config=SEED_DS_DOWN),
     ]
 SCENARIOS += [
     # redirect asks the store first: without one, "this node could not ask", not "not found"
@@ -258,7 +269,7 @@ def wire_text(world: World, template: str, sender: str, call: str) -> str:
 async def run_harness(scenario: Scenario, world: World, tmp_path: Path) -> Outcome:
     config = config_file(scenario, world, tmp_path)
     h = RouteHarness(domains=list(config.node.domains), local=world.node, settings=config.registrar,
-                     params=dict(config.route_params), auth=config.auth)
+                     params=dict(config.route_params), auth=config.auth, dispatcher=config.dispatcher)
     if scenario.registered:
         alice = world.parties["alice"]
         reply = h.register(f"sip:alice@{DOMAIN}", f"sip:alice@{alice.hostport}", source=alice)

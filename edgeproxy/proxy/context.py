@@ -19,6 +19,7 @@ from ..sip.uri import URI, SipURI, parse_uri
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..auth import AuthOutcome
+    from ..dispatcher import Selection
     from ..transaction import ClientTransaction, ServerTransaction
 
 __all__ = ["Branch", "RouteState", "ServerContext", "ClientBranch", "CancelBranch"]
@@ -69,7 +70,7 @@ class RouteState:
     __slots__ = ("request", "source", "ctx", "ruri_changed", "branches", "dst_uri", "ruri_branch",
                  "record_routed", "nat", "sipping", "failure_route", "reply_route", "branch_route",
                  "replied", "reply_headers", "relayed", "dropped", "reply", "auth", "flow_error",
-                 "flow_destination", "ruri_consumed", "fr_timeout", "fr_inv_timeout", "trusted", "started")
+                 "flow_destination", "ruri_consumed", "fr_timeout", "fr_inv_timeout", "trusted", "started", "ds")
 
     def __init__(self, request: Request, source: Flow, ctx: "ServerContext | None" = None) -> None:
         self.request = request
@@ -101,6 +102,7 @@ class RouteState:
         self.fr_inv_timeout: float | None = None
         self.trusted = False  # the source is a trusted address or another node (set on arrival)
         self.started = 0.0  # a REGISTER's arrival (clock seconds), for its processing time; else 0
+        self.ds: Selection | None = None  # ds_select_dst(): the destination tried and those left
 
     @property
     def proven(self) -> bool:

@@ -50,12 +50,13 @@ from .hooks import HostMatcher, RouteHooks
 from .hops import response_destination
 from .responses import best_response, upstream_final
 from .settings import ProxySettings
+from .uac import LocalRequest
 
 __all__ = ["StatefulProxy", "ProxyStats"]
 
 log = Logger(namespace="edgeproxy.proxy")
 
-Owner = Union[ServerContext, ClientBranch, CancelBranch]
+Owner = Union[ServerContext, ClientBranch, CancelBranch, LocalRequest]
 ProxyStats = dict[str, int]  # the node's counters (the MI's core:/tm:/sl: statistics)
 
 
@@ -117,7 +118,9 @@ class StatefulProxy:
     def execute(self, tx: Transaction, actions: Iterable[object]) -> None:
         owner = self._owners.get(tx)
         for action in actions:
-            if isinstance(action, SendResponse):
+            if isinstance(owner, LocalRequest) and not isinstance(action, Terminated):
+                owner.handle(action)  # a request of the node's own (a dispatcher probe)
+            elif isinstance(action, SendResponse):
                 if isinstance(owner, ServerContext):
                     self.forwarder.send(response_destination(action.response, owner.flow), action.response)
             elif isinstance(action, SendRequest):
@@ -155,6 +158,15 @@ class StatefulProxy:
     def _own(self, tx: Transaction, owner: Owner) -> None:
         self._owners[tx] = owner
         self.table.add(tx)
+
+    def start_local(self, owner: LocalRequest) -> None:
+        """Start the client transaction of a request of the node's own (:mod:`.uac`)."""
+        now = self.clock.seconds()
+        tx = ClientNonInviteTransaction(owner.request, reliable=owner.destination.remote.reliable,
+                                        timers=self.timers, now=now)
+        self._own(tx, owner)
+        self.execute(tx, tx.start(now))
+        self.arm()
 
     # -- requests ------------------------------------------------------------------------------------
     def absorb(self, request: Request) -> bool:

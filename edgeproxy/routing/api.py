@@ -43,6 +43,11 @@ Kamailio ``t_set_fr(60000, 2000)``       ``msg.t_set_fr(60000, 2000)`` (ms), ``m
 ``drop()``                               ``msg.drop()`` (no reply at all)
 ``cluster_check_addr(1, "$si")``         ``msg.cluster_check_addr(1)``
 ``cache_raw_query(...)``                 ``await msg.cache_raw_query({...})``
+``ds_select_dst(1, 4, "f")``             ``msg.ds_select_dst(1, 4, "f")`` → 1 / -1
+``ds_next_dst()`` ``ds_mark_dst("p")``   ``msg.ds_next_dst()`` → 1 / -1, ``msg.ds_mark_dst("p")``
+``ds_is_in_list($si, $sp, 1)``           ``msg.ds_is_in_list(msg.si, msg.sp, 1)`` → bool
+``ds_count(1, "a", $var(n))``            ``msg.ds_count(1, "a")`` → count (-1: no such set)
+``$avp(ds_attrs)`` (``attrs_avp``)       ``msg.ds_attrs`` (the destination tried now)
 ======================================  ====================================================
 
 ``raise RouteReply(403, "Forbidden")`` anywhere in a route replies with that status and ends it.
@@ -347,6 +352,49 @@ class RouteRequest:
         """OpenSIPS ``pike_check_req()``: False when the source address sends more requests than
         ``[pike]`` allows (``if not msg.pike_check_req(): msg.drop(); return``)."""
         return self._verbs.pike_check_req(self._state)
+
+    # -- dispatcher --------------------------------------------------------------------------------
+    def ds_select_dst(self, set: int, alg: int, flags: str = "", max_results: int = 1000) -> int:  # noqa: A002
+        """OpenSIPS ``ds_select_dst(set, alg, flags)``: ``$du`` becomes a destination of ``set`` chosen
+        by ``alg`` (0-3 hash over Call-ID, From, To, Request-URI; 4 round robin; 5 auth username; 6
+        random; 8 first by priority; weights apply); flags ``f`` (keep the others for
+        :meth:`ds_next_dst`), ``u``, ``d``, ``a``. 1, or -1 when nothing can be chosen (unknown or
+        empty set, nothing active)."""
+        return self._verbs.ds_select_dst(self._state, set, alg, flags, max_results)
+
+    def ds_next_dst(self) -> int:
+        """OpenSIPS ``ds_next_dst()`` (in a failure route): ``$du`` becomes the next destination of
+        the list ``ds_select_dst(..., "f")`` kept; -1 when none is left."""
+        return self._verbs.ds_next_dst(self._state)
+
+    def ds_mark_dst(self, state: str = "i") -> int:
+        """OpenSIPS ``ds_mark_dst(state)``: the destination tried last becomes ``i`` inactive, ``a``
+        active or ``p`` probing (after ``ds_probing_threshold`` marks); -1 when there is none."""
+        return self._verbs.ds_mark_dst(self._state, state)
+
+    def ds_is_in_list(self, ip: str | None = None, port: int = 0, set: int = -1,  # noqa: A002
+                      active_only: bool = False) -> bool:
+        """OpenSIPS ``ds_is_in_list(ip, port, set)``: ``ip`` (default ``$si``) and ``port`` (0: any)
+        are a destination of ``set`` (-1: any set)."""
+        return self._verbs.ds_is_in_list(self.si if ip is None else ip, port, set, active_only)
+
+    def ds_count(self, set: int, state_filter: str = "") -> int:  # noqa: A002
+        """OpenSIPS ``ds_count(set, filter)``: how many destinations of ``set`` are in the states of
+        ``filter`` (``a``, ``i``, ``p``; "" all); -1 when the set does not exist."""
+        return self._verbs.ds_count(set, state_filter)
+
+    @property
+    def ds_enabled(self) -> bool:
+        """Whether the node has a ``[dispatcher]`` section (the ``ds_*`` verbs raise without one)."""
+        return self._verbs.dispatcher is not None
+
+    @property
+    def ds_attrs(self) -> str | None:
+        """The ``attrs`` of the destination ``$du`` points at after ``ds_select_dst`` /
+        ``ds_next_dst`` (OpenSIPS ``attrs_avp``); None before."""
+        sel = self._state.ds
+        dest = sel.current if sel is not None else None
+        return dest.attrs if dest is not None else None
 
     # -- authentication ----------------------------------------------------------------------------
     def www_authorize(self, realm: str = "", table: str = "subscriber") -> "Deferred[AuthResult]":

@@ -24,6 +24,11 @@ lookup (flag ``g``) finds in the shared store -- each becomes a branch ``sip:<ao
 (the loop guard); ``homes=StoreError(...)`` (any exception) is a store that is down. ``raw_query``
 answers ``msg.cache_raw_query(command)``: a list of documents, a callable ``command -> documents``
 (or raising), or an exception; the commands are kept in :attr:`RouteHarness.raw_queries`.
+
+Dispatcher: ``dispatcher=config.dispatcher`` (a :class:`~edgeproxy.dispatcher.DispatcherSettings`
+with its ``destinations``) gives the ``ds_*`` verbs the node's sets; ``harness.dispatcher`` is the
+:class:`~edgeproxy.dispatcher.Dispatcher`, whose states a test may change
+(``harness.dispatcher.set_state(dest, "i", "test")``) as probing would.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
 from ..auth import Authenticator, AuthSettings, subscriber_store
+from ..dispatcher import Dispatcher, DispatcherSettings
 from ..federation.lookup import GlobalLookup, global_lookup
 from ..federation.store import StoreError
 from ..interfaces import SendError
@@ -182,7 +188,8 @@ class RouteHarness:
                  homes: Mapping[str, list[str]] | BaseException | None = None,
                  raw_query: list[dict[str, Any]] | Callable[[Any], list[dict[str, Any]]] | BaseException | None = None,
                  cluster_id: int = 1, auth: AuthSettings | None = None,
-                 pike: FloodSettings | None = None, location: InMemoryLocation | None = None) -> None:
+                 pike: FloodSettings | None = None, location: InMemoryLocation | None = None,
+                 dispatcher: DispatcherSettings | Dispatcher | None = None) -> None:
         self.clock = Clock()
         # [auth]: the node's Authenticator over [auth.users] (an in-memory store), on the harness clock
         self.auth = Authenticator(auth, subscriber_store(auth), self.clock) if auth is not None else None
@@ -198,10 +205,13 @@ class RouteHarness:
         self.store = (_Store(self.location, homes, raw_query, local.host)
                       if homes is not None or raw_query is not None else None)
         self.flood = FloodDetector(pike) if pike is not None else None
+        # [dispatcher]: the sets of its [[dispatcher.destinations]] (or a Dispatcher of the test's own)
+        self.dispatcher = Dispatcher(dispatcher) if isinstance(dispatcher, DispatcherSettings) else dispatcher
         self.verbs = RouteVerbs(self._recorder, self.forwarder, LocalIdentity(domains, [local]), self.registrar,
                                 proxy_settings, self.clock, self.stats,
                                 cluster=_Peers(cluster_peers or {}), cluster_id=cluster_id,
-                                federation=self.store, auth=self.auth, flood=self.flood)
+                                federation=self.store, auth=self.auth, flood=self.flood,
+                                dispatcher=self.dispatcher)
 
     @property
     def raw_queries(self) -> list[Any]:
