@@ -92,8 +92,9 @@ async def to_freeswitch(msg) -> None:
 
     With ``[dispatcher]``: a server of the FreeSWITCH set chosen by ``ds_select_dst(set, alg, "f")``
     (``route_params.freeswitch_set``, 1; ``freeswitch_algorithm``, 4: round robin), and the next one
-    when it fails with 408 (no answer) or 5xx (:func:`freeswitch_failed`); 503 with Retry-After when no
-    server of the set is up. Without it: the first address of ``route_params.freeswitch``, or 404 when
+    when it fails with 408 -- including no reply at all within ``freeswitch_timeout`` seconds (2,
+    ``$T_fr_timeout``) -- or 5xx (:func:`freeswitch_failed`); 503 with Retry-After when no server of
+    the set is up. Without it: the first address of ``route_params.freeswitch``, or 404 when
     none is configured."""
     if not await authenticate(msg, register=False):
         return
@@ -104,6 +105,8 @@ async def to_freeswitch(msg) -> None:
             msg.append_to_reply(f"Retry-After: {msg.params.get('retry_after', 5)}")
             msg.sl_send_reply(503, "Service Unavailable")
             return
+        # a server that does not answer at all within this many seconds is failed over (tm's fr_timeout)
+        msg.T_fr_timeout = msg.params.get("freeswitch_timeout", 2)
         msg.t_on_failure(freeswitch_failed)
         relay_or_error(msg)
         return
@@ -123,9 +126,9 @@ def freeswitch_failed(msg) -> None:
     408 (the server did not answer) and 5xx (it could not take the call) move the call to the next
     server of the set; anything else -- 486 Busy, 603 Decline, 404 -- is the callee's answer and goes
     back to the caller as it is. When no server is left the best reply goes back."""
-    code = msg.reply_code
-    if code is None or not (code == 408 or 500 <= code < 600):
+    if not msg.t_check_status("^(408|5[0-9][0-9])$"):
         return
+    code = msg.reply_code
     if msg.ds_next_dst() != 1:
         msg.xlog(f"FREESWITCH FAILED WITH {code}, NO OTHER SERVER LEFT", "warn")
         return
