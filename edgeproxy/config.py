@@ -156,6 +156,7 @@ def _cross_checks(config: Config) -> None:
     """Rules between sections, reported against the key an operator would change."""
     if config.federation is not None and not config.cluster.my_node_id:
         raise ConfigError("federation", "needs a cluster (cluster.my_node_id): records carry its sip_addr")
+    _check_sip_addr(config)
     tls = config.tls
     for i, spec in enumerate(config.node.listen):
         transport = spec.split(":", 1)[0]
@@ -171,6 +172,28 @@ def _cross_checks(config: Config) -> None:
         # the node would close their quiet TCP/TLS flows under them
         raise ConfigError("registrar.flow_timer",
                           f"must be < limits.tcp_idle_timeout ({lim.tcp_idle_timeout:g}), got {r.flow_timer}")
+
+
+def _check_sip_addr(config: Config) -> None:
+    """This node's ``sip_addr`` (``[federation]``'s, else its ``[[cluster.nodes]]`` row's) must reach one of
+    its UDP listeners: other nodes send there (:mod:`edgeproxy.cluster.sip_addr`). A row read from
+    ``cluster.db_url`` is checked by :mod:`edgeproxy.service` when it is read."""
+    row = config.cluster.my_row()
+    row_key = f"cluster.nodes (node_id {config.cluster.my_node_id}) sip_addr"
+    fed = config.federation
+    if fed is not None and fed.sip_addr:  # defaults to the row's
+        key = row_key if row is not None and row.sip_addr == fed.sip_addr else "federation.sip_addr"
+        sip_addr = fed.sip_addr
+    elif row is not None and row.sip_addr:
+        key, sip_addr = row_key, row.sip_addr
+    else:
+        return
+    from .cluster.sip_addr import unreachable_sip_addr
+    from .transport.listen import parse_listen
+
+    problem = unreachable_sip_addr(sip_addr, [parse_listen(s) for s in config.node.listen], config.node.advertise)
+    if problem is not None:
+        raise ConfigError(key, problem)
 
 
 def _read(path: str) -> dict[str, Any]:

@@ -283,10 +283,16 @@ def _federation(config: NodeConfiguration, reactor: Any, location: InMemoryLocat
         c = config.cluster
         node_id = c.my_node_id if c is not None else None
         sip_addr = cluster.sip_addr_of(node_id) if cluster is not None and node_id else None
+        table = c.db_table if c is not None else "clusterer"
         if not sip_addr:
-            table = c.db_table if c is not None else "clusterer"
             raise ConfigError("federation.sip_addr", f"not set, and node {node_id}'s row in "
                                                      f"table {table!r} has no sip_addr either")
+        from .cluster.sip_addr import unreachable_sip_addr
+
+        # the file's sip_addr was checked with the configuration; the row's only now that it is read
+        problem = unreachable_sip_addr(sip_addr, [parse_listen(s) for s in config.node.listen], config.node.advertise)
+        if problem is not None:
+            raise ConfigError(f"node {node_id}'s row in table {table!r}: sip_addr", problem)
         settings = replace(settings, sip_addr=sip_addr)
     return Federation(location, settings, reactor=reactor)
 

@@ -115,3 +115,22 @@ def test_cluster_table_unreachable_exits_after_the_reactor_started(tmp_path: Pat
     assert result.returncode == 1 and took < DEADLINE + 5, (output, took)
     assert "edgeproxy: cannot start:" in output and str(closed) in output, output
     assert left_running(tmp_path) == []
+
+
+def test_sip_addr_that_reaches_no_listener(tmp_path: Path) -> None:
+    """The issue's second node on one host: SIP moved off 5060, its row's sip_addr left without the
+    port. It would start and every call to it would time out; it refuses to start instead."""
+    port = free_port("127.0.0.12")
+    config = tmp_path / "node-y.toml"
+    config.write_text(
+        f'[node]\nlisten = ["udp:127.0.0.12:{port}"]\n'
+        '[cluster]\nmy_node_id = 2\n'
+        '[[cluster.nodes]]\ncluster_id = 1\nnode_id = 1\nurl = "bin:127.0.0.11"\nsip_addr = "127.0.0.11"\n'
+        '[[cluster.nodes]]\ncluster_id = 1\nnode_id = 2\nurl = "bin:127.0.0.12"\nsip_addr = "127.0.0.12"\n')
+    result, took = twistd("-n", "--pidfile=", "edgeproxy", "--config", str(config), cwd=tmp_path)
+    # refused while the options are read, as every configuration error: the line is the whole output
+    assert result.returncode == 1 and took < DEADLINE, (result.stdout, result.stderr, took)
+    assert (result.stdout + result.stderr).strip() == (
+        "config: cluster.nodes (node_id 2) sip_addr: '127.0.0.12' matches no UDP listener of this node: other nodes "
+        f"send to 127.0.0.12:5060 (node.listen UDP: udp:127.0.0.12:{port}); write the port: \"127.0.0.12:{port}\"")
+    assert left_running(tmp_path) == []
