@@ -66,7 +66,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("node", ("edgeproxy.node",)),
     ("glue", ("edgeproxy.transport", "edgeproxy.management", "edgeproxy.service", "edgeproxy.node_settings")),
     ("loader", ("edgeproxy.config",)),
-    ("tap", ("edgeproxy.tap",)),
+    ("tap", ("edgeproxy.tap", "edgeproxy.ctl")),
     ("plugin", ("twisted.plugins.edgeproxy_plugin",)),
 ]
 RANK = {unit: rank for rank, (_, units) in enumerate(LAYERS) for unit in units}
