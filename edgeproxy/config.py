@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     from .transport.settings import LimitsConfig
     from .transport.tls import TlsSettings
     from .transport.ws import WsSettings
+    from .usrloc.settings import UsrlocSettings
 
 __all__ = ["Config", "ConfigError", "SECTIONS", "section", "load_config"]
 
@@ -75,6 +76,7 @@ SECTIONS: Mapping[str, tuple[str, str]] = MappingProxyType({
     "mi": ("edgeproxy.management.settings", "SECTION"),
     "metrics": ("edgeproxy.management.metrics_settings", "SECTION"),
     "dispatcher": ("edgeproxy.dispatcher.settings", "SECTION"),
+    "usrloc": ("edgeproxy.usrloc.settings", "SECTION"),
 })
 #: Tables checked by their own code (``[federation]``) or not at all (``[route_params]``).
 _FREE_FORM = ("route_params", "federation")
@@ -116,6 +118,7 @@ class Config:
     ws: WsSettings = field(default_factory=_default("ws"))
     dns: DnsSettings = field(default_factory=_default("dns"))
     nathelper: NatPingSettings = field(default_factory=_default("nathelper"))  # natping_interval 0: off
+    usrloc: UsrlocSettings = field(default_factory=_default("usrloc"))  # memory only by default
     federation: FederationSettings | None = None
     # None without an [auth] section: the route's authentication verbs then fail loudly
     auth: AuthSettings | None = field(default=None, hash=False)

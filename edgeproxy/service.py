@@ -27,7 +27,7 @@ from .cluster import Cluster, NodeTable
 from .config_error import ConfigError
 from .dispatcher import Dispatcher
 from .dispatcher.prober import Prober
-from .location import InMemoryLocation
+from .location import ChangeJournal, InMemoryLocation
 from .location.natping import NatPinger
 from .node import Node
 from .proxy.flood import FloodDetector
@@ -54,6 +54,8 @@ if TYPE_CHECKING:  # pragma: no cover - imported when [federation] is configured
     from .transport.settings import LimitsConfig
     from .transport.tls import TlsSettings
     from .transport.ws import WsSettings
+    from .usrloc import Persistence
+    from .usrloc.settings import UsrlocSettings
 
 __all__ = ["make_service", "build_node", "load_node", "RunningNode", "NodeService", "NodeConfiguration",
            "StartupError"]
@@ -97,6 +99,8 @@ class NodeConfiguration(Protocol):
     def metrics(self) -> MetricsSettings | None: ...
     @property
     def dispatcher(self) -> DispatcherSettings | None: ...
+    @property
+    def usrloc(self) -> UsrlocSettings: ...
 
 
 class Stoppable(Protocol):
@@ -119,9 +123,17 @@ class RunningNode:
     metrics: Stoppable | None = None  # the Prometheus listener, with [metrics] listen
     dispatcher: Dispatcher | None = None  # [dispatcher]; the node's verbs hold it too
     prober: Prober | None = None  # [dispatcher] ds_ping_interval > 0
+    persistence: Persistence | None = None  # [usrloc] write-back / write-through to SQL
 
     @inlineCallbacks
     def start(self, listen: list[str], advertise: str = "") -> Any:
+        persistence = self.persistence
+        if persistence is not None:  # the contacts of the last run, before anything is answered or published
+            try:
+                yield persistence.load()
+            except Exception as exc:
+                raise StartupError(f"usrloc: cannot load the location table: {exc}") from None
+            persistence.start()
         if self.cluster is not None:
             yield self.cluster.start()
         if self.federation is not None:
@@ -172,6 +184,8 @@ class RunningNode:
         if self.node.locator is not None:
             self.node.locator.stop()
         self.location.stop()
+        if self.persistence is not None:  # the last-minute flush (OpenSIPS write-back on shutdown)
+            yield self.persistence.stop()
         if self.node.auth is not None:
             yield self.node.auth.close()
         yield self.transports.stop()
@@ -204,7 +218,10 @@ def build_node(config: NodeConfiguration, reactor: Any = None, node_table: NodeT
 
         reactor = default_reactor
     routes = load_route_module(config.node.route)
-    location = InMemoryLocation(reactor)
+    usrloc = getattr(config, "usrloc", None)
+    journal = ChangeJournal() if usrloc is not None and usrloc.persistent else None
+    location = InMemoryLocation(reactor, journal)
+    persistence = _persistence(config, reactor, location, journal)
     registrar = Registrar(location, config.registrar, reactor)
     # [node] keys the proxy needs too: the domains it answers for and per-decision debug lines
     settings = replace(config.proxy, domains=tuple(config.node.domains),
@@ -245,7 +262,7 @@ def build_node(config: NodeConfiguration, reactor: Any = None, node_table: NodeT
     if routes.setup is not None:
         routes.setup(node)
     return RunningNode(node, transports, location, registrar, config, cluster, federation, pinger=pinger,
-                       dispatcher=dispatcher, prober=prober)
+                       dispatcher=dispatcher, prober=prober, persistence=persistence)
 
 
 def _dispatcher(config: NodeConfiguration, reactor: Any) -> Dispatcher | None:
@@ -258,6 +275,18 @@ def _dispatcher(config: NodeConfiguration, reactor: Any) -> Dispatcher | None:
     from .dispatcher.db import load_rows
 
     return Dispatcher(settings, load_rows=lambda: load_rows(reactor, settings.db_url, settings.table_name))
+
+
+def _persistence(config: NodeConfiguration, reactor: Any, location: InMemoryLocation,
+                 journal: ChangeJournal | None) -> Persistence | None:
+    """``[usrloc]`` with an SQL write mode: the table's writer (imported only then)."""
+    if journal is None:
+        return None
+    from .usrloc import Persistence, open_table
+
+    settings = config.usrloc
+    return Persistence(location, journal, open_table(settings.db_url, settings.table), mode=settings.sql_write_mode,
+                       timer_interval=settings.timer_interval, use_domain=config.registrar.use_domain, clock=reactor)
 
 
 def _cluster(config: NodeConfiguration, reactor: Any, node_table: NodeTable | None) -> Cluster | None:

@@ -4,16 +4,18 @@
 * :class:`LocationService`, :class:`LocationListener` — the Deferred-returning interface and the
   AoR created/emptied events (what OpenSIPS federation publishes to NoSQL).
 * :class:`InMemoryLocation` — the per-node implementation with timer-driven expiry.
+* :class:`ChangeJournal` — the AoRs changed since a persistent usrloc last wrote them.
 * :func:`binding_destination` — Request-URI, next hop and route set for a binding.
 """
 
 from .binding import EMPTY_PARAMS, Binding, LookupResult, order_key
 from .destination import binding_destination, uri_endpoint
+from .journal import ChangeJournal
 from .memory import InMemoryLocation
 from .service import LocationListener, LocationService
 
 __all__ = [
     "Binding", "LookupResult", "EMPTY_PARAMS", "order_key",
-    "LocationService", "LocationListener", "InMemoryLocation",
+    "LocationService", "LocationListener", "InMemoryLocation", "ChangeJournal",
     "binding_destination", "uri_endpoint",
 ]

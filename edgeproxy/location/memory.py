@@ -30,6 +30,7 @@ from twisted.logger import Logger
 from ..sip.endpoint import Flow
 from ..sip.uri import SipURI
 from .binding import Binding, LookupResult, order_key
+from .journal import ChangeJournal
 from .service import LocationListener
 
 __all__ = ["InMemoryLocation"]
@@ -52,11 +53,13 @@ class InMemoryLocation:
 
     ``clock`` is an ``IReactorTime`` (the reactor, or ``twisted.internet.task.Clock`` in tests); it gives
     "now" for expiry and runs the expiry timer. Every Deferred returned has already fired. Call
-    :meth:`stop` on shutdown to cancel the timer.
+    :meth:`stop` on shutdown to cancel the timer. ``journal`` (a persistent usrloc's) is told every
+    AoR that changes, whatever the cause (see :mod:`edgeproxy.location.journal`).
     """
 
-    def __init__(self, clock: Any) -> None:
+    def __init__(self, clock: Any, journal: ChangeJournal | None = None) -> None:
         self.clock = clock
+        self.journal = journal
         self._records: dict[str, _Record] = {}
         self._heap: list[tuple[float, str]] = []
         self._timer: Any = None
@@ -174,7 +177,11 @@ class InMemoryLocation:
         return live
 
     def _set(self, aor: str, record: _Record, bindings: Sequence[Binding]) -> None:
-        """Store ``bindings`` (non-empty) in ``record``, keeping the flow index and counter right."""
+        """Store ``bindings`` (or none, from :meth:`_drop`) in ``record``, keeping the flow index, the
+        counter and the journal right."""
+        journal = self.journal
+        if journal is not None:
+            journal.add(aor)
         old = record.bindings
         self._count += len(bindings) - len(old)
         old_flows = {b.flow for b in old if b.flow is not None and b.flow.connection_id is not None}

@@ -19,6 +19,8 @@ Commands (OpenSIPS module in brackets):
   ``ul_rm_contact table_name aor contact``. The names of OpenSIPS 4 (``usrloc:dump``,
   ``usrloc:show_contact``, ``usrloc:rm``, ``usrloc:rm_contact``) are accepted too. Removals go
   through the location service, so its listeners (federation, NAT pinger) see them as any removal.
+  ``ul_sync table_name [aor]`` -- only with SQL persistence (``[usrloc]``): rewrite the SQL table
+  from memory now (or one AoR's rows).
 * ``get_statistics statistics``, ``list_statistics [statistics]``, ``reset_statistics statistics``
   [core] -- our counters under OpenSIPS-like ``group:name`` keys (:data:`STATISTICS` is the table).
 * ``clusterer_list`` [clusterer] -- only while a cluster runs; ``pike_list`` [pike] -- only with
@@ -98,6 +100,9 @@ class MICommands(UsrlocCommands, StatisticsCommands):
         def has_cluster() -> bool:
             return getattr(self.parts, "cluster", None) is not None
 
+        def has_persistence() -> bool:
+            return getattr(self.parts, "persistence", None) is not None
+
         def has_pike() -> bool:
             return getattr(self.parts.node, "flood", None) is not None
 
@@ -114,6 +119,9 @@ class MICommands(UsrlocCommands, StatisticsCommands):
         for name, recipes, run, text, changes in usrloc:  # OpenSIPS 4 names
             commands.append(Command("usrloc:" + name[3:], recipes, run, text + f" (= {name})", "usrloc",
                                     changes=changes))
+        commands.append(Command("ul_sync", (("table_name",), ("table_name", "aor")), self.ul_sync,
+                                "writes the location table (or one AoR) to the SQL table now", "usrloc",
+                                changes=True, available=has_persistence))
         commands += [
             Command("get_statistics", (("statistics",),), self.get_statistics,
                     "prints the statistics (all, group: or one) realtime values", list_param="statistics"),

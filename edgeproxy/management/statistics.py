@@ -56,6 +56,10 @@ STATISTICS: tuple[tuple[str, str, bool], ...] = (
     ("usrloc:registered_users", "AoRs stored (with at least one contact)", False),
     ("usrloc:location-users", "AoRs of the location table (the same number)", False),
     ("usrloc:location-contacts", "contacts of the location table", False),
+    ("usrloc:db_<counter>", "with [usrloc] SQL persistence: db_loaded_contacts, db_expired_on_load, "
+                            "db_skipped_contacts (not revived at start), db_flushes, db_written_aors, "
+                            "db_written_contacts, db_failures, db_syncs", True),
+    ("usrloc:db_pending_aors", "AoRs changed and not yet written to SQL", False),
     ("registrar:max_expires", "[registrar] max_expires", False),
     ("registrar:max_contacts", "[registrar] max_contacts", False),
     ("registrar:default_expire", "[registrar] default_expires", False),
@@ -141,6 +145,10 @@ class StatisticsCommands:
             _gauge("usrloc", "location-users", lambda: len(location)),
             _gauge("usrloc", "location-contacts", self._contact_count),
         ]
+        persistence = getattr(parts, "persistence", None)
+        if persistence is not None:
+            out += [_counter("usrloc", name, persistence.stats) for name in list(persistence.stats)]
+            out.append(_gauge("usrloc", "db_pending_aors", lambda: persistence.pending))
         settings = parts.registrar.settings
         out += [
             Stat("registrar", "max_expires", lambda: settings.max_expires, family="registrar_max_expires_seconds"),

@@ -1,14 +1,15 @@
 """The usrloc commands of the MI (OpenSIPS's usrloc module): ``ul_dump``, ``ul_show_contact``,
-``ul_rm``, ``ul_rm_contact`` over the node's location service, and a contact as they show it
-(:func:`contact_json`). Removals go through the location service, so its listeners (federation, NAT
-pinger) see them as any removal."""
+``ul_rm``, ``ul_rm_contact`` over the node's location service, ``ul_sync`` (with SQL persistence),
+and a contact as they show it (:func:`contact_json`). Removals go through the location service, so
+its listeners (federation, NAT pinger) see them as any removal."""
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any
 
 from ..location import Binding, InMemoryLocation
 from ..registrar import format_q, received_uri
+from ..usrloc.rows import ALL_METHODS, methods_mask
 from .parts import NodeParts
 from .rpc import MIError, invalid_params
 
@@ -16,25 +17,6 @@ __all__ = ["TABLE", "ALL_METHODS", "methods_mask", "contact_json", "UsrlocComman
 
 #: The one usrloc table (OpenSIPS "domain") a node has: what routes name in ``save("location")``.
 TABLE = "location"
-
-# OpenSIPS parser/msg_parser.h request_method bits; 0xffffffff is ALL_METHODS (no Allow header)
-_METHOD_BITS = {"INVITE": 1, "CANCEL": 2, "ACK": 4, "BYE": 8, "INFO": 16, "OPTIONS": 32, "UPDATE": 64,
-                "REGISTER": 128, "MESSAGE": 256, "SUBSCRIBE": 512, "NOTIFY": 1024, "PRACK": 2048,
-                "REFER": 4096, "PUBLISH": 8192}
-_METHOD_OTHER = 16384
-ALL_METHODS = 0xFFFFFFFF
-
-
-
-def methods_mask(methods: Iterable[str] | None) -> int:
-    """A contact's accepted methods as OpenSIPS's bit mask (ALL_METHODS when unknown)."""
-    if methods is None:
-        return ALL_METHODS
-    mask = 0
-    for m in methods:
-        mask |= _METHOD_BITS.get(m.upper(), _METHOD_OTHER)
-    return mask
-
 
 def contact_json(binding: Binding, now: float) -> dict[str, Any]:
     """One contact of ``ul_dump``/``ul_show_contact``, with OpenSIPS's keys: Contact, Expires (seconds
@@ -156,4 +138,22 @@ class UsrlocCommands:
         if match is None:
             raise MIError(404, "Contact not found")
         await self.location.remove(key, match.uri)
+        return "OK"
+
+    async def ul_sync(self, table_name: Any, aor: Any = None) -> str:
+        """OpenSIPS ``ul_sync table [aor]``: write the memory table to SQL now -- the whole table (the
+        SQL table is emptied and rewritten) or one AoR's contacts."""
+        persistence = getattr(self.parts, "persistence", None)
+        if persistence is None:
+            raise MIError(400, "No SQL persistence (usrloc working mode single-instance-no-db)")
+        if aor is None:
+            if table_name != TABLE:
+                raise MIError(404, "Table not found")
+            await persistence.sync()
+            return "OK"
+        key = self._aor(table_name, aor)
+        if not await self.location.contacts(key):
+            raise MIError(404, "AOR not found")
+        persistence.journal.add(key)
+        await persistence.flush()
         return "OK"

@@ -1,0 +1,13 @@
+"""OpenSIPS usrloc's working modes for the location table: restart persistency in SQL.
+
+* :mod:`.settings` -- ``[usrloc]``: ``working_mode_preset`` / ``db_mode``, ``db_url``, ``timer_interval``.
+* :mod:`.rows` -- a binding as a row of OpenSIPS's ``location`` table, and back.
+* :mod:`.sqlstore` -- that table in SQLite or MySQL/MariaDB (blocking; run in a worker thread).
+* :mod:`.persistence` -- :class:`Persistence`: load at start, write-back / write-through, ``ul_sync``.
+"""
+
+from .persistence import Persistence
+from .settings import UsrlocSettings
+from .sqlstore import LocationTable, TableError, open_table
+
+__all__ = ["Persistence", "UsrlocSettings", "LocationTable", "TableError", "open_table"]

@@ -1,0 +1,254 @@
+"""Restart persistency of the location table: OpenSIPS usrloc's ``load-from-sql`` with
+``sql_write_mode`` write-back or write-through (reference opensips-modules.md §6.1-6.4).
+
+:class:`Persistence` sits beside the node's :class:`~edgeproxy.location.InMemoryLocation`; lookups
+and saves never touch the database. What it does:
+
+* **load** (:meth:`Persistence.load`, at start, before the node listens): deletes the rows that
+  expired while the node was down, reads the others and puts the revivable ones in the table (see
+  :func:`~edgeproxy.usrloc.rows.binding_from_row`); rows that are not revived are deleted by the first
+  flush. An unreachable database fails the start (``StartupError``), as OpenSIPS does;
+* **write-back**: every ``timer_interval`` the AoRs the table's :class:`~edgeproxy.location.ChangeJournal`
+  collected are written -- each AoR's current contacts replace its rows, in one transaction -- and
+  once more on a clean stop. A crash loses at most the changes of the last interval;
+* **write-through**: the same write starts as soon as something changed (changes made while one is
+  in flight go together in the next). Unlike OpenSIPS, the 200 OK does not wait for the database:
+  the REGISTER path never waits on I/O; the window a crash can lose is the write in flight;
+* **ul_sync** (:meth:`Persistence.sync`): empty the table and write the whole memory table.
+
+All database work runs in a worker thread (``deferToThread``), one operation at a time; the
+reactor only hands over the AoRs' current bindings (immutable values) and the row conversion runs in
+the thread too. A failed write keeps its AoRs for the next flush (logged once per outage).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Iterable
+
+from twisted.internet.defer import Deferred, DeferredLock, inlineCallbacks
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from ..location import Binding, ChangeJournal, InMemoryLocation
+from .rows import binding_from_row, binding_row, split_aor
+from .sqlstore import LocationTable, TableError
+
+__all__ = ["Persistence", "Runner", "TableError"]
+
+log = Logger(namespace="edgeproxy.usrloc")
+
+#: Runs a blocking function off the reactor thread: ``runner(f, *args)`` -> Deferred of its result.
+Runner = Callable[..., "Deferred[Any]"]
+
+
+def _default_runner(f: Callable[..., Any], *args: Any) -> "Deferred[Any]":
+    from twisted.internet.threads import deferToThread
+
+    return deferToThread(f, *args)
+
+
+class Persistence:
+    """Keeps ``table`` (a :class:`~edgeproxy.usrloc.sqlstore.LocationTable`) equal to ``location``,
+    whose ``journal`` must be the one given here. ``mode`` is ``"write-back"`` or
+    ``"write-through"``; ``timer_interval`` the write-back period (OpenSIPS ``timer_interval``);
+    ``use_domain`` the registrar's; ``clock`` the location's; ``runner`` runs blocking work off the
+    reactor (``deferToThread``; tests run it inline)."""
+
+    def __init__(self, location: InMemoryLocation, journal: ChangeJournal, table: LocationTable, *, mode: str,
+                 timer_interval: float, use_domain: bool, clock: Any, runner: Runner | None = None) -> None:
+        if mode not in ("write-back", "write-through"):
+            raise ValueError(f"mode must be write-back or write-through, not {mode!r}")
+        if location.journal is not journal:
+            raise ValueError("the location must record its changes in this journal")
+        self.location = location
+        self.journal = journal
+        self.table = table
+        self.mode = mode
+        self.timer_interval = float(timer_interval)
+        self.use_domain = use_domain
+        self.clock = clock
+        self.runner = runner or _default_runner
+        self._lock = DeferredLock()  # one database operation at a time
+        self._loop: LoopingCall | None = None
+        self._running = False
+        self._failing = False
+        self._soon: Any = None
+        self.stats = {"db_loaded_contacts": 0, "db_expired_on_load": 0, "db_skipped_contacts": 0, "db_flushes": 0,
+                      "db_written_aors": 0, "db_written_contacts": 0, "db_failures": 0, "db_syncs": 0}
+
+    @property
+    def pending(self) -> int:
+        """AoRs changed and not yet written."""
+        return len(self.journal)
+
+    # -- start ---------------------------------------------------------------------------------------
+    @inlineCallbacks
+    def load(self) -> Any:
+        """Read the table into the location (before the node answers anything). Fires with the number
+        of contacts loaded; fails with :class:`TableError` when the database cannot be read."""
+        started = time.perf_counter()
+        now = self.clock.seconds()
+        use_domain = self.use_domain
+        expired, rows = yield self._locked(self.table.load, now)
+        grouped = yield self.runner(_bindings_by_aor, rows, now, use_domain)
+        by_aor, skipped_aors, skipped = grouped
+        replace = self.location.replace
+        for aor, bindings in by_aor.items():
+            replace(aor, bindings)
+        self.journal.take()  # what was just read needs no writing back ...
+        self.journal.put_back(skipped_aors)  # ... except the AoRs whose rows were not all revived
+        loaded = sum(len(b) for b in by_aor.values())
+        self.stats["db_loaded_contacts"] += loaded
+        self.stats["db_skipped_contacts"] += skipped
+        self.stats["db_expired_on_load"] += expired
+        log.info("usrloc: loaded {n} contacts of {aors} AoRs from {where} in {ms:.0f} ms ({expired} expired while "
+                 "down, deleted; {skipped} not revived: connection-bound or unreadable)", n=loaded, aors=len(by_aor),
+                 where=self.table.where, ms=(time.perf_counter() - started) * 1000, skipped=skipped, expired=expired)
+        return loaded
+
+    def start(self) -> None:
+        """Begin writing back (after :meth:`load`)."""
+        if self._running:
+            return
+        self._running = True
+        if self.mode == "write-back":
+            loop = self._loop = LoopingCall(self._tick)
+            loop.clock = self.clock
+            loop.start(self.timer_interval, now=False).addErrback(
+                lambda f: log.failure("usrloc: the write-back timer stopped", f))
+        else:
+            self._wait_for_change()
+
+    @inlineCallbacks
+    def stop(self) -> Any:
+        """Stop the timer, write what is pending (OpenSIPS's last-minute flush) and close the table."""
+        if not self._running:
+            return
+        self._running = False
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self._loop = None
+        if self._soon is not None and self._soon.active():
+            self._soon.cancel()
+        self._soon = None
+        try:
+            yield self.flush()
+        except Exception:
+            pass  # flush logged it
+        yield self._locked(self.table.close)
+
+    # -- writing -------------------------------------------------------------------------------------
+    def _tick(self) -> None:
+        if not self._lock.locked:  # a flush still running takes the next interval's changes later
+            self.flush().addErrback(lambda _: None)
+
+    def _wait_for_change(self) -> None:
+        if self._running:
+            self.journal.when_changed().addCallback(self._changed)
+
+    def _changed(self, _: object) -> None:
+        # called inside the location's update: only schedule
+        if self._running and (self._soon is None or not self._soon.active()):
+            self._soon = self.clock.callLater(0, self._write_through)
+
+    def _write_through(self) -> None:
+        self._soon = None
+        d = self.flush()
+        d.addErrback(lambda _: None)
+        d.addBoth(lambda _: self._wait_for_change())
+
+    def flush(self) -> "Deferred[int]":
+        """Write the AoRs changed since the last flush; fires with how many contacts were written (fails
+        with :class:`TableError`; the AoRs are then kept for the next flush)."""
+        return self._lock.run(self._flush)
+
+    @inlineCallbacks
+    def _flush(self) -> Any:
+        aors = self.journal.take()
+        if not aors:
+            return 0
+        started = time.perf_counter()
+        get = self.location.get
+        snapshot = [(aor, get(aor)) for aor in aors]
+        try:
+            written = yield self.runner(self._write, snapshot)
+        except TableError as exc:
+            self.journal.put_back(aors)
+            self.stats["db_failures"] += 1
+            if not self._failing:
+                self._failing = True
+                log.warn("usrloc: cannot write the location table ({err}); {n} changed AoRs are kept for the next "
+                         "flush", err=str(exc), n=len(aors))
+            raise
+        if self._failing:
+            self._failing = False
+            log.info("usrloc: {where} answers again", where=self.table.where)
+        self.stats["db_flushes"] += 1
+        self.stats["db_written_aors"] += len(aors)
+        self.stats["db_written_contacts"] += written
+        level = log.info if self.mode == "write-back" else log.debug
+        level("usrloc: wrote {aors} changed AoRs ({n} contacts) to {where} in {ms:.0f} ms", aors=len(aors),
+              n=written, where=self.table.where, ms=(time.perf_counter() - started) * 1000)
+        return written
+
+    def _write(self, snapshot: list[tuple[str, list[Binding]]]) -> int:
+        """In the worker thread: the rows of the snapshot, then one transaction."""
+        use_domain = self.use_domain
+        keys = [split_aor(aor, use_domain) for aor, _ in snapshot]
+        rows = [binding_row(b, use_domain) for _, bindings in snapshot for b in bindings]
+        self.table.write(keys, rows, use_domain)
+        return len(rows)
+
+    def sync(self) -> "Deferred[int]":
+        """OpenSIPS MI ``ul_sync``: empty the table and write every contact in memory. Fires with the
+        number written."""
+        return self._lock.run(self._sync)
+
+    @inlineCallbacks
+    def _sync(self) -> Any:
+        started = time.perf_counter()
+        self.journal.take()
+        location = self.location
+        get = location.get
+        snapshot = [(aor, get(aor)) for aor in location.aors()]
+        use_domain = self.use_domain
+
+        def rewrite() -> int:
+            rows = [binding_row(b, use_domain) for _, bindings in snapshot for b in bindings]
+            self.table.rewrite(rows)
+            return len(rows)
+
+        try:
+            written = yield self.runner(rewrite)
+        except TableError:
+            self.journal.put_back({aor for aor, _ in snapshot})
+            self.stats["db_failures"] += 1
+            raise
+        self.stats["db_syncs"] += 1
+        log.info("usrloc: ul_sync rewrote {where} with {n} contacts of {aors} AoRs in {ms:.0f} ms",
+                 where=self.table.where, n=written, aors=len(snapshot), ms=(time.perf_counter() - started) * 1000)
+        return written
+
+    def _locked(self, f: Callable[..., Any], *args: Any) -> "Deferred[Any]":
+        return self._lock.run(lambda: self.runner(f, *args))
+
+
+def _bindings_by_aor(rows: Iterable[dict[str, Any]], now: float, use_domain: bool
+                     ) -> tuple[dict[str, list[Binding]], set[str], int]:
+    """In the worker thread: the revivable bindings of ``rows`` per AoR, the AoRs that had rows not
+    revived, and how many those were."""
+    by_aor: dict[str, list[Binding]] = {}
+    skipped_aors: set[str] = set()
+    skipped = 0
+    for row in rows:
+        b = binding_from_row(row, now, use_domain)
+        if b is None:
+            skipped += 1
+            username, domain = str(row.get("username") or ""), row.get("domain")
+            skipped_aors.add(f"{username}@{domain}" if use_domain and domain else username)
+            continue
+        by_aor.setdefault(b.aor, []).append(b)
+    return by_aor, skipped_aors, skipped
+
+

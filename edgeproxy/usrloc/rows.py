@@ -1,0 +1,241 @@
+"""A :class:`~edgeproxy.location.Binding` as a row of OpenSIPS's ``location`` table and back.
+
+The columns are OpenSIPS 3.x's (``scripts/mysql/usrloc-create.sql``, table version 1013; reference
+opensips-modules.md §6.3), filled as usrloc fills them so that a table written by OpenSIPS loads
+here and the other way round:
+
+* ``username``/``domain`` -- the AoR (``domain`` NULL without ``use_domain``); ``contact`` the URI;
+* ``received`` -- the REGISTER's source as ``sip:ip:port[;transport=x]`` (OpenSIPS
+  ``fix_nated_register``; edgeproxy keeps it for every contact); ``path`` the Path values, comma
+  separated; ``socket`` the listener it came in on, ``proto:ip:port``;
+* ``expires`` -- absolute epoch seconds (0: permanent); ``q`` (-1 when the UA gave none, OpenSIPS's
+  ``Q_UNSPECIFIED``); ``callid``, ``cseq``; ``last_modified`` as local ``YYYY-MM-DD HH:MM:SS``;
+* ``cflags`` -- branch flags by name, ``NAT`` and ``SIPPING`` (OpenSIPS ``nat_bflag``, nathelper's
+  ``sipping_bflag``); ``methods`` OpenSIPS's method bit mask (NULL: all); ``sip_instance``;
+  ``user_agent``;
+* ``kv_store`` -- JSON; edgeproxy keeps there what the table has no column for: the Contact's other
+  parameters (``params``), the RFC 5626 ``reg_id`` and methods the bit mask cannot name.
+
+:func:`binding_from_row` decides what may be revived after a restart: a contact reached over the
+connection it registered on (WebSocket, ``.invalid`` hosts, outbound ``reg-id`` flows, TCP/TLS behind
+NAT) is not -- that connection is gone; a UDP contact is (the same listener address sends to the same
+``received``), and so is a TCP/TLS contact with a routable URI and no NAT flag (it is dialled).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from datetime import datetime
+from types import MappingProxyType
+from typing import Any, Iterable
+
+from ..location.binding import EMPTY_PARAMS, Binding, shared_methods, shared_string
+from ..location.destination import uri_endpoint
+from ..registrar.registrar import received_uri
+from ..sip.endpoint import Endpoint, Flow
+from ..sip.errors import SipValueError
+from ..sip.uri import SipURI, parse_uri
+
+__all__ = ["COLUMNS", "ALL_METHODS", "methods_mask", "mask_methods", "binding_row", "binding_from_row",
+           "split_aor", "PERMANENT"]
+
+#: The columns written, in this order (``contact_id`` is the table's own AUTO_INCREMENT key).
+COLUMNS = ("username", "domain", "contact", "received", "path", "expires", "q", "callid", "cseq",
+           "last_modified", "flags", "cflags", "user_agent", "socket", "methods", "sip_instance", "kv_store",
+           "attr")
+
+# OpenSIPS parser/msg_parser.h request_method bits; 0xffffffff is ALL_METHODS (no Allow header)
+_METHOD_BITS = {"INVITE": 1, "CANCEL": 2, "ACK": 4, "BYE": 8, "INFO": 16, "OPTIONS": 32, "UPDATE": 64,
+                "REGISTER": 128, "MESSAGE": 256, "SUBSCRIBE": 512, "NOTIFY": 1024, "PRACK": 2048,
+                "REFER": 4096, "PUBLISH": 8192}
+_METHOD_OTHER = 16384
+ALL_METHODS = 0xFFFFFFFF
+#: ``expires`` of a permanent contact (OpenSIPS writes 0) is read as this epoch time (2038).
+PERMANENT = float(2**31 - 1)
+
+
+def methods_mask(methods: Iterable[str] | None) -> int:
+    """A contact's accepted methods as OpenSIPS's bit mask (ALL_METHODS when unknown)."""
+    if methods is None:
+        return ALL_METHODS
+    mask = 0
+    for m in methods:
+        mask |= _METHOD_BITS.get(m.upper(), _METHOD_OTHER)
+    return mask
+
+
+def mask_methods(mask: int | None) -> frozenset[str] | None:
+    """The methods of an OpenSIPS bit mask (None: every method)."""
+    if mask is None or mask < 0 or mask & 0xFFFFFFFF == ALL_METHODS:
+        return None
+    return shared_methods(name for name, bit in _METHOD_BITS.items() if mask & bit)
+
+
+def split_aor(aor: str, use_domain: bool) -> tuple[str, str | None]:
+    """``(username, domain)`` columns of an AoR key (domain None without ``use_domain``)."""
+    if use_domain and "@" in aor:
+        user, _, domain = aor.rpartition("@")
+        return user, domain
+    return aor, None
+
+
+def _datetime(when: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when))
+
+
+def binding_row(b: Binding, use_domain: bool) -> tuple[Any, ...]:
+    """The row of ``b``, in :data:`COLUMNS` order."""
+    username, domain = split_aor(b.aor, use_domain)
+    extra: dict[str, Any] = {}
+    if b.contact_params:
+        extra["params"] = dict(b.contact_params)
+    if b.reg_id is not None:
+        extra["reg_id"] = b.reg_id
+    mask = methods_mask(b.methods)
+    if mask != ALL_METHODS and mask & _METHOD_OTHER:
+        extra["methods"] = sorted(b.methods or ())
+    flow = b.flow
+    cflags = ",".join(name for name, on in (("NAT", b.nat), ("SIPPING", b.sipping)) if on)
+    expires = b.expires_at
+    return (
+        username, domain, str(b.uri),
+        received_uri(b.received) if b.received is not None else None,
+        ",".join(b.path) if b.path else None,
+        0 if expires >= PERMANENT else int(math.ceil(expires)),
+        -1.0 if b.q is None else b.q,
+        b.call_id, b.cseq, _datetime(b.last_modified), 0, cflags or None,
+        b.user_agent or "",
+        str(flow.local) if flow is not None else None,
+        None if mask == ALL_METHODS else mask,
+        b.instance,
+        json.dumps(extra, separators=(",", ":")) if extra else None,
+        None,
+    )
+
+
+_SOCKETS: dict[str, Endpoint | None] = {}  # the few listeners of a table, parsed once
+
+
+def _endpoint_of_uri(text: str | None) -> Endpoint | None:
+    """The address of a ``received`` URI; ``sip:ip:port`` (what is written) without the URI parser."""
+    if not text:
+        return None
+    if text.startswith("sip:") and ";" not in text and "@" not in text and "[" not in text:
+        host, _, port = text[4:].rpartition(":")
+        if host and port.isdigit():
+            return Endpoint("UDP", host, int(port))
+    try:
+        uri = parse_uri(text)
+    except SipValueError:
+        return None
+    return uri_endpoint(uri) if isinstance(uri, SipURI) else None
+
+
+def _socket(text: str | None) -> Endpoint | None:
+    """``proto:ip:port`` (OpenSIPS's socket column) as an endpoint."""
+    if not text or ":" not in text:
+        return None
+    try:
+        return _SOCKETS[text]
+    except KeyError:
+        pass
+    proto, _, hostport = text.strip().partition(":")
+    host, _, port = hostport.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        found: Endpoint | None = Endpoint(proto.upper(), host, int(port))
+    except ValueError:
+        found = None
+    if len(_SOCKETS) < 256:
+        _SOCKETS[text] = found
+    return found
+
+
+def _epoch(value: Any) -> float:
+    if isinstance(value, datetime):
+        return value.timestamp()
+    if isinstance(value, str) and value:
+        try:
+            return datetime.fromisoformat(value[:19]).timestamp()
+        except ValueError:
+            return 0.0
+    return 0.0
+
+
+def binding_from_row(row: dict[str, Any], now: float, use_domain: bool) -> Binding | None:
+    """The binding a row stands for, or None when it has expired, cannot be read, or is bound to a
+    connection that died with the previous process (see the module docstring)."""
+    expires = int(row.get("expires") or 0)
+    expires_at = PERMANENT if expires == 0 else float(expires)
+    if expires_at <= now:
+        return None
+    try:
+        uri = parse_uri(str(row["contact"]))
+    except (SipValueError, KeyError):
+        return None
+    if not isinstance(uri, SipURI):
+        return None
+    username = str(row.get("username") or "")
+    domain = row.get("domain")
+    aor = f"{username}@{domain}" if use_domain and domain else username
+    if not aor:
+        return None
+    try:
+        extra = json.loads(row["kv_store"]) if row.get("kv_store") else {}
+    except (ValueError, TypeError):
+        extra = {}
+    if not isinstance(extra, dict):
+        extra = {}
+    cflags = {f.strip().upper() for f in str(row.get("cflags") or "").replace(" ", ",").split(",") if f.strip()}
+    nat = "NAT" in cflags
+    received = _endpoint_of_uri(row.get("received"))
+    local = _socket(row.get("socket"))
+    reg_id = extra.get("reg_id")
+    reg_id = reg_id if isinstance(reg_id, int) else None
+    transport = received.transport if received is not None else (local.transport if local is not None else "UDP")
+    if transport in ("WS", "WSS") or uri.host_key.endswith(".invalid"):
+        return None  # a browser: reachable only over the connection it opened
+    flow = None
+    if transport == "UDP":
+        if local is not None and received is not None:
+            flow = Flow(local, received)  # the same listener sends to the same NAT binding
+    elif nat or reg_id is not None:
+        return None  # behind NAT or an outbound flow: only its (closed) connection reaches it
+    methods = mask_methods(row.get("methods"))
+    more = extra.get("methods")
+    if isinstance(more, list):
+        methods = shared_methods(str(m) for m in more)
+    params = extra.get("params")
+    contact_params = MappingProxyType({str(k): (None if v is None else str(v)) for k, v in params.items()}) \
+        if isinstance(params, dict) and params else EMPTY_PARAMS
+    q = row.get("q")
+    path = str(row.get("path") or "")
+    instance = row.get("sip_instance")
+    return Binding(
+        aor=aor, uri=uri, expires_at=expires_at, call_id=str(row.get("callid") or ""),
+        cseq=int(row.get("cseq") or 0), received=received, flow=flow,
+        q=None if q is None or float(q) < 0 else round(float(q), 3), contact_params=contact_params,
+        path=tuple(p.strip() for p in _split_path(path)) if path else (), instance=instance or None,
+        reg_id=reg_id, methods=methods, user_agent=shared_string(row.get("user_agent") or None), nat=nat,
+        sipping="SIPPING" in cflags, last_modified=_epoch(row.get("last_modified")),
+    )
+
+
+def _split_path(path: str) -> list[str]:
+    """Path values joined with commas, split again (commas inside ``<...>`` or quotes stay)."""
+    out, depth, quoted, start = [], 0, False, 0
+    for i, c in enumerate(path):
+        if c == '"':
+            quoted = not quoted
+        elif not quoted and c == "<":
+            depth += 1
+        elif not quoted and c == ">":
+            depth = max(0, depth - 1)
+        elif c == "," and not quoted and depth == 0:
+            out.append(path[start:i])
+            start = i + 1
+    out.append(path[start:])
+    return [p for p in out if p.strip()]
