@@ -133,4 +133,20 @@ def test_sip_addr_that_reaches_no_listener(tmp_path: Path) -> None:
     assert (result.stdout + result.stderr).strip() == (
         "config: cluster.nodes (node_id 2) sip_addr: '127.0.0.12' matches no UDP listener of this node: other nodes "
         f"send to 127.0.0.12:5060 (node.listen UDP: udp:127.0.0.12:{port}); write the port: \"127.0.0.12:{port}\"")
+
+
+def test_usrloc_database_unreachable_exits(tmp_path: Path) -> None:
+    """Write-back persistence whose location table cannot be read: the node must not come up empty
+    (it would answer as if nobody were registered), it exits 1 naming the database."""
+    port = free_port()
+    closed = free_port()
+    config = tmp_path / "edge.toml"
+    config.write_text(
+        f'[node]\nlisten = ["udp:127.0.0.1:{port}"]\n'
+        f'[usrloc]\ndb_mode = 2\ndb_url = "mysql://root@127.0.0.1:{closed}/opensips"\n')
+    result, took = twistd("-n", "--pidfile=", "edgeproxy", "--config", str(config), cwd=tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1 and took < DEADLINE + 5, (output, took)
+    assert "edgeproxy: cannot start: usrloc: cannot load the location table:" in output, output
+    assert str(closed) in output and "Traceback" not in output, output
     assert left_running(tmp_path) == []
