@@ -23,6 +23,8 @@ Commands (OpenSIPS module in brackets):
   from memory now (or one AoR's rows).
 * ``get_statistics statistics``, ``list_statistics [statistics]``, ``reset_statistics statistics``
   [core] -- our counters under OpenSIPS-like ``group:name`` keys (:data:`STATISTICS` is the table).
+* ``ds_list [full]``, ``ds_set_state state group address``, ``ds_reload [inherit_state]`` [dispatcher]
+  -- with ``[dispatcher]`` only (:mod:`.dispatcher`).
 * ``clusterer_list`` [clusterer] -- only while a cluster runs; ``pike_list`` [pike] -- only with
   ``[pike]``.
 * ``uptime``, ``version``, ``which [command]``, ``help [mi_cmd]``, ``ps``, ``log_level [level [pid]]``
@@ -45,6 +47,7 @@ from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from .dispatcher import DispatcherCommands
 from .loglevel import LogLevelControl, level_name, opensips_level
 from .parts import NodeParts
 from .rpc import (
@@ -72,7 +75,7 @@ log = Logger(namespace="edgeproxy.management")
 _Row = tuple[str, tuple[tuple[str, ...], ...], Callable[..., Any], str, bool]
 
 
-class MICommands(UsrlocCommands, StatisticsCommands):
+class MICommands(UsrlocCommands, StatisticsCommands, DispatcherCommands):
     """The MI commands over the running node ``parts`` (see the module docstring).
 
     Parts are read when a command runs, so a cluster or federation started after this object was
@@ -106,6 +109,9 @@ class MICommands(UsrlocCommands, StatisticsCommands):
         def has_pike() -> bool:
             return getattr(self.parts.node, "flood", None) is not None
 
+        def has_dispatcher() -> bool:
+            return getattr(self.parts, "dispatcher", None) is not None
+
         usrloc: list[_Row] = [
             ("ul_dump", ((), ("brief",)), self.ul_dump, "dumps the whole location table (brief: AoRs only)", False),
             ("ul_show_contact", (("table_name", "aor"),), self.ul_show_contact, "shows the contacts of an AoR", False),
@@ -133,6 +139,14 @@ class MICommands(UsrlocCommands, StatisticsCommands):
                     "link state", "clusterer", available=has_cluster),
             Command("pike_list", ((),), self.pike_list, "lists the blocked source addresses", "pike",
                     available=has_pike),
+            Command("ds_list", ((), ("full",), ("partition",), ("full", "partition")), self.ds_list,
+                    "lists the dispatcher's destinations and their states", "dispatcher", available=has_dispatcher),
+            Command("ds_set_state", (("state", "group", "address"),), self.ds_set_state,
+                    "sets a destination's state: a(ctive), i(nactive), p(robing)", "dispatcher",
+                    available=has_dispatcher, changes=True),
+            Command("ds_reload", ((), ("partition",), ("inherit_state",), ("partition", "inherit_state")),
+                    self.ds_reload, "reads the destinations again", "dispatcher", available=has_dispatcher,
+                    changes=True),
             Command("uptime", ((),), self.uptime, "prints uptime statistics"),
             Command("version", ((),), self.version, "prints the version string of the running node"),
             Command("which", ((), ("command",)), self.which, "lists the MI commands (or a command's parameters)"),

@@ -4,6 +4,7 @@ core) over our counters under OpenSIPS-like ``group:name`` keys; :data:`STATISTI
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable, MutableMapping
 
 from .parts import Counted, NodeParts
@@ -74,6 +75,9 @@ STATISTICS: tuple[tuple[str, str, bool], ...] = (
     ("federation:<counter>", "the publisher's upserts, deletes, syncs, synced_records, failures, "
                              "cleaned_on_start, with [federation]", True),
     ("dns:<counter>", "the RFC 3263 locator's locations, queries, cache_hits, timeouts", True),
+    ("dispatcher:<counter>", "Dispatcher.stats: state_changes, selections, failovers, reloads, bad_rows, "
+                             "probes_sent, probe_replies, probe_failures, with [dispatcher]", True),
+    ("dispatcher:active_destinations", "destinations Active now (also inactive_, probing_destinations)", False),
 )
 
 
@@ -178,6 +182,11 @@ class StatisticsCommands:
         if publisher is not None:
             counters = publisher.stats
             out += [_counter("federation", name, counters) for name in list(counters)]
+        ds = getattr(parts, "dispatcher", None)
+        if ds is not None:
+            out += [_counter("dispatcher", name, ds.stats) for name in list(ds.stats)]
+            out += [_gauge("dispatcher", f"{state.lower()}_destinations", partial(ds.count, state))
+                    for state in ("Active", "Inactive", "Probing")]
         dns = getattr(getattr(node, "locator", None), "stats", None)  # the RFC 3263 locator's, with [dns]
         if isinstance(dns, dict):
             out += [_counter("dns", name, dns) for name in list(dns)]
