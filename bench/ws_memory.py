@@ -104,6 +104,9 @@ def serve(args: argparse.Namespace) -> None:
             def flow_closed(self, flow: Any) -> None:
                 pass
 
+            def malformed_received(self, error: Any, flow: Any, size: int) -> bool:
+                return True
+
         manager = TransportManager(reactor, max_connections=args.connections + 1024, idle_timeout=None,
                                    tls=tls, ws=ws)
 

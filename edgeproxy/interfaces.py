@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Callable, Protocol
 
 from .dns import ServerQuery
 from .sip.endpoint import Destination, Endpoint, Flow
+from .sip.errors import SipParseError
 from .sip.message import Message
 from .sip.parser import Limits
 
@@ -59,12 +60,18 @@ class MessageSink(Protocol):
     whatever reason (peer close, idle timeout, parse error, shutdown), so bindings tied to it can be
     dropped (RFC 5626 §4.4). UDP flows never close.
 
-    Exceptions raised by either method are logged and swallowed by the transport.
+    ``malformed_received(error, flow, size)`` is called for every message that failed to parse,
+    before the transport answers it: the node counts it (pike, statistics) and logs it aggregated;
+    False means "do not answer" (the source is flooding). The transport logs nothing itself.
+
+    Exceptions raised by these methods are logged and swallowed by the transport.
     """
 
     def message_received(self, message: Message, flow: Flow) -> None: ...
 
     def flow_closed(self, flow: Flow) -> None: ...
+
+    def malformed_received(self, error: SipParseError, flow: Flow, size: int) -> bool: ...
 
 
 class Sender(Protocol):

@@ -35,6 +35,7 @@ from .proxy.flood import FloodDetector
 from .proxy.forwarding import Forwarder
 from .proxy.hops import stamp_received
 from .proxy.identity import LocalIdentity
+from .proxy.noise import NoiseLog
 from .proxy.settings import ProxySettings
 from .proxy.uac import LocalUac
 from .registrar import Registrar
@@ -42,7 +43,7 @@ from .routing.api import RouteRequest
 from .routing.loader import RouteModule
 from .routing.verbs import ClusterView, FederationView, RouteVerbs
 from .sip.endpoint import Endpoint, Flow
-from .sip.errors import SipValueError
+from .sip.errors import SipParseError, SipValueError
 from .sip.message import Message, Request, Response
 from .sip.parser import bounded_error_response
 from .transaction import TimerSettings, TransactionTable
@@ -52,7 +53,7 @@ __all__ = ["Node", "NodeCluster", "PingReplies"]
 log = Logger(namespace="edgeproxy.proxy")
 
 _STATS = ("requests", "responses", "relayed", "replied", "route_errors", "flood_dropped", "dropped", "timeouts",
-          "timeouts_inv")
+          "timeouts_inv", "malformed")
 #: Methods counted by name (Kamailio/OpenSIPS ``core:rcv_requests_<method>``); any other is ``OTHER``:
 #: a method is a token from the network, so its name never becomes a key of its own.
 METHODS = ("INVITE", "ACK", "BYE", "CANCEL", "REGISTER", "OPTIONS", "INFO", "UPDATE", "PRACK", "SUBSCRIBE",
@@ -115,6 +116,7 @@ class Node:
         self.methods: dict[str, int] = dict.fromkeys(METHODS, 0)
         self.reply_classes: list[int] = [0] * 7
         self.register_time = LatencyHistogram()
+        self.noise = NoiseLog(clock)  # malformed input and flood drops: one line per source per interval
         self.identity = LocalIdentity(settings.domains)
         self.forwarder = Forwarder(sender, settings, locator)
         timers = timers or TimerSettings()
@@ -142,6 +144,7 @@ class Node:
 
     def stop(self) -> None:
         self.proxy.stop()
+        self.noise.stop()
 
     # -- MessageSink ---------------------------------------------------------------------------------
     def message_received(self, message: Message, flow: Flow) -> None:
@@ -167,7 +170,8 @@ class Node:
                     if pinger is None or not pinger.response_received(message):
                         self.proxy.forward_stray(message)
         except SipValueError as exc:
-            log.info("dropping message from {flow}: {reason}", flow=flow, reason=exc.reason)
+            self.stats["malformed"] += 1
+            self.noise.note(flow.remote.host, "malformed", f"{exc.status} {exc.reason} ({flow.transport})")
             if isinstance(message, Request) and message.method != "ACK":
                 # bounded as a parse error's reply (the top Via, sane-sized From/To/Call-ID/CSeq)
                 reply = bounded_error_response(exc.status, exc.reason,
@@ -177,6 +181,20 @@ class Node:
         except Exception:
             log.failure("internal error handling message from {flow}", flow=flow)
         self.proxy.arm()
+
+    def malformed_received(self, error: SipParseError, flow: Flow, size: int) -> bool:
+        """A message that failed to parse, before the transport answers it (issue 16): counted by
+        pike like any message -- a flooding source's broken messages are not answered either -- and
+        logged aggregated (:class:`~edgeproxy.proxy.noise.NoiseLog`); False: do not answer."""
+        self.stats["malformed"] += 1
+        host = flow.remote.host
+        flood = self.flood
+        if flood is not None and flood.settings.check_all and not self.verbs.flood_check(host):
+            self.stats["flood_dropped"] += 1
+            self.noise.note(host, "dropped while flooding")
+            return False
+        self.noise.note(host, "malformed", f"{error.status} {error.reason} ({size} octets over {flow.transport})")
+        return True
 
     def flow_closed(self, flow: Flow) -> None:
         """A connection went away. WebSocket clients cannot be reached any other way (RFC 7118 §5),

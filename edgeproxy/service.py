@@ -250,7 +250,8 @@ def build_node(config: NodeConfiguration, reactor: Any = None, node_table: NodeT
         federation=federation,
         # [auth]: the routes' www_authorize / proxy_authorize
         auth=Authenticator(config.auth, subscriber_store(config.auth, reactor), reactor) if config.auth else None,
-        flood=FloodDetector(config.pike) if config.pike is not None else None,  # [pike]: per source address
+        # [pike]: per source address; pike_list evaluated at the reactor's time
+        flood=FloodDetector(config.pike, reactor.seconds) if config.pike is not None else None,
         pinger=pinger,
         dispatcher=dispatcher,
     )

@@ -291,6 +291,20 @@ def test_statistics_of_optional_parts() -> None:
     assert {k.split(":")[0] for k in world.call("get_statistics", ["all"])} <= documented
 
 
+def test_malformed_input_and_its_flood_drops_are_statistics() -> None:
+    """Issue 16: what hostile input does is counted (``core:bad_msg_hdr``, ``pike:flood_dropped``)
+    and logged aggregated, not a line per message."""
+    from edgeproxy.sip.errors import SipParseError
+    world = World(flood=FloodDetector(FloodSettings(reqs_density_per_unit=2, check_all=True)))
+    source = Flow(LOCAL, Endpoint("UDP", "192.0.2.66", 5060))
+    err = SipParseError("Missing Call-ID", is_request=True, partial=[("via", "SIP/2.0/UDP 192.0.2.66"),
+                                                                     ("cseq", "1 OPTIONS")])
+    answered = [world.node.malformed_received(err, source, 100) for _ in range(6)]
+    assert answered[:2] == [True, True] and answered[-1] is False
+    stats = world.call("get_statistics", ["core:bad_msg_hdr", "pike:flood_dropped"])
+    assert stats == {"core:bad_msg_hdr": 6, "pike:flood_dropped": answered.count(False)}
+
+
 # -- clusterer, pike: only when they run ----------------------------------------------------------
 
 def test_pike_and_clusterer_commands_exist_only_with_their_parts(world: World) -> None:

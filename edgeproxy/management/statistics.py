@@ -41,6 +41,8 @@ STATISTICS: tuple[tuple[str, str, bool], ...] = (
     ("core:rcv_replies", "node.stats['responses']: responses received", True),
     ("core:drop_requests", "node.stats['dropped']: requests a route dropped unanswered (msg.drop())", True),
     ("core:err_requests", "node.stats['route_errors']: requests whose route raised (answered 500)", True),
+    ("core:bad_msg_hdr", "node.stats['malformed']: messages that failed to parse or whose headers the core "
+                         "refused (answered 400/513 ... unless the source floods; logged aggregated)", True),
     ("core:rcv_requests_<method>", "node.methods: requests received by method (invite, ack, bye, cancel, "
                                    "register, options, info, update, prack, subscribe, notify, publish, "
                                    "message, refer, other)", True),
@@ -136,6 +138,7 @@ class StatisticsCommands:
             _counter("core", "rcv_replies", s, "responses"),
             _counter("core", "drop_requests", s, "dropped"),
             _counter("core", "err_requests", s, "route_errors"),
+            _counter("core", "bad_msg_hdr", s, "malformed"),
             *_by_method(node.methods),
             *_by_class("core", "rcv_replies_{N}xx", node.reply_classes, "core_rcv_replies_by_class"),
             Stat("core", "timestamp", lambda: int(self.wall() - self.started_at), family="core_uptime_seconds"),

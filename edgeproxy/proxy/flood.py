@@ -12,13 +12,17 @@ most ``max_tracked`` sources are kept (the least recently seen go first: a spoof
 cannot grow the table, it can only make the detector forget quiet sources, which costs nothing).
 
 Pure: the caller passes ``now`` (seconds), so tests drive it with numbers; the node passes its
-clock's time.
+clock's time. Who is blocked is evaluated at the time asked (:meth:`FloodDetector.blocked`): a source
+that stopped is no longer listed once its burst has left the window, though it sent nothing since
+(issue 16: ``pike_list`` kept showing sources that had stopped). ``clock`` gives that time when the
+caller has none to pass (the MI); without one, the time of the latest request counted.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Callable
 
 __all__ = ["FloodSettings", "FloodDetector"]
 
@@ -57,8 +61,10 @@ class _Source:
 class FloodDetector:
     """Counts requests per source address and says which sources flood (see the module docstring)."""
 
-    def __init__(self, settings: FloodSettings = FloodSettings()) -> None:
+    def __init__(self, settings: FloodSettings = FloodSettings(), clock: Callable[[], float] | None = None) -> None:
         self.settings = settings
+        self._clock = clock
+        self._latest = 0.0  # the time of the latest request counted
         self._sources: OrderedDict[str, _Source] = OrderedDict()
         self._trusted = frozenset(settings.trusted)
         self.blocked_events = 0  # how many times a source became blocked (statistics)
@@ -94,10 +100,8 @@ class FloodDetector:
                 source.unit = unit
         source.count += 1
         source.last = now
-        # sliding window: all of this unit, and the part of the previous unit still inside the window
-        elapsed = min(max(now / unit_length - unit, 0.0), 1.0)
-        rate = source.count + source.previous * (1.0 - elapsed)
-        flooding = rate > s.reqs_density_per_unit
+        self._latest = now
+        flooding = self._rate(source, now) > s.reqs_density_per_unit
         change = None
         if flooding != source.blocked:
             source.blocked = flooding
@@ -106,9 +110,38 @@ class FloodDetector:
                 self.blocked_events += 1
         return not flooding, change
 
-    def blocked(self) -> list[str]:
-        """Sources blocked right now (for operators)."""
-        return [ip for ip, source in self._sources.items() if source.blocked]
+    def _rate(self, source: _Source, now: float) -> float:
+        """The sliding window at ``now``: all of this unit, and the part of the previous unit still
+        inside the window (nothing of units longer ago)."""
+        unit_length = self.settings.sampling_time_unit
+        unit = int(now // unit_length)
+        if unit == source.unit:
+            count, previous = source.count, source.previous
+        elif unit == source.unit + 1:
+            count, previous = 0, source.count
+        else:
+            return 0.0
+        elapsed = min(max(now / unit_length - unit, 0.0), 1.0)
+        return count + previous * (1.0 - elapsed)
+
+    def is_blocked(self, ip: str, now: float | None = None) -> bool:
+        """Whether ``ip`` is over the limit at ``now`` (default: the clock), without counting."""
+        source = self._sources.get(ip)
+        if source is None or not source.blocked:
+            return False
+        return self._rate(source, self._now(now)) > self.settings.reqs_density_per_unit
+
+    def _now(self, now: float | None) -> float:
+        if now is not None:
+            return now
+        return self._clock() if self._clock is not None else self._latest
+
+    def blocked(self, now: float | None = None) -> list[str]:
+        """Sources blocked at ``now`` (default: the clock), for operators (``pike_list``): those whose
+        rate, evaluated now, is over the limit -- not those that were when they last sent."""
+        now = self._now(now)
+        limit = self.settings.reqs_density_per_unit
+        return [ip for ip, source in self._sources.items() if source.blocked and self._rate(source, now) > limit]
 
     def _forget_idle(self, now: float) -> None:
         """Drop sources idle for ``remove_latency`` from the least recently seen end (amortised: only

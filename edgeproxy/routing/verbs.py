@@ -330,9 +330,10 @@ class RouteVerbs:
 
     def flood_check(self, ip: str) -> bool:
         """Count a request from ``ip``; False when it floods. Trusted sources and the other nodes of
-        the cluster are never counted: their traffic is many users' traffic."""
+        the cluster are never counted: their traffic is many users' traffic; nor the node's own
+        addresses (requests it relayed to itself, issue 16)."""
         flood = self.flood
-        if flood is None or self.trusted_source(ip):
+        if flood is None or self.trusted_source(ip) or self.identity.is_myself(ip):
             return True
         ok, change = flood.check_and_report(ip, self.clock.seconds())
         if change == "blocked":

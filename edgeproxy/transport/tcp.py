@@ -165,14 +165,14 @@ class SipStreamProtocol(Protocol):
                 return
 
     def _parse_error(self, exc: SipParseError) -> bool:
-        """Answer a broken message; True when the stream is still framed and parsing goes on."""
+        """Answer a broken message (once the sink has counted it: pike, the aggregated log); True when
+        the stream is still framed and parsing goes on."""
+        reply = None
         try:
-            reply = error_reply(exc)
+            if self.flow is None or self.sink.malformed_received(exc, self.flow, 0):
+                reply = error_reply(exc)
         except Exception:
             log.failure("failed to build the reply to a malformed message on {flow}", flow=self.flow)
-            reply = None
-        log.info("malformed message on {flow}: {status} {reason}{what}", flow=self.flow, status=exc.status,
-                 reason=exc.reason, what=" (framing lost, closing)" if exc.fatal else "")
         if reply is not None:
             self.transport.write(reply)  # type: ignore[union-attr]
         if exc.fatal:
@@ -199,11 +199,11 @@ class SipStreamProtocol(Protocol):
                 self.parser.close()
             except SipParseError as exc:
                 try:
-                    reply = error_reply(exc)
+                    answer = self.flow is None or self.sink.malformed_received(exc, self.flow, 0)
+                    reply = error_reply(exc) if answer else None
                 except Exception:
                     reply = None
                 if reply is not None:
-                    log.info("truncated message on {flow} at peer close: 400", flow=self.flow)
                     self.transport.write(reply)  # type: ignore[union-attr]
             except Exception:
                 log.failure("stream parser crashed at the close of {flow}", flow=self.flow)

@@ -36,8 +36,9 @@ class SipDatagramProtocol(DatagramProtocol):
     Keep-alives are handled here and never reach the sink: CRLF-only datagrams are ignored, STUN
     Binding requests (RFC 5626 §4.4.2) get a Binding response, other STUN messages are dropped. A
     malformed request is answered with the core's status (400, 505, 513 ...) sent back to the
-    datagram's source address; a malformed response is dropped (§18.1.2). Nothing raised while
-    handling a datagram escapes into the reactor.
+    datagram's source address, once the sink has counted it (``malformed_received``: pike, the
+    aggregated log); a malformed response is dropped (§18.1.2). Nothing raised while handling a
+    datagram escapes into the reactor.
     """
 
     noisy = False
@@ -83,10 +84,10 @@ class SipDatagramProtocol(DatagramProtocol):
                 if stun_reply is not None:
                     self.sendto(stun_reply, addr[0], addr[1])
                 return
+            # counted (pike) and logged (aggregated) by the sink first; no reply to a flooding source
+            if not self._sink.malformed_received(exc, Flow(self.local, Endpoint("UDP", addr[0], addr[1])), len(data)):
+                return
             reply = error_reply(exc)
-            log.info("malformed datagram from {host}:{port} ({size} bytes): {status} {reason}{replied}",
-                     host=addr[0], port=addr[1], size=len(data), status=exc.status, reason=exc.reason,
-                     replied="" if reply else " (not answered)")
             if reply is not None:
                 self.sendto(reply, addr[0], addr[1])
         except OSError as err:  # EMSGSIZE, EHOSTUNREACH ...: the reply is lost, as on the network

@@ -354,12 +354,12 @@ class SipWebSocketProtocol(WebSocketServerProtocol):
 
     def _reject(self, exc: SipParseError, payload: bytes) -> None:
         try:
+            if not self.factory.sink.malformed_received(exc, self.flow, len(payload)):  # type: ignore[arg-type]
+                return  # counted by pike, logged aggregated by the sink first; none to a flooder
             reply = error_reply(exc)
         except Exception:
             log.failure("failed to build the reply to a malformed message on {flow}", flow=self.flow)
             return
-        log.info("malformed message on {flow}: {status} {reason}{replied}", flow=self.flow, status=exc.status,
-                 reason=exc.reason, replied="" if reply else " (not answered)")
         if reply is not None and self.writable:
             self.write_message(reply)
 

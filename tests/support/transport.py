@@ -22,6 +22,7 @@ from twisted.internet.protocol import DatagramProtocol, Protocol
 from zope.interface import implementer
 
 from edgeproxy.sip.endpoint import Endpoint, Flow
+from edgeproxy.sip.errors import SipParseError
 from edgeproxy.sip.message import Message
 from edgeproxy.transport import TransportManager, parse_listen
 from edgeproxy.transport.tls import TlsSettings
@@ -79,6 +80,8 @@ class RecordingSink:
     def __init__(self) -> None:
         self.messages: list[tuple[Message, Flow]] = []
         self.closed: list[Flow] = []
+        self.malformed: list[tuple[SipParseError, Flow, int]] = []  # parse errors, before any reply
+        self.answer_malformed = True
         self._waiting: list[tuple[Callable[[], bool], Deferred]] = []
         self.raise_on_message = False
 
@@ -91,6 +94,11 @@ class RecordingSink:
     def flow_closed(self, flow: Flow) -> None:
         self.closed.append(flow)
         self._check()
+
+    def malformed_received(self, error: SipParseError, flow: Flow, size: int) -> bool:
+        self.malformed.append((error, flow, size))
+        self._check()
+        return self.answer_malformed
 
     def _check(self) -> None:
         self._waiting = fire_ready(self._waiting)

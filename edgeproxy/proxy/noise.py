@@ -1,0 +1,92 @@
+"""Aggregated logging of hostile input: malformed messages and flood drops, counted per source and
+logged as one line per source per interval, so log volume is bounded whatever the input.
+
+Issue 16 saw one info line per malformed message (20,000 fuzzed datagrams wrote ~5,000 lines; a long
+fuzz run filled 38 rotated files): the log was itself an attack surface. Here the first event of a
+source in an interval is logged at once (an operator watching sees it happen); what follows from that
+source in the same interval is only counted, and when the interval ends one line per source gives the
+counts by kind. At most ``max_sources`` sources get lines of their own per interval; the others are
+summed into one line. The counts are also kept in total per kind (:attr:`NoiseLog.totals`) for the
+MI's statistics.
+
+The interval runs on the clock the node is given (``callLater``), armed only while there is
+something to report, so an idle node has no timer.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+__all__ = ["NoiseLog"]
+
+log = Logger(namespace="edgeproxy.noise")
+
+
+class NoiseLog:
+    """One line per source per ``interval`` seconds for malformed input and flood drops."""
+
+    def __init__(self, clock: IReactorTime, interval: float = 10.0, max_sources: int = 20) -> None:
+        self.clock = clock
+        self.interval = interval
+        self.max_sources = max_sources
+        self.totals: Counter[str] = Counter()  # every event ever, by kind (statistics)
+        self.lines = 0  # log lines written (what the attack suite reports)
+        self._pending: dict[str, Counter[str]] = {}  # source -> kind -> count, this interval
+        self._others: Counter[str] = Counter()  # sources beyond max_sources, this interval
+        self._other_sources: set[str] = set()
+        self._timer: IDelayedCall | None = None
+
+    def note(self, source: str, kind: str, detail: str = "") -> None:
+        """Count one event ``kind`` (e.g. ``"malformed"``, ``"flood dropped"``) from ``source``;
+        ``detail`` (the status and reason) is logged with the first event of the interval only."""
+        self.totals[kind] += 1
+        pending = self._pending
+        counts = pending.get(source)
+        if counts is None:
+            if len(pending) >= self.max_sources:
+                if len(self._other_sources) < 100_000:
+                    self._other_sources.add(source)
+                self._others[kind] += 1
+                self._arm()
+                return
+            # the first event of the interval: logged now, not counted again in the summary
+            pending[source] = Counter()
+            self.lines += 1
+            log.info("{kind} from {source}{detail} (more from it are counted, summarised every {interval:g} s)",
+                     kind=kind, source=source, detail=f": {detail}" if detail else "", interval=self.interval)
+        else:
+            counts[kind] += 1
+        self._arm()
+
+    def _arm(self) -> None:
+        if self._timer is None:
+            self._timer = self.clock.callLater(self.interval, self.flush)
+
+    def flush(self) -> None:
+        """Log the interval's counts (one line per source that sent more than its first event) and
+        start a new interval."""
+        self._timer = None
+        pending, self._pending = self._pending, {}
+        for source, counts in pending.items():
+            if counts:
+                self.lines += 1
+                log.info("from {source} in the last {interval:g} s, besides the first: {counts}", source=source,
+                         interval=self.interval, counts=_describe(counts))
+        if self._others:
+            self.lines += 1
+            log.info("from {n} other sources in the last {interval:g} s: {counts}", n=len(self._other_sources),
+                     interval=self.interval, counts=_describe(self._others))
+            self._others = Counter()
+            self._other_sources = set()
+
+    def stop(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+
+def _describe(counts: Counter[str]) -> str:
+    return ", ".join(f"{n} {kind}" for kind, n in counts.most_common())

@@ -1,0 +1,104 @@
+"""Issue 16, finding 5: logs as an attack surface. One info line per malformed message, not rate
+limited: 20,000 fuzzed datagrams wrote ~5,000 lines; a long fuzz run filled 38 rotated files. Now
+malformed input and flood drops are logged aggregated -- the first event of a source in an interval
+at once, then one line per source per interval with the counts -- and counted as statistics
+(``core:bad_msg_hdr``).
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from typing import Iterator
+
+import pytest
+from twisted.internet.task import Clock
+from twisted.logger import LogEvent, formatEvent, globalLogPublisher
+
+from edgeproxy.proxy.noise import NoiseLog
+from support.sipp_harness import EdgeproxyNode, edgeproxy_node
+
+
+@pytest.fixture
+def events() -> Iterator[list[LogEvent]]:
+    seen: list[LogEvent] = []
+
+    def observe(event: LogEvent) -> None:
+        if event.get("log_namespace") == "edgeproxy.noise":
+            seen.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    yield seen
+    globalLogPublisher.removeObserver(observe)
+
+
+def test_one_source_twenty_thousand_events_two_lines_per_interval(events: list[LogEvent]) -> None:
+    clock = Clock()
+    noise = NoiseLog(clock, interval=10.0)
+    for i in range(20_000):
+        noise.note("192.0.2.66", "malformed", "400 Missing Call-ID")
+        if i % 2000 == 0:
+            clock.advance(0.9)  # the burst spans ~9 s: one interval
+    clock.advance(10.0)
+    assert len(events) == 2 == noise.lines
+    assert "19999 malformed" in formatEvent(events[1])
+    assert noise.totals["malformed"] == 20_000
+
+
+def test_a_long_attack_logs_at_most_two_lines_per_source_per_interval(events: list[LogEvent]) -> None:
+    clock = Clock()
+    noise = NoiseLog(clock, interval=10.0)
+    for second in range(120):  # two minutes, 200 events a second from one source
+        for _ in range(200):
+            noise.note("192.0.2.66", "malformed")
+        clock.advance(1.0)
+    assert noise.lines <= 2 * 12 + 2
+    assert noise.totals["malformed"] == 24_000
+
+
+def test_spoofed_sources_are_summed_beyond_max_sources(events: list[LogEvent]) -> None:
+    clock = Clock()
+    noise = NoiseLog(clock, interval=10.0, max_sources=20)
+    for i in range(5000):
+        noise.note(f"10.{i // 65536}.{i // 256 % 256}.{i % 256}", "malformed")
+    clock.advance(10.0)
+    assert noise.lines == 20 + 1  # 20 first lines, one line for the 4,980 others
+    assert "from 4980 other sources" in formatEvent(events[-1])
+
+
+def test_no_timer_while_idle() -> None:
+    clock = Clock()
+    noise = NoiseLog(clock)
+    assert clock.getDelayedCalls() == []
+    noise.note("192.0.2.1", "malformed")
+    assert len(clock.getDelayedCalls()) == 1
+    clock.advance(10.0)
+    assert clock.getDelayedCalls() == []
+
+
+# -- on the wire -------------------------------------------------------------------------------------
+
+SOURCE = "127.0.0.9"
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EdgeproxyNode]:
+    with edgeproxy_node(tmp_path_factory.mktemp("noise"), log_level="info") as n:
+        yield n
+
+
+def test_two_thousand_malformed_datagrams_write_a_bounded_number_of_lines(node: EdgeproxyNode) -> None:
+    before = node.log().count(SOURCE)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((SOURCE, 0))
+        s.settimeout(0.0)
+        for i in range(2000):
+            s.sendto(b"NOT SIP AT ALL %d\r\n\r\n" % i, (node.host, node.port))
+            try:
+                s.recv(65535)
+            except OSError:
+                pass
+    time.sleep(1.0)
+    lines = node.log().count(SOURCE) - before
+    assert 1 <= lines <= 2, lines  # on main: one line per datagram
+    assert node.running()
