@@ -12,11 +12,11 @@ import time
 from typing import Iterator
 
 import pytest
+from support.sipp_harness import EdgeproxyNode, edgeproxy_node
 from twisted.internet.task import Clock
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 
 from edgeproxy.proxy.noise import NoiseLog
-from support.sipp_harness import EdgeproxyNode, edgeproxy_node
 
 
 @pytest.fixture
@@ -48,7 +48,7 @@ def test_one_source_twenty_thousand_events_two_lines_per_interval(events: list[L
 def test_a_long_attack_logs_at_most_two_lines_per_source_per_interval(events: list[LogEvent]) -> None:
     clock = Clock()
     noise = NoiseLog(clock, interval=10.0)
-    for second in range(120):  # two minutes, 200 events a second from one source
+    for _second in range(120):  # two minutes, 200 events a second from one source
         for _ in range(200):
             noise.note("192.0.2.66", "malformed")
         clock.advance(1.0)

@@ -14,17 +14,17 @@ import socket
 from typing import Iterator
 
 import pytest
+from support.proxy import LOCAL_UDP, World, sip
+from support.sipp_harness import EdgeproxyNode, edgeproxy_node
 
 from edgeproxy.proxy.flood import FloodDetector, FloodSettings
 from edgeproxy.sip.endpoint import Endpoint, Flow
-from support.proxy import LOCAL_UDP, World, sip
-from support.sipp_harness import EdgeproxyNode, edgeproxy_node
 
 UNIT, DENSITY = 2.0, 20
 
 
 def options(source: str, port: int, i: int, tag: str = "p") -> str:
-    return sip(f"OPTIONS sip:127.0.0.1:5060 SIP/2.0",
+    return sip("OPTIONS sip:127.0.0.1:5060 SIP/2.0",
                f"Via: SIP/2.0/UDP {source}:{port};branch=z9hG4bK-{tag}{i};rport", "Max-Forwards: 70",
                f"From: <sip:p@{source}>;tag={tag}{i}", "To: <sip:127.0.0.1>", f"Call-ID: {tag}-{i}",
                "CSeq: 1 OPTIONS")
