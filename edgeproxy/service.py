@@ -255,8 +255,15 @@ def build_node(config: NodeConfiguration, reactor: Any = None, node_table: NodeT
         pinger=pinger,
         dispatcher=dispatcher,
     )
+    # [dispatcher] with [cluster]: state changes go to the other nodes (OpenSIPS dispatcher cluster_id)
+    replication = None
+    if dispatcher is not None and cluster is not None and config.cluster is not None:
+        from .dispatcher.clustering import DispatcherReplication
+
+        replication = DispatcherReplication(dispatcher, cluster, config.cluster.cluster_id)
     # [dispatcher] ds_ping_interval: probes go out as the node's own client transactions
-    prober = Prober(dispatcher, node.uac, reactor) if dispatcher is not None and dispatcher.settings.probing else None
+    prober = (Prober(dispatcher, node.uac, reactor, replication.responsible if replication is not None else None)
+              if dispatcher is not None and dispatcher.settings.probing else None)
     if cluster is not None:
         cluster.subscribe(node.cluster_node_changed)
     transports.start(node)  # the sink, given as the transports start (node and transports need each other)

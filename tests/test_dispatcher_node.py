@@ -100,3 +100,57 @@ async def test_probing_over_udp(tmp_path: Path) -> None:
         await within(running.stop(), 5)
         for port in listening:
             await maybeDeferred(port.stopListening)
+
+
+def node_toml(host: str, sip_port: int, node_id: int, bins: dict[int, str], sips: dict[int, str], rows: str,
+              dispatcher: str) -> str:
+    nodes = "".join(f'[[cluster.nodes]]\ncluster_id = 1\nnode_id = {n}\nurl = "bin:{bins[n]}"\nsip_addr = "{sips[n]}"\n'
+                    for n in sorted(bins))
+    return (f'[node]\nlisten = ["udp:{host}:{sip_port}"]\n[timers]\nt1 = 0.1\n'
+            f'[cluster]\nmy_node_id = {node_id}\ncluster_id = 1\nping_interval = 0.2\nping_timeout = 0.2\n{nodes}'
+            f'[dispatcher]\n{dispatcher}{rows}')
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_nodes_share_probing_results_over_the_cluster_link(tmp_path: Path) -> None:
+    """Node 1 probes; node 2 does not (ds_ping_interval 0) and still learns that a server died and came
+    back, and an MI-style state change on node 2 reaches node 1."""
+    hosts = {1: "127.0.0.11", 2: "127.0.0.12"}
+    sip_ports = {n: free_port(h) for n, h in hosts.items()}
+    bins = {n: f"{h}:{free_port(h)}" for n, h in hosts.items()}
+    sips = {n: f"{hosts[n]}:{sip_ports[n]}" for n in hosts}
+    fs_hosts = ["127.0.0.21", "127.0.0.22"]
+    fs_ports = [free_port(h) for h in fs_hosts]
+    servers = [Server(200), Server(200)]
+    listening = [reactor.listenUDP(p, s, interface=h) for h, p, s in zip(fs_hosts, fs_ports, servers)]
+    rows = "".join(f'[[dispatcher.destinations]]\nsetid = 1\ndestination = "sip:{h}:{p}"\n'
+                   for h, p in zip(fs_hosts, fs_ports))
+    probing = "ds_ping_interval = 0.3\nds_probing_mode = 1\nds_probing_threshold = 2\nprobe_timeout = 0.2\n"
+    running = []
+    for n, dispatcher in ((1, probing), (2, "")):
+        path = tmp_path / f"node{n}.toml"
+        path.write_text(node_toml(hosts[n], sip_ports[n], n, bins, sips, rows, dispatcher))
+        config = load_config(str(path))
+        running.append(build_node(config, reactor))
+        await within(running[-1].start(list(config.node.listen)), 5)
+    one, two = (r.dispatcher for r in running)
+    assert one is not None and two is not None and running[1].prober is None
+    try:
+        cluster = running[0].cluster
+        assert cluster is not None
+        await wait_for(lambda: cluster.is_up(2, 1) and running[1].cluster.is_up(1, 1))
+        dead = f"sip:127.0.0.22:{fs_ports[1]}"
+        servers[1].status = None  # it stops answering
+        await wait_for(lambda: one.table.find(1, dead).state_name == "Probing")
+        await wait_for(lambda: two.table.find(1, dead).state_name == "Probing", seconds=1.0)
+        servers[1].status = 200
+        await wait_for(lambda: two.table.find(1, dead).state_name == "Active")
+        # a state set on node 2 (ds_set_state, ds_mark_dst) is node 1's too
+        other = f"sip:127.0.0.21:{fs_ports[0]}"
+        two.set_state(two.table.find(1, other), "i", "MI command")
+        await wait_for(lambda: one.table.find(1, other).state_name == "Inactive", seconds=1.0)
+    finally:
+        for r in running:
+            await within(r.stop(), 5)
+        for port in listening:
+            await maybeDeferred(port.stopListening)

@@ -27,16 +27,19 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .link import InboundLink, LinkFactory, OutboundLink, Ping, PingRefused
+from .link import InboundLink, LinkFactory, Message, OutboundLink, Ping, PingRefused
 from .liveness import Effect, LinkState, NodeLiveness, SyncStatus
 from .nodes import BinAddress, NodeInfo, NodeTable, NodeTableError, normalize_ip, same_host
 
-__all__ = ["Cluster", "Subscriber"]
+__all__ = ["Cluster", "Subscriber", "CapabilityHandler"]
 
 log = Logger(namespace="edgeproxy.cluster")
 
 #: ``callback(node_id, up)``, called on every change of a peer's up/down verdict.
 Subscriber = Callable[[int, bool], None]
+
+#: ``handler(cluster_id, node_id, payload)``: data a peer sent to a capability (:meth:`Cluster.send_all`).
+CapabilityHandler = Callable[[int, int, str], None]
 
 #: Seconds between two warnings about refused connections or pings from one source IP.
 REFUSAL_LOG_INTERVAL = 60.0
@@ -125,6 +128,7 @@ class Cluster:
         #: Source IPs that may open a cluster link: the url IPs of the enabled peers.
         self._admitted = {self._row(key).bin.host for key in self._live}
         self._subscribers: list[Subscriber] = []
+        self._capabilities: dict[str, CapabilityHandler] = {}
         self._inbound: set[InboundLink] = set()
         self._closing: dict[Any, Deferred] = {}
         self._refusals: dict[str, tuple[float, int]] = {}
@@ -228,6 +232,27 @@ class Cluster:
             if callback in self._subscribers:
                 self._subscribers.remove(callback)
         return unsubscribe
+
+    def register_capability(self, name: str, handler: CapabilityHandler) -> None:
+        """Receive what peers :meth:`send_all` to capability ``name`` (one handler per name)."""
+        self._capabilities[name] = handler
+
+    def send_all(self, cluster_id: int, capability: str, payload: str) -> int:
+        """Send ``payload`` to ``capability`` on every peer of ``cluster_id`` that is up, over our links
+        to them (OpenSIPS clusterer ``send_all``); best effort, no answer awaited. The number sent."""
+        sent = 0
+        for row in self.up_nodes(cluster_id):
+            link = self._links[row.bin].link if row.bin in self._links else None
+            if link is None:
+                continue
+            try:
+                link.callRemote(Message, cluster_id=cluster_id, node_id=self.my_node_id, capability=capability,
+                                payload=payload)
+            except Exception as exc:  # the link went away under us: its loss is handled elsewhere
+                log.debug("cluster: {cap} data to node {n} not sent: {why}", cap=capability, n=row.node_id, why=exc)
+                continue
+            sent += 1
+        return sent
 
     @property
     def running(self) -> bool:
@@ -515,6 +540,20 @@ class Cluster:
         self._apply((cluster_id, node_id), self._live[(cluster_id, node_id)].ping_received(now))
         self._schedule()
         return {"node_id": self.my_node_id, "synced": self.is_synced(cluster_id)}
+
+    def message_received(self, link: InboundLink, cluster_id: int, node_id: int, capability: str,
+                         payload: str) -> None:
+        """Data from a peer for a capability: checked like its pings, then handed to the handler."""
+        problem = self._check_ping(link.peer_ip, cluster_id, node_id, self.my_node_id)
+        handler = self._capabilities.get(capability)
+        if problem is not None or handler is None:
+            self._log_refusal(link.peer_ip, "cluster: ignored {cap} data from {ip} (node {n}): {problem}",
+                              cap=capability, ip=link.peer_ip, n=node_id, problem=problem or "no such capability")
+            return
+        try:
+            handler(cluster_id, node_id, payload)
+        except Exception:
+            log.failure("cluster: capability {cap} failed on data from node {n}", cap=capability, n=node_id)
 
     def _check_ping(self, ip: str, cluster_id: int, node_id: int, to_node_id: int) -> str | None:
         if not self._running:

@@ -18,7 +18,7 @@ from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
-__all__ = ["Ping", "PingRefused", "InboundLink", "OutboundLink", "LinkFactory", "PingHandler"]
+__all__ = ["Ping", "PingRefused", "Message", "InboundLink", "OutboundLink", "LinkFactory", "PingHandler"]
 
 log = Logger(namespace="edgeproxy.cluster")
 
@@ -47,11 +47,30 @@ class Ping(amp.Command):
     errors = {PingRefused: b"PING-REFUSED"}
 
 
+class Message(amp.Command):
+    """Data for a capability of the peers (OpenSIPS clusterer's ``send_all`` to a capability such as
+    ``dispatcher-status-repl``): ``payload`` is the capability's own (JSON) text. Refused like a ping
+    when the sender is not who it says."""
+
+    arguments = [
+        (b"cluster_id", amp.Integer()),
+        (b"node_id", amp.Integer()),
+        (b"capability", amp.Unicode()),
+        (b"payload", amp.Unicode()),
+    ]
+    response = []
+    errors = {PingRefused: b"PING-REFUSED"}
+    requiresAnswer = False
+
+
 class PingHandler(Protocol):
     """What an inbound link needs from the cluster."""
 
     def answer_ping(self, link: InboundLink, cluster_id: int, node_id: int,
                     to_node_id: int) -> dict[str, Any]: ...
+
+    def message_received(self, link: InboundLink, cluster_id: int, node_id: int, capability: str,
+                         payload: str) -> None: ...
 
     def inbound_opened(self, link: InboundLink) -> None: ...
 
@@ -98,6 +117,11 @@ class InboundLink(_QuietAMP):
     @Ping.responder
     def ping(self, cluster_id: int, node_id: int, to_node_id: int) -> dict[str, Any]:
         return self.handler.answer_ping(self, cluster_id, node_id, to_node_id)
+
+    @Message.responder
+    def message(self, cluster_id: int, node_id: int, capability: str, payload: str) -> dict[str, Any]:
+        self.handler.message_received(self, cluster_id, node_id, capability, payload)
+        return {}
 
 
 class OutboundLink(_QuietAMP):

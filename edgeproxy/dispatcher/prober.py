@@ -17,7 +17,7 @@ probes per destination URI (the probe traffic the benchmark reports).
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
@@ -45,8 +45,11 @@ class ProbeSender(Protocol):
 class Prober:
     """The probing timer of one dispatcher (see the module docstring)."""
 
-    def __init__(self, dispatcher: Dispatcher, sender: ProbeSender, clock: IReactorTime) -> None:
+    def __init__(self, dispatcher: Dispatcher, sender: ProbeSender, clock: IReactorTime,
+                 responsible: Callable[[Destination], bool] | None = None) -> None:
         self.dispatcher = dispatcher
+        # cluster_probing_mode "distributed": whether this node probes a destination (None: all)
+        self.responsible = responsible
         self.sender = sender
         self.clock = clock
         self.sent: dict[str, int] = {}
@@ -75,6 +78,8 @@ class Prober:
         """Whether ``dest`` is probed in a round (``ds_check_timer``'s rule)."""
         settings = self.dispatcher.settings
         if dest.flags & INACTIVE or not settings.probes_set(dest.setid):
+            return False
+        if self.responsible is not None and not self.responsible(dest):
             return False
         return bool(dest.flags & PROBING) or dest.probe_mode == 1 or settings.ds_probing_mode == 1
 

@@ -13,7 +13,7 @@ holds them::
     ds_probing_list = []          # set ids to probe; []: every set
     options_reply_codes = []      # probe replies that count as alive besides 200, e.g. [403, 501]
     probe_timeout = 5.0           # seconds a probe may go unanswered (then it failed, as tm's 408)
-    cluster_probing_mode = "all"  # "all": every node probes; "shared": one node probes and tells the others
+    cluster_probing_mode = "all"  # with [cluster]: "all" nodes probe every destination, or "distributed" (a share each)
 
     [[dispatcher.destinations]]   # one table per row of OpenSIPS's dispatcher table
     setid = 1
@@ -50,7 +50,7 @@ from .table import COLUMNS, RowError, destination_from_row
 
 __all__ = ["DispatcherSettings", "SECTION", "CLUSTER_PROBING_MODES"]
 
-CLUSTER_PROBING_MODES = ("all", "shared")
+CLUSTER_PROBING_MODES = ("all", "distributed")
 
 
 @dataclass(frozen=True)
