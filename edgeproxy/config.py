@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from .management.metrics_settings import MetricsSettings
     from .management.settings import MISettings
     from .node_settings import NodeConfig
+    from .permissions.settings import PermissionsSettings
     from .proxy.flood import FloodSettings
     from .proxy.settings import ProxySettings
     from .registrar.settings import RegistrarSettings
@@ -77,6 +78,7 @@ SECTIONS: Mapping[str, tuple[str, str]] = MappingProxyType({
     "metrics": ("edgeproxy.management.metrics_settings", "SECTION"),
     "dispatcher": ("edgeproxy.dispatcher.settings", "SECTION"),
     "usrloc": ("edgeproxy.usrloc.settings", "SECTION"),
+    "permissions": ("edgeproxy.permissions.settings", "SECTION"),
 })
 #: Tables checked by their own code (``[federation]``) or not at all (``[route_params]``).
 _FREE_FORM = ("route_params", "federation")
@@ -130,6 +132,8 @@ class Config:
     metrics: MetricsSettings | None = None
     # None without a [dispatcher] section: no destination sets (the ds_* verbs raise)
     dispatcher: DispatcherSettings | None = field(default=None, hash=False)
+    # None without [permissions] and without route_params.freeswitch: no address groups
+    permissions: PermissionsSettings | None = field(default=None, hash=False)
     route_params: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), hash=False)
     source: str | None = None
 
@@ -153,6 +157,20 @@ def _federation(table: Any, cluster: ClusterConfig) -> FederationSettings | None
             table["sip_addr"] = row.sip_addr
     settings = federation_settings(table)
     return replace(settings, sip_addr="") if from_db else settings
+
+
+def _permissions(settings: PermissionsSettings | None, route_params: Mapping[str, Any]) -> PermissionsSettings | None:
+    """``[permissions]`` with the shipped routes' default group appended: the media servers of
+    ``route_params.freeswitch`` as rows of group ``route_params.freeswitch_group`` (1), so a
+    configuration written before address groups existed keeps recognising FreeSWITCH."""
+    from .permissions.settings import PermissionsSettings, route_params_rows
+
+    rows = route_params_rows(route_params)
+    if not rows:
+        return settings
+    if settings is None:
+        return PermissionsSettings(address=rows)
+    return replace(settings, address=settings.address + rows)
 
 
 def _cross_checks(config: Config) -> None:
@@ -269,7 +287,9 @@ def load_config(path: str | None = None, overrides: Mapping[str, Any] | None = N
     built = {name: sect.build(name, checked[name]) for name, sect in sections.items()
              if not sect.optional or name in given}
     cluster: ClusterConfig = built["cluster"]
-    config = Config(**built, route_params=MappingProxyType(dict(raw.get("route_params", {}))),
+    route_params = MappingProxyType(dict(raw.get("route_params", {})))
+    built["permissions"] = _permissions(built.get("permissions"), route_params)
+    config = Config(**built, route_params=route_params,
                     federation=_federation(raw.get("federation"), cluster),
                     source=os.path.abspath(path) if path is not None else None)
     _cross_checks(config)

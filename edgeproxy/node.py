@@ -41,7 +41,7 @@ from .proxy.uac import LocalUac
 from .registrar import Registrar
 from .routing.api import RouteRequest
 from .routing.loader import RouteModule
-from .routing.verbs import ClusterView, FederationView, RouteVerbs
+from .routing.verbs import AddressView, ClusterView, FederationView, RouteVerbs
 from .sip.endpoint import Endpoint, Flow
 from .sip.errors import SipParseError, SipValueError
 from .sip.message import Message, Request, Response
@@ -95,6 +95,7 @@ class Node:
         flood: FloodDetector | None = None,
         pinger: PingReplies | None = None,
         dispatcher: Dispatcher | None = None,
+        permissions: AddressView | None = None,
     ) -> None:
         self.clock = clock
         self.registrar = registrar
@@ -110,6 +111,7 @@ class Node:
         self.flood = flood
         self.pinger = pinger
         self.dispatcher = dispatcher
+        self.permissions = permissions
         self.stats: dict[str, int] = dict.fromkeys(_STATS, 0)
         # what the statistics and Prometheus read (counters only on the message path): requests by
         # method, responses received by class (index status // 100), REGISTER processing times
@@ -123,7 +125,7 @@ class Node:
         self.proxy = StatefulProxy(clock, self.forwarder, self, settings, timers, self.stats)
         self.verbs = RouteVerbs(self.proxy, self.forwarder, self.identity, registrar, settings, clock, self.stats,
                                 cluster=cluster, cluster_id=cluster_id, federation=federation, auth=auth,
-                                flood=flood, timers=timers, dispatcher=dispatcher)
+                                flood=flood, timers=timers, dispatcher=dispatcher, permissions=permissions)
         # requests of the node's own (the dispatcher's probes), through the proxy's transactions
         self.uac = LocalUac(self.proxy, self.forwarder, clock)
 

@@ -30,6 +30,7 @@ from .dispatcher.prober import Prober
 from .location import ChangeJournal, InMemoryLocation
 from .location.natping import NatPinger
 from .node import Node
+from .permissions import Permissions
 from .proxy.flood import FloodDetector
 from .registrar import Registrar
 from .routing.loader import load_route_module
@@ -47,6 +48,7 @@ if TYPE_CHECKING:  # pragma: no cover - imported when [federation] is configured
     from .management.metrics_settings import MetricsSettings
     from .management.settings import MISettings
     from .node_settings import NodeConfig
+    from .permissions.settings import PermissionsSettings
     from .proxy.flood import FloodSettings
     from .proxy.settings import ProxySettings
     from .registrar.settings import RegistrarSettings
@@ -101,6 +103,8 @@ class NodeConfiguration(Protocol):
     def dispatcher(self) -> DispatcherSettings | None: ...
     @property
     def usrloc(self) -> UsrlocSettings: ...
+    @property
+    def permissions(self) -> PermissionsSettings | None: ...
 
 
 class Stoppable(Protocol):
@@ -124,6 +128,7 @@ class RunningNode:
     dispatcher: Dispatcher | None = None  # [dispatcher]; the node's verbs hold it too
     prober: Prober | None = None  # [dispatcher] ds_ping_interval > 0
     persistence: Persistence | None = None  # [usrloc] write-back / write-through to SQL
+    permissions: Permissions | None = None  # [permissions] / route_params.freeswitch; the verbs hold it too
 
     @inlineCallbacks
     def start(self, listen: list[str], advertise: str = "") -> Any:
@@ -140,6 +145,8 @@ class RunningNode:
             self.federation.start()  # never waits for the store: a node whose store is down still serves
         if self.dispatcher is not None and self.dispatcher.load_rows is not None:
             yield self.dispatcher.reload()  # the dispatcher table (db_url): a node without it does not start
+        if self.permissions is not None and self.permissions.settings.db_url:
+            yield self.permissions.reload()  # the address table (db_url): a node without it does not start
         for spec in listen:
             endpoint = parse_listen(spec)
             yield self.transports.listen(endpoint)
@@ -241,6 +248,8 @@ def build_node(config: NodeConfiguration, reactor: Any = None, node_table: NodeT
     # NAT keep-alives (started with the listeners)
     pinger = NatPinger(location, transports, config.nathelper, reactor) if config.nathelper.enabled else None
     dispatcher = _dispatcher(config, reactor)
+    permissions_settings = getattr(config, "permissions", None)
+    permissions = Permissions(permissions_settings, reactor) if permissions_settings is not None else None
     node = Node(
         reactor, transports, registrar, routes, settings, config.timers,
         route_params=dict(getattr(config, "route_params", {}) or {}),
@@ -254,6 +263,7 @@ def build_node(config: NodeConfiguration, reactor: Any = None, node_table: NodeT
         flood=FloodDetector(config.pike, reactor.seconds) if config.pike is not None else None,
         pinger=pinger,
         dispatcher=dispatcher,
+        permissions=permissions,  # address groups: check_address / check_source_address
     )
     # [dispatcher] with [cluster]: state changes go to the other nodes (OpenSIPS dispatcher cluster_id)
     replication = None
@@ -270,7 +280,7 @@ def build_node(config: NodeConfiguration, reactor: Any = None, node_table: NodeT
     if routes.setup is not None:
         routes.setup(node)
     return RunningNode(node, transports, location, registrar, config, cluster, federation, pinger=pinger,
-                       dispatcher=dispatcher, prober=prober, persistence=persistence)
+                       dispatcher=dispatcher, prober=prober, persistence=persistence, permissions=permissions)
 
 
 def _dispatcher(config: NodeConfiguration, reactor: Any) -> Dispatcher | None:

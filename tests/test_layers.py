@@ -60,8 +60,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # behaviour, in four steps: the services a node uses; the transaction-stateful proxy core, which
     # knows no route module; the route verbs and API over that core; the node that runs route modules
     ("services", ("edgeproxy.registrar", "edgeproxy.location", "edgeproxy.cluster", "edgeproxy.federation",
-                  "edgeproxy.auth", "edgeproxy.dispatcher", "edgeproxy.coroutine", "edgeproxy.sqldb", "edgeproxy.latency",
-                  "edgeproxy.usrloc")),
+                  "edgeproxy.auth", "edgeproxy.dispatcher", "edgeproxy.permissions", "edgeproxy.coroutine",
+                  "edgeproxy.sqldb", "edgeproxy.latency", "edgeproxy.usrloc")),
     ("proxy core", ("edgeproxy.proxy",)),
     ("routing", ("edgeproxy.routing",)),
     ("node", ("edgeproxy.node",)),

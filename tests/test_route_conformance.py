@@ -269,7 +269,8 @@ def wire_text(world: World, template: str, sender: str, call: str) -> str:
 async def run_harness(scenario: Scenario, world: World, tmp_path: Path) -> Outcome:
     config = config_file(scenario, world, tmp_path)
     h = RouteHarness(domains=list(config.node.domains), local=world.node, settings=config.registrar,
-                     params=dict(config.route_params), auth=config.auth, dispatcher=config.dispatcher)
+                     params=dict(config.route_params), auth=config.auth, dispatcher=config.dispatcher,
+                     permissions=config.permissions)
     if scenario.registered:
         alice = world.parties["alice"]
         reply = h.register(f"sip:alice@{DOMAIN}", f"sip:alice@{alice.hostport}", source=alice)

@@ -25,6 +25,8 @@ Commands (OpenSIPS module in brackets):
   [core] -- our counters under OpenSIPS-like ``group:name`` keys (:data:`STATISTICS` is the table).
 * ``ds_list [full]``, ``ds_set_state state group address``, ``ds_reload [inherit_state]`` [dispatcher]
   -- with ``[dispatcher]`` only (:mod:`.dispatcher`).
+* ``address_reload [partition]``, ``address_dump [partition]``, ``subnet_dump [partition]``
+  [permissions] -- only with address groups (:mod:`.permissions`).
 * ``clusterer_list`` [clusterer] -- only while a cluster runs; ``pike_list`` [pike] -- only with
   ``[pike]``.
 * ``uptime``, ``version``, ``which [command]``, ``help [mi_cmd]``, ``ps``, ``log_level [level [pid]]``
@@ -50,6 +52,7 @@ from twisted.python.failure import Failure
 from .dispatcher import DispatcherCommands
 from .loglevel import LogLevelControl, level_name, opensips_level
 from .parts import NodeParts
+from .permissions import PermissionsCommands
 from .rpc import (
     INVALID_PARAMS,
     INVALID_REQUEST,
@@ -75,7 +78,7 @@ log = Logger(namespace="edgeproxy.management")
 _Row = tuple[str, tuple[tuple[str, ...], ...], Callable[..., Any], str, bool]
 
 
-class MICommands(UsrlocCommands, StatisticsCommands, DispatcherCommands):
+class MICommands(UsrlocCommands, StatisticsCommands, DispatcherCommands, PermissionsCommands):
     """The MI commands over the running node ``parts`` (see the module docstring).
 
     Parts are read when a command runs, so a cluster or federation started after this object was
@@ -105,6 +108,9 @@ class MICommands(UsrlocCommands, StatisticsCommands, DispatcherCommands):
 
         def has_persistence() -> bool:
             return getattr(self.parts, "persistence", None) is not None
+
+        def has_permissions() -> bool:
+            return getattr(self.parts, "permissions", None) is not None
 
         def has_pike() -> bool:
             return getattr(self.parts.node, "flood", None) is not None
@@ -147,6 +153,13 @@ class MICommands(UsrlocCommands, StatisticsCommands, DispatcherCommands):
             Command("ds_reload", ((), ("partition",), ("inherit_state",), ("partition", "inherit_state")),
                     self.ds_reload, "reads the destinations again", "dispatcher", available=has_dispatcher,
                     changes=True),
+            Command("address_reload", ((), ("partition",)), self.address_reload,
+                    "reloads the address table (trusted address groups)", "permissions", available=has_permissions,
+                    changes=True),
+            Command("address_dump", ((), ("partition",)), self.address_dump,
+                    "lists the host rows of the address groups", "permissions", available=has_permissions),
+            Command("subnet_dump", ((), ("partition",)), self.subnet_dump,
+                    "lists the subnet rows of the address groups", "permissions", available=has_permissions),
             Command("uptime", ((),), self.uptime, "prints uptime statistics"),
             Command("version", ((),), self.version, "prints the version string of the running node"),
             Command("which", ((), ("command",)), self.which, "lists the MI commands (or a command's parameters)"),

@@ -80,6 +80,10 @@ STATISTICS: tuple[tuple[str, str, bool], ...] = (
     ("dispatcher:<counter>", "Dispatcher.stats: state_changes, selections, failovers, reloads, bad_rows, "
                              "probes_sent, probe_replies, probe_failures, with [dispatcher]", True),
     ("dispatcher:active_destinations", "destinations Active now (also inactive_, probing_destinations)", False),
+    ("permissions:address_rows", "host rows of the address groups in use (address_dump)", False),
+    ("permissions:subnet_rows", "subnet rows of the address groups in use (subnet_dump)", False),
+    ("permissions:<counter>", "Permissions.stats: reloads, reload_failures, skipped_rows (malformed rows "
+                              "of the last load), with address groups", True),
 )
 
 
@@ -190,6 +194,13 @@ class StatisticsCommands:
             out += [_counter("dispatcher", name, ds.stats) for name in list(ds.stats)]
             out += [_gauge("dispatcher", f"{state.lower()}_destinations", partial(ds.count, state))
                     for state in ("Active", "Inactive", "Probing")]
+        permissions = getattr(parts, "permissions", None)
+        if permissions is not None:
+            out += [
+                _gauge("permissions", "address_rows", lambda: len(permissions.table.hosts)),
+                _gauge("permissions", "subnet_rows", lambda: len(permissions.table.subnets)),
+            ]
+            out += [_counter("permissions", name, permissions.stats) for name in list(permissions.stats)]
         dns = getattr(getattr(node, "locator", None), "stats", None)  # the RFC 3263 locator's, with [dns]
         if isinstance(dns, dict):
             out += [_counter("dns", name, dns) for name in list(dns)]

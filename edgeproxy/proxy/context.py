@@ -70,7 +70,8 @@ class RouteState:
     __slots__ = ("request", "source", "ctx", "ruri_changed", "branches", "dst_uri", "ruri_branch",
                  "record_routed", "nat", "sipping", "failure_route", "reply_route", "branch_route",
                  "replied", "reply_headers", "relayed", "dropped", "reply", "auth", "flow_error",
-                 "flow_destination", "ruri_consumed", "fr_timeout", "fr_inv_timeout", "trusted", "started", "ds")
+                 "flow_destination", "ruri_consumed", "fr_timeout", "fr_inv_timeout", "trusted", "started", "ds",
+                 "context_info")
 
     def __init__(self, request: Request, source: Flow, ctx: "ServerContext | None" = None) -> None:
         self.request = request
@@ -100,6 +101,7 @@ class RouteState:
         # so long for a first reply / for a final after one; None: the node's [timers]
         self.fr_timeout: float | None = None
         self.fr_inv_timeout: float | None = None
+        self.context_info: str | None = None  # check_address(): the matching row's context_info
         self.trusted = False  # the source is a trusted address or another node (set on arrival)
         self.started = 0.0  # a REGISTER's arrival (clock seconds), for its processing time; else 0
         self.ds: Selection | None = None  # ds_select_dst(): the destination tried and those left

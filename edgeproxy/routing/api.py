@@ -42,6 +42,9 @@ Kamailio ``t_set_fr(60000, 2000)``       ``msg.t_set_fr(60000, 2000)`` (ms), ``m
 ``pike_check_req()``                     ``msg.pike_check_req()`` → bool (False: flooding)
 ``drop()``                               ``msg.drop()`` (no reply at all)
 ``cluster_check_addr(1, "$si")``         ``msg.cluster_check_addr(1)``
+``check_source_address(1, $var(ctx))``   ``msg.check_source_address(1)`` → 1 / -1 / -2 (``msg.context_info``)
+``check_address(1, $si, 0, "any")``      ``msg.check_address(1, msg.si, 0, "any")``
+``get_source_group($var(grp))``          ``msg.get_source_group()`` → group or -1
 ``cache_raw_query(...)``                 ``await msg.cache_raw_query({...})``
 ``ds_select_dst(1, 4, "f")``             ``msg.ds_select_dst(1, 4, "f")`` → 1 / -1
 ``ds_next_dst()`` ``ds_mark_dst("p")``   ``msg.ds_next_dst()`` → 1 / -1, ``msg.ds_mark_dst("p")``
@@ -62,13 +65,14 @@ from twisted.logger import Logger
 
 from ..auth import Authenticator, AuthOutcome, AuthResult
 from ..location import LookupResult
+from ..permissions import AddressResult
 from ..proxy.context import Branch, RouteState
 from ..sip.message import Request, Response
 from ..sip.uri import URI, SipURI, parse_uri
 from .errors import RouteReply
 from .verbs import RouteVerbs
 
-__all__ = ["RouteReply", "RouteRequest", "LookupResult", "AuthResult", "Branch", "Route"]
+__all__ = ["RouteReply", "RouteRequest", "LookupResult", "AuthResult", "AddressResult", "Branch", "Route"]
 
 _log = Logger(namespace="edgeproxy.route")
 
@@ -309,6 +313,36 @@ class RouteRequest:
         """OpenSIPS ``cluster_check_addr(cluster_id, "$si")``: whether ``ip`` (default: the source
         address) is the ``sip_addr`` of another node of the cluster."""
         return self._verbs.cluster_check_addr(cluster_id, self.si if ip is None else ip)
+
+    # -- permissions (trusted addresses) -----------------------------------------------------------
+    def check_address(self, group: int, ip: str, port: int = 0, proto: str = "any", pattern: str | None = None,
+                      partition: str = "default") -> AddressResult:
+        """OpenSIPS ``check_address(group, ip, port, proto, [context_info], [pattern])``: whether
+        ``ip``:``port`` over ``proto`` is in address group ``group`` (0: any group; port 0 and proto
+        ``"any"``: any). Returns :class:`~edgeproxy.permissions.AddressResult` 1 (true), -1 (no match)
+        or -2 (no such group); the matching row's ``context_info`` is then :attr:`context_info`.
+        ``pattern`` (say ``str(msg.ruri)``) is matched against the rows' shell patterns."""
+        return self._verbs.check_address(self._state, group, ip, port, proto, pattern, partition)
+
+    def check_source_address(self, group: int, pattern: str | None = None,
+                             partition: str = "default") -> AddressResult:
+        """OpenSIPS ``check_source_address(group, [context_info], [pattern])``: :meth:`check_address`
+        for the request's source address, port and transport (``$si``, ``$sp``, ``$proto``)."""
+        source = self._state.source.remote
+        return self._verbs.check_address(self._state, group, source.host, source.port, source.transport, pattern,
+                                         partition)
+
+    def get_source_group(self) -> int:
+        """OpenSIPS ``get_source_group()``: the address group of the source (address and port; proto
+        and pattern ignored), -1 when it is in none."""
+        return self._verbs.get_source_group(self._state)
+
+    @property
+    def context_info(self) -> str | None:
+        """The ``context_info`` of the row the last successful ``check_address`` /
+        ``check_source_address`` matched ("" when the row has none); None before any match. A check
+        that matches nothing leaves it as it was, as OpenSIPS leaves its output variable."""
+        return self._state.context_info
 
     # -- verbs -------------------------------------------------------------------------------------
     def append_branch(self, uri: URI | str | None = None, q: float | None = None) -> None:

@@ -29,6 +29,11 @@ Dispatcher: ``dispatcher=config.dispatcher`` (a :class:`~edgeproxy.dispatcher.Di
 with its ``destinations``) gives the ``ds_*`` verbs the node's sets; ``harness.dispatcher`` is the
 :class:`~edgeproxy.dispatcher.Dispatcher`, whose states a test may change
 (``harness.dispatcher.set_state(dest, "i", "test")``) as probing would.
+
+Address groups: ``permissions=config.permissions`` (a :class:`~edgeproxy.permissions.PermissionsSettings`)
+gives ``check_address`` / ``check_source_address`` the rows of the file, including the default group
+the node builds from ``route_params.freeswitch`` (built here too when ``permissions`` is not given);
+the database's rows are the node's only. A :class:`~edgeproxy.permissions.Permissions` may be given.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ from ..federation.lookup import GlobalLookup, global_lookup
 from ..federation.store import StoreError
 from ..interfaces import SendError
 from ..location import InMemoryLocation
+from ..permissions import Permissions, PermissionsSettings, route_params_rows
 from ..proxy.context import Branch, RouteState
 from ..proxy.flood import FloodDetector, FloodSettings
 from ..proxy.forwarding import Forwarder
@@ -189,7 +195,8 @@ class RouteHarness:
                  raw_query: list[dict[str, Any]] | Callable[[Any], list[dict[str, Any]]] | BaseException | None = None,
                  cluster_id: int = 1, auth: AuthSettings | None = None,
                  pike: FloodSettings | None = None, location: InMemoryLocation | None = None,
-                 dispatcher: DispatcherSettings | Dispatcher | None = None) -> None:
+                 dispatcher: DispatcherSettings | Dispatcher | None = None,
+                 permissions: PermissionsSettings | Permissions | None = None) -> None:
         self.clock = Clock()
         # [auth]: the node's Authenticator over [auth.users] (an in-memory store), on the harness clock
         self.auth = Authenticator(auth, subscriber_store(auth), self.clock) if auth is not None else None
@@ -207,11 +214,17 @@ class RouteHarness:
         self.flood = FloodDetector(pike) if pike is not None else None
         # [dispatcher]: the sets of its [[dispatcher.destinations]] (or a Dispatcher of the test's own)
         self.dispatcher = Dispatcher(dispatcher) if isinstance(dispatcher, DispatcherSettings) else dispatcher
+        # address groups: the file's rows of config.permissions (as the node loads them, with the
+        # route_params.freeswitch default group), or a Permissions of the test's own
+        if permissions is None:
+            default_rows = route_params_rows(self.params)
+            permissions = PermissionsSettings(address=default_rows) if default_rows else None
+        self.permissions = Permissions(permissions) if isinstance(permissions, PermissionsSettings) else permissions
         self.verbs = RouteVerbs(self._recorder, self.forwarder, LocalIdentity(domains, [local]), self.registrar,
                                 proxy_settings, self.clock, self.stats,
                                 cluster=_Peers(cluster_peers or {}), cluster_id=cluster_id,
                                 federation=self.store, auth=self.auth, flood=self.flood,
-                                dispatcher=self.dispatcher)
+                                dispatcher=self.dispatcher, permissions=self.permissions)
 
     @property
     def raw_queries(self) -> list[Any]:

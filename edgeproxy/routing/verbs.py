@@ -22,6 +22,7 @@ from ..auth import Authenticator
 from ..dispatcher import Dispatcher, Selection, ds_hash, parse_flags, parse_state_letter, select, uri_hash_keys
 from ..interfaces import SendError
 from ..location import Binding, LookupResult
+from ..permissions import AddressMatch, AddressResult, proto_name
 from ..proxy.context import Branch, RouteState
 from ..proxy.flood import FloodDetector
 from ..proxy.flowtoken import InvalidFlowToken
@@ -41,7 +42,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..cluster.nodes import NodeInfo
     from ..federation.lookup import GlobalLookup
 
-__all__ = ["RouteVerbs", "ProxyCore", "ClusterView", "FederationView"]
+__all__ = ["RouteVerbs", "ProxyCore", "ClusterView", "FederationView", "AddressView"]
 
 log = Logger(namespace="edgeproxy.proxy")
 
@@ -68,6 +69,14 @@ class ClusterView(Protocol):
     def is_up(self, node_id: int, cluster_id: int | None = None) -> bool: ...
 
 
+class AddressView(Protocol):
+    """What the verbs ask of the address groups (:class:`edgeproxy.permissions.Permissions`)."""
+
+    def check(self, grp: int, ip: str, port: int, proto: str, pattern: str | None = None) -> AddressMatch: ...
+
+    def source_group(self, ip: str, port: int) -> int: ...
+
+
 class FederationView(Protocol):
     """What the verbs ask of the federation (:class:`edgeproxy.federation.Federation`)."""
 
@@ -85,7 +94,7 @@ class RouteVerbs:
                  cluster: ClusterView | None = None, cluster_id: int = 1,
                  federation: FederationView | None = None, auth: Authenticator | None = None,
                  flood: FloodDetector | None = None, timers: TimerSettings | None = None,
-                 dispatcher: Dispatcher | None = None) -> None:
+                 dispatcher: Dispatcher | None = None, permissions: AddressView | None = None) -> None:
         self.core = core
         self.forwarder = forwarder
         self.identity = identity
@@ -101,6 +110,7 @@ class RouteVerbs:
         self.flood = flood
         self.timers = timers if timers is not None else TimerSettings()  # the node's [timers]
         self.dispatcher = dispatcher
+        self.permissions = permissions  # [permissions] / route_params.freeswitch: the address groups
 
     # -- identity ------------------------------------------------------------------------------------
     def is_myself(self, host: str, port: int | None = None) -> bool:
@@ -351,6 +361,40 @@ class RouteVerbs:
         if self.flood.settings.check_all:
             return True
         return self.flood_check(route.source.remote.host)
+
+    # -- permissions: trusted address groups ---------------------------------------------------------
+    def check_address(self, route: RouteState, grp: int, ip: str, port: int, proto: str,
+                      pattern: str | None, partition: str) -> AddressResult:
+        """OpenSIPS ``check_address(grp, ip, port, proto, ctx, pattern, partition)``: 1, -1 or -2
+        (see :mod:`edgeproxy.permissions.address`); a match leaves the row's ``context_info`` in
+        ``route.context_info`` (a miss leaves it as it was, as OpenSIPS leaves its variable).
+        Arguments a script could not have compiled (a group or port that is not a number, an unknown
+        proto or partition) are the route's bug: ValueError. A node without address groups answers
+        -2 for every group."""
+        if isinstance(grp, bool) or not isinstance(grp, int) or not 0 <= grp <= 65535:
+            raise ValueError(f"check_address: group must be 0..65535, got {grp!r}")
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+            raise ValueError(f"check_address: port must be 0..65535, got {port!r}")
+        name = proto_name(proto)
+        if name is None:
+            raise ValueError(f"check_address: unknown proto {proto!r}")
+        if partition != "default":
+            raise ValueError(f"check_address: no partition {partition!r} (only \"default\")")
+        if pattern is not None and not isinstance(pattern, str):
+            pattern = str(pattern)
+        permissions = self.permissions
+        if permissions is None or not isinstance(ip, str):
+            return AddressResult.GROUP_NOT_FOUND if permissions is None else AddressResult.NO_MATCH
+        match = permissions.check(grp, ip, port, name, pattern)
+        if match.context_info is not None:  # OpenSIPS writes the context variable on a match only
+            route.context_info = match.context_info
+        return match.code
+
+    def get_source_group(self, route: RouteState) -> int:
+        """OpenSIPS ``get_source_group()``: the group of the request's source address and port, -1."""
+        permissions = self.permissions
+        remote = route.source.remote
+        return -1 if permissions is None else permissions.source_group(remote.host, remote.port)
 
     # -- tm: per-transaction timers and the failure route's view of the branches ---------------------
     def fr_timeout(self, route: RouteState, inv: bool) -> float | None:

@@ -1,0 +1,123 @@
+"""The ``[permissions]`` settings: trusted address groups as OpenSIPS's ``permissions`` module keeps
+them (``check_address``, ``check_source_address``).
+
+::
+
+    [permissions]
+    db_url = ""              # mysql://user:pass@host/opensips: OpenSIPS's address table; "": none
+    table = "address"        # its name (OpenSIPS address_table)
+    timeout = 10.0           # s a (re)load from the database may take
+    [[permissions.address]]  # rows of the configuration file, loaded before the table's
+    grp = 1                  # group; 0 matches any group asked for
+    ip = "10.0.1.50"         # IPv4 or IPv6 address, no names
+    mask = 32                # prefix length; default: 32 (IPv4) / 128 (IPv6), a single host
+    port = 0                 # 0: any port
+    proto = "any"            # any, udp, tcp, tls, sctp, ws, wss
+    pattern = ""             # shell pattern matched against the verb's pattern argument
+    context_info = ""        # handed to the route on a match (msg.context_info)
+
+A row of the file that cannot be used stops the node with one line naming it; a row of the database
+that cannot be used is one log line and the others load (OpenSIPS skips it too). Without the section
+the node has no address groups unless ``route_params.freeswitch`` lists media servers: those become
+the rows of group ``route_params.freeswitch_group`` (1), so the shipped routes recognise FreeSWITCH by
+``check_source_address`` with the configuration they always had (:func:`route_params_rows`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from .. import sqldb
+from ..config_error import ConfigError
+from ..config_schema import Context, Section, seconds, show, text, unknown
+from ..sip.address import ip_literal
+from .address import AddressRow, AddressRowError, parse_row
+
+__all__ = ["PermissionsSettings", "SECTION", "route_params_rows", "ROW_KEYS"]
+
+#: The columns of OpenSIPS's ``address`` table a row of the file may give (``id`` is the database's).
+ROW_KEYS = ("grp", "ip", "mask", "port", "proto", "pattern", "context_info")
+
+
+@dataclass(frozen=True)
+class PermissionsSettings:
+    """See the module docstring; ``address`` holds the file's rows, checked."""
+
+    db_url: str = ""
+    table: str = "address"
+    timeout: float = 10.0
+    address: tuple[AddressRow, ...] = ()
+
+
+def _db_url(key: str, value: Any, ctx: Context) -> str:
+    url = text(key, value, ctx)
+    if url:
+        try:
+            sqldb.parse_db_url(url)
+        except sqldb.DatabaseURLError as exc:
+            raise ConfigError(key, str(exc).removeprefix("db_url: ")) from None
+    return url
+
+
+def _table(key: str, value: Any, ctx: Context) -> str:
+    try:
+        sqldb.quote_table(value)
+    except sqldb.DatabaseURLError:
+        raise ConfigError(key, f"must be a plain SQL table name, got {show(value)}") from None
+    return str(value)
+
+
+def _rows(key: str, value: Any, ctx: Context) -> tuple[AddressRow, ...]:
+    if not isinstance(value, list):
+        raise ConfigError(key, f"must be an array of tables ([[{key}]]), got {show(value)}")
+    rows = []
+    for i, row in enumerate(value):
+        where = f"{key}[{i}]"
+        if not isinstance(row, dict):
+            raise ConfigError(where, f"must be a table with grp, ip, mask, port, proto, ..., got {show(row)}")
+        for name in row:
+            if name not in ROW_KEYS:
+                raise unknown(f"{where}.{name}", "column", list(ROW_KEYS))
+        if "ip" not in row:
+            raise ConfigError(where, "needs an ip")
+        if any(isinstance(v, bool) for v in row.values()):
+            raise ConfigError(where, "columns are numbers and strings, not true/false")
+        try:
+            rows.append(parse_row(row))
+        except AddressRowError as exc:
+            raise ConfigError(where, str(exc)) from None
+    return tuple(rows)
+
+
+#: ``[permissions]``: present, it names the address groups' sources (the node then always has them).
+SECTION: Section[PermissionsSettings] = Section(PermissionsSettings, {
+    "db_url": _db_url,
+    "table": _table,
+    "timeout": seconds,
+    "address": _rows,
+}, optional=True)
+
+
+def route_params_rows(route_params: Mapping[str, Any]) -> tuple[AddressRow, ...]:
+    """The default address group of the shipped routes: each IP address of
+    ``route_params.freeswitch`` (``"10.0.1.50"`` or ``"10.0.1.50:5060"``) as a host row of group
+    ``route_params.freeswitch_group`` (1), any port and transport, ``context_info`` "freeswitch".
+    Names (which ``$si`` never equals) are left out; a group that is not 1..65535 is a ConfigError."""
+    servers = route_params.get("freeswitch", [])
+    if not isinstance(servers, list) or not servers:
+        return ()
+    grp = route_params.get("freeswitch_group", 1)
+    if isinstance(grp, bool) or not isinstance(grp, int) or not 1 <= grp <= 65535:
+        raise ConfigError("route_params.freeswitch_group", f"must be an address group from 1 to 65535, got {show(grp)}")
+    rows = []
+    for server in servers:
+        if not isinstance(server, str):
+            continue
+        host = server
+        if ip_literal(host) is None:  # host:port, [v6]:port
+            host = server.rsplit(":", 1)[0] if server.count(":") == 1 or server.startswith("[") else server
+        literal = ip_literal(host)
+        if literal is not None:
+            rows.append(parse_row({"grp": grp, "ip": literal[1], "context_info": "freeswitch"}))
+    return tuple(rows)
