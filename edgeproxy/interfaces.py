@@ -203,8 +203,9 @@ class ConnectionRegistry(Protocol):
         admission check of every stream listener; a refusal is logged here."""
         ...
 
-    def handshake_started(self, connection: Connection) -> None:
-        """A TLS or WebSocket handshake began: the connection counts as pending."""
+    def handshake_started(self, connection: Connection, host: str = "") -> None:
+        """A TLS or WebSocket handshake began: the connection counts as pending (and against the
+        connections of ``host``, its remote address)."""
         ...
 
     def handshake_ended(self, connection: Connection) -> bool:

@@ -240,6 +240,7 @@ def build_node(config: NodeConfiguration, reactor: Any = None, node_table: NodeT
         reactor,
         limits=limits,  # a LimitsConfig is the parser's Limits
         max_connections=limits.max_connections,
+        max_connections_per_source=limits.max_connections_per_source,
         idle_timeout=limits.tcp_idle_timeout,
         advertise=config.node.advertise or None,
         tls=config.tls,

@@ -54,7 +54,7 @@ def test_no_file_is_a_working_single_node() -> None:
         log_level="info", node_id=None,
     )
     assert config.registrar == RegistrarSettings(default_expires=3600, min_expires=60, max_expires=0,
-                                                 min_expires_mode="clamp", max_contacts=0, use_domain=False,
+                                                 min_expires_mode="clamp", max_contacts=10, use_domain=False,
                                                  path_mode="lazy")
     assert config.proxy == ProxySettings(True, True, 500, 70)
     assert config.limits == LimitsConfig(65535, 256, 16384, 10000, 600.0)

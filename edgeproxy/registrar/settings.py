@@ -28,8 +28,10 @@ class RegistrarSettings:
       Too Brief with ``Min-Expires`` (RFC 3261 §10.3 step 7 / §20.23; Kamailio ``min_expires_mode=1``),
       which JsSIP and SIP.js honour by retrying with the larger value.
     * ``max_expires`` (0 = no limit) — longer lifetimes are lowered to it (OpenSIPS ``max_expires``).
-    * ``max_contacts`` (0 = unlimited) — bindings per AoR; a REGISTER that would leave more is refused
-      with 503 "Too many registered contacts" and changes nothing (OpenSIPS ``max_contacts``);
+    * ``max_contacts`` (10; 0 = unlimited, only when written) — bindings per AoR; a REGISTER that would
+      leave more is refused with 503 "Too many registered contacts" and changes nothing (OpenSIPS
+      ``max_contacts``, whose default 0 lets one account fork an INVITE to thousands of contacts: issue
+      16 saw 2,528 contacts turn one unauthenticated INVITE into 17,700 datagrams);
       ``retry_after`` (0 = none) adds a Retry-After header to that 503 (OpenSIPS ``retry_after``).
     * ``use_domain`` (False) — whether the AoR key includes the domain (OpenSIPS usrloc ``use_domain``;
       federation requires it).
@@ -59,7 +61,7 @@ class RegistrarSettings:
     min_expires: int = 60
     max_expires: int = 0
     min_expires_mode: str = "clamp"
-    max_contacts: int = 0
+    max_contacts: int = 10
     retry_after: int = 0
     use_domain: bool = False
     path_mode: str = "lazy"

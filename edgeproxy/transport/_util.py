@@ -8,7 +8,7 @@ import socket
 from ..sip.errors import SipParseError
 from ..sip.parser import error_response
 
-__all__ = ["guess_local_address", "error_reply"]
+__all__ = ["guess_local_address", "error_reply", "peer_host"]
 
 
 def guess_local_address(family: int) -> str:
@@ -36,3 +36,11 @@ def error_reply(exc: SipParseError) -> bytes | None:
     """
     response = error_response(exc)
     return None if response is None else response.to_bytes()
+
+
+def peer_host(transport: object) -> str:
+    """The remote address of a connection's transport ('' when it has none: tests' fakes)."""
+    try:
+        return str(transport.getPeer().host)  # type: ignore[attr-defined]
+    except Exception:
+        return ""

@@ -33,6 +33,11 @@ if TYPE_CHECKING:
 
 __all__ = ["ConnectionTable", "OutboundDial", "RemoteKey"]
 
+
+def _canonical(host: str) -> str:
+    literal = ip_literal(host)
+    return literal[1] if literal is not None else host
+
 log = Logger(namespace="edgeproxy.transport")
 
 _TLS_KINDS = frozenset({"TLS", "WSS"})
@@ -57,16 +62,21 @@ class ConnectionTable:
 
     ``clock``, ``limits`` and ``idle_timeout`` are what every connection protocol reads;
     ``listeners`` gives the local endpoint of outbound connections; ``max_connections`` caps the
-    count. ``sink`` is set by :meth:`open` (the node's start); ``by_id`` and ``by_remote`` are
+    count, ``max_per_source`` (0 = no cap) the connections of one remote address -- open and
+    handshaking, inbound and outbound -- so that one source cannot take the node's whole limit
+    (issue 16). ``sink`` is set by :meth:`open` (the node's start); ``by_id`` and ``by_remote`` are
     updated in place, never rebound, so the sender reads them directly.
     """
 
     def __init__(self, clock: Clock, limits: Limits, listeners: ListenerIndex, max_connections: int,
-                 idle_timeout: float | None) -> None:
+                 idle_timeout: float | None, max_per_source: int = 0) -> None:
         self.clock = clock
         self.limits = limits
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
+        self.max_per_source = max_per_source
+        self.per_source: dict[str, int] = {}  # canonical remote host -> its connections now
+        self._hosts: dict[Connection, str] = {}  # each counted connection's host, to uncount it
         self.by_id: dict[int, Connection] = {}
         self.by_remote: dict[RemoteKey, list[Connection]] = {}
         self.dials: dict[RemoteKey, OutboundDial] = {}
@@ -98,14 +108,40 @@ class ConnectionTable:
 
     # -- ConnectionRegistry ------------------------------------------------------------------------
     def admit(self, transport: str, host: str, port: int) -> bool:
-        if self.may_connect:
-            return True
-        log.info("refusing {kind} connection from {host}:{port}: {count} connections open",
-                 kind=transport, host=host, port=port, count=self.count)
-        return False
+        if not self.may_connect:
+            log.info("refusing {kind} connection from {host}:{port}: {count} connections open",
+                     kind=transport, host=host, port=port, count=self.count)
+            return False
+        cap = self.max_per_source
+        if cap and self.per_source.get(_canonical(host), 0) >= cap:
+            self.refused_per_source += 1
+            if self.refused_per_source & (self.refused_per_source - 1) == 0:  # 1st, 2nd, 4th, 8th ...
+                log.info("refusing {kind} connection from {host}:{port}: {cap} connections from it open"
+                         " ({n} refused so far for max_connections_per_source)", kind=transport, host=host,
+                         port=port, cap=cap, n=self.refused_per_source)
+            return False
+        return True
 
-    def handshake_started(self, connection: Connection) -> None:
+    refused_per_source = 0
+
+    def _count(self, connection: Connection, host: str) -> None:
+        if connection not in self._hosts:
+            host = self._hosts[connection] = _canonical(host)
+            self.per_source[host] = self.per_source.get(host, 0) + 1
+
+    def _uncount(self, connection: Connection) -> None:
+        host = self._hosts.pop(connection, None)
+        if host is not None:
+            left = self.per_source[host] - 1
+            if left:
+                self.per_source[host] = left
+            else:
+                del self.per_source[host]
+
+    def handshake_started(self, connection: Connection, host: str = "") -> None:
         self._pending.add(connection)
+        if host:
+            self._count(connection, host)
 
     def handshake_ended(self, connection: Connection) -> bool:
         if connection in self._pending:
@@ -122,6 +158,7 @@ class ConnectionTable:
         if local is None:
             local = self._listeners.local_endpoint(kind, remote) or Endpoint(kind, own[0], own[1])
         cid = next(self._ids)
+        self._count(connection, host)
         flow = connection.flow = Flow(local, remote, cid)
         self.by_id[cid] = connection
         self.by_remote.setdefault((kind, host, peer[1]), []).append(connection)
@@ -140,6 +177,8 @@ class ConnectionTable:
         return flow
 
     def connection_lost(self, connection: Connection) -> None:
+        self._uncount(connection)
+        self._pending.discard(connection)
         flow = connection.flow
         if flow is None or self.by_id.get(flow.connection_id) is not connection:  # type: ignore[arg-type]
             return

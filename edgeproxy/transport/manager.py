@@ -68,7 +68,8 @@ class TransportManager:
     ``reactor`` provides ``IReactorUDP``, ``IReactorTCP``, ``IReactorTime`` and the name resolver
     (``IReactorSocket`` too for ``::`` listeners). ``limits`` bound every parse; ``max_connections``
     caps open plus connecting TCP connections, inbound and outbound together (beyond it, accepted
-    sockets are closed at once and sends that need a new connection fail with 503);
+    sockets are closed at once and sends that need a new connection fail with 503), and
+    ``max_connections_per_source`` (0 = no cap) those of one remote address;
     ``idle_timeout`` (seconds, None/0 = never) closes connections that received nothing for that long;
     ``connect_timeout`` bounds outbound connection set-up; ``advertise`` is the host wildcard
     listeners announce (see :meth:`listen`). ``tls`` (:class:`~edgeproxy.transport.tls.TlsSettings`)
@@ -89,6 +90,7 @@ class TransportManager:
         advertise: str | None = None,
         tls: TlsSettings | None = None,
         ws: WsSettings | None = None,
+        max_connections_per_source: int = 0,
     ) -> None:
         self.reactor = reactor
         self.limits = limits
@@ -101,7 +103,8 @@ class TransportManager:
         self._sink: MessageSink | None = None
         self._refusal: str | None = "Transport Not Started"  # why sends fail; None while running
         self._index = ListenerIndex()
-        self._table = ConnectionTable(reactor, limits, self._index, max_connections, idle_timeout)
+        self._table = ConnectionTable(reactor, limits, self._index, max_connections, idle_timeout,
+                                      max_connections_per_source)
         # the send path's lookups, held directly (both objects update them in place)
         self._udp = self._index.udp
         self._udp_default = self._index.udp_default

@@ -51,6 +51,9 @@ class LimitsConfig(Limits):
 
     max_connections: int = 10000
     tcp_idle_timeout: float = 600.0
+    # open and handshaking TCP/TLS/WS connections of one remote address (0 = no cap): one source
+    # cannot take the whole max_connections (issue 16); an office NAT holds tens of phones
+    max_connections_per_source: int = 100
 
 
 def _check_limits(limits: LimitsConfig) -> None:
@@ -66,6 +69,7 @@ LIMITS_SECTION: Section[LimitsConfig] = Section(LimitsConfig, {
     "max_line_length": integer(256, 16 * 1024 * 1024),
     "max_connections": integer(1),
     "tcp_idle_timeout": seconds,
+    "max_connections_per_source": integer(0),
 }, after=_check_limits)
 
 

@@ -41,6 +41,7 @@ from zope.interface import implementer
 from ..interfaces import ConnectionRegistry, Dial, MessageSink, Timer
 from ..sip.address import ip_literal
 from ..sip.endpoint import Endpoint
+from ._util import peer_host
 from .tcp import SipClientFactory, SipServerFactory, SipStreamProtocol
 
 __all__ = ["TlsSettings", "TlsContexts", "SipTlsProtocol", "SipTlsServerFactory", "SipTlsClientFactory",
@@ -366,7 +367,7 @@ class SipTlsProtocol(SipStreamProtocol):
     def connectionMade(self) -> None:
         # TCP is up; the handshake is running (RFC 3261 §26.2.1: no message before it is done).
         registry = self.registry
-        registry.handshake_started(self)
+        registry.handshake_started(self, peer_host(self.transport))
         timeout = self.handshake_timeout
         if timeout and timeout > 0:
             self._handshake_call = registry.clock.callLater(timeout, self._handshake_timed_out)

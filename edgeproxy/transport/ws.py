@@ -50,7 +50,7 @@ from ..interfaces import Clock, ConnectionRegistry, MessageSink
 from ..sip.endpoint import Endpoint, Flow
 from ..sip.errors import SipParseError
 from ..sip.parser import parse_datagram
-from ._util import error_reply
+from ._util import error_reply, peer_host
 from .autobahn_logging import defer_debug_formatting
 
 __all__ = ["WsSettings", "SipWebSocketProtocol", "SipWebSocketFactory", "SUBPROTOCOL"]
@@ -215,7 +215,7 @@ class SipWebSocketProtocol(WebSocketServerProtocol):
     # -- life cycle --------------------------------------------------------------------------------
     def connectionMade(self) -> None:
         super().connectionMade()
-        self.factory.registry.handshake_started(self)
+        self.factory.registry.handshake_started(self, peer_host(self.transport))
 
     def onConnect(self, request: Any) -> str:
         factory = self.factory
