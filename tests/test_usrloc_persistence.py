@@ -294,3 +294,44 @@ def test_config_presets_and_db_mode(tmp_path: Path) -> None:
         config(tmp_path, '[usrloc]\ntimer_intervall = 5\n')
     with pytest.raises(ConfigError, match="usrloc.db_url"):
         config(tmp_path, '[usrloc]\ndb_mode = 2\ndb_url = "postgres://x/y"\n')
+
+
+# -- MI ul_sync -------------------------------------------------------------------------------------------
+def test_mi_ul_sync_whole_table_and_one_aor(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from twisted.logger import LogLevel, LogLevelFilterPredicate
+
+    from edgeproxy.management.commands import MICommands, MIError
+    from edgeproxy.management.loglevel import LogLevelControl
+    from edgeproxy.registrar import Registrar, RegistrarSettings
+
+    db = tmp_path / "loc.db"
+    a = Node(f"sqlite://{db}")
+    a.load()
+    parts = SimpleNamespace(node=SimpleNamespace(), location=a.location, persistence=a.persistence,
+                            registrar=Registrar(a.location, RegistrarSettings(), a.clock))
+    mi = MICommands(parts, log_control=LogLevelControl(parts.node, [LogLevelFilterPredicate(LogLevel.info)]))
+
+    def call(method: str, params: Any) -> Any:
+        out: list[Any] = []
+        mi.execute(method, params).addBoth(out.append)
+        result = out[0]
+        if hasattr(result, "trap"):
+            return result.value
+        return result
+
+    assert "ul_sync" in mi.names()
+    a.save(udp_binding("alice"))
+    a.save(udp_binding("bob"))
+    assert call("ul_sync", {"table_name": "location"}) == "OK"  # the whole table, now
+    assert [r[0] for r in sqlite_rows(db)] == ["alice", "bob"] and a.persistence.pending == 0
+    with sqlite3.connect(db) as conn:  # alice's row lost behind the node's back
+        conn.execute("DELETE FROM location WHERE username = 'alice'")
+    assert call("ul_sync", ["location", "alice"]) == "OK"  # one AoR (with whatever else is pending)
+    assert [r[0] for r in sqlite_rows(db)] == ["alice", "bob"]
+    err = call("ul_sync", ["location", "nobody"])
+    assert isinstance(err, MIError) and err.code == 404
+    err = call("ul_sync", ["elsewhere"])
+    assert isinstance(err, MIError) and err.code == 404
+    assert a.persistence.stats["db_syncs"] == 1 and a.persistence.pending == 0
