@@ -40,6 +40,7 @@ from .config_schema import Context, Section, show, unknown
 if TYPE_CHECKING:
     from .auth.settings import AuthSettings
     from .cluster.settings import ClusterConfig
+    from .dialog.settings import DialogSettings
     from .dispatcher.settings import DispatcherSettings
     from .dns.settings import DnsSettings
     from .federation.settings import FederationSettings
@@ -79,6 +80,7 @@ SECTIONS: Mapping[str, tuple[str, str]] = MappingProxyType({
     "dispatcher": ("edgeproxy.dispatcher.settings", "SECTION"),
     "usrloc": ("edgeproxy.usrloc.settings", "SECTION"),
     "permissions": ("edgeproxy.permissions.settings", "SECTION"),
+    "dialog": ("edgeproxy.dialog.settings", "SECTION"),
 })
 #: Tables checked by their own code (``[federation]``) or not at all (``[route_params]``).
 _FREE_FORM = ("route_params", "federation")
@@ -134,6 +136,7 @@ class Config:
     dispatcher: DispatcherSettings | None = field(default=None, hash=False)
     # None without [permissions] and without route_params.freeswitch: no address groups
     permissions: PermissionsSettings | None = field(default=None, hash=False)
+    dialog: DialogSettings = field(default_factory=_default("dialog"))  # [dialog]: OpenSIPS dialog's modparams
     route_params: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), hash=False)
     source: str | None = None
 

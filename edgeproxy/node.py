@@ -25,6 +25,7 @@ from twisted.python.failure import Failure
 
 from .auth import Authenticator
 from .coroutine import run_eagerly
+from .dialog import DialogTable
 from .dispatcher import Dispatcher
 from .interfaces import Locator, Sender
 from .latency import LatencyHistogram
@@ -96,6 +97,7 @@ class Node:
         pinger: PingReplies | None = None,
         dispatcher: Dispatcher | None = None,
         permissions: AddressView | None = None,
+        dialogs: DialogTable | None = None,
     ) -> None:
         self.clock = clock
         self.registrar = registrar
@@ -122,10 +124,12 @@ class Node:
         self.identity = LocalIdentity(settings.domains)
         self.forwarder = Forwarder(sender, settings, locator)
         timers = timers or TimerSettings()
-        self.proxy = StatefulProxy(clock, self.forwarder, self, settings, timers, self.stats)
+        self.proxy = StatefulProxy(clock, self.forwarder, self, settings, timers, self.stats, dialogs)
+        self.dialogs = self.proxy.dialogs  # the dialog table (.table) and what ends dialogs from here
         self.verbs = RouteVerbs(self.proxy, self.forwarder, self.identity, registrar, settings, clock, self.stats,
                                 cluster=cluster, cluster_id=cluster_id, federation=federation, auth=auth,
-                                flood=flood, timers=timers, dispatcher=dispatcher, permissions=permissions)
+                                flood=flood, timers=timers, dispatcher=dispatcher, permissions=permissions,
+                                dialogs=self.dialogs)
         # requests of the node's own (the dispatcher's probes), through the proxy's transactions
         self.uac = LocalUac(self.proxy, self.forwarder, clock)
 
@@ -201,7 +205,14 @@ class Node:
     def flow_closed(self, flow: Flow) -> None:
         """A connection went away. WebSocket clients cannot be reached any other way (RFC 7118 §5),
         so their bindings go with the connection and calls to them get 404/480 at once instead of a
-        timeout; TCP/TLS bindings stay, since their contact can be dialled again (RFC 3261 §18)."""
+        timeout; TCP/TLS bindings stay, since their contact can be dialled again (RFC 3261 §18).
+        The calls of a party on that connection end with a BYE to both sides (dialogs): nobody
+        else would tell the other party (Kamailio issue 4404)."""
+        try:
+            self.dialogs.flow_closed(flow)
+        except Exception:
+            log.failure("ending the dialogs of {flow} failed", flow=flow)
+        self.proxy.arm()
         if flow.transport in ("WS", "WSS"):
             d = self.location.remove_flow(flow)
             d.addErrback(lambda f: log.failure("removing bindings of {flow} failed", f, flow=flow))

@@ -25,6 +25,7 @@ from twisted.python.failure import Failure
 from .auth import Authenticator, subscriber_store
 from .cluster import Cluster, NodeTable
 from .config_error import ConfigError
+from .dialog import DialogTable
 from .dispatcher import Dispatcher
 from .dispatcher.prober import Prober
 from .location import ChangeJournal, InMemoryLocation
@@ -40,6 +41,7 @@ from .transport.locator import DnsLocator
 if TYPE_CHECKING:  # pragma: no cover - imported when [federation] is configured (it needs pymongo)
     from .auth.settings import AuthSettings
     from .cluster.settings import ClusterConfig
+    from .dialog.settings import DialogSettings
     from .dispatcher.settings import DispatcherSettings
     from .dns.settings import DnsSettings
     from .federation import Federation
@@ -105,6 +107,8 @@ class NodeConfiguration(Protocol):
     def usrloc(self) -> UsrlocSettings: ...
     @property
     def permissions(self) -> PermissionsSettings | None: ...
+    @property
+    def dialog(self) -> DialogSettings: ...
 
 
 class Stoppable(Protocol):
@@ -265,6 +269,7 @@ def build_node(config: NodeConfiguration, reactor: Any = None, node_table: NodeT
         pinger=pinger,
         dispatcher=dispatcher,
         permissions=permissions,  # address groups: check_address / check_source_address
+        dialogs=DialogTable(config.dialog),  # [dialog]: OpenSIPS dialog (create_dialog, profiles, lifetimes)
     )
     # [dispatcher] with [cluster]: state changes go to the other nodes (OpenSIPS dispatcher cluster_id)
     replication = None

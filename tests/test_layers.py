@@ -61,7 +61,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # knows no route module; the route verbs and API over that core; the node that runs route modules
     ("services", ("edgeproxy.registrar", "edgeproxy.location", "edgeproxy.cluster", "edgeproxy.federation",
                   "edgeproxy.auth", "edgeproxy.dispatcher", "edgeproxy.permissions", "edgeproxy.coroutine",
-                  "edgeproxy.sqldb", "edgeproxy.latency", "edgeproxy.usrloc")),
+                  "edgeproxy.sqldb", "edgeproxy.latency", "edgeproxy.usrloc",
+                  "edgeproxy.dialog")),
     ("proxy core", ("edgeproxy.proxy",)),
     ("routing", ("edgeproxy.routing",)),
     ("node", ("edgeproxy.node",)),

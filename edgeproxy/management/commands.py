@@ -27,6 +27,8 @@ Commands (OpenSIPS module in brackets):
   -- with ``[dispatcher]`` only (:mod:`.dispatcher`).
 * ``address_reload [partition]``, ``address_dump [partition]``, ``subnet_dump [partition]``
   [permissions] -- only with address groups (:mod:`.permissions`).
+* ``dlg_list [callid [from_tag]]``, ``dlg_end_dlg dialog_id [extra_hdrs]``, ``profile_get_size profile
+  [value]``, ``profile_list_dlgs profile [value]`` [dialog] -- :mod:`.dialog`'s.
 * ``clusterer_list`` [clusterer] -- only while a cluster runs; ``pike_list`` [pike] -- only with
   ``[pike]``.
 * ``uptime``, ``version``, ``which [command]``, ``help [mi_cmd]``, ``ps``, ``log_level [level [pid]]``
@@ -49,6 +51,7 @@ from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from .dialog import DialogCommands
 from .dispatcher import DispatcherCommands
 from .loglevel import LogLevelControl, level_name, opensips_level
 from .parts import NodeParts
@@ -78,7 +81,8 @@ log = Logger(namespace="edgeproxy.management")
 _Row = tuple[str, tuple[tuple[str, ...], ...], Callable[..., Any], str, bool]
 
 
-class MICommands(UsrlocCommands, StatisticsCommands, DispatcherCommands, PermissionsCommands):
+class MICommands(UsrlocCommands, StatisticsCommands, DispatcherCommands, PermissionsCommands,
+                 DialogCommands):
     """The MI commands over the running node ``parts`` (see the module docstring).
 
     Parts are read when a command runs, so a cluster or federation started after this object was
@@ -134,6 +138,18 @@ class MICommands(UsrlocCommands, StatisticsCommands, DispatcherCommands, Permiss
         commands.append(Command("ul_sync", (("table_name",), ("table_name", "aor")), self.ul_sync,
                                 "writes the location table (or one AoR) to the SQL table now", "usrloc",
                                 changes=True, available=has_persistence))
+        dialog: list[_Row] = [
+            ("dlg_list", ((), ("callid",), ("callid", "from_tag")), self.dlg_list,
+             "lists the dialogs (of a Call-ID, and caller tag)", False),
+            ("dlg_end_dlg", (("dialog_id",), ("dialog_id", "extra_hdrs")), self.dlg_end_dlg,
+             "ends a confirmed dialog with a BYE to both sides", True),
+            ("profile_get_size", (("profile",), ("profile", "value")), self.profile_get_size,
+             "counts the dialogs of a profile (with a value)", False),
+            ("profile_list_dlgs", (("profile",), ("profile", "value")), self.profile_list_dlgs,
+             "lists the dialogs of a profile (with a value)", False),
+        ]
+        for name, recipes, run, text, changes in dialog:
+            commands.append(Command(name, recipes, run, text, "dialog", changes=changes))
         commands += [
             Command("get_statistics", (("statistics",),), self.get_statistics,
                     "prints the statistics (all, group: or one) realtime values", list_param="statistics"),

@@ -84,6 +84,11 @@ STATISTICS: tuple[tuple[str, str, bool], ...] = (
     ("permissions:subnet_rows", "subnet rows of the address groups in use (subnet_dump)", False),
     ("permissions:<counter>", "Permissions.stats: reloads, reload_failures, skipped_rows (malformed rows "
                               "of the last load), with address groups", True),
+    ("dialog:active_dialogs", "confirmed dialogs now", False),
+    ("dialog:early_dialogs", "early dialogs now", False),
+    ("dialog:processed_dialogs", "dialogs created (create_dialog)", True),
+    ("dialog:expired_dialogs", "dialogs that reached their lifetime", True),
+    ("dialog:failed_dialogs", "dialogs whose INVITE got no 2xx", True),
 )
 
 
@@ -201,6 +206,11 @@ class StatisticsCommands:
                 _gauge("permissions", "subnet_rows", lambda: len(permissions.table.subnets)),
             ]
             out += [_counter("permissions", name, permissions.stats) for name in list(permissions.stats)]
+        dialogs = getattr(getattr(node, "dialogs", None), "table", None)  # OpenSIPS dialog's statistics
+        if dialogs is not None:
+            out += [_gauge("dialog", "active_dialogs", lambda: dialogs.active),
+                    _gauge("dialog", "early_dialogs", lambda: dialogs.early)]
+            out += [_counter("dialog", name, dialogs.stats) for name in list(dialogs.stats)]
         dns = getattr(getattr(node, "locator", None), "stats", None)  # the RFC 3263 locator's, with [dns]
         if isinstance(dns, dict):
             out += [_counter("dns", name, dns) for name in list(dns)]

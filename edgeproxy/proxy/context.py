@@ -19,6 +19,7 @@ from ..sip.uri import URI, SipURI, parse_uri
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..auth import AuthOutcome
+    from ..dialog import Dialog
     from ..dispatcher import Selection
     from ..transaction import ClientTransaction, ServerTransaction
 
@@ -71,7 +72,7 @@ class RouteState:
                  "record_routed", "nat", "sipping", "failure_route", "reply_route", "branch_route",
                  "replied", "reply_headers", "relayed", "dropped", "reply", "auth", "flow_error",
                  "flow_destination", "ruri_consumed", "fr_timeout", "fr_inv_timeout", "trusted", "started", "ds",
-                 "context_info")
+                 "context_info", "dialog", "dialog_check")
 
     def __init__(self, request: Request, source: Flow, ctx: "ServerContext | None" = None) -> None:
         self.request = request
@@ -105,6 +106,8 @@ class RouteState:
         self.trusted = False  # the source is a trusted address or another node (set on arrival)
         self.started = 0.0  # a REGISTER's arrival (clock seconds), for its processing time; else 0
         self.ds: Selection | None = None  # ds_select_dst(): the destination tried and those left
+        self.dialog: Dialog | None = None  # create_dialog(), or the dialog an in-dialog request matched
+        self.dialog_check = 0  # what validate_dialog() answers for a matched in-dialog request
 
     @property
     def proven(self) -> bool:
@@ -139,7 +142,7 @@ class ServerContext:
     """Everything about one incoming request handled statefully (the OpenSIPS transaction "cell")."""
 
     __slots__ = ("request", "flow", "tx", "route", "branches", "groups", "final_sent", "canceled",
-                 "failure_running", "starting", "live")
+                 "failure_running", "starting", "live", "dialog")
 
     def __init__(self, request: Request, flow: Flow) -> None:
         self.request = request
@@ -153,6 +156,7 @@ class ServerContext:
         self.failure_running = False
         self.starting = False  # a group's branches are being created: no best-response choice yet
         self.live = 0  # transactions of this context not yet terminated
+        self.dialog: Dialog | None = None  # the dialog its INVITE creates (create_dialog)
 
     def shed(self, request: Request) -> None:
         """The request was answered here and never relayed: keep ``request`` (the transaction's
@@ -214,7 +218,8 @@ class ClientBranch:
 
 
 class CancelBranch:
-    """The client transaction of a CANCEL we generated (§9.1); its responses are absorbed."""
+    """The client transaction of a request we generated (a CANCEL, §9.1; a BYE ending a dialog); its
+    responses are absorbed."""
 
     __slots__ = ("destination",)
 

@@ -20,6 +20,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ..dialog import DialogTable
 from ..dns import ServerQuery
 from ..interfaces import SendError
 from ..latency import LatencyHistogram
@@ -45,6 +46,7 @@ from ..transaction import (
     TransportFailure,
 )
 from .context import Branch, CancelBranch, ClientBranch, RouteState, ServerContext
+from .dialogs import DialogKeeper
 from .forwarding import Forwarder, build_cancel
 from .hooks import HostMatcher, RouteHooks
 from .hops import response_destination
@@ -64,7 +66,7 @@ class StatefulProxy:
     """Server/client transactions of the proxy and what happens between them (§16.6-§16.10)."""
 
     def __init__(self, clock: IReactorTime, forwarder: Forwarder, hooks: RouteHooks, settings: ProxySettings,
-                 timers: TimerSettings, stats: ProxyStats) -> None:
+                 timers: TimerSettings, stats: ProxyStats, dialogs: DialogTable | None = None) -> None:
         self.clock = clock
         self.forwarder = forwarder
         self.hooks = hooks
@@ -78,6 +80,8 @@ class StatefulProxy:
         self._owners: dict[Transaction, Owner] = {}
         self._timer: IDelayedCall | None = None
         self._branch_timers: dict[tuple[float | None, float | None], TimerSettings] = {}
+        # create_dialog(): what the INVITEs' transactions show goes to the table (OpenSIPS dialog)
+        self.dialogs = DialogKeeper(dialogs if dialogs is not None else DialogTable(), forwarder, clock, self.originate)
 
     @property
     def idle(self) -> bool:
@@ -113,6 +117,7 @@ class StatefulProxy:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+        self.dialogs.stop()
 
     # -- executing transaction actions ---------------------------------------------------------------
     def execute(self, tx: Transaction, actions: Iterable[object]) -> None:
@@ -223,6 +228,8 @@ class StatefulProxy:
         arrival to absorb retransmissions; left alone it would wait forever for a final response)."""
         if ctx.tx is None or ctx.final_sent or ctx.branches:
             return
+        if ctx.dialog is not None:
+            self.dialogs.answered(ctx, 0)
         self.table.remove(ctx.tx)
         if self._owners.pop(ctx.tx, None) is ctx:
             ctx.live -= 1
@@ -284,6 +291,8 @@ class StatefulProxy:
                 if tx.is_invite:  # post-dial delay plus ringing: what the caller waited for an answer
                     self.setup_time.observe(self.clock.seconds() - tx.created)
             ctx.final_sent = True
+            if response.status >= 300 and ctx.dialog is not None:
+                self.dialogs.answered(ctx, response.status)
             if isinstance(tx, ServerInviteTransaction) and not tx.reliable:
                 route = ctx.route
                 tx.retransmit_final = self.settings.retransmit_unauthenticated or (route is not None and route.proven)
@@ -530,6 +539,8 @@ class StatefulProxy:
             return
         status = response.status
         self.hooks.reply_route(ctx, response)
+        if ctx.dialog is not None:
+            self.dialogs.branch_response(ctx, cb, response)
         if status < 200:
             cb.provisional = True
             if cb.cancel_wanted:
@@ -621,14 +632,17 @@ class StatefulProxy:
             cb.cancel_wanted = True
             return
         cb.cancel_sent = True
-        cancel = build_cancel(cb.request)
-        destination = cb.send_destination()
+        self.originate(build_cancel(cb.request), cb.send_destination())
+        self.execute(tx, tx.cancel_sent(self.clock.seconds()))
+
+    def originate(self, request: Request, destination: Destination) -> None:
+        """A request of the node's own -- the CANCEL of a branch (§9.1), a BYE ending a dialog -- in
+        its own client transaction (retransmitted over UDP, §17.1.2); its responses are absorbed."""
         now = self.clock.seconds()
-        cancel_tx = ClientNonInviteTransaction(cancel, reliable=destination.remote.reliable, timers=self.timers,
-                                               now=now)
-        self._own(cancel_tx, CancelBranch(destination))
-        self.execute(cancel_tx, cancel_tx.start(now))
-        self.execute(tx, tx.cancel_sent(now))
+        tx = ClientNonInviteTransaction(request, reliable=destination.remote.reliable, timers=self.timers, now=now)
+        self._own(tx, CancelBranch(destination))
+        self.execute(tx, tx.start(now))
+        self.arm()
 
     def transactions_by_transport(self) -> dict[tuple[str, str], int]:
         """``("server"|"client", transport)`` -> transactions now: a walk made when scraped."""

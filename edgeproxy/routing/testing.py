@@ -47,6 +47,7 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
 from ..auth import Authenticator, AuthSettings, subscriber_store
+from ..dialog import DialogSettings, DialogTable
 from ..dispatcher import Dispatcher, DispatcherSettings
 from ..federation.lookup import GlobalLookup, global_lookup
 from ..federation.store import StoreError
@@ -54,6 +55,7 @@ from ..interfaces import SendError
 from ..location import InMemoryLocation
 from ..permissions import Permissions, PermissionsSettings, route_params_rows
 from ..proxy.context import Branch, RouteState
+from ..proxy.dialogs import DialogKeeper
 from ..proxy.flood import FloodDetector, FloodSettings
 from ..proxy.forwarding import Forwarder
 from ..proxy.identity import LocalIdentity
@@ -103,6 +105,10 @@ class _Recorder:
 
     def __init__(self) -> None:
         self.result: RouteResult | None = None
+        self.originated: list[tuple[Request, Destination]] = []  # BYEs the dialogs would send
+
+    def originate(self, request: Request, destination: Destination) -> None:
+        self.originated.append((request, destination))
 
     def respond(self, route: RouteState, response: Response, stateful: bool) -> None:
         assert self.result is not None
@@ -196,7 +202,8 @@ class RouteHarness:
                  cluster_id: int = 1, auth: AuthSettings | None = None,
                  pike: FloodSettings | None = None, location: InMemoryLocation | None = None,
                  dispatcher: DispatcherSettings | Dispatcher | None = None,
-                 permissions: PermissionsSettings | Permissions | None = None) -> None:
+                 permissions: PermissionsSettings | Permissions | None = None,
+                 dialog: DialogSettings | None = None) -> None:
         self.clock = Clock()
         # [auth]: the node's Authenticator over [auth.users] (an in-memory store), on the harness clock
         self.auth = Authenticator(auth, subscriber_store(auth), self.clock) if auth is not None else None
@@ -220,11 +227,14 @@ class RouteHarness:
             default_rows = route_params_rows(self.params)
             permissions = PermissionsSettings(address=default_rows) if default_rows else None
         self.permissions = Permissions(permissions) if isinstance(permissions, PermissionsSettings) else permissions
+        # [dialog]: a real table; dialogs are created and profiled, never answered (no responses here)
+        self.dialogs = DialogTable(dialog or DialogSettings())
+        keeper = DialogKeeper(self.dialogs, self.forwarder, self.clock, self._recorder.originate)
         self.verbs = RouteVerbs(self._recorder, self.forwarder, LocalIdentity(domains, [local]), self.registrar,
                                 proxy_settings, self.clock, self.stats,
                                 cluster=_Peers(cluster_peers or {}), cluster_id=cluster_id,
                                 federation=self.store, auth=self.auth, flood=self.flood,
-                                dispatcher=self.dispatcher, permissions=self.permissions)
+                                dispatcher=self.dispatcher, permissions=self.permissions, dialogs=keeper)
 
     @property
     def raw_queries(self) -> list[Any]:

@@ -19,11 +19,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ..auth import Authenticator
+from ..dialog import Dialog, DialogError
 from ..dispatcher import Dispatcher, Selection, ds_hash, parse_flags, parse_state_letter, select, uri_hash_keys
 from ..interfaces import SendError
 from ..location import Binding, LookupResult
 from ..permissions import AddressMatch, AddressResult, proto_name
 from ..proxy.context import Branch, RouteState
+from ..proxy.dialogs import DialogKeeper
 from ..proxy.flood import FloodDetector
 from ..proxy.flowtoken import InvalidFlowToken
 from ..proxy.forwarding import Forwarder
@@ -94,7 +96,8 @@ class RouteVerbs:
                  cluster: ClusterView | None = None, cluster_id: int = 1,
                  federation: FederationView | None = None, auth: Authenticator | None = None,
                  flood: FloodDetector | None = None, timers: TimerSettings | None = None,
-                 dispatcher: Dispatcher | None = None, permissions: AddressView | None = None) -> None:
+                 dispatcher: Dispatcher | None = None, permissions: AddressView | None = None,
+                 dialogs: DialogKeeper | None = None) -> None:
         self.core = core
         self.forwarder = forwarder
         self.identity = identity
@@ -111,6 +114,7 @@ class RouteVerbs:
         self.timers = timers if timers is not None else TimerSettings()  # the node's [timers]
         self.dispatcher = dispatcher
         self.permissions = permissions  # [permissions] / route_params.freeswitch: the address groups
+        self.dialogs = dialogs  # OpenSIPS dialog: create_dialog(), profiles, loose_route() matching
 
     # -- identity ------------------------------------------------------------------------------------
     def is_myself(self, host: str, port: int | None = None) -> bool:
@@ -235,7 +239,73 @@ class RouteVerbs:
                 continue
             route.flow_destination = self.forwarder.flow_destination(flow, route.request.uri)
             break
+        if routed and popped and not route.flow_error and self.dialogs is not None:
+            self.dialogs.match(route)  # OpenSIPS: loose_route() matches the dialog of what it routes
         return routed
+
+    # -- dialogs (OpenSIPS dialog) -------------------------------------------------------------------
+    def _keeper(self) -> DialogKeeper:
+        if self.dialogs is None:
+            raise RuntimeError("the route uses dialogs, but this node keeps none")
+        return self.dialogs
+
+    def create_dialog(self, route: RouteState, flags: str) -> bool:
+        """``create_dialog(flags)``: True when the INVITE has its dialog (made now or before)."""
+        try:
+            self._keeper().create(route, flags)
+        except DialogError as exc:
+            log.info("{method} {call_id}: create_dialog(): {why}", method=route.request.method,
+                     call_id=route.request.call_id, why=exc)
+            return False
+        return True
+
+    def dialog(self, route: RouteState) -> Dialog | None:
+        """The request's dialog: the one it created, else the one its Call-ID and tags match
+        (``match_dialog()``)."""
+        if route.dialog is None and route.request.to_tag is not None:
+            self._keeper().match(route)
+        return route.dialog
+
+    def validate_dialog(self, route: RouteState) -> int:
+        """``validate_dialog()``: 1 valid, -1 bad CSeq, -2 Request-URI not the remote target, -4 no
+        dialog (see :meth:`edgeproxy.dialog.DialogTable.validate`)."""
+        if self.dialog(route) is None or route.dialog_check == 0:
+            return -4
+        return route.dialog_check
+
+    def set_dlg_profile(self, route: RouteState, name: str, value: str | None) -> bool:
+        """``set_dlg_profile(name, value)``: False without a dialog, or for a valued profile without
+        a value; an undeclared profile is the route's error (ProfileError, answered 500)."""
+        keeper = self._keeper()
+        dlg = self.dialog(route)
+        if dlg is None or (value is None and keeper.table.profiles.has_value(name)):
+            return False
+        keeper.table.set_profile(dlg, name, value)
+        return True
+
+    def unset_dlg_profile(self, route: RouteState, name: str, value: str | None) -> bool:
+        dlg = self.dialog(route)
+        return dlg is not None and self._keeper().table.unset_profile(dlg, name, value)
+
+    def is_in_profile(self, route: RouteState, name: str, value: str | None) -> bool:
+        dlg = self.dialog(route)
+        return dlg is not None and self._keeper().table.in_profile(dlg, name, value)
+
+    def get_profile_size(self, name: str, value: str | None) -> int:
+        return self._keeper().table.profile_size(name, value)
+
+    def dlg_timeout(self, route: RouteState) -> int | None:
+        """``$DLG_timeout`` (read): seconds left of a confirmed dialog, else its lifetime."""
+        dlg = self.dialog(route)
+        return None if dlg is None else self._keeper().table.timeout_left(dlg, self.clock.seconds())
+
+    def set_dlg_timeout(self, route: RouteState, seconds: int) -> None:
+        dlg = self.dialog(route)
+        if dlg is None:
+            raise RuntimeError("$DLG_timeout set without a dialog (call create_dialog() first)")
+        if seconds < 1:
+            raise ValueError(f"$DLG_timeout must be at least 1 s, got {seconds}")
+        self._keeper().set_timeout(dlg, int(seconds))
 
     # -- location ------------------------------------------------------------------------------------
     def lookup(self, route: RouteState, table: str, flags: str, aor: str | None) -> "Deferred[LookupResult]":

@@ -16,6 +16,7 @@ from typing import Any, Callable
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 
+from edgeproxy.dialog import DialogTable
 from edgeproxy.interfaces import SendError
 from edgeproxy.location import InMemoryLocation
 from edgeproxy.node import Node, PingReplies
@@ -110,7 +111,8 @@ class RecordingSender:
 class World:
     def __init__(self, routes: RouteModule | None = None, settings: ProxySettings | None = None,
                  timers: TimerSettings | None = None, *, locator: Locator | None = None,
-                 flood: FloodDetector | None = None, pinger: Callable[["World"], PingReplies] | None = None) -> None:
+                 flood: FloodDetector | None = None, pinger: Callable[["World"], PingReplies] | None = None,
+                 dialogs: DialogTable | None = None) -> None:
         self.clock = Clock()
         self.clock.advance(T0)
         self.location = InMemoryLocation(self.clock)
@@ -118,7 +120,7 @@ class World:
         self.sender = RecordingSender()
         self.node = Node(self.clock, self.sender, self.registrar, routes or load_route_module("edgeproxy_routes.default"),
                          settings or ProxySettings(domains=("example.com",)), timers, locator=locator, flood=flood,
-                         pinger=pinger(self) if pinger is not None else None)
+                         pinger=pinger(self) if pinger is not None else None, dialogs=dialogs)
         self.node.add_local_endpoint(LOCAL_UDP)
         self.node.add_local_endpoint(LOCAL_TCP)
 

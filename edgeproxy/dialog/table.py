@@ -1,0 +1,375 @@
+"""The node's dialogs (OpenSIPS ``dlg_hash``): creation, the state machine driven by what goes through
+the node, matching of in-dialog requests, lifetimes, profiles and the end of a dialog.
+
+Sans-IO: the table reads no clock and sends nothing. Callers pass ``now``; where a dialog must be
+ended with BYEs (lifetime expiry with the ``B`` flag, a party's connection gone, the MI's
+``dlg_end_dlg``) the table returns the requests with their destinations and the caller sends them
+(:class:`edgeproxy.proxy.dialogs.DialogKeeper` does, in its own client transactions).
+
+Transitions (OpenSIPS ``dlg_hash.c: next_state_dlg``, reference §5.3):
+
+====================================  ===========  ==========================================
+event                                 from → to    what else
+====================================  ===========  ==========================================
+``create_dialog()``                   → 1          ``processed_dialogs`` + 1
+1xx with a To tag                     1 → 2        (forking: every early branch, one dialog)
+2xx (the first)                       1,2 → 3      lifetime armed; a late 2xx after a failure
+                                                   revives a dialog no BYE ended (5 → 3)
+negative final / dropped              1,2 → 5      ``failed_dialogs`` + 1
+ACK                                   3 → 4
+BYE (either side, matching tags)      3,4 → 5      "Upstream BYE" / "Downstream BYE"
+lifetime / connection lost / MI       3,4 → 5      BYEs both ways (lifetime: only with ``B``)
+====================================  ===========  ==========================================
+
+Every path to state 5 goes through :meth:`DialogTable._delete`, which takes the dialog out of the
+indexes and its profiles exactly once.
+"""
+
+from __future__ import annotations
+
+import heapq
+import zlib
+from itertools import count
+from typing import Iterable, Iterator, Sequence
+
+from ..sip.endpoint import Destination, Flow
+from ..sip.message import Request, Response
+from .model import FLAG_BYE_SEEN, FLAG_FAILED, Dialog, DialogListener, DialogState, parse_flags
+from .profiles import ProfileError, Profiles
+from .requests import bye_to_callee, bye_to_caller
+from .settings import DialogSettings
+
+__all__ = ["DialogTable", "DialogError", "Outgoing"]
+
+Outgoing = list[tuple[Request, Destination]]  # requests to send, each where it goes
+
+
+class DialogError(ValueError):
+    """A dialog cannot be created from this request (no From tag, not an INVITE)."""
+
+
+class DialogTable:
+    """Every dialog of the node, indexed by Call-ID and caller tag, by the connections of its parties,
+    and by the time its lifetime ends. ``listeners`` hear every dialog's life (see
+    :class:`~edgeproxy.dialog.model.DialogListener`); ``stats`` are OpenSIPS's counters."""
+
+    def __init__(self, settings: DialogSettings | None = None, listeners: Sequence[DialogListener] = ()) -> None:
+        self.settings = settings = settings or DialogSettings()
+        self.listeners = tuple(listeners)
+        self.profiles = Profiles(settings)
+        self.stats = {"processed_dialogs": 0, "expired_dialogs": 0, "failed_dialogs": 0}
+        self._dialogs: dict[tuple[str, str], Dialog] = {}
+        self._by_flow: dict[Flow, list[Dialog]] = {}
+        self._timers: list[tuple[float, int, Dialog]] = []
+        self._ids = count(1)
+        self._states = [0] * 6  # dialogs per state, 1..4
+
+    # -- reading ---------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._dialogs)
+
+    def __iter__(self) -> Iterator[Dialog]:
+        """The live dialogs (a snapshot: the table may change while the caller walks it)."""
+        return iter(list(self._dialogs.values()))
+
+    def count(self, state: DialogState) -> int:
+        return self._states[state]
+
+    @property
+    def active(self) -> int:
+        """OpenSIPS ``active_dialogs``: confirmed dialogs."""
+        return self._states[DialogState.CONFIRMED_NA] + self._states[DialogState.CONFIRMED]
+
+    @property
+    def early(self) -> int:
+        """OpenSIPS ``early_dialogs``."""
+        return self._states[DialogState.EARLY]
+
+    def get(self, call_id: str, caller_tag: str) -> Dialog | None:
+        return self._dialogs.get((call_id, caller_tag))
+
+    def find(self, ident: str) -> list[Dialog]:
+        """The dialogs an MI ``dialog_id`` names: its DID (``h_entry.h_id`` in hex) or a Call-ID."""
+        entry, dot, hid = ident.partition(".")
+        try:
+            key = (int(entry, 16), int(hid, 16)) if dot else None
+        except ValueError:
+            key = None
+        return [d for d in self._dialogs.values() if (d.h_entry, d.h_id) == key or d.call_id == ident]
+
+    def match(self, request: Request) -> tuple[Dialog, bool] | None:
+        """The dialog an in-dialog request belongs to, and whether it goes downstream (from the
+        caller); None when its Call-ID and both tags name none of ours. In an early dialog any callee
+        tag is one of its branches' (forking)."""
+        from_tag, to_tag = request.from_tag, request.to_tag
+        if from_tag is None or to_tag is None:
+            return None
+        call_id = request.call_id
+        dlg = self._dialogs.get((call_id, from_tag))
+        if dlg is not None and (dlg.callee_tag == to_tag or (dlg.callee_tag is None and not dlg.confirmed)):
+            return dlg, True
+        dlg = self._dialogs.get((call_id, to_tag))
+        if dlg is not None and (dlg.callee_tag == from_tag or (dlg.callee_tag is None and not dlg.confirmed)):
+            return dlg, False
+        return None
+
+    def next_deadline(self) -> float | None:
+        """When the earliest lifetime ends (stale entries of dialogs gone or re-timed are skipped)."""
+        timers = self._timers
+        while timers:
+            when, _, dlg = timers[0]
+            if dlg.state != DialogState.DELETED and dlg.timeout_at == when:
+                return when
+            heapq.heappop(timers)
+        return None
+
+    # -- the state machine -----------------------------------------------------------------------------
+    def create(self, request: Request, now: float, caller_dest: Destination, caller_flow: Flow | None,
+               caller_routes: tuple[str, ...], flags: str = "") -> Dialog:
+        """``create_dialog(flags)`` on an initial INVITE (the existing dialog when there is one)."""
+        if request.method != "INVITE" or request.to_tag is not None:
+            raise DialogError("create_dialog() needs an initial INVITE")
+        tag = request.from_tag
+        if not tag:
+            raise DialogError("the INVITE has no From tag")
+        call_id = request.call_id
+        existing = self._dialogs.get((call_id, tag))
+        if existing is not None:
+            return existing
+        contacts = request.contacts
+        contact = str(contacts[0].uri) if contacts else str(request.from_.uri)
+        dlg = Dialog(zlib.crc32(call_id.encode("utf-8", "surrogateescape")) & 0xFFF, next(self._ids), call_id,
+                     request.headers.get("from") or "", _without_tag(request.headers.get("to") or ""), tag,
+                     request.cseq.number, contact, caller_routes, caller_dest, caller_flow, parse_flags(flags),
+                     now, self.settings.default_timeout)
+        self._dialogs[(call_id, tag)] = dlg
+        self._states[DialogState.UNCONFIRMED] += 1
+        self.stats["processed_dialogs"] += 1
+        if caller_flow is not None:
+            self._by_flow.setdefault(caller_flow, []).append(dlg)
+        for listener in self.listeners:
+            listener.dialog_created(dlg)
+        return dlg
+
+    def _move(self, dlg: Dialog, state: DialogState) -> None:
+        if dlg.state != DialogState.DELETED:
+            self._states[dlg.state] -= 1
+        dlg.state = state
+        if state != DialogState.DELETED:
+            self._states[state] += 1
+
+    def provisional(self, dlg: Dialog, response: Response) -> None:
+        """A 1xx with a To tag from one of the branches: the dialog is early."""
+        if dlg.state == DialogState.UNCONFIRMED and response.to_tag:
+            self._move(dlg, DialogState.EARLY)
+
+    def confirm(self, dlg: Dialog, response: Response, now: float, callee_dest: Destination,
+                callee_flow: Flow | None, callee_routes: tuple[str, ...]) -> bool:
+        """The first 2xx: the callee's leg is the branch that sent it. False for a 2xx of another
+        branch (the caller ends that one itself) or of a dialog a BYE already ended."""
+        if dlg.confirmed or dlg.flags & FLAG_BYE_SEEN:
+            return False
+        if dlg.state == DialogState.DELETED:
+            if not dlg.flags & FLAG_FAILED or (dlg.call_id, dlg.caller_tag) in self._dialogs:
+                return False
+            self._relink(dlg)  # a late 2xx after a failure (200 after CANCEL): the call exists
+        contacts = response.contacts
+        dlg.callee_tag = response.to_tag or ""
+        dlg.callee_contact = str(contacts[0].uri) if contacts else str(response.to.uri)
+        dlg.callee_routes = callee_routes
+        dlg.callee_dest = callee_dest
+        dlg.callee_flow = callee_flow
+        if callee_flow is not None and callee_flow != dlg.caller_flow:
+            self._by_flow.setdefault(callee_flow, []).append(dlg)
+        dlg.start = now
+        self._move(dlg, DialogState.CONFIRMED_NA)
+        self._arm(dlg, now + dlg.lifetime)
+        for listener in self.listeners:
+            listener.dialog_confirmed(dlg, response)
+        return True
+
+    def fail(self, dlg: Dialog, status: int) -> None:
+        """The INVITE ended without a 2xx (``status`` went to the caller; 0: dropped unanswered)."""
+        if dlg.state not in (DialogState.UNCONFIRMED, DialogState.EARLY):
+            return
+        dlg.flags |= FLAG_FAILED
+        self.stats["failed_dialogs"] += 1
+        self._delete(dlg)
+        for listener in self.listeners:
+            listener.dialog_failed(dlg, status)
+
+    def in_dialog(self, dlg: Dialog, request: Request, downstream: bool) -> str | None:
+        """An in-dialog request of ``dlg`` went through (``downstream``: from the caller): CSeq kept,
+        ACK confirms, BYE ends a confirmed dialog. The end reason when it ended, else None."""
+        method = request.method
+        number = request.cseq.number
+        if downstream:
+            if method != "ACK" and number > dlg.caller_cseq:
+                dlg.caller_cseq = number
+        elif number > dlg.callee_cseq:
+            dlg.callee_cseq = number
+        if method == "ACK":
+            if dlg.state == DialogState.CONFIRMED_NA:
+                self._move(dlg, DialogState.CONFIRMED)
+            return None
+        if method != "BYE":
+            return None
+        dlg.flags |= FLAG_BYE_SEEN
+        if not dlg.confirmed:
+            return None  # an early BYE only marks the dialog (OpenSIPS: "has BYE")
+        reason = "Upstream BYE" if downstream else "Downstream BYE"
+        self._end(dlg, reason)
+        return reason
+
+    def validate(self, dlg: Dialog, request: Request, downstream: bool) -> int:
+        """OpenSIPS ``validate_dialog()`` (``dlg_handlers.c: dlg_validate_dialog``) for an in-dialog
+        request before it changes the dialog: -1 bad CSeq (an ACK must carry the CSeq of the request
+        it acknowledges, anything else one above the last its sender used), -2 the Request-URI is not
+        the remote target of a confirmed dialog, 1 valid. (-3, the route set, is not checked: the
+        request's Route was ours and has been popped.)"""
+        number = request.cseq.number
+        if request.method == "ACK":
+            if number not in (dlg.caller_cseq, dlg.callee_cseq):
+                return -1
+        elif number <= (dlg.caller_cseq if downstream else dlg.callee_cseq):
+            return -1
+        if dlg.confirmed and request.uri_text != (dlg.callee_contact if downstream else dlg.caller_contact):
+            return -2
+        return 1
+
+    def set_timeout(self, dlg: Dialog, seconds: int, now: float) -> None:
+        """``$DLG_timeout = seconds``: before confirmation the lifetime to use; after it, the seconds
+        left from now."""
+        if dlg.confirmed:
+            dlg.lifetime = max(0, int(now - dlg.start)) + seconds
+            self._arm(dlg, now + seconds)
+        else:
+            dlg.lifetime = seconds
+
+    def timeout_left(self, dlg: Dialog, now: float) -> int:
+        """``$DLG_timeout`` read: seconds left of a confirmed dialog, else its lifetime."""
+        return max(0, round(dlg.timeout_at - now)) if dlg.confirmed else dlg.lifetime
+
+    # -- ending ----------------------------------------------------------------------------------------
+    def expire(self, now: float) -> Outgoing:
+        """Dialogs whose lifetime has ended: with the ``B`` flag, BYEs to both sides; without it the
+        dialog is forgotten silently, as OpenSIPS does (reference §0.7)."""
+        out: Outgoing = []
+        while True:
+            when = self.next_deadline()
+            if when is None or when > now:
+                return out
+            _, _, dlg = heapq.heappop(self._timers)
+            self.stats["expired_dialogs"] += 1
+            if dlg.bye_on_timeout:
+                out += self.end(dlg, "Lifetime Timeout")
+            else:
+                self._end(dlg, "Lifetime Timeout")
+
+    def flow_closed(self, flow: Flow) -> Outgoing:
+        """A party's connection is gone: each confirmed dialog over it ends with BYEs to both sides
+        (the one over the dead connection is tried too: a TCP/TLS party may be dialled again)."""
+        out: Outgoing = []
+        for dlg in self._by_flow.pop(flow, ()):
+            if dlg.confirmed:
+                out += self.end(dlg, "Connection Lost")
+        return out
+
+    def end(self, dlg: Dialog, reason: str, extra: Iterable[tuple[str, str]] = ()) -> Outgoing:
+        """End a confirmed dialog from here (``dlg_end_dlg``, lifetime, lost connection): BYEs to
+        the callee and to the caller, each with the next CSeq of the party it speaks for."""
+        if not dlg.confirmed or dlg.callee_dest is None:
+            return []
+        extra = tuple(extra)
+        to_callee = bye_to_callee(dlg, extra)
+        to_caller = bye_to_caller(dlg, extra)
+        dlg.caller_cseq += 1
+        dlg.callee_cseq += 1
+        self._end(dlg, reason)
+        return [(to_callee, dlg.callee_dest), (to_caller, dlg.caller_dest)]
+
+    def _end(self, dlg: Dialog, reason: str) -> None:
+        self._delete(dlg)
+        for listener in self.listeners:
+            listener.dialog_ended(dlg, reason)
+
+    def _delete(self, dlg: Dialog) -> None:
+        """State 5: out of the indexes and out of its profiles, exactly once."""
+        if dlg.state == DialogState.DELETED:
+            return
+        self._move(dlg, DialogState.DELETED)
+        self._dialogs.pop((dlg.call_id, dlg.caller_tag), None)
+        for flow in (dlg.caller_flow, dlg.callee_flow):
+            dialogs = self._by_flow.get(flow) if flow is not None else None
+            if dialogs is not None:
+                if dlg in dialogs:
+                    dialogs.remove(dlg)
+                if not dialogs:
+                    del self._by_flow[flow]  # type: ignore[arg-type]
+        for entry in dlg.profiles:
+            self.profiles.release(entry)
+        dlg.timeout_at = 0.0
+
+    def _relink(self, dlg: Dialog) -> None:
+        """Bring a failed dialog back (a 2xx arrived after its failure)."""
+        self._dialogs[(dlg.call_id, dlg.caller_tag)] = dlg
+        dlg.state = DialogState.UNCONFIRMED
+        self._states[DialogState.UNCONFIRMED] += 1
+        dlg.flags &= ~FLAG_FAILED
+        if dlg.caller_flow is not None:
+            self._by_flow.setdefault(dlg.caller_flow, []).append(dlg)
+        for entry in dlg.profiles:
+            self.profiles.add(entry)
+
+    def _arm(self, dlg: Dialog, when: float) -> None:
+        dlg.timeout_at = when
+        heapq.heappush(self._timers, (when, dlg.h_id, dlg))
+
+    # -- profiles --------------------------------------------------------------------------------------
+    def set_profile(self, dlg: Dialog, name: str, value: str | None = None) -> None:
+        """``set_dlg_profile(name, value)``: the dialog counts in the profile until it ends (the same
+        dialog may be added more than once, as in OpenSIPS). ProfileError for an undeclared profile
+        or a valued one without value."""
+        entry = self.profiles.key(name, value)
+        if dlg.state == DialogState.DELETED:
+            raise ProfileError("the dialog has ended")
+        dlg.profiles += (entry,)
+        self.profiles.add(entry)
+
+    def unset_profile(self, dlg: Dialog, name: str, value: str | None = None) -> bool:
+        """``unset_dlg_profile``: True when the dialog was in it (a valued profile without value: any
+        of its values)."""
+        has_value = self.profiles.has_value(name)
+        kept: list[tuple[str, str]] = []
+        removed = False
+        for entry in dlg.profiles:
+            if not removed and entry[0] == name and (value is None or not has_value or entry[1] == value):
+                removed = True
+                if dlg.state != DialogState.DELETED:
+                    self.profiles.release(entry)
+                continue
+            kept.append(entry)
+        dlg.profiles = tuple(kept)
+        return removed
+
+    def in_profile(self, dlg: Dialog, name: str, value: str | None = None) -> bool:
+        """``is_in_profile``: whether the dialog is in the profile (with that value, if given)."""
+        has_value = self.profiles.has_value(name)
+        return any(n == name and (value is None or not has_value or v == value) for n, v in dlg.profiles)
+
+    def profile_size(self, name: str, value: str | None = None) -> int:
+        """``get_profile_size``."""
+        return self.profiles.size(name, value)
+
+    def profile_dialogs(self, name: str, value: str | None = None) -> list[Dialog]:
+        """``profile_list_dlgs``: the dialogs in the profile (with that value, if given)."""
+        return [d for d in self._dialogs.values() if self.in_profile(d, name, value)]
+
+
+def _without_tag(to: str) -> str:
+    """The INVITE's To header value without a ``tag`` parameter (an initial INVITE has none; a
+    malformed one that does must not give the dialog two tags)."""
+    head, sep, tail = to.partition(">")
+    params = tail if sep else head
+    kept = ";".join(p for p in params.split(";") if not p.strip().lower().startswith("tag="))
+    return head + sep + kept if sep else kept

@@ -1,0 +1,213 @@
+"""Between the proxy core and the dialog table (:mod:`edgeproxy.dialog`): what the proxy sees of a
+dialog's INVITE and in-dialog requests goes to the table, and the BYEs the table asks for leave here.
+
+:class:`DialogKeeper` works out what the sans-IO table cannot: where each party is reached and which
+Record-Route entries lie beyond this node on each side. A request to the caller carries the INVITE's
+Record-Route entries as they arrived (the proxies between the caller and us, nearest first) and goes
+to the first of them, else to the caller's connection (RFC 5626 flow: a browser, a TLS phone), else
+to the caller's Contact -- where an in-dialog request from the callee would go through this node. A
+request to the callee carries the 2xx's Record-Route entries above ours, in reverse (RFC 3261
+§12.1.2), and goes to the first of them, else over the connection the INVITE's branch used, else to
+the callee's Contact. Our own entries (one, or two with double Record-Route) are counted, not parsed:
+the branch's copy of the INVITE carries exactly the entries the 2xx returns below the callee's side.
+
+It owns the one reactor timer of the dialogs' lifetimes (armed for the table's earliest deadline) and
+sends each BYE in its own client transaction through the proxy (``originate``), so BYEs over UDP are
+retransmitted and their responses absorbed.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from ..dialog import Dialog, DialogTable
+from ..sip.endpoint import Destination, Flow
+from ..sip.errors import SipValueError
+from ..sip.message import Request, Response
+from ..sip.uri import SipURI, parse_uri
+from ..sip.values import parse_name_address
+from .context import ClientBranch, RouteState, ServerContext
+from .forwarding import Forwarder
+from .hops import uri_destination
+
+__all__ = ["DialogKeeper"]
+
+log = Logger(namespace="edgeproxy.dialog")
+
+Originate = Callable[[Request, Destination], None]
+
+
+def _first_uri(values: Iterable[str]) -> SipURI | None:
+    for value in values:
+        try:
+            uri = parse_name_address(value, "Record-Route").uri
+        except SipValueError:
+            return None
+        return uri if isinstance(uri, SipURI) else None
+    return None
+
+
+def _contact_uri(text: str) -> SipURI | None:
+    try:
+        uri = parse_uri(text)
+    except SipValueError:
+        return None
+    return uri if isinstance(uri, SipURI) else None
+
+
+class DialogKeeper:
+    """The proxy's side of the dialogs (see the module docstring)."""
+
+    def __init__(self, table: DialogTable, forwarder: Forwarder, clock: IReactorTime, originate: Originate) -> None:
+        self.table = table
+        self.forwarder = forwarder
+        self.clock = clock
+        self.originate = originate
+        self._timer: IDelayedCall | None = None
+
+    # -- where the parties are -------------------------------------------------------------------------
+    def _reach(self, routes: tuple[str, ...], flow: Flow | None, contact: str,
+               fallback: Destination | None) -> Destination:
+        uri = _first_uri(routes)
+        if uri is not None:
+            dest = uri_destination(uri)
+            if flow is not None and flow.remote == dest.remote:
+                return Destination(dest.remote, flow)
+            return dest
+        target = _contact_uri(contact)
+        if flow is not None and flow.connection_id is not None and target is not None:
+            return self.forwarder.flow_destination(flow, target)
+        if target is not None:
+            return uri_destination(target)
+        if fallback is not None:
+            return fallback
+        assert flow is not None
+        return Destination(flow.remote, flow)
+
+    # -- the route's verbs -----------------------------------------------------------------------------
+    def create(self, route: RouteState, flags: str) -> Dialog:
+        """``create_dialog(flags)`` for the INVITE ``route`` handles (DialogError when it cannot)."""
+        request = route.request
+        source = route.source
+        routes = tuple(request.headers.values("record-route"))
+        contacts = request.contacts
+        contact = str(contacts[0].uri) if contacts else str(request.from_.uri)
+        flow = source if source.connection_id is not None else None
+        dlg = self.table.create(request, self.clock.seconds(), self._reach(routes, source, contact, None),
+                                flow, routes, flags)
+        route.dialog = dlg
+        if route.ctx is not None:
+            route.ctx.dialog = dlg
+        return dlg
+
+    def match(self, route: RouteState) -> Dialog | None:
+        """OpenSIPS ``match_dialog()`` / the matching ``loose_route()`` does: the dialog of an
+        in-dialog request (Call-ID and both tags), whose state the request then moves (ACK, BYE) and
+        whose CSeqs it advances. A BYE whose CSeq is not above the last one its sender used ends
+        nothing (a replay). ``route.dialog_check`` keeps what ``validate_dialog()`` answers."""
+        if route.dialog is not None:
+            return route.dialog
+        found = self.table.match(route.request)
+        if found is None:
+            return None
+        dlg, downstream = found
+        route.dialog = dlg
+        check = route.dialog_check = self.table.validate(dlg, route.request, downstream)
+        if check == -1 and route.request.method == "BYE":
+            log.info("BYE {call_id}: CSeq not above the last one seen, the dialog stays", call_id=dlg.call_id)
+            return dlg
+        reason = self.table.in_dialog(dlg, route.request, downstream)
+        if reason is not None:
+            log.debug("dialog {did} {call_id} ended: {reason}", did=dlg.did, call_id=dlg.call_id, reason=reason)
+        return dlg
+
+    # -- what the proxy core tells ---------------------------------------------------------------------
+    def branch_response(self, ctx: ServerContext, cb: ClientBranch, response: Response) -> None:
+        """A response on one of the INVITE's branches: a 1xx with a tag makes the dialog early, the
+        first 2xx confirms it with the callee's leg from that branch."""
+        dlg = ctx.dialog
+        status = response.status
+        if dlg is None or status >= 300 or status == 100:
+            return
+        if status < 200:
+            self.table.provisional(dlg, response)
+            return
+        upstream = len(ctx.request.headers.values("record-route"))
+        ours = len(cb.request.headers.values("record-route")) - upstream
+        returned = response.headers.values("record-route")
+        routes = tuple(reversed(returned[:max(0, len(returned) - ours - upstream)]))
+        contacts = response.contacts
+        contact = str(contacts[0].uri) if contacts else str(response.to.uri)
+        flow = cb.flow if cb.flow is not None and cb.flow.connection_id is not None else None
+        if self.table.confirm(dlg, response, self.clock.seconds(), self._reach(routes, flow, contact,
+                                                                                cb.send_destination()),
+                              flow, routes):
+            self.arm()
+
+    def answered(self, ctx: ServerContext, status: int) -> None:
+        """The INVITE's final response upstream was negative (or, 0, it was dropped unanswered)."""
+        if ctx.dialog is not None:
+            self.table.fail(ctx.dialog, status)
+
+    def flow_closed(self, flow: Flow) -> int:
+        """A party's connection is gone: its confirmed dialogs end with BYEs both ways; how many."""
+        outgoing = self.table.flow_closed(flow)
+        if outgoing:
+            log.info("{n} dialog(s) over {flow} end: the connection closed", n=len(outgoing) // 2, flow=flow.remote)
+        self._send_all(outgoing)
+        return len(outgoing) // 2
+
+    def end(self, dlg: Dialog, reason: str, extra: Iterable[tuple[str, str]] = ()) -> bool:
+        """End a confirmed dialog with BYEs both ways (``dlg_end_dlg``); False when it is not
+        confirmed."""
+        outgoing = self.table.end(dlg, reason, extra)
+        self._send_all(outgoing)
+        return bool(outgoing)
+
+    def set_timeout(self, dlg: Dialog, seconds: int) -> None:
+        """``$DLG_timeout = seconds``."""
+        self.table.set_timeout(dlg, seconds, self.clock.seconds())
+        self.arm()
+
+    # -- sending ---------------------------------------------------------------------------------------
+    def _send_all(self, outgoing: list[tuple[Request, Destination]]) -> None:
+        for request, destination in outgoing:
+            local = self.forwarder.sender.local_endpoint(destination.remote.transport, destination.remote)
+            if local is None:
+                log.info("cannot send BYE {call_id} to {dest}: no {t} listener", call_id=request.call_id,
+                         dest=destination.remote, t=destination.remote.transport)
+                continue
+            request.push_via(f"SIP/2.0/{local.transport} {local.hostport};branch={self.forwarder.new_branch()}")
+            self.originate(request, destination)
+
+    # -- the lifetime timer ----------------------------------------------------------------------------
+    def arm(self) -> None:
+        """(Re)arm the one timer for the earliest lifetime end."""
+        when = self.table.next_deadline()
+        timer = self._timer
+        if timer is not None and timer.active():
+            if when is not None and timer.getTime() <= when:
+                return
+            timer.cancel()
+        self._timer = None
+        if when is not None:
+            self._timer = self.clock.callLater(max(0.0, when - self.clock.seconds()), self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        try:
+            outgoing = self.table.expire(self.clock.seconds())
+            if outgoing:
+                log.info("{n} dialog(s) reached their lifetime: BYE both ways", n=len(outgoing) // 2)
+            self._send_all(outgoing)
+        except Exception:
+            log.failure("internal error expiring dialogs")
+        self.arm()
+
+    def stop(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
