@@ -190,6 +190,10 @@ def _cross_checks(config: Config) -> None:
     if config.metrics is not None and not config.metrics.listen and not (config.mi is not None and config.mi.enabled):
         raise ConfigError("metrics.listen", "not set, and there is no [mi] listen to serve the metrics on: "
                                             'set one of them (e.g. listen = "127.0.0.1:9102")')
+    if config.route_params.get("max_calls_per_user") and "caller" not in config.dialog.profiles_with_value:
+        # the shipped routes count a user's calls in the profile "caller" (set_dlg_profile)
+        raise ConfigError("dialog.profiles_with_value", 'route_params.max_calls_per_user needs the profile '
+                                                        '"caller": profiles_with_value = ["caller"]')
     r, lim = config.registrar, config.limits
     if r.flow_timer and lim.tcp_idle_timeout and r.flow_timer >= lim.tcp_idle_timeout:
         # UAs keep-alive at 80-100 % of Flow-Timer (RFC 5626 §4.4.1): at or above the idle timeout

@@ -68,8 +68,35 @@ async def authenticate(msg, *, register: bool) -> bool:
     return True
 
 
-def relay_or_error(msg) -> None:
-    """``if (!t_relay()) { xlog(...); sl_reply_error(); }``"""
+def start_dialog(msg, *, limited: bool) -> bool:
+    """An initial INVITE becomes a dialog (OpenSIPS ``create_dialog("B")``): the node then ends the
+    call with a BYE to both sides when a party's connection closes or the lifetime runs out. With
+    ``route_params.max_calls_per_user`` (0, the default: no limit) and ``limited`` (the caller is one
+    of our users), a user already in that many calls is refused (``max_calls_status``, 486)::
+
+        if (get_profile_size("caller", "$au") >= $var(max)) { sl_send_reply(486, "Busy Here"); exit; }
+        create_dialog("B"); set_dlg_profile("caller", "$au");
+
+    The user is the authenticated one (``$au``), else the From user. False when refused (answered)."""
+    if not msg.is_method("INVITE") or msg.has_totag():
+        return True
+    limit = int(msg.params.get("max_calls_per_user", 0) or 0)
+    user = (msg.au or msg.fU) if limited and limit > 0 else None
+    if user and msg.get_profile_size("caller", user) >= limit:
+        msg.xlog(f"{user} is in {limit} calls already: refused")
+        msg.sl_send_reply(int(msg.params.get("max_calls_status", 486)), "Busy Here")
+        return False
+    msg.create_dialog("B")
+    if user:
+        msg.set_dlg_profile("caller", user)
+    return True
+
+
+def relay_or_error(msg, *, limited: bool = False) -> None:
+    """``if (!t_relay()) { xlog(...); sl_reply_error(); }``, with the INVITE's dialog first
+    (:func:`start_dialog`)."""
+    if not start_dialog(msg, limited=limited):
+        return
     if not msg.t_relay():
         msg.xlog("UNABLE TO RELAY TO CONTACT")
         msg.sl_reply_error()
@@ -108,14 +135,14 @@ async def to_freeswitch(msg) -> None:
         # a server that does not answer at all within this many seconds is failed over (tm's fr_timeout)
         msg.T_fr_timeout = msg.params.get("freeswitch_timeout", 2)
         msg.t_on_failure(freeswitch_failed)
-        relay_or_error(msg)
+        relay_or_error(msg, limited=True)
         return
     freeswitch = msg.params.get("freeswitch", [])
     if not freeswitch:
         msg.sl_send_reply(404, "Not Found")
         return
     msg.du = f"sip:{freeswitch[0]}"
-    relay_or_error(msg)
+    relay_or_error(msg, limited=True)
 
 
 def freeswitch_failed(msg) -> None:

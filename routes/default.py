@@ -22,7 +22,7 @@
 
 from edgeproxy.routing import LookupResult
 
-from edgeproxy_routes._common import authenticate, common_prelude
+from edgeproxy_routes._common import authenticate, common_prelude, start_dialog
 
 
 async def request_route(msg):
@@ -46,5 +46,9 @@ async def request_route(msg):
         return
 
     msg.record_route()
+    # the call is kept as a dialog (BYE both ways when a party vanishes); our users' calls count
+    # against route_params.max_calls_per_user
+    if not start_dialog(msg, limited=msg.is_myself(msg.request.from_.uri)):
+        return
     if not msg.t_relay():
         msg.sl_reply_error()

@@ -316,3 +316,23 @@ def test_mi_dialog_commands_and_statistics(world: World) -> None:
     assert run("dlg_end_dlg", [d["ID"], "Reason: SIP;text=\"ops\""]) == "OK"
     assert len(requests(world.sender.take(), "BYE")) == 2
     assert run("dlg_list") == {"Dialogs": []} and run("profile_get_size", ["caller"])["Profile"]["count"] == 0
+
+
+def test_shipped_default_route_creates_dialogs_and_limits_per_user() -> None:
+    import edgeproxy_routes.default as default
+    from edgeproxy.routing.testing import RouteHarness
+
+    h = RouteHarness(domains=["example.com"], params={"max_calls_per_user": 2},
+                     dialog=DialogSettings(profiles_with_value=("caller",)))
+    h.register("sip:bob@example.com", "sip:bob@192.0.2.10:5062")
+    results = [h.run(default.request_route, invite(branch=f"z9hG4bKh{i}", call_id=f"h-{i}")) for i in range(3)]
+    assert [r.relayed for r in results] == [True, True, False] and results[2].reply_code == 486
+    assert h.dialogs.profile_size("caller", "alice") == 2 and len(h.dialogs) == 2
+    h.dialogs.fail(h.dialogs.get("h-0", "a1"), 487)  # one call ends: a new one goes through
+    assert h.run(default.request_route, invite(branch="z9hG4bKh4", call_id="h-4")).relayed
+    # off by default: no limit, but every INVITE still gets its dialog
+    free = RouteHarness(domains=["example.com"])
+    free.register("sip:bob@example.com", "sip:bob@192.0.2.10:5062")
+    assert all(free.run(default.request_route, invite(branch=f"z9hG4bKf{i}", call_id=f"f-{i}")).relayed
+               for i in range(3))
+    assert len(free.dialogs) == 3
