@@ -218,8 +218,7 @@ class ClientBranch:
 
 
 class CancelBranch:
-    """The client transaction of a request we generated (a CANCEL, §9.1; a BYE ending a dialog); its
-    responses are absorbed."""
+    """The client transaction of a CANCEL we generated (§9.1); its responses are absorbed."""
 
     __slots__ = ("destination",)
 

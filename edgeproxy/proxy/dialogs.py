@@ -12,12 +12,13 @@ the callee's Contact. Our own entries (one, or two with double Record-Route) are
 the branch's copy of the INVITE carries exactly the entries the 2xx returns below the callee's side.
 
 It owns the one reactor timer of the dialogs' lifetimes (armed for the table's earliest deadline) and
-sends each BYE in its own client transaction through the proxy (``originate``), so BYEs over UDP are
+sends each BYE in its own client transaction through the proxy (``start_local``), so BYEs over UDP are
 retransmitted and their responses absorbed.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable, Iterable
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -32,12 +33,13 @@ from ..sip.values import parse_name_address
 from .context import ClientBranch, RouteState, ServerContext
 from .forwarding import Forwarder
 from .hops import uri_destination
+from .uac import LocalRequest
 
 __all__ = ["DialogKeeper"]
 
 log = Logger(namespace="edgeproxy.dialog")
 
-Originate = Callable[[Request, Destination], None]
+StartLocal = Callable[[LocalRequest], None]  # StatefulProxy.start_local
 
 
 def _first_uri(values: Iterable[str]) -> SipURI | None:
@@ -61,11 +63,11 @@ def _contact_uri(text: str) -> SipURI | None:
 class DialogKeeper:
     """The proxy's side of the dialogs (see the module docstring)."""
 
-    def __init__(self, table: DialogTable, forwarder: Forwarder, clock: IReactorTime, originate: Originate) -> None:
+    def __init__(self, table: DialogTable, forwarder: Forwarder, clock: IReactorTime, start_local: StartLocal) -> None:
         self.table = table
         self.forwarder = forwarder
         self.clock = clock
-        self.originate = originate
+        self.start_local = start_local
         self._timer: IDelayedCall | None = None
 
     # -- where the parties are -------------------------------------------------------------------------
@@ -181,7 +183,13 @@ class DialogKeeper:
                          dest=destination.remote, t=destination.remote.transport)
                 continue
             request.push_via(f"SIP/2.0/{local.transport} {local.hostport};branch={self.forwarder.new_branch()}")
-            self.originate(request, destination)
+            self.start_local(LocalRequest(request, destination, self.forwarder,
+                                          partial(self._bye_done, request.call_id, destination)))
+
+    @staticmethod
+    def _bye_done(call_id: str, destination: Destination, status: int) -> None:
+        if status >= 300:
+            log.info("BYE {call_id} to {dest}: {status}", call_id=call_id, dest=destination.remote, status=status)
 
     # -- the lifetime timer ----------------------------------------------------------------------------
     def arm(self) -> None:

@@ -81,7 +81,8 @@ class StatefulProxy:
         self._timer: IDelayedCall | None = None
         self._branch_timers: dict[tuple[float | None, float | None], TimerSettings] = {}
         # create_dialog(): what the INVITEs' transactions show goes to the table (OpenSIPS dialog)
-        self.dialogs = DialogKeeper(dialogs if dialogs is not None else DialogTable(), forwarder, clock, self.originate)
+        self.dialogs = DialogKeeper(dialogs if dialogs is not None else DialogTable(), forwarder, clock,
+                                    self.start_local)
 
     @property
     def idle(self) -> bool:
@@ -165,7 +166,8 @@ class StatefulProxy:
         self.table.add(tx)
 
     def start_local(self, owner: LocalRequest) -> None:
-        """Start the client transaction of a request of the node's own (:mod:`.uac`)."""
+        """Start the client transaction of a request of the node's own (:mod:`.uac`; the BYEs that
+        end a dialog, :mod:`.dialogs`)."""
         now = self.clock.seconds()
         tx = ClientNonInviteTransaction(owner.request, reliable=owner.destination.remote.reliable,
                                         timers=self.timers, now=now)
@@ -632,17 +634,14 @@ class StatefulProxy:
             cb.cancel_wanted = True
             return
         cb.cancel_sent = True
-        self.originate(build_cancel(cb.request), cb.send_destination())
-        self.execute(tx, tx.cancel_sent(self.clock.seconds()))
-
-    def originate(self, request: Request, destination: Destination) -> None:
-        """A request of the node's own -- the CANCEL of a branch (§9.1), a BYE ending a dialog -- in
-        its own client transaction (retransmitted over UDP, §17.1.2); its responses are absorbed."""
+        cancel = build_cancel(cb.request)
+        destination = cb.send_destination()
         now = self.clock.seconds()
-        tx = ClientNonInviteTransaction(request, reliable=destination.remote.reliable, timers=self.timers, now=now)
-        self._own(tx, CancelBranch(destination))
-        self.execute(tx, tx.start(now))
-        self.arm()
+        cancel_tx = ClientNonInviteTransaction(cancel, reliable=destination.remote.reliable, timers=self.timers,
+                                               now=now)
+        self._own(cancel_tx, CancelBranch(destination))
+        self.execute(cancel_tx, cancel_tx.start(now))
+        self.execute(tx, tx.cancel_sent(now))
 
     def transactions_by_transport(self) -> dict[tuple[str, str], int]:
         """``("server"|"client", transport)`` -> transactions now: a walk made when scraped."""

@@ -60,6 +60,7 @@ from ..proxy.flood import FloodDetector, FloodSettings
 from ..proxy.forwarding import Forwarder
 from ..proxy.identity import LocalIdentity
 from ..proxy.settings import ProxySettings
+from ..proxy.uac import LocalRequest
 from ..registrar import Registrar, RegistrarSettings
 from ..sip.endpoint import Destination, Endpoint, Flow
 from ..sip.errors import SipParseError
@@ -107,8 +108,8 @@ class _Recorder:
         self.result: RouteResult | None = None
         self.originated: list[tuple[Request, Destination]] = []  # BYEs the dialogs would send
 
-    def originate(self, request: Request, destination: Destination) -> None:
-        self.originated.append((request, destination))
+    def start_local(self, owner: LocalRequest) -> None:
+        self.originated.append((owner.request, owner.destination))
 
     def respond(self, route: RouteState, response: Response, stateful: bool) -> None:
         assert self.result is not None
@@ -229,7 +230,7 @@ class RouteHarness:
         self.permissions = Permissions(permissions) if isinstance(permissions, PermissionsSettings) else permissions
         # [dialog]: a real table; dialogs are created and profiled, never answered (no responses here)
         self.dialogs = DialogTable(dialog or DialogSettings())
-        keeper = DialogKeeper(self.dialogs, self.forwarder, self.clock, self._recorder.originate)
+        keeper = DialogKeeper(self.dialogs, self.forwarder, self.clock, self._recorder.start_local)
         self.verbs = RouteVerbs(self._recorder, self.forwarder, LocalIdentity(domains, [local]), self.registrar,
                                 proxy_settings, self.clock, self.stats,
                                 cluster=_Peers(cluster_peers or {}), cluster_id=cluster_id,
