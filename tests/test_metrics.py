@@ -195,3 +195,27 @@ def test_metrics_configuration(tmp_path: Path) -> None:
         load('[metrics]\nlisten = "127.0.0.1:9102"\nprefix = "a-b"\n')
     with pytest.raises(ConfigError, match="metrics.listen"):
         load('[metrics]\nlisten = "example.com:9102"\n')
+
+
+def test_dispatcher_destinations_are_exported_with_their_state(tmp_path: Path) -> None:
+    from twisted.internet.task import Clock
+
+    from edgeproxy.service import build_node
+
+    path = tmp_path / "node.toml"
+    path.write_text('[node]\nlisten = ["udp:127.0.0.1:5060"]\n[dispatcher]\n'
+                    '[[dispatcher.destinations]]\nsetid = 1\ndestination = "sip:192.0.2.50:5060"\n'
+                    '[[dispatcher.destinations]]\nsetid = 1\ndestination = "sip:192.0.2.51:5060"\nstate = 1\n')
+    running = build_node(load_config(str(path)), Clock())
+    assert running.dispatcher is not None
+    text = exposition(metrics_registry(MICommands(running), MetricsSettings(process=False))).decode()
+    got = {(s.name, tuple(sorted(s.labels.items()))): s.value
+           for family in text_string_to_metric_families(text) for s in family.samples}
+
+    def state(uri: str, name: str) -> float:
+        return got[("edgeproxy_dispatcher_destination_state",
+                    (("destination", uri), ("setid", "1"), ("state", name)))]
+
+    assert state("sip:192.0.2.50:5060", "Active") == 1 and state("sip:192.0.2.50:5060", "Inactive") == 0
+    assert state("sip:192.0.2.51:5060", "Active") == 0 and state("sip:192.0.2.51:5060", "Inactive") == 1
+    assert ("edgeproxy_dispatcher_state_changes_total", ()) in got

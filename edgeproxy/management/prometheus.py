@@ -14,7 +14,8 @@ What is exported, names prefixed ``<prefix>_`` (``edgeproxy_``):
   {method="INVITE"}``, ``core_rcv_replies_by_class_total{class="2xx"}``,
   ``tm_transactions_by_class_total{class="4xx"}``. Each metric's help names its MI key;
 * what a board needs beyond the MI: ``tm_transactions{side,transport}`` and
-  ``net_connections{transport}`` now, ``cluster_node_up{cluster_id,node_id}`` with a cluster, and the
+  ``net_connections{transport}`` now, ``cluster_node_up{cluster_id,node_id}`` with a cluster,
+  ``dispatcher_destination_state{setid,destination,state}`` with ``[dispatcher]``, and the
   histograms ``tm_invite_setup_seconds`` (INVITE arrival to its first final response),
   ``registrar_register_duration_seconds`` (REGISTER arrival to the end of its route),
   ``auth_store_duration_seconds`` / ``auth_store_errors_total`` (subscriber table, with ``[auth]``)
@@ -119,6 +120,20 @@ class NodeCollector:
                     up.add_metric([str(cluster_id), str(row.node_id)],
                                   1.0 if cluster.is_up(row.node_id, cluster_id) else 0.0)
             yield up
+        dispatcher = getattr(parts, "dispatcher", None)
+        if dispatcher is not None:
+            state = GaugeMetricFamily(f"{p}_dispatcher_destination_state", "1 for the state each dispatcher "
+                                      "destination is in (ds_list: Active, Inactive, Probing), 0 for the others",
+                                      labels=["setid", "destination", "state"])
+            for dest in dispatcher.table.destinations():
+                now = dest.state_name
+                for name in ("Active", "Inactive", "Probing"):
+                    state.add_metric([str(dest.setid), dest.uri, name], 1.0 if name == now else 0.0)
+            yield state
+            for name, value in sorted(getattr(dispatcher, "stats", {}).items()):  # state_changes, probe_failures
+                counter = CounterMetricFamily(f"{p}_dispatcher_{_NOT_NAME.sub('_', name)}", f"dispatcher {name}")
+                counter.add_metric([], value)
+                yield counter
 
     # -- latencies ---------------------------------------------------------------------------------
     def _histograms(self) -> Iterable[Metric]:
