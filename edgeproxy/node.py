@@ -30,6 +30,7 @@ from .dispatcher import Dispatcher
 from .interfaces import Locator, Sender
 from .latency import LatencyHistogram
 from .location import LocationService
+from .logcontext import message_context
 from .proxy.context import RouteState, ServerContext
 from .proxy.engine import StatefulProxy
 from .proxy.flood import FloodDetector
@@ -124,7 +125,8 @@ class Node:
         self.identity = LocalIdentity(settings.domains)
         self.forwarder = Forwarder(sender, settings, locator)
         timers = timers or TimerSettings()
-        self.proxy = StatefulProxy(clock, self.forwarder, self, settings, timers, self.stats, dialogs)
+        self.proxy = StatefulProxy(clock, self.forwarder, self, settings, timers, self.stats, dialogs,
+                                   noise=self.noise)
         self.dialogs = self.proxy.dialogs  # the dialog table (.table) and what ends dialogs from here
         self.verbs = RouteVerbs(self.proxy, self.forwarder, self.identity, registrar, settings, clock, self.stats,
                                 cluster=cluster, cluster_id=cluster_id, federation=federation, auth=auth,
@@ -177,7 +179,8 @@ class Node:
                         self.proxy.forward_stray(message)
         except SipValueError as exc:
             self.stats["malformed"] += 1
-            self.noise.note(flow.remote.host, "malformed", f"{exc.status} {exc.reason} ({flow.transport})")
+            self.noise.note(flow.remote.host, "malformed", f"{exc.status} {exc.reason} ({flow.transport})",
+                            message_context(message))
             if isinstance(message, Request) and message.method != "ACK":
                 # bounded as a parse error's reply (the top Via, sane-sized From/To/Call-ID/CSeq)
                 reply = bounded_error_response(exc.status, exc.reason,

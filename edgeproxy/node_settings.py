@@ -8,6 +8,7 @@
     domains = []            # domains the node is responsible for; []: every domain
     route = ""              # a .py file (relative to the config file) or a dotted module; "": edgeproxy_routes.default
     log_level = "info"
+    log_format = "text"     # "json": one JSON object per line (time, level, namespace, message, call_id, tx, ...)
     gc_full_interval = 300  # s between full garbage collections; 0: Python's own schedule
 
 A section of the service (``edgeproxy.service`` opens the listeners, loads the route module and
@@ -49,6 +50,7 @@ class NodeConfig:
     domains: tuple[str, ...] = ()
     route: str = ""
     log_level: str = "info"
+    log_format: str = "text"  # "json": one JSON object per line, for log shippers
     node_id: str | None = None
     gc_full_interval: float = 300.0
 
@@ -130,6 +132,7 @@ SECTION: Section[NodeConfig] = Section(NodeConfig, {
     "domains": _domains,
     "route": _route,
     "log_level": choice(*LOG_LEVELS, aliases={"warning": "warn"}),
+    "log_format": choice("text", "json"),
     "node_id": _node_id,
     "gc_full_interval": zero_or_seconds,  # 0: CPython's own collection schedule
 })

@@ -94,7 +94,7 @@ class Options(usage.Options):
             raise usage.UsageError(str(exc)) from exc
         self.config = config
         if self.parent is not None:
-            _filter_twistd_logging(self.parent, config.node.log_level)
+            _filter_twistd_logging(self.parent, config.node.log_level, config.node.log_format)
 
     def getUsage(self, width: int | None = None) -> str:
         """The usage text -- except under twistd after a configuration error.
@@ -120,12 +120,14 @@ def _check_route(config: Config) -> None:
         raise ConfigError("node.route", str(exc)) from None
 
 
-# What _filtered_observer builds: twistd's own log observer and the lowest level to let through.
-_twistd_log: tuple[Any, LogLevel] | None = None
+# What _filtered_observer builds: twistd's own log observer (or where a JSON one writes) and the
+# lowest level to let through.
+_twistd_log: tuple[Any, LogLevel, Any] | None = None
 
 
-def _filter_twistd_logging(server_options: Any, level: str) -> None:
-    """Make twistd's log observer drop events below ``level``.
+def _filter_twistd_logging(server_options: Any, level: str, log_format: str = "text") -> None:
+    """Make twistd's log observer drop events below ``level``, show the message context of lines about
+    a SIP message, and with ``log_format = "json"`` write JSON lines instead of text.
 
     twistd builds its observer (stdout, ``--logfile`` or ``--syslog``) after parsing the options, from
     the ``--logger`` factory when one is named. Unless the operator named one, name
@@ -140,17 +142,37 @@ def _filter_twistd_logging(server_options: Any, level: str) -> None:
         return
     plain = dict(server_options)
     plain["logger"] = None
-    _twistd_log = (_SomeApplicationRunner.loggerFactory(plain), _TWISTED_LEVELS[level])
+    json_to = _json_log_file(server_options) if log_format == "json" else None
+    _twistd_log = (_SomeApplicationRunner.loggerFactory(plain), _TWISTED_LEVELS[level], json_to)
     server_options["logger"] = f"{__name__}._filtered_observer"
+
+
+def _json_log_file(server_options: Any) -> Any:
+    """Where twistd would log (its ``--logfile``, ``-`` or no file in the foreground: stdout), for the
+    JSON lines; None with ``--syslog``, which keeps twistd's own observer."""
+    if server_options.get("syslog"):
+        return None
+    name = server_options.get("logfile")
+    if name == "-" or (not name and server_options.get("nodaemon")):
+        return sys.stdout
+    from twisted.python.logfile import LogFile
+
+    return LogFile.fromFullPath(name or "twistd.log")
 
 
 def _filtered_observer() -> Callable[..., Any]:
     """The ``--logger`` factory set by :func:`_filter_twistd_logging`."""
+    from .management.logformat import ContextObserver, json_observer
+
     assert _twistd_log is not None
-    app_logger, level = _twistd_log
-    observer = app_logger._getLogObserver()
-    if not ILogObserver.providedBy(observer):
-        observer = LegacyLogObserverWrapper(observer)
+    app_logger, level, json_to = _twistd_log
+    if json_to is not None:
+        observer = json_observer(json_to)
+    else:
+        observer = app_logger._getLogObserver()
+        if not ILogObserver.providedBy(observer):
+            observer = LegacyLogObserverWrapper(observer)
+        observer = ContextObserver(observer)
     predicate = LogLevelFilterPredicate(defaultLogLevel=level)
     register_level_filter(predicate)  # MI log_level moves it at run time
     return FilteringLogObserver(observer, [predicate])

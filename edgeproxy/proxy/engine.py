@@ -24,6 +24,7 @@ from ..dialog import DialogTable
 from ..dns import ServerQuery
 from ..interfaces import SendError
 from ..latency import LatencyHistogram
+from ..logcontext import message_context
 from ..sip.endpoint import Destination, Endpoint, Flow
 from ..sip.errors import SipValueError
 from ..sip.message import Request, Response
@@ -50,6 +51,7 @@ from .dialogs import DialogKeeper
 from .forwarding import Forwarder, build_cancel
 from .hooks import HostMatcher, RouteHooks
 from .hops import response_destination
+from .noise import NoiseLog
 from .responses import best_response, upstream_final
 from .settings import ProxySettings
 from .uac import LocalRequest
@@ -66,7 +68,8 @@ class StatefulProxy:
     """Server/client transactions of the proxy and what happens between them (§16.6-§16.10)."""
 
     def __init__(self, clock: IReactorTime, forwarder: Forwarder, hooks: RouteHooks, settings: ProxySettings,
-                 timers: TimerSettings, stats: ProxyStats, dialogs: DialogTable | None = None) -> None:
+                 timers: TimerSettings, stats: ProxyStats, dialogs: DialogTable | None = None,
+                 noise: NoiseLog | None = None) -> None:
         self.clock = clock
         self.forwarder = forwarder
         self.hooks = hooks
@@ -77,6 +80,7 @@ class StatefulProxy:
         # finals sent, by status // 100 (tm's 2xx_transactions ...); INVITE arrival -> first final
         self.finals: list[int] = [0] * 7
         self.setup_time = LatencyHistogram()
+        self.noise = noise if noise is not None else NoiseLog(clock)  # the node's: failed branches, aggregated
         self._owners: dict[Transaction, Owner] = {}
         self._timer: IDelayedCall | None = None
         self._branch_timers: dict[tuple[float | None, float | None], TimerSettings] = {}
@@ -388,7 +392,8 @@ class StatefulProxy:
             else:
                 log.info("cannot locate {host}: {why}", host=cb.destination.server_name,
                          why=attempt.reason if targets
-                         else "Name Resolution Failed (no such name or no usable target)")
+                         else "Name Resolution Failed (no such name or no usable target)",
+                         **message_context(cb.request))
                 cb.final = self.forwarder.local_final(ctx.request, cb.request, attempt.status, attempt.reason)
         if cb.final is not None:
             self.check_done(ctx)
@@ -399,7 +404,7 @@ class StatefulProxy:
         if not isinstance(err, SendError):
             log.failure("locating {host} failed", failure, host=query.host)
             err = SendError("Name Resolution Failed")
-        log.info("cannot locate {host}: {why}", host=query.host, why=err.reason)
+        log.info("cannot locate {host}: {why}", host=query.host, why=err.reason, **message_context(cb.request))
         ctx = cb.ctx
         if ctx is None or cb.final is not None or cb.replaced:
             return
@@ -415,7 +420,7 @@ class StatefulProxy:
                 or not cb.alternatives):
             return False
         log.info("{method} to {dest} failed ({why}): trying the next target of {name}", method=cb.request.method,
-                 dest=cb.destination.remote, why=why, name=cb.destination.server_name)
+                 dest=cb.destination.remote, why=why, name=cb.destination.server_name, **message_context(cb.request))
         attempt = self.forwarder.try_next(cb, cb.alternatives)
         if isinstance(attempt, ClientBranch):
             self._launch(attempt)
@@ -503,7 +508,9 @@ class StatefulProxy:
                 self.execute(cb.tx, cb.tx.transport_error(self.clock.seconds()))
             self.arm()
             return
-        log.info("branch to {dest} failed: {why}", dest=cb.destination.remote, why=failure.getErrorMessage())
+        # once per call while a next hop refuses: one line per destination per interval, then counts
+        self.noise.note(str(cb.destination.remote), "failed branch", failure.getErrorMessage(),
+                        message_context(cb.request))
         if cb.final is None:
             # the SendError's status is the branch's response (430 Flow Failed, 477 ...): record it
             # before the transaction's TransportFailure would count the branch as a plain 503
@@ -663,7 +670,7 @@ class StatefulProxy:
                     and (port is None or cb.destination.remote.port == port)]
         for cb in stranded:
             log.info("{method} {call_id}: branch to {dest} ends, {why}", method=cb.request.method,
-                     call_id=cb.request.call_id, dest=cb.destination.remote, why=why)
+                     **message_context(cb.request), dest=cb.destination.remote, why=why)
             self.branch_failed(cb, 480, "Temporarily Unavailable")
         if stranded:
             self.arm()

@@ -20,6 +20,8 @@ from collections import Counter
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
+from ..logcontext import MessageContext
+
 __all__ = ["NoiseLog"]
 
 log = Logger(namespace="edgeproxy.noise")
@@ -39,9 +41,10 @@ class NoiseLog:
         self._other_sources: set[str] = set()
         self._timer: IDelayedCall | None = None
 
-    def note(self, source: str, kind: str, detail: str = "") -> None:
+    def note(self, source: str, kind: str, detail: str = "", context: MessageContext | None = None) -> None:
         """Count one event ``kind`` (e.g. ``"malformed"``, ``"flood dropped"``) from ``source``;
-        ``detail`` (the status and reason) is logged with the first event of the interval only."""
+        ``detail`` (the status and reason) is logged with the first event of the interval only, with
+        the ``context`` of the message it is about (its Call-ID and transaction id)."""
         self.totals[kind] += 1
         pending = self._pending
         counts = pending.get(source)
@@ -56,7 +59,8 @@ class NoiseLog:
             pending[source] = Counter()
             self.lines += 1
             log.info("{kind} from {source}{detail} (more from it are counted, summarised every {interval:g} s)",
-                     kind=kind, source=source, detail=f": {detail}" if detail else "", interval=self.interval)
+                     kind=kind, source=source, detail=f": {detail}" if detail else "", interval=self.interval,
+                     **(context or {}))
         else:
             counts[kind] += 1
         self._arm()

@@ -72,6 +72,7 @@ from twisted.logger import Logger
 
 from ..auth import Authenticator, AuthOutcome, AuthResult
 from ..location import LookupResult
+from ..logcontext import message_context
 from ..permissions import AddressResult
 from ..proxy.context import Branch, RouteState
 from ..sip.message import Request, Response
@@ -82,6 +83,10 @@ from .verbs import RouteVerbs
 __all__ = ["RouteReply", "RouteRequest", "LookupResult", "AuthResult", "AddressResult", "Branch", "Route"]
 
 _log = Logger(namespace="edgeproxy.route")
+#: xlog levels: ours and OpenSIPS's names (L_NOTICE is info, L_CRIT and L_ALERT are error here)
+_XLOG_LEVELS = {"DEBUG": "debug", "INFO": "info", "WARN": "warn", "ERROR": "error", "L_DBG": "debug",
+                "L_INFO": "info", "L_NOTICE": "info", "L_WARN": "warn", "L_ERR": "error", "L_CRIT": "error",
+                "L_ALERT": "error"}
 
 Route = Callable[..., "Awaitable[Any] | Any"]
 
@@ -615,10 +620,16 @@ class RouteRequest:
         self._state.branch_route = route
 
     def xlog(self, text: str, level: str = "info") -> None:
-        """``xlog``: one log line tagged with the Call-ID."""
-        getattr(_log, level if level in ("debug", "info", "warn", "error") else "info")(
-            "{call_id} {text}", call_id=self._state.request.call_id, text=text
-        )
+        """``xlog([level,] text)``: one log line of the route's, carrying the request's Call-ID and
+        transaction id (``call_id``, ``tx``: shown after the text, fields of the JSON log) like every
+        line the node writes about a message. ``level``: ``debug``, ``info``, ``warn``, ``error`` or
+        OpenSIPS's ``L_DBG``, ``L_INFO``, ``L_NOTICE``, ``L_WARN``, ``L_ERR``, ``L_CRIT``, ``L_ALERT``."""
+        name = _XLOG_LEVELS.get(level.upper(), "info") if isinstance(level, str) else "info"
+        getattr(_log, name)("{text}", text=text, **message_context(self._state.request))
+
+    def log(self, text: str, level: str = "info") -> None:
+        """OpenSIPS's core ``log([level,] text)``: the same line as :meth:`xlog`."""
+        self.xlog(text, level)
 
     def __repr__(self) -> str:
         request = self._state.request

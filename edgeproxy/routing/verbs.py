@@ -23,6 +23,7 @@ from ..dialog import Dialog, DialogError
 from ..dispatcher import Dispatcher, Selection, ds_hash, parse_flags, parse_state_letter, select, uri_hash_keys
 from ..interfaces import SendError
 from ..location import Binding, LookupResult
+from ..logcontext import message_context
 from ..permissions import AddressMatch, AddressResult, proto_name
 from ..proxy.context import Branch, RouteState
 from ..proxy.dialogs import DialogKeeper
@@ -136,7 +137,7 @@ class RouteVerbs:
         self.stats["replied"] += 1
         if self.settings.log_decisions:
             log.debug("{method} {call_id} from {src}: reply {code} {reason}", method=request.method,
-                      call_id=request.call_id, src=route.source.remote, code=code, reason=reason or "")
+                      **message_context(request), src=route.source.remote, code=code, reason=reason or "")
         response = request.make_response(code, reason, to_tag=self.forwarder.to_tag(request))
         for name, value in route.reply_headers:
             response.headers.add(name, value)
@@ -157,7 +158,7 @@ class RouteVerbs:
         if isinstance(error, SipParseError):
             request = route.request
             log.info("{method} {call_id} from {src}: {status} {reason}", method=request.method,
-                     call_id=request.call_id, src=route.source.remote, status=error.status, reason=error.reason)
+                     **message_context(request), src=route.source.remote, status=error.status, reason=error.reason)
             self.reply(route, error.status, error.reason, False)
             return True
         return False
@@ -177,7 +178,7 @@ class RouteVerbs:
         if ctx is not None and ctx.canceled:
             return
         log.warn("route {route} neither replied nor relayed {method} {call_id}; answering {status}",
-                 route=name, method=request.method, call_id=request.call_id, status=self.settings.no_reply_status)
+                 route=name, method=request.method, **message_context(request), status=self.settings.no_reply_status)
         self.reply(route, self.settings.no_reply_status, None, True)
 
     def route_failed(self, route: RouteState, failure: Failure, name: str) -> None:
@@ -188,7 +189,7 @@ class RouteVerbs:
         request = route.request
         self.stats["route_errors"] += 1
         log.failure("route {route} raised on {method} {call_id}", failure, route=name, method=request.method,
-                    call_id=request.call_id)
+                    **message_context(request))
         self.reply(route, 500, "Server Internal Error", True)
 
     # -- relaying ------------------------------------------------------------------------------------
@@ -232,7 +233,7 @@ class RouteVerbs:
                 flow = self.forwarder.flow_tokens.decode(uri.user)
             except InvalidFlowToken:
                 log.info("{method} {call_id} from {src}: Route with a forged or stale flow token",
-                         method=route.request.method, call_id=route.request.call_id, src=route.source.remote)
+                         method=route.request.method, **message_context(route.request), src=route.source.remote)
                 route.flow_error = True
                 break
             if flow is None or flow.connection_id == arrival:
@@ -372,7 +373,7 @@ class RouteVerbs:
 
         def saved(response: Response) -> bool:
             if self.settings.log_decisions:
-                log.debug("REGISTER {call_id} from {src}: save -> {status}", call_id=request.call_id,
+                log.debug("REGISTER {call_id} from {src}: save -> {status}", **message_context(request),
                           src=route.source.remote, status=response.status)
             if "r" not in flags and not route.replied:
                 route.replied = True
@@ -383,7 +384,7 @@ class RouteVerbs:
             return response.status == 200
 
         def failed(failure: Failure) -> bool:
-            log.failure("save() failed for {call_id}", failure, call_id=request.call_id)
+            log.failure("save() failed for {call_id}", failure, **message_context(request))
             if not route.replied:
                 self.reply(route, 500, "Server Internal Error", False)
             return False
