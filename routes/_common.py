@@ -105,12 +105,17 @@ def relay_or_error(msg, *, limited: bool = False) -> None:
 
 
 def from_freeswitch(msg) -> bool:
-    """Whether the request comes from a media server: with ``[dispatcher]``, a destination of the
-    FreeSWITCH set (``route_params.freeswitch_set``, 1) -- ``ds_is_in_list($si, 0, set)``; without
-    it, an address of ``route_params.freeswitch``."""
-    if msg.ds_enabled:
-        return msg.ds_is_in_list(msg.si, 0, msg.params.get("freeswitch_set", 1))
-    return msg.si in msg.params.get("freeswitch", [])
+    """Whether the request comes from a media server::
+
+        if (check_source_address(1) || ds_is_in_list($si, 0, 1)) { ... }
+
+    An address of the group ``route_params.freeswitch_group`` (1) -- rows of ``[permissions]`` or
+    OpenSIPS's ``address`` table, and every IP of ``route_params.freeswitch``, which the node makes
+    rows of that group -- or, with ``[dispatcher]``, a destination of the FreeSWITCH set
+    (``route_params.freeswitch_set``, 1)."""
+    if msg.check_source_address(msg.params.get("freeswitch_group", 1)):
+        return True
+    return msg.ds_enabled and msg.ds_is_in_list(msg.si, 0, msg.params.get("freeswitch_set", 1))
 
 
 async def to_freeswitch(msg) -> None:

@@ -2,8 +2,10 @@
 
 FreeSWITCH bridges to node X first and to node Y on 404 (``bridge sofia/gateway/X/u|sofia/gateway/Y/u``);
 each node only looks in its own memory and answers 404 fast and statelessly when the user is not
-there. Configuration (``[route_params]``): ``freeswitch``, or a ``[dispatcher]`` set of media servers
-(``freeswitch_set``, 1; see ``routes/_common.py``). The seed's block::
+there. Configuration (``[route_params]``): ``freeswitch`` (the media servers, the address group
+``freeswitch_group``), a ``[permissions]`` group of them, or a ``[dispatcher]`` set (``freeswitch_set``, 1;
+see ``routes/_common.py``). The seed's block, with ``$si == FreeSWITCH`` as
+``check_source_address(1) || ds_is_in_list($si, 0, 1)``::
 
     if ($si == FreeSWITCH) {
         lookup("location", "m");

@@ -1,8 +1,8 @@
 """Federated cluster topology, the seed's default (``cluster_check_addr`` + global lookup).
 
-Configuration (``[route_params]``): ``cluster_id`` (1), ``freeswitch`` (the media servers' addresses;
-with ``[dispatcher]`` the set ``freeswitch_set`` instead, see ``routes/_common.py``)
-and ``retry_after`` (seconds, 5), with ``[cluster]`` and ``[federation]`` set up. The seed's block::
+Configuration (``[route_params]``): ``cluster_id`` (1), ``freeswitch`` (the media servers' addresses:
+the address group ``freeswitch_group``, also a ``[permissions]`` group; or the ``[dispatcher]`` set
+``freeswitch_set``; see ``routes/_common.py``) and ``retry_after`` (seconds, 5), with ``[cluster]`` and ``[federation]`` set up. The seed's block::
 
     if (cluster_check_addr(1, "$si")) {            # from a node of the cluster
         lookup("location", "m");                   #   local contacts only

@@ -2,9 +2,9 @@
 
 The node asks the shared store where the callee is registered; if it is another node, it answers
 302 with ``Contact: <sip:user@home_ip>`` so FreeSWITCH calls that node directly and this one leaves
-the signalling path. Configuration (``[route_params]``): ``freeswitch`` (media servers; or the ``[dispatcher]`` set
-``freeswitch_set``), ``domain``
-(the users' domain, to rebuild the AoR after a redirect), ``private_ip`` (this node's ``sip_addr``),
+the signalling path. Configuration (``[route_params]``): ``freeswitch`` (media servers: the address
+group ``freeswitch_group``, also a ``[permissions]`` group; or the ``[dispatcher]`` set ``freeswitch_set``),
+``domain`` (the users' domain, to rebuild the AoR after a redirect), ``private_ip`` (this node's ``sip_addr``),
 ``collection`` (``userlocation``) and ``retry_after`` (seconds, 5). The seed's block::
 
     $avp(short_aor) = $tU + "@" + $td;

@@ -167,6 +167,14 @@ SEED_DS = ('[registrar]\nuse_domain = true\n'
            '[dispatcher]\n[[dispatcher.destinations]]\nsetid = 1\ndestination = "sip:{fs}"\n')
 SEED_DS_DOWN = SEED_DS + "state = 1\n"  # the only server is switched off (Inactive)
 
+# the media servers as an address group of [permissions] (check_source_address): FreeSWITCH's own
+# address and port over UDP in group 3; the same row with another port does not make it FreeSWITCH
+SEED_PERM = ('[registrar]\nuse_domain = true\n'
+             '[route_params]\ndomain = "{domain}"\nprivate_ip = "{node_host}"\nfreeswitch_group = 3\n'
+             '[permissions]\n[[permissions.address]]\ngrp = 3\nip = "{fs_host}"\nport = 5060\nproto = "udp"\n'
+             'context_info = "fs"\n')
+SEED_PERM_OTHER_PORT = SEED_PERM.replace("port = 5060", "port = 5999")
+
 ALICE_RELAYED = Relay("sip:alice@{alice}", "{alice}", True)
 ALICE_REACHED = Relay("sip:alice@{alice}", "{alice}", False)  # relayed without our Record-Route
 TO_FREESWITCH = Relay("sip:bob@{domain}", "{fs}", True)
@@ -244,10 +252,21 @@ for _name in ("failover", "federated"):  # FreeSWITCH's calls: a local lookup (n
         Scenario(f"{_name}-ds-from-inactive-fs-local-user", _route, INVITE_ALICE, ALICE_RELAYED, sender="fs",
                  registered=True, config=SEED_DS_DOWN),
     ]
+for _name in ("failover", "federated"):  # FreeSWITCH recognised by check_source_address(freeswitch_group)
+    _route = f"edgeproxy_routes.{_name}"
+    SCENARIOS += [
+        Scenario(f"{_name}-perm-from-fs-local-user", _route, INVITE_ALICE, ALICE_RELAYED, sender="fs",
+                 registered=True, config=SEED_PERM),
+        # not FreeSWITCH (its port is not the row's): a call like a phone's, and no media server is configured
+        Scenario(f"{_name}-perm-from-fs-other-port", _route, INVITE_ALICE, Reply(404, "Not Found"), sender="fs",
+                 registered=True, config=SEED_PERM_OTHER_PORT),
+    ]
 SCENARIOS += [
     # redirect asks the store first: without one, "this node could not ask", not "not found"
     Scenario("redirect-from-fs-no-store", "edgeproxy_routes.redirect", INVITE_ALICE, Reply(503, "Location Store Unavailable"),
              sender="fs", registered=True, config=SEED),
+    Scenario("redirect-perm-from-fs-no-store", "edgeproxy_routes.redirect", INVITE_ALICE,
+             Reply(503, "Location Store Unavailable"), sender="fs", registered=True, config=SEED_PERM),
 ]
 
 
