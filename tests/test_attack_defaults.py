@@ -15,9 +15,10 @@ import socket
 import time
 from pathlib import Path
 
-from edgeproxy.registrar import RegistrarSettings
 from support.ports import free_port
 from support.sipp_harness import edgeproxy_node
+
+from edgeproxy.registrar import RegistrarSettings
 
 
 def register(host: str, port: int, src: socket.socket, contacts: int, user: str = "many") -> bytes:

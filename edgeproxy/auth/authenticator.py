@@ -23,6 +23,7 @@ from twisted.python.failure import Failure
 from ..latency import LatencyHistogram
 from ..sip.message import Request
 from ..sip.values import parse_credentials
+from .backoff import FailureBackoff
 from .digest import DigestError, DigestResponse, base_algorithm, challenge_value, compute_ha1, response_matches
 from .nonce import NonceIssuer, NonceState
 from .settings import AuthSettings
@@ -82,13 +83,21 @@ class Authenticator:
         secret = settings.secret.encode() if settings.secret else os.urandom(32)
         self.nonces = NonceIssuer(secret, settings.nonce_expire, reuse=settings.nonce_reuse)
         self.stats = {result.name.lower(): 0 for result in AuthResult}
+        self.stats["backoff"] = 0  # attempts refused unchecked: their user or source was backed off
+        self.failures = FailureBackoff(settings.max_failures, settings.failure_window, settings.backoff)
+        self.source_failures = FailureBackoff(settings.max_failures_per_source, settings.failure_window,
+                                              settings.backoff)
         # subscriber-store lookups: how long they took (answers and failures alike) and how many failed
         self.store_latency = LatencyHistogram()
         self.store_errors = 0
 
     def authorize(self, request: Request, realm: str = "", *, proxy: bool = False,
-                  table: str | None = None) -> "Deferred[AuthOutcome]":
+                  table: str | None = None, source: str | None = None) -> "Deferred[AuthOutcome]":
         """Check the request's credentials for ``realm`` (``""``: :func:`default_realm`).
+
+        ``source`` is the address the request came from: with the credentials' user, what repeated
+        failures back off (:class:`~.backoff.FailureBackoff`, ``[auth] max_failures``); while either
+        is backed off the credentials are not checked and the outcome is -2, whatever they are.
 
         Raises :class:`~.digest.DigestError` (status 400) when our realm's credentials are malformed;
         every other outcome, store failures included, is an :class:`AuthOutcome`. ``table`` is the
@@ -105,12 +114,32 @@ class Authenticator:
             # answered with an algorithm we did not offer: a fresh challenge offers the right ones
             return succeed(self._count(AuthOutcome(AuthResult.NO_CREDENTIALS, realm=realm)))
         now = self.clock.seconds()
+        user = f"{creds.username}@{realm}" if self.settings.use_domain else creds.username
+        if self.failures.blocked(user, now) or (source is not None and self.source_failures.blocked(source, now)):
+            self.stats["backoff"] += 1
+            return succeed(self._count(AuthOutcome(AuthResult.INVALID_PASSWORD, realm=realm)))
         if self.nonces.verify(creds.nonce, now) is not NonceState.VALID:
             return succeed(self._count(AuthOutcome(AuthResult.STALE_NONCE, realm=realm, stale=True)))
         d = self.store.get(creds.username, realm if self.settings.use_domain else None)
         d.addBoth(self._timed, now)
-        return d.addCallbacks(self._check, self._store_failed, callbackArgs=(request, creds, header, realm),
-                              errbackArgs=(creds, realm))
+        checked = d.addCallbacks(self._check, self._store_failed, callbackArgs=(request, creds, header, realm),
+                                 errbackArgs=(creds, realm))
+        return checked.addCallback(self._record, user, source)
+
+    def _record(self, outcome: AuthOutcome, user: str, source: str | None) -> AuthOutcome:
+        """Count a wrong password or an unknown user against the user and the source; a success
+        clears the user's record (only the user knows the password: the source's stays)."""
+        if outcome.result in (AuthResult.INVALID_PASSWORD, AuthResult.INVALID_USER):
+            now = self.clock.seconds()
+            if self.failures.failed(user, now):
+                log.info("auth: user {user} backed off after {n} failed attempts", user=user,
+                         n=self.failures.max_failures)
+            if source is not None and self.source_failures.failed(source, now):
+                log.info("auth: source {source} backed off after {n} failed attempts", source=source,
+                         n=self.source_failures.max_failures)
+        elif outcome.result == AuthResult.AUTHORIZED:
+            self.failures.succeeded(user)
+        return outcome
 
     def challenge(self, request: Request, realm: str = "", *, proxy: bool = False, stale: bool = False,
                   qop: str | None = None, algorithms: tuple[str, ...] | None = None) -> list[tuple[str, str]]:

@@ -16,6 +16,10 @@
     password_column = "password"
     load_credentials = []    # more columns to read with the row (OpenSIPS load_credentials)
     timeout = 2.0            # s a credentials query may take before the request gets -5
+    max_failures = 5         # wrong credentials per user (0: no back-off) ...
+    max_failures_per_source = 20  # ... and per source address (a NAT holds many users; 0: none)
+    failure_window = 60      # within this many s, before the user or source is backed off for
+    backoff = 30             #   backoff s, doubled for each repeat (up to 16x): nothing is checked
     [auth.users]             # the embedded store, when there is no db_url
     "alice@example.com" = "secret"
 
@@ -30,7 +34,7 @@ from typing import Any, Mapping
 
 from .. import sqldb
 from ..config_error import ConfigError
-from ..config_schema import Context, Section, boolean, choice, seconds, show, text
+from ..config_schema import Context, Section, boolean, choice, integer, seconds, show, text
 from .digest import ALGORITHMS, DigestError, canonical_algorithm
 
 __all__ = ["AuthSettings", "QOP_CHOICES", "SECTION"]
@@ -54,6 +58,10 @@ class AuthSettings:
     password_column: str = "password"
     load_credentials: tuple[str, ...] = ()
     timeout: float = 2.0
+    max_failures: int = 5
+    max_failures_per_source: int = 20
+    failure_window: float = 60.0
+    backoff: float = 30.0
     users: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), hash=False)
 
     def __post_init__(self) -> None:
@@ -133,5 +141,9 @@ SECTION: Section[AuthSettings] = Section(AuthSettings, {
     "password_column": _identifier,
     "load_credentials": _identifiers,
     "timeout": seconds,
+    "max_failures": integer(0),
+    "max_failures_per_source": integer(0),
+    "failure_window": seconds,
+    "backoff": seconds,
     "users": _users,
 }, optional=True)

@@ -67,7 +67,8 @@ STATISTICS: tuple[tuple[str, str, bool], ...] = (
     ("registrar:max_contacts", "[registrar] max_contacts", False),
     ("registrar:default_expire", "[registrar] default_expires", False),
     ("auth:<result>", "node.auth.stats: authorized, invalid_user, invalid_password, stale_nonce, "
-                      "no_credentials, generic_error (www/proxy_authorize outcomes), with [auth]", True),
+                      "no_credentials, generic_error (www/proxy_authorize outcomes), backoff (refused "
+                      "unchecked: the user or source was backed off), with [auth]", True),
     ("pike:flood_dropped", "node.stats['flood_dropped']: requests dropped by check_all, with [pike]", True),
     ("pike:blocked_ips", "sources blocked now", False),
     ("pike:tracked_ips", "sources counted now", False),

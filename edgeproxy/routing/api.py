@@ -524,7 +524,8 @@ class RouteRequest:
             return outcome.result
 
         # maybeDeferred: malformed credentials raise a DigestError (400) that the route's await sees
-        d = maybeDeferred(self._authenticator().authorize, state.request, realm, proxy=proxy, table=table)
+        d = maybeDeferred(self._authenticator().authorize, state.request, realm, proxy=proxy, table=table,
+                          source=state.source.remote.host)
         return d.addCallback(keep)
 
     def www_challenge(self, realm: str = "", qop: str | None = None, algorithms: str | None = None) -> None:
