@@ -13,6 +13,10 @@ sockets, no reactor, no randomness that changes the path), then driven with mess
 * ``--kind call``: Bob registers once, then N full calls relayed by the node: Alice's INVITE → the node
   relays it to Bob's contact → Bob's 180 and 200 → Alice's ACK → Alice's BYE → Bob's 200; after each
   call the clock moves on 40 s so that every transaction of the call ends (its timers run) inside it.
+* ``--kind fscall`` / ``--kind dscall``: the same calls through ``edgeproxy_routes.failover``'s
+  ``to_freeswitch``, Bob playing FreeSWITCH: ``fscall`` relays to ``route_params.freeswitch[0]``
+  (``$du``, no dispatcher), ``dscall`` picks Bob from a ``[dispatcher]`` set of three
+  (``ds_select_dst(1, 4, "f")``, ``$T_fr_timeout``, ``t_on_failure``). Measured only when named.
 
 Method: ``valgrind --tool=callgrind`` runs the script with ``-n 10`` and with ``-n 110``; the
 difference of the two totals over 100 is the cost of one operation, interpreter start-up, imports and
@@ -52,8 +56,9 @@ ALICE_FLOW = Flow(LOCAL, ALICE)
 BOB_FLOW = Flow(LOCAL, BOB)
 
 
-def build(clock: Clock) -> tuple[Any, "Sender"]:
-    """The node under measure (routes/default.py, domain example.com) and the sender it sends with."""
+def build(clock: Clock, kind: str = "register") -> tuple[Any, "Sender"]:
+    """The node under measure (routes/default.py, domain example.com; for ``fscall``/``dscall`` the
+    failover route, see the module docstring) and the sender it sends with."""
     from edgeproxy.location import InMemoryLocation
     try:
         from edgeproxy.node import Node
@@ -65,6 +70,19 @@ def build(clock: Clock) -> tuple[Any, "Sender"]:
 
     registrar = Registrar(InMemoryLocation(clock), RegistrarSettings(), clock)
     sender = Sender()
+    if kind in ("fscall", "dscall"):
+        extra: dict[str, Any] = {}
+        params: dict[str, Any] = {"freeswitch": [BOB.hostport]}
+        if kind == "dscall":
+            from edgeproxy.dispatcher import Dispatcher, DispatcherSettings
+
+            rows = tuple({"setid": 1, "destination": f"sip:{BOB.hostport};n={n}"} for n in range(3))
+            extra["dispatcher"] = Dispatcher(DispatcherSettings(destinations=rows))
+            params = {}
+        node = Node(clock, sender, registrar, load_route_module("edgeproxy_routes.failover"),
+                    ProxySettings(domains=("example.com",)), None, params, **extra)
+        node.add_local_endpoint(LOCAL)
+        return node, sender
     node = Node(clock, sender, registrar, load_route_module("edgeproxy_routes.default"),
                 ProxySettings(domains=("example.com",)), None)
     node.add_local_endpoint(LOCAL)
@@ -158,10 +176,10 @@ def _one(sent: list[tuple[Endpoint, bytes]], remote: Endpoint, start: bytes) -> 
 
 
 class Driver:
-    def __init__(self) -> None:
+    def __init__(self, kind: str = "register") -> None:
         self.clock = Clock()
         self.clock.advance(1_000)
-        self.node, self.sender = build(self.clock)
+        self.node, self.sender = build(self.clock, kind)
 
     def receive(self, data: bytes, flow: Flow) -> list[tuple[Endpoint, bytes]]:
         self.node.message_received(parse_datagram(data), flow)
@@ -198,8 +216,8 @@ class Driver:
 
 
 def run(kind: str, n: int) -> None:
-    d = Driver()
-    if kind == "call":
+    d = Driver(kind)
+    if kind in ("call", "fscall", "dscall"):
         (reply,) = d.receive(_register("bob", BOB.host, BOB.port, 0, expires=10**8), BOB_FLOW)
         assert _status(reply[1]) == 200, reply
         for i in range(n):
@@ -239,7 +257,7 @@ def measure(kinds: list[str], small: int, large: int) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--kind", choices=("register", "call"), default="register")
+    parser.add_argument("--kind", choices=("register", "call", "fscall", "dscall"), default="register")
     parser.add_argument("-n", type=int, default=10, help="operations to run")
     parser.add_argument("--measure", action="store_true",
                         help="run valgrind --tool=callgrind at n=10 and n=110 for --kind (both kinds when not "

@@ -368,3 +368,36 @@ def test_replication_sends_local_changes_and_applies_remote_ones_without_echo() 
     cluster.handlers[CAPABILITY](1, 2, "not json")
     cluster.handlers[CAPABILITY](1, 2, '{"setid": 9, "uri": "sip:x", "state": 1}')
     assert len(cluster.sent) == 1  # what came from a peer is not sent on
+
+
+def test_mi_commands_shapes_and_errors() -> None:
+    from types import SimpleNamespace
+
+    from edgeproxy.management.dispatcher import DispatcherCommands
+    from edgeproxy.management.rpc import MIError
+
+    rows = ROWS + [{"setid": 2, "destination": "sip:10.0.0.9", "socket": "udp:127.0.0.1:5060", "attrs": "a=1",
+                    "description": "spare", "priority": 3}]
+    ds = Dispatcher(DispatcherSettings(destinations=tuple(rows)))
+    mi = DispatcherCommands()
+    mi.parts = SimpleNamespace(dispatcher=ds)  # type: ignore[assignment]
+    listed = mi.ds_list()
+    sets = listed["PARTITIONS"][0]["SETS"]
+    assert [s["id"] for s in sets] == [1, 2]
+    assert sets[0]["Destinations"][0] == {"URI": "sip:127.0.0.21:5060", "state": "Active", "first_hit_counter": 0}
+    assert sets[1]["Destinations"][0] == {"URI": "sip:10.0.0.9", "state": "Active", "first_hit_counter": 0,
+                                          "socket": "udp:127.0.0.1:5060", "attr": "a=1"}
+    full = mi.ds_list(1)["PARTITIONS"][0]["SETS"][1]["Destinations"][0]
+    assert (full["weight"], full["priority"], full["description"]) == (1, 3, "spare")
+    assert mi.ds_set_state("inactive", "default:2", "SIP:10.0.0.9") == "OK"
+    assert ds.table.find(2, "sip:10.0.0.9").state_name == "Inactive"
+    for args, code in ((("x", "1", "sip:10.0.0.9"), 500), (("a", "one", "sip:10.0.0.9"), 500),
+                       (("a", "2", "sip:10.0.0.8"), 404), (("a", "other:2", "sip:10.0.0.9"), 500)):
+        with pytest.raises(MIError) as err:
+            mi.ds_set_state(*args)
+        assert err.value.code == code, args
+    with pytest.raises(MIError, match="Unknown partition"):
+        mi.ds_list(0, "other")
+    empty = Dispatcher(DispatcherSettings())
+    mi.parts = SimpleNamespace(dispatcher=empty)  # type: ignore[assignment]
+    assert mi.ds_list() == {"PARTITIONS": [{"name": "default"}]}  # SETS absent, as OpenSIPS

@@ -155,3 +155,22 @@ def test_without_dispatcher_the_verbs_raise() -> None:
     flags = []
     h.run(lambda msg: (flags.append(msg.ds_enabled), msg.sl_send_reply(200)), invite())
     assert flags == [False]
+
+
+def test_select_domain_rewrites_the_request_uri_host(harness: RouteHarness) -> None:
+    seen = []
+
+    def route(msg):
+        seen.append(msg.ds_select_domain(1, 8, "f"))
+        seen.append((str(msg.ruri), msg.du))
+        seen.append(msg.ds_next_domain())
+        seen.append(str(msg.ruri))
+        msg.t_relay()
+
+    result = harness.run(route, invite())
+    assert seen == [1, ("sip:bob@127.0.0.21:5060", None), 1, "sip:bob@127.0.0.22:5060"]
+    assert str(result.targets[0].uri) == "sip:bob@127.0.0.22:5060" and result.targets[0].dst_uri is None
+    tel = []
+    harness.run(lambda msg: (tel.append(msg.ds_select_domain(1, 8)), msg.sl_send_reply(404)),
+                invite(ruri="tel:+15551234"))
+    assert tel == [-1]

@@ -42,6 +42,23 @@ INSERT = ("INSERT INTO `{table}` (setid, destination, state, weight, priority, a
           "VALUES (%s, %s, %s, %s, %s, %s, %s)")
 
 
+def cli(url: str, cwd: Path, *args: str) -> object:
+    """``opensips-cli -x mi ...`` (beside this Python, installed by .[test]) over the node's MI; its JSON."""
+    import json
+    import subprocess
+    import sys
+
+    tool = Path(sys.executable).parent / "opensips-cli"
+    if not tool.exists():
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("CI=true and opensips-cli is not installed beside this Python")
+        pytest.skip("opensips-cli is not installed beside this Python (pip install '.[test]')")
+    done = subprocess.run([str(tool), "-o", "communication_type=http", "-o", f"url={url}", "-x", "mi", *args],
+                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL, cwd=cwd)
+    assert done.returncode == 0, (args, done.stdout, done.stderr)
+    return json.loads(done.stdout)
+
+
 def destinations(mi: OpenSIPSMI) -> dict[str, dict]:
     listed = mi.execute("ds_list", {"full": 1})
     return {d["URI"]: d for s in listed["PARTITIONS"][0].get("SETS", []) for d in s["Destinations"]}
@@ -89,6 +106,11 @@ def test_dispatcher_table_is_read_and_reloaded(tmp_path: Path) -> None:
             assert found[f"sip:{fs[1]}:{ports[1]}"]["state"] == "Active"
             assert found[f"sip:{fs[0]}:{ports[0]}"]["state"] == "Inactive"  # kept across the reload
             assert mi.execute("get_statistics", ["dispatcher:reloads"])["dispatcher:reloads"] == 2
+            # opensips-cli, the OpenSIPS project's own tool, prints the same and changes the same
+            url = f"http://{LOOPBACK}:{mi_port}/mi"
+            assert cli(url, tmp_path, "ds_list", "1") == mi.execute("ds_list", {"full": 1})
+            assert cli(url, tmp_path, "ds_set_state", "a", "2", f"sip:{fs[0]}:{ports[0]}") == "OK"
+            assert mi.execute("ds_list", [])["PARTITIONS"][0]["SETS"][1]["Destinations"][0]["state"] == "Active"
 
             # a call goes to the new server (the first is switched off)
             with Sipp(tmp_path / "fs", "udp", local_ip=fs[1]).start("uas_answer", port=ports[1], extra=["-aa"]) as uas:

@@ -70,8 +70,10 @@ class Command:
             if self.list_param is not None:
                 value = params[0] if len(params) == 1 and isinstance(params[0], list) else params
                 return {self.list_param: value}
+            # OpenSIPS (mi.c get_cmd_recipe): positional params take the first recipe of their count,
+            # so ds_list [1] is (full), as opensips-cli sends it
             matches = [r for r in self.recipes if r and len(r) == len(params)]
-            if len(matches) == 1:
+            if matches:
                 return dict(zip(matches[0], params, strict=True))
             raise invalid_params(f"{self.name} takes {self.describe()}; got {len(params)} positional "
                                  f"parameter{'s' if len(params) != 1 else ''}")

@@ -48,6 +48,7 @@ Kamailio ``t_set_fr(60000, 2000)``       ``msg.t_set_fr(60000, 2000)`` (ms), ``m
 ``cache_raw_query(...)``                 ``await msg.cache_raw_query({...})``
 ``ds_select_dst(1, 4, "f")``             ``msg.ds_select_dst(1, 4, "f")`` → 1 / -1
 ``ds_next_dst()`` ``ds_mark_dst("p")``   ``msg.ds_next_dst()`` → 1 / -1, ``msg.ds_mark_dst("p")``
+``ds_select_domain`` ``ds_next_domain``  ``msg.ds_select_domain(1, 4, "f")``, ``msg.ds_next_domain()``
 ``ds_is_in_list($si, $sp, 1)``           ``msg.ds_is_in_list(msg.si, msg.sp, 1)`` → bool
 ``ds_count(1, "a", $var(n))``            ``msg.ds_count(1, "a")`` → count (-1: no such set)
 ``$avp(ds_attrs)`` (``attrs_avp``)       ``msg.ds_attrs`` (the destination tried now)
@@ -407,6 +408,15 @@ class RouteRequest:
         :meth:`ds_next_dst`), ``u``, ``d``, ``a``. 1, or -1 when nothing can be chosen (unknown or
         empty set, nothing active)."""
         return self._verbs.ds_select_dst(self._state, set, alg, flags, max_results)
+
+    def ds_select_domain(self, set: int, alg: int, flags: str = "", max_results: int = 1000) -> int:  # noqa: A002
+        """OpenSIPS ``ds_select_domain``: :meth:`ds_select_dst`, but the Request-URI's host and port
+        become the destination's (``$du`` is left alone)."""
+        return self._verbs.ds_select_dst(self._state, set, alg, flags, max_results, domain=True)
+
+    def ds_next_domain(self) -> int:
+        """OpenSIPS ``ds_next_domain()``: :meth:`ds_next_dst` for :meth:`ds_select_domain`."""
+        return self._verbs.ds_next_dst(self._state, domain=True)
 
     def ds_next_dst(self) -> int:
         """OpenSIPS ``ds_next_dst()`` (in a failure route): ``$du`` becomes the next destination of

@@ -20,7 +20,16 @@ from twisted.python.failure import Failure
 
 from ..auth import Authenticator
 from ..dialog import Dialog, DialogError
-from ..dispatcher import Dispatcher, Selection, ds_hash, parse_flags, parse_state_letter, select, uri_hash_keys
+from ..dispatcher import (
+    Destination,
+    Dispatcher,
+    Selection,
+    ds_hash,
+    parse_flags,
+    parse_state_letter,
+    select,
+    uri_hash_keys,
+)
 from ..interfaces import SendError
 from ..location import Binding, LookupResult
 from ..logcontext import message_context
@@ -526,11 +535,14 @@ class RouteVerbs:
             raise RuntimeError("the route uses the dispatcher, but the node has no [dispatcher] section")
         return self.dispatcher
 
-    def ds_select_dst(self, route: RouteState, setid: int, alg: int, flags: str, max_results: int) -> int:
+    def ds_select_dst(self, route: RouteState, setid: int, alg: int, flags: str, max_results: int,
+                      domain: bool = False) -> int:
         """OpenSIPS ``ds_select_dst``: ``$du`` becomes the chosen destination of set ``setid``
         (:func:`edgeproxy.dispatcher.select`); with ``f`` the other usable ones follow it for
         ``ds_next_dst``, with ``a`` ahead of an earlier call's list. 1, or -1 when the set is unknown
-        or empty, nothing in it is active, or the algorithm's input is missing (OpenSIPS's -1)."""
+        or empty, nothing in it is active, or the algorithm's input is missing (OpenSIPS's -1).
+        ``domain``: ``ds_select_domain``, the Request-URI's host and port become the destination's
+        instead of ``$du``."""
         ds = self._ds()
         fl = parse_flags(flags)
         dset = ds.table.get(setid)
@@ -543,7 +555,8 @@ class RouteVerbs:
                 log.debug("ds_select_dst: no usable destination in set {setid} (alg {alg})", setid=setid, alg=alg)
             return -1
         dest = chosen[0]
-        route.dst_uri = dest.dst_uri
+        if not self._ds_apply(route, dest, domain):
+            return -1
         dest.first_hit_counter += 1
         ds.stats["selections"] += 1
         earlier = route.ds.destinations if route.ds is not None and fl.append else []
@@ -570,19 +583,34 @@ class RouteVerbs:
             return None
         return None
 
-    def ds_next_dst(self, route: RouteState) -> int:
-        """OpenSIPS ``ds_next_dst``: the destination just tried leaves the failover list and ``$du``
-        becomes the next one; -1 when none is left."""
-        self._ds()
+    @staticmethod
+    def _ds_apply(route: RouteState, dest: Destination, domain: bool) -> bool:
+        """Point the request at ``dest``: ``$du`` (``ds_*_dst``), or the Request-URI's host and port
+        (``ds_*_domain``; False for a Request-URI that is no SIP URI)."""
+        if not domain:
+            route.dst_uri = dest.dst_uri
+            return True
+        ruri = route.request.uri
+        if not isinstance(ruri, SipURI):
+            return False
+        route.request.uri = ruri.replace(host=dest.dst_uri.host, port=dest.dst_uri.port)
+        route.ruri_changed = True
+        route.ruri_branch = None
+        return True
+
+    def ds_next_dst(self, route: RouteState, domain: bool = False) -> int:
+        """OpenSIPS ``ds_next_dst`` (``ds_next_domain`` with ``domain``): the destination just tried
+        leaves the failover list and ``$du`` (the Request-URI's host) becomes the next one; -1 when
+        none is left."""
+        ds = self._ds()
         sel = route.ds
         if sel is None or not sel.destinations:
             return -1
         sel.destinations.pop(0)
         dest = sel.current
-        if dest is None:
+        if dest is None or not self._ds_apply(route, dest, domain):
             return -1
-        route.dst_uri = dest.dst_uri
-        self._ds().stats["failovers"] += 1
+        ds.stats["failovers"] += 1
         return 1
 
     def ds_mark_dst(self, route: RouteState, state: str | int) -> int:
