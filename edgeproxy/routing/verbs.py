@@ -20,16 +20,7 @@ from twisted.python.failure import Failure
 
 from ..auth import Authenticator
 from ..dialog import Dialog, DialogError
-from ..dispatcher import (
-    Destination,
-    Dispatcher,
-    Selection,
-    ds_hash,
-    parse_flags,
-    parse_state_letter,
-    select,
-    uri_hash_keys,
-)
+from ..dispatcher import Dispatcher
 from ..interfaces import SendError
 from ..location import Binding, LookupResult
 from ..logcontext import message_context
@@ -43,11 +34,11 @@ from ..proxy.hops import loose_route
 from ..proxy.identity import LocalIdentity
 from ..proxy.settings import ProxySettings
 from ..registrar import Registrar, aor_of
-from ..sip.address import ip_literal
 from ..sip.errors import SipParseError, SipValueError
 from ..sip.message import Request, Response
 from ..sip.uri import SipURI, parse_uri
 from ..transaction import TimerSettings
+from .dsverbs import DispatcherVerbs
 from .errors import RouteReply
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -97,7 +88,7 @@ class FederationView(Protocol):
     def raw_query(self, command: Mapping[str, Any] | str) -> "Deferred[list[dict[str, Any]]]": ...
 
 
-class RouteVerbs:
+class RouteVerbs(DispatcherVerbs):
     """The OpenSIPS verbs behind :class:`~edgeproxy.routing.api.RouteRequest`, over a request's
     :class:`RouteState`."""
 
@@ -528,133 +519,6 @@ class RouteVerbs:
             reply = route.reply
             return any(b.final is reply and not b.received for b in finals)
         raise ValueError(f't_local_replied: "all", "any", "branch" or "last", got {which!r}')
-
-    # -- dispatcher ----------------------------------------------------------------------------------
-    def _ds(self) -> Dispatcher:
-        if self.dispatcher is None:
-            raise RuntimeError("the route uses the dispatcher, but the node has no [dispatcher] section")
-        return self.dispatcher
-
-    def ds_select_dst(self, route: RouteState, setid: int, alg: int, flags: str, max_results: int,
-                      domain: bool = False) -> int:
-        """OpenSIPS ``ds_select_dst``: ``$du`` becomes the chosen destination of set ``setid``
-        (:func:`edgeproxy.dispatcher.select`); with ``f`` the other usable ones follow it for
-        ``ds_next_dst``, with ``a`` ahead of an earlier call's list. 1, or -1 when the set is unknown
-        or empty, nothing in it is active, or the algorithm's input is missing (OpenSIPS's -1).
-        ``domain``: ``ds_select_domain``, the Request-URI's host and port become the destination's
-        instead of ``$du``."""
-        ds = self._ds()
-        fl = parse_flags(flags)
-        dset = ds.table.get(setid)
-        if dset is None or not dset.destinations:
-            log.info("ds_select_dst: set {setid} is unknown or empty", setid=setid)
-            return -1
-        chosen = select(dset, alg, fl, self._ds_hash_value(route.request, alg, fl.user_only), ds.rand, max_results)
-        if chosen is None:
-            if self.settings.log_decisions:
-                log.debug("ds_select_dst: no usable destination in set {setid} (alg {alg})", setid=setid, alg=alg)
-            return -1
-        dest = chosen[0]
-        if not self._ds_apply(route, dest, domain):
-            return -1
-        dest.first_hit_counter += 1
-        ds.stats["selections"] += 1
-        earlier = route.ds.destinations if route.ds is not None and fl.append else []
-        route.ds = Selection(setid, (chosen if fl.failover else [dest]) + earlier)
-        return 1
-
-    @staticmethod
-    def _ds_hash_value(request: Request, alg: int, user_only: bool) -> int | None:
-        """The hash the algorithm needs from the request (None: its input is missing)."""
-        if alg == 0:
-            call_id = request.call_id.strip()
-            return ds_hash(call_id) if call_id else None
-        if alg in (1, 2, 3):
-            uri = (request.from_.uri, request.to.uri, request.uri)[alg - 1]
-            if not isinstance(uri, SipURI):
-                return None
-            return ds_hash(*uri_hash_keys(uri, user_only))
-        if alg == 5:
-            for name in ("proxy-authorization", "authorization"):
-                for creds in request.credentials(name):
-                    username = creds.params.get("username")
-                    if username:
-                        return ds_hash(username)
-            return None
-        return None
-
-    @staticmethod
-    def _ds_apply(route: RouteState, dest: Destination, domain: bool) -> bool:
-        """Point the request at ``dest``: ``$du`` (``ds_*_dst``), or the Request-URI's host and port
-        (``ds_*_domain``; False for a Request-URI that is no SIP URI)."""
-        if not domain:
-            route.dst_uri = dest.dst_uri
-            return True
-        ruri = route.request.uri
-        if not isinstance(ruri, SipURI):
-            return False
-        route.request.uri = ruri.replace(host=dest.dst_uri.host, port=dest.dst_uri.port)
-        route.ruri_changed = True
-        route.ruri_branch = None
-        return True
-
-    def ds_next_dst(self, route: RouteState, domain: bool = False) -> int:
-        """OpenSIPS ``ds_next_dst`` (``ds_next_domain`` with ``domain``): the destination just tried
-        leaves the failover list and ``$du`` (the Request-URI's host) becomes the next one; -1 when
-        none is left."""
-        ds = self._ds()
-        sel = route.ds
-        if sel is None or not sel.destinations:
-            return -1
-        sel.destinations.pop(0)
-        dest = sel.current
-        if dest is None or not self._ds_apply(route, dest, domain):
-            return -1
-        ds.stats["failovers"] += 1
-        return 1
-
-    def ds_mark_dst(self, route: RouteState, state: str | int) -> int:
-        """OpenSIPS ``ds_mark_dst``: set the state of the destination last tried (``i`` inactive, ``a``
-        active, ``p`` probing, with ``ds_probing_threshold``); 1, or -1 when there is none."""
-        ds = self._ds()
-        letter = parse_state_letter(state)
-        dest = route.ds.current if route.ds is not None else None
-        if dest is None:
-            return -1
-        ds.set_state(dest, letter, f"ds_mark_dst(\"{letter}\") for {route.request.call_id}")
-        return 1
-
-    def ds_is_in_list(self, ip: str, port: int, setid: int, active_only: bool) -> bool:
-        """OpenSIPS ``ds_is_in_list``: ``ip`` is an address of a destination of ``setid`` (-1: any
-        set) and ``port`` its port (0 on either side: any port)."""
-        ds = self._ds()
-        literal = ip_literal(ip)
-        if literal is None:
-            return False
-        address = literal[1]
-        sets = ds.table.sets.values() if setid == -1 else [s for s in (ds.table.get(setid),) if s is not None]
-        for dset in sets:
-            for d in dset.destinations:
-                if address in d.addresses and (not port or not d.port or port == d.port) \
-                        and (d.active or not active_only):
-                    return True
-        return False
-
-    def ds_count(self, setid: int, state_filter: str) -> int:
-        """OpenSIPS ``ds_count``: destinations of ``setid`` in the states of ``state_filter`` (``a``
-        active, ``i`` inactive, ``p`` probing, any combination; empty: all); -1 for an unknown set."""
-        dset = self._ds().table.get(setid)
-        if dset is None:
-            return -1
-        wanted = set()
-        for c in str(state_filter).lower():
-            letter = {"a": "Active", "1": "Active", "i": "Inactive", "0": "Inactive", "p": "Probing",
-                      "2": "Probing"}.get(c)
-            if letter:
-                wanted.add(letter)
-        if not wanted:
-            return len(dset.destinations)
-        return sum(1 for d in dset.destinations if d.state_name in wanted)
 
     # -- authentication ------------------------------------------------------------------------------
     def authenticator(self) -> Authenticator | None:
