@@ -9,6 +9,9 @@
     servers = []        # "ip[:port]" DNS servers; []: the system's (/etc/resolv.conf)
     timeout = 2.0       # seconds all the lookups for one next hop may take together
     cache_size = 1024   # answers kept, each for its TTL; 0: no cache
+    max_queries = 64    # DNS lookups in flight at once (each on its own random port, RFC 5452):
+                        # beyond it a question fails at once (503) -- names in requests are the
+                        # attacker's to choose (issue 16)
 
 :class:`DnsSettings` is what the configuration's ``[dns]`` table becomes (:data:`SECTION` checks the
 keys), and what the locator and the proxy read.
@@ -37,6 +40,7 @@ class DnsSettings:
     servers: tuple[tuple[str, int], ...] = ()
     timeout: float = 2.0
     cache_size: int = 1024
+    max_queries: int = 64
 
 
 _SERVER = re.compile(r"^(?P<host>\[[^\]]+\]|[^:\[\]]+)(?::(?P<port>[0-9]{1,5}))?$")
@@ -81,4 +85,5 @@ SECTION: Section[DnsSettings] = Section(DnsSettings, {
     "servers": _servers,
     "timeout": seconds,
     "cache_size": integer(0),
+    "max_queries": integer(1),
 })

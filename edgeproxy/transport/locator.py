@@ -21,7 +21,7 @@ import random
 import socket
 from typing import Any
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.names import client, dns
@@ -88,7 +88,7 @@ class DnsLocator:
         self._resolver = resolver
         self._inflight: dict[Question, list[Deferred]] = {}
         self._running: set[_Location] = set()
-        self.stats = {"locations": 0, "queries": 0, "cache_hits": 0, "timeouts": 0}
+        self.stats = {"locations": 0, "queries": 0, "cache_hits": 0, "timeouts": 0, "refused": 0}
         # per lookup: three tries within the location's budget (a lost datagram is retried)
         self._query_timeout = (settings.timeout / 3,) * 3
 
@@ -132,14 +132,28 @@ class DnsLocator:
             self.stats["cache_hits"] += 1
         return answer
 
+    @property
+    def in_flight(self) -> int:
+        """DNS lookups running now (one resolver socket each)."""
+        return len(self._inflight)
+
     def fetch(self, question: Question) -> "Deferred[Answer]":
         """The answer from the DNS (never fails: a failure is an ``Answer(failed=True)``); joins a
-        lookup of the same question already in flight."""
-        d: Deferred = Deferred()
+        lookup of the same question already in flight. Beyond ``[dns] max_queries`` lookups in
+        flight a new question fails at once, uncached (``refused``): the names come from requests,
+        and each lookup holds a socket (issue 16)."""
         waiting = self._inflight.get(question)
         if waiting is not None:
+            d: Deferred = Deferred()
             waiting.append(d)
             return d
+        if len(self._inflight) >= self.settings.max_queries:
+            self.stats["refused"] += 1
+            if self.stats["refused"] & (self.stats["refused"] - 1) == 0:  # 1st, 2nd, 4th, 8th ... time
+                log.info("dns: {n} lookups in flight (max_queries): {name} not looked up ({refused} so far)",
+                         n=len(self._inflight), name=question.name, refused=self.stats["refused"])
+            return succeed(Answer.failure())
+        d = Deferred()
         self._inflight[question] = [d]
         self.stats["queries"] += 1
         try:

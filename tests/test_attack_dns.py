@@ -1,0 +1,54 @@
+"""Issue 16, finding 7: names in attacker-controlled URIs were resolved with one UDP socket per DNS
+query and no bound: a burst of requests naming random hosts opened as many sockets and lookups. The
+locator now runs at most ``[dns] max_queries`` lookups at once (each keeps its own random source port,
+RFC 5452 §9.2, so the cap is also the cap on resolver sockets); a question beyond it fails at once
+("Name Resolution Failed", 503), is counted (``dns:refused``) and is not cached. Names are located
+only where a route relays (``t_relay``): responses go to the Via's ``received`` address, never to a
+name (RFC 3261 §18.2.2 with §18.2.1's stamp).
+
+Against a real UDP socket that takes queries and never answers (a DNS server that is down).
+"""
+
+from __future__ import annotations
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import DeferredList
+from twisted.internet.task import deferLater
+
+from edgeproxy.dns import DnsSettings, ServerQuery
+from edgeproxy.interfaces import SendError
+from edgeproxy.transport.locator import DnsLocator
+from support.transport import within
+from test_dns_locator import BOTH, hosts, silent_dns  # noqa: F401 - the fixtures
+
+
+def test_the_default_cap() -> None:
+    assert DnsSettings().max_queries == 64
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_burst_of_random_names_is_capped(silent_dns: int, hosts: str) -> None:  # noqa: F811
+    loc = DnsLocator(reactor, DnsSettings(servers=(("127.0.0.1", silent_dns),), timeout=0.6, max_queries=8),
+                     hosts=hosts)
+    ds = [loc.locate(ServerQuery(f"r{i}.attacker.test"), BOTH) for i in range(200)]
+    assert loc.stats["queries"] <= 8  # on main: a lookup (and a socket) for every name
+    assert loc.in_flight <= 8
+    refused = [d for d in ds if d.called]
+    assert len(refused) >= 190  # failed at once, no lookup, no socket
+    results = await within(DeferredList(ds, consumeErrors=True), 5.0)
+    for ok, result in results:  # no target (the proxy's 503) or the location's 503
+        assert (ok and result == []) or (result.check(SendError) and result.value.status == 503)
+    assert loc.stats["refused"] >= 190
+    for _ in range(50):  # the lookups themselves end on their own timeouts, after the locations'
+        if loc.in_flight == 0:
+            break
+        await deferLater(reactor, 0.1, lambda: None)
+    assert loc.in_flight == 0
+    # the cap frees as lookups end: a later burst gets its lookups again
+    d = loc.locate(ServerQuery("later.attacker.test"), BOTH)
+    assert loc.stats["queries"] > 8 and not d.called
+    with pytest.raises(SendError):  # the silent server: the location times out
+        await within(d, 5.0)
+    loc.stop()
