@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import pytest
 import pytest_twisted
+from support.transport import within
+from test_dns_locator import BOTH, hosts, silent_dns  # noqa: F401 - the fixtures
 from twisted.internet import reactor
 from twisted.internet.defer import DeferredList
 from twisted.internet.task import deferLater
@@ -20,8 +22,6 @@ from twisted.internet.task import deferLater
 from edgeproxy.dns import DnsSettings, ServerQuery
 from edgeproxy.interfaces import SendError
 from edgeproxy.transport.locator import DnsLocator
-from support.transport import within
-from test_dns_locator import BOTH, hosts, silent_dns  # noqa: F401 - the fixtures
 
 
 def test_the_default_cap() -> None:

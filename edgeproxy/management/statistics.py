@@ -77,7 +77,8 @@ STATISTICS: tuple[tuple[str, str, bool], ...] = (
                             "with natping_interval > 0", True),
     ("federation:<counter>", "the publisher's upserts, deletes, syncs, synced_records, failures, "
                              "cleaned_on_start, with [federation]", True),
-    ("dns:<counter>", "the RFC 3263 locator's locations, queries, cache_hits, timeouts, refused (over max_queries)", True),
+    ("dns:<counter>", "the RFC 3263 locator's locations, queries, cache_hits, timeouts, "
+                    "refused (over max_queries)", True),
     ("dispatcher:<counter>", "Dispatcher.stats: state_changes, selections, failovers, reloads, bad_rows, "
                              "probes_sent, probe_replies, probe_failures, with [dispatcher]", True),
     ("dispatcher:active_destinations", "destinations Active now (also inactive_, probing_destinations)", False),
