@@ -7,7 +7,7 @@
     advertise = ""          # host for Via / Record-Route when listening on 0.0.0.0 or [::]
     domains = []            # domains the node is responsible for; []: every domain
     route = ""              # a .py file (relative to the config file) or a dotted module; "": edgeproxy_routes.default
-    log_level = "info"
+    log_level = "info"      # debug, info, warn, error; or OpenSIPS's 4 ... -4
     log_format = "text"     # "json": one JSON object per line (time, level, namespace, message, call_id, tx, ...)
     gc_full_interval = 300  # s between full garbage collections; 0: Python's own schedule
 
@@ -120,6 +120,27 @@ def _route(key: str, value: Any, ctx: Context) -> str:
     return spec
 
 
+#: OpenSIPS's numeric ``log_level`` (L_DBG 4 ... L_ALERT -3) as the nearest level of ours: below error
+#: (L_CRIT, L_ALERT) the node has nothing quieter, so those print errors too.
+_OPENSIPS_LEVELS = {4: "debug", 3: "info", 2: "info", 1: "warn", 0: "error", -1: "error", -2: "error", -3: "error",
+                    -4: "error"}
+_level_name = choice(*LOG_LEVELS, aliases={"warning": "warn"})
+
+
+def _log_level(key: str, value: Any, ctx: Context) -> str:
+    """A name of :data:`LOG_LEVELS` or, as in ``opensips.cfg``, a number from -4 to 4 (``log_level = 4``;
+    ``--log-level 4`` gives the same as text)."""
+    number = value.strip() if isinstance(value, str) else value
+    if isinstance(number, str) and number.lstrip("-").isdigit():
+        number = int(number)
+    if isinstance(number, int) and not isinstance(number, bool):
+        if number in _OPENSIPS_LEVELS:
+            return _OPENSIPS_LEVELS[number]
+        raise ConfigError(key, f"must be an OpenSIPS level from -4 to 4 or one of {', '.join(LOG_LEVELS)},"
+                               f" got {number}")
+    return _level_name(key, value, ctx)
+
+
 def _node_id(key: str, value: Any, ctx: Context) -> str:
     if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", value):
         raise ConfigError(key, f"must be 1-64 letters, digits, '.', '_' or '-', got {show(value)}")
@@ -131,7 +152,7 @@ SECTION: Section[NodeConfig] = Section(NodeConfig, {
     "advertise": _advertise,
     "domains": _domains,
     "route": _route,
-    "log_level": choice(*LOG_LEVELS, aliases={"warning": "warn"}),
+    "log_level": _log_level,
     "log_format": choice("text", "json"),
     "node_id": _node_id,
     "gc_full_interval": zero_or_seconds,  # 0: CPython's own collection schedule

@@ -251,7 +251,9 @@ def build_node(config: NodeConfiguration, reactor: Any = None, node_table: NodeT
         ws=config.ws,
     )
     # NAT keep-alives (started with the listeners)
-    pinger = NatPinger(location, transports, config.nathelper, reactor) if config.nathelper.enabled else None
+    pinger = (NatPinger(location, transports, config.nathelper, reactor,
+                        user_agent_header=config.proxy.user_agent_header)
+              if config.nathelper.enabled else None)
     dispatcher = _dispatcher(config, reactor)
     permissions_settings = getattr(config, "permissions", None)
     permissions = Permissions(permissions_settings, reactor) if permissions_settings is not None else None
@@ -384,7 +386,8 @@ class GarbagePolicy:
 
         started = time.perf_counter()
         found = gc.collect()
-        log.info("full garbage collection: {found} objects in {ms:.0f} ms", found=found,
+        # debug: every five minutes by default, nothing an operator acts on at the default level
+        log.debug("full garbage collection: {found} objects in {ms:.0f} ms", found=found,
                  ms=(time.perf_counter() - started) * 1000)
         return found
 

@@ -42,7 +42,7 @@ class Options(usage.Options):
     optParameters = [
         ["config", "c", None, "TOML configuration file (default: built-in single-node settings)."],
         ["route", "r", None, "Route module: a .py file or a dotted module name (replaces node.route)."],
-        ["log-level", None, None, f"One of {', '.join(LOG_LEVELS)} (replaces node.log_level)."],
+        ["log-level", None, None, f"One of {', '.join(LOG_LEVELS)}, or OpenSIPS's -4..4 (replaces node.log_level)."],
     ]
     compData = usage.Completions(
         optActions={
@@ -63,6 +63,17 @@ class Options(usage.Options):
         self["listen"].append(spec)
 
     opt_l = opt_listen
+
+    def opt_version(self) -> None:
+        """Print edgeproxy's version (with Twisted's and Python's) and exit."""
+        import platform
+
+        import twisted
+
+        from . import __version__
+
+        print(f"edgeproxy {__version__} (Twisted {twisted.__version__}, Python {platform.python_version()})")
+        raise SystemExit(0)
 
     def overrides(self) -> dict[str, Any]:
         """The configuration keys given on the command line."""

@@ -519,3 +519,27 @@ def test_twistd_refuses_a_bad_config_with_one_line_and_status_1(tmp_path: Path) 
     assert result.returncode == 1
     assert result.stdout == ""
     assert result.stderr == 'config: registrar.min_expires: must be an integer >= 0, got "abc"\n'
+
+
+def test_twistd_edgeproxy_version_is_edgeproxys(tmp_path: Path) -> None:
+    import twisted
+
+    from edgeproxy import __version__
+
+    result = twistd("edgeproxy", "--version", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"edgeproxy {__version__} (Twisted {twisted.__version__}, Python "), result.stdout
+
+
+@pytest.mark.parametrize("value, level", [(4, "debug"), (3, "info"), (2, "info"), (1, "warn"), (0, "error"),
+                                          (-1, "error"), (-3, "error"), ("debug", "debug")])
+def test_log_level_takes_opensips_numbers_in_the_file(tmp_path: Path, value: object, level: str) -> None:
+    text = f"[node]\nlog_level = {value}\n" if isinstance(value, int) else f'[node]\nlog_level = "{value}"\n'
+    assert load_config(write(tmp_path, text)).node.log_level == level
+
+
+def test_log_level_number_on_the_command_line_and_out_of_range(tmp_path: Path) -> None:
+    assert load_config(None, {"node.log_level": "4"}).node.log_level == "debug"
+    assert error_of(tmp_path, "[node]\nlog_level = 5\n") == (
+        "config: node.log_level: must be an OpenSIPS level from -4 to 4 or one of debug, info, warn, error, got 5")
+    assert error_of(tmp_path, "[node]\nlog_level = true\n").startswith("config: node.log_level: must be one of")

@@ -130,3 +130,14 @@ def test_an_ipv4_address_in_brackets_is_refused_everywhere(tmp_path) -> None:
     path.write_text('[node]\nadvertise = "[192.0.2.1]"\n')
     with pytest.raises(ConfigError, match="node.advertise"):
         load_config(str(path))
+
+
+def test_the_periodic_full_collection_logs_at_debug_only(logged) -> None:
+    """Every five minutes by default: noise at the default level (issue 15), so debug."""
+    from twisted.logger import LogLevel
+
+    from edgeproxy.service import GarbagePolicy
+
+    GarbagePolicy(300.0).collect()
+    lines = [e for e in logged if "full garbage collection" in e.get("log_format", "")]
+    assert [e["log_level"] for e in lines] == [LogLevel.debug]

@@ -22,6 +22,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import maybeDeferred
 from twisted.internet.protocol import DatagramProtocol
 
+from edgeproxy import __version__
 from edgeproxy.config import load_config
 from edgeproxy.service import build_node
 from edgeproxy.sip import Request, parse_datagram
@@ -88,6 +89,7 @@ async def test_probing_over_udp(tmp_path: Path) -> None:
         assert probe.method == "OPTIONS" and str(probe.uri) == f"sip:127.0.0.21:{ports[0]}"
         assert probe.top_via.branch.startswith("z9hG4bK") and f"{NODE}:{node_port}" in probe.headers.get("via")
         assert "sip:probe@edge.test" in probe.headers.get("from")
+        assert probe.headers.values("user-agent") == [f"edgeproxy ({__version__})"]  # user_agent_header
         # the silent server's probes were retransmitted (same branch) within their transaction
         branches = [r.top_via.branch for r in servers[2].requests]
         assert len(branches) > len(set(branches))

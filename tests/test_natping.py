@@ -88,7 +88,7 @@ class RecordingSender:
 
 
 class World:
-    def __init__(self, **settings: Any) -> None:
+    def __init__(self, user_agent_header: str = "", **settings: Any) -> None:
         self.clock = Clock()
         self.clock.advance(T0)
         self.location = InMemoryLocation(self.clock)
@@ -96,7 +96,8 @@ class World:
         self.sender = RecordingSender()
         settings.setdefault("natping_interval", 30)
         self.settings = NatPingSettings(**settings)
-        self.pinger = NatPinger(self.location, self.sender, self.settings, self.clock)
+        self.pinger = NatPinger(self.location, self.sender, self.settings, self.clock,
+                                user_agent_header=user_agent_header)
         self.flows: dict[str, Flow] = {}
 
     def register(self, user: str, *, nat: bool = True, sipping: bool = False, transport: str = "UDP",
@@ -226,6 +227,20 @@ def test_sipping_method_and_from_are_configurable() -> None:
     ping = sent.message
     assert ping.method == "INFO" and ping.cseq.method == "INFO"
     assert str(ping.from_.uri) == "sip:keepalive@edge.example.com"
+
+
+def test_sip_pings_carry_the_user_agent_header_when_one_is_set() -> None:
+    """OpenSIPS user_agent_header: the pings are requests of the node's own; "" sends none."""
+    w = World(natping_interval=30, user_agent_header="User-Agent: edgeproxy (9.9)")
+    w.register("bob", sipping=True)
+    w.pinger.start("127.0.0.1")
+    (sent,) = w.advance(30)
+    assert sent.message.headers.values("user-agent") == ["edgeproxy (9.9)"]
+    quiet = World(natping_interval=30)
+    quiet.register("bob", sipping=True)
+    quiet.pinger.start("127.0.0.1")
+    (sent,) = quiet.advance(30)
+    assert "user-agent" not in sent.message.headers
 
 
 def test_ipv6_node_host_is_bracketed_in_the_default_from() -> None:

@@ -160,7 +160,8 @@ class NatPinger:
     ``stats`` counts what was done.
     """
 
-    def __init__(self, location: Any, sender: Any, settings: NatPingSettings, clock: Any) -> None:
+    def __init__(self, location: Any, sender: Any, settings: NatPingSettings, clock: Any, *,
+                 user_agent_header: str = "") -> None:
         self.location = location
         self.sender = sender
         self.settings = settings
@@ -170,6 +171,8 @@ class NatPinger:
         self._tag = f"np{random}"
         self._seq = count(1)
         self.from_uri = settings.sipping_from
+        # OpenSIPS user_agent_header ([proxy]): the SIP pings are requests of the node's own
+        self._user_agent = f"{user_agent_header}\r\n" if user_agent_header else ""
         parts = settings.natping_partitions
         self._partitions = parts
         self._buckets: list[list[str]] = [[] for _ in range(parts)]
@@ -323,6 +326,7 @@ class NatPinger:
             f"To: <{uri}>\r\n"
             f"Call-ID: {branch[7:]}@{local.hostport}\r\n"
             f"CSeq: 1 {method}\r\n"
+            f"{self._user_agent}"
             f"Content-Length: 0\r\n\r\n"
         ).encode("utf-8", "surrogateescape"))
 

@@ -203,7 +203,7 @@ class StatefulProxy:
         tx = ctx.tx
         if (tx is not None and tx.is_invite and self.settings.auto_100trying and not ctx.final_sent
                 and tx.last_response is None and self._owners.get(tx) is ctx):
-            self.execute(tx, tx.send_response(ctx.request.make_response(100), self.clock.seconds()))
+            self.execute(tx, tx.send_response(self.forwarder.reply_to(ctx.request, 100), self.clock.seconds()))
 
     def _server_tx(self, ctx: ServerContext, trying: bool = True) -> ServerTransaction:
         """The server transaction of ``ctx``, created if it has none yet; an INVITE's sends 100 Trying
@@ -248,9 +248,9 @@ class StatefulProxy:
         ctx = self._owners.get(inv_tx) if inv_tx is not None else None
         to_tag = self.forwarder.to_tag(cancel)
         if not isinstance(ctx, ServerContext):
-            self.send_stateless(cancel.make_response(481, to_tag=to_tag), flow)
+            self.send_stateless(self.forwarder.reply_to(cancel, 481, to_tag=to_tag), flow)
             return
-        self.send_stateless(cancel.make_response(200, to_tag=to_tag), flow)
+        self.send_stateless(self.forwarder.reply_to(cancel, 200, to_tag=to_tag), flow)
         if ctx.canceled:
             return
         ctx.canceled = True
@@ -262,8 +262,8 @@ class StatefulProxy:
             # the route has not relayed yet (or everything already failed): end it here
             if ctx.route is not None:
                 ctx.route.replied = True
-            self._respond(ctx, ctx.request.make_response(487, "Request Terminated",
-                                                        to_tag=self.forwarder.to_tag(ctx.request)))
+            self._respond(ctx, self.forwarder.reply_to(ctx.request, 487, "Request Terminated",
+                                                       to_tag=self.forwarder.to_tag(ctx.request)))
             return
         for b in pending:
             self._cancel_branch(b)
@@ -587,7 +587,7 @@ class StatefulProxy:
         if status == 408 and cb.provisional and cb.request.method == "INVITE":
             self._cancel_branch(cb)  # §16.8: timer C fired, CANCEL the branch
         # generated here, so it gets our To tag like any local final response (§8.2.6.2, §16.9)
-        cb.final = cb.request.make_response(status, reason, to_tag=self.forwarder.to_tag(ctx.request))
+        cb.final = self.forwarder.reply_to(cb.request, status, reason, to_tag=self.forwarder.to_tag(ctx.request))
         self.check_done(ctx)
 
     def check_done(self, ctx: ServerContext) -> None:

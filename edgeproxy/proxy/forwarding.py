@@ -51,6 +51,12 @@ class Forwarder:
         self.branch_prefix = f"z9hG4bK{prefix}."  # every Via branch of ours starts with it
         self._branch_seq = count(1)
         self._tag = prefix
+        # OpenSIPS server_signature / server_header: (name, value) put on the replies we make
+        name, _, value = settings.server_header.partition(":")
+        self.server = (name, value.strip()) if settings.server_signature else None
+        # OpenSIPS user_agent_header: on requests we originate (never on relayed ones); "": none
+        name, _, value = settings.user_agent_header.partition(":")
+        self.user_agent = (name, value.strip()) if value else None
 
     # -- identities ----------------------------------------------------------------------------------
     def new_branch(self) -> str:
@@ -183,13 +189,28 @@ class Forwarder:
                 fwd.headers.push("Record-Route", rr_uri(local, in_token or out_token))
         fwd.push_via(f"SIP/2.0/{local.transport} {local.hostport};branch={branch}")
 
+    def reply_to(self, request: Request, status: int, reason: str | None = None, *,
+                 to_tag: str | None = None) -> Response:
+        """A response of our own to ``request`` (§8.2.6.2), with our ``Server`` header (OpenSIPS adds
+        ``server_header`` to the replies it builds, not to those it relays; RFC 3261 §20.35)."""
+        response = request.make_response(status, reason, to_tag=to_tag)
+        if self.server is not None:
+            response.headers.add(*self.server)
+        return response
+
+    def sign(self, response: Response) -> Response:
+        """Our ``Server`` header on a response another layer built for us (the registrar's)."""
+        if self.server is not None and "server" not in response.headers:
+            response.headers.add(*self.server)
+        return response
+
     def local_final(self, original: Request, request: Request, status: int, reason: str) -> Response:
         """A final response of ours for a branch that never got a transaction. The copy still gets a
         Via of ours, so it looks like any other branch's: forwarding it upstream pops our Via, not
         the caller's (§16.7 step 9)."""
         failed = request.copy()
         failed.push_via(f"SIP/2.0/UDP 0.0.0.0;branch={self.new_branch()}")
-        return failed.make_response(status, reason, to_tag=self.to_tag(original))
+        return self.reply_to(failed, status, reason, to_tag=self.to_tag(original))
 
     def try_next(self, old: ClientBranch, targets: list[Endpoint]) -> ClientBranch | SendError:
         """RFC 3263 §4.3: ``old``'s request for the first of ``targets`` we have a listener for, as a

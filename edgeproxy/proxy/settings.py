@@ -12,12 +12,35 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .. import __version__
 from ..config_error import ConfigError
-from ..config_schema import Context, Section, boolean, integer, seconds, show
+from ..config_schema import Checker, Context, Section, boolean, integer, seconds, show
 from ..sip.address import ip_literal
 from .flood import FloodSettings
 
-__all__ = ["ProxySettings", "PROXY_SECTION", "PIKE_SECTION"]
+__all__ = ["ProxySettings", "PROXY_SECTION", "PIKE_SECTION", "SERVER_HEADER", "USER_AGENT_HEADER"]
+
+#: OpenSIPS's ``server_header`` / ``user_agent_header`` defaults, "Server: OpenSIPS (3.4.0 (x86_64/linux))".
+SERVER_HEADER = f"Server: edgeproxy ({__version__})"
+USER_AGENT_HEADER = f"User-Agent: edgeproxy ({__version__})"
+
+
+def _header_line(name: str, *, empty: bool) -> Checker:
+    """A whole header line as OpenSIPS writes it (``server_header = "Server: Foo"``): the header's
+    name, a colon, a value; one line (a CR or LF would let the value start another header)."""
+
+    def check(key: str, value: Any, ctx: Context) -> str:
+        if not isinstance(value, str):
+            raise ConfigError(key, f'must be a string like "{name}: edgeproxy", got {show(value)}')
+        if value == "" and empty:
+            return ""
+        field, colon, rest = value.partition(":")
+        if not colon or field.strip().lower() != name.lower() or not rest.strip() or any(c in value for c in "\r\n\0"):
+            allowed = ' or "" for none' if empty else ""
+            raise ConfigError(key, f'must be one header line "{name}: <text>"{allowed}, got {show(value)}')
+        return f"{name}: {rest.strip()}"
+
+    return check
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +57,12 @@ class ProxySettings:
     # Timer G for an INVITE's final response to a UDP source that is neither trusted nor authenticated
     # by the route: off, the final is re-sent once per retransmitted INVITE (no reflection amplifier)
     retransmit_unauthenticated: bool = False
+    # OpenSIPS core server_signature / server_header / user_agent_header: the header put on replies the
+    # node makes itself (not on relayed ones) and on requests it originates (probes, NAT pings);
+    # server_signature = false and user_agent_header = "" hide what software this is (topology hiding)
+    server_signature: bool = True
+    server_header: str = SERVER_HEADER
+    user_agent_header: str = USER_AGENT_HEADER
 
 
 PROXY_SECTION: Section[ProxySettings] = Section(ProxySettings, {
@@ -42,6 +71,9 @@ PROXY_SECTION: Section[ProxySettings] = Section(ProxySettings, {
     "no_reply_status": integer(400, 699),
     "max_forwards_default": integer(1, 255),
     "retransmit_unauthenticated": boolean,
+    "server_signature": boolean,
+    "server_header": _header_line("Server", empty=False),
+    "user_agent_header": _header_line("User-Agent", empty=True),
 })
 
 

@@ -95,6 +95,8 @@ class LocalUac:
         h.add("To", f"<{uri}>")
         h.add("Call-ID", f"{self._tag}-{n:x}@edgeproxy")
         h.add("CSeq", f"1 {method}")
+        if self.forwarder.user_agent is not None:
+            h.add(*self.forwarder.user_agent)
         h.add("Content-Length", "0")
         request = Request(method, uri, h)
         timer: list[IDelayedCall] = []

@@ -138,7 +138,7 @@ class RouteVerbs(DispatcherVerbs):
         if self.settings.log_decisions:
             log.debug("{method} {call_id} from {src}: reply {code} {reason}", method=request.method,
                       **message_context(request), src=route.source.remote, code=code, reason=reason or "")
-        response = request.make_response(code, reason, to_tag=self.forwarder.to_tag(request))
+        response = self.forwarder.reply_to(request, code, reason, to_tag=self.forwarder.to_tag(request))
         for name, value in route.reply_headers:
             response.headers.add(name, value)
         if 300 <= code < 400:
@@ -380,7 +380,7 @@ class RouteVerbs(DispatcherVerbs):
                 self.stats["replied"] += 1
                 if response.status >= 200 and request.to_tag is None:
                     self._add_to_tag(response, request)
-                self.core.respond(route, response, False)
+                self.core.respond(route, self.forwarder.sign(response), False)
             return response.status == 200
 
         def failed(failure: Failure) -> bool:
