@@ -543,3 +543,23 @@ def test_log_level_number_on_the_command_line_and_out_of_range(tmp_path: Path) -
     assert error_of(tmp_path, "[node]\nlog_level = 5\n") == (
         "config: node.log_level: must be an OpenSIPS level from -4 to 4 or one of debug, info, warn, error, got 5")
     assert error_of(tmp_path, "[node]\nlog_level = true\n").startswith("config: node.log_level: must be one of")
+
+
+def test_twistd_finds_a_dotted_route_in_the_current_directory(tmp_path: Path) -> None:
+    """``twistd -n edgeproxy -r blocklist`` beside blocklist.py: the twistd script puts its own directory
+    on sys.path, not the current one; the loader looks there too. A bad module is still one line."""
+    (tmp_path / "blocklist.py").write_text("from edgeproxy_routes.default import request_route  # noqa: F401\n")
+    (tmp_path / "broken.py").write_text("def request_route():\n    pass\n")
+    from support.ports import free_port
+
+    port = free_port()
+    script = ("import sys; from twisted.scripts.twistd import run; from twisted.internet import reactor;"
+              " reactor.callLater(1.5, reactor.stop); sys.argv[0] = 'twistd'; run()")
+    # -I: no current directory on sys.path, as under the twistd script; the checkout is found by its .pth
+    started = subprocess.run([sys.executable, "-I", "-c", script, "-n", "--pidfile=", "edgeproxy", "-r", "blocklist",
+                              "-l", f"udp:127.0.0.1:{port}"], cwd=tmp_path, capture_output=True, text=True,
+                             timeout=60)
+    assert "edgeproxy listening on udp:127.0.0.1:" in started.stdout + started.stderr, started.stdout + started.stderr
+    assert "route blocklist" in started.stdout + started.stderr
+    bad = twistd("-n", "--pidfile=", "edgeproxy", "-r", "broken", cwd=tmp_path)
+    assert bad.returncode == 1 and bad.stderr.startswith("config: node.route: route module 'broken':"), bad.stderr

@@ -310,3 +310,54 @@ def test_a_misspelled_hook_stops_the_route_module_at_load_time(tmp_path) -> None
     good.write_text("def request_route(msg):\n    msg.t_relay()\n\ndef _onreply_rout(msg, reply):\n    pass\n\n"
                     "def to_freeswitch(msg):\n    pass\n")
     assert load_route_module(str(good)).onreply_route is None
+
+
+# -- a dotted route name in the current directory (issue 15) -------------------------------------------
+
+BLOCKLIST = '''from edgeproxy_routes.default import request_route as _default
+from blockhelpers import BLOCKED
+
+
+async def request_route(msg):
+    if msg.fU in BLOCKED:
+        msg.sl_send_reply(403, "Forbidden")
+        return
+    await _default(msg)
+'''
+
+
+def test_dotted_name_in_the_current_directory_loads(tmp_path, monkeypatch) -> None:
+    """``-r blocklist`` beside ``blocklist.py`` (and the helper module it imports): found in the current
+    directory, which joins the end of the path, so installed packages still come first."""
+    import sys
+
+    (tmp_path / "blocklist.py").write_text(BLOCKLIST)
+    (tmp_path / "blockhelpers.py").write_text('BLOCKED = {"mallory"}\n')
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".", str(tmp_path))])
+    loaded = load_route_module("blocklist")
+    assert loaded.module.__file__ == str(tmp_path / "blocklist.py") and sys.path[-1] == str(tmp_path)
+    h = RouteHarness(domains=["example.com"])
+    result = h.run(loaded.request_route, invite().replace("alice@example.com", "mallory@example.com"))
+    assert result.replies == [(403, "Forbidden", False)]
+
+
+def test_dotted_name_found_nowhere_says_what_to_do(tmp_path, monkeypatch) -> None:
+    from edgeproxy.routing.loader import RouteLoadError
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RouteLoadError) as caught:
+        load_route_module("blocklst.rules")
+    assert str(caught.value) == (
+        f"route module 'blocklst.rules': no module named 'blocklst' on the Python path or in the current directory"
+        f' ({tmp_path}); name a file instead ("blocklst/rules.py", relative to the configuration file or, on the'
+        " command line, to the current directory), or add its directory to PYTHONPATH")
+
+
+def test_a_missing_import_inside_the_route_is_reported_as_such(tmp_path, monkeypatch) -> None:
+    from edgeproxy.routing.loader import RouteLoadError
+
+    (tmp_path / "needy.py").write_text("import not_installed_anywhere\n\ndef request_route(msg):\n    pass\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RouteLoadError, match="No module named 'not_installed_anywhere'"):
+        load_route_module("needy")

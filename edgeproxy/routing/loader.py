@@ -35,7 +35,7 @@ class RouteModule:
 
 
 def _import(spec: str) -> ModuleType:
-    if spec.endswith(".py") or os.sep in spec or os.path.exists(spec):
+    if spec.endswith(".py") or os.sep in spec or os.path.isfile(spec):
         path = os.path.abspath(spec)
         if not os.path.isfile(path):
             raise RouteLoadError(f"route module {spec!r}: no such file")
@@ -47,7 +47,33 @@ def _import(spec: str) -> ModuleType:
         sys.modules[name] = module
         loader_spec.loader.exec_module(module)
         return module
-    return importlib.import_module(spec)
+    return _import_dotted(spec)
+
+
+def _import_dotted(spec: str) -> ModuleType:
+    """``package.module`` from the Python path, else from the current directory.
+
+    ``twistd -n edgeproxy -r blocklist`` next to ``blocklist.py`` should find it, as ``python -m``
+    would -- but the ``twistd`` script puts its own directory, not the current one, on ``sys.path``.
+    So when the first part of the name is found nowhere else and the current directory holds it, the
+    current directory joins the *end* of the path (installed packages keep precedence; the module's
+    own imports of its neighbours then work too). Otherwise the error says what to do instead."""
+    top = spec.partition(".")[0]
+    try:
+        return importlib.import_module(spec)
+    except ModuleNotFoundError as exc:
+        if exc.name != top:
+            raise  # the route module itself imports something missing: its own error
+    cwd = os.getcwd()
+    if os.path.isfile(os.path.join(cwd, f"{top}.py")) or os.path.isfile(os.path.join(cwd, top, "__init__.py")):
+        if cwd not in sys.path:
+            sys.path.append(cwd)
+        importlib.invalidate_caches()
+        return importlib.import_module(spec)
+    raise RouteLoadError(
+        f"route module {spec!r}: no module named {top!r} on the Python path or in the current directory"
+        f" ({cwd}); name a file instead (\"{spec.replace('.', '/')}.py\", relative to the configuration"
+        " file or, on the command line, to the current directory), or add its directory to PYTHONPATH")
 
 
 #: The functions a route module may define, with how many arguments each takes.
