@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from edgeproxy.dialog import DialogSettings, DialogState, DialogTable
+from edgeproxy.proxy.settings import ProxySettings
 from edgeproxy.routing import LookupResult
 from edgeproxy.sip import Request, Response
 from edgeproxy.transaction import TimerSettings
@@ -19,6 +20,8 @@ from support.proxy import (
 )
 
 SETTINGS = DialogSettings(default_timeout=3600, profiles_with_value=("caller",), profiles_no_value=("calls",))
+
+USER_AGENT = ProxySettings().user_agent_header.partition(": ")[2]
 
 
 async def dialog_route(msg: Any) -> None:
@@ -109,6 +112,8 @@ def test_lifetime_ends_the_call_with_a_bye_to_both_sides(world: World) -> None:
     assert to_alice.uri_text == "sip:alice@192.0.2.20:5060" and to_alice.from_tag == "b1"
     assert to_alice.to_tag == "a1" and to_alice.routes == [] and to_bob.routes == []
     assert to_bob.top_via.host == "127.0.0.1" and to_bob.top_via.branch.startswith("z9hG4bK")
+    # requests of the node's own carry [proxy] user_agent_header (OpenSIPS's)
+    assert to_bob.headers.values("user-agent") == to_alice.headers.values("user-agent") == [USER_AGENT]
     assert table(world).stats["expired_dialogs"] == 1
     assert_counts_zero(world)
     # their 200s are absorbed by the BYEs' own transactions: nothing goes anywhere

@@ -47,6 +47,8 @@ class LocalRequest:
 
     def __init__(self, request: Request, destination: Destination, forwarder: Forwarder,
                  done: Callable[[int], None]) -> None:
+        if forwarder.user_agent is not None:  # OpenSIPS user_agent_header: a request of the node's own
+            request.headers.add(*forwarder.user_agent)
         self.request = request
         self.destination = destination
         self.forwarder = forwarder
@@ -95,8 +97,6 @@ class LocalUac:
         h.add("To", f"<{uri}>")
         h.add("Call-ID", f"{self._tag}-{n:x}@edgeproxy")
         h.add("CSeq", f"1 {method}")
-        if self.forwarder.user_agent is not None:
-            h.add(*self.forwarder.user_agent)
         h.add("Content-Length", "0")
         request = Request(method, uri, h)
         timer: list[IDelayedCall] = []
