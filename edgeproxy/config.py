@@ -194,6 +194,9 @@ def _cross_checks(config: Config) -> None:
         # the shipped routes count a user's calls in the profile "caller" (set_dlg_profile)
         raise ConfigError("dialog.profiles_with_value", 'route_params.max_calls_per_user needs the profile '
                                                         '"caller": profiles_with_value = ["caller"]')
+    if config.usrloc.full_sharing and not config.cluster.my_node_id:
+        raise ConfigError("usrloc.cluster_mode", "full sharing replicates to the nodes of a cluster: "
+                                                 "set cluster.my_node_id and the node table")
     r, lim = config.registrar, config.limits
     if r.flow_timer and lim.tcp_idle_timeout and r.flow_timer >= lim.tcp_idle_timeout:
         # UAs keep-alive at 80-100 % of Flow-Timer (RFC 5626 §4.4.1): at or above the idle timeout

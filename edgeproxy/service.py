@@ -59,6 +59,7 @@ if TYPE_CHECKING:  # pragma: no cover - imported when [federation] is configured
     from .transport.tls import TlsSettings
     from .transport.ws import WsSettings
     from .usrloc import Persistence
+    from .usrloc.replication import Replication
     from .usrloc.settings import UsrlocSettings
 
 __all__ = ["make_service", "build_node", "load_node", "RunningNode", "NodeService", "NodeConfiguration",
@@ -132,6 +133,7 @@ class RunningNode:
     dispatcher: Dispatcher | None = None  # [dispatcher]; the node's verbs hold it too
     prober: Prober | None = None  # [dispatcher] ds_ping_interval > 0
     persistence: Persistence | None = None  # [usrloc] write-back / write-through to SQL
+    replication: Replication | None = None  # [usrloc] full sharing over the cluster link
     permissions: Permissions | None = None  # [permissions] / route_params.freeswitch; the verbs hold it too
 
     @inlineCallbacks
@@ -143,6 +145,8 @@ class RunningNode:
             except Exception as exc:
                 raise StartupError(f"usrloc: cannot load the location table: {exc}") from None
             persistence.start()
+        if self.replication is not None:  # before the cluster: the first peer up is asked for its table
+            self.replication.start()
         if self.cluster is not None:
             yield self.cluster.start()
         if self.federation is not None:
@@ -195,6 +199,8 @@ class RunningNode:
         if self.node.locator is not None:
             self.node.locator.stop()
         self.location.stop()
+        if self.replication is not None:
+            self.replication.stop()
         if self.persistence is not None:  # the last-minute flush (OpenSIPS write-back on shutdown)
             yield self.persistence.stop()
         if self.node.auth is not None:
@@ -231,7 +237,8 @@ def build_node(config: NodeConfiguration, reactor: Any = None, node_table: NodeT
     routes = load_route_module(config.node.route)
     usrloc = getattr(config, "usrloc", None)
     journal = ChangeJournal() if usrloc is not None and usrloc.persistent else None
-    location = InMemoryLocation(reactor, journal)
+    shared = ChangeJournal() if usrloc is not None and usrloc.full_sharing else None
+    location = InMemoryLocation(reactor, [j for j in (journal, shared) if j is not None])
     persistence = _persistence(config, reactor, location, journal)
     registrar = Registrar(location, config.registrar, reactor)
     # [node] keys the proxy needs too: the domains it answers for and per-decision debug lines
@@ -239,6 +246,7 @@ def build_node(config: NodeConfiguration, reactor: Any = None, node_table: NodeT
                        log_decisions=config.node.log_level == "debug", dns_failover=config.dns.failover)
     cluster = _cluster(config, reactor, node_table)
     federation = _federation(config, reactor, location, cluster)
+    usrloc_replication = _replication(config, reactor, location, shared, cluster)
     limits = config.limits
     transports = TransportManager(
         reactor,
@@ -288,7 +296,8 @@ def build_node(config: NodeConfiguration, reactor: Any = None, node_table: NodeT
     if routes.setup is not None:
         routes.setup(node)
     return RunningNode(node, transports, location, registrar, config, cluster, federation, pinger=pinger,
-                       dispatcher=dispatcher, prober=prober, persistence=persistence, permissions=permissions)
+                       dispatcher=dispatcher, prober=prober, persistence=persistence, permissions=permissions,
+                       replication=usrloc_replication)
 
 
 def _dispatcher(config: NodeConfiguration, reactor: Any) -> Dispatcher | None:
@@ -313,6 +322,19 @@ def _persistence(config: NodeConfiguration, reactor: Any, location: InMemoryLoca
     settings = config.usrloc
     return Persistence(location, journal, open_table(settings.db_url, settings.table), mode=settings.sql_write_mode,
                        timer_interval=settings.timer_interval, use_domain=config.registrar.use_domain, clock=reactor)
+
+
+def _replication(config: NodeConfiguration, reactor: Any, location: InMemoryLocation, journal: ChangeJournal | None,
+                 cluster: Cluster | None) -> Replication | None:
+    """``[usrloc]`` full sharing: every change to the other nodes of the cluster (imported only then)."""
+    if journal is None:
+        return None
+    if cluster is None:
+        raise ConfigError("usrloc.cluster_mode", "full sharing needs a cluster (cluster.my_node_id)")
+    from .usrloc.replication import Replication
+
+    return Replication(location, journal, cluster, config.cluster.cluster_id, use_domain=config.registrar.use_domain,
+                       clock=reactor)
 
 
 def _cluster(config: NodeConfiguration, reactor: Any, node_table: NodeTable | None) -> Cluster | None:

@@ -109,7 +109,7 @@ class Node:
         self.clock = Clock()
         self.clock.advance(now)
         self.journal = ChangeJournal()
-        self.location = InMemoryLocation(self.clock, self.journal)
+        self.location = InMemoryLocation(self.clock, [self.journal])
         self.table = open_table(db_url, table)
         self.persistence = Persistence(self.location, self.journal, self.table, mode=mode, timer_interval=interval,
                                        use_domain=False, clock=self.clock, runner=inline)
@@ -335,3 +335,14 @@ def test_mi_ul_sync_whole_table_and_one_aor(tmp_path: Path) -> None:
     err = call("ul_sync", ["elsewhere"])
     assert isinstance(err, MIError) and err.code == 404
     assert a.persistence.stats["db_syncs"] == 1 and a.persistence.pending == 0
+
+
+def test_config_full_sharing(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="usrloc.cluster_mode"):
+        config(tmp_path, '[usrloc]\nworking_mode_preset = "full-sharing-cluster"\n')
+    nodes = ('[cluster]\nmy_node_id = 1\n[[cluster.nodes]]\ncluster_id = 1\nnode_id = 1\n'
+             'url = "bin:127.0.0.11:5566"\n')
+    c = config(tmp_path, '[usrloc]\nworking_mode_preset = "full-sharing-cluster"\n' + nodes)
+    assert c.usrloc.full_sharing and not c.usrloc.persistent
+    c = config(tmp_path, f'[usrloc]\ncluster_mode = "full-sharing"\ndb_mode = 2\ndb_url = "sqlite://x.db"\n{nodes}')
+    assert c.usrloc.full_sharing and c.usrloc.sql_write_mode == "write-back"

@@ -254,6 +254,22 @@ class Cluster:
             sent += 1
         return sent
 
+    def send_to(self, cluster_id: int, node_id: int, capability: str, payload: str) -> bool:
+        """Send ``payload`` to ``capability`` on node ``node_id`` over our link to it (OpenSIPS
+        clusterer ``send_to``); best effort. False when there is no link to that node now."""
+        row = self.table.get(cluster_id, node_id)
+        peer = self._links.get(row.bin) if row is not None else None
+        link = peer.link if peer is not None else None
+        if link is None or link.transport is None:
+            return False
+        try:
+            link.callRemote(Message, cluster_id=cluster_id, node_id=self.my_node_id, capability=capability,
+                            payload=payload)
+        except Exception as exc:  # the link went away under us: its loss is handled elsewhere
+            log.debug("cluster: {cap} data to node {n} not sent: {why}", cap=capability, n=node_id, why=exc)
+            return False
+        return True
+
     @property
     def running(self) -> bool:
         return self._running

@@ -53,13 +53,14 @@ class InMemoryLocation:
 
     ``clock`` is an ``IReactorTime`` (the reactor, or ``twisted.internet.task.Clock`` in tests); it gives
     "now" for expiry and runs the expiry timer. Every Deferred returned has already fired. Call
-    :meth:`stop` on shutdown to cancel the timer. ``journal`` (a persistent usrloc's) is told every
-    AoR that changes, whatever the cause (see :mod:`edgeproxy.location.journal`).
+    :meth:`stop` on shutdown to cancel the timer. Each of ``journals`` (SQL persistence's, cluster
+    replication's) is told every AoR that changes, whatever the cause (see
+    :mod:`edgeproxy.location.journal`).
     """
 
-    def __init__(self, clock: Any, journal: ChangeJournal | None = None) -> None:
+    def __init__(self, clock: Any, journals: Sequence[ChangeJournal] = ()) -> None:
         self.clock = clock
-        self.journal = journal
+        self.journals = tuple(journals)
         self._records: dict[str, _Record] = {}
         self._heap: list[tuple[float, str]] = []
         self._timer: Any = None
@@ -179,8 +180,7 @@ class InMemoryLocation:
     def _set(self, aor: str, record: _Record, bindings: Sequence[Binding]) -> None:
         """Store ``bindings`` (or none, from :meth:`_drop`) in ``record``, keeping the flow index, the
         counter and the journal right."""
-        journal = self.journal
-        if journal is not None:
+        for journal in self.journals:
             journal.add(aor)
         old = record.bindings
         self._count += len(bindings) - len(old)

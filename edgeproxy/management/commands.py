@@ -20,7 +20,8 @@ Commands (OpenSIPS module in brackets):
   ``usrloc:show_contact``, ``usrloc:rm``, ``usrloc:rm_contact``) are accepted too. Removals go
   through the location service, so its listeners (federation, NAT pinger) see them as any removal.
   ``ul_sync table_name [aor]`` -- only with SQL persistence (``[usrloc]``): rewrite the SQL table
-  from memory now (or one AoR's rows).
+  from memory now (or one AoR's rows). ``ul_cluster_sync`` -- only with full sharing: pull the table
+  from a peer.
 * ``get_statistics statistics``, ``list_statistics [statistics]``, ``reset_statistics statistics``
   [core] -- our counters under OpenSIPS-like ``group:name`` keys (:data:`STATISTICS` is the table).
 * ``ds_list [full]``, ``ds_set_state state group address``, ``ds_reload [inherit_state]`` [dispatcher]
@@ -116,6 +117,9 @@ class MICommands(UsrlocCommands, StatisticsCommands, DispatcherCommands, Permiss
         def has_permissions() -> bool:
             return getattr(self.parts, "permissions", None) is not None
 
+        def has_replication() -> bool:
+            return getattr(self.parts, "replication", None) is not None
+
         def has_pike() -> bool:
             return getattr(self.parts.node, "flood", None) is not None
 
@@ -150,6 +154,9 @@ class MICommands(UsrlocCommands, StatisticsCommands, DispatcherCommands, Permiss
         ]
         for name, recipes, run, text, changes in dialog:
             commands.append(Command(name, recipes, run, text, "dialog", changes=changes))
+        commands.append(Command("ul_cluster_sync", ((),), self.ul_cluster_sync,
+                                "pulls the whole location table from another node of the cluster", "usrloc",
+                                changes=True, available=has_replication))
         commands += [
             Command("get_statistics", (("statistics",),), self.get_statistics,
                     "prints the statistics (all, group: or one) realtime values", list_param="statistics"),

@@ -63,6 +63,9 @@ STATISTICS: tuple[tuple[str, str, bool], ...] = (
                             "db_skipped_contacts (not revived at start), db_flushes, db_written_aors, "
                             "db_written_contacts, db_failures, db_syncs", True),
     ("usrloc:db_pending_aors", "AoRs changed and not yet written to SQL", False),
+    ("usrloc:repl_<counter>", "with full sharing: repl_sent_aors, repl_messages, repl_received_aors, "
+                              "repl_applied_aors, repl_malformed, sync_requests, sync_donations, synced_contacts, "
+                              "sync_bytes", True),
     ("registrar:max_expires", "[registrar] max_expires", False),
     ("registrar:max_contacts", "[registrar] max_contacts", False),
     ("registrar:default_expire", "[registrar] default_expires", False),
@@ -167,6 +170,9 @@ class StatisticsCommands:
         if persistence is not None:
             out += [_counter("usrloc", name, persistence.stats) for name in list(persistence.stats)]
             out.append(_gauge("usrloc", "db_pending_aors", lambda: persistence.pending))
+        replication = getattr(parts, "replication", None)
+        if replication is not None:
+            out += [_counter("usrloc", name, replication.stats) for name in list(replication.stats)]
         settings = parts.registrar.settings
         out += [
             Stat("registrar", "max_expires", lambda: settings.max_expires, family="registrar_max_expires_seconds"),

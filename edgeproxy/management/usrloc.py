@@ -157,3 +157,13 @@ class UsrlocCommands:
         persistence.journal.add(key)
         await persistence.flush()
         return "OK"
+
+    async def ul_cluster_sync(self) -> str:
+        """OpenSIPS ``ul_cluster_sync``: pull the whole location table from a peer that is up (merged,
+        never wiped), with ``full-sharing``."""
+        replication = getattr(self.parts, "replication", None)
+        if replication is None:
+            raise MIError(400, "No cluster sharing (usrloc cluster_mode is not full-sharing)")
+        if replication.request_sync() is None:
+            raise MIError(400, "No donor: no other node of the cluster is up")
+        return "OK"

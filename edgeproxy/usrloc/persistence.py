@@ -59,7 +59,7 @@ class Persistence:
                  timer_interval: float, use_domain: bool, clock: Any, runner: Runner | None = None) -> None:
         if mode not in ("write-back", "write-through"):
             raise ValueError(f"mode must be write-back or write-through, not {mode!r}")
-        if location.journal is not journal:
+        if journal not in location.journals:
             raise ValueError("the location must record its changes in this journal")
         self.location = location
         self.journal = journal

@@ -39,7 +39,7 @@ from ..sip.errors import SipValueError
 from ..sip.uri import SipURI, parse_uri
 
 __all__ = ["COLUMNS", "ALL_METHODS", "methods_mask", "mask_methods", "binding_row", "binding_from_row",
-           "split_aor", "PERMANENT"]
+           "split_aor", "PERMANENT", "connection_bound"]
 
 #: The columns written, in this order (``contact_id`` is the table's own AUTO_INCREMENT key).
 COLUMNS = ("username", "domain", "contact", "received", "path", "expires", "q", "callid", "cseq",
@@ -222,6 +222,16 @@ def binding_from_row(row: dict[str, Any], now: float, use_domain: bool) -> Bindi
         reg_id=reg_id, methods=methods, user_agent=shared_string(row.get("user_agent") or None), nat=nat,
         sipping="SIPPING" in cflags, last_modified=_epoch(row.get("last_modified")),
     )
+
+
+def connection_bound(b: Binding) -> bool:
+    """Whether ``b`` can only be reached over the connection it registered on (the rule
+    :func:`binding_from_row` applies to a row): WebSocket, ``.invalid`` hosts, and TCP/TLS behind NAT
+    or on an outbound (``reg-id``) flow."""
+    transport = b.received.transport if b.received is not None else (b.flow.transport if b.flow else "UDP")
+    if transport in ("WS", "WSS") or b.uri.host_key.endswith(".invalid"):
+        return True
+    return transport != "UDP" and (b.nat or b.reg_id is not None)
 
 
 def _split_path(path: str) -> list[str]:

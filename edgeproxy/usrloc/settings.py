@@ -8,6 +8,7 @@
     db_url = ""              # "sqlite:///var/lib/edgeproxy/location.db" or "mysql://user:pw@host/opensips"
     table = "location"       # OpenSIPS's location table (3.x schema, version 1013)
     timer_interval = 60      # s between two write-back flushes (OpenSIPS timer_interval)
+    # cluster_mode = "full-sharing"   # every contact on every node of [cluster] (preset "full-sharing-cluster")
 
 The presets are OpenSIPS's (``modules/usrloc/README.md`` ``working_mode_preset``; reference
 opensips-modules.md §6.1): ``single-instance-no-db`` keeps contacts in memory only (lost on restart);
@@ -16,6 +17,11 @@ clean shutdown; ``single-instance-sql-write-through`` writes every change as soo
 SQL modes load the unexpired contacts at start (``restart_persistency = load-from-sql``). ``db_mode``
 0/1/2 are the same three; giving both is an error, as in OpenSIPS. ``sql-only`` (no memory cache) is
 not offered: every lookup would wait on the database.
+
+``full-sharing-cluster`` (or ``cluster_mode = "full-sharing"``, which may be combined with an SQL
+``db_mode``) replicates every change of the table to the other nodes of ``[cluster]`` and pulls the
+whole table from a live peer when a node starts or a peer comes back (``sync-from-cluster``); see
+:mod:`edgeproxy.usrloc.replication`.
 """
 
 from __future__ import annotations
@@ -27,12 +33,15 @@ from ..config_error import ConfigError
 from ..config_schema import Context, Section, choice, integer, seconds, show, text
 from ..sqldb import DatabaseURLError, parse_db_url, quote_table
 
-__all__ = ["UsrlocSettings", "SECTION", "PRESETS", "NO_DB", "WRITE_THROUGH", "WRITE_BACK"]
+__all__ = ["UsrlocSettings", "SECTION", "PRESETS", "NO_DB", "WRITE_THROUGH", "WRITE_BACK", "FULL_SHARING",
+           "CLUSTER_MODES"]
 
 NO_DB = "single-instance-no-db"
 WRITE_THROUGH = "single-instance-sql-write-through"
 WRITE_BACK = "single-instance-sql-write-back"
-PRESETS = (NO_DB, WRITE_THROUGH, WRITE_BACK)
+FULL_SHARING = "full-sharing-cluster"
+PRESETS = (NO_DB, WRITE_THROUGH, WRITE_BACK, FULL_SHARING)
+CLUSTER_MODES = ("none", "full-sharing")
 _DB_MODES = {0: NO_DB, 1: WRITE_THROUGH, 2: WRITE_BACK}
 
 
@@ -46,6 +55,12 @@ class UsrlocSettings:
     db_url: str = ""
     table: str = "location"
     timer_interval: float = 60.0
+    cluster_mode: str = "none"
+
+    @property
+    def full_sharing(self) -> bool:
+        """Whether contacts are replicated to every node of the cluster (OpenSIPS ``full-sharing``)."""
+        return self.preset == FULL_SHARING or self.cluster_mode == "full-sharing"
 
     @property
     def preset(self) -> str:
@@ -125,4 +140,5 @@ SECTION: Section[UsrlocSettings] = Section(UsrlocSettings, {
     "db_url": _db_url,
     "table": _table,
     "timer_interval": seconds,
+    "cluster_mode": choice(*CLUSTER_MODES),
 }, before=_one_mode, after=_db_needed)

@@ -1,0 +1,318 @@
+"""Full sharing of the location table over the cluster link (OpenSIPS usrloc ``full-sharing-cluster``:
+capability ``usrloc-contact-repl``, ``ul_cluster.c``; reference opensips-modules.md §6.4-6.5).
+
+Every node holds every contact. :class:`Replication` reads the table's
+:class:`~edgeproxy.location.ChangeJournal` as soon as the reactor turns after a change and sends each
+changed AoR's current contacts, with the contacts it lost since the last time (Call-ID and CSeq
+each), to every peer that is up, packed many AoRs to a message (``Cluster.send_all``, capability
+``usrloc-contact-repl``, JSON; each message under AMP's 64 KB). A node applies them with the rules of
+RFC 3261 §10.3 as OpenSIPS does (``get_ucontact``), per contact URI:
+
+* an incoming contact with the Call-ID of the local one replaces it only with a higher CSeq (an
+  equal or lower one is older, or the same);
+* with another Call-ID the newer registration wins -- OpenSIPS always takes the incoming one, which
+  lets two nodes swap two concurrent registrations for ever; here the later ``last_modified`` wins,
+  then the greater Call-ID, so both nodes end with the same contact;
+* a removal deletes the local contact only when it has the removed Call-ID and no higher CSeq (a
+  contact registered again meanwhile survives); an unknown contact's removal is ignored.
+
+Applied changes are not sent on. Expiry is every node's own (each holds the same absolute expiry);
+its removals are replicated too, harmlessly. A node pulls the whole table from a peer (``sync``,
+chunks of AoRs, then an end marker with the count) when that peer comes up as seen from here -- so a
+restarted node syncs from the live one and a node that was cut off is brought up to date -- and on
+MI ``ul_cluster_sync``; the result is merged, never wiped. One log line per sync with count,
+duration and bytes.
+
+Connection-bound contacts (WebSocket, outbound flows, TCP/TLS behind NAT) are not replicated: only
+the node holding the connection can reach them. Replicated contacts carry no flow: a peer sends to
+their ``received`` address (NAT) or Contact from its own listener.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import replace
+from typing import Any, Callable, Iterable, Protocol
+
+from twisted.logger import Logger
+
+from ..location import Binding, ChangeJournal, InMemoryLocation
+from ..sip.errors import SipValueError
+from ..sip.uri import parse_uri
+from .rows import COLUMNS, binding_from_row, binding_row, connection_bound
+
+__all__ = ["CAPABILITY", "ClusterLink", "Replication", "merge"]
+
+log = Logger(namespace="edgeproxy.usrloc")
+
+CAPABILITY = "usrloc-contact-repl"
+#: Characters of JSON per message (AMP carries at most 65,535 bytes in a value; JSON here is ASCII).
+MAX_PAYLOAD = 60_000
+
+#: One removed contact: (contact URI, Call-ID, CSeq).
+Removed = tuple[str, str, int]
+
+
+class ClusterLink(Protocol):
+    """What the replication needs of :class:`edgeproxy.cluster.Cluster`."""
+
+    my_node_id: int
+
+    def register_capability(self, name: str, handler: Callable[[int, int, str], None]) -> None: ...
+
+    def send_all(self, cluster_id: int, capability: str, payload: str) -> int: ...
+
+    def send_to(self, cluster_id: int, node_id: int, capability: str, payload: str) -> bool: ...
+
+    def up_nodes(self, cluster_id: int | None = None) -> tuple[Any, ...]: ...
+
+    def subscribe(self, callback: Callable[[int, bool], None]) -> Callable[[], None]: ...
+
+
+def _newer(incoming: Binding, local: Binding) -> bool:
+    """Whether ``incoming`` replaces ``local`` (same contact URI): see the module docstring."""
+    if incoming.call_id == local.call_id:
+        return incoming.cseq > local.cseq
+    return (incoming.last_modified, incoming.call_id) > (local.last_modified, local.call_id)
+
+
+def merge(local: Iterable[Binding], incoming: Iterable[Binding], removed: Iterable[Removed]) -> list[Binding] | None:
+    """The AoR's bindings after a peer's update, or None when nothing changes."""
+    by_uri = {b.uri: b for b in local}
+    changed = False
+    for uri_text, call_id, cseq in removed:
+        try:
+            uri = parse_uri(uri_text)
+        except SipValueError:
+            continue
+        b = by_uri.get(uri)  # type: ignore[call-overload]
+        if b is not None and b.call_id == call_id and b.cseq <= cseq:
+            del by_uri[b.uri]
+            changed = True
+    for b in incoming:
+        current = by_uri.get(b.uri)
+        if current is None or _newer(b, current):
+            by_uri[b.uri] = b
+            changed = True
+    return list(by_uri.values()) if changed else None
+
+
+class Replication:
+    """Replicates ``location`` (whose ``journals`` include ``journal``) in ``cluster_id`` over
+    ``cluster``; ``use_domain`` is the registrar's, ``clock`` the location's."""
+
+    def __init__(self, location: InMemoryLocation, journal: ChangeJournal, cluster: ClusterLink, cluster_id: int,
+                 *, use_domain: bool, clock: Any) -> None:
+        if journal not in location.journals:
+            raise ValueError("the location must record its changes in this journal")
+        self.location = location
+        self.journal = journal
+        self.cluster = cluster
+        self.cluster_id = cluster_id
+        self.use_domain = use_domain
+        self.clock = clock
+        self._sent: dict[str, tuple[Binding, ...]] = {}  # what peers were last told of each AoR
+        self._running = False
+        self._soon: Any = None
+        self._syncs: dict[int, dict[str, Any]] = {}  # donor node -> progress of the sync from it
+        self.stats = {"repl_sent_aors": 0, "repl_messages": 0, "repl_received_aors": 0, "repl_applied_aors": 0,
+                      "repl_malformed": 0, "sync_requests": 0, "sync_donations": 0, "synced_contacts": 0,
+                      "sync_bytes": 0}
+        cluster.register_capability(CAPABILITY, self.received)
+        cluster.subscribe(self.node_changed)
+
+    # -- life cycle ----------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._running:
+            return
+        self._running = True
+        self.journal.take()  # what the table held before (loaded from SQL) goes with the syncs
+        self._sent = {aor: tuple(self.location.get(aor)) for aor in self.location.aors()}
+        self._wait()
+
+    def stop(self) -> None:
+        self._running = False
+        if self._soon is not None and self._soon.active():
+            self._soon.cancel()
+        self._soon = None
+
+    def _wait(self) -> None:
+        if self._running:
+            self.journal.when_changed().addCallback(self._changed)
+
+    def _changed(self, _: object) -> None:
+        # inside the location's update: only schedule
+        if self._running and (self._soon is None or not self._soon.active()):
+            self._soon = self.clock.callLater(0, self._send_changes)
+
+    # -- sending -------------------------------------------------------------------------------------
+    def _entry(self, aor: str, bindings: Iterable[Binding], removed: list[Removed]) -> list[Any]:
+        use_domain = self.use_domain
+        return [aor, [binding_row(b, use_domain) for b in bindings if not connection_bound(b)], removed]
+
+    def _send_changes(self) -> None:
+        self._soon = None
+        try:
+            aors = self.journal.take()
+            get = self.location.get
+            sent = self._sent
+            entries = []
+            for aor in aors:
+                current = tuple(get(aor))
+                before = sent.pop(aor, ())
+                if current:
+                    sent[aor] = current
+                now_uris = {b.uri for b in current}
+                removed = [(str(b.uri), b.call_id, b.cseq) for b in before if b.uri not in now_uris]
+                entries.append(self._entry(aor, current, removed))
+            if entries and self.cluster.up_nodes(self.cluster_id):
+                for payload in _pack("u", entries):
+                    self.stats["repl_messages"] += 1
+                    self.cluster.send_all(self.cluster_id, CAPABILITY, payload)
+                self.stats["repl_sent_aors"] += len(entries)
+        except Exception:
+            log.failure("usrloc: replicating changes failed")
+        finally:
+            self._wait()
+
+    # -- receiving -----------------------------------------------------------------------------------
+    def received(self, cluster_id: int, node_id: int, payload: str) -> None:
+        """Data from a peer (the cluster checked who it is)."""
+        if cluster_id != self.cluster_id:
+            return
+        try:
+            data = json.loads(payload)
+            kind = data["t"]
+        except (ValueError, KeyError, TypeError):
+            self._malformed(node_id, payload)
+            return
+        if kind == "u":
+            self._apply(node_id, data.get("a"))
+        elif kind == "sync-req":
+            self._donate(node_id)
+        elif kind == "sync":
+            progress = self._syncs.setdefault(node_id, {"started": time.perf_counter(), "contacts": 0, "bytes": 0,
+                                                        "aors": 0})
+            progress["bytes"] += len(payload)
+            progress["contacts"] += self._apply(node_id, data.get("a"))
+            progress["aors"] += len(data.get("a") or ())
+        elif kind == "sync-end":
+            self._sync_ended(node_id, data, len(payload))
+        else:
+            self._malformed(node_id, payload)
+
+    def _malformed(self, node_id: int, payload: str) -> None:
+        self.stats["repl_malformed"] += 1
+        log.warn("usrloc: malformed replication data from node {n}: {p!r}", n=node_id, p=payload[:200])
+
+    def _apply(self, node_id: int, entries: Any) -> int:
+        """Merge ``entries`` ([aor, rows, removed] each); the number of contacts received."""
+        if not isinstance(entries, list):
+            self._malformed(node_id, repr(entries))
+            return 0
+        now = self.clock.seconds()
+        use_domain = self.use_domain
+        location = self.location
+        journal = self.journal
+        contacts = 0
+        for entry in entries:
+            try:
+                aor, rows, removed = entry
+                incoming = []
+                for row in rows:
+                    b = binding_from_row(dict(zip(COLUMNS, row, strict=True)), now, use_domain)
+                    if b is not None and b.aor == aor:
+                        incoming.append(replace(b, flow=None) if b.flow is not None else b)
+                gone = [(str(u), str(c), int(q)) for u, c, q in removed]
+            except (ValueError, TypeError):
+                self.stats["repl_malformed"] += 1
+                continue
+            contacts += len(incoming)
+            self.stats["repl_received_aors"] += 1
+            merged = merge(location.get(aor), incoming, gone)
+            if merged is None:
+                continue
+            pending = aor in journal.changed  # a local change not sent yet (rare): it still goes out
+            location.replace(aor, merged)
+            if not pending:
+                journal.changed.discard(aor)  # applied changes are not sent on
+            current = tuple(location.get(aor))
+            if current:
+                self._sent[aor] = current
+            else:
+                self._sent.pop(aor, None)
+            self.stats["repl_applied_aors"] += 1
+        return contacts
+
+    # -- syncs ---------------------------------------------------------------------------------------
+    def node_changed(self, node_id: int, up: bool) -> None:
+        """A peer came up: pull its table (it may hold what we missed, or we just started)."""
+        if up and self._running:
+            self.request_sync(node_id)
+
+    def request_sync(self, node_id: int | None = None) -> int | None:
+        """Ask ``node_id`` (default: the first peer up) for its whole table (OpenSIPS
+        ``ul_cluster_sync``). The donor asked, or None when no peer is up."""
+        if node_id is None:
+            up = self.cluster.up_nodes(self.cluster_id)
+            if not up:
+                return None
+            node_id = int(up[0].node_id)
+        self._syncs[node_id] = {"started": time.perf_counter(), "contacts": 0, "bytes": 0, "aors": 0}
+        if not self.cluster.send_to(self.cluster_id, node_id, CAPABILITY, json.dumps({"t": "sync-req"})):
+            self._syncs.pop(node_id, None)
+            return None
+        self.stats["sync_requests"] += 1
+        log.info("usrloc: asked node {n} for its location table", n=node_id)
+        return node_id
+
+    def _donate(self, node_id: int) -> None:
+        started = time.perf_counter()
+        location = self.location
+        get = location.get
+        entries = [self._entry(aor, get(aor), []) for aor in location.aors()]
+        contacts = sum(len(e[1]) for e in entries)
+        size = chunks = 0
+        for payload in _pack("sync", entries):
+            if not self.cluster.send_to(self.cluster_id, node_id, CAPABILITY, payload):
+                log.warn("usrloc: sync to node {n} broken off: no link", n=node_id)
+                return
+            size += len(payload)
+            chunks += 1
+        end = {"t": "sync-end", "contacts": contacts, "aors": len(entries), "chunks": chunks}
+        self.cluster.send_to(self.cluster_id, node_id, CAPABILITY, json.dumps(end))
+        self.stats["sync_donations"] += 1
+        log.info("usrloc: sent {n} contacts of {aors} AoRs to node {node} in {chunks} chunks ({size} bytes, "
+                 "{ms:.0f} ms)", n=contacts, aors=len(entries), node=node_id, chunks=chunks, size=size,
+                 ms=(time.perf_counter() - started) * 1000)
+
+    def _sync_ended(self, node_id: int, data: dict[str, Any], size: int) -> None:
+        progress = self._syncs.pop(node_id, None) or {"started": time.perf_counter(), "contacts": 0, "bytes": 0,
+                                                       "aors": 0}
+        received, expected = progress["contacts"], data.get("contacts")
+        total = progress["bytes"] + size
+        self.stats["synced_contacts"] += received
+        self.stats["sync_bytes"] += total
+        per = total / received if received else 0.0
+        log.info("usrloc: synced {n} contacts of {aors} AoRs from node {node} in {ms:.0f} ms ({size} bytes, "
+                 "{per:.0f} bytes per contact){short}", n=received, aors=progress["aors"], node=node_id,
+                 ms=(time.perf_counter() - progress["started"]) * 1000, size=total, per=per,
+                 short="" if received == expected else f"; the donor sent {expected}: some were lost")
+
+
+def _pack(kind: str, entries: list[list[Any]]) -> Iterable[str]:
+    """``entries`` as JSON messages of at most :data:`MAX_PAYLOAD` characters (an entry too large for
+    one message -- a single AoR with huge contacts -- goes alone)."""
+    head = f'{{"t":"{kind}","a":['
+    parts: list[str] = []
+    size = len(head) + 2
+    for entry in entries:
+        text = json.dumps(entry, separators=(",", ":"))
+        if parts and size + len(text) + 1 > MAX_PAYLOAD:
+            yield head + ",".join(parts) + "]}"
+            parts, size = [], len(head) + 2
+        parts.append(text)
+        size += len(text) + 1
+    if parts:
+        yield head + ",".join(parts) + "]}"

@@ -1,0 +1,115 @@
+"""Acceptance, end to end: full sharing of the location table between two real nodes (issue 12,
+OpenSIPS ``full-sharing-cluster``).
+
+X (127.0.0.11) and Y (127.0.0.12) run ``twistd edgeproxy`` with ``[usrloc] working_mode_preset =
+"full-sharing-cluster"`` and a two-node ``[cluster]`` (real AMP links). Phones on 127.0.0.1:
+
+* 1,000 users register on X (raw REGISTER loader), three of them to a SIPp UAS: Y holds every one
+  of them (``get_statistics usrloc:`` through the ``opensips`` MI client);
+* one AoR registered on both nodes at once, with one Call-ID and CSeqs 1 and 2: both nodes end with
+  the CSeq 2 contact (``ul_show_contact``);
+* X is killed (``kill -9``): a SIPp call through Y to a user who registered on X completes;
+* while X is down, a user unregisters on Y and another registers there; X restarts, pulls Y's table
+  (``usrloc: synced ...`` in its log) and holds exactly what Y holds -- the unregistered user is not
+  revived, the new one is there -- and a call through X completes without any REGISTER to it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from support.ports import free_port
+from support.registrations import Registration, register_many
+from support.sipp_harness import LOOPBACK, Sipp, edgeproxy_node, require_sipp
+
+try:
+    from opensips.mi import OpenSIPSMI, OpenSIPSMIException
+except ImportError:  # pragma: no cover - installed by .[test]; under CI a missing client fails
+    if os.environ.get("CI") == "true":
+        raise
+    pytest.skip("the opensips package is not installed (pip install '.[test]')", allow_module_level=True)
+
+X_IP, Y_IP = "127.0.0.11", "127.0.0.12"
+USERS = 1000
+CALLEES = ("callee0", "callee1")
+
+
+def wait_for(predicate: Any, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}", pytrace=False)
+        time.sleep(0.05)
+
+
+def contacts(mi: Any) -> int:
+    return mi.execute("get_statistics", {"statistics": ["usrloc:location-contacts"]})["usrloc:location-contacts"]
+
+
+def shown(mi: Any, aor: str) -> list[tuple[str, str, int]]:
+    try:
+        found = mi.execute("ul_show_contact", ["location", aor])
+    except OpenSIPSMIException:
+        return []
+    return sorted((c["Contact"], c["Callid"], c["Cseq"]) for c in found["Contacts"])
+
+
+def test_full_sharing_pair(tmp_path: Path) -> None:
+    require_sipp()
+    ports = {ip: (free_port(ip), free_port(ip), free_port(ip)) for ip in (X_IP, Y_IP)}  # sip, bin, mi
+    rows = [{"cluster_id": 1, "node_id": n, "url": f"bin:{ip}:{ports[ip][1]}", "sip_addr": f"{ip}:{ports[ip][0]}",
+             "flags": "seed", "no_ping_retries": 2} for n, ip in ((1, X_IP), (2, Y_IP))]
+
+    def config(node_id: int, ip: str) -> dict[str, Any]:
+        return {"usrloc": {"working_mode_preset": "full-sharing-cluster"},
+                "cluster": {"my_node_id": node_id, "ping_interval": 0.3, "ping_timeout": 0.2,
+                            "seed_fallback_interval": 0.5, "nodes": rows},
+                "mi": {"listen": f"{ip}:{ports[ip][2]}"}}
+
+    mi_x = OpenSIPSMI(conn="http", url=f"http://{X_IP}:{ports[X_IP][2]}/mi")
+    mi_y = OpenSIPSMI(conn="http", url=f"http://{Y_IP}:{ports[Y_IP][2]}/mi")
+    x_addr, y_addr = (X_IP, ports[X_IP][0]), (Y_IP, ports[Y_IP][0])
+    uas = Sipp(tmp_path / "uas").start("uas_answer", user="callee", calls=len(CALLEES), timeout=120)
+    try:
+        with edgeproxy_node(tmp_path / "y", config=config(2, Y_IP), transports=("udp",), host=Y_IP,
+                            port=ports[Y_IP][0]) as y:
+            with edgeproxy_node(tmp_path / "x", config=config(1, X_IP), transports=("udp",), host=X_IP,
+                                port=ports[X_IP][0]) as x:
+                wait_for(lambda: "node 2 is UP" in x.log() and "node 1 is UP" in y.log(), "the cluster link")
+                regs = [Registration(f"u{i:04d}", f"sip:u{i:04d}@{LOOPBACK}:9") for i in range(USERS - len(CALLEES))]
+                regs += [Registration(c, f"sip:{c}@{LOOPBACK}:{uas.port}") for c in CALLEES]
+                assert register_many(x_addr, regs).ok == USERS
+                wait_for(lambda: contacts(mi_y) == USERS, "Y to hold every contact registered on X")
+                assert contacts(mi_x) == USERS
+
+                # the same AoR on both nodes at once: the higher CSeq of the one Call-ID wins on both
+                on_x = Registration("conc", f"sip:conc@{LOOPBACK}:9", cseq=1, call_id="conc-1@127.0.0.1")
+                on_y = Registration("conc", f"sip:conc@{LOOPBACK}:9", cseq=2, call_id="conc-1@127.0.0.1")
+                assert register_many(y_addr, [on_y]).ok == 1 and register_many(x_addr, [on_x]).ok == 1
+                wait_for(lambda: shown(mi_x, "conc") == shown(mi_y, "conc") != [], "the same contact on both")
+                assert [c[2] for c in shown(mi_x, "conc")] == [2]
+                x.kill()
+
+            # X is dead: Y serves X's users
+            Sipp(tmp_path / "call-y").run("uac_call", f"{Y_IP}:{ports[Y_IP][0]}", user=CALLEES[0], duration_ms=100,
+                                          timeout=15, keys={"domain": Y_IP}).assert_ok()
+            assert register_many(y_addr, [Registration("u0000", f"sip:u0000@{LOOPBACK}:9", expires=0)]).ok == 1
+            assert register_many(y_addr, [Registration("newcomer", f"sip:newcomer@{LOOPBACK}:9")]).ok == 1
+
+            with edgeproxy_node(tmp_path / "x2", config=config(1, X_IP), transports=("udp",), host=X_IP,
+                                port=ports[X_IP][0]) as x:
+                wait_for(lambda: "usrloc: synced" in x.log(), "X's sync from Y")
+                wait_for(lambda: contacts(mi_x) == contacts(mi_y), "X to hold what Y holds")
+                assert contacts(mi_x) == USERS + 1  # u0000 gone, conc and newcomer there
+                assert shown(mi_x, "u0000") == [] and shown(mi_x, "newcomer") == shown(mi_y, "newcomer") != []
+                synced = next(line for line in x.log().splitlines() if "usrloc: synced" in line)
+                print("\n" + synced.split("] ", 1)[1])
+                Sipp(tmp_path / "call-x").run("uac_call", f"{X_IP}:{ports[X_IP][0]}", user=CALLEES[1],
+                                              duration_ms=100, timeout=15, keys={"domain": X_IP}).assert_ok()
+    finally:
+        uas.stop()

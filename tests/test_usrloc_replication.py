@@ -1,0 +1,184 @@
+"""Full sharing (edgeproxy.usrloc.replication): the merge rules of RFC 3261 §10.3 / OpenSIPS
+``get_ucontact`` and the replication protocol between two tables, on ``task.Clock``.
+
+The two nodes' cluster links are joined here in memory (what ``Cluster.send_all``/``send_to`` deliver
+to the peer's capability handler); the same replication runs over real AMP links between two
+``twistd`` nodes in ``test_e2e_usrloc_sharing.py``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable
+
+from twisted.internet.task import Clock
+
+from edgeproxy.location import Binding, ChangeJournal, InMemoryLocation
+from edgeproxy.sip import parse_uri
+from edgeproxy.sip.endpoint import Endpoint, Flow
+from edgeproxy.usrloc.replication import MAX_PAYLOAD, Replication, merge
+
+T0 = 1_700_000_000.0
+LOCAL = Endpoint("UDP", "127.0.0.11", 5060)
+
+
+def b(user: str, *, call_id: str = "c1", cseq: int = 1, lm: float = T0, port: int = 5062, expires: float = 600,
+      **kw: Any) -> Binding:
+    remote = Endpoint("UDP", "198.51.100.7", port)
+    return Binding(aor=user, uri=parse_uri(f"sip:{user}@198.51.100.7:{port}"), expires_at=T0 + expires,
+                   call_id=call_id, cseq=cseq, received=remote, flow=kw.pop("flow", Flow(LOCAL, remote)),
+                   last_modified=lm, **kw)
+
+
+class Row:
+    node_id: int
+
+    def __init__(self, node_id: int) -> None:
+        self.node_id = node_id
+
+
+class Link:
+    """One node's side of an in-memory cluster of two."""
+
+    def __init__(self, node_id: int) -> None:
+        self.my_node_id = node_id
+        self.peer: Link | None = None
+        self.handler: Callable[[int, int, str], None] | None = None
+        self.up = True
+        self.payloads: list[str] = []
+
+    def register_capability(self, name: str, handler: Callable[[int, int, str], None]) -> None:
+        self.handler = handler
+
+    def subscribe(self, callback: Any) -> Callable[[], None]:
+        return lambda: None
+
+    def up_nodes(self, cluster_id: int | None = None) -> tuple[Row, ...]:
+        return (Row(self.peer.my_node_id),) if self.peer is not None and self.up else ()
+
+    def send_to(self, cluster_id: int, node_id: int, capability: str, payload: str) -> bool:
+        if not self.up or self.peer is None or self.peer.handler is None:
+            return False
+        self.payloads.append(payload)
+        self.peer.handler(cluster_id, self.my_node_id, payload)
+        return True
+
+    def send_all(self, cluster_id: int, capability: str, payload: str) -> int:
+        return int(self.send_to(cluster_id, self.peer.my_node_id if self.peer else 0, capability, payload))
+
+
+class Node:
+    def __init__(self, node_id: int, clock: Clock) -> None:
+        self.clock = clock
+        self.journal = ChangeJournal()
+        self.location = InMemoryLocation(clock, [self.journal])
+        self.link = Link(node_id)
+        self.replication = Replication(self.location, self.journal, self.link, 1, use_domain=False, clock=clock)
+
+    def save(self, *bindings: Binding) -> None:
+        self.location.replace(bindings[0].aor, list(bindings))
+
+    def contacts(self, aor: str) -> list[tuple[str, str, int]]:
+        return sorted((str(x.uri), x.call_id, x.cseq) for x in self.location.get(aor))
+
+
+def pair() -> tuple[Clock, Node, Node]:
+    clock = Clock()
+    clock.advance(T0)
+    x, y = Node(1, clock), Node(2, clock)
+    x.link.peer, y.link.peer = y.link, x.link
+    x.replication.start()
+    y.replication.start()
+    return clock, x, y
+
+
+# -- merge ---------------------------------------------------------------------------------------------
+def test_merge_follows_call_id_and_cseq() -> None:
+    local = [b("alice", cseq=5)]
+    assert merge(local, [b("alice", cseq=4)], []) is None  # older
+    assert merge(local, [b("alice", cseq=5)], []) is None  # the same
+    (newer,) = merge(local, [b("alice", cseq=6)], []) or []
+    assert newer.cseq == 6
+    # another Call-ID: the later registration wins, whichever side it arrives on
+    assert merge(local, [b("alice", call_id="c2", lm=T0 - 1)], []) is None
+    (later,) = merge(local, [b("alice", call_id="c2", lm=T0 + 1)], []) or []
+    assert later.call_id == "c2"
+    # removals: only of the contact the sender had, not of one registered again since
+    uri = str(local[0].uri)
+    assert merge(local, [], [(uri, "c1", 5)]) == []
+    assert merge(local, [], [(uri, "c1", 4)]) is None
+    assert merge(local, [], [(uri, "other", 9)]) is None
+    assert merge(local, [], [("sip:nobody@192.0.2.1", "c1", 9)]) is None
+
+
+# -- replication ---------------------------------------------------------------------------------------
+def test_saves_refreshes_and_removals_reach_the_peer() -> None:
+    clock, x, y = pair()
+    x.save(b("alice"))
+    assert y.contacts("alice") == []  # not inside the save ...
+    clock.advance(0)
+    assert y.contacts("alice") == x.contacts("alice")  # ... at the next turn of the reactor
+    (copy,) = y.location.get("alice")
+    assert copy.flow is None and copy.received == Endpoint("UDP", "198.51.100.7", 5062)  # sent from Y's own socket
+    x.save(b("alice", cseq=2), b("alice", port=5064, call_id="c9"))
+    clock.advance(0)
+    assert y.contacts("alice") == x.contacts("alice") and len(y.contacts("alice")) == 2
+    x.location.remove("alice", parse_uri("sip:alice@198.51.100.7:5064"))
+    clock.advance(0)
+    assert y.contacts("alice") == x.contacts("alice") and len(y.contacts("alice")) == 1
+    x.location.remove("alice")
+    clock.advance(0)
+    assert y.contacts("alice") == []
+    # what Y applied is not sent back
+    assert y.replication.stats["repl_sent_aors"] == 0 and x.replication.stats["repl_received_aors"] == 0
+
+
+def test_concurrent_registrations_converge() -> None:
+    clock, x, y = pair()
+    x.save(b("bob", call_id="same", cseq=5))
+    y.save(b("bob", call_id="same", cseq=6))
+    clock.advance(0)
+    assert x.contacts("bob") == y.contacts("bob") == [("sip:bob@198.51.100.7:5062", "same", 6)]
+    x.save(b("carol", call_id="from-x", lm=T0 + 2))
+    y.save(b("carol", call_id="from-y", lm=T0 + 1))
+    clock.advance(0)
+    assert x.contacts("carol") == y.contacts("carol") == [("sip:carol@198.51.100.7:5062", "from-x", 1)]
+
+
+def test_expiry_is_everywhere_and_a_late_node_syncs() -> None:
+    clock, x, y = pair()
+    y.link.up = x.link.up = False  # Y is cut off while X registers
+    x.save(b("dave", expires=30))
+    x.save(b("erin"))
+    clock.advance(0)
+    assert y.contacts("erin") == []
+    y.link.up = x.link.up = True
+    assert y.replication.request_sync(1) == 1
+    assert y.contacts("erin") == x.contacts("erin") and y.contacts("dave") == x.contacts("dave")
+    assert y.replication.stats["synced_contacts"] == 2 and y.replication.stats["sync_bytes"] > 0
+    clock.advance(31)
+    assert x.contacts("dave") == y.contacts("dave") == []
+
+
+def test_connection_bound_contacts_stay_home() -> None:
+    clock, x, y = pair()
+    remote = Endpoint("WSS", "198.51.100.9", 40000)
+    ws = Binding(aor="web", uri=parse_uri("sip:w@abc.invalid;transport=ws"), expires_at=T0 + 600, call_id="w",
+                 cseq=1, received=remote, flow=Flow(Endpoint("WSS", "127.0.0.11", 443), remote, 3))
+    x.save(ws)
+    clock.advance(0)
+    assert y.contacts("web") == []
+
+
+def test_large_syncs_are_chunked_under_the_amp_limit() -> None:
+    clock, x, y = pair()
+    y.link.up = x.link.up = False
+    for i in range(2000):
+        x.save(b(f"u{i}", user_agent="Phone/1.0 " + "x" * 100))
+    clock.advance(0)
+    y.link.up = x.link.up = True
+    y.replication.request_sync(1)
+    sync = [json.loads(p) for p in x.link.payloads]
+    assert len(sync) > 2 and all(len(p) <= MAX_PAYLOAD for p in x.link.payloads)
+    assert sync[-1]["t"] == "sync-end" and sync[-1]["contacts"] == 2000
+    assert len(list(y.location.aors())) == 2000
