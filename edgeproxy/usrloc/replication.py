@@ -116,6 +116,7 @@ class Replication:
         self._running = False
         self._soon: Any = None
         self._syncs: dict[int, dict[str, Any]] = {}  # donor node -> progress of the sync from it
+        self._owed: set[int] = set()  # nodes that asked for a sync before our link to them was up
         self.stats = {"repl_sent_aors": 0, "repl_messages": 0, "repl_received_aors": 0, "repl_applied_aors": 0,
                       "repl_malformed": 0, "sync_requests": 0, "sync_donations": 0, "synced_contacts": 0,
                       "sync_bytes": 0}
@@ -247,8 +248,12 @@ class Replication:
 
     # -- syncs ---------------------------------------------------------------------------------------
     def node_changed(self, node_id: int, up: bool) -> None:
-        """A peer came up: pull its table (it may hold what we missed, or we just started)."""
+        """A peer came up: pull its table (it may hold what we missed, or we just started), and send it
+        ours if it asked while our link to it was not up yet."""
         if up and self._running:
+            if node_id in self._owed:
+                self._owed.discard(node_id)
+                self._donate(node_id)
             self.request_sync(node_id)
 
     def request_sync(self, node_id: int | None = None) -> int | None:
@@ -276,7 +281,9 @@ class Replication:
         size = chunks = 0
         for payload in _pack("sync", entries):
             if not self.cluster.send_to(self.cluster_id, node_id, CAPABILITY, payload):
-                log.warn("usrloc: sync to node {n} broken off: no link", n=node_id)
+                # a node that (re)started asks before our link to it is back: sent when it is up
+                self._owed.add(node_id)
+                log.info("usrloc: node {n} asked for a sync; sent when our link to it is up", n=node_id)
                 return
             size += len(payload)
             chunks += 1
