@@ -215,3 +215,25 @@ def test_a_bad_value_is_the_routes_error_500() -> None:
     sent = w.receive(invite(), ALICE_FLOW)
     assert only(sent, lambda s: s.is_response() and s.message.status >= 200).is_response(500)
     assert not requests(sent, "INVITE")
+
+
+def test_fr_inv_timeout_set_in_the_onreply_route_applies_to_the_running_branch() -> None:
+    """OpenSIPS reads $T_fr_inv_timeout when the provisional arrives, after onreply_route ran."""
+    log: list[dict[str, Any]] = []
+
+    def on_reply(msg, reply):
+        if reply.status == 180:
+            msg.T_fr_inv_timeout = 3
+
+    def arm(msg):
+        msg.t_on_reply(on_reply)
+
+    w = World(timed_routes(arm, seen_by(log)))
+    w.register()
+    fwd = only(w.receive(invite(), ALICE_FLOW), lambda s: s.is_request("INVITE")).message
+    w.receive(answer(fwd, 100), BOB_FLOW)
+    assert not requests(w.run_for(5), "CANCEL")  # after a 100 only: the node's Timer C (120 s) runs
+    w.receive(answer(fwd, 180), BOB_FLOW)
+    assert not requests(w.run_for(2.9), "CANCEL")
+    cancel = only(w.run_for(0.2), lambda s: s.is_request("CANCEL"))
+    assert cancel.remote == BOB and log[0]["code"] == 408

@@ -289,7 +289,7 @@ async def run_harness(scenario: Scenario, world: World, tmp_path: Path) -> Outco
     config = config_file(scenario, world, tmp_path)
     h = RouteHarness(domains=list(config.node.domains), local=world.node, settings=config.registrar,
                      params=dict(config.route_params), auth=config.auth, dispatcher=config.dispatcher,
-                     permissions=config.permissions)
+                     permissions=config.permissions, timers=config.timers)
     if scenario.registered:
         alice = world.parties["alice"]
         reply = h.register(f"sip:alice@{DOMAIN}", f"sip:alice@{alice.hostport}", source=alice)

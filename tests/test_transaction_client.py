@@ -373,6 +373,17 @@ class TestTimerCFromFirstReply:
         assert run_timers(tx, 8.0) == [(8.0, Timeout("C"))]
         assert tx.state is State.PROCEEDING and set(tx.deadlines) == {TIMER_CANCEL}
 
+    def test_restart_timer_c_moves_a_running_timer_only(self) -> None:
+        tx = self.tx(reliable=True, timer_b=2.0, timer_c=120.0)
+        tx.restart_timer_c(3.0, 1.0)
+        assert tx.deadlines == {"B": 2.0}  # not running yet: nothing to move
+        tx.receive_response(response(tx.request, 180), 1.5)
+        tx.restart_timer_c(3.0, 1.5)
+        assert tx.deadlines == {"C": 4.5} and tx.get_timer() == 4.5
+        assert run_timers(tx, 5.0) == [(4.5, Timeout("C"))]
+        tx.restart_timer_c(3.0, 6.0)
+        assert "C" not in tx.deadlines  # fired: the cancel wait runs, C does not come back
+
     def test_switched_off_stays_off(self) -> None:
         tx = self.tx(reliable=True, timer_c=None)  # type: ignore[arg-type]
         tx.receive_response(response(tx.request, 180), 1.0)

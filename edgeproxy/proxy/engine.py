@@ -551,6 +551,10 @@ class StatefulProxy:
         if ctx.dialog is not None:
             self.dialogs.branch_response(ctx, cb, response)
         if status < 200:
+            route = ctx.route
+            if route is not None and route.fr_inv_timeout is not None and isinstance(cb.tx, ClientInviteTransaction):
+                # OpenSIPS reads $T_fr_inv_timeout when a provisional arrives: the onreply route's value
+                cb.tx.restart_timer_c(route.fr_inv_timeout, self.clock.seconds())
             cb.provisional = True
             if cb.cancel_wanted:
                 self._cancel_branch(cb)

@@ -66,6 +66,7 @@ from ..sip.endpoint import Destination, Endpoint, Flow
 from ..sip.errors import SipParseError
 from ..sip.message import Message, Request, Response
 from ..sip.parser import parse_datagram
+from ..transaction import TimerSettings
 from .api import RouteRequest
 from .errors import RouteReply
 from .verbs import RouteVerbs
@@ -204,7 +205,7 @@ class RouteHarness:
                  pike: FloodSettings | None = None, location: InMemoryLocation | None = None,
                  dispatcher: DispatcherSettings | Dispatcher | None = None,
                  permissions: PermissionsSettings | Permissions | None = None,
-                 dialog: DialogSettings | None = None) -> None:
+                 dialog: DialogSettings | None = None, timers: TimerSettings | None = None) -> None:
         self.clock = Clock()
         # [auth]: the node's Authenticator over [auth.users] (an in-memory store), on the harness clock
         self.auth = Authenticator(auth, subscriber_store(auth), self.clock) if auth is not None else None
@@ -235,7 +236,8 @@ class RouteHarness:
                                 proxy_settings, self.clock, self.stats,
                                 cluster=_Peers(cluster_peers or {}), cluster_id=cluster_id,
                                 federation=self.store, auth=self.auth, flood=self.flood,
-                                dispatcher=self.dispatcher, permissions=self.permissions, dialogs=keeper)
+                                dispatcher=self.dispatcher, permissions=self.permissions, dialogs=keeper,
+                                timers=timers)  # [timers]: what msg.T_fr_timeout reads until it is set
 
     @property
     def raw_queries(self) -> list[Any]:

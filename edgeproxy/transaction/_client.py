@@ -85,6 +85,15 @@ class ClientInviteTransaction(ClientTransaction):
         self._settle()
         return [SendRequest(self.request)]
 
+    def restart_timer_c(self, delay: float, now: float) -> None:
+        """The TU changed the wait for a final after a provisional (OpenSIPS's ``$T_fr_inv_timeout``
+        set in an ``onreply_route``, read when the provisional arrives, ``modules/tm/README.md``):
+        Timer C, if it is running, runs ``delay`` from ``now`` instead. Nothing when it is not armed
+        (not started yet, already fired, stopped by a final)."""
+        if "C" in self._deadlines:
+            self._arm("C", delay, now)
+            self._settle()
+
     def cancel_sent(self, now: float) -> list[Action]:
         """The TU sent a CANCEL for this INVITE (§9.1, only allowed once a provisional arrived): if
         no final response comes within 64*T1 the transaction ends with ``Timeout("cancel")``."""
