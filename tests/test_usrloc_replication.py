@@ -182,3 +182,18 @@ def test_large_syncs_are_chunked_under_the_amp_limit() -> None:
     assert len(sync) > 2 and all(len(p) <= MAX_PAYLOAD for p in x.link.payloads)
     assert sync[-1]["t"] == "sync-end" and sync[-1]["contacts"] == 2000
     assert len(list(y.location.aors())) == 2000
+
+
+def test_malformed_data_from_a_peer_is_counted_and_dropped() -> None:
+    clock, x, y = pair()
+    handler = y.link.handler
+    assert handler is not None
+    for payload in ("not json", "{}", '{"t": "u", "a": 5}', '{"t": "u", "a": [["a", [["sip:a@x"]], []]]}',
+                    '{"t": "u", "a": [["a", [["sip:a@192.0.2.1", 9e99, "c", 1, ["SCTP?", "h", 1], null, 0, null, '
+                    'null, null, null, null, null, 0]], []]]}', '{"t": "nope"}'):
+        handler(1, 1, payload)
+    assert y.replication.stats["repl_malformed"] == 6 and list(y.location.aors()) == []
+    handler(1, 1, json.dumps({"t": "u", "a": [["ok", [["sip:ok@192.0.2.1", T0 + 60, "c", 1, ["UDP", "192.0.2.1", 5060],
+                                                        None, 1, "UA", None, None, None, None, None, T0]], []]]}))
+    (ok,) = y.location.get("ok")
+    assert ok.nat and ok.received == Endpoint("UDP", "192.0.2.1", 5060) and ok.flow is None
