@@ -79,6 +79,8 @@ from ..proxy.context import Branch, RouteState
 from ..sip.message import Request, Response
 from ..sip.uri import URI, SipURI, parse_uri
 from .errors import RouteReply
+from .permverbs import PermissionRequest
+from .tmverbs import TmRequest
 from .verbs import RouteVerbs
 
 __all__ = ["RouteReply", "RouteRequest", "LookupResult", "AuthResult", "AddressResult", "Branch", "Route"]
@@ -104,7 +106,7 @@ def _host(uri: URI) -> str | None:
     return uri.host if isinstance(uri, SipURI) else None
 
 
-class RouteRequest:
+class RouteRequest(TmRequest, PermissionRequest):
     """The request as a route module sees it (``msg``), with the verbs of the OpenSIPS script.
 
     It wraps the parsed :class:`~edgeproxy.sip.Request` (``msg.request``) and the node's
@@ -245,52 +247,6 @@ class RouteRequest:
         reply = self._state.reply
         return reply.status if reply is not None else None
 
-    @property
-    def T_fr_timeout(self) -> float | None:  # noqa: N802 - OpenSIPS's $T_fr_timeout
-        """OpenSIPS ``$T_fr_timeout`` (seconds): how long each branch of this transaction waits for
-        a first reply (Timer B / F) before it ends with a local 408 and the failure route runs.
-        Assign before ``t_relay()`` (or in the failure route, for the branches it adds); None or 0
-        restores the node's value, which is what reading returns until then."""
-        return self._verbs.fr_timeout(self._state, False)
-
-    @T_fr_timeout.setter
-    def T_fr_timeout(self, seconds: float | None) -> None:  # noqa: N802
-        self._verbs.set_fr_timeout(self._state, False, seconds)
-
-    @property
-    def T_fr_inv_timeout(self) -> float | None:  # noqa: N802 - OpenSIPS's $T_fr_inv_timeout
-        """OpenSIPS ``$T_fr_inv_timeout`` (seconds): how long an INVITE branch that has answered
-        provisionally waits for its final (Timer C, from the first reply); then it is CANCELled and
-        ends with a local 408."""
-        return self._verbs.fr_timeout(self._state, True)
-
-    @T_fr_inv_timeout.setter
-    def T_fr_inv_timeout(self, seconds: float | None) -> None:  # noqa: N802
-        self._verbs.set_fr_timeout(self._state, True, seconds)
-
-    def t_set_fr(self, fr_inv_ms: int, fr_ms: int = 0) -> None:
-        """Kamailio ``t_set_fr(fr_inv_timeout, fr_timeout)`` in milliseconds; 0 leaves that one as
-        it is (Kamailio ``tm`` docs)."""
-        if fr_inv_ms:
-            self._verbs.set_fr_timeout(self._state, True, fr_inv_ms / 1000)
-        if fr_ms:
-            self._verbs.set_fr_timeout(self._state, False, fr_ms / 1000)
-
-    def t_reset_fr(self) -> None:
-        """Kamailio ``t_reset_fr()``: back to the node's ``[timers]``."""
-        self._verbs.set_fr_timeout(self._state, False, None)
-        self._verbs.set_fr_timeout(self._state, True, None)
-
-    def t_check_status(self, pattern: str) -> bool:
-        """OpenSIPS ``t_check_status(re)``: in a failure route, whether the reply's status matches
-        ``pattern`` (a regular expression searched in the three digits, as OpenSIPS does)."""
-        return self._verbs.t_check_status(self._state, pattern)
-
-    def t_local_replied(self, which: str = "all") -> bool:
-        """OpenSIPS ``t_local_replied("all"|"branch"|"last")`` (and ``"any"``): whether the failed
-        branches' finals were made by this node -- a timeout's 408 -- rather than received."""
-        return self._verbs.t_local_replied(self._state, which)
-
     def header(self, name: str) -> str | None:
         """The first value of a header (OpenSIPS ``$hdr(name)``)."""
         return self._state.request.headers.get(name)
@@ -326,36 +282,6 @@ class RouteRequest:
         """OpenSIPS ``cluster_check_addr(cluster_id, "$si")``: whether ``ip`` (default: the source
         address) is the ``sip_addr`` of another node of the cluster."""
         return self._verbs.cluster_check_addr(cluster_id, self.si if ip is None else ip)
-
-    # -- permissions (trusted addresses) -----------------------------------------------------------
-    def check_address(self, group: int, ip: str, port: int = 0, proto: str = "any", pattern: str | None = None,
-                      partition: str = "default") -> AddressResult:
-        """OpenSIPS ``check_address(group, ip, port, proto, [context_info], [pattern])``: whether
-        ``ip``:``port`` over ``proto`` is in address group ``group`` (0: any group; port 0 and proto
-        ``"any"``: any). Returns :class:`~edgeproxy.permissions.AddressResult` 1 (true), -1 (no match)
-        or -2 (no such group); the matching row's ``context_info`` is then :attr:`context_info`.
-        ``pattern`` (say ``str(msg.ruri)``) is matched against the rows' shell patterns."""
-        return self._verbs.check_address(self._state, group, ip, port, proto, pattern, partition)
-
-    def check_source_address(self, group: int, pattern: str | None = None,
-                             partition: str = "default") -> AddressResult:
-        """OpenSIPS ``check_source_address(group, [context_info], [pattern])``: :meth:`check_address`
-        for the request's source address, port and transport (``$si``, ``$sp``, ``$proto``)."""
-        source = self._state.source.remote
-        return self._verbs.check_address(self._state, group, source.host, source.port, source.transport, pattern,
-                                         partition)
-
-    def get_source_group(self) -> int:
-        """OpenSIPS ``get_source_group()``: the address group of the source (address and port; proto
-        and pattern ignored), -1 when it is in none."""
-        return self._verbs.get_source_group(self._state)
-
-    @property
-    def context_info(self) -> str | None:
-        """The ``context_info`` of the row the last successful ``check_address`` /
-        ``check_source_address`` matched ("" when the row has none); None before any match. A check
-        that matches nothing leaves it as it was, as OpenSIPS leaves its output variable."""
-        return self._state.context_info
 
     # -- verbs -------------------------------------------------------------------------------------
     def append_branch(self, uri: URI | str | None = None, q: float | None = None) -> None:

@@ -10,7 +10,6 @@ recorder. So a route unit-tested with the harness runs the very code the node ru
 
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING, Any, Mapping, Protocol
 
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
@@ -24,7 +23,6 @@ from ..dispatcher import Dispatcher
 from ..interfaces import SendError
 from ..location import Binding, LookupResult
 from ..logcontext import message_context
-from ..permissions import AddressMatch, AddressResult, proto_name
 from ..proxy.context import Branch, RouteState
 from ..proxy.dialogs import DialogKeeper
 from ..proxy.flood import FloodDetector
@@ -40,6 +38,8 @@ from ..sip.uri import SipURI, parse_uri
 from ..transaction import TimerSettings
 from .dsverbs import DispatcherVerbs
 from .errors import RouteReply
+from .permverbs import AddressView, PermissionVerbs
+from .tmverbs import TmVerbs
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..cluster.nodes import NodeInfo
@@ -72,14 +72,6 @@ class ClusterView(Protocol):
     def is_up(self, node_id: int, cluster_id: int | None = None) -> bool: ...
 
 
-class AddressView(Protocol):
-    """What the verbs ask of the address groups (:class:`edgeproxy.permissions.Permissions`)."""
-
-    def check(self, grp: int, ip: str, port: int, proto: str, pattern: str | None = None) -> AddressMatch: ...
-
-    def source_group(self, ip: str, port: int) -> int: ...
-
-
 class FederationView(Protocol):
     """What the verbs ask of the federation (:class:`edgeproxy.federation.Federation`)."""
 
@@ -88,7 +80,7 @@ class FederationView(Protocol):
     def raw_query(self, command: Mapping[str, Any] | str) -> "Deferred[list[dict[str, Any]]]": ...
 
 
-class RouteVerbs(DispatcherVerbs):
+class RouteVerbs(DispatcherVerbs, TmVerbs, PermissionVerbs):
     """The OpenSIPS verbs behind :class:`~edgeproxy.routing.api.RouteRequest`, over a request's
     :class:`RouteState`."""
 
@@ -432,93 +424,6 @@ class RouteVerbs(DispatcherVerbs):
         if self.flood.settings.check_all:
             return True
         return self.flood_check(route.source.remote.host)
-
-    # -- permissions: trusted address groups ---------------------------------------------------------
-    def check_address(self, route: RouteState, grp: int, ip: str, port: int, proto: str,
-                      pattern: str | None, partition: str) -> AddressResult:
-        """OpenSIPS ``check_address(grp, ip, port, proto, ctx, pattern, partition)``: 1, -1 or -2
-        (see :mod:`edgeproxy.permissions.address`); a match leaves the row's ``context_info`` in
-        ``route.context_info`` (a miss leaves it as it was, as OpenSIPS leaves its variable).
-        Arguments a script could not have compiled (a group or port that is not a number, an unknown
-        proto or partition) are the route's bug: ValueError. A node without address groups answers
-        -2 for every group."""
-        if isinstance(grp, bool) or not isinstance(grp, int) or not 0 <= grp <= 65535:
-            raise ValueError(f"check_address: group must be 0..65535, got {grp!r}")
-        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
-            raise ValueError(f"check_address: port must be 0..65535, got {port!r}")
-        name = proto_name(proto)
-        if name is None:
-            raise ValueError(f"check_address: unknown proto {proto!r}")
-        if partition != "default":
-            raise ValueError(f"check_address: no partition {partition!r} (only \"default\")")
-        if pattern is not None and not isinstance(pattern, str):
-            pattern = str(pattern)
-        permissions = self.permissions
-        if permissions is None or not isinstance(ip, str):
-            return AddressResult.GROUP_NOT_FOUND if permissions is None else AddressResult.NO_MATCH
-        match = permissions.check(grp, ip, port, name, pattern)
-        if match.context_info is not None:  # OpenSIPS writes the context variable on a match only
-            route.context_info = match.context_info
-        return match.code
-
-    def get_source_group(self, route: RouteState) -> int:
-        """OpenSIPS ``get_source_group()``: the group of the request's source address and port, -1."""
-        permissions = self.permissions
-        remote = route.source.remote
-        return -1 if permissions is None else permissions.source_group(remote.host, remote.port)
-
-    # -- tm: per-transaction timers and the failure route's view of the branches ---------------------
-    def fr_timeout(self, route: RouteState, inv: bool) -> float | None:
-        """``$T_fr_timeout`` (``inv`` False) / ``$T_fr_inv_timeout``: the route's value, else the node's
-        (Timer B for an INVITE, F otherwise / Timer C; None when Timer C is off)."""
-        value = route.fr_inv_timeout if inv else route.fr_timeout
-        if value is not None:
-            return value
-        if inv:
-            return self.timers.c
-        return self.timers.b if route.request.method == "INVITE" else self.timers.f
-
-    @staticmethod
-    def set_fr_timeout(route: RouteState, inv: bool, seconds: float | None) -> None:
-        """Assign ``$T_fr_timeout`` / ``$T_fr_inv_timeout`` (seconds) for the branches this
-        transaction sends from now on; None or 0 restores the node's value (OpenSIPS
-        ``t_funcs.h: is_timeout_set``). Anything but a number >= 0 is the route's bug: ValueError."""
-        if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, (int, float))
-                                    or not seconds >= 0 or seconds == float("inf")):
-            raise ValueError(f"{'$T_fr_inv_timeout' if inv else '$T_fr_timeout'} must be seconds >= 0, "
-                             f"got {seconds!r}")
-        value = float(seconds) if seconds else None
-        if inv:
-            route.fr_inv_timeout = value
-        else:
-            route.fr_timeout = value
-
-    @staticmethod
-    def t_check_status(route: RouteState, pattern: str) -> bool:
-        """OpenSIPS ``t_check_status(re)``: the status of the reply the failure route handles
-        (``$T_reply_code``) matches ``pattern`` -- searched, not anchored, as OpenSIPS's
-        ``regexec``; False where there is no such reply (a request route)."""
-        reply = route.reply
-        return reply is not None and re.search(pattern, str(reply.status)) is not None
-
-    @staticmethod
-    def t_local_replied(route: RouteState, which: str) -> bool:
-        """OpenSIPS ``t_local_replied("all"|"branch"|"last")``, extended with ``"any"``: whether the
-        final replies of the transaction's branches were generated here (a timeout's 408, a
-        transport error's 503/477) rather than received. ``"all"``: every branch's; ``"any"``: at
-        least one; ``"branch"``/``"last"``: the one the failure route sees as ``msg.reply``."""
-        ctx = route.ctx
-        if ctx is None:
-            return False
-        finals = [b for b in ctx.branches if b.final is not None]
-        if which == "all":
-            return bool(finals) and all(not b.received for b in finals)
-        if which == "any":
-            return any(not b.received for b in finals)
-        if which in ("branch", "last"):
-            reply = route.reply
-            return any(b.final is reply and not b.received for b in finals)
-        raise ValueError(f't_local_replied: "all", "any", "branch" or "last", got {which!r}')
 
     # -- authentication ------------------------------------------------------------------------------
     def authenticator(self) -> Authenticator | None:
