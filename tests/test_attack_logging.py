@@ -76,6 +76,24 @@ def test_no_timer_while_idle() -> None:
     assert clock.getDelayedCalls() == []
 
 
+def test_a_source_toggling_at_the_pike_limit_is_reported_once_per_interval() -> None:
+    """A source that hovers at the limit started and ended an episode every sampling unit: two lines
+    per unit. Episodes within :data:`REPORT_INTERVAL` of the last reported one are only counted."""
+    from edgeproxy.proxy.flood import REPORT_INTERVAL, FloodDetector, FloodSettings
+    flood = FloodDetector(FloodSettings(sampling_time_unit=1.0, reqs_density_per_unit=10))
+    now, reported = 0.0, []
+    for _ in range(60):  # a minute: a burst of 15 in a tenth of a second, then 1.9 s quiet
+        for i in range(15):
+            reported.append(flood.check_and_report("192.0.2.66", now + i * 0.005)[1])
+        now += 2.0
+        reported.append(flood.check_and_report("192.0.2.66", now - 0.05)[1])
+    episodes = flood.blocked_events
+    lines = [r for r in reported if r is not None]
+    assert episodes >= 50
+    assert lines.count("blocked") <= 120 / REPORT_INTERVAL + 1
+    assert lines.count("unblocked") <= lines.count("blocked")
+
+
 # -- on the wire -------------------------------------------------------------------------------------
 
 SOURCE = "127.0.0.9"

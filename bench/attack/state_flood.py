@@ -61,7 +61,8 @@ def send_reply_route() -> RouteModule:
 def invite(i: int, size: int) -> bytes:
     pad = max(0, size - 400)
     body = f"v=0\r\na=x-pad:{'y' * pad}\r\n"
-    return (f"INVITE sip:nobody{i}@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.66:5060;branch=z9hG4bK-f{i};rport\r\n"
+    return (f"INVITE sip:nobody{i}@example.com SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.66:5060;branch=z9hG4bK-f{i};rport\r\n"
             f"Max-Forwards: 70\r\nFrom: <sip:m@example.net>;tag={i}\r\nTo: <sip:nobody{i}@example.com>\r\n"
             f"Call-ID: flood-{i}\r\nCSeq: 1 INVITE\r\nContent-Type: application/sdp\r\n"
             f"Content-Length: {len(body)}\r\n\r\n{body}").encode()

@@ -47,8 +47,13 @@ class FloodSettings:
             raise ValueError("reqs_density_per_unit and max_tracked must be at least 1")
 
 
+#: a source's flooding episodes are reported (logged) at most once per this many seconds: one that
+#: toggles at the limit would otherwise write two lines per sampling unit (issue 16)
+REPORT_INTERVAL = 10.0
+
+
 class _Source:
-    __slots__ = ("unit", "count", "previous", "last", "blocked")
+    __slots__ = ("unit", "count", "previous", "last", "blocked", "reported", "reported_at")
 
     def __init__(self, unit: int, now: float) -> None:
         self.unit = unit
@@ -56,6 +61,8 @@ class _Source:
         self.previous = 0
         self.last = now
         self.blocked = False
+        self.reported = False  # the current episode was reported (so its end is too)
+        self.reported_at = -REPORT_INTERVAL
 
 
 class FloodDetector:
@@ -81,7 +88,8 @@ class FloodDetector:
 
     def check_and_report(self, ip: str, now: float) -> tuple[bool, str | None]:
         """:meth:`check`, plus ``"blocked"`` / ``"unblocked"`` when ``ip`` just changed state (one
-        log line per episode, not per dropped request)."""
+        log line per episode, not per dropped request; an episode starting within
+        :data:`REPORT_INTERVAL` of the last reported one is counted, not reported)."""
         s = self.settings
         unit_length = s.sampling_time_unit
         unit = int(now // unit_length)
@@ -105,9 +113,14 @@ class FloodDetector:
         change = None
         if flooding != source.blocked:
             source.blocked = flooding
-            change = "blocked" if flooding else "unblocked"
             if flooding:
                 self.blocked_events += 1
+                if now - source.reported_at >= REPORT_INTERVAL:
+                    source.reported, source.reported_at = True, now
+                    change = "blocked"
+            elif source.reported:
+                source.reported = False
+                change = "unblocked"
         return not flooding, change
 
     def _rate(self, source: _Source, now: float) -> float:

@@ -328,9 +328,15 @@ class SipWebSocketProtocol(WebSocketServerProtocol):
             return True
         self.closing = True
         self.data = b""
-        log.info("refusing {kind} handshake from {peer}: upgrade head over {limit} octets (431)",
-                 kind=self.transport_name, peer=self.peer, limit=limit)
-        self.failHandshake("Request Header Fields Too Large", 431)
+        factory = self.factory
+        factory.refused_heads += 1
+        if factory.refused_heads & (factory.refused_heads - 1) == 0:  # the 1st, 2nd, 4th, 8th ... time
+            log.info("refusing {kind} handshake from {peer}: upgrade head over {limit} octets (431;"
+                     " {n} so far)", kind=self.transport_name, peer=self.peer, limit=limit, n=factory.refused_heads)
+        # autobahn's failHandshake would log a line of its own per connection
+        self.wasNotCleanReason = "Request Header Fields Too Large"
+        self.sendHttpErrorResponse(431, "Request Header Fields Too Large")
+        self.dropConnection(abort=False)
         return False
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
@@ -418,6 +424,7 @@ class SipWebSocketFactory(WebSocketServerFactory):
         self._open: set[SipWebSocketProtocol] = set()
         self._sweeper: LoopingCall | None = None
         self.traffic = TrafficStats()  # the counters of every open connection of this listener, together
+        self.refused_heads = 0  # upgrade heads over max_handshake_size (431)
 
     def buildProtocol(self, addr: Any) -> Any:
         if not self.registry.admit(self.transport_name, getattr(addr, "host", "?"), getattr(addr, "port", 0)):
