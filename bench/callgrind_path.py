@@ -17,6 +17,8 @@ sockets, no reactor, no randomness that changes the path), then driven with mess
   ``to_freeswitch``, Bob playing FreeSWITCH: ``fscall`` relays to ``route_params.freeswitch[0]``
   (``$du``, no dispatcher), ``dscall`` picks Bob from a ``[dispatcher]`` set of three
   (``ds_select_dst(1, 4, "f")``, ``$T_fr_timeout``, ``t_on_failure``). Measured only when named.
+* ``--kind call-nodlg``: the ``call`` workload with ``create_dialog`` made a no-op, i.e. what the calls
+  cost without dialogs (the shipped routes keep each call as a dialog, issue 13). Measured only when named.
 
 Method: ``valgrind --tool=callgrind`` runs the script with ``-n 10`` and with ``-n 110``; the
 difference of the two totals over 100 is the cost of one operation, interpreter start-up, imports and
@@ -216,6 +218,11 @@ class Driver:
 
 
 def run(kind: str, n: int) -> None:
+    if kind == "call-nodlg":  # the route's create_dialog() does nothing: calls as before dialogs
+        from edgeproxy.routing.api import RouteRequest
+
+        RouteRequest.create_dialog = lambda self, flags="": True  # type: ignore[method-assign]
+        kind = "call"
     d = Driver(kind)
     if kind in ("call", "fscall", "dscall"):
         (reply,) = d.receive(_register("bob", BOB.host, BOB.port, 0, expires=10**8), BOB_FLOW)
@@ -257,7 +264,8 @@ def measure(kinds: list[str], small: int, large: int) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--kind", choices=("register", "call", "fscall", "dscall"), default="register")
+    parser.add_argument("--kind", choices=("register", "call", "fscall", "dscall", "call-nodlg"),
+                        default="register")
     parser.add_argument("-n", type=int, default=10, help="operations to run")
     parser.add_argument("--measure", action="store_true",
                         help="run valgrind --tool=callgrind at n=10 and n=110 for --kind (both kinds when not "

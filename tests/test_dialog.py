@@ -120,9 +120,10 @@ def test_flow_closed_ends_only_that_flows_confirmed_dialogs() -> None:
     flow = Flow(Endpoint("WSS", "127.0.0.1", 443), Endpoint("WSS", "127.0.0.1", 40000), 3)
     d = t.create(invite(), 0, Destination(flow.remote, flow, True), flow, ())
     other = t.create(invite("c2"), 0, CALLER, None, ())
-    assert t.flow_closed(Flow(LOCAL, CALLER.remote)) == []
+    assert t.flow_closed(Flow(LOCAL, CALLER.remote)) == ([], [])
     t.confirm(d, ok(), 0, CALLEE, None, ())
-    out = t.flow_closed(flow)
+    out, early = t.flow_closed(flow)
+    assert early == []
     assert [dst for _, dst in out] == [CALLEE, Destination(flow.remote, flow, True)]
     assert d.state == DialogState.DELETED and other.state == DialogState.UNCONFIRMED
 

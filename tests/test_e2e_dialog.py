@@ -6,6 +6,7 @@ asked over HTTP as operators' tools ask it.
   the UDP side gets a BYE from the node within 2 s, answers it 200, and ``dlg_list`` is empty;
 * a call reaching its lifetime (``[dialog] default_timeout = 5``, the shipped routes' ``B`` flag):
   both parties get a BYE;
+* the browser vanishes while the call rings: the UDP side gets a CANCEL;
 * ``dlg_end_dlg`` from the MI ends a call both ways;
 * a BYE with the wrong tags ends nobody's call.
 """
@@ -60,11 +61,11 @@ def mi(web: WebNode, method: str, params: Any = None) -> Any:
             time.sleep(0.1)
 
 
-def freeswitch(web: WebNode, tmp_path: Path, user: str) -> SippProcess:
+def freeswitch(web: WebNode, tmp_path: Path, user: str, ooc: str = "uas_answer") -> SippProcess:
     """SIPp as FreeSWITCH on UDP: registered as ``user``, answering calls (``uas_answer``: 180, 200,
-    then it waits for a BYE and answers it 200)."""
+    then it waits for a BYE and answers it 200; ``uas_noanswer``: rings until CANCELled)."""
     phone = Sipp(tmp_path / f"fs-{user}", "udp").start(
-        "register", web.node.address, user=user, ooc="uas_answer", duration_ms=60_000, timeout=70,
+        "register", web.node.address, user=user, ooc=ooc, duration_ms=60_000, timeout=70,
         keys={"expires": 300, "domain": DOMAIN})
     phone.wait_for_message(r"^SIP/2.0 200 OK", timeout=10)
     return phone
@@ -154,4 +155,22 @@ def test_mi_dlg_end_dlg_and_a_spoofed_bye(web: WebNode, tmp_path: Path) -> None:
         assert dialogs(web) == []
         assert mi(web, "dlg_end_dlg", ["no-such-call"])["error"]["code"] == 404
     finally:
+        fs.stop()
+
+
+def test_browser_gone_while_ringing_freeswitch_gets_a_cancel(web: WebNode, tmp_path: Path) -> None:
+    fs = freeswitch(web, tmp_path, "fs4", ooc="uas_noanswer")
+    browser = web.client("jssip", "tab4")
+    try:
+        browser.wait("registered", 15)
+        browser.command("call", target=f"sip:fs4@{DOMAIN}")
+        browser.wait("progress", 10)
+        (dlg,) = dialogs(web)
+        assert dlg["state"] == 2  # early
+        browser.kill()
+        fs.wait_for_message(r"^CANCEL ", timeout=2.0)
+        fs.wait_for_message(r"^ACK ", timeout=5)  # the node ACKs the 487
+        assert dialogs(web) == []
+    finally:
+        browser.stop()
         fs.stop()

@@ -341,3 +341,36 @@ def test_shipped_default_route_creates_dialogs_and_limits_per_user() -> None:
     assert all(free.run(default.request_route, invite(branch=f"z9hG4bKf{i}", call_id=f"f-{i}")).relayed
                for i in range(3))
     assert len(free.dialogs) == 3
+
+
+def test_caller_connection_lost_while_ringing_cancels_the_call() -> None:
+    from edgeproxy.sip.endpoint import Endpoint, Flow
+    from support.proxy import LOCAL_TCP
+
+    w = World(module(dialog_route), dialogs=DialogTable(SETTINGS))
+    w.register()
+    alice_tcp = Flow(LOCAL_TCP, Endpoint("TCP", "192.0.2.20", 40002), 11)
+    text = invite().replace("SIP/2.0/UDP 192.0.2.20:5060", "SIP/2.0/TCP 192.0.2.20:5060")
+    fwd = only(w.receive(text, alice_tcp), lambda s: s.is_request("INVITE")).message
+    assert isinstance(fwd, Request)
+    w.receive(answer(fwd, 180), BOB_FLOW)
+    w.node.flow_closed(alice_tcp)
+    sent = w.sender.take()
+    down = only(sent, lambda s: s.is_request("CANCEL"))
+    assert down.remote == BOB and down.message.top_via.branch == fwd.top_via.branch
+    w.receive(answer(down.message, 200), BOB_FLOW)  # type: ignore[arg-type]
+    w.receive(answer(fwd, 487), BOB_FLOW)
+    assert table(w).stats["failed_dialogs"] == 1
+    assert_counts_zero(w)
+
+
+def test_mi_end_of_an_early_dialog_cancels_it(world: World) -> None:
+    fwd = call(world)
+    world.receive(answer(fwd, 180), BOB_FLOW)
+    dlg = only(list(table(world)))  # type: ignore[arg-type]
+    assert world.node.dialogs.end(dlg, "MI Termination")
+    sent = world.sender.take()
+    assert only(sent, lambda s: s.is_request("CANCEL")).remote == BOB
+    out = world.receive(answer(fwd, 487), BOB_FLOW)
+    assert only(out, lambda s: s.is_response(487)).remote == ALICE
+    assert_counts_zero(world)

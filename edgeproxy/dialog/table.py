@@ -266,14 +266,18 @@ class DialogTable:
             else:
                 self._end(dlg, "Lifetime Timeout")
 
-    def flow_closed(self, flow: Flow) -> Outgoing:
+    def flow_closed(self, flow: Flow) -> tuple[Outgoing, list[Dialog]]:
         """A party's connection is gone: each confirmed dialog over it ends with BYEs to both sides
-        (the one over the dead connection is tried too: a TCP/TLS party may be dialled again)."""
+        (the one over the dead connection is tried too: a TCP/TLS party may be dialled again); the
+        dialogs not confirmed yet are returned for the caller to CANCEL (their INVITE is the proxy's)."""
         out: Outgoing = []
+        early: list[Dialog] = []
         for dlg in self._by_flow.pop(flow, ()):
             if dlg.confirmed:
                 out += self.end(dlg, "Connection Lost")
-        return out
+            elif dlg.state != DialogState.DELETED:
+                early.append(dlg)
+        return out, early
 
     def end(self, dlg: Dialog, reason: str, extra: Iterable[tuple[str, str]] = ()) -> Outgoing:
         """End a confirmed dialog from here (``dlg_end_dlg``, lifetime, lost connection): BYEs to

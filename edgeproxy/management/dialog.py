@@ -110,8 +110,7 @@ class DialogCommands:
 
     def dlg_end_dlg(self, dialog_id: Any, extra_hdrs: Any = None) -> str:
         """``dlg_end_dlg dialog_id [extra_hdrs]``: BYE both ways for a confirmed dialog named by its
-        ID or Call-ID; 404 when there is none. (An early dialog is not ended here: OpenSIPS CANCELs
-        it; answer 405.)"""
+        ID or Call-ID, CANCEL towards the callee for an early one; 404 when there is none."""
         if not isinstance(dialog_id, str) or not dialog_id:
             raise invalid_params("dialog_id must be a dialog ID or a Call-ID")
         extra = _extra_headers(extra_hdrs)
@@ -119,9 +118,9 @@ class DialogCommands:
         found = control.table.find(dialog_id.strip())
         if not found:
             raise MIError(404, "Requested Dialog not found")
-        ended = [d for d in found if d.confirmed and control.end(d, "MI Termination", extra)]
+        ended = [d for d in found if control.end(d, "MI Termination", extra)]
         if not ended:
-            raise MIError(405, "Dialog not confirmed (early dialogs are ended by CANCEL)")
+            raise MIError(500, "Failed to end dialog")
         return "OK"
 
     def _profile(self, profile: Any, value: Any) -> tuple[DialogTable, str, str | None]:

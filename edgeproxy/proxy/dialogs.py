@@ -40,6 +40,7 @@ __all__ = ["DialogKeeper"]
 log = Logger(namespace="edgeproxy.dialog")
 
 StartLocal = Callable[[LocalRequest], None]  # StatefulProxy.start_local
+CancelInvite = Callable[[ServerContext], None]  # StatefulProxy.cancel_invite
 
 
 def _first_uri(values: Iterable[str]) -> SipURI | None:
@@ -63,11 +64,15 @@ def _contact_uri(text: str) -> SipURI | None:
 class DialogKeeper:
     """The proxy's side of the dialogs (see the module docstring)."""
 
-    def __init__(self, table: DialogTable, forwarder: Forwarder, clock: IReactorTime, start_local: StartLocal) -> None:
+    def __init__(self, table: DialogTable, forwarder: Forwarder, clock: IReactorTime, start_local: StartLocal,
+                 cancel_invite: CancelInvite | None = None) -> None:
         self.table = table
         self.forwarder = forwarder
         self.clock = clock
         self.start_local = start_local
+        self.cancel_invite = cancel_invite
+        # the INVITE transaction of each dialog not confirmed yet: ending it early is CANCELling it
+        self._setup: dict[Dialog, ServerContext] = {}
         self._timer: IDelayedCall | None = None
 
     # -- where the parties are -------------------------------------------------------------------------
@@ -103,6 +108,7 @@ class DialogKeeper:
         route.dialog = dlg
         if route.ctx is not None:
             route.ctx.dialog = dlg
+            self._setup[dlg] = route.ctx
         return dlg
 
     def match(self, route: RouteState) -> Dialog | None:
@@ -147,24 +153,39 @@ class DialogKeeper:
         if self.table.confirm(dlg, response, self.clock.seconds(), self._reach(routes, flow, contact,
                                                                                 cb.send_destination()),
                               flow, routes):
+            self._setup.pop(dlg, None)
             self.arm()
 
     def answered(self, ctx: ServerContext, status: int) -> None:
         """The INVITE's final response upstream was negative (or, 0, it was dropped unanswered)."""
         if ctx.dialog is not None:
+            self._setup.pop(ctx.dialog, None)
             self.table.fail(ctx.dialog, status)
 
     def flow_closed(self, flow: Flow) -> int:
-        """A party's connection is gone: its confirmed dialogs end with BYEs both ways; how many."""
-        outgoing = self.table.flow_closed(flow)
-        if outgoing:
-            log.info("{n} dialog(s) over {flow} end: the connection closed", n=len(outgoing) // 2, flow=flow.remote)
+        """A party's connection is gone: its confirmed dialogs end with BYEs both ways, the calls it
+        was still placing are CANCELled (487 to nobody, CANCEL to the callee); how many."""
+        outgoing, early = self.table.flow_closed(flow)
+        if outgoing or early:
+            log.info("{n} dialog(s) over {flow} end: the connection closed", n=len(outgoing) // 2 + len(early),
+                     flow=flow.remote)
         self._send_all(outgoing)
-        return len(outgoing) // 2
+        for dlg in early:
+            self._cancel(dlg)
+        return len(outgoing) // 2 + len(early)
+
+    def _cancel(self, dlg: Dialog) -> bool:
+        ctx = self._setup.get(dlg)
+        if ctx is None or self.cancel_invite is None:
+            return False
+        self.cancel_invite(ctx)
+        return True
 
     def end(self, dlg: Dialog, reason: str, extra: Iterable[tuple[str, str]] = ()) -> bool:
-        """End a confirmed dialog with BYEs both ways (``dlg_end_dlg``); False when it is not
-        confirmed."""
+        """End a dialog from here (``dlg_end_dlg``): a confirmed one with BYEs both ways, an early one
+        by CANCELling its INVITE (OpenSIPS: CANCEL towards the callee); False when neither applies."""
+        if not dlg.confirmed:
+            return self._cancel(dlg)
         outgoing = self.table.end(dlg, reason, extra)
         self._send_all(outgoing)
         return bool(outgoing)

@@ -86,7 +86,7 @@ class StatefulProxy:
         self._branch_timers: dict[tuple[float | None, float | None], TimerSettings] = {}
         # create_dialog(): what the INVITEs' transactions show goes to the table (OpenSIPS dialog)
         self.dialogs = DialogKeeper(dialogs if dialogs is not None else DialogTable(), forwarder, clock,
-                                    self.start_local)
+                                    self.start_local, self.cancel_invite)
 
     @property
     def idle(self) -> bool:
@@ -251,6 +251,11 @@ class StatefulProxy:
             self.send_stateless(self.forwarder.reply_to(cancel, 481, to_tag=to_tag), flow)
             return
         self.send_stateless(self.forwarder.reply_to(cancel, 200, to_tag=to_tag), flow)
+        self.cancel_invite(ctx)
+
+    def cancel_invite(self, ctx: ServerContext) -> None:
+        """Cancel every pending branch of ``ctx``'s INVITE and answer it 487 (§16.10): for a CANCEL,
+        or when the node ends an early dialog itself (its caller's connection is gone, the MI)."""
         if ctx.canceled:
             return
         ctx.canceled = True
