@@ -72,7 +72,8 @@ def start_dialog(msg, *, limited: bool) -> bool:
     """An initial INVITE becomes a dialog (OpenSIPS ``create_dialog("B")``): the node then ends the
     call with a BYE to both sides when a party's connection closes or the lifetime runs out. With
     ``route_params.max_calls_per_user`` (0, the default: no limit) and ``limited`` (the caller is one
-    of our users), a user already in that many calls is refused (``max_calls_status``, 486)::
+    of our users), a user already in that many calls is refused (``max_calls_status``, 486, and
+    ``max_calls_reason``, "Busy Here")::
 
         if (get_profile_size("caller", "$au") >= $var(max)) { sl_send_reply(486, "Busy Here"); exit; }
         create_dialog("B"); set_dlg_profile("caller", "$au");
@@ -84,7 +85,7 @@ def start_dialog(msg, *, limited: bool) -> bool:
     user = (msg.au or msg.fU) if limited and limit > 0 else None
     if user and msg.get_profile_size("caller", user) >= limit:
         msg.xlog(f"{user} is in {limit} calls already: refused")
-        msg.sl_send_reply(int(msg.params.get("max_calls_status", 486)), "Busy Here")
+        msg.sl_send_reply(int(msg.params.get("max_calls_status", 486)), msg.params.get("max_calls_reason", "Busy Here"))
         return False
     msg.create_dialog("B")
     if user:
