@@ -13,7 +13,6 @@ from edgeproxy.sip.endpoint import Destination, Endpoint, Flow
 
 LOCAL = Endpoint("UDP", "127.0.0.1", 5060)
 CALLER = Destination(Endpoint("UDP", "192.0.2.20", 5060))
-CALLEE = Destination(Endpoint("UDP", "192.0.2.10", 5062))
 SETTINGS = DialogSettings(default_timeout=60, profiles_with_value=("caller",), profiles_no_value=("trunk",))
 
 
@@ -49,21 +48,21 @@ def request(method: str, cseq: int, from_tag: str = "a1", to_tag: str = "b1",
 
 
 def confirmed(t: DialogTable, now: float = 0.0, flags: str = "B"):  # type: ignore[no-untyped-def]
-    d = t.create(invite(), now, CALLER, None, (), flags)
-    assert t.confirm(d, ok(), now, CALLEE, None, ("<sip:10.0.0.9;lr>",))
+    d = t.create(invite(), now, None, (), flags)
+    assert t.confirm(d, ok(), now, None, ("<sip:10.0.0.9;lr>",))
     return d
 
 
 def test_state_counts_and_stats() -> None:
     t = DialogTable(SETTINGS)
-    d = t.create(invite(), 0, CALLER, None, (), "B")
-    assert t.create(invite(), 0, CALLER, None, ()) is d  # create_dialog() again: the same dialog
+    d = t.create(invite(), 0, None, (), "B")
+    assert t.create(invite(), 0, None, ()) is d  # create_dialog() again: the same dialog
     assert (t.count(DialogState.UNCONFIRMED), t.stats["processed_dialogs"]) == (1, 1)
     t.provisional(d, ok(180))
     assert t.early == 1
-    t.confirm(d, ok(), 1.0, CALLEE, None, ())
+    t.confirm(d, ok(), 1.0, None, ())
     assert (t.early, t.active, d.timeout_at) == (0, 1, 61.0)
-    assert not t.confirm(d, ok(tag="other"), 1.0, CALLEE, None, ())  # a second fork's 2xx
+    assert not t.confirm(d, ok(tag="other"), 1.0, None, ())  # a second fork's 2xx
     assert t.in_dialog(d, request("ACK", 10), True) is None and d.state == DialogState.CONFIRMED
     assert t.in_dialog(d, request("BYE", 11), True) == "Upstream BYE"
     assert len(t) == 0 and t.active == 0 and d.state == DialogState.DELETED
@@ -92,8 +91,8 @@ def test_byes_are_built_from_what_was_seen() -> None:
     t = DialogTable(SETTINGS)
     d = confirmed(t)
     t.in_dialog(d, request("INFO", 12), True)
-    (to_callee, dst1), (to_caller, dst2) = t.end(d, "MI Termination", [("Reason", "SIP;cause=200")])
-    assert (dst1, dst2) == (CALLEE, CALLER)
+    (to_callee, d1, callee1), (to_caller, d2, callee2) = t.end(d, "MI Termination", [("Reason", "SIP;cause=200")])
+    assert (d1, callee1, d2, callee2) == (d, True, d, False)
     assert to_callee.uri_text == "sip:bob@192.0.2.10:5062" and to_callee.cseq.number == 13
     assert to_callee.headers.get("route") == "<sip:10.0.0.9;lr>"
     assert to_callee.from_tag == "a1" and to_callee.to_tag == "b1" and to_callee.headers.get("reason")
@@ -118,20 +117,20 @@ def test_lifetime_expiry_and_retiming() -> None:
 def test_flow_closed_ends_only_that_flows_confirmed_dialogs() -> None:
     t = DialogTable(SETTINGS)
     flow = Flow(Endpoint("WSS", "127.0.0.1", 443), Endpoint("WSS", "127.0.0.1", 40000), 3)
-    d = t.create(invite(), 0, Destination(flow.remote, flow, True), flow, ())
-    other = t.create(invite("c2"), 0, CALLER, None, ())
+    d = t.create(invite(), 0, flow, ())
+    other = t.create(invite("c2"), 0, None, ())
     assert t.flow_closed(Flow(LOCAL, CALLER.remote)) == ([], [])
-    t.confirm(d, ok(), 0, CALLEE, None, ())
+    t.confirm(d, ok(), 0, None, ())
     out, early = t.flow_closed(flow)
     assert early == []
-    assert [dst for _, dst in out] == [CALLEE, Destination(flow.remote, flow, True)]
+    assert [(x, callee) for _, x, callee in out] == [(d, True), (d, False)]
     assert d.state == DialogState.DELETED and other.state == DialogState.UNCONFIRMED
 
 
 def test_profiles_count_exactly_and_release_on_every_end() -> None:
     t = DialogTable(SETTINGS)
-    a = t.create(invite("c1"), 0, CALLER, None, ())
-    b = t.create(invite("c2"), 0, CALLER, None, ())
+    a = t.create(invite("c1"), 0, None, ())
+    b = t.create(invite("c2"), 0, None, ())
     t.set_profile(a, "caller", "alice")
     t.set_profile(b, "caller", "alice")
     t.set_profile(b, "trunk", "ignored value")
@@ -151,11 +150,11 @@ def test_profiles_count_exactly_and_release_on_every_end() -> None:
 
 def test_late_2xx_revives_a_failed_dialog_with_its_profiles() -> None:
     t = DialogTable(SETTINGS)
-    d = t.create(invite(), 0, CALLER, None, ())
+    d = t.create(invite(), 0, None, ())
     t.set_profile(d, "caller", "alice")
     t.fail(d, 487)
     assert t.profile_size("caller") == 0
-    assert t.confirm(d, ok(), 1, CALLEE, None, ())
+    assert t.confirm(d, ok(), 1, None, ())
     assert t.active == 1 and t.profile_size("caller", "alice") == 1 and len(t) == 1
 
 

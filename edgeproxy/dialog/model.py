@@ -4,9 +4,10 @@ A :class:`Dialog` holds only what the node needs to recognise the dialog's reque
 itself with a BYE to each side (RFC 3261 §12.2.1.1, §15.1.1): Call-ID, both tags, the INVITE's From
 and To, both parties' remote targets (Contact), the route set towards each of them (the Record-Route
 entries beyond this node, in the order a request to that party carries them), the last CSeq each
-party used, and where each party is reached (a :class:`~edgeproxy.sip.endpoint.Destination`: the
-connection a browser or TLS phone came on). ``__slots__`` and plain strings keep it well under a
-kilobyte plus those strings (``bench/dialog_memory.py`` measures it).
+party used, and the connection each party is on when it came on one (a browser, a TLS phone): where
+a request to a party goes is worked out from these only when the node sends one
+(:class:`~edgeproxy.proxy.dialogs.DialogKeeper`). ``__slots__`` and plain strings keep it small
+(``bench/dialog_memory.py`` measures it).
 
 States are OpenSIPS's numbers (``dlg_hash.h``, ``$DLG_status``): 1 unconfirmed, 2 early,
 3 confirmed without ACK, 4 confirmed, 5 deleted.
@@ -17,7 +18,7 @@ from __future__ import annotations
 from enum import IntEnum
 from typing import TYPE_CHECKING, Protocol
 
-from ..sip.endpoint import Destination, Flow
+from ..sip.endpoint import Flow
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..sip.message import Response
@@ -55,12 +56,12 @@ class Dialog:
 
     __slots__ = ("h_entry", "h_id", "call_id", "from_hdr", "to_hdr", "caller_tag", "callee_tag", "state", "flags",
                  "caller_cseq", "callee_cseq", "caller_contact", "callee_contact", "caller_routes", "callee_routes",
-                 "caller_dest", "callee_dest", "caller_flow", "callee_flow", "created", "start", "lifetime",
+                 "caller_flow", "callee_flow", "created", "start", "lifetime",
                  "timeout_at", "profiles")
 
     def __init__(self, h_entry: int, h_id: int, call_id: str, from_hdr: str, to_hdr: str, caller_tag: str,
-                 caller_cseq: int, caller_contact: str, caller_routes: tuple[str, ...], caller_dest: Destination,
-                 caller_flow: Flow | None, flags: int, created: float, lifetime: int) -> None:
+                 caller_cseq: int, caller_contact: str, caller_routes: tuple[str, ...], caller_flow: Flow | None,
+                 flags: int, created: float, lifetime: int) -> None:
         self.h_entry = h_entry
         self.h_id = h_id
         self.call_id = call_id
@@ -76,8 +77,6 @@ class Dialog:
         self.callee_contact: str | None = None
         self.caller_routes = caller_routes  # Route set of a request from here to the caller
         self.callee_routes: tuple[str, ...] = ()
-        self.caller_dest = caller_dest  # where a request to the caller goes first
-        self.callee_dest: Destination | None = None
         self.caller_flow = caller_flow  # the caller's connection, when it came on one
         self.callee_flow: Flow | None = None
         self.created = created

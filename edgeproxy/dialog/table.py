@@ -3,8 +3,9 @@ the node, matching of in-dialog requests, lifetimes, profiles and the end of a d
 
 Sans-IO: the table reads no clock and sends nothing. Callers pass ``now``; where a dialog must be
 ended with BYEs (lifetime expiry with the ``B`` flag, a party's connection gone, the MI's
-``dlg_end_dlg``) the table returns the requests with their destinations and the caller sends them
-(:class:`edgeproxy.proxy.dialogs.DialogKeeper` does, in its own client transactions).
+``dlg_end_dlg``) the table returns the requests, each with its dialog and whether it goes to the
+callee, and the caller sends them (:class:`edgeproxy.proxy.dialogs.DialogKeeper` does, in its own
+client transactions, to where that party is reached).
 
 Transitions (OpenSIPS ``dlg_hash.c: next_state_dlg``, reference §5.3):
 
@@ -32,7 +33,7 @@ import zlib
 from itertools import count
 from typing import Iterable, Iterator, Sequence
 
-from ..sip.endpoint import Destination, Flow
+from ..sip.endpoint import Flow
 from ..sip.message import Request, Response
 from .model import FLAG_BYE_SEEN, FLAG_FAILED, Dialog, DialogListener, DialogState, parse_flags
 from .profiles import ProfileError, Profiles
@@ -41,7 +42,7 @@ from .settings import DialogSettings
 
 __all__ = ["DialogTable", "DialogError", "Outgoing"]
 
-Outgoing = list[tuple[Request, Destination]]  # requests to send, each where it goes
+Outgoing = list[tuple[Request, Dialog, bool]]  # requests to send: (request, its dialog, to the callee)
 
 
 class DialogError(ValueError):
@@ -124,8 +125,8 @@ class DialogTable:
         return None
 
     # -- the state machine -----------------------------------------------------------------------------
-    def create(self, request: Request, now: float, caller_dest: Destination, caller_flow: Flow | None,
-               caller_routes: tuple[str, ...], flags: str = "") -> Dialog:
+    def create(self, request: Request, now: float, caller_flow: Flow | None, caller_routes: tuple[str, ...],
+               flags: str = "") -> Dialog:
         """``create_dialog(flags)`` on an initial INVITE (the existing dialog when there is one)."""
         if request.method != "INVITE" or request.to_tag is not None:
             raise DialogError("create_dialog() needs an initial INVITE")
@@ -140,7 +141,7 @@ class DialogTable:
         contact = str(contacts[0].uri) if contacts else str(request.from_.uri)
         dlg = Dialog(zlib.crc32(call_id.encode("utf-8", "surrogateescape")) & 0xFFF, next(self._ids), call_id,
                      request.headers.get("from") or "", _without_tag(request.headers.get("to") or ""), tag,
-                     request.cseq.number, contact, caller_routes, caller_dest, caller_flow, parse_flags(flags),
+                     request.cseq.number, contact, caller_routes, caller_flow, parse_flags(flags),
                      now, self.settings.default_timeout)
         self._dialogs[(call_id, tag)] = dlg
         self._states[DialogState.UNCONFIRMED] += 1
@@ -163,8 +164,8 @@ class DialogTable:
         if dlg.state == DialogState.UNCONFIRMED and response.to_tag:
             self._move(dlg, DialogState.EARLY)
 
-    def confirm(self, dlg: Dialog, response: Response, now: float, callee_dest: Destination,
-                callee_flow: Flow | None, callee_routes: tuple[str, ...]) -> bool:
+    def confirm(self, dlg: Dialog, response: Response, now: float, callee_flow: Flow | None,
+                callee_routes: tuple[str, ...]) -> bool:
         """The first 2xx: the callee's leg is the branch that sent it. False for a 2xx of another
         branch (the caller ends that one itself) or of a dialog a BYE already ended."""
         if dlg.confirmed or dlg.flags & FLAG_BYE_SEEN:
@@ -177,7 +178,6 @@ class DialogTable:
         dlg.callee_tag = response.to_tag or ""
         dlg.callee_contact = str(contacts[0].uri) if contacts else str(response.to.uri)
         dlg.callee_routes = callee_routes
-        dlg.callee_dest = callee_dest
         dlg.callee_flow = callee_flow
         if callee_flow is not None and callee_flow != dlg.caller_flow:
             self._by_flow.setdefault(callee_flow, []).append(dlg)
@@ -282,7 +282,7 @@ class DialogTable:
     def end(self, dlg: Dialog, reason: str, extra: Iterable[tuple[str, str]] = ()) -> Outgoing:
         """End a confirmed dialog from here (``dlg_end_dlg``, lifetime, lost connection): BYEs to
         the callee and to the caller, each with the next CSeq of the party it speaks for."""
-        if not dlg.confirmed or dlg.callee_dest is None:
+        if not dlg.confirmed:
             return []
         extra = tuple(extra)
         to_callee = bye_to_callee(dlg, extra)
@@ -290,7 +290,7 @@ class DialogTable:
         dlg.caller_cseq += 1
         dlg.callee_cseq += 1
         self._end(dlg, reason)
-        return [(to_callee, dlg.callee_dest), (to_caller, dlg.caller_dest)]
+        return [(to_callee, dlg, True), (to_caller, dlg, False)]
 
     def _end(self, dlg: Dialog, reason: str) -> None:
         self._delete(dlg)

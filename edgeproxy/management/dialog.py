@@ -30,8 +30,8 @@ def _date(epoch: float) -> str:
 def dialog_json(dlg: Dialog) -> dict[str, Any]:
     """One dialog as ``dlg_list`` prints it (the CSeq keys are crossed as in OpenSIPS: the dialog's
     ``callee_cseq`` beside the caller's fields, the ``caller_cseq`` in the callee's)."""
-    caller_flow = dlg.caller_dest.flow
-    callee_flow = dlg.callee_dest.flow if dlg.callee_dest is not None else None
+    caller_flow = dlg.caller_flow
+    callee_flow = dlg.callee_flow
     out: dict[str, Any] = {
         "ID": dlg.did,
         "db_id": dlg.db_id,

@@ -10,6 +10,7 @@ request to the callee carries the 2xx's Record-Route entries above ours, in reve
 §12.1.2), and goes to the first of them, else over the connection the INVITE's branch used, else to
 the callee's Contact. Our own entries (one, or two with double Record-Route) are counted, not parsed:
 the branch's copy of the INVITE carries exactly the entries the 2xx returns below the callee's side.
+Destinations are worked out when a BYE is sent (:meth:`DialogKeeper.reach`), not for every call.
 
 It owns the one reactor timer of the dialogs' lifetimes (armed for the table's earliest deadline) and
 sends each BYE in its own client transaction through the proxy (``start_local``), so BYEs over UDP are
@@ -24,10 +25,10 @@ from typing import Callable, Iterable
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from ..dialog import Dialog, DialogTable
+from ..dialog import Dialog, DialogTable, Outgoing
 from ..sip.endpoint import Destination, Flow
 from ..sip.errors import SipValueError
-from ..sip.message import Request, Response
+from ..sip.message import Response
 from ..sip.uri import SipURI, parse_uri
 from ..sip.values import parse_name_address
 from .context import ClientBranch, RouteState, ServerContext
@@ -76,8 +77,14 @@ class DialogKeeper:
         self._timer: IDelayedCall | None = None
 
     # -- where the parties are -------------------------------------------------------------------------
-    def _reach(self, routes: tuple[str, ...], flow: Flow | None, contact: str,
-               fallback: Destination | None) -> Destination:
+    def reach(self, dlg: Dialog, callee: bool) -> Destination | None:
+        """Where a request of the node's to the callee (or the caller) of ``dlg`` goes first; None
+        when its Contact is not a SIP URI and it is on no connection."""
+        if callee:
+            return self._reach(dlg.callee_routes, dlg.callee_flow, dlg.callee_contact or "")
+        return self._reach(dlg.caller_routes, dlg.caller_flow, dlg.caller_contact)
+
+    def _reach(self, routes: tuple[str, ...], flow: Flow | None, contact: str) -> Destination | None:
         uri = _first_uri(routes)
         if uri is not None:
             dest = uri_destination(uri)
@@ -89,10 +96,7 @@ class DialogKeeper:
             return self.forwarder.flow_destination(flow, target)
         if target is not None:
             return uri_destination(target)
-        if fallback is not None:
-            return fallback
-        assert flow is not None
-        return Destination(flow.remote, flow)
+        return Destination(flow.remote, flow) if flow is not None else None
 
     # -- the route's verbs -----------------------------------------------------------------------------
     def create(self, route: RouteState, flags: str) -> Dialog:
@@ -100,11 +104,8 @@ class DialogKeeper:
         request = route.request
         source = route.source
         routes = tuple(request.headers.values("record-route"))
-        contacts = request.contacts
-        contact = str(contacts[0].uri) if contacts else str(request.from_.uri)
         flow = source if source.connection_id is not None else None
-        dlg = self.table.create(request, self.clock.seconds(), self._reach(routes, source, contact, None),
-                                flow, routes, flags)
+        dlg = self.table.create(request, self.clock.seconds(), flow, routes, flags)
         route.dialog = dlg
         if route.ctx is not None:
             route.ctx.dialog = dlg
@@ -147,12 +148,8 @@ class DialogKeeper:
         ours = len(cb.request.headers.values("record-route")) - upstream
         returned = response.headers.values("record-route")
         routes = tuple(reversed(returned[:max(0, len(returned) - ours - upstream)]))
-        contacts = response.contacts
-        contact = str(contacts[0].uri) if contacts else str(response.to.uri)
         flow = cb.flow if cb.flow is not None and cb.flow.connection_id is not None else None
-        if self.table.confirm(dlg, response, self.clock.seconds(), self._reach(routes, flow, contact,
-                                                                                cb.send_destination()),
-                              flow, routes):
+        if self.table.confirm(dlg, response, self.clock.seconds(), flow, routes):
             self._setup.pop(dlg, None)
             self.arm()
 
@@ -196,8 +193,13 @@ class DialogKeeper:
         self.arm()
 
     # -- sending ---------------------------------------------------------------------------------------
-    def _send_all(self, outgoing: list[tuple[Request, Destination]]) -> None:
-        for request, destination in outgoing:
+    def _send_all(self, outgoing: Outgoing) -> None:
+        for request, dlg, callee in outgoing:
+            destination = self.reach(dlg, callee)
+            if destination is None:
+                log.info("cannot send BYE {call_id}: no way to reach the {who}", call_id=request.call_id,
+                         who="callee" if callee else "caller")
+                continue
             local = self.forwarder.sender.local_endpoint(destination.remote.transport, destination.remote)
             if local is None:
                 log.info("cannot send BYE {call_id} to {dest}: no {t} listener", call_id=request.call_id,
