@@ -95,7 +95,6 @@ def test_browser_gone_mid_call_freeswitch_gets_a_bye_within_2s(web: WebNode, tmp
         assert f"tag={listed[0]['caller_tag']}" in bye.header("From")[0]
         assert f"tag={listed[0]['CALLEES'][0]['callee_tag']}" in bye.header("To")[0]
         assert int(bye.header("CSeq")[0].split()[0]) == int(listed[0]["CALLEES"][0]["caller_cseq"]) + 1
-        fs.wait_for_message(r"^SIP/2.0 200 OK", timeout=5)  # SIPp answered it
         deadline = time.monotonic() + 3
         while dialogs(web) and time.monotonic() < deadline:
             time.sleep(0.1)

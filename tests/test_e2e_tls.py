@@ -5,6 +5,7 @@ SIPp as the phones on UDP.
 * baresip registers over TLS, calls a UDP phone and is called by one: INVITE/180/200/ACK/BYE cross
   transports through a double Record-Route whose TLS entry names baresip's connection (RFC 5626), and
   requests for baresip go down the connection it registered over (it is never dialled).
+* baresip's connection cut mid-call: the UDP phone gets a BYE from the node (dialogs, issue 13).
 * sipsak REGISTERs over TLS 1.2 and sends a MESSAGE through the node to a UDP phone.
 * A listener requiring client certificates lets baresip in with a certificate of the trusted CA and
   refuses it with an untrusted one or none.
@@ -341,6 +342,31 @@ def test_a_udp_phone_calls_baresip_over_its_tls_connection(edge: TlsNode, tmp_pa
     rr = ", ".join(ok.header("Record-Route")).split(", ")
     assert len(rr) == 2 and rr[0].endswith(f"@{edge.tls_address};transport=tls;lr;ob>") and "@" not in rr[1]
     assert [m.status for m in caller.received()][-1] == 200  # baresip's 200 for the BYE came back
+
+
+def test_tls_phone_cut_mid_call_the_udp_side_gets_a_bye(edge: TlsNode, tmp_path: Path) -> None:
+    """Dialogs (issue 13): baresip's connection is cut mid-call (SIGKILL: the kernel closes it, nobody
+    sends a BYE); the shipped route made the call a dialog, so the node sends the UDP phone a BYE
+    within 2 s, built from what it saw (the dialog's Call-ID and tags)."""
+    phone = udp_phone(edge, tmp_path, "frank")
+    try:
+        with rtp_sink(6002), Baresip(tmp_path, "gina", edge.tls_address, edge.ca.cert) as gina:
+            assert gina.registration() == "OK"
+            gina.command("dial", f"sip:frank@{DOMAIN}")
+            gina.wait("CALL_ESTABLISHED", 10)
+            invite = phone.wait_for_message(r"^INVITE ", timeout=5)
+            phone.wait_for_message(r"^ACK ", timeout=10)
+            cut = time.monotonic()
+            os.kill(gina.process.pid, signal.SIGKILL)
+            bye = phone.wait_for_message(r"^BYE ", timeout=2.0)
+            assert time.monotonic() - cut < 2.0
+            assert bye.header("Call-ID") == invite.header("Call-ID")
+            assert bye.header("From")[0].split("tag=")[1] == invite.header("From")[0].split("tag=")[1]
+            time.sleep(0.3)
+    finally:
+        result = phone.stop()
+    sent = [m for m in result.messages if m.direction == "sent"]
+    assert any(m.status == 200 and "BYE" in m.header("CSeq")[0] for m in sent)  # the phone answered it
 
 
 # -- sipsak: a TLS client (GnuTLS, TLS 1.2) ----------------------------------------------------------
