@@ -137,10 +137,9 @@ class DialogTable:
         existing = self._dialogs.get((call_id, tag))
         if existing is not None:
             return existing
-        contacts = request.contacts
-        contact = str(contacts[0].uri) if contacts else str(request.from_.uri)
+        contact = _target(request.headers.get("contact") or request.headers.get("from") or "")
         dlg = Dialog(zlib.crc32(call_id.encode("utf-8", "surrogateescape")) & 0xFFF, next(self._ids), call_id,
-                     request.headers.get("from") or "", _without_tag(request.headers.get("to") or ""), tag,
+                     request.headers.get("from") or "", request.headers.get("to") or "", tag,
                      request.cseq.number, contact, caller_routes, caller_flow, parse_flags(flags),
                      now, self.settings.default_timeout)
         self._dialogs[(call_id, tag)] = dlg
@@ -174,9 +173,8 @@ class DialogTable:
             if not dlg.flags & FLAG_FAILED or (dlg.call_id, dlg.caller_tag) in self._dialogs:
                 return False
             self._relink(dlg)  # a late 2xx after a failure (200 after CANCEL): the call exists
-        contacts = response.contacts
         dlg.callee_tag = response.to_tag or ""
-        dlg.callee_contact = str(contacts[0].uri) if contacts else str(response.to.uri)
+        dlg.callee_contact = _target(response.headers.get("contact") or response.headers.get("to") or "")
         dlg.callee_routes = callee_routes
         dlg.callee_flow = callee_flow
         if callee_flow is not None and callee_flow != dlg.caller_flow:
@@ -370,10 +368,12 @@ class DialogTable:
         return [d for d in self._dialogs.values() if self.in_profile(d, name, value)]
 
 
-def _without_tag(to: str) -> str:
-    """The INVITE's To header value without a ``tag`` parameter (an initial INVITE has none; a
-    malformed one that does must not give the dialog two tags)."""
-    head, sep, tail = to.partition(">")
-    params = tail if sep else head
-    kept = ";".join(p for p in params.split(";") if not p.strip().lower().startswith("tag="))
-    return head + sep + kept if sep else kept
+def _target(value: str) -> str:
+    """The URI of the first name-addr of a Contact (or From/To) header value, as the party wrote it:
+    the remote target its peer puts in the Request-URI (RFC 3261 §12.1.1), compared as text by
+    :meth:`DialogTable.validate`. Not parsed: the node only needs it when it sends a BYE."""
+    start = value.find("<")
+    if start >= 0:
+        end = value.find(">", start)
+        return value[start + 1:end] if end > start else value[start + 1:]
+    return value.split(",", 1)[0].split(";", 1)[0].strip()

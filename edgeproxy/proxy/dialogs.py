@@ -128,9 +128,7 @@ class DialogKeeper:
         if check == -1 and route.request.method == "BYE":
             log.info("BYE {call_id}: CSeq not above the last one seen, the dialog stays", call_id=dlg.call_id)
             return dlg
-        reason = self.table.in_dialog(dlg, route.request, downstream)
-        if reason is not None:
-            log.debug("dialog {did} {call_id} ended: {reason}", did=dlg.did, call_id=dlg.call_id, reason=reason)
+        self.table.in_dialog(dlg, route.request, downstream)
         return dlg
 
     # -- what the proxy core tells ---------------------------------------------------------------------
