@@ -38,6 +38,7 @@ from .config_error import ConfigError
 from .config_schema import Context, Section, show, unknown
 
 if TYPE_CHECKING:
+    from .acc.settings import AccSettings
     from .auth.settings import AuthSettings
     from .cluster.settings import ClusterConfig
     from .dialog.settings import DialogSettings
@@ -77,6 +78,7 @@ SECTIONS: Mapping[str, tuple[str, str]] = MappingProxyType({
     "nathelper": ("edgeproxy.location.settings", "SECTION"),
     "mi": ("edgeproxy.management.settings", "SECTION"),
     "metrics": ("edgeproxy.management.metrics_settings", "SECTION"),
+    "acc": ("edgeproxy.acc.settings", "SECTION"),
     "dispatcher": ("edgeproxy.dispatcher.settings", "SECTION"),
     "usrloc": ("edgeproxy.usrloc.settings", "SECTION"),
     "permissions": ("edgeproxy.permissions.settings", "SECTION"),
@@ -132,6 +134,8 @@ class Config:
     mi: MISettings | None = None
     # None without a [metrics] section: no Prometheus exposition
     metrics: MetricsSettings | None = None
+    # None without an [acc] section: no call records
+    acc: AccSettings | None = None
     # None without a [dispatcher] section: no destination sets (the ds_* verbs raise)
     dispatcher: DispatcherSettings | None = field(default=None, hash=False)
     # None without [permissions] and without route_params.freeswitch: no address groups

@@ -35,6 +35,7 @@ from .proxy.context import RouteState, ServerContext
 from .proxy.engine import StatefulProxy
 from .proxy.flood import FloodDetector
 from .proxy.forwarding import Forwarder
+from .proxy.hooks import CallObserver
 from .proxy.hops import stamp_received
 from .proxy.identity import LocalIdentity
 from .proxy.noise import NoiseLog
@@ -99,6 +100,7 @@ class Node:
         dispatcher: Dispatcher | None = None,
         permissions: AddressView | None = None,
         dialogs: DialogTable | None = None,
+        calls: CallObserver | None = None,
     ) -> None:
         self.clock = clock
         self.registrar = registrar
@@ -126,7 +128,7 @@ class Node:
         self.forwarder = Forwarder(sender, settings, locator)
         timers = timers or TimerSettings()
         self.proxy = StatefulProxy(clock, self.forwarder, self, settings, timers, self.stats, dialogs,
-                                   noise=self.noise)
+                                   noise=self.noise, calls=calls)
         self.dialogs = self.proxy.dialogs  # the dialog table (.table) and what ends dialogs from here
         self.verbs = RouteVerbs(self.proxy, self.forwarder, self.identity, registrar, settings, clock, self.stats,
                                 cluster=cluster, cluster_id=cluster_id, federation=federation, auth=auth,

@@ -22,6 +22,7 @@ from twisted.internet.interfaces import IReactorCore
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from .acc import Accounting, accounting_for
 from .auth import Authenticator, subscriber_store
 from .cluster import Cluster, NodeTable
 from .config_error import ConfigError
@@ -39,6 +40,7 @@ from .transport import TransportManager, parse_listen
 from .transport.locator import DnsLocator
 
 if TYPE_CHECKING:  # pragma: no cover - imported when [federation] is configured (it needs pymongo)
+    from .acc import AccSettings
     from .auth.settings import AuthSettings
     from .cluster.settings import ClusterConfig
     from .dialog.settings import DialogSettings
@@ -110,6 +112,8 @@ class NodeConfiguration(Protocol):
     def permissions(self) -> PermissionsSettings | None: ...
     @property
     def dialog(self) -> DialogSettings: ...
+    @property
+    def acc(self) -> AccSettings | None: ...
 
 
 class Stoppable(Protocol):
@@ -135,6 +139,7 @@ class RunningNode:
     persistence: Persistence | None = None  # [usrloc] write-back / write-through to SQL
     replication: Replication | None = None  # [usrloc] full sharing over the cluster link
     permissions: Permissions | None = None  # [permissions] / route_params.freeswitch; the verbs hold it too
+    acc: Accounting | None = None  # [acc]: call records; the proxy core and the dialog table report to it
 
     @inlineCallbacks
     def start(self, listen: list[str], advertise: str = "") -> Any:
@@ -206,6 +211,10 @@ class RunningNode:
         if self.node.auth is not None:
             yield self.node.auth.close()
         yield self.transports.stop()
+        if self.acc is not None:  # after everything that may still end a call
+            for closing in self.acc.close():
+                if isinstance(closing, Deferred):
+                    yield closing
         if self.cluster is not None:
             yield self.cluster.stop()
 
@@ -265,6 +274,8 @@ def build_node(config: NodeConfiguration, reactor: Any = None, node_table: NodeT
     dispatcher = _dispatcher(config, reactor)
     permissions_settings = getattr(config, "permissions", None)
     permissions = Permissions(permissions_settings, reactor) if permissions_settings is not None else None
+    acc_settings = getattr(config, "acc", None)
+    acc = accounting_for(acc_settings, reactor, reactor) if acc_settings is not None else None
     node = Node(
         reactor, transports, registrar, routes, settings, config.timers,
         route_params=dict(getattr(config, "route_params", {}) or {}),
@@ -279,7 +290,9 @@ def build_node(config: NodeConfiguration, reactor: Any = None, node_table: NodeT
         pinger=pinger,
         dispatcher=dispatcher,
         permissions=permissions,  # address groups: check_address / check_source_address
-        dialogs=DialogTable(config.dialog),  # [dialog]: OpenSIPS dialog (create_dialog, profiles, lifetimes)
+        # [dialog]: OpenSIPS dialog (create_dialog, profiles, lifetimes); [acc] hears how calls end
+        dialogs=DialogTable(config.dialog, listeners=[acc] if acc is not None else []),
+        calls=acc,  # [acc]: every INVITE's first final response is a call attempt record
     )
     # [dispatcher] with [cluster]: state changes go to the other nodes (OpenSIPS dispatcher cluster_id)
     replication = None
@@ -297,7 +310,7 @@ def build_node(config: NodeConfiguration, reactor: Any = None, node_table: NodeT
         routes.setup(node)
     return RunningNode(node, transports, location, registrar, config, cluster, federation, pinger=pinger,
                        dispatcher=dispatcher, prober=prober, persistence=persistence, permissions=permissions,
-                       replication=usrloc_replication)
+                       replication=usrloc_replication, acc=acc)
 
 
 def _dispatcher(config: NodeConfiguration, reactor: Any) -> Dispatcher | None:

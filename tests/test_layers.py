@@ -62,7 +62,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("services", ("edgeproxy.registrar", "edgeproxy.location", "edgeproxy.cluster", "edgeproxy.federation",
                   "edgeproxy.auth", "edgeproxy.dispatcher", "edgeproxy.permissions", "edgeproxy.coroutine",
                   "edgeproxy.sqldb", "edgeproxy.latency", "edgeproxy.usrloc",
-                  "edgeproxy.dialog", "edgeproxy.logcontext")),
+                  "edgeproxy.dialog", "edgeproxy.logcontext", "edgeproxy.acc")),
     ("proxy core", ("edgeproxy.proxy",)),
     ("routing", ("edgeproxy.routing",)),
     ("node", ("edgeproxy.node",)),

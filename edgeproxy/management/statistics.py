@@ -94,6 +94,8 @@ STATISTICS: tuple[tuple[str, str, bool], ...] = (
     ("dialog:processed_dialogs", "dialogs created (create_dialog)", True),
     ("dialog:expired_dialogs", "dialogs that reached their lifetime", True),
     ("dialog:failed_dialogs", "dialogs whose INVITE got no 2xx", True),
+    ("acc:<counter>", "call records, with [acc]: attempts (INVITE finals), missed (>= 300), cdrs (ended calls), "
+                      "db_rows, db_failed (rows written to the acc tables, inserts that failed)", True),
 )
 
 
@@ -219,6 +221,13 @@ class StatisticsCommands:
             out += [_gauge("dialog", "active_dialogs", lambda: dialogs.active),
                     _gauge("dialog", "early_dialogs", lambda: dialogs.early)]
             out += [_counter("dialog", name, dialogs.stats) for name in list(dialogs.stats)]
+        acc = getattr(parts, "acc", None)  # [acc]: call records
+        if acc is not None:
+            out += [_counter("acc", name, acc.stats) for name in list(acc.stats)]
+            for writer in acc.writers:
+                table: Counted | None = writer if isinstance(getattr(writer, "stats", None), dict) else None
+                if table is not None:
+                    out += [_counter("acc", f"db_{name}", table.stats, name) for name in list(table.stats)]
         dns = getattr(getattr(node, "locator", None), "stats", None)  # the RFC 3263 locator's, with [dns]
         if isinstance(dns, dict):
             out += [_counter("dns", name, dns) for name in list(dns)]

@@ -49,7 +49,7 @@ from ..transaction import (
 from .context import Branch, CancelBranch, ClientBranch, RouteState, ServerContext
 from .dialogs import DialogKeeper
 from .forwarding import Forwarder, build_cancel
-from .hooks import HostMatcher, RouteHooks
+from .hooks import CallObserver, HostMatcher, RouteHooks
 from .hops import response_destination
 from .noise import NoiseLog
 from .responses import best_response, upstream_final
@@ -69,7 +69,7 @@ class StatefulProxy:
 
     def __init__(self, clock: IReactorTime, forwarder: Forwarder, hooks: RouteHooks, settings: ProxySettings,
                  timers: TimerSettings, stats: ProxyStats, dialogs: DialogTable | None = None,
-                 noise: NoiseLog | None = None) -> None:
+                 noise: NoiseLog | None = None, calls: CallObserver | None = None) -> None:
         self.clock = clock
         self.forwarder = forwarder
         self.hooks = hooks
@@ -81,6 +81,7 @@ class StatefulProxy:
         self.finals: list[int] = [0] * 7
         self.setup_time = LatencyHistogram()
         self.noise = noise if noise is not None else NoiseLog(clock)  # the node's: failed branches, aggregated
+        self.calls = calls  # [acc]: every INVITE's first final response
         self._owners: dict[Transaction, Owner] = {}
         self._timer: IDelayedCall | None = None
         self._branch_timers: dict[tuple[float | None, float | None], TimerSettings] = {}
@@ -300,7 +301,10 @@ class StatefulProxy:
             if not ctx.final_sent:
                 self.finals[status // 100] += 1  # tm's <N>xx_transactions, once per transaction
                 if tx.is_invite:  # post-dial delay plus ringing: what the caller waited for an answer
-                    self.setup_time.observe(self.clock.seconds() - tx.created)
+                    setup = self.clock.seconds() - tx.created
+                    self.setup_time.observe(setup)
+                    if self.calls is not None:
+                        self._account(ctx, response, setup)
             ctx.final_sent = True
             if response.status >= 300 and ctx.dialog is not None:
                 self.dialogs.answered(ctx, response.status)
@@ -658,6 +662,17 @@ class StatefulProxy:
         self._own(cancel_tx, CancelBranch(destination))
         self.execute(cancel_tx, cancel_tx.start(now))
         self.execute(tx, tx.cancel_sent(now))
+
+    def _account(self, ctx: ServerContext, response: Response, setup: float) -> None:
+        """An INVITE's first final response, for its call record: where the branch that gave it went."""
+        status = response.status
+        chosen = next((b for b in ctx.branches if b.final is not None and b.final.status == status), None)
+        destination = chosen.destination.remote if chosen is not None else None
+        assert self.calls is not None
+        try:
+            self.calls.invite_final(ctx.request, response, ctx.flow, destination, setup, ctx.dialog is not None)
+        except Exception:
+            log.failure("call record of {call_id} failed", call_id=ctx.request.call_id)
 
     def transactions_by_transport(self) -> dict[tuple[str, str], int]:
         """``("server"|"client", transport)`` -> transactions now: a walk made when scraped."""

@@ -11,11 +11,11 @@ from typing import Protocol
 
 from twisted.internet.defer import Deferred
 
-from ..sip.endpoint import Flow
+from ..sip.endpoint import Endpoint, Flow
 from ..sip.message import Request, Response
 from .context import ServerContext
 
-__all__ = ["RouteHooks", "HostMatcher"]
+__all__ = ["RouteHooks", "HostMatcher", "CallObserver"]
 
 
 class RouteHooks(Protocol):
@@ -42,3 +42,13 @@ class HostMatcher(Protocol):
     """Whether a host (an IP literal or name) is the one meant (e.g. a cluster node's address)."""
 
     def __call__(self, host: str) -> bool: ...
+
+
+class CallObserver(Protocol):
+    """Told of every INVITE's first final response (call records: :class:`edgeproxy.acc.Accounting`)."""
+
+    def invite_final(self, request: Request, response: Response, source: Flow, destination: Endpoint | None,
+                     setup: float, dialog: bool) -> None:
+        """``response`` went to the caller ``setup`` seconds after ``request`` arrived from ``source``;
+        ``destination``: where the branch that gave it was sent (None: answered here); ``dialog``: a
+        dialog tracks the call. Must not raise."""

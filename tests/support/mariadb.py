@@ -18,7 +18,7 @@ import pytest
 from edgeproxy.sqldb import connect_kwargs, parse_db_url
 
 __all__ = ["DB_URL", "connect", "connect_or_skip", "unique_name", "SUBSCRIBER_SCHEMA", "SUBSCRIBER_INSERT",
-           "subscriber_row"]
+           "subscriber_row", "ACC_SCHEMA", "MISSED_CALLS_SCHEMA"]
 
 DB_URL = os.environ.get("EDGEPROXY_TEST_DB_URL", "mysql://root@127.0.0.1:3306/test")
 
@@ -35,6 +35,39 @@ CREATE TABLE `{table}` (
     ha1_sha512t256 CHAR(64) DEFAULT '' NOT NULL,
     rpid CHAR(255) DEFAULT NULL,
     CONSTRAINT account_idx UNIQUE (username, domain)
+) ENGINE=InnoDB
+"""
+#: OpenSIPS 3.x's acc table (acc-create.sql, table version 7) and missed_calls (version 5).
+ACC_SCHEMA = """
+CREATE TABLE `{table}` (
+    id INT(10) UNSIGNED AUTO_INCREMENT PRIMARY KEY NOT NULL,
+    method CHAR(16) DEFAULT '' NOT NULL,
+    from_tag CHAR(64) DEFAULT '' NOT NULL,
+    to_tag CHAR(64) DEFAULT '' NOT NULL,
+    callid CHAR(64) DEFAULT '' NOT NULL,
+    sip_code CHAR(3) DEFAULT '' NOT NULL,
+    sip_reason CHAR(32) DEFAULT '' NOT NULL,
+    time DATETIME NOT NULL,
+    duration INT(11) UNSIGNED DEFAULT 0 NOT NULL,
+    ms_duration INT(11) UNSIGNED DEFAULT 0 NOT NULL,
+    setuptime INT(11) UNSIGNED DEFAULT 0 NOT NULL,
+    created DATETIME DEFAULT NULL,
+    INDEX callid_idx (callid)
+) ENGINE=InnoDB
+"""
+MISSED_CALLS_SCHEMA = """
+CREATE TABLE `{table}` (
+    id INT(10) UNSIGNED AUTO_INCREMENT PRIMARY KEY NOT NULL,
+    method CHAR(16) DEFAULT '' NOT NULL,
+    from_tag CHAR(64) DEFAULT '' NOT NULL,
+    to_tag CHAR(64) DEFAULT '' NOT NULL,
+    callid CHAR(64) DEFAULT '' NOT NULL,
+    sip_code CHAR(3) DEFAULT '' NOT NULL,
+    sip_reason CHAR(32) DEFAULT '' NOT NULL,
+    time DATETIME NOT NULL,
+    setuptime INT(11) UNSIGNED DEFAULT 0 NOT NULL,
+    created DATETIME DEFAULT NULL,
+    INDEX callid_idx (callid)
 ) ENGINE=InnoDB
 """
 SUBSCRIBER_INSERT = ("INSERT INTO `{table}` (username, domain, password, email_address, ha1, ha1_sha256, "
