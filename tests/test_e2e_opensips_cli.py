@@ -17,6 +17,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -79,11 +80,15 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     opensips_cli()
     port = free_port()
     workdir = tmp_path_factory.mktemp("cli-node")
-    rows = [{"cluster_id": 1, "node_id": n, "url": f"bin:{LOOPBACK}:{free_port()}", "sip_addr": f"127.0.0.{n + 60}"}
-            for n in (1, 2)]
+    sip_port = free_port()
+    # this node's sip_addr must be its own listener; node 2 (never started) is elsewhere on loopback
+    rows = [{"cluster_id": 1, "node_id": n, "url": f"bin:{LOOPBACK}:{free_port()}",
+             "sip_addr": f"{LOOPBACK}:{sip_port}" if n == 1 else "127.0.0.62"} for n in (1, 2)]
     config = {"registrar": {"min_expires": 30}, "mi": {"listen": f"{LOOPBACK}:{port}"},
-              "cluster": {"my_node_id": 1, "cluster_id": 1, "nodes": rows}, "pike": {"reqs_density_per_unit": 1000}}
-    with edgeproxy_node(workdir / "node", config=config, log_level="info") as n:
+              "cluster": {"my_node_id": 1, "cluster_id": 1, "nodes": rows}, "pike": {"reqs_density_per_unit": 1000},
+              # a destination set nobody probes (no ds_ping_interval): ds_list has something to list
+              "dispatcher": {"destinations": [{"setid": 1, "destination": f"sip:127.0.0.{n}:5060"} for n in (63, 64)]}}
+    with edgeproxy_node(workdir / "node", config=config, log_level="info", port=sip_port) as n:
         wait_listening(port)
         phone = register_phone(Sipp(workdir / "phone"), n, "alice")
         try:
@@ -135,9 +140,50 @@ def test_opensips_cli_prints_what_the_mi_answers_for_every_read_command(node: No
     assert missing.returncode != 0 and "404: AOR not found" in missing.stdout + missing.stderr
     every = set(commands) - {"ul_rm", "ul_rm_contact", "usrloc:rm", "usrloc:rm_contact", "reset_statistics"}
     tried = {"which", "ul_dump", "ul_show_contact", "get_statistics", "list_statistics", "clusterer_list",
-             "pike_list", "version", "ps", "log_level", "help", "uptime"}
+             "pike_list", "version", "ps", "log_level", "help", "uptime",
+             # in test_opensips_cli_lists_dialogs_and_destination_sets
+             "dlg_list", "dlg_end_dlg", "profile_get_size", "profile_list_dlgs", "ds_list", "ds_set_state",
+             "ds_reload"}
     assert every - tried <= {"usrloc:dump", "usrloc:show_contact"}, every - tried  # the OpenSIPS 4 aliases
     assert node.cli_json("usrloc:dump", "brief") == node.mi("usrloc:dump", ["brief"])
+
+
+def test_opensips_cli_lists_dialogs_and_destination_sets(node: Node, tmp_path: Path) -> None:
+    assert node.cli_json("ds_list") == node.mi("ds_list")
+    assert node.cli_json("ds_list", "1") == node.mi("ds_list", ["1"])  # full
+    sets = node.mi("ds_list")["PARTITIONS"][0]["SETS"]
+    assert [d["URI"] for d in sets[0]["Destinations"]] == ["sip:127.0.0.63:5060", "sip:127.0.0.64:5060"]
+    assert node.cli_json("ds_set_state", "i", "1", "sip:127.0.0.64:5060") == "OK"
+    assert node.mi("ds_list")["PARTITIONS"][0]["SETS"][0]["Destinations"][1]["state"] == "Inactive"
+    assert node.cli_json("ds_set_state", "a", "1", "sip:127.0.0.64:5060") == "OK"
+    assert node.cli_json("ds_reload") == "OK"
+
+    # a call in progress: its dialog, as both print it; then ended from the CLI (BYE to both sides)
+    caller = Sipp(tmp_path / "caller").start("uac_call", node.node.address, user="alice", duration_ms=30_000,
+                                             timeout=40)
+    try:
+        deadline = time.monotonic() + 10
+        while not node.mi("dlg_list")["Dialogs"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        (dialog,) = node.mi("dlg_list")["Dialogs"]
+        assert dialog["state"] == 4
+        assert node.cli_json("dlg_list") == node.mi("dlg_list")
+        assert node.cli_json("dlg_list", dialog["callid"]) == node.mi("dlg_list", [dialog["callid"]])
+        for args in (["caller"], ["caller", "alice"]):
+            by_cli = node.cli("profile_get_size", *args, check=False)
+            direct = rpc(node.url, {"jsonrpc": "2.0", "method": "profile_get_size", "params": args, "id": 1})
+            if "result" in direct:
+                assert json.loads(by_cli.stdout) == direct["result"]
+            else:  # the same error, as opensips-cli prints one
+                assert f"{direct['error']['code']}: {direct['error']['message']}" in by_cli.stdout + by_cli.stderr
+        assert node.cli_json("dlg_end_dlg", dialog["ID"]) == "OK"
+        deadline = time.monotonic() + 10
+        while node.mi("dlg_list")["Dialogs"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert node.mi("dlg_list")["Dialogs"] == []
+        caller.wait_for_message(r"^BYE ", timeout=10)
+    finally:
+        caller.stop()
 
 
 def test_opensips_cli_changes_what_the_mi_changes(node: Node, tmp_path: Path) -> None:
