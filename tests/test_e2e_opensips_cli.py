@@ -126,10 +126,13 @@ def test_opensips_cli_prints_what_the_mi_answers_for_every_read_command(node: No
     assert groups == node.mi("get_statistics", {"statistics": ["usrloc:", "tm:"]})
     assert node.cli_json("list_statistics") == node.mi("list_statistics")
 
-    for command in ("clusterer_list", "pike_list", "version", "ps", "log_level"):
+    for command in ("pike_list", "version", "ps", "log_level"):
         assert node.cli_json(command) == node.mi(command), command
-    cluster = node.cli_json("clusterer_list")["Clusters"][0]
-    assert [n["node_id"] for n in cluster["Nodes"]] == [2] and cluster["Nodes"][0]["link_state"] != "Up"
+    # node 2 never starts: its link goes Probe <-> Down between two asks, the rest is the same
+    clusters = [[[without(n, "link_state") for n in c["Nodes"]] for c in answer["Clusters"]]
+                for answer in (node.cli_json("clusterer_list"), node.mi("clusterer_list"))]
+    assert clusters[0] == clusters[1] and [n["node_id"] for n in clusters[0][0]] == [2]
+    assert node.cli_json("clusterer_list")["Clusters"][0]["Nodes"][0]["link_state"] in ("Probe", "Down")
     assert node.cli_json("help", "ul_dump") == node.mi("help", ["ul_dump"])
     assert node.cli_json("which", "ul_rm") == node.mi("which", ["ul_rm"])
     up = node.cli_json("uptime")
