@@ -48,3 +48,16 @@ def test_built_routes_load_from_the_built_tree(tmp_path: Path) -> None:
     lines = run.stdout.split()
     assert lines[-1] == "False"
     assert [Path(f).parent for f in lines[:-1]] == [lib / "edgeproxy_routes"] * 4
+
+
+def test_ci_prepares_the_machine_with_the_script_developers_run() -> None:
+    """README's "Developer machine" and .ci/run are one script, so they cannot drift apart."""
+    ci = (REPO / ".ci" / "run").read_text()
+    assert "bash scripts/prepare-dev.sh" in ci
+    assert "bash scripts/prepare-dev.sh" in (REPO / "README.md").read_text()
+    script = REPO / "scripts" / "prepare-dev.sh"
+    subprocess.run(["bash", "-n", str(script)], check=True, timeout=30)
+    text = script.read_text()
+    for need in ("sip-tester", "sipsak", "baresip-core", "nodejs", "npm ci", "mariadb-server", "python3-venv",
+                 "'root'@'127.0.0.1'"):
+        assert need in text, need
