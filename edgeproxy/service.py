@@ -36,6 +36,7 @@ from .permissions import Permissions
 from .proxy.flood import FloodDetector
 from .registrar import Registrar
 from .routing.loader import load_route_module
+from .sdnotify import sd_notify
 from .transport import TransportManager, parse_listen
 from .transport.locator import DnsLocator
 
@@ -495,6 +496,8 @@ class NodeService(service.Service):
             self._gc.start()
             log.info("edgeproxy listening on {listen}, route {route}",
                      listen=", ".join(self.config.node.listen), route=running.node.routes.name)
+            # systemd Type=notify: ready only now, with every listener bound
+            sd_notify(f"READY=1\nSTATUS=listening on {', '.join(self.config.node.listen)}")
 
         d.addCallback(started)
         failures: list[Failure] = []
@@ -507,12 +510,14 @@ class NodeService(service.Service):
                 return
             reason = startup_reason(failures[0])
             log.critical("edgeproxy: cannot start: {reason}", reason=reason)
+            sd_notify(f"STATUS=cannot start: {reason}")
             exit_with_failure(reason)
 
         d.addCallback(late_failure)
 
     def stopService(self) -> Deferred | None:
         super().stopService()
+        sd_notify("STOPPING=1")
         if getattr(self, "_gc", None) is not None:
             self._gc.stop()
         if self.running_node is not None:
