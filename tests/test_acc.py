@@ -18,7 +18,6 @@ from edgeproxy.acc.writers import JsonLinesFile
 from edgeproxy.config import ConfigError, load_config
 from edgeproxy.dialog import DialogTable
 from edgeproxy.sip import Request
-from edgeproxy.sip.endpoint import Destination
 
 
 class Kept:
@@ -73,10 +72,10 @@ def test_accounting_makes_an_attempt_and_a_cdr_from_a_dialog(tmp_path: Path) -> 
     table = DialogTable(listeners=[acc])
     request = wire(invite())
     assert isinstance(request, Request)
-    dlg = table.create(request, clock.seconds(), Destination(ALICE_FLOW.remote), ALICE_FLOW, ())
+    dlg = table.create(request, clock.seconds(), None, ())
     clock.advance(3)
     ok = answer(request, 200)
-    table.confirm(dlg, ok, clock.seconds(), Destination(BOB), None, ())
+    table.confirm(dlg, ok, clock.seconds(), None, ())
     acc.invite_final(request, ok, ALICE_FLOW, BOB, 3.0, True)
     clock.advance(42.5)
     table.end(dlg, "Upstream BYE")
@@ -87,6 +86,7 @@ def test_accounting_makes_an_attempt_and_a_cdr_from_a_dialog(tmp_path: Path) -> 
     assert (attempt.from_tag, attempt.to_tag, attempt.call_id) == ("a1", "b1", "call-1@192.0.2.20")
     assert (cdr.kind, cdr.duration, cdr.setup_time, cdr.end_reason) == ("cdr", 42.5, 3.0, "Upstream BYE")
     assert (cdr.from_uri, cdr.to_uri, cdr.to_tag) == ("sip:alice@example.com", "sip:bob@example.com", "b1")
+    assert (cdr.source, cdr.destination) == ("udp:192.0.2.20:5060", "udp:192.0.2.10:5062")  # the attempt's
     assert cdr.time == 1_700_000_100.0 - 42.5
     assert acc.stats == {"attempts": 1, "missed": 0, "cdrs": 1}
     lines = (tmp_path / "calls.jsonl").read_text().splitlines()

@@ -64,6 +64,9 @@ class Accounting:
         self.clock = clock
         self.wall = wall
         self.stats = {"attempts": 0, "missed": 0, "cdrs": 0}
+        # (Call-ID, caller tag) -> (source, destination) of answered calls a dialog tracks, until they
+        # end (a dialog keeps no address of a UDP party): at most one entry per active dialog
+        self._legs: dict[tuple[str, str], tuple[str, str]] = {}
 
     def _write(self, record: CallRecord) -> None:
         for writer in self.writers:
@@ -81,10 +84,13 @@ class Accounting:
             self.stats["missed"] += 1
         from_ = request.from_
         to = request.to
+        tracked = dialog and status < 300
+        src, dst = _address(source.remote), _address(destination)
+        if tracked:
+            self._legs[(request.call_id, from_.tag or "")] = (src, dst)
         self._write(CallRecord(
             "attempt", request.method, str(from_.uri), str(to.uri), from_.tag or "", response.to_tag or "",
-            request.call_id, status, response.reason, self.wall() - setup, setup, 0.0, _address(source.remote),
-            _address(destination), dialog=dialog and status < 300))
+            request.call_id, status, response.reason, self.wall() - setup, setup, 0.0, src, dst, dialog=tracked))
 
     # -- DialogListener: the end of an answered call -------------------------------------------------
     def dialog_created(self, dialog: Dialog) -> None:
@@ -94,18 +100,19 @@ class Accounting:
         pass
 
     def dialog_failed(self, dialog: Dialog, status: int) -> None:
-        pass  # the attempt record says how it failed
+        self._legs.pop((dialog.call_id, dialog.caller_tag), None)  # a late failure after a 2xx: no cdr
 
     def dialog_ended(self, dialog: Dialog, reason: str) -> None:
         duration = max(0.0, self.clock.seconds() - dialog.start)
         setup = max(0.0, dialog.start - dialog.created)
         self.stats["cdrs"] += 1
-        caller = dialog.caller_flow.remote if dialog.caller_flow is not None else dialog.caller_dest.remote
-        callee = dialog.callee_dest.remote if dialog.callee_dest is not None else None
+        legs = self._legs.pop((dialog.call_id, dialog.caller_tag), None)
+        if legs is None:  # answered before a record was asked for: what the dialog's connections say
+            legs = (_address(dialog.caller_flow.remote if dialog.caller_flow is not None else None),
+                    _address(dialog.callee_flow.remote if dialog.callee_flow is not None else None))
         self._write(CallRecord(
             "cdr", "INVITE", _uri(dialog.from_hdr), _uri(dialog.to_hdr), dialog.caller_tag, dialog.callee_tag or "",
-            dialog.call_id, 200, "OK", self.wall() - duration, setup, duration, _address(caller), _address(callee),
-            end_reason=reason))
+            dialog.call_id, 200, "OK", self.wall() - duration, setup, duration, legs[0], legs[1], end_reason=reason))
 
     def close(self) -> list[Any]:
         return [writer.close() for writer in self.writers]
