@@ -194,10 +194,14 @@ def _cross_checks(config: Config) -> None:
     if config.metrics is not None and not config.metrics.listen and not (config.mi is not None and config.mi.enabled):
         raise ConfigError("metrics.listen", "not set, and there is no [mi] listen to serve the metrics on: "
                                             'set one of them (e.g. listen = "127.0.0.1:9102")')
-    if config.route_params.get("max_calls_per_user") and "caller" not in config.dialog.profiles_with_value:
+    dialog = config.dialog
+    if config.route_params.get("max_calls_per_user") and not {"caller", "caller/b"} & set(dialog.profiles_with_value):
         # the shipped routes count a user's calls in the profile "caller" (set_dlg_profile)
         raise ConfigError("dialog.profiles_with_value", 'route_params.max_calls_per_user needs the profile '
                                                         '"caller": profiles_with_value = ["caller"]')
+    if dialog.profile_replication_cluster and not config.cluster.my_node_id:
+        raise ConfigError("dialog.profile_replication_cluster", "profiles are shared with the nodes of a cluster: "
+                                                                "set cluster.my_node_id and the node table")
     if config.usrloc.full_sharing and not config.cluster.my_node_id:
         raise ConfigError("usrloc.cluster_mode", "full sharing replicates to the nodes of a cluster: "
                                                  "set cluster.my_node_id and the node table")

@@ -27,6 +27,7 @@ from .auth import Authenticator, subscriber_store
 from .cluster import Cluster, NodeTable
 from .config_error import ConfigError
 from .dialog import DialogTable
+from .dialog.replication import ProfileReplication
 from .dispatcher import Dispatcher
 from .dispatcher.prober import Prober
 from .location import ChangeJournal, InMemoryLocation
@@ -141,6 +142,7 @@ class RunningNode:
     replication: Replication | None = None  # [usrloc] full sharing over the cluster link
     permissions: Permissions | None = None  # [permissions] / route_params.freeswitch; the verbs hold it too
     acc: Accounting | None = None  # [acc]: call records; the proxy core and the dialog table report to it
+    profile_replication: ProfileReplication | None = None  # [dialog] /b profiles over the cluster link
 
     @inlineCallbacks
     def start(self, listen: list[str], advertise: str = "") -> Any:
@@ -155,6 +157,8 @@ class RunningNode:
             self.replication.start()
         if self.cluster is not None:
             yield self.cluster.start()
+        if self.profile_replication is not None:
+            self.profile_replication.start()
         if self.federation is not None:
             self.federation.start()  # never waits for the store: a node whose store is down still serves
         if self.dispatcher is not None and self.dispatcher.load_rows is not None:
@@ -207,6 +211,8 @@ class RunningNode:
         self.location.stop()
         if self.replication is not None:
             self.replication.stop()
+        if self.profile_replication is not None:
+            self.profile_replication.stop()
         if self.persistence is not None:  # the last-minute flush (OpenSIPS write-back on shutdown)
             yield self.persistence.stop()
         if self.node.auth is not None:
@@ -277,6 +283,8 @@ def build_node(config: NodeConfiguration, reactor: Any = None, node_table: NodeT
     permissions = Permissions(permissions_settings, reactor) if permissions_settings is not None else None
     acc_settings = getattr(config, "acc", None)
     acc = accounting_for(acc_settings, reactor, reactor) if acc_settings is not None else None
+    # [dialog]: OpenSIPS dialog (create_dialog, profiles, lifetimes); [acc] hears how calls end
+    dialogs = DialogTable(config.dialog, listeners=[acc] if acc is not None else [])
     node = Node(
         reactor, transports, registrar, routes, settings, config.timers,
         route_params=dict(getattr(config, "route_params", {}) or {}),
@@ -291,8 +299,7 @@ def build_node(config: NodeConfiguration, reactor: Any = None, node_table: NodeT
         pinger=pinger,
         dispatcher=dispatcher,
         permissions=permissions,  # address groups: check_address / check_source_address
-        # [dialog]: OpenSIPS dialog (create_dialog, profiles, lifetimes); [acc] hears how calls end
-        dialogs=DialogTable(config.dialog, listeners=[acc] if acc is not None else []),
+        dialogs=dialogs,
         calls=acc,  # [acc]: every INVITE's first final response is a call attempt record
     )
     # [dispatcher] with [cluster]: state changes go to the other nodes (OpenSIPS dispatcher cluster_id)
@@ -309,9 +316,15 @@ def build_node(config: NodeConfiguration, reactor: Any = None, node_table: NodeT
     transports.start(node)  # the sink, given as the transports start (node and transports need each other)
     if routes.setup is not None:
         routes.setup(node)
+    # [dialog] profile_replication_cluster: the /b profiles' counts shared with the other nodes
+    profile_replication = None
+    dlg = config.dialog
+    if cluster is not None and dlg.profile_replication_cluster:
+        profile_replication = ProfileReplication(dialogs.profiles, cluster, dlg.profile_replication_cluster, reactor,
+                                                 dlg.replicate_profiles_timer / 1000, dlg.replicate_profiles_expire)
     return RunningNode(node, transports, location, registrar, config, cluster, federation, pinger=pinger,
                        dispatcher=dispatcher, prober=prober, persistence=persistence, permissions=permissions,
-                       replication=usrloc_replication, acc=acc)
+                       replication=usrloc_replication, acc=acc, profile_replication=profile_replication)
 
 
 def _dispatcher(config: NodeConfiguration, reactor: Any) -> Dispatcher | None:

@@ -178,3 +178,90 @@ def test_dialog_section_in_the_configuration(tmp_path) -> None:  # type: ignore[
     with pytest.raises(ConfigError, match="profile name"):
         load_config(str(path))
     assert load_config().dialog.default_timeout == 43200
+
+
+class FakeLink:
+    """Two ProfileReplications wired to each other, as two nodes' clusters would carry their data."""
+
+    def __init__(self, node_id: int) -> None:
+        self.node_id = node_id
+        self.peer: FakeLink | None = None
+        self.handler = None
+        self.subscribers: list = []
+        self.sent: list[str] = []
+
+    def send_all(self, cluster_id: int, capability: str, payload: str) -> int:
+        self.sent.append(payload)
+        if self.peer is not None and self.peer.handler is not None:
+            self.peer.handler(cluster_id, self.node_id, payload)
+            return 1
+        return 0
+
+    def register_capability(self, name: str, handler) -> None:  # type: ignore[no-untyped-def]
+        assert name == "dialog-prof-repl"
+        self.handler = handler
+
+    def subscribe(self, callback):  # type: ignore[no-untyped-def]
+        self.subscribers.append(callback)
+        return lambda: self.subscribers.remove(callback)
+
+
+def test_replicated_profiles_count_the_other_nodes_calls() -> None:
+    from twisted.internet.task import Clock
+
+    from edgeproxy.dialog.replication import ProfileReplication
+
+    settings = DialogSettings(profiles_with_value=("caller/b", "local"), profile_replication_cluster=1,
+                              replicate_profiles_expire=3)
+    clock = Clock()
+    a, b = DialogTable(settings), DialogTable(settings)
+    la, lb = FakeLink(1), FakeLink(2)
+    la.peer, lb.peer = lb, la
+    ra = ProfileReplication(a.profiles, la, 1, clock, 0.2, 3)
+    rb = ProfileReplication(b.profiles, lb, 1, clock, 0.2, 3)
+    ra.start()
+    rb.start()
+    d1 = a.create(invite("c1"), 0, None, ())
+    a.set_profile(d1, "caller", "alice")
+    a.set_profile(d1, "local", "alice")
+    clock.advance(0.2)
+    assert b.profile_size("caller", "alice") == 1 and b.profile_size("caller") == 1
+    assert b.profile_size("local", "alice") == 0  # not a /b profile: per node
+    d2 = b.create(invite("c2"), 0, None, ())
+    b.set_profile(d2, "caller", "alice")
+    clock.advance(0.2)
+    assert a.profile_size("caller", "alice") == 2 and b.profile_size("caller", "alice") == 2
+    a.fail(d1, 487)  # the call on A ends: B sees it within a tick
+    clock.advance(0.2)
+    assert b.profile_size("caller", "alice") == 1
+    sent = len(la.sent)
+    clock.advance(0.2)
+    assert len(la.sent) == sent  # nothing changed: nothing sent (until the keep-alive)
+    # a peer declared down stops counting at once; a silent one after replicate_profiles_expire
+    for callback in la.subscribers:
+        callback(2, False)
+    assert a.profile_size("caller", "alice") == 0
+    rb.stop()
+    clock.advance(0.2)
+    assert a.profile_size("caller") == 0
+    ra.received(1, 2, '{"profiles": {"caller": {"alice": 5}}}')
+    assert a.profile_size("caller", "alice") == 5
+    clock.pump([0.2] * 20)  # 4 s of silence from node 2
+    assert a.profile_size("caller", "alice") == 0 and ra.stats["expired"] == 1
+    for bad in ("nonsense", '{"profiles": {"caller": {"alice": -1}}}', '{"profiles": []}', "[1]"):
+        ra.received(1, 2, bad)
+    assert ra.stats["refused"] == 4 and a.profile_size("caller") == 0
+    ra.stop()
+
+
+def test_replicated_profiles_need_a_cluster_in_the_configuration(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "edge.toml"
+    path.write_text('[dialog]\nprofiles_with_value = ["caller/b"]\n')
+    with pytest.raises(ConfigError, match="profile_replication_cluster"):
+        load_config(str(path))
+    path.write_text('[dialog]\nprofiles_with_value = ["caller/b"]\nprofile_replication_cluster = 1\n')
+    with pytest.raises(ConfigError, match="cluster.my_node_id"):
+        load_config(str(path))
+    path.write_text('[dialog]\nprofiles_with_value = ["caller/s"]\n')
+    with pytest.raises(ConfigError, match="profile name"):
+        load_config(str(path))

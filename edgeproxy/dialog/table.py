@@ -36,7 +36,7 @@ from typing import Iterable, Iterator, Sequence
 from ..sip.endpoint import Flow
 from ..sip.message import Request, Response
 from .model import FLAG_BYE_SEEN, FLAG_FAILED, Dialog, DialogListener, DialogState, parse_flags
-from .profiles import ProfileError, Profiles
+from .profiles import ProfileError, Profiles, profile_name
 from .requests import bye_to_callee, bye_to_caller
 from .settings import DialogSettings
 
@@ -332,7 +332,7 @@ class DialogTable:
         """``set_dlg_profile(name, value)``: the dialog counts in the profile until it ends (the same
         dialog may be added more than once, as in OpenSIPS). ProfileError for an undeclared profile
         or a valued one without value."""
-        entry = self.profiles.key(name, value)
+        entry = self.profiles.key(profile_name(name), value)
         if dlg.state == DialogState.DELETED:
             raise ProfileError("the dialog has ended")
         dlg.profiles += (entry,)

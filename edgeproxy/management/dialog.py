@@ -135,7 +135,7 @@ class DialogCommands:
         """``profile_get_size profile [value]``."""
         table, name, val = self._profile(profile, value)
         return {"Profile": {"name": name, "value": val, "count": table.profile_size(name, val),
-                            "shared": "no", "replicated": "no"}}
+                            "shared": "no", "replicated": "yes" if name in table.profiles.replicated else "no"}}
 
     def profile_list_dlgs(self, profile: Any, value: Any = None) -> dict[str, Any]:
         """``profile_list_dlgs profile [value]``: the dialogs in the profile, as ``dlg_list``."""
