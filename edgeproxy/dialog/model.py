@@ -77,8 +77,8 @@ class Dialog:
         self.callee_contact: str | None = None
         self.caller_routes = caller_routes  # Route set of a request from here to the caller
         self.callee_routes: tuple[str, ...] = ()
-        self.caller_flow = caller_flow  # the caller's connection, when it came on one
-        self.callee_flow: Flow | None = None
+        self.caller_flow = caller_flow  # the flow the INVITE came on (a connection for a browser or TLS phone)
+        self.callee_flow: Flow | None = None  # the flow the answered branch of the INVITE was sent on
         self.created = created
         self.start = 0.0  # when the 2xx confirmed it
         self.lifetime = lifetime  # seconds, from confirmation

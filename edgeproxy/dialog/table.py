@@ -145,7 +145,7 @@ class DialogTable:
         self._dialogs[(call_id, tag)] = dlg
         self._states[DialogState.UNCONFIRMED] += 1
         self.stats["processed_dialogs"] += 1
-        if caller_flow is not None:
+        if caller_flow is not None and caller_flow.connection_id is not None:
             self._by_flow.setdefault(caller_flow, []).append(dlg)
         for listener in self.listeners:
             listener.dialog_created(dlg)
@@ -177,7 +177,7 @@ class DialogTable:
         dlg.callee_contact = _target(response.headers.get("contact") or response.headers.get("to") or "")
         dlg.callee_routes = callee_routes
         dlg.callee_flow = callee_flow
-        if callee_flow is not None and callee_flow != dlg.caller_flow:
+        if callee_flow is not None and callee_flow.connection_id is not None and callee_flow != dlg.caller_flow:
             self._by_flow.setdefault(callee_flow, []).append(dlg)
         dlg.start = now
         self._move(dlg, DialogState.CONFIRMED_NA)
@@ -318,7 +318,7 @@ class DialogTable:
         dlg.state = DialogState.UNCONFIRMED
         self._states[DialogState.UNCONFIRMED] += 1
         dlg.flags &= ~FLAG_FAILED
-        if dlg.caller_flow is not None:
+        if dlg.caller_flow is not None and dlg.caller_flow.connection_id is not None:
             self._by_flow.setdefault(dlg.caller_flow, []).append(dlg)
         for entry in dlg.profiles:
             self.profiles.add(entry)

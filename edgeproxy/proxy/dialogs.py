@@ -104,8 +104,7 @@ class DialogKeeper:
         request = route.request
         source = route.source
         routes = tuple(request.headers.values("record-route"))
-        flow = source if source.connection_id is not None else None
-        dlg = self.table.create(request, self.clock.seconds(), flow, routes, flags)
+        dlg = self.table.create(request, self.clock.seconds(), source, routes, flags)
         route.dialog = dlg
         if route.ctx is not None:
             route.ctx.dialog = dlg
@@ -146,8 +145,7 @@ class DialogKeeper:
         ours = len(cb.request.headers.values("record-route")) - upstream
         returned = response.headers.values("record-route")
         routes = tuple(reversed(returned[:max(0, len(returned) - ours - upstream)]))
-        flow = cb.flow if cb.flow is not None and cb.flow.connection_id is not None else None
-        if self.table.confirm(dlg, response, self.clock.seconds(), flow, routes):
+        if self.table.confirm(dlg, response, self.clock.seconds(), cb.flow, routes):
             self._setup.pop(dlg, None)
             self.arm()
 
