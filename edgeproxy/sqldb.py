@@ -2,10 +2,13 @@
 
 OpenSIPS modules name their database with a ``db_url`` (``mysql://user:password@host:port/db``);
 :mod:`edgeproxy.cluster.db` reads the ``clusterer`` table from one and :mod:`edgeproxy.auth.subscribers`
-the ``subscriber`` table. Both parse it, check table and column names, build PyMySQL's connection
-arguments and word driver errors here, the same way.
+the ``subscriber`` table, :mod:`edgeproxy.permissions.db` the ``address`` table. They parse it, check
+table and column names, build PyMySQL's connection arguments and word driver errors here, the same way;
+their ``settings.py`` check the ``db_url`` and ``table`` keys with :func:`db_url_setting` and
+:func:`table_setting`, and a whole table is read with :func:`fetch_rows`.
 
-Nothing here imports PyMySQL or Twisted: the driver is imported by whoever connects.
+Nothing here imports Twisted; PyMySQL is imported by :func:`fetch_rows` when it runs (or by whoever
+connects otherwise).
 """
 
 from __future__ import annotations
@@ -16,12 +19,18 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from .config_error import ConfigError
+from .config_schema import Context, show, text
+
 __all__ = [
     "DatabaseURL",
     "DatabaseURLError",
     "SOCKET_PATHS",
     "IDENT",
     "connect_kwargs",
+    "db_url_setting",
+    "fetch_rows",
+    "table_setting",
     "mysql_message",
     "parse_db_url",
     "quote_ident",
@@ -123,3 +132,53 @@ def mysql_message(exc: BaseException) -> str:
     else:
         text = str(exc) or type(exc).__name__
     return " ".join(text.split())
+
+
+# -- settings checkers (``[section] db_url = ...``, ``table = ...``) ------------------------------------------------
+
+def db_url_setting(key: str, value: Any, ctx: Context) -> str:
+    """A ``db_url`` key of the configuration: ``""`` (none) or a URL :func:`parse_db_url` takes."""
+    url = text(key, value, ctx).strip()
+    if url:
+        try:
+            parse_db_url(url)
+        except DatabaseURLError as exc:
+            raise ConfigError(key, str(exc).removeprefix("db_url: ")) from None
+    return url
+
+
+def table_setting(key: str, value: Any, ctx: Context) -> str:
+    """A table name key of the configuration: ``table`` or ``database.table`` (:func:`quote_table`)."""
+    name = text(key, value, ctx)
+    try:
+        quote_table(name)
+    except DatabaseURLError:
+        raise ConfigError(key, f"must be a plain SQL table name, got {show(value)}") from None
+    return name
+
+
+# -- reading a table --------------------------------------------------------------------------------------------------
+
+def fetch_rows(db: DatabaseURL, query: str, table: str, error: type[Exception], *,
+               timeout: float = 5.0, read_timeout: float = 30.0) -> list[dict[str, Any]]:
+    """Blocking (run it in a thread): every row ``query`` selects, as dicts, over one short-lived
+    PyMySQL connection. Failures raise ``error`` with one line: ``db user@host:port/db: cannot
+    connect: (2003) ...`` or ``db table 'name': (1146) ...``."""
+    try:
+        import pymysql
+        import pymysql.cursors
+    except ImportError:  # pragma: no cover - depends on the installation
+        raise error("db_url needs the PyMySQL package (pip install PyMySQL)") from None
+    try:
+        conn = pymysql.connect(**connect_kwargs(db, timeout), cursorclass=pymysql.cursors.DictCursor,
+                               read_timeout=max(1, int(read_timeout)))
+    except pymysql.MySQLError as exc:
+        raise error(f"db {db.where}: cannot connect: {mysql_message(exc)}") from None
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute(query)
+            return list(cursor.fetchall())
+    except pymysql.MySQLError as exc:
+        raise error(f"db table {table!r}: {mysql_message(exc)}") from None
+    finally:
+        conn.close()

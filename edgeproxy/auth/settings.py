@@ -105,16 +105,6 @@ def _algorithms(key: str, value: Any, ctx: Context) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _db_url(key: str, value: Any, ctx: Context) -> str:
-    url = text(key, value, ctx)
-    if url:
-        try:
-            sqldb.parse_db_url(url)
-        except sqldb.DatabaseURLError as exc:
-            raise ConfigError(key, str(exc).removeprefix("db_url: ")) from None
-    return url
-
-
 def _users(key: str, value: Any, ctx: Context) -> Mapping[str, str]:
     """``[auth.users]``: ``"user[@domain]" = "password"``."""
     if not isinstance(value, dict):
@@ -134,7 +124,7 @@ SECTION: Section[AuthSettings] = Section(AuthSettings, {
     "nonce_reuse": boolean,
     "qop": choice(*QOP_CHOICES),
     "algorithms": _algorithms,
-    "db_url": _db_url,
+    "db_url": sqldb.db_url_setting,
     "table": _identifier,
     "calculate_ha1": boolean,
     "use_domain": boolean,

@@ -50,26 +50,8 @@ def fetch_node_rows(db: DatabaseURL, table: str = "clusterer", *,
                     connect_timeout: float = 5.0) -> list[dict[str, Any]]:
     """Blocking: read the node table's rows as dicts (run it in a thread). Rows come ordered by
     ``cluster_id, node_id`` so the table order is stable."""
-    try:
-        import pymysql
-        import pymysql.cursors
-    except ImportError:  # pragma: no cover - depends on the installation
-        raise NodeTableError("db_url needs the PyMySQL package (pip install PyMySQL)") from None
     query = f"SELECT {', '.join(COLUMNS)} FROM {_quote_table(table)} ORDER BY cluster_id, node_id"
-    try:
-        conn = pymysql.connect(**sqldb.connect_kwargs(db, connect_timeout),
-                               cursorclass=pymysql.cursors.DictCursor, read_timeout=30)
-    except pymysql.MySQLError as exc:
-        raise NodeTableError(f"db {db.where}: cannot connect: "
-                             f"{sqldb.mysql_message(exc)}") from None
-    try:
-        with conn.cursor() as cursor:
-            cursor.execute(query)
-            return list(cursor.fetchall())
-    except pymysql.MySQLError as exc:
-        raise NodeTableError(f"db table {table!r}: {sqldb.mysql_message(exc)}") from None
-    finally:
-        conn.close()
+    return sqldb.fetch_rows(db, query, table, NodeTableError, timeout=connect_timeout)
 
 
 def load_node_table(db_url: str, table: str = "clusterer", *, reactor: Any = None,

@@ -32,25 +32,8 @@ def fetch_rows(url: str, table: str = "dispatcher", *, connect_timeout: float = 
         name = sqldb.quote_table(table)
     except sqldb.DatabaseURLError as exc:
         raise DispatcherTableError(str(exc)) from None
-    try:
-        import pymysql
-        import pymysql.cursors
-    except ImportError:  # pragma: no cover - depends on the installation
-        raise DispatcherTableError("db_url needs the PyMySQL package (pip install PyMySQL)") from None
     query = f"SELECT id, {', '.join(COLUMNS)} FROM {name} ORDER BY id"
-    try:
-        conn = pymysql.connect(**sqldb.connect_kwargs(db, connect_timeout), cursorclass=pymysql.cursors.DictCursor,
-                               read_timeout=30)
-    except pymysql.MySQLError as exc:
-        raise DispatcherTableError(f"db {db.where}: cannot connect: {sqldb.mysql_message(exc)}") from None
-    try:
-        with conn.cursor() as cursor:
-            cursor.execute(query)
-            return list(cursor.fetchall())
-    except pymysql.MySQLError as exc:
-        raise DispatcherTableError(f"db table {table!r}: {sqldb.mysql_message(exc)}") from None
-    finally:
-        conn.close()
+    return sqldb.fetch_rows(db, query, table, DispatcherTableError, timeout=connect_timeout)
 
 
 def load_rows(reactor: Any, url: str, table: str = "dispatcher") -> "Deferred[list[dict[str, Any]]]":

@@ -93,25 +93,6 @@ class DispatcherSettings:
         return not self.ds_probing_list or setid in self.ds_probing_list
 
 
-def _db_url(key: str, value: Any, ctx: Context) -> str:
-    url = text(key, value, ctx).strip()
-    if url:
-        try:
-            sqldb.parse_db_url(url)
-        except sqldb.DatabaseURLError as exc:
-            raise ConfigError(key, str(exc).removeprefix("db_url: ")) from None
-    return url
-
-
-def _table(key: str, value: Any, ctx: Context) -> str:
-    name = text(key, value, ctx)
-    try:
-        sqldb.quote_table(name)
-    except sqldb.DatabaseURLError:
-        raise ConfigError(key, f"must be a plain SQL table name, got {show(value)}") from None
-    return name
-
-
 def _method(key: str, value: Any, ctx: Context) -> str:
     if not isinstance(value, str) or not value.strip().isalpha() or len(value.strip()) > 32:
         raise ConfigError(key, f'must be a SIP method such as "OPTIONS", got {show(value)}')
@@ -161,8 +142,8 @@ def _destinations(key: str, value: Any, ctx: Context) -> tuple[Mapping[str, Any]
 
 #: ``[dispatcher]``: present, it switches the dispatcher on (the node holds None without it).
 SECTION: Section[DispatcherSettings] = Section(DispatcherSettings, {
-    "db_url": _db_url,
-    "table_name": _table,
+    "db_url": sqldb.db_url_setting,
+    "table_name": sqldb.table_setting,
     "persistent_state": boolean,
     "ds_ping_interval": zero_or_seconds,
     "ds_ping_method": _method,

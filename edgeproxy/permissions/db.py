@@ -29,21 +29,4 @@ def fetch_address_rows(db_url: str, table: str = "address", *, timeout: float = 
                  f"ORDER BY {sqldb.quote_ident('id')}")
     except sqldb.DatabaseURLError as exc:
         raise AddressTableError(str(exc)) from None
-    try:
-        import pymysql
-        import pymysql.cursors
-    except ImportError:  # pragma: no cover - depends on the installation
-        raise AddressTableError("db_url needs the PyMySQL package (pip install PyMySQL)") from None
-    try:
-        conn = pymysql.connect(**sqldb.connect_kwargs(db, timeout), cursorclass=pymysql.cursors.DictCursor,
-                               read_timeout=max(1, int(timeout)))
-    except pymysql.MySQLError as exc:
-        raise AddressTableError(f"db {db.where}: cannot connect: {sqldb.mysql_message(exc)}") from None
-    try:
-        with conn.cursor() as cursor:
-            cursor.execute(query)
-            return list(cursor.fetchall())
-    except pymysql.MySQLError as exc:
-        raise AddressTableError(f"db table {table!r}: {sqldb.mysql_message(exc)}") from None
-    finally:
-        conn.close()
+    return sqldb.fetch_rows(db, query, table, AddressTableError, timeout=timeout, read_timeout=timeout)

@@ -30,7 +30,7 @@ from typing import Any, Mapping
 
 from .. import sqldb
 from ..config_error import ConfigError
-from ..config_schema import Context, Section, seconds, show, text, unknown
+from ..config_schema import Context, Section, seconds, show, unknown
 from ..sip.address import ip_literal
 from .address import AddressRow, AddressRowError, parse_row
 
@@ -48,24 +48,6 @@ class PermissionsSettings:
     table: str = "address"
     timeout: float = 10.0
     address: tuple[AddressRow, ...] = ()
-
-
-def _db_url(key: str, value: Any, ctx: Context) -> str:
-    url = text(key, value, ctx)
-    if url:
-        try:
-            sqldb.parse_db_url(url)
-        except sqldb.DatabaseURLError as exc:
-            raise ConfigError(key, str(exc).removeprefix("db_url: ")) from None
-    return url
-
-
-def _table(key: str, value: Any, ctx: Context) -> str:
-    try:
-        sqldb.quote_table(value)
-    except sqldb.DatabaseURLError:
-        raise ConfigError(key, f"must be a plain SQL table name, got {show(value)}") from None
-    return str(value)
 
 
 def _rows(key: str, value: Any, ctx: Context) -> tuple[AddressRow, ...]:
@@ -92,8 +74,8 @@ def _rows(key: str, value: Any, ctx: Context) -> tuple[AddressRow, ...]:
 
 #: ``[permissions]``: present, it names the address groups' sources (the node then always has them).
 SECTION: Section[PermissionsSettings] = Section(PermissionsSettings, {
-    "db_url": _db_url,
-    "table": _table,
+    "db_url": sqldb.db_url_setting,
+    "table": sqldb.table_setting,
     "timeout": seconds,
     "address": _rows,
 }, optional=True)
