@@ -197,6 +197,12 @@ class ConnectionRegistry(Protocol):
         """Seconds a connection may receive nothing before it is closed (None or 0: never)."""
         ...
 
+    @property
+    def message_timeout(self) -> float | None:
+        """Seconds one message may take to arrive whole on a stream once its first byte came (None
+        or 0: no bound): a slowloris peer trickling a byte a second is closed."""
+        ...
+
     def admit(self, transport: str, host: str, port: int) -> bool:
         """Whether an accepted connection from ``host``:``port`` may stay (the node is running and
         below its connection limit); False means the factory closes the socket at once. The one

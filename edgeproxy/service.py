@@ -269,6 +269,7 @@ def build_node(config: NodeConfiguration, reactor: Any = None, node_table: NodeT
         limits=limits,  # a LimitsConfig is the parser's Limits
         max_connections=limits.max_connections,
         max_connections_per_source=limits.max_connections_per_source,
+        message_timeout=limits.message_timeout or None,
         idle_timeout=limits.tcp_idle_timeout,
         advertise=config.node.advertise or None,
         tls=config.tls,

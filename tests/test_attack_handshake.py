@@ -118,3 +118,38 @@ def test_a_tcp_message_head_that_never_ends_is_bounded(tmp_path: Path) -> None:
             sent, got = send_until_closed(s, b"X-Pad: " + b"d" * 1000 + b"\r\n", 4 * 1024 * 1024, 5.0)
         assert got.startswith(b"SIP/2.0 513 "), got[:200]
         assert n.running()
+
+
+def test_a_sip_message_trickled_over_tcp_is_cut_off(tmp_path: Path) -> None:
+    """Slowloris over SIP/TCP: one byte a second keeps the idle timer quiet forever and holds a
+    connection slot (the WebSocket head has its handshake_timeout). ``[limits] message_timeout``
+    bounds how long one message may take to arrive; a connection still inside it after that long
+    is closed."""
+    port = free_port("127.0.0.1")
+    with edgeproxy_node(tmp_path, transports=("tcp",), port=port, config={"limits": {"message_timeout": 2.0}}) as n:
+        with socket.create_connection((n.host, n.port), timeout=3.0) as s:
+            s.sendall(b"OPTIONS sip:x@127.0.0.1 SIP/2.0\r\n")
+            closed_after = None
+            started = time.monotonic()
+            s.settimeout(0.3)
+            while time.monotonic() - started < 8.0:
+                try:
+                    s.sendall(b"X")
+                    if s.recv(4096) == b"":
+                        closed_after = time.monotonic() - started
+                        break
+                except socket.timeout:
+                    continue
+                except OSError:
+                    closed_after = time.monotonic() - started
+                    break
+            assert closed_after is not None  # on main: open as long as the bytes keep coming
+        # a complete message is not affected, however long the connection lives
+        with socket.create_connection((n.host, n.port), timeout=3.0) as s:
+            for i in range(3):
+                time.sleep(1.0)
+                s.sendall((f"OPTIONS sip:{n.host}:{n.port} SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:1;branch=z9hG4bK-k{i}"
+                           f"\r\nMax-Forwards: 70\r\nFrom: <sip:k@x>;tag=k\r\nTo: <sip:{n.host}>\r\nCall-ID: k{i}\r\n"
+                           "CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n").encode())
+                assert s.recv(4096).startswith(b"SIP/2.0 200 ")
+        assert n.running()

@@ -401,6 +401,12 @@ class StreamParser:
         """How many received bytes are not yet consumed by a returned event."""
         return len(self._buf)
 
+    @property
+    def in_message(self) -> bool:
+        """Whether part of a message is waiting for the rest (not only CRLF keep-alive bytes: a
+        lone CRLF stays buffered until the next one makes a ping)."""
+        return bool(self._buf[:8].strip(b"\r\n"))
+
     def next_event(self) -> Message | _Sentinel:
         """The next message, :data:`PING` or :data:`NEED_DATA`; raises :class:`SipParseError`."""
         buf = self._buf

@@ -69,10 +69,11 @@ class ConnectionTable:
     """
 
     def __init__(self, clock: Clock, limits: Limits, listeners: ListenerIndex, max_connections: int,
-                 idle_timeout: float | None, max_per_source: int = 0) -> None:
+                 idle_timeout: float | None, max_per_source: int = 0, message_timeout: float | None = None) -> None:
         self.clock = clock
         self.limits = limits
         self.idle_timeout = idle_timeout
+        self.message_timeout = message_timeout
         self.max_connections = max_connections
         self.max_per_source = max_per_source
         self.per_source: dict[str, int] = {}  # canonical remote host -> its connections now

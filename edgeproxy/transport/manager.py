@@ -69,7 +69,8 @@ class TransportManager:
     (``IReactorSocket`` too for ``::`` listeners). ``limits`` bound every parse; ``max_connections``
     caps open plus connecting TCP connections, inbound and outbound together (beyond it, accepted
     sockets are closed at once and sends that need a new connection fail with 503), and
-    ``max_connections_per_source`` (0 = no cap) those of one remote address;
+    ``max_connections_per_source`` (0 = no cap) those of one remote address; ``message_timeout``
+    (seconds, None/0 = none) bounds how long one SIP message may take to arrive on a stream;
     ``idle_timeout`` (seconds, None/0 = never) closes connections that received nothing for that long;
     ``connect_timeout`` bounds outbound connection set-up; ``advertise`` is the host wildcard
     listeners announce (see :meth:`listen`). ``tls`` (:class:`~edgeproxy.transport.tls.TlsSettings`)
@@ -91,6 +92,7 @@ class TransportManager:
         tls: TlsSettings | None = None,
         ws: WsSettings | None = None,
         max_connections_per_source: int = 0,
+        message_timeout: float | None = None,
     ) -> None:
         self.reactor = reactor
         self.limits = limits
@@ -104,7 +106,7 @@ class TransportManager:
         self._refusal: str | None = "Transport Not Started"  # why sends fail; None while running
         self._index = ListenerIndex()
         self._table = ConnectionTable(reactor, limits, self._index, max_connections, idle_timeout,
-                                      max_connections_per_source)
+                                      max_connections_per_source, message_timeout)
         # the send path's lookups, held directly (both objects update them in place)
         self._udp = self._index.udp
         self._udp_default = self._index.udp_default

@@ -54,6 +54,9 @@ class LimitsConfig(Limits):
     # open and handshaking TCP/TLS/WS connections of one remote address (0 = no cap): one source
     # cannot take the whole max_connections (issue 16); an office NAT holds tens of phones
     max_connections_per_source: int = 100
+    # seconds one SIP message may take to arrive whole on TCP/TLS once it has begun (0 = no bound):
+    # a peer trickling a byte a second keeps tcp_idle_timeout quiet forever (slowloris)
+    message_timeout: float = 30.0
 
 
 def _check_limits(limits: LimitsConfig) -> None:
@@ -70,6 +73,7 @@ LIMITS_SECTION: Section[LimitsConfig] = Section(LimitsConfig, {
     "max_connections": integer(1),
     "tcp_idle_timeout": seconds,
     "max_connections_per_source": integer(0),
+    "message_timeout": zero_or_seconds,
 }, after=_check_limits)
 
 

@@ -54,6 +54,8 @@ class SipStreamProtocol(Protocol):
 
     transport_name = "TCP"
     """The transport of this connection's flows (subclasses over TLS say ``TLS``)."""
+    cut_off = 0
+    """Connections closed for ``message_timeout`` so far (their log lines are the 1st, 2nd, 4th ...)."""
 
     def __init__(self, registry: ConnectionRegistry, sink: MessageSink, local: Endpoint | None,
                  dial: Dial | None = None) -> None:
@@ -67,6 +69,8 @@ class SipStreamProtocol(Protocol):
         self.last_received = 0.0
         self._idle_call: Timer | None = None
         self._linger_call: Timer | None = None
+        self._partial_call: Timer | None = None  # the message_timeout of a message begun
+        self._events = 0  # messages, pings and errors framed so far (tells one partial from the next)
 
     @property
     def connection_id(self) -> int | None:
@@ -94,10 +98,10 @@ class SipStreamProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.closing = True
-        for call in (self._idle_call, self._linger_call):
+        for call in (self._idle_call, self._linger_call, self._partial_call):
             if call is not None and call.active():
                 call.cancel()
-        self._idle_call = self._linger_call = None
+        self._idle_call = self._linger_call = self._partial_call = None
         self.registry.connection_lost(self)
 
     @property
@@ -153,7 +157,10 @@ class SipStreamProtocol(Protocol):
                 self.abort()
                 return
             if event is NEED_DATA:
+                if self._partial_call is None and parser.in_message:
+                    self._watch_partial()
                 return
+            self._events += 1
             if event is PING:
                 self.transport.write(_PONG)  # type: ignore[union-attr]
                 continue
@@ -164,9 +171,31 @@ class SipStreamProtocol(Protocol):
             if self.closing:
                 return
 
+    def _watch_partial(self) -> None:
+        timeout = self.registry.message_timeout
+        if timeout:
+            self._partial_call = self.registry.clock.callLater(timeout, self._partial_expired, self._events)
+
+    def _partial_expired(self, events: int) -> None:
+        """``message_timeout`` after a message began: if it is still that message, close (RFC 3261
+        §18.3 leaves the timing to us; HTTP servers bound a request head the same way)."""
+        self._partial_call = None
+        if self.closing:
+            return
+        if self._events == events and self.parser.in_message:
+            cls = type(self)
+            cls.cut_off += 1
+            if cls.cut_off & (cls.cut_off - 1) == 0:  # the 1st, 2nd, 4th, 8th ... time
+                log.info("closing {flow}: a message took over {timeout:g} s to arrive ({n} so far)", flow=self.flow,
+                         timeout=self.registry.message_timeout, n=cls.cut_off)
+            self.abort()
+        elif self.parser.in_message:
+            self._watch_partial()  # messages came since; the one in progress gets its own time
+
     def _parse_error(self, exc: SipParseError) -> bool:
         """Answer a broken message (once the sink has counted it: pike, the aggregated log); True when
         the stream is still framed and parsing goes on."""
+        self._events += 1
         reply = None
         try:
             if self.flow is None or self.sink.malformed_received(exc, self.flow, 0):
