@@ -46,7 +46,7 @@ def rss_mb() -> float:
 
 
 def one_run(count: int, size: int) -> dict[str, float]:
-    from state_flood import SOURCE, invite, send_reply_route
+    from state_flood import SOURCE, CountingSender, invite, send_reply_route
     from twisted.internet.task import Clock
 
     from edgeproxy.location import InMemoryLocation
@@ -54,7 +54,6 @@ def one_run(count: int, size: int) -> dict[str, float]:
     from edgeproxy.proxy.settings import ProxySettings
     from edgeproxy.registrar import Registrar, RegistrarSettings
     from edgeproxy.sip import parse_datagram
-    from state_flood import CountingSender
 
     clock = Clock()
     clock.advance(1000)
