@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.application import service
-from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
+from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred, succeed
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IReactorCore
 from twisted.logger import Logger
@@ -279,7 +279,8 @@ def build_node(config: NodeConfiguration, reactor: Any = None, node_table: NodeT
     pinger = (NatPinger(location, transports, config.nathelper, reactor,
                         user_agent_header=config.proxy.user_agent_header)
               if config.nathelper.enabled else None)
-    dispatcher = _dispatcher(config, reactor)
+    locator = DnsLocator(reactor, config.dns)
+    dispatcher = _dispatcher(config, reactor, locator)
     permissions_settings = getattr(config, "permissions", None)
     permissions = Permissions(permissions_settings, reactor) if permissions_settings is not None else None
     acc_settings = getattr(config, "acc", None)
@@ -289,7 +290,7 @@ def build_node(config: NodeConfiguration, reactor: Any = None, node_table: NodeT
     node = Node(
         reactor, transports, registrar, routes, settings, config.timers,
         route_params=dict(getattr(config, "route_params", {}) or {}),
-        locator=DnsLocator(reactor, config.dns),  # RFC 3263 for next hops named by a host name
+        locator=locator,  # RFC 3263 for next hops named by a host name
         cluster=cluster,
         cluster_id=config.cluster.cluster_id if config.cluster is not None else 1,
         federation=federation,
@@ -328,16 +329,27 @@ def build_node(config: NodeConfiguration, reactor: Any = None, node_table: NodeT
                        replication=usrloc_replication, acc=acc, profile_replication=profile_replication)
 
 
-def _dispatcher(config: NodeConfiguration, reactor: Any) -> Dispatcher | None:
-    """``[dispatcher]``: the destinations of the file, or of OpenSIPS's table (read when the node starts)."""
+def _dispatcher(config: NodeConfiguration, reactor: Any, locator: DnsLocator) -> Dispatcher | None:
+    """``[dispatcher]``: the destinations of the file, or of OpenSIPS's table (read when the node starts);
+    host names are resolved with the node's RFC 3263 locator (``[dns]``)."""
     settings = getattr(config, "dispatcher", None)
     if settings is None:
         return None
+    from .proxy.hops import uri_query
+
+    def resolve(dest: Any) -> Deferred[list[str]]:
+        query = uri_query(dest.dst_uri)
+        if query is None:
+            return succeed([])
+        located = locator.locate(query, frozenset(("UDP", "TCP", "TLS")))
+        return located.addCallback(lambda endpoints: [ep.host for ep in endpoints])
+
     if not settings.db_url:
-        return Dispatcher(settings)
+        return Dispatcher(settings, resolve=resolve)
     from .dispatcher.db import load_rows
 
-    return Dispatcher(settings, load_rows=lambda: load_rows(reactor, settings.db_url, settings.table_name))
+    return Dispatcher(settings, load_rows=lambda: load_rows(reactor, settings.db_url, settings.table_name),
+                      resolve=resolve)
 
 
 def _persistence(config: NodeConfiguration, reactor: Any, location: InMemoryLocation,

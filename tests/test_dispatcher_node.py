@@ -67,6 +67,7 @@ async def test_probing_over_udp(tmp_path: Path) -> None:
     rows = "".join(f'[[dispatcher.destinations]]\nsetid = 1\ndestination = "sip:{h}:{p}"\n'
                    for h, p in zip(hosts, ports))
     rows += '[[dispatcher.destinations]]\nsetid = 2\ndestination = "sip:fs.unresolvable.test"\n'
+    rows += '[[dispatcher.destinations]]\nsetid = 3\ndestination = "sip:localhost:5999"\n'  # /etc/hosts
     path = tmp_path / "node.toml"
     path.write_text(f'[node]\nlisten = ["udp:{NODE}:{node_port}"]\n'
                     f'[timers]\nt1 = 0.1\n'
@@ -85,6 +86,12 @@ async def test_probing_over_udp(tmp_path: Path) -> None:
                        and state["127.0.0.23"].state_name == "Probing"
                        and unresolvable.state_name == "Probing")
         assert state["127.0.0.21"].state_name == "Active"
+        # names are resolved when loaded (the node's locator: /etc/hosts here, no DNS question), so
+        # ds_is_in_list knows localhost's address; the unresolvable name has none
+        verbs = running.node.verbs
+        await wait_for(lambda: verbs.ds_is_in_list("127.0.0.1", 5999, 3, False))
+        assert not verbs.ds_is_in_list("127.0.0.1", 5998, 3, False)
+        assert unresolvable.addresses == ()
         probe = servers[0].requests[0]
         assert probe.method == "OPTIONS" and str(probe.uri) == f"sip:127.0.0.21:{ports[0]}"
         assert probe.top_via.branch.startswith("z9hG4bK") and f"{NODE}:{node_port}" in probe.headers.get("via")

@@ -24,7 +24,7 @@ from twisted.python.failure import Failure
 from .settings import DispatcherSettings
 from .table import INACTIVE, PROBING, Destination, DispatcherTable, build_table
 
-__all__ = ["Dispatcher", "StateListener", "RowLoader"]
+__all__ = ["Dispatcher", "StateListener", "RowLoader", "Resolver"]
 
 log = Logger(namespace="edgeproxy.dispatcher")
 
@@ -32,6 +32,8 @@ log = Logger(namespace="edgeproxy.dispatcher")
 StateListener = Callable[[int, str, int], None]
 #: Reads the rows again (the ``dispatcher`` table); fires with dicts of OpenSIPS's columns.
 RowLoader = Callable[[], "Deferred[list[dict[str, Any]]]"]
+#: The IP addresses a destination named by a host name stands for (the node's RFC 3263 locator).
+Resolver = Callable[[Destination], "Deferred[list[str]]"]
 
 
 class Dispatcher:
@@ -40,9 +42,12 @@ class Dispatcher:
     integer in ``[0, n)`` for algorithm 6."""
 
     def __init__(self, settings: DispatcherSettings, load_rows: RowLoader | None = None,
-                 rand: Callable[[int], int] | None = None) -> None:
+                 rand: Callable[[int], int] | None = None, resolve: Resolver | None = None) -> None:
         self.settings = settings
         self.load_rows = load_rows
+        # destinations named by a host name get their addresses (for ds_is_in_list) when loaded, as
+        # OpenSIPS resolves them at load time; a new lookup only on ds_reload
+        self.resolve = resolve
         self.rand = rand or random.randrange
         self.table = DispatcherTable()
         self.stats: dict[str, int] = {"state_changes": 0, "selections": 0, "failovers": 0, "reloads": 0,
@@ -64,7 +69,26 @@ class Dispatcher:
         if inherit_state:
             table.inherit(self.table)
         self.table = table
+        if self.resolve is not None:
+            for dest in table.destinations():
+                if dest.is_name:
+                    self._resolve(dest)
         return len(table)
+
+    def _resolve(self, dest: Destination) -> None:
+        assert self.resolve is not None
+
+        def found(addresses: list[str]) -> None:
+            dest.addresses = tuple(dict.fromkeys(addresses))
+            if not addresses:
+                log.warn("dispatcher: set {setid} destination {uri}: {host} does not resolve (ds_is_in_list "
+                         "does not match it; probing finds it dead)", setid=dest.setid, uri=dest.uri, host=dest.host)
+
+        def failed(failure: Failure) -> None:
+            log.warn("dispatcher: set {setid} destination {uri}: resolving {host} failed: {why}", setid=dest.setid,
+                     uri=dest.uri, host=dest.host, why=failure.getErrorMessage())
+
+        maybeDeferred(self.resolve, dest).addCallbacks(found, failed)
 
     def reload(self, inherit_state: bool = True) -> "Deferred[int]":
         """``ds_reload``: read the rows again and swap the table in; fires with the number of
