@@ -130,7 +130,9 @@ def test_sigkill_and_restart_keeps_the_udp_contacts(db_url: str, tmp_path: Path)
             assert after["usrloc:location-contacts"] == len(aors) == USERS + (LATE - lost_late)
             assert after["usrloc:db_loaded_contacts"] == len(aors)
             assert after["usrloc:db_expired_on_load"] == SHORT
-            assert lost_late == pending  # at most the last interval's changes, and exactly those
+            # at most the last interval's changes: those pending at the kill (fewer if a flush came between
+            # the count and the kill, on a slow machine)
+            assert lost_late <= pending <= LATE
             # calls to users the new process never saw a REGISTER from
             for callee in CALLEES:
                 Sipp(tmp_path / f"call-{callee}").run("uac_call", node.address, user=callee, duration_ms=100,

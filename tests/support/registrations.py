@@ -1,5 +1,6 @@
 """A fast, bounded REGISTER loader over raw UDP: many users registered from one socket with a window
-of outstanding requests, each retransmitted (RFC 3261 timer E style, fixed 0.5 s) until answered.
+of outstanding requests, each retransmitted as RFC 3261's timer E does (0.5 s doubling up to 4 s,
+for about 32 s) until answered.
 
 Used where SIPp's one-call-per-user ladder would take minutes (thousands of users before a restart
 test, the persistence benchmark). Loopback only; every run is bounded by ``timeout``.
@@ -66,7 +67,7 @@ def register_many(target: tuple[str, int], registrations: Sequence[Registration]
         tries[r.call_id] += 1
         msg = (f"REGISTER sip:{domain} SIP/2.0\r\n"
                f"Via: SIP/2.0/UDP {local_ip}:{lport};branch=z9hG4bK{nonce}{r.call_id.split('@')[0][-10:]}"
-               f"x{tries[r.call_id]};rport\r\n"
+               f"c{r.cseq};rport\r\n"  # a retransmission is the same request (same branch)
                f"Max-Forwards: 70\r\nFrom: <sip:{r.user}@{domain}>;tag=t{r.user}\r\n"
                f"To: <sip:{r.user}@{domain}>\r\nCall-ID: {r.call_id}\r\nCSeq: {r.cseq} REGISTER\r\n"
                f"Contact: <{r.contact}>\r\nExpires: {r.expires}\r\nUser-Agent: edgeproxy-tests-loader\r\n"
@@ -75,7 +76,8 @@ def register_many(target: tuple[str, int], registrations: Sequence[Registration]
             sock.sendto(msg.encode(), target)
         except BlockingIOError:
             pass  # counted as lost: retransmitted
-        waiting[r.call_id] = time.monotonic() + 0.5
+        # RFC 3261 timer E: 0.5 s doubling up to T2 (4 s); 11 sends span about timer F's 32 s
+        waiting[r.call_id] = time.monotonic() + min(0.5 * 2 ** (tries[r.call_id] - 1), 4.0)
 
     try:
         while (todo or waiting) and time.monotonic() < deadline:
@@ -102,7 +104,7 @@ def register_many(target: tuple[str, int], registrations: Sequence[Registration]
             now = time.monotonic()
             for call_id, when in list(waiting.items()):
                 if when <= now:
-                    if tries[call_id] >= 7:
+                    if tries[call_id] >= 11:
                         del waiting[call_id]
                         outcome.unanswered.append(by_call[call_id].user)
                     else:
