@@ -34,6 +34,7 @@ from .logcontext import message_context
 from .proxy.context import RouteState, ServerContext
 from .proxy.engine import StatefulProxy
 from .proxy.flood import FloodDetector
+from .proxy.flowtoken import FlowTokens
 from .proxy.forwarding import Forwarder
 from .proxy.hooks import CallObserver
 from .proxy.hops import stamp_received
@@ -101,6 +102,7 @@ class Node:
         permissions: AddressView | None = None,
         dialogs: DialogTable | None = None,
         calls: CallObserver | None = None,
+        flow_tokens: FlowTokens | None = None,
     ) -> None:
         self.clock = clock
         self.registrar = registrar
@@ -125,7 +127,8 @@ class Node:
         self.register_time = LatencyHistogram()
         self.noise = NoiseLog(clock)  # malformed input and flood drops: one line per source per interval
         self.identity = LocalIdentity(settings.domains)
-        self.forwarder = Forwarder(sender, settings, locator)
+        # RFC 5626 flow tokens of our Record-Routes; a random key unless given (see service.build_node)
+        self.forwarder = Forwarder(sender, settings, locator, flow_tokens)
         timers = timers or TimerSettings()
         self.proxy = StatefulProxy(clock, self.forwarder, self, settings, timers, self.stats, dialogs,
                                    noise=self.noise, calls=calls)

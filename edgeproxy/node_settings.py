@@ -10,6 +10,7 @@
     log_level = "info"      # debug, info, warn, error; or OpenSIPS's 4 ... -4
     log_format = "text"     # "json": one JSON object per line (time, level, namespace, message, call_id, tx, ...)
     gc_full_interval = 300  # s between full garbage collections; 0: Python's own schedule
+    state_dir = ""          # kept across restarts (flow-token key); "": the config file's directory
 
 A section of the service (``edgeproxy.service`` opens the listeners, loads the route module and
 sets up logging and the garbage collector): no lower layer has a settings class for it. Listen specs
@@ -53,6 +54,7 @@ class NodeConfig:
     log_format: str = "text"  # "json": one JSON object per line, for log shippers
     node_id: str | None = None
     gc_full_interval: float = 300.0
+    state_dir: str = ""  # what must survive a restart (the flow-token key); "": the config file's directory
 
 
 def _listen(key: str, value: Any, ctx: Context) -> tuple[str, ...]:
@@ -147,6 +149,18 @@ def _node_id(key: str, value: Any, ctx: Context) -> str:
     return value
 
 
+def _state_dir(key: str, value: Any, ctx: Context) -> str:
+    """A directory (relative to the config file's), made at start-up if missing; "" for the default."""
+    if not isinstance(value, str):
+        raise ConfigError(key, f"must be a directory path string, got {show(value)}")
+    if value.strip() == "":
+        return ""
+    path = ctx.path(value.strip())
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ConfigError(key, f"not a directory: {show(path)}")
+    return path
+
+
 SECTION: Section[NodeConfig] = Section(NodeConfig, {
     "listen": _listen,
     "advertise": _advertise,
@@ -156,4 +170,5 @@ SECTION: Section[NodeConfig] = Section(NodeConfig, {
     "log_format": choice("text", "json"),
     "node_id": _node_id,
     "gc_full_interval": zero_or_seconds,  # 0: CPython's own collection schedule
+    "state_dir": _state_dir,
 })

@@ -13,6 +13,7 @@ import gc
 import os
 import sys
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.application import service
@@ -35,6 +36,7 @@ from .location.natping import NatPinger
 from .node import Node
 from .permissions import Permissions
 from .proxy.flood import FloodDetector
+from .proxy.flowtoken import FlowTokens, load_key
 from .registrar import Registrar
 from .routing.loader import load_route_module
 from .sdnotify import sd_notify
@@ -303,6 +305,7 @@ def build_node(config: NodeConfiguration, reactor: Any = None, node_table: NodeT
         permissions=permissions,  # address groups: check_address / check_source_address
         dialogs=dialogs,
         calls=acc,  # [acc]: every INVITE's first final response is a call attempt record
+        flow_tokens=_flow_tokens(config),
     )
     # [dispatcher] with [cluster]: state changes go to the other nodes (OpenSIPS dispatcher cluster_id)
     replication = None
@@ -375,6 +378,20 @@ def _replication(config: NodeConfiguration, reactor: Any, location: InMemoryLoca
 
     return Replication(location, journal, cluster, config.cluster.cluster_id, use_domain=config.registrar.use_domain,
                        clock=reactor)
+
+
+def _flow_tokens(config: NodeConfiguration) -> FlowTokens:
+    """The flow-token key that survives a restart: ``[proxy] flow_token_secret``, else the key kept
+    in ``node.state_dir`` (default: the configuration file's directory). Without either (no
+    configuration file), or when the file cannot be used (a warning says why), a key of this process
+    only: the UDP calls of NATed phones then lose their in-dialog requests across a restart."""
+    source = getattr(config, "source", None)
+    state_dir = config.node.state_dir or (os.path.dirname(source) if source else "")
+    key, why = load_key(config.proxy.flow_token_secret, Path(state_dir) if state_dir else None)
+    if why is not None:
+        log.warn("flow tokens: {why}; using a key of this process only (in-dialog requests to NATed "
+                 "UDP phones will not survive a restart)", why=why)
+    return FlowTokens(key)
 
 
 def _cluster(config: NodeConfiguration, reactor: Any, node_table: NodeTable | None) -> Cluster | None:

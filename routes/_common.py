@@ -6,6 +6,11 @@ from __future__ import annotations
 
 from edgeproxy.routing import AuthResult
 
+NAT_TEST = "private-contact,diff-ip-src-via,diff-port-src-via"
+"""nathelper's classic ``nat_uac_test("19")``: a private Contact, or a Via that is not where the
+request came from. The sender is then reached at its source address: its contacts by ``save()``
+(``msg.nat``), its dialogs by the flow token of our Record-Route."""
+
 
 async def common_prelude(msg) -> bool:
     """Handle what is not specific to a topology; True when the request has been dealt with."""
@@ -25,14 +30,16 @@ async def common_prelude(msg) -> bool:
     if msg.is_method("OPTIONS") and msg.rU is None and msg.is_myself():
         msg.sl_send_reply(200, "OK")  # keep-alive pings (e.g. FreeSWITCH gateways) to the node itself
         return True
+    # nathelper, on by default (OpenSIPS: if (nat_uac_test("19")) setbflag(NAT);)
+    msg.nat = msg.nat_uac_test(NAT_TEST)
     if msg.is_method("REGISTER"):
         if not msg.is_myself():
             msg.sl_send_reply(403, "Forbidden")
         elif await authenticate(msg, register=True):
             await msg.save("location")
         return True
-    if msg.is_method("INVITE"):
-        msg.record_route()
+    if msg.is_method("INVITE|SUBSCRIBE|REFER"):
+        msg.record_route()  # dialog-forming: in-dialog requests (BYE, NOTIFY, ...) come back through us
     return False
 
 

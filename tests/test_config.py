@@ -344,7 +344,7 @@ def test_pike_section(tmp_path: Path) -> None:
          'config: registrar.min_expire: unknown key in [registrar] (did you mean "min_expires"?)'),
         ("[node]\nzzz = 1\n",
          "config: node.zzz: unknown key in [node] (expected one of advertise, domains, gc_full_interval, listen, log_format,"
-         " log_level, node_id, route)"),
+         " log_level, node_id, route, state_dir)"),
         ("registrar = 5\n", "config: registrar: must be a table ([registrar]), got 5"),
         ('route_params = "x"\n', 'config: route_params: must be a table ([route_params]), got "x"'),
     ],

@@ -348,6 +348,19 @@ class DestinationTests(SynchronousTestCase):
         self.assertEqual(str(uri), "sip:k3j@df7jal23ls0d.invalid;transport=ws")
         self.assertEqual(dest, Destination(f.remote, f, True))
 
+    def test_udp_contact_registered_over_tcp_is_not_flow_only(self) -> None:
+        # issue 11 item 5: the connection is used while open, the Contact once it has closed
+        f = conn_flow(6, "TCP", "127.0.0.1", 15061)
+        _, dest, _ = binding_destination(binding(contact="sip:bob@127.0.0.1:15070", flow=f))
+        self.assertEqual(dest, Destination(Endpoint("UDP", "127.0.0.1", 15070), f, False))
+
+    def test_outbound_reg_id_binding_is_flow_only(self) -> None:
+        for f in (conn_flow(7, "TCP", "203.0.113.5", 50002), udp_flow("203.0.113.5", 5070)):
+            b = binding(contact="sip:alice@192.0.2.10:5070;ob", flow=f, reg_id=1,
+                        instance="<urn:uuid:00000000-0000-0000-0000-000000000001>")
+            _, dest, _ = binding_destination(b)
+            self.assertEqual(dest, Destination(f.remote, f, True))
+
     def test_path_is_route_set_and_first_hop(self) -> None:
         f = udp_flow("198.51.100.20", 5060)
         b = binding(contact="sip:alice@10.0.0.5", flow=f, nat=True,

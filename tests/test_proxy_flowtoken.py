@@ -91,8 +91,8 @@ def test_token_round_trip_and_shape() -> None:
         back = tokens.decode(token)
         assert back is not None
         assert (back.remote, back.connection_id) == (flow.remote, flow.connection_id)
-    assert tokens.encode(ALICE_FLOW) is None  # UDP: no connection to name
     assert tokens.encode(None) is None
+    assert tokens.encode(Flow(LOCAL_WSS, Endpoint("WSS", "walter.example", 1), 3)) is None  # not an address
     for user in (None, "", "alice", "w4lt3r", "AQAAAA", "x" * 35):
         assert tokens.decode(user) is None
 
@@ -245,3 +245,17 @@ def test_tcp_flow_token_falls_back_to_a_routable_contact(world: World) -> None:
     out = only(world.receive(in_dialog("BYE", ok, cseq=2, branch="z9hG4bKtls"), ALICE_FLOW))
     assert out.destination.flow.connection_id == 31 and not out.destination.flow_only
     assert out.remote == Endpoint("TLS", "192.0.2.10", 5061)
+
+
+def test_tcp_flow_token_falls_back_to_a_udp_contact_but_tls_never_to_clear(world: World) -> None:
+    """Issue 11 item 5: a phone that registered a UDP Contact over TCP is reached at that Contact once
+    its connection has closed; a TLS client's in-dialog request never falls back to UDP."""
+    bob_tcp = Flow(Endpoint("TCP", "127.0.0.1", 5060), Endpoint("TCP", "192.0.2.10", 40002), 32)
+    world.register(contacts=("<sip:bob@192.0.2.10:5070>",), flow=bob_tcp)
+    fwd = only(world.receive(invite(), ALICE_FLOW), lambda s: s.is_request("INVITE")).message
+    ok = only(world.receive(answer(fwd, 200, contact="<sip:bob@192.0.2.10:5070>"), bob_tcp)).message
+    out = only(world.receive(in_dialog("BYE", ok, cseq=2, branch="z9hG4bKtcp"), ALICE_FLOW))
+    assert out.destination.flow.connection_id == 32 and not out.destination.flow_only
+    assert out.remote == Endpoint("UDP", "192.0.2.10", 5070)  # once connection 32 is gone
+    bob_tls = Flow(Endpoint("TLS", "127.0.0.1", 5061), Endpoint("TLS", "192.0.2.11", 40003), 33)
+    assert world.node.forwarder.flow_destination(bob_tls, ok.contacts[0].uri).flow_only

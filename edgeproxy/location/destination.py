@@ -44,9 +44,9 @@ def binding_destination(binding: Binding) -> tuple[SipURI, Destination, list[str
       pinned to the same flow so an existing connection is reused.
     * Otherwise the request goes to the REGISTER's source address over its flow (``Destination(remote=
       received, flow=flow)``) when the client is behind NAT (OpenSIPS ``nat_bflag`` + ``received``),
-      registered a ``.invalid`` contact host
-      (WebSocket clients, RFC 7118 §5.2). In that last case ``flow_only`` is set: the transport must
-      not try to dial a browser and fails instead when the connection is gone (430-style).
+      registered a ``.invalid`` contact host (WebSocket clients, RFC 7118 §5.2) or an RFC 5626
+      outbound flow (``reg-id``). In those last two cases ``flow_only`` is set: the transport must
+      not try to dial the client and fails instead when the flow is gone (430 Flow Failed).
     * A binding made over a connection (TCP/TLS) is pinned to that flow, so requests reuse the
       connection the UA opened (RFC 5626 §5.3, RFC 3261 §18); when it has closed, the contact URI is
       dialled instead.
@@ -65,11 +65,13 @@ def binding_destination(binding: Binding) -> tuple[SipURI, Destination, list[str
             if flow is not None and flow.remote == remote:
                 return uri, Destination(remote=remote, flow=flow), route_set
             return uri, Destination(remote=remote), route_set
-    invalid = uri.host_key.endswith(".invalid")
     flow = binding.flow
+    # flow-only: a WebSocket client (.invalid contact) or an RFC 5626 outbound flow (reg-id, §5.3:
+    # "the proxy MUST NOT" open another); every other binding can still be reached without its flow
+    flow_only = uri.host_key.endswith(".invalid") or (binding.reg_id is not None and flow is not None)
     received = binding.received if binding.received is not None else (flow.remote if flow else None)
-    if received is not None and (binding.nat or invalid):
-        return uri, Destination(remote=received, flow=flow, flow_only=invalid), []
+    if received is not None and (binding.nat or flow_only):
+        return uri, Destination(remote=received, flow=flow, flow_only=flow_only), []
     if received is not None and received.reliable:
         # the connection the UA registered over is used while it is open; once it is gone the
         # contact itself is dialled (the old source port is an ephemeral one nobody listens on)

@@ -1,20 +1,29 @@
-"""RFC 5626 flow tokens: the user part of this node's Record-Route (or Path) URI that names the
-connection a client used, so that requests coming back along the route set reach it over that same
-connection (§5.3), which matters for clients nobody can dial -- WebSocket browsers (RFC 7118 §5),
-clients behind NAT.
+"""RFC 5626 flow tokens: the user part of this node's Record-Route (or Path) URI that names the flow
+a client used, so that requests coming back along the route set reach it over that same flow
+(§5.3), which matters for clients nobody can dial -- WebSocket browsers (RFC 7118 §5), clients
+behind NAT.
 
 A token is ``base64url(payload || mac)`` without padding (only unreserved URI characters, so it
-survives as a URI user part unescaped):
+survives as a URI user part unescaped). Two kinds, told apart by their length:
 
-* ``payload`` = version (1 byte, 1) | transport (1 byte: TCP, TLS, WS, WSS) | connection id (8 bytes,
-  the transport manager's id, never reused within a process) | remote port (2 bytes) | remote
-  address (4 or 16 bytes);
-* ``mac`` = the first 10 bytes of HMAC-SHA256 over ``payload`` with a random per-process secret.
+* **connection** tokens (TCP, TLS, WS, WSS): ``payload`` = version (1 byte, 1) | transport (1 byte) |
+  connection id (8 bytes, the transport manager's id) | remote port (2 bytes) | remote address (4
+  or 16 bytes). Connection ids are numbered afresh by every process, so these tokens are signed
+  with a key that is the node's key mixed with a random per-process value: they die with the
+  process, as the connections they name do (a stale one is refused, never sent down another
+  client's connection that got the same id).
+* **UDP** tokens: ``payload`` = version (1 byte, 2) | remote port (2 bytes) | remote address (4 or
+  16 bytes) -- the address the client really sends from, its NAT binding. The MAC also covers the
+  listener the token faces, i.e. the ``transport:host:port`` of the Record-Route URI the token sits
+  in, so a token cannot be moved to another listener's URI, and a request that pops it leaves from
+  that very listener (a NAT only lets in packets from the address the client sent to). They are
+  signed with the node's key alone, which survives a restart (``[proxy] flow_token_secret``, else
+  a key kept in ``node.state_dir``): in-dialog requests of calls set up before a restart or an
+  upgrade still reach the phone behind its NAT.
 
-So a token is stateless (the node keeps no table of them), cannot be forged or altered to point at
-another connection (403 when its MAC is wrong, as RFC 5626 §5.3 says for a tampered token), and
-dies with the process (after a restart nothing matches the new secret: the connections it named are
-gone too). A valid token for a connection that has closed gives 430 Flow Failed at the transport.
+``mac`` = the first 10 bytes of HMAC-SHA256. A token is stateless (the node keeps no table of them)
+and cannot be forged or altered (403 when its MAC is wrong, as RFC 5626 §5.3 says for a tampered
+token). A valid token for a connection that has closed gives 430 Flow Failed at the transport.
 """
 
 from __future__ import annotations
@@ -26,64 +35,153 @@ import hmac
 import ipaddress
 import os
 import struct
+from pathlib import Path
 
 from ..sip.endpoint import Endpoint, Flow
 
-__all__ = ["FlowTokens", "InvalidFlowToken"]
+__all__ = ["FlowTokens", "InvalidFlowToken", "load_key", "KEY_FILE"]
 
-_VERSION = 1
+_CONNECTION = 1
+_UDP = 2
 _TRANSPORTS = ("TCP", "TLS", "WS", "WSS")
 _HEAD = struct.Struct(">BBQH")
+_UDP_HEAD = struct.Struct(">BH")
 _MAC_LEN = 10
-_LENGTHS = (_HEAD.size + 4 + _MAC_LEN, _HEAD.size + 16 + _MAC_LEN)
+_CONN_LENGTHS = (_HEAD.size + 4 + _MAC_LEN, _HEAD.size + 16 + _MAC_LEN)
+_UDP_LENGTHS = (_UDP_HEAD.size + 4 + _MAC_LEN, _UDP_HEAD.size + 16 + _MAC_LEN)
 # lengths of the base64url text of those, without padding
-_TEXT_LENGTHS = tuple((n * 4 + 2) // 3 for n in _LENGTHS)
+_TEXT_LENGTHS = frozenset((n * 4 + 2) // 3 for n in _CONN_LENGTHS + _UDP_LENGTHS)
+
+KEY_FILE = "flow-token.key"
+"""The file in ``node.state_dir`` that keeps the key when no ``flow_token_secret`` is configured."""
 
 
 class InvalidFlowToken(ValueError):
     """A user part that has the shape of one of our flow tokens but whose MAC does not verify."""
 
 
+def _listener(local: Endpoint) -> bytes:
+    """What a UDP token's MAC says about the listener it faces (host as the URI writes it)."""
+    host = local.host[1:-1] if local.host.startswith("[") else local.host
+    return f"|{local.transport}:{host.lower()}:{local.port}".encode("ascii", "replace")
+
+
 class FlowTokens:
-    """Makes and checks the flow tokens of one process (``secret``: random unless given, for tests)."""
+    """Makes and checks the flow tokens of one node. ``secret`` is the node's key (random unless
+    given: then nothing survives a restart); connection tokens use it mixed with a per-process
+    random value."""
 
     def __init__(self, secret: bytes | None = None) -> None:
-        self._secret = secret if secret is not None else os.urandom(32)
+        key = secret if secret is not None else os.urandom(32)
+        self._key = key
+        self._conn_key = hashlib.sha256(b"connections|" + key + os.urandom(16)).digest()
 
-    def _mac(self, payload: bytes) -> bytes:
-        return hmac.new(self._secret, payload, hashlib.sha256).digest()[:_MAC_LEN]
-
-    def encode(self, flow: Flow | None) -> str | None:
-        """The token naming ``flow``; None when it is not a connection we can name (UDP, no id,
-        a remote that is not an IP address)."""
-        if flow is None or flow.connection_id is None:
+    def encode(self, flow: Flow | None, local: Endpoint | None = None) -> str | None:
+        """The token naming ``flow``; None when it is not a flow we can name (no id, a remote
+        that is not an IP address). A UDP flow's token is bound to ``local``, the listener of the
+        Record-Route URI it goes in (default: the flow's own)."""
+        if flow is None:
             return None
         remote = flow.remote
         try:
-            kind = _TRANSPORTS.index(remote.transport)
             address = ipaddress.ip_address(remote.host).packed
         except ValueError:
             return None
-        payload = _HEAD.pack(_VERSION, kind, flow.connection_id, remote.port) + address
-        return base64.urlsafe_b64encode(payload + self._mac(payload)).rstrip(b"=").decode("ascii")
+        if flow.connection_id is None:
+            if remote.transport != "UDP":
+                return None
+            payload = _UDP_HEAD.pack(_UDP, remote.port) + address
+            mac = self._mac(self._key, payload + _listener(local if local is not None else flow.local))
+        else:
+            if remote.transport not in _TRANSPORTS:
+                return None
+            payload = _HEAD.pack(_CONNECTION, _TRANSPORTS.index(remote.transport), flow.connection_id,
+                                 remote.port) + address
+            mac = self._mac(self._conn_key, payload)
+        return base64.urlsafe_b64encode(payload + mac).rstrip(b"=").decode("ascii")
+
+    @staticmethod
+    def _mac(key: bytes, data: bytes) -> bytes:
+        return hmac.new(key, data, hashlib.sha256).digest()[:_MAC_LEN]
+
+    @staticmethod
+    def looks_like(user: str | None) -> bool:
+        """Whether ``user`` has the shape of one of our tokens (its MAC unchecked)."""
+        return _raw(user) is not None
 
     def decode(self, user: str | None, local: Endpoint | None = None) -> Flow | None:
         """The flow named by the URI user part ``user``; None when ``user`` is not a token at all;
-        raises :class:`InvalidFlowToken` when it looks like one but fails the MAC. ``local`` becomes
-        the flow's local endpoint (the token does not carry it: the connection id is what counts)."""
-        if not user or len(user) not in _TEXT_LENGTHS:
-            return None
-        try:
-            raw = base64.urlsafe_b64decode(user + "=" * (-len(user) % 4))
-        except (binascii.Error, ValueError):
-            return None
-        if len(raw) not in _LENGTHS or raw[0] != _VERSION or raw[1] >= len(_TRANSPORTS):
+        raises :class:`InvalidFlowToken` when it looks like one but fails the MAC. ``local`` is the
+        listener the URI holding the token names: it becomes the flow's local endpoint, and a UDP
+        token is checked against it (without it, a UDP token cannot verify)."""
+        raw = _raw(user)
+        if raw is None:
             return None
         payload, mac = raw[:-_MAC_LEN], raw[-_MAC_LEN:]
-        if not hmac.compare_digest(mac, self._mac(payload)):
+        if raw[0] == _UDP:
+            if local is None or not hmac.compare_digest(mac, self._mac(self._key, payload + _listener(local))):
+                raise InvalidFlowToken(user)
+            _, port = _UDP_HEAD.unpack_from(payload)
+            host = str(ipaddress.ip_address(payload[_UDP_HEAD.size:]))
+            return Flow(local, Endpoint("UDP", host, port))
+        if not hmac.compare_digest(mac, self._mac(self._conn_key, payload)):
             raise InvalidFlowToken(user)
         _, kind, cid, port = _HEAD.unpack_from(payload)
         host = str(ipaddress.ip_address(payload[_HEAD.size:]))
         transport = _TRANSPORTS[kind]
         remote = Endpoint(transport, host, port)
         return Flow(local if local is not None else Endpoint(transport, "0.0.0.0", 0), remote, cid)
+
+
+def _raw(user: str | None) -> bytes | None:
+    """The decoded bytes of a user part shaped like a token (length, alphabet, version), else None."""
+    if not user or len(user) not in _TEXT_LENGTHS:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(user + "=" * (-len(user) % 4))
+    except (binascii.Error, ValueError):
+        return None
+    if raw[0] == _UDP:
+        return raw if len(raw) in _UDP_LENGTHS else None
+    if raw[0] == _CONNECTION and len(raw) in _CONN_LENGTHS and raw[1] < len(_TRANSPORTS):
+        return raw
+    return None
+
+
+def load_key(secret: str, state_dir: Path | None) -> tuple[bytes | None, str | None]:
+    """The node's flow-token key and, when something went wrong, why (for a warning).
+
+    A configured ``secret`` wins (the same on every node of a cluster). Else the key kept in
+    ``state_dir/flow-token.key`` (32 random bytes, hex, made on first start with mode 0600), so
+    that in-dialog requests of calls set up before a restart still verify. None when there is no
+    state directory or it cannot be used: a per-process key, tokens die with the process."""
+    if secret:
+        return hashlib.sha256(b"edgeproxy flow tokens|" + secret.encode("utf-8")).digest(), None
+    if state_dir is None:
+        return None, None
+    path = state_dir / KEY_FILE
+    try:
+        text = path.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        text = ""
+    except (OSError, UnicodeDecodeError) as exc:
+        return None, f"cannot read {path}: {exc}"
+    if text:
+        try:
+            key = bytes.fromhex(text)
+        except ValueError:
+            key = b""
+        if len(key) < 16:
+            return None, f"{path} does not hold a hex key of at least 16 bytes"
+        return key, None
+    key = os.urandom(32)
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write(key.hex() + "\n")
+    except FileExistsError:  # another process made it meanwhile: use theirs
+        return load_key("", state_dir)
+    except OSError as exc:
+        return None, f"cannot write {path}: {exc}"
+    return key, None

@@ -25,7 +25,7 @@ from ..sip.errors import SipValueError
 from ..sip.message import Headers, Message, Request, Response
 from ..sip.uri import URI, SipURI
 from .context import Branch, ClientBranch, RouteState
-from .flowtoken import FlowTokens, InvalidFlowToken
+from .flowtoken import FlowTokens
 from .hops import uri_destination, uri_query
 from .settings import ProxySettings
 
@@ -70,24 +70,27 @@ class Forwarder:
         key = f"{request.call_id}|{request.from_tag}|{via.branch}".encode("utf-8", "surrogateescape")
         return f"{self._tag}-{binascii.crc32(key):08x}"
 
-    def is_flow_token(self, user: str) -> bool:
+    def is_flow_token(self, user: str | None) -> bool:
         """Whether a Route URI's user part is one of our flow tokens (forged ones count: they are
         ours to refuse, not to relay)."""
-        try:
-            return self.flow_tokens.decode(user) is not None
-        except InvalidFlowToken:
-            return True
+        return self.flow_tokens.looks_like(user)
 
     def flow_destination(self, flow: Flow, ruri: URI) -> Destination:
         """Where a request goes whose Route named ``flow``: over that connection. WebSocket clients
         cannot be reached otherwise (430 Flow Failed when it has closed); for TCP/TLS the Request-URI
-        is dialled instead if it is routable over the same transport and not an outbound (``ob``,
-        RFC 5626) or ``.invalid`` contact."""
+        is sent to instead if it is routable over the same transport (or UDP from a TCP flow) and not
+        an outbound (``ob``, RFC 5626) or ``.invalid`` contact. A UDP flow (a client behind NAT) is sent to from the
+        listener its token faces, to the address it sends from: its NAT binding."""
         remote = flow.remote
+        if flow.connection_id is None:
+            return Destination(remote, flow)
         flow = Flow(self.sender.local_endpoint(remote.transport, remote) or flow.local, remote, flow.connection_id)
         if remote.transport in ("TCP", "TLS") and isinstance(ruri, SipURI) and "ob" not in ruri.params:
             fallback = uri_destination(ruri)
-            if not fallback.flow_only and fallback.remote.transport == remote.transport:
+            # a phone that registered a UDP Contact over TCP is reached at it once the connection
+            # has closed; a TLS flow never falls back to a transport in clear
+            if not fallback.flow_only and (fallback.remote.transport == remote.transport
+                                           or (remote.transport, fallback.remote.transport) == ("TCP", "UDP")):
                 return Destination(fallback.remote, flow)
         return Destination(remote, flow, flow_only=True)
 
@@ -179,13 +182,18 @@ class Forwarder:
             # or goes from one client's connection to another's, so each side's in-dialog requests
             # find the other side's connection
             inbound = in_flow.local
-            in_token = self.flow_tokens.encode(in_flow)
-            out_token = self.flow_tokens.encode(destination.flow)
+            # a UDP client's flow is named only when the route found it behind NAT (msg.nat,
+            # nat_uac_test), or when it is reached at its NAT address (a NAT binding's flow)
+            in_token = (self.flow_tokens.encode(in_flow) if in_flow.connection_id is not None
+                        else self.flow_tokens.encode(in_flow, inbound) if route.nat else None)
+            out_token = self.flow_tokens.encode(destination.flow, local)
             if ((self.settings.record_route_double and inbound != local)
                     or (in_token is not None and out_token is not None and in_token != out_token)):
                 fwd.headers.push("Record-Route", rr_uri(inbound, in_token))
                 fwd.headers.push("Record-Route", rr_uri(local, out_token))
             else:
+                if in_token is not None and in_flow.connection_id is None and inbound != local:
+                    in_token = None  # a UDP token is bound to its listener: not in another's URI
                 fwd.headers.push("Record-Route", rr_uri(local, in_token or out_token))
         fwd.push_via(f"SIP/2.0/{local.transport} {local.hostport};branch={branch}")
 

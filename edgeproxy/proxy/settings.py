@@ -9,12 +9,12 @@ as OpenSIPS without the pike module.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .. import __version__
 from ..config_error import ConfigError
-from ..config_schema import Checker, Context, Section, boolean, integer, seconds, show
+from ..config_schema import Checker, Context, Section, boolean, integer, seconds, show, text
 from ..sip.address import ip_literal
 from .flood import FloodSettings
 
@@ -63,6 +63,9 @@ class ProxySettings:
     server_signature: bool = True
     server_header: str = SERVER_HEADER
     user_agent_header: str = USER_AGENT_HEADER
+    # signs the RFC 5626 flow tokens of our Record-Routes; "": a key kept in node.state_dir. The
+    # same value on every node of a cluster lets each check the others' tokens
+    flow_token_secret: str = field(default="", repr=False)
 
 
 PROXY_SECTION: Section[ProxySettings] = Section(ProxySettings, {
@@ -74,6 +77,7 @@ PROXY_SECTION: Section[ProxySettings] = Section(ProxySettings, {
     "server_signature": boolean,
     "server_header": _header_line("Server", empty=False),
     "user_agent_header": _header_line("User-Agent", empty=True),
+    "flow_token_secret": text,
 })
 
 

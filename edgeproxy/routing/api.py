@@ -16,6 +16,8 @@ OpenSIPS                                edgeproxy
 ``$branch = "sip:..."``                  ``msg.append_branch("sip:...")``
 ``$au`` ``$ar``                          ``msg.au`` ``msg.ar``
 ``setbflag(NAT)``, sipping flag          ``msg.nat = True``, ``msg.sipping = True``
+``nat_uac_test("...")``                  ``msg.nat_uac_test("...")`` → bool
+``fix_nated_contact()`` / ``_register``  ``msg.fix_nated_contact()``, ``msg.fix_nated_register()``
 ``$T_reply_code``                        ``msg.reply_code`` (``msg.reply``: the reply) in failure_route
 ``t_check_status("408|5[0-9][0-9]")``    ``msg.t_check_status("408|5[0-9][0-9]")``
 ``t_local_replied("all")``               ``msg.t_local_replied("all")`` (a timeout's 408 is local)
@@ -282,6 +284,28 @@ class RouteRequest(TmRequest, PermissionRequest):
         """OpenSIPS ``cluster_check_addr(cluster_id, "$si")``: whether ``ip`` (default: the source
         address) is the ``sip_addr`` of another node of the cluster."""
         return self._verbs.cluster_check_addr(cluster_id, self.si if ip is None else ip)
+
+    # -- nathelper ---------------------------------------------------------------------------------
+    def nat_uac_test(self, flags: str | int) -> bool:
+        """OpenSIPS nathelper ``nat_uac_test("private-contact,diff-ip-src-via,...")`` (or the 2.x bit
+        mask, ``19``): whether the sender looks behind NAT. ``msg.nat = msg.nat_uac_test(...)`` is
+        what the shipped routes do before ``save()`` and ``record_route()``."""
+        return self._verbs.nat_uac_test(self._state, flags)
+
+    def fix_nated_contact(self) -> bool:
+        """OpenSIPS ``fix_nated_contact()``: rewrite the Contact URIs' host:port to the source
+        address (the other side then sends its in-dialog requests there directly). Not needed with
+        the shipped routes: the flow token in our Record-Route reaches the phone without touching
+        its Contact (see the README's NAT section for the trade-off)."""
+        return self._verbs.fix_nated_contact(self._state)
+
+    def fix_nated_register(self) -> bool:
+        """OpenSIPS ``fix_nated_register()``: ``save()`` keeps the REGISTER's source address as the
+        contacts' ``received`` and requests for them go there. edgeproxy always stores the source
+        address; this marks the contacts as behind NAT (as ``msg.nat = True``), which is what makes
+        ``lookup()`` use it."""
+        self._state.nat = True
+        return True
 
     # -- verbs -------------------------------------------------------------------------------------
     def append_branch(self, uri: URI | str | None = None, q: float | None = None) -> None:

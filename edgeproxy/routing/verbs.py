@@ -21,7 +21,7 @@ from ..auth import Authenticator
 from ..dialog import Dialog, DialogError
 from ..dispatcher import Dispatcher
 from ..interfaces import SendError
-from ..location import Binding, LookupResult
+from ..location import Binding, LookupResult, uri_endpoint
 from ..logcontext import message_context
 from ..proxy.context import Branch, RouteState
 from ..proxy.dialogs import DialogKeeper
@@ -30,6 +30,7 @@ from ..proxy.flowtoken import InvalidFlowToken
 from ..proxy.forwarding import Forwarder
 from ..proxy.hops import loose_route
 from ..proxy.identity import LocalIdentity
+from ..proxy.nat import fix_nated_contact, nat_uac_test
 from ..proxy.settings import ProxySettings
 from ..registrar import Registrar, aor_of
 from ..sip.errors import SipParseError, SipValueError
@@ -219,17 +220,20 @@ class RouteVerbs(DispatcherVerbs, TmVerbs, PermissionVerbs):
         token that fails its MAC gets 403 at ``t_relay``."""
         popped: list[SipURI] = []
         routed = loose_route(route.request, self.identity.is_myself, popped, self.forwarder.is_flow_token)
-        arrival = route.source.connection_id
+        source = route.source
         for uri in popped:
+            if not self.forwarder.is_flow_token(uri.user):
+                continue
             try:
-                flow = self.forwarder.flow_tokens.decode(uri.user)
+                flow = self.forwarder.flow_tokens.decode(uri.user, uri_endpoint(uri))
             except InvalidFlowToken:
                 log.info("{method} {call_id} from {src}: Route with a forged or stale flow token",
-                         method=route.request.method, **message_context(route.request), src=route.source.remote)
+                         method=route.request.method, **message_context(route.request), src=source.remote)
                 route.flow_error = True
                 break
-            if flow is None or flow.connection_id == arrival:
-                continue
+            if flow is None or (flow.connection_id == source.connection_id
+                                and (flow.connection_id is not None or flow.remote == source.remote)):
+                continue  # the client behind this flow sent the request: routed as usual
             route.flow_destination = self.forwarder.flow_destination(flow, route.request.uri)
             break
         if routed and popped and not route.flow_error and self.dialogs is not None:
@@ -299,6 +303,22 @@ class RouteVerbs(DispatcherVerbs, TmVerbs, PermissionVerbs):
         if seconds < 1:
             raise ValueError(f"$DLG_timeout must be at least 1 s, got {seconds}")
         self._keeper().set_timeout(dlg, int(seconds))
+
+    # -- nathelper ----------------------------------------------------------------------------------
+    def nat_uac_test(self, route: RouteState, flags: str | int) -> bool:
+        """OpenSIPS nathelper ``nat_uac_test(flags)`` (see :mod:`edgeproxy.proxy.nat`); an unknown
+        flag is the route's error (500, logged), as it is a startup error in OpenSIPS."""
+        return nat_uac_test(route.request, route.source, flags)
+
+    def fix_nated_contact(self, route: RouteState) -> bool:
+        """OpenSIPS ``fix_nated_contact()``: the Contact URIs name the source address; once per
+        request (a second call is False, "second attempt to change URI Contact")."""
+        if route.contact_fixed:
+            log.info("{method} {call_id}: second attempt to change URI Contact", method=route.request.method,
+                     call_id=route.request.call_id)
+            return False
+        route.contact_fixed = True
+        return fix_nated_contact(route.request, route.source)
 
     # -- location ------------------------------------------------------------------------------------
     def lookup(self, route: RouteState, table: str, flags: str, aor: str | None) -> "Deferred[LookupResult]":

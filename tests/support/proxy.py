@@ -22,6 +22,7 @@ from edgeproxy.location import InMemoryLocation
 from edgeproxy.node import Node, PingReplies
 from edgeproxy.interfaces import Locator
 from edgeproxy.proxy.flood import FloodDetector
+from edgeproxy.proxy.flowtoken import FlowTokens
 from edgeproxy.proxy.settings import ProxySettings
 from edgeproxy.registrar import Registrar, RegistrarSettings
 from edgeproxy.routing.loader import RouteModule, load_route_module
@@ -112,7 +113,7 @@ class World:
     def __init__(self, routes: RouteModule | None = None, settings: ProxySettings | None = None,
                  timers: TimerSettings | None = None, *, locator: Locator | None = None,
                  flood: FloodDetector | None = None, pinger: Callable[["World"], PingReplies] | None = None,
-                 dialogs: DialogTable | None = None) -> None:
+                 dialogs: DialogTable | None = None, flow_tokens: FlowTokens | None = None) -> None:
         self.clock = Clock()
         self.clock.advance(T0)
         self.location = InMemoryLocation(self.clock)
@@ -120,7 +121,8 @@ class World:
         self.sender = RecordingSender()
         self.node = Node(self.clock, self.sender, self.registrar, routes or load_route_module("edgeproxy_routes.default"),
                          settings or ProxySettings(domains=("example.com",)), timers, locator=locator, flood=flood,
-                         pinger=pinger(self) if pinger is not None else None, dialogs=dialogs)
+                         pinger=pinger(self) if pinger is not None else None, dialogs=dialogs,
+                         flow_tokens=flow_tokens)
         self.node.add_local_endpoint(LOCAL_UDP)
         self.node.add_local_endpoint(LOCAL_TCP)
 
