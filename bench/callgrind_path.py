@@ -19,6 +19,9 @@ sockets, no reactor, no randomness that changes the path), then driven with mess
   (``ds_select_dst(1, 4, "f")``, ``$T_fr_timeout``, ``t_on_failure``). Measured only when named.
 * ``--kind call-nodlg``: the ``call`` workload with ``create_dialog`` made a no-op, i.e. what the calls
   cost without dialogs (the shipped routes keep each call as a dialog, issue 13). Measured only when named.
+* ``--kind natcall``: the same calls to a Bob behind NAT (private Via and Contact, another source
+  address): flagged by the route's ``nat_uac_test``, reached at his NAT address, his UDP flow token in
+  the Record-Route popped by Alice's ACK and BYE (``--measure --kind natcall``).
 
 Method: ``valgrind --tool=callgrind`` runs the script with ``-n 10`` and with ``-n 110``; the
 difference of the two totals over 100 is the cost of one operation, interpreter start-up, imports and
@@ -56,6 +59,11 @@ ALICE = Endpoint("UDP", "192.0.2.20", 5060)
 BOB = Endpoint("UDP", "192.0.2.10", 5062)
 ALICE_FLOW = Flow(LOCAL, ALICE)
 BOB_FLOW = Flow(LOCAL, BOB)
+# --kind natcall: Bob behind NAT writes 10.0.0.10:5062 in Via and Contact and sends from BOB_NAT, so
+# the node flags him (nat_uac_test), reaches him at BOB_NAT and puts a UDP flow token in its
+# Record-Route that Alice's ACK and BYE pop (nothing is sent anywhere: the sender only serialises)
+BOB_PRIVATE = "10.0.0.10:5062"
+BOB_NAT = Endpoint("UDP", "203.0.113.10", 40000)
 
 
 def build(clock: Clock, kind: str = "register") -> tuple[Any, "Sender"]:
@@ -122,7 +130,7 @@ def _headers(data: bytes) -> list[str]:
     return data.decode().split("\r\n\r\n", 1)[0].split("\r\n")[1:]
 
 
-def _reply(request: bytes, status: int, reason: str) -> bytes:
+def _reply(request: bytes, status: int, reason: str, contact: str = "192.0.2.10:5062") -> bytes:
     """Bob's response to the request the node sent him: Via, From, To (+ tag), Call-ID, CSeq and
     Record-Route copied (RFC 3261 §8.2.6, §12.1.1), his Contact."""
     lines = [f"SIP/2.0 {status} {reason}"]
@@ -132,18 +140,19 @@ def _reply(request: bytes, status: int, reason: str) -> bytes:
             if low.startswith("to:") and ";tag=" not in low:
                 line += ";tag=b1"
             lines.append(line)
-    lines.append("Contact: <sip:bob@192.0.2.10:5062>")
+    lines.append(f"Contact: <sip:bob@{contact}>")
     return _text(*lines)
 
 
-def _in_dialog(method: str, ok: bytes, call_id: str, cseq: int, branch: str) -> bytes:
+def _in_dialog(method: str, ok: bytes, call_id: str, cseq: int, branch: str,
+               contact: str = "192.0.2.10:5062") -> bytes:
     """Alice's request in the dialog her 200 OK set up: to Bob's Contact, Route the reversed
     Record-Route (§12.2.1.1)."""
     headers = _headers(ok)
     routes = [h.split(":", 1)[1].strip() for h in headers if h.lower().startswith("record-route:")]
     to = next(h for h in headers if h.lower().startswith("to:"))
     return _text(
-        f"{method} sip:bob@192.0.2.10:5062 SIP/2.0",
+        f"{method} sip:bob@{contact} SIP/2.0",
         f"Via: SIP/2.0/UDP 192.0.2.20:5060;branch={branch};rport",
         "Max-Forwards: 70",
         *([f"Route: {', '.join(reversed(routes))}"] if routes else []),
@@ -193,7 +202,9 @@ class Driver:
         (reply,) = self.receive(_register(f"user{i}", flow.remote.host, port, i), flow)
         assert _status(reply[1]) == 200, reply
 
-    def call(self, i: int) -> None:
+    def call(self, i: int, nat: bool = False) -> None:
+        bob, bob_flow = (BOB_NAT, Flow(LOCAL, BOB_NAT)) if nat else (BOB, BOB_FLOW)
+        contact = BOB_PRIVATE if nat else "192.0.2.10:5062"
         call_id = f"call-{i}@192.0.2.20"
         invite = _text(
             "INVITE sip:bob@example.com SIP/2.0",
@@ -206,13 +217,14 @@ class Driver:
             "Contact: <sip:alice@192.0.2.20:5060>",
         )
         sent = self.receive(invite, ALICE_FLOW)
-        relayed = _one(sent, BOB, b"INVITE ")
+        relayed = _one(sent, bob, b"INVITE ")
         assert _status(_one(sent, ALICE, b"SIP/2.0 100")) == 100
-        _one(self.receive(_reply(relayed, 180, "Ringing"), BOB_FLOW), ALICE, b"SIP/2.0 180")
-        ok = _one(self.receive(_reply(relayed, 200, "OK"), BOB_FLOW), ALICE, b"SIP/2.0 200")
-        _one(self.receive(_in_dialog("ACK", ok, call_id, 1, f"z9hG4bKack{i}"), ALICE_FLOW), BOB, b"ACK ")
-        bye = _one(self.receive(_in_dialog("BYE", ok, call_id, 2, f"z9hG4bKbye{i}"), ALICE_FLOW), BOB, b"BYE ")
-        _one(self.receive(_reply(bye, 200, "OK"), BOB_FLOW), ALICE, b"SIP/2.0 200")
+        _one(self.receive(_reply(relayed, 180, "Ringing", contact), bob_flow), ALICE, b"SIP/2.0 180")
+        ok = _one(self.receive(_reply(relayed, 200, "OK", contact), bob_flow), ALICE, b"SIP/2.0 200")
+        _one(self.receive(_in_dialog("ACK", ok, call_id, 1, f"z9hG4bKack{i}", contact), ALICE_FLOW), bob, b"ACK ")
+        bye = _one(self.receive(_in_dialog("BYE", ok, call_id, 2, f"z9hG4bKbye{i}", contact), ALICE_FLOW), bob,
+                   b"BYE ")
+        _one(self.receive(_reply(bye, 200, "OK", contact), bob_flow), ALICE, b"SIP/2.0 200")
         self.clock.advance(40)  # every transaction of the call ends (Timers D, K, J, L/M)
         assert self.sender.take() == []
 
@@ -229,6 +241,12 @@ def run(kind: str, n: int) -> None:
         assert _status(reply[1]) == 200, reply
         for i in range(n):
             d.call(i)
+    elif kind == "natcall":
+        host, port = BOB_PRIVATE.split(":")
+        (reply,) = d.receive(_register("bob", host, int(port), 0, expires=10**8), Flow(LOCAL, BOB_NAT))
+        assert _status(reply[1]) == 200, reply
+        for i in range(n):
+            d.call(i, nat=True)
     else:
         for i in range(n):
             d.register(i)
@@ -264,7 +282,7 @@ def measure(kinds: list[str], small: int, large: int) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--kind", choices=("register", "call", "fscall", "dscall", "call-nodlg"),
+    parser.add_argument("--kind", choices=("register", "call", "fscall", "dscall", "call-nodlg", "natcall"),
                         default="register")
     parser.add_argument("-n", type=int, default=10, help="operations to run")
     parser.add_argument("--measure", action="store_true",

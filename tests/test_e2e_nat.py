@@ -12,6 +12,7 @@ one is missing (every wait bounded by ``-timeout``).
 
 from __future__ import annotations
 
+import socket
 import time
 from pathlib import Path
 from typing import Iterator
@@ -153,3 +154,48 @@ def test_a_call_set_up_before_a_restart_keeps_reaching_the_phone(tmp_path: Path)
     result.assert_ok()
     got = [m.first_line.split(" ")[0] for m in phone_result.received() if not m.first_line.startswith("SIP/")]
     assert got[-1] == "BYE", phone_result.describe()
+
+
+def test_a_natted_phone_subscribes_and_every_notify_reaches_it(node: EdgeproxyNode, tmp_path: Path) -> None:
+    notifier = Sipp(tmp_path / "notifier", transport="udp", local_ip=FREESWITCH).start(
+        "nat_register", node.address, user="presence-1", ooc="notify_uas", duration_ms=60_000, timeout=70,
+        keys={"domain": NODE})
+    try:
+        notifier.wait_for_message(r"^SIP/2.0 200 OK", timeout=10)
+        result = Sipp(tmp_path / "watcher", transport="udp", local_ip=PHONE).run(
+            "subscribe_uac", node.address, user="presence-1", timeout=20, keys={"domain": NODE, **natted("udp")})
+    finally:
+        notifier_result = notifier.stop()
+    result.assert_ok()
+    got = [m.first_line.split(" ")[0] for m in result.received() if not m.first_line.startswith("SIP/")]
+    assert got == ["NOTIFY", "NOTIFY", "NOTIFY"], result.describe()
+    assert notifier_result.failed_calls == 0, notifier_result.describe()
+
+
+def test_a_forged_or_tampered_flow_token_is_403(node: EdgeproxyNode, tmp_path: Path) -> None:
+    """A token is checked before anything is relayed: one made with another key, or one whose bytes
+    were changed, gets 403 on the wire (RFC 5626 §5.3), and nothing reaches the address it names."""
+    from edgeproxy.proxy.flowtoken import FlowTokens
+    from edgeproxy.sip.endpoint import Endpoint, Flow
+
+    victim = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    victim.bind((PHONE2, 0))
+    victim.settimeout(0.5)
+    local = Endpoint("UDP", NODE, node.port)
+    forged = FlowTokens(b"not the node's key").encode(Flow(local, Endpoint("UDP", PHONE2, victim.getsockname()[1])))
+    assert forged is not None
+    tampered = forged[:3] + ("A" if forged[3] != "A" else "B") + forged[4:]
+    with victim, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as fs:
+        fs.bind((FREESWITCH, 0))
+        fs.settimeout(5)
+        for n, token in enumerate((forged, tampered)):
+            bye = (f"BYE sip:carol@127.0.0.99:5099 SIP/2.0\r\n"
+                   f"Via: SIP/2.0/UDP {FREESWITCH}:{fs.getsockname()[1]};branch=z9hG4bKforged{n};rport\r\n"
+                   f"Route: <sip:{token}@{NODE}:{node.port};lr;ob>\r\n"
+                   "Max-Forwards: 70\r\nFrom: <sip:fs@127.0.0.1>;tag=f1\r\nTo: <sip:carol@127.0.0.1>;tag=c1\r\n"
+                   f"Call-ID: forged-{n}\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n")
+            fs.sendto(bye.encode(), (NODE, node.port))
+            answer = fs.recv(65535).decode()
+            assert answer.startswith("SIP/2.0 403 "), answer
+        with pytest.raises(socket.timeout):
+            victim.recv(65535)

@@ -283,3 +283,16 @@ def test_build_node_uses_the_state_dir_key(tmp_path) -> None:
     token = one.encode(CAROL_FLOW)
     assert token is not None and two.decode(token, LOCAL_UDP) == CAROL_FLOW
     assert (tmp_path / "st" / "flow-token.key").exists()
+
+
+def test_another_nodes_token_is_relayed_to_that_node(world: World) -> None:
+    """Issue 11 item 6: a Record-Route entry of another node (its UDP flow token, its address) is not
+    ours: the in-dialog request is relayed to that node, which owns the phone's NAT binding."""
+    other = FlowTokens(b"node 2's key")
+    token = other.encode(Flow(Endpoint("UDP", "127.0.0.12", 5060), CAROL_PUBLIC))
+    route = f"<sip:{token}@127.0.0.12:5060;lr;ob>"
+    sent = world.receive(request("BYE", "alice", "carol", uri="sip:carol@10.0.0.5:5060", call_id="x-node",
+                                 route=[route], to_tag="t2", branch="z9hG4bKxn"), ALICE_FLOW)
+    out = relayed(sent, "BYE")
+    assert out.remote == Endpoint("UDP", "127.0.0.12", 5060)
+    assert out.message.headers.values("route") == [route]  # node 2 pops it and finds Carol

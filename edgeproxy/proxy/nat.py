@@ -89,8 +89,13 @@ def parse_nat_flags(flags: str | int) -> int:
     return mask
 
 
+_FIRST_OCTETS = frozenset(("10", "172", "192", "100"))
+
+
 def is_private(host: str, cgn: bool = False) -> bool:
     """Whether ``host`` is a private IPv4 literal (see the module docstring); names and IPv6: no."""
+    if host.partition(".")[0] not in _FIRST_OCTETS:
+        return False  # the usual public or loopback address: no parsing on the message path
     try:
         address = ipaddress.IPv4Address(host)
     except ValueError:
