@@ -182,10 +182,11 @@ def test_non_invite_fr_timeout_replaces_timer_f() -> None:
         "CSeq: 1 MESSAGE",
         body="hi",
     )
-    w.receive(message, ALICE_FLOW)
+    fwd = only(w.receive(message, ALICE_FLOW), lambda s: s.is_request("MESSAGE")).message
+    w.receive(answer(fwd, 100, contact=None), BOB_FLOW)  # Timer F runs on after a provisional (§17.1.2.2)
     assert not responses(w.run_for(1.9), 408)
     assert only(w.run_for(0.2), lambda s: s.is_response()).is_response(408)
-    assert w.node.stats["timeouts"] == 1
+    assert w.node.stats["timeouts"] == 1 and w.node.stats["timeouts_inv"] == 0  # _inv is INVITE's (tm)
 
 
 def test_reading_defaults_t_set_fr_in_ms_and_t_reset_fr() -> None:

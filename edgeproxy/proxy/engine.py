@@ -149,7 +149,7 @@ class StatefulProxy:
                 if isinstance(owner, ClientBranch):
                     if owner.final is None and not owner.replaced:
                         # OpenSIPS tm: timeout_finalresponse (no reply at all) / _inv (after a 1xx)
-                        key = "timeouts_inv" if owner.provisional else "timeouts"
+                        key = "timeouts_inv" if owner.provisional and owner.request.method == "INVITE" else "timeouts"
                         self.stats[key] = self.stats.get(key, 0) + 1
                     # no answer at all from this target (not even 1xx): RFC 3263 §4.3, the next one
                     if owner.alternatives and not owner.provisional and self._fail_over(owner, "timeout"):
