@@ -27,9 +27,10 @@ from edgeproxy.permissions import (
     route_params_rows,
 )
 from edgeproxy.routing.testing import RouteHarness
-from edgeproxy.sip.endpoint import Endpoint
+from edgeproxy.node import Node
+from edgeproxy.sip.endpoint import Endpoint, Flow
 from edgeproxy.service import RunningNode
-from support.proxy import World
+from support.proxy import LOCAL_UDP, World, module, only, sip, wire
 
 
 def rows(*specs: dict[str, Any]) -> AddressTable:
@@ -267,3 +268,30 @@ def test_mi_commands_exist_only_with_address_groups() -> None:
     with pytest.raises(MIError, match="Method not found"):
         result_of(mi.execute("address_reload"))
 
+
+
+# -- on a node (the verbs as the node runs them, IPv6 sources included) ------------------------------------
+
+def test_node_check_source_address_ipv6_subnet_and_port() -> None:
+    def route(msg):
+        if msg.check_source_address(4):
+            msg.sl_send_reply(200, f"Trusted {msg.context_info}")
+        else:
+            msg.sl_send_reply(403, f"Forbidden {int(msg.check_source_address(4))}")
+
+    w = World(module(route))
+    permissions = Permissions(PermissionsSettings(address=(
+        parse_row({"grp": 4, "ip": "2001:db8:10::", "mask": 48, "port": 5060, "context_info": "v6-media"}),)))
+    node = Node(w.clock, w.sender, w.registrar, module(route), w.node.settings, permissions=permissions)
+    node.add_local_endpoint(LOCAL_UDP)
+
+    def ask(host: str, port: int) -> str:
+        text = sip("OPTIONS sip:[::1]:5060 SIP/2.0", f"Via: SIP/2.0/UDP [{host}]:{port};branch=z9hG4bK-v6{port}",
+                   "Max-Forwards: 70", "From: <sip:a@example.com>;tag=1", "To: <sip:b@example.com>",
+                   f"Call-ID: v6-{host}-{port}", "CSeq: 1 OPTIONS")
+        node.message_received(wire(text), Flow(LOCAL_UDP, Endpoint("UDP", host, port)))
+        return only(w.sender.take()).message.reason
+
+    assert ask("2001:db8:10:ff::7", 5060) == "Trusted v6-media"
+    assert ask("2001:db8:10:ff::7", 5061) == "Forbidden -1"   # the row's port only
+    assert ask("2001:db8:11::7", 5060) == "Forbidden -1"      # outside the /48
