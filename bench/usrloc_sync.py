@@ -8,7 +8,9 @@ Starts node Y (127.0.0.12) with ``working_mode_preset = "full-sharing-cluster"``
 ``--contacts`` users on it over UDP (raw REGISTER loader, tests/support/registrations.py), then
 starts node X (127.0.0.11), which asks Y for its table as soon as the cluster link is up. Reported,
 from the two nodes' log lines: the donor's time to serialise and send, X's time from its request to
-the end marker, contacts, bytes and bytes per contact, and the time from X's start to the sync's end.
+the end marker, contacts, bytes and bytes per contact, the time from X's start to the sync's end, and
+the CPU seconds X (start-up included) and Y used meanwhile -- on a shared machine the CPU time says
+more than the wall time.
 Loopback only; both nodes are stopped by their own PID.
 """
 
@@ -61,6 +63,7 @@ def main() -> int:
         log(f"registered {out.ok} of {args.contacts} on Y in {out.seconds:.1f} s")
         conf, x = nodes[1]
         started = time.monotonic()
+        y_cpu0 = y.cpu() or 0.0
         x.start(f"{twistd} -n --pidfile= edgeproxy --config {conf}", 30)
         deadline = time.monotonic() + 300
         line = ""
@@ -71,13 +74,15 @@ def main() -> int:
                 break
             time.sleep(0.05)
         after_start = time.monotonic() - started
+        x_cpu, y_cpu = x.cpu() or 0.0, (y.cpu() or 0.0) - y_cpu0
         donor = next((t for t in y.log_since(0).splitlines() if "usrloc: sent" in t), "")
         log(f"DONOR {donor.split('] ', 1)[-1]}")
         log(f"SYNCED {line.split('] ', 1)[-1]}")
         m = re.search(r"synced (\d+) contacts .* in (\d+) ms \((\d+) bytes, (\d+) bytes per contact", line)
         if m:
             log(f"RESULT contacts={m.group(1)} sync_ms={m.group(2)} bytes={m.group(3)} bytes_per_contact={m.group(4)} "
-                f"x_start_to_synced_s={after_start:.2f} (the last includes twistd's start-up and the first ping)")
+                f"x_start_to_synced_s={after_start:.2f} x_cpu_s={x_cpu:.2f} y_cpu_s={y_cpu:.2f} (X's figures include "
+                f"twistd's start-up; Y's its donation)")
         else:
             log(f"RESULT no sync seen within 300 s (see {outdir})")
     finally:

@@ -20,7 +20,9 @@ Applied changes are not sent on. Expiry is every node's own (each holds the same
 its removals are replicated too, harmlessly. A node pulls the whole table from a peer (``sync``,
 chunks of AoRs, then an end marker with the count) when that peer comes up as seen from here -- so a
 restarted node syncs from the live one and a node that was cut off is brought up to date -- and on
-MI ``ul_cluster_sync``; the result is merged, never wiped. One log line per sync with count,
+MI ``ul_cluster_sync``; the result is merged, never wiped. A donation is sent in slices with the
+reactor turning between them (pings are answered during a big sync), and a sync already coming from
+a node is not asked for again when the link flaps. One log line per sync with count,
 duration and bytes.
 
 Connection-bound contacts (WebSocket, outbound flows, TCP/TLS behind NAT) are not replicated: only
@@ -33,8 +35,9 @@ from __future__ import annotations
 import json
 import time
 from types import MappingProxyType
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Callable, Iterable, Iterator, Protocol
 
+from twisted.internet.task import Cooperator
 from twisted.logger import Logger
 
 from ..location import EMPTY_PARAMS, Binding, ChangeJournal, InMemoryLocation
@@ -51,6 +54,11 @@ log = Logger(namespace="edgeproxy.usrloc")
 CAPABILITY = "usrloc-contact-repl"
 #: Characters of JSON per message (AMP carries at most 65,535 bytes in a value; JSON here is ASCII).
 MAX_PAYLOAD = 60_000
+
+#: AoRs encoded per step of a donation: about 40 KB, one message; the reactor runs between steps.
+SYNC_SLICE = 200
+#: Seconds after which a sync asked for and not ended may be asked for again.
+SYNC_TIMEOUT = 60.0
 
 #: Seconds changes gather before they are sent: at a thousand REGISTERs a second, tens of AoRs to a
 #: message instead of one or two, for a delay no caller notices.
@@ -168,6 +176,10 @@ class Replication:
         self._soon: Any = None
         self._syncs: dict[int, dict[str, Any]] = {}  # donor node -> progress of the sync from it
         self._owed: set[int] = set()  # nodes that asked for a sync before our link to them was up
+        self._donating: set[int] = set()
+        # donations run in slices with the reactor turning between them, so that the pings of a big
+        # sync's two nodes are answered meanwhile (a node blocked for seconds is declared down)
+        self._cooperator = Cooperator(scheduler=lambda step: clock.callLater(0, step))
         self.stats = {"repl_sent_aors": 0, "repl_messages": 0, "repl_received_aors": 0, "repl_applied_aors": 0,
                       "repl_malformed": 0, "sync_requests": 0, "sync_donations": 0, "synced_contacts": 0,
                       "sync_bytes": 0}
@@ -310,6 +322,9 @@ class Replication:
             if not up:
                 return None
             node_id = int(up[0].node_id)
+        running = self._syncs.get(node_id)
+        if running is not None and time.perf_counter() - running["started"] < SYNC_TIMEOUT:
+            return node_id  # one is coming: a flapping link must not start a second
         self._syncs[node_id] = {"started": time.perf_counter(), "contacts": 0, "bytes": 0, "aors": 0}
         if not self.cluster.send_to(self.cluster_id, node_id, CAPABILITY, json.dumps({"t": "sync-req"})):
             self._syncs.pop(node_id, None)
@@ -319,25 +334,38 @@ class Replication:
         return node_id
 
     def _donate(self, node_id: int) -> None:
+        """Send the whole table to ``node_id`` (it asked), in slices (see :data:`SYNC_SLICE`)."""
+        if node_id in self._donating:
+            return
+        self._donating.add(node_id)
+        task = self._cooperator.cooperate(self._donation(node_id))
+        d = task.whenDone()
+        d.addErrback(lambda f: log.failure("usrloc: the sync to node {n} failed", f, n=node_id))
+        d.addBoth(lambda _: self._donating.discard(node_id))
+
+    def _donation(self, node_id: int) -> Iterator[None]:
         started = time.perf_counter()
         location = self.location
         get = location.get
-        entries = [self._entry(aor, get(aor), []) for aor in location.aors()]
-        contacts = sum(len(e[1]) for e in entries)
-        size = chunks = 0
-        for payload in _pack("sync", entries):
-            if not self.cluster.send_to(self.cluster_id, node_id, CAPABILITY, payload):
-                # a node that (re)started asks before our link to it is back: sent when it is up
-                self._owed.add(node_id)
-                log.info("usrloc: node {n} asked for a sync; sent when our link to it is up", n=node_id)
-                return
-            size += len(payload)
-            chunks += 1
-        end = {"t": "sync-end", "contacts": contacts, "aors": len(entries), "chunks": chunks}
+        aors = list(location.aors())
+        contacts = size = chunks = 0
+        for start in range(0, len(aors), SYNC_SLICE):
+            entries = [self._entry(aor, get(aor), []) for aor in aors[start:start + SYNC_SLICE]]
+            for payload in _pack("sync", [e for e in entries if e[1]]):
+                if not self.cluster.send_to(self.cluster_id, node_id, CAPABILITY, payload):
+                    # a node that (re)started asks before our link to it is back: sent when it is up
+                    self._owed.add(node_id)
+                    log.info("usrloc: node {n} asked for a sync; sent when our link to it is up", n=node_id)
+                    return
+                size += len(payload)
+                chunks += 1
+            contacts += sum(len(e[1]) for e in entries)
+            yield None
+        end = {"t": "sync-end", "contacts": contacts, "aors": len(aors), "chunks": chunks}
         self.cluster.send_to(self.cluster_id, node_id, CAPABILITY, json.dumps(end))
         self.stats["sync_donations"] += 1
         log.info("usrloc: sent {n} contacts of {aors} AoRs to node {node} in {chunks} chunks ({size} bytes, "
-                 "{ms:.0f} ms)", n=contacts, aors=len(entries), node=node_id, chunks=chunks, size=size,
+                 "{ms:.0f} ms)", n=contacts, aors=len(aors), node=node_id, chunks=chunks, size=size,
                  ms=(time.perf_counter() - started) * 1000)
 
     def _sync_ended(self, node_id: int, data: dict[str, Any], size: int) -> None:
