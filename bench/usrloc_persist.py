@@ -49,7 +49,8 @@ def config_text(port: int, mode: str, db: str, interval: float, host: str = HOST
     if mode == "full-sharing":
         return text + f'[usrloc]\nworking_mode_preset = "full-sharing-cluster"\n{cluster}'
     if mode != "memory":
-        preset = "single-instance-sql-write-back" if mode.startswith("write-back") else "single-instance-sql-write-through"
+        preset = ("single-instance-sql-write-back" if mode.startswith("write-back")
+                  else "single-instance-sql-write-through")
         text += f'[usrloc]\nworking_mode_preset = "{preset}"\ndb_url = "{db}"\ntimer_interval = {interval}\n'
         if db.startswith("mysql"):
             text += f'table = "{mode.replace("-", "_")}_bench"\n'
