@@ -81,8 +81,15 @@ def split_aor(aor: str, use_domain: bool) -> tuple[str, str | None]:
     return aor, None
 
 
+_LAST_SECOND: list[Any] = [None, ""]  # rows of one flush mostly share their second: format it once
+
+
 def _datetime(when: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when))
+    second = int(when)
+    last = _LAST_SECOND
+    if last[0] != second:
+        last[0], last[1] = second, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+    return str(last[1])
 
 
 def binding_row(b: Binding, use_domain: bool) -> tuple[Any, ...]:
