@@ -374,3 +374,42 @@ def test_mi_end_of_an_early_dialog_cancels_it(world: World) -> None:
     out = world.receive(answer(fwd, 487), BOB_FLOW)
     assert only(out, lambda s: s.is_response(487)).remote == ALICE
     assert_counts_zero(world)
+
+
+def test_route_sees_its_dialog_status_did_timeout_and_validation() -> None:
+    seen: list[tuple[Any, ...]] = []
+
+    async def route(msg: Any) -> None:
+        if msg.has_totag():
+            routed = msg.loose_route()
+            seen.append((msg.method, msg.match_dialog(), msg.dlg_status, msg.validate_dialog(), msg.dlg_did,
+                         msg.dlg_timeout, msg.is_in_profile("caller", "alice"), msg.is_in_profile("caller", "bob")))
+            if routed:
+                msg.t_relay()
+            return
+        if msg.is_method("REGISTER"):
+            await msg.save("location")
+            return
+        assert msg.create_dialog("B") and msg.set_dlg_profile("caller", msg.fU)
+        assert msg.dlg_status == 1 and msg.dlg_timeout == SETTINGS.default_timeout
+        msg.dlg_timeout = 30
+        msg.record_route()
+        await msg.lookup("location")
+        msg.t_relay()
+
+    w = World(module(route), dialogs=DialogTable(SETTINGS))
+    fwd = call(w)
+    ok = answered(w, fwd)
+    w.clock.advance(10)
+    w.receive(in_dialog("ACK", ok, cseq=1, branch="z9hG4bKa"), ALICE_FLOW)
+    w.receive(in_dialog("INFO", ok, cseq=1, branch="z9hG4bKi"), ALICE_FLOW)  # CSeq not above the INVITE's
+    w.receive(in_dialog("BYE", ok, cseq=2, branch="z9hG4bKb"), ALICE_FLOW)
+    did = seen[0][4]
+    assert seen == [
+        ("ACK", True, 4, 1, did, 20, True, False),  # $DLG_timeout: seconds left of its 30
+        ("INFO", True, 4, -1, did, 20, True, False),
+        ("BYE", True, 5, 1, did, 0, True, False),  # the BYE ended it (state 5) as loose_route matched it
+    ]
+    forged = in_dialog("BYE", ok, cseq=9, branch="z9hG4bKx").replace(";tag=b1", ";tag=zz")
+    w.receive(forged, ALICE_FLOW)
+    assert seen[-1][:4] == ("BYE", False, None, -4)

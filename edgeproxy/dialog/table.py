@@ -245,7 +245,10 @@ class DialogTable:
             dlg.lifetime = seconds
 
     def timeout_left(self, dlg: Dialog, now: float) -> int:
-        """``$DLG_timeout`` read: seconds left of a confirmed dialog, else its lifetime."""
+        """``$DLG_timeout`` read: seconds left of a confirmed dialog, its lifetime before that, 0 once
+        it has ended."""
+        if dlg.state == DialogState.DELETED:
+            return 0
         return max(0, round(dlg.timeout_at - now)) if dlg.confirmed else dlg.lifetime
 
     # -- ending ----------------------------------------------------------------------------------------
