@@ -265,3 +265,20 @@ def test_replicated_profiles_need_a_cluster_in_the_configuration(tmp_path) -> No
     path.write_text('[dialog]\nprofiles_with_value = ["caller/s"]\n')
     with pytest.raises(ConfigError, match="profile name"):
         load_config(str(path))
+
+
+def test_ended_calls_do_not_stay_in_the_lifetime_heap() -> None:
+    """A call ended by BYE long before its 12 h lifetime must not be kept (with its strings) until
+    then: the heap is compacted once most of its entries are stale."""
+    t = DialogTable(DialogSettings())  # default_timeout 43200
+    for i in range(2000):
+        d = t.create(invite(f"churn-{i}"), i, None, ())
+        assert t.confirm(d, ok(), i, None, ())
+        assert t.in_dialog(d, request("BYE", 11), True) == "Upstream BYE"
+    assert len(t) == 0 and t.pending_timers <= 130
+    keep = t.create(invite("keep"), 0, None, (), "B")
+    t.confirm(keep, ok(), 0, None, ())
+    for i in range(300):
+        t.set_timeout(keep, 100 + i % 7, 0)  # re-timed again and again: still one live entry
+    assert t.pending_timers <= 130 and t.next_deadline() == 100 + 299 % 7
+    assert len(t.expire(200)) == 2 and t.pending_timers == 0

@@ -62,6 +62,7 @@ class DialogTable:
         self._dialogs: dict[tuple[str, str], Dialog] = {}
         self._by_flow: dict[Flow, list[Dialog]] = {}
         self._timers: list[tuple[float, int, Dialog]] = []
+        self._stale_timers = 0  # entries of dialogs ended or re-timed since (removed lazily, or compacted)
         self._ids = count(1)
         self._states = [0] * 6  # dialogs per state, 1..4
 
@@ -122,7 +123,23 @@ class DialogTable:
             if dlg.state != DialogState.DELETED and dlg.timeout_at == when:
                 return when
             heapq.heappop(timers)
+            self._stale_timers = max(0, self._stale_timers - 1)
         return None
+
+    @property
+    def pending_timers(self) -> int:
+        """Entries in the lifetime heap, stale ones included (bounded: see :meth:`_went_stale`)."""
+        return len(self._timers)
+
+    def _went_stale(self) -> None:
+        """A heap entry no longer counts (its dialog ended, or got another lifetime). Entries are left
+        where they are, but when more than half the heap is stale it is rebuilt: an ended call must
+        not stay in memory until its 12 h lifetime would have run out."""
+        self._stale_timers += 1
+        if self._stale_timers > 64 and self._stale_timers * 2 > len(self._timers):
+            self._timers = [e for e in self._timers if e[2].state != DialogState.DELETED and e[2].timeout_at == e[0]]
+            heapq.heapify(self._timers)
+            self._stale_timers = 0
 
     # -- the state machine -----------------------------------------------------------------------------
     def create(self, request: Request, now: float, caller_flow: Flow | None, caller_routes: tuple[str, ...],
@@ -261,6 +278,7 @@ class DialogTable:
             if when is None or when > now:
                 return out
             _, _, dlg = heapq.heappop(self._timers)
+            dlg.timeout_at = 0.0  # its entry is gone: not a stale one
             self.stats["expired_dialogs"] += 1
             if dlg.bye_on_timeout:
                 out += self.end(dlg, "Lifetime Timeout")
@@ -313,7 +331,9 @@ class DialogTable:
                     del self._by_flow[flow]  # type: ignore[arg-type]
         for entry in dlg.profiles:
             self.profiles.release(entry)
-        dlg.timeout_at = 0.0
+        if dlg.timeout_at:
+            dlg.timeout_at = 0.0
+            self._went_stale()
 
     def _relink(self, dlg: Dialog) -> None:
         """Bring a failed dialog back (a 2xx arrived after its failure)."""
@@ -327,6 +347,10 @@ class DialogTable:
             self.profiles.add(entry)
 
     def _arm(self, dlg: Dialog, when: float) -> None:
+        if dlg.timeout_at == when:
+            return  # armed for that instant already
+        if dlg.timeout_at:
+            self._went_stale()
         dlg.timeout_at = when
         heapq.heappush(self._timers, (when, dlg.h_id, dlg))
 
