@@ -207,8 +207,9 @@ class Forwarder:
         return response
 
     def sign(self, response: Response) -> Response:
-        """Our ``Server`` header on a response another layer built for us (the registrar's)."""
-        if self.server is not None and "server" not in response.headers:
+        """Our ``Server`` header on a response another layer built for us from the request (the
+        registrar's: it copies no Server, so none is looked for)."""
+        if self.server is not None:
             response.headers.add(*self.server)
         return response
 
