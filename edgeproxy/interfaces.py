@@ -203,6 +203,12 @@ class ConnectionRegistry(Protocol):
         or 0: no bound): a slowloris peer trickling a byte a second is closed."""
         ...
 
+    def count_event(self, kind: str) -> int:
+        """Count one more ``kind`` event (a failed handshake, a connection cut off, ...) and return
+        the count: the caller logs only the 1st, 2nd, 4th, 8th ... (:func:`noteworthy`), so that
+        hostile connections cannot become a log line each (issue 16)."""
+        ...
+
     def admit(self, transport: str, host: str, port: int) -> bool:
         """Whether an accepted connection from ``host``:``port`` may stay (the node is running and
         below its connection limit); False means the factory closes the socket at once. The one
@@ -235,3 +241,9 @@ class ConnectionRegistry(Protocol):
         """An outbound connection failed before :meth:`connection_made` (refused, timed out, TLS
         handshake failed): its waiting sends fail with :class:`SendError` (503)."""
         ...
+
+
+def noteworthy(count: int) -> bool:
+    """Whether the ``count``-th event of a kind is logged: the 1st, 2nd, 4th, 8th ... (a count is
+    always said along, so the log still tells how many there were)."""
+    return count & (count - 1) == 0

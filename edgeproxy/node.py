@@ -136,7 +136,7 @@ class Node:
         self.verbs = RouteVerbs(self.proxy, self.forwarder, self.identity, registrar, settings, clock, self.stats,
                                 cluster=cluster, cluster_id=cluster_id, federation=federation, auth=auth,
                                 flood=flood, timers=timers, dispatcher=dispatcher, permissions=permissions,
-                                dialogs=self.dialogs)
+                                dialogs=self.dialogs, noise=self.noise)
         # requests of the node's own (the dispatcher's probes), through the proxy's transactions
         self.uac = LocalUac(self.proxy, self.forwarder, clock)
 

@@ -120,3 +120,26 @@ def test_two_thousand_malformed_datagrams_write_a_bounded_number_of_lines(node: 
     lines = node.log().count(SOURCE) - before
     assert 1 <= lines <= 2, lines  # on main: one line per datagram
     assert node.running()
+
+
+def test_autobahns_per_connection_lines_are_counted_not_repeated() -> None:
+    """Autobahn's own lines ("dropping connection to peer ...") went out once per connection: a
+    slowloris of 1,000 WebSocket connections wrote 2,000 lines. Through CountedLog each kind is
+    written the 1st, 2nd, 4th ... time, with its count."""
+    from edgeproxy.transport.autobahn_logging import CountedLog
+
+    written: list[tuple[str, dict]] = []
+
+    class Inner:
+        def warn(self, fmt: str, **kw: object) -> None:
+            written.append((fmt, kw))
+
+        def debug(self, fmt: str, **kw: object) -> None:
+            written.append(("debug", kw))
+
+    log = CountedLog(Inner())
+    for i in range(1000):
+        log.warn("dropping connection to peer {peer} with abort={abort}: {reason}", peer=i, abort=True, reason="x")
+    assert [kw["autobahn_count"] for _, kw in written] == [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
+    log.debug("frame {n}", n=1)
+    assert written[-1][0] == "debug"  # debug lines pass as they are

@@ -31,6 +31,7 @@ from ..proxy.forwarding import Forwarder
 from ..proxy.hops import loose_route
 from ..proxy.identity import LocalIdentity
 from ..proxy.nat import fix_nated_contact, nat_uac_test
+from ..proxy.noise import NoiseLog
 from ..proxy.settings import ProxySettings
 from ..registrar import Registrar, aor_of
 from ..sip.errors import SipParseError, SipValueError
@@ -91,8 +92,9 @@ class RouteVerbs(DispatcherVerbs, TmVerbs, PermissionVerbs):
                  federation: FederationView | None = None, auth: Authenticator | None = None,
                  flood: FloodDetector | None = None, timers: TimerSettings | None = None,
                  dispatcher: Dispatcher | None = None, permissions: AddressView | None = None,
-                 dialogs: DialogKeeper | None = None) -> None:
+                 dialogs: DialogKeeper | None = None, noise: NoiseLog | None = None) -> None:
         self.core = core
+        self.noise = noise  # the node's aggregated log of hostile input (None: a line each)
         self.forwarder = forwarder
         self.identity = identity
         self.registrar = registrar
@@ -150,8 +152,15 @@ class RouteVerbs(DispatcherVerbs, TmVerbs, PermissionVerbs):
             return True
         if isinstance(error, SipParseError):
             request = route.request
-            log.info("{method} {call_id} from {src}: {status} {reason}", method=request.method,
-                     **message_context(request), src=route.source.remote, status=error.status, reason=error.reason)
+            noise = self.noise
+            if noise is not None:  # a header the route read is broken: hostile input like a parse error
+                self.stats["malformed"] = self.stats.get("malformed", 0) + 1
+                noise.note(route.source.remote.host, "malformed",
+                           f"{error.status} {error.reason} in {request.method} ({route.source.transport})")
+            else:
+                log.info("{method} {call_id} from {src}: {status} {reason}", method=request.method,
+                         **message_context(request), src=route.source.remote, status=error.status,
+                         reason=error.reason)
             self.reply(route, error.status, error.reason, False)
             return True
         return False

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-__all__ = ["defer_debug_formatting"]
+__all__ = ["defer_debug_formatting", "CountedLog"]
 
 _MODULES = ("autobahn.websocket.protocol", "autobahn.twisted.websocket")
 _NAMES = ("pformat", "hltype", "hlval")
@@ -72,3 +72,39 @@ def defer_debug_formatting() -> list[str]:
                 if timings is not None:
                     timings.__str__ = lambda self, _pformat=func: _pformat(self._timings)
     return done
+
+
+class CountedLog:
+    """Autobahn's own per-connection lines at info and above ("dropping connection to peer ...",
+    "failing WebSocket connection ...", handshake timeouts) through a counter: each distinct format
+    is written the 1st, 2nd, 4th, 8th ... time, with how many there were, so that a slowloris or a
+    fuzzer cannot turn connections into log lines (issue 16: 2,000 lines for 1,000 connections).
+    Debug and trace lines pass as they are (they are off at the operator's level). The formats are
+    autobahn's literal strings, so the table of counts stays small."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self._counts: dict[str, int] = {}
+
+    def _counted(self, level: str, fmt: str, *args: Any, **kwargs: Any) -> None:
+        n = self._counts.get(fmt, 0) + 1
+        if len(self._counts) < 1000 or fmt in self._counts:
+            self._counts[fmt] = n
+        if n & (n - 1) == 0:
+            getattr(self._inner, level)(fmt + " [autobahn line {autobahn_count} of this kind]", *args,
+                                        autobahn_count=n, **kwargs)
+
+    def info(self, fmt: str, *args: Any, **kwargs: Any) -> None:
+        self._counted("info", fmt, *args, **kwargs)
+
+    def warn(self, fmt: str, *args: Any, **kwargs: Any) -> None:
+        self._counted("warn", fmt, *args, **kwargs)
+
+    def error(self, fmt: str, *args: Any, **kwargs: Any) -> None:
+        self._counted("error", fmt, *args, **kwargs)
+
+    def critical(self, fmt: str, *args: Any, **kwargs: Any) -> None:
+        self._counted("critical", fmt, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:  # debug, trace, failure, emit ...
+        return getattr(self._inner, name)

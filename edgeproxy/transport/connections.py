@@ -22,7 +22,7 @@ from twisted.internet.error import TimeoutError as ConnectTimeoutError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ..interfaces import Clock, Connection, Dial, MessageSink, SendError
+from ..interfaces import Clock, Connection, Dial, MessageSink, SendError, noteworthy
 from ..sip.address import ip_literal
 from ..sip.endpoint import Endpoint, Flow
 from ..sip.parser import Limits
@@ -78,6 +78,7 @@ class ConnectionTable:
         self.max_per_source = max_per_source
         self.per_source: dict[str, int] = {}  # canonical remote host -> its connections now
         self._hosts: dict[Connection, str] = {}  # each counted connection's host, to uncount it
+        self.events: dict[str, int] = {}  # count_event(): refusals, failed handshakes, cut-offs
         self.by_id: dict[int, Connection] = {}
         self.by_remote: dict[RemoteKey, list[Connection]] = {}
         self.dials: dict[RemoteKey, OutboundDial] = {}
@@ -115,15 +116,18 @@ class ConnectionTable:
             return False
         cap = self.max_per_source
         if cap and self.per_source.get(_canonical(host), 0) >= cap:
-            self.refused_per_source += 1
-            if self.refused_per_source & (self.refused_per_source - 1) == 0:  # 1st, 2nd, 4th, 8th ...
+            n = self.count_event("refused per source")
+            if noteworthy(n):
                 log.info("refusing {kind} connection from {host}:{port}: {cap} connections from it open"
                          " ({n} refused so far for max_connections_per_source)", kind=transport, host=host,
-                         port=port, cap=cap, n=self.refused_per_source)
+                         port=port, cap=cap, n=n)
             return False
         return True
 
-    refused_per_source = 0
+    def count_event(self, kind: str) -> int:
+        events = self.events
+        n = events[kind] = events.get(kind, 0) + 1
+        return n
 
     def _count(self, connection: Connection, host: str) -> None:
         if connection not in self._hosts:

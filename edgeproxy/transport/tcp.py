@@ -16,7 +16,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ..interfaces import ConnectionRegistry, Dial, MessageSink, Timer
+from ..interfaces import ConnectionRegistry, Dial, MessageSink, Timer, noteworthy
 from ..sip.endpoint import Endpoint, Flow
 from ..sip.errors import SipParseError
 from ..sip.parser import NEED_DATA, PING, StreamParser
@@ -54,8 +54,6 @@ class SipStreamProtocol(Protocol):
 
     transport_name = "TCP"
     """The transport of this connection's flows (subclasses over TLS say ``TLS``)."""
-    cut_off = 0
-    """Connections closed for ``message_timeout`` so far (their log lines are the 1st, 2nd, 4th ...)."""
 
     def __init__(self, registry: ConnectionRegistry, sink: MessageSink, local: Endpoint | None,
                  dial: Dial | None = None) -> None:
@@ -183,11 +181,10 @@ class SipStreamProtocol(Protocol):
         if self.closing:
             return
         if self._events == events and self.parser.in_message:
-            cls = type(self)
-            cls.cut_off += 1
-            if cls.cut_off & (cls.cut_off - 1) == 0:  # the 1st, 2nd, 4th, 8th ... time
+            n = self.registry.count_event("message timeout")
+            if noteworthy(n):
                 log.info("closing {flow}: a message took over {timeout:g} s to arrive ({n} so far)", flow=self.flow,
-                         timeout=self.registry.message_timeout, n=cls.cut_off)
+                         timeout=self.registry.message_timeout, n=n)
             self.abort()
         elif self.parser.in_message:
             self._watch_partial()  # messages came since; the one in progress gets its own time

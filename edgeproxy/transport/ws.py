@@ -46,12 +46,12 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ..interfaces import Clock, ConnectionRegistry, MessageSink
+from ..interfaces import Clock, ConnectionRegistry, MessageSink, noteworthy
 from ..sip.endpoint import Endpoint, Flow
 from ..sip.errors import SipParseError
 from ..sip.parser import parse_datagram
 from ._util import error_reply, peer_host
-from .autobahn_logging import defer_debug_formatting
+from .autobahn_logging import CountedLog, defer_debug_formatting
 
 __all__ = ["WsSettings", "SipWebSocketProtocol", "SipWebSocketFactory", "SUBPROTOCOL"]
 
@@ -201,6 +201,7 @@ class SipWebSocketProtocol(WebSocketServerProtocol):
     """
 
     transport_name = "WS"
+    log = CountedLog(WebSocketServerProtocol.log)  # autobahn's lines per connection, counted
     flow: Flow | None = None
     closing = False
     last_received = 0.0
@@ -271,8 +272,10 @@ class SipWebSocketProtocol(WebSocketServerProtocol):
         if registry.handshake_ended(self) and not reason.check(ConnectionDone):
             from .tls import handshake_failure_reason
 
-            log.info("{kind} handshake with {peer} failed: {why}", kind=self.transport_name, peer=self.peer,
-                     why=handshake_failure_reason(reason))
+            n = registry.count_event(f"{self.transport_name} handshake failed")
+            if noteworthy(n):
+                log.info("{kind} handshake with {peer} failed: {why} ({n} so far)", kind=self.transport_name,
+                         peer=self.peer, why=handshake_failure_reason(reason), n=n)
         try:
             super().connectionLost(reason)
         finally:
@@ -328,11 +331,10 @@ class SipWebSocketProtocol(WebSocketServerProtocol):
             return True
         self.closing = True
         self.data = b""
-        factory = self.factory
-        factory.refused_heads += 1
-        if factory.refused_heads & (factory.refused_heads - 1) == 0:  # the 1st, 2nd, 4th, 8th ... time
+        n = self.factory.registry.count_event("WS head too large")
+        if noteworthy(n):
             log.info("refusing {kind} handshake from {peer}: upgrade head over {limit} octets (431;"
-                     " {n} so far)", kind=self.transport_name, peer=self.peer, limit=limit, n=factory.refused_heads)
+                     " {n} so far)", kind=self.transport_name, peer=self.peer, limit=limit, n=n)
         # autobahn's failHandshake would log a line of its own per connection
         self.wasNotCleanReason = "Request Header Fields Too Large"
         self.sendHttpErrorResponse(431, "Request Header Fields Too Large")
@@ -424,7 +426,6 @@ class SipWebSocketFactory(WebSocketServerFactory):
         self._open: set[SipWebSocketProtocol] = set()
         self._sweeper: LoopingCall | None = None
         self.traffic = TrafficStats()  # the counters of every open connection of this listener, together
-        self.refused_heads = 0  # upgrade heads over max_handshake_size (431)
 
     def buildProtocol(self, addr: Any) -> Any:
         if not self.registry.admit(self.transport_name, getattr(addr, "host", "?"), getattr(addr, "port", 0)):
