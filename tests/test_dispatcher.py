@@ -401,3 +401,14 @@ def test_mi_commands_shapes_and_errors() -> None:
     empty = Dispatcher(DispatcherSettings())
     mi.parts = SimpleNamespace(dispatcher=empty)  # type: ignore[assignment]
     assert mi.ds_list() == {"PARTITIONS": [{"name": "default"}]}  # SETS absent, as OpenSIPS
+
+
+def test_probe_goes_to_the_rows_uri_user_part_included() -> None:
+    clock = Clock()
+    rows = ({"setid": 1, "destination": "sip:fs@127.0.0.21:5060;transport=udp?X-A=1", "probe_mode": 1},)
+    ds = Dispatcher(DispatcherSettings(destinations=rows, ds_ping_interval=10))
+    sender = FakeSender(clock)
+    prober = Prober(ds, sender, clock)
+    prober.start()
+    assert sender.sent == ["sip:fs@127.0.0.21:5060;transport=udp"]  # probe_mode 1: probed while Active
+    prober.stop()

@@ -25,7 +25,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ..sip.uri import SipURI
+from ..sip.uri import SipURI, parse_uri
 from .service import Dispatcher
 from .table import INACTIVE, PROBING, Destination
 
@@ -99,7 +99,11 @@ class Prober:
         self._in_flight.add(key)
         self.dispatcher.stats["probes_sent"] += 1
         self.sent[dest.uri] = self.sent.get(dest.uri, 0) + 1
-        d = maybeDeferred(self.sender.send_request, settings.ds_ping_method, dest.dst_uri, settings.ds_ping_from,
+        # Request-URI and To: the row's URI, user part included (ds_check_timer); headers are dropped
+        uri = parse_uri(dest.uri)
+        target = uri.replace(headers={}) if isinstance(uri, SipURI) and uri.headers else uri
+        d = maybeDeferred(self.sender.send_request, settings.ds_ping_method,
+                          target if isinstance(target, SipURI) else dest.dst_uri, settings.ds_ping_from,
                           settings.probe_timeout)
         d.addCallbacks(self._answered, self._failed, callbackArgs=(dest, key), errbackArgs=(dest, key))
 
