@@ -8,7 +8,9 @@ X (127.0.0.11) and Y (127.0.0.12) run ``twistd edgeproxy`` with ``[usrloc] worki
   of them (``get_statistics usrloc:`` through the ``opensips`` MI client);
 * one AoR registered on both nodes at once, with one Call-ID and CSeqs 1 and 2: both nodes end with
   the CSeq 2 contact (``ul_show_contact``);
-* X is killed (``kill -9``): a SIPp call through Y to a user who registered on X completes;
+* a browser registers on X over a WebSocket: it stays X's own (not replicated: only X can reach it);
+* X is killed (``kill -9``): a SIPp call through Y to a user who registered on X completes, and a
+  call for X's browser gets its final response (404) at once instead of hanging on timer B;
 * while X is down, a user unregisters on Y and another registers there; X restarts, pulls Y's table
   (``usrloc: synced ...`` in its log) and holds exactly what Y holds -- the unregistered user is not
   revived, the new one is there -- and a call through X completes without any REGISTER to it.
@@ -16,7 +18,10 @@ X (127.0.0.11) and Y (127.0.0.12) run ``twistd edgeproxy`` with ``[usrloc] worki
 
 from __future__ import annotations
 
+import base64
 import os
+import socket
+import struct
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -60,6 +65,31 @@ def shown(mi: Any, aor: str) -> list[tuple[str, str, int]]:
     return sorted((c["Contact"], c["Callid"], c["Cseq"]) for c in found["Contacts"])
 
 
+def ws_register(host: str, port: int, user: str) -> socket.socket:
+    """A browser-like client: a WebSocket (``sip`` subprotocol) to ``host:port`` and a REGISTER of an
+    ``.invalid`` contact over it (RFC 7118); the open socket is returned (closing it ends the flow)."""
+    sock = socket.create_connection((host, port), timeout=5)
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(f"GET / HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: sip\r\n\r\n"
+                 .encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(4096)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    text = (f"REGISTER sip:{host} SIP/2.0\r\nVia: SIP/2.0/WSS df7jal23ls0d.invalid;branch=z9hG4bKws{user};rport\r\n"
+            f"Max-Forwards: 70\r\nFrom: <sip:{user}@{host}>;tag=ws1\r\nTo: <sip:{user}@{host}>\r\n"
+            f"Call-ID: ws-{user}\r\nCSeq: 1 REGISTER\r\nContact: <sip:{user}@df7jal23ls0d.invalid;transport=ws>\r\n"
+            f"Expires: 600\r\nContent-Length: 0\r\n\r\n").encode()
+    mask = os.urandom(4)
+    header = bytes([0x81]) + (bytes([0x80 | len(text)]) if len(text) < 126 else bytes([0x80 | 126])
+                              + struct.pack("!H", len(text)))
+    sock.sendall(header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(text)))
+    data = sock.recv(65536)
+    assert b"SIP/2.0 200" in data, data
+    return sock
+
+
 def test_full_sharing_pair(tmp_path: Path) -> None:
     require_sipp()
     ports = {ip: (free_port(ip), free_port(ip), free_port(ip)) for ip in (X_IP, Y_IP)}  # sip, bin, mi
@@ -79,7 +109,7 @@ def test_full_sharing_pair(tmp_path: Path) -> None:
     try:
         with edgeproxy_node(tmp_path / "y", config=config(2, Y_IP), transports=("udp",), host=Y_IP,
                             port=ports[Y_IP][0]) as y:
-            with edgeproxy_node(tmp_path / "x", config=config(1, X_IP), transports=("udp",), host=X_IP,
+            with edgeproxy_node(tmp_path / "x", config=config(1, X_IP), transports=("udp", "ws"), host=X_IP,
                                 port=ports[X_IP][0]) as x:
                 wait_for(lambda: "node 2 is UP" in x.log() and "node 1 is UP" in y.log(), "the cluster link")
                 regs = [Registration(f"u{i:04d}", f"sip:u{i:04d}@{LOOPBACK}:9") for i in range(USERS - len(CALLEES))]
@@ -98,9 +128,17 @@ def test_full_sharing_pair(tmp_path: Path) -> None:
                     assert set(at_x.result().statuses) <= {200, 400} and at_y.result().ok == 1
                 wait_for(lambda: shown(mi_x, "conc") == shown(mi_y, "conc") != [], "the same contact on both")
                 assert [c[2] for c in shown(mi_x, "conc")] == [2]
+                # a browser on X: reachable only over its WebSocket, so it stays X's own
+                browser = ws_register(X_IP, ports[X_IP][0], "browser")
+                assert shown(mi_x, "browser") != [] and shown(mi_y, "browser") == []
                 x.kill()
+                browser.close()
 
-            # X is dead: Y serves X's users
+            # X is dead: Y serves X's users; a call for X's browser gets its final answer at once
+            started = time.monotonic()
+            Sipp(tmp_path / "call-browser").run("uac_expect", f"{Y_IP}:{ports[Y_IP][0]}", user="browser",
+                                                timeout=15, keys={"domain": Y_IP, "expect_code": 404}).assert_ok()
+            print(f"\ncall for X's browser through Y: 404 after {time.monotonic() - started:.2f} s")
             Sipp(tmp_path / "call-y").run("uac_call", f"{Y_IP}:{ports[Y_IP][0]}", user=CALLEES[0], duration_ms=100,
                                           timeout=15, keys={"domain": Y_IP}).assert_ok()
             assert register_many(y_addr, [Registration("u0000", f"sip:u0000@{LOOPBACK}:9", expires=0)]).ok == 1
