@@ -1,9 +1,12 @@
-"""OpenSIPS usrloc's working modes for the location table: restart persistency in SQL.
+"""OpenSIPS usrloc's working modes for the location table: restart persistency in SQL and full
+sharing over the cluster link.
 
 * :mod:`.settings` -- ``[usrloc]``: ``working_mode_preset`` / ``db_mode``, ``db_url``, ``timer_interval``.
 * :mod:`.rows` -- a binding as a row of OpenSIPS's ``location`` table, and back.
 * :mod:`.sqlstore` -- that table in SQLite or MySQL/MariaDB (blocking; run in a worker thread).
 * :mod:`.persistence` -- :class:`Persistence`: load at start, write-back / write-through, ``ul_sync``.
+* :mod:`.replication` -- ``Replication``: full sharing (``usrloc-contact-repl``), ``ul_cluster_sync``
+  (imported only when configured).
 """
 
 from .persistence import Persistence
