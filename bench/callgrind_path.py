@@ -22,6 +22,8 @@ sockets, no reactor, no randomness that changes the path), then driven with mess
 * ``--kind natcall``: the same calls to a Bob behind NAT (private Via and Contact, another source
   address): flagged by the route's ``nat_uac_test``, reached at his NAT address, his UDP flow token in
   the Record-Route popped by Alice's ACK and BYE (``--measure --kind natcall``).
+* ``--kind call-acc``: the ``call`` workload on a node with ``[acc]`` writing JSON lines to a file in a
+  temporary directory (an attempt and an ended-call record per call, issue 14). Measured only when named.
 
 Method: ``valgrind --tool=callgrind`` runs the script with ``-n 10`` and with ``-n 110``; the
 difference of the two totals over 100 is the cost of one operation, interpreter start-up, imports and
@@ -38,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -93,8 +94,15 @@ def build(clock: Clock, kind: str = "register") -> tuple[Any, "Sender"]:
                     ProxySettings(domains=("example.com",)), None, params, **extra)
         node.add_local_endpoint(LOCAL)
         return node, sender
+    extra = {}
+    if kind == "call-acc":  # [acc] file = <temp>/calls.jsonl: the proxy core and the dialogs report to it
+        from edgeproxy.acc import AccSettings, accounting_for
+        from edgeproxy.dialog import DialogTable
+
+        acc = accounting_for(AccSettings(file=os.path.join(tempfile.mkdtemp(), "calls.jsonl")), clock)
+        extra = {"dialogs": DialogTable(listeners=[acc]), "calls": acc}
     node = Node(clock, sender, registrar, load_route_module("edgeproxy_routes.default"),
-                ProxySettings(domains=("example.com",)), None)
+                ProxySettings(domains=("example.com",)), None, **extra)
     node.add_local_endpoint(LOCAL)
     return node, sender
 
@@ -236,7 +244,7 @@ def run(kind: str, n: int) -> None:
         RouteRequest.create_dialog = lambda self, flags="": True  # type: ignore[method-assign]
         kind = "call"
     d = Driver(kind)
-    if kind in ("call", "fscall", "dscall"):
+    if kind in ("call", "fscall", "dscall", "call-acc"):
         (reply,) = d.receive(_register("bob", BOB.host, BOB.port, 0, expires=10**8), BOB_FLOW)
         assert _status(reply[1]) == 200, reply
         for i in range(n):
@@ -282,7 +290,8 @@ def measure(kinds: list[str], small: int, large: int) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--kind", choices=("register", "call", "fscall", "dscall", "call-nodlg", "natcall"),
+    parser.add_argument("--kind", choices=("register", "call", "fscall", "dscall", "call-nodlg", "natcall",
+                                               "call-acc"),
                         default="register")
     parser.add_argument("-n", type=int, default=10, help="operations to run")
     parser.add_argument("--measure", action="store_true",

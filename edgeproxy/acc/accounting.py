@@ -64,9 +64,10 @@ class Accounting:
         self.clock = clock
         self.wall = wall
         self.stats = {"attempts": 0, "missed": 0, "cdrs": 0}
-        # (Call-ID, caller tag) -> (source, destination) of answered calls a dialog tracks, until they
-        # end (a dialog keeps no address of a UDP party): at most one entry per active dialog
-        self._legs: dict[tuple[str, str], tuple[str, str]] = {}
+        # (Call-ID, caller tag) -> (source, destination, From URI, To URI) of answered calls a dialog
+        # tracks, until they end (a dialog keeps no address of a UDP party, and its From/To are header
+        # text): at most one entry per active dialog
+        self._legs: dict[tuple[str, str], tuple[str, str, str, str]] = {}
 
     def _write(self, record: CallRecord) -> None:
         for writer in self.writers:
@@ -86,10 +87,11 @@ class Accounting:
         to = request.to
         tracked = dialog and status < 300
         src, dst = _address(source.remote), _address(destination)
+        from_uri, to_uri = str(from_.uri), str(to.uri)
         if tracked:
-            self._legs[(request.call_id, from_.tag or "")] = (src, dst)
+            self._legs[(request.call_id, from_.tag or "")] = (src, dst, from_uri, to_uri)
         self._write(CallRecord(
-            "attempt", request.method, str(from_.uri), str(to.uri), from_.tag or "", response.to_tag or "",
+            "attempt", request.method, from_uri, to_uri, from_.tag or "", response.to_tag or "",
             request.call_id, status, response.reason, self.wall() - setup, setup, 0.0, src, dst, dialog=tracked))
 
     # -- DialogListener: the end of an answered call -------------------------------------------------
@@ -107,12 +109,14 @@ class Accounting:
         setup = max(0.0, dialog.start - dialog.created)
         self.stats["cdrs"] += 1
         legs = self._legs.pop((dialog.call_id, dialog.caller_tag), None)
-        if legs is None:  # answered before a record was asked for: what the dialog's connections say
+        if legs is None:  # answered before a record was asked for: what the dialog itself says
             legs = (_address(dialog.caller_flow.remote if dialog.caller_flow is not None else None),
-                    _address(dialog.callee_flow.remote if dialog.callee_flow is not None else None))
+                    _address(dialog.callee_flow.remote if dialog.callee_flow is not None else None),
+                    _uri(dialog.from_hdr), _uri(dialog.to_hdr))
+        src, dst, from_uri, to_uri = legs
         self._write(CallRecord(
-            "cdr", "INVITE", _uri(dialog.from_hdr), _uri(dialog.to_hdr), dialog.caller_tag, dialog.callee_tag or "",
-            dialog.call_id, 200, "OK", self.wall() - duration, setup, duration, legs[0], legs[1], end_reason=reason))
+            "cdr", "INVITE", from_uri, to_uri, dialog.caller_tag, dialog.callee_tag or "", dialog.call_id, 200, "OK",
+            self.wall() - duration, setup, duration, src, dst, end_reason=reason))
 
     def close(self) -> list[Any]:
         return [writer.close() for writer in self.writers]
