@@ -9,12 +9,17 @@ import time
 from pathlib import Path
 
 import pytest
+import pytest_twisted
+from support.ports import free_port
 from support.proxy import ALICE_FLOW, BOB, answer, invite, wire
+from support.transport import sleep
+from twisted.internet import reactor
 from twisted.internet.task import Clock
+from twisted.logger import formatEvent, globalLogPublisher
 
 from edgeproxy.acc import Accounting, CallRecord
 from edgeproxy.acc.settings import AccSettings
-from edgeproxy.acc.writers import JsonLinesFile
+from edgeproxy.acc.writers import AccTable, JsonLinesFile
 from edgeproxy.config import ConfigError, load_config
 from edgeproxy.dialog import DialogTable
 from edgeproxy.sip import Request
@@ -110,3 +115,25 @@ def test_acc_configuration(tmp_path: Path) -> None:
         load('[acc]\ndb_url = "postgres://x/y"\n')
     with pytest.raises(ConfigError, match="acc.table"):
         load('[acc]\nfile = "c.jsonl"\ntable = "acc; DROP TABLE x"\n')
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_database_that_is_down_costs_counts_and_one_line_not_calls() -> None:
+    """Rows go to a MySQL port where nothing listens: each insert fails, is counted, and only the first
+    failure of the streak is logged; writing never raises to the caller (the call goes on)."""
+    seen: list[dict] = []
+    globalLogPublisher.addObserver(seen.append)
+    table = AccTable(f"mysql://root@127.0.0.1:{free_port()}/test", reactor=reactor, timeout=1.0)
+    try:
+        table.write(record())  # a missed call
+        table.write(record(kind="cdr", sip_code=200, sip_reason="OK", duration=3.0))
+        for _ in range(200):
+            if table.stats["failed"] == 2:
+                break
+            await sleep(0.05)
+        assert table.stats == {"rows": 0, "failed": 2}
+        errors = [e for e in seen if e.get("log_namespace") == "edgeproxy.acc"]
+        assert len(errors) == 1 and "cannot write the record of" in formatEvent(errors[0])
+    finally:
+        globalLogPublisher.removeObserver(seen.append)
+        await table.close()

@@ -11,6 +11,7 @@ histogram, one processing time per REGISTER. Skipped without the prometheus bina
 from __future__ import annotations
 
 import math
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -79,3 +80,24 @@ def test_prometheus_scrapes_the_counts_sipp_reports(tmp_path: Path) -> None:
             assert prom.value("edgeproxy_usrloc_registered_users") == 2
             assert prom.value('edgeproxy_tm_transactions_by_class_total{class="2xx"}') >= CALLS  # type: ignore[operator]
             assert prom.value("edgeproxy_core_rcv_requests_total") >= registers + invites  # type: ignore[operator]
+
+
+def test_metrics_on_a_listener_of_their_own(tmp_path: Path) -> None:
+    """``[metrics] listen``: GET /metrics answers there, with no MI beside it (nothing that changes the
+    node), and anything but GET is refused."""
+    require_sipp()
+    port = free_port()
+    config = {"metrics": {"listen": f"{LOOPBACK}:{port}", "path": "/prom", "prefix": "edge", "process": False}}
+    with edgeproxy_node(tmp_path / "node", config=config, log_level="info") as node:
+        Sipp(tmp_path / "sipp").run("register", node.address, user="ann", keys={"expires": 300}).assert_ok()
+        with urllib.request.urlopen(f"http://{LOOPBACK}:{port}/prom", timeout=5) as reply:
+            text = reply.read().decode()
+        assert 'edge_core_rcv_requests_by_method_total{method="REGISTER"} 1.0' in text
+        assert "edge_usrloc_registered_users 1.0" in text and "process_" not in text
+        for path, method, code in (("/mi", "POST", 404), ("/prom", "POST", 405)):
+            request = urllib.request.Request(f"http://{LOOPBACK}:{port}{path}", data=b"{}", method=method)
+            try:
+                urllib.request.urlopen(request, timeout=5)
+                raise AssertionError(f"{method} {path} answered 200")
+            except urllib.error.HTTPError as err:
+                assert err.code == code, (path, err.code)

@@ -10,6 +10,7 @@ datagrams, its log read back line by line.
 from __future__ import annotations
 
 import json
+import re
 import socket
 from pathlib import Path
 from typing import Any, Iterator
@@ -128,3 +129,25 @@ def test_json_log_lines_of_a_call_carry_its_call_id_and_floods_stay_bounded(tmp_
     malformed = [r for r in others if "malformed" in r["message"]]
     assert 1 <= len(malformed) <= 3, malformed
     assert len(others) <= 10, [r["message"] for r in others]
+
+
+def test_text_log_lines_show_the_message_context(tmp_path: Path) -> None:
+    require_sipp()
+    route = tmp_path / "route.py"
+    route.write_text(ROUTE)
+    config = {"node": {"route": str(route)}, "registrar": {"min_expires": 30}}
+    with edgeproxy_node(tmp_path / "node", config=config, log_level="info") as node:
+        sipp = Sipp(tmp_path / "sipp")
+        phone = sipp.start("register", node.address, user="bob", ooc="uas_answer", duration_ms=30_000,
+                           timeout=40, keys={"expires": 300})
+        try:
+            phone.wait_for_message(r"^SIP/2.0 200 OK", timeout=10)
+            calls = sipp.run("uac_call", node.address, user="bob", timeout=20).assert_ok()
+        finally:
+            phone.stop()
+        log = node.log()
+    (invite,) = [m for m in calls.sent() if m.method == "INVITE"]
+    branch = re.search(r"branch=([^;\s]+)", invite.header("Via")[0]).group(1)  # type: ignore[union-attr]
+    (line,) = [line for line in log.splitlines() if "call to bob" in line]
+    assert "[edgeproxy.route#info]" in line
+    assert line.endswith(f"call to bob [call_id={invite.header('Call-ID')[0]} tx={branch}]"), line
