@@ -5,8 +5,9 @@
   ``pike_list``, ``uptime``, ``version``, ``which``, ``help``, ``ps``, ``log_level`` over a running
   node's parts, answering what OpenSIPS answers: the command table, dispatch and the core commands;
   :mod:`.usrloc` (the ``ul_*`` commands), :mod:`.dispatcher` (``ds_list``, ``ds_set_state``,
-  ``ds_reload``) and :mod:`.statistics` (the counters and their commands) are its parts, :mod:`.rpc` the JSON-RPC vocabulary (:class:`MIError`, error codes, parameter recipes) and
-  :mod:`.parts` what they read of a running node (:class:`~.parts.NodeParts`).
+  ``ds_reload``) and :mod:`.statistics` (the counters and their commands) are its parts, :mod:`.rpc`
+  the JSON-RPC vocabulary (:class:`MIError`, error codes, parameter recipes) and :mod:`.parts` what
+  they read of a running node (:class:`~.parts.NodeParts`).
 * :mod:`.http` -- the twisted.web resources at ``[mi] path`` and ``[metrics] path``,
   :func:`start_management` and :func:`start_metrics`.
 * :mod:`.prometheus` -- the Prometheus collector over the statistics; :mod:`.metrics_settings` the
