@@ -10,6 +10,10 @@ NAT_TEST = "private-contact,diff-ip-src-via,diff-port-src-via"
 """nathelper's classic ``nat_uac_test("19")``: a private Contact, or a Via that is not where the
 request came from. The sender is then reached at its source address: its contacts by ``save()``
 (``msg.nat``), its dialogs by the flow token of our Record-Route."""
+NAT_TEST_STREAM = "private-contact,diff-ip-src-via"
+"""The same over TCP, TLS and WebSocket without the port test: a connection's source port is an
+ephemeral one whatever the Via says, which is no sign of NAT (a phone flagged NAT for it would be
+dialled at that dead port, not at its Contact, once its connection closed)."""
 
 
 async def common_prelude(msg) -> bool:
@@ -31,7 +35,7 @@ async def common_prelude(msg) -> bool:
         msg.sl_send_reply(200, "OK")  # keep-alive pings (e.g. FreeSWITCH gateways) to the node itself
         return True
     # nathelper, on by default (OpenSIPS: if (nat_uac_test("19")) setbflag(NAT);)
-    msg.nat = msg.nat_uac_test(NAT_TEST)
+    msg.nat = msg.nat_uac_test(NAT_TEST if msg.proto == "udp" else NAT_TEST_STREAM)
     if msg.is_method("REGISTER"):
         if not msg.is_myself():
             msg.sl_send_reply(403, "Forbidden")

@@ -296,3 +296,13 @@ def test_another_nodes_token_is_relayed_to_that_node(world: World) -> None:
     out = relayed(sent, "BYE")
     assert out.remote == Endpoint("UDP", "127.0.0.12", 5060)
     assert out.message.headers.values("route") == [route]  # node 2 pops it and finds Carol
+
+
+def test_a_tcp_phone_sending_from_an_ephemeral_port_is_not_flagged(world: World) -> None:
+    """Over a connection the source port is ephemeral whatever the Via says: the shipped routes
+    leave the port test out there, so the phone is reached at its Contact once its connection closed."""
+    from support.proxy import BOB_TCP_FLOW
+
+    world.register(contacts=("<sip:bob@192.0.2.10:5062;transport=tcp>",), flow=BOB_TCP_FLOW)  # Via port 5062
+    [binding] = world.location.get("bob")
+    assert not binding.nat and binding.flow == BOB_TCP_FLOW
