@@ -32,8 +32,8 @@ import base64
 import binascii
 import hashlib
 import hmac
-import ipaddress
 import os
+import socket
 import struct
 from pathlib import Path
 
@@ -84,8 +84,8 @@ class FlowTokens:
             return None
         remote = flow.remote
         try:
-            address = ipaddress.ip_address(remote.host).packed
-        except ValueError:
+            address = socket.inet_pton(socket.AF_INET6 if ":" in remote.host else socket.AF_INET, remote.host)
+        except (OSError, ValueError):
             return None
         if flow.connection_id is None:
             if remote.transport != "UDP":
@@ -102,7 +102,7 @@ class FlowTokens:
 
     @staticmethod
     def _mac(key: bytes, data: bytes) -> bytes:
-        return hmac.new(key, data, hashlib.sha256).digest()[:_MAC_LEN]
+        return hmac.digest(key, data, "sha256")[:_MAC_LEN]  # one-shot: no HMAC object per message
 
     @staticmethod
     def looks_like(user: str | None) -> bool:
@@ -122,15 +122,19 @@ class FlowTokens:
             if local is None or not hmac.compare_digest(mac, self._mac(self._key, payload + _listener(local))):
                 raise InvalidFlowToken(user)
             _, port = _UDP_HEAD.unpack_from(payload)
-            host = str(ipaddress.ip_address(payload[_UDP_HEAD.size:]))
+            host = _address(payload[_UDP_HEAD.size:])
             return Flow(local, Endpoint("UDP", host, port))
         if not hmac.compare_digest(mac, self._mac(self._conn_key, payload)):
             raise InvalidFlowToken(user)
         _, kind, cid, port = _HEAD.unpack_from(payload)
-        host = str(ipaddress.ip_address(payload[_HEAD.size:]))
+        host = _address(payload[_HEAD.size:])
         transport = _TRANSPORTS[kind]
         remote = Endpoint(transport, host, port)
         return Flow(local if local is not None else Endpoint(transport, "0.0.0.0", 0), remote, cid)
+
+
+def _address(packed: bytes) -> str:
+    return socket.inet_ntop(socket.AF_INET if len(packed) == 4 else socket.AF_INET6, packed)
 
 
 def _raw(user: str | None) -> bytes | None:

@@ -231,8 +231,8 @@ class RouteVerbs(DispatcherVerbs, TmVerbs, PermissionVerbs):
         routed = loose_route(route.request, self.identity.is_myself, popped, self.forwarder.is_flow_token)
         source = route.source
         for uri in popped:
-            if not self.forwarder.is_flow_token(uri.user):
-                continue
+            if uri.user is None:
+                continue  # our plain Record-Route entry: no token
             try:
                 flow = self.forwarder.flow_tokens.decode(uri.user, uri_endpoint(uri))
             except InvalidFlowToken:
