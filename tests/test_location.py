@@ -192,6 +192,30 @@ class StoreTests(LocationTestCase):
         self.assertEqual(self.lookup("alice")[0], LookupResult.FOUND)
 
 
+    def test_replace_many_is_replace_for_each_aor(self) -> None:
+        """The bulk write of a full-sharing sync: same table, same events, same expiry as
+        :meth:`replace` one AoR at a time, and one timer for all of them."""
+        self.replace("carol", [binding("carol", "sip:carol@198.51.100.9")])
+        alice = binding(expires=60)
+        bob = binding("bob", "sip:bob@198.51.100.8", expires=30)
+        dead = binding("dave", "sip:dave@198.51.100.5", now=T0 - 7200)
+        written = self.loc.replace_many([("alice", [alice]), ("bob", [bob]), ("carol", []), ("dave", [dead])])
+        self.assertEqual(written, 2)
+        self.assertEqual(self.lookup("alice"), (LookupResult.FOUND, [alice]))
+        self.assertEqual(self.lookup("bob"), (LookupResult.FOUND, [bob]))
+        self.assertEqual(self.lookup("carol"), (LookupResult.NOT_FOUND, []))
+        self.assertEqual(self.lookup("dave"), (LookupResult.NOT_FOUND, []))
+        self.assertEqual(self.events.events, [("created", "carol"), ("created", "alice"), ("created", "bob"),
+                                              ("emptied", "carol")])
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.clock.advance(30)
+        self.assertEqual(self.lookup("bob"), (LookupResult.NOT_FOUND, []))
+        self.assertEqual(self.lookup("alice"), (LookupResult.FOUND, [alice]))
+        self.clock.advance(30)
+        self.assertEqual(len(self.loc), 0)
+        self.assertEqual(self.events.events[-2:], [("emptied", "bob"), ("emptied", "alice")])
+
+
 class ExpiryTests(LocationTestCase):
     def test_binding_expires_and_aor_emptied_fires(self) -> None:
         self.replace("alice", [binding(expires=60)])

@@ -16,7 +16,8 @@ from twisted.internet.task import Clock
 from edgeproxy.location import Binding, ChangeJournal, InMemoryLocation
 from edgeproxy.sip import parse_uri
 from edgeproxy.sip.endpoint import Endpoint, Flow
-from edgeproxy.usrloc.replication import MAX_PAYLOAD, Replication, merge
+from edgeproxy.usrloc.replication import MAX_PAYLOAD, Replication, decode_binding, merge
+from edgeproxy.usrloc.rows import connection_bound
 
 T0 = 1_700_000_000.0
 LOCAL = Endpoint("UDP", "127.0.0.11", 5060)
@@ -208,3 +209,37 @@ def test_malformed_data_from_a_peer_is_counted_and_dropped() -> None:
                                                         None, 1, "UA", None, None, None, None, None, T0]], []]]}))
     (ok,) = y.location.get("ok")
     assert ok.nat and ok.received == Endpoint("UDP", "192.0.2.1", 5060) and ok.flow is None
+
+
+def test_decoding_refuses_every_connection_bound_kind() -> None:
+    """The raw-field rule of the bulk decoder is rows.connection_bound's: TCP behind NAT, an outbound
+    (reg-id) flow, WebSocket and ``.invalid`` hosts stay home; plain TCP and UDP behind NAT travel."""
+    def item(uri: str, transport: str, nat: int, reg_id: int | None) -> list[Any]:
+        return [uri, T0 + 60, "c", 1, [transport, "192.0.2.1", 5060], None, nat, None, None, None, reg_id, None,
+                None, T0]
+    kept = {(u, t, n, r): decode_binding("a", item(u, t, n, r), T0) is not None
+            for u, t, n, r in [("sip:a@192.0.2.1", "TCP", 1, None), ("sip:a@192.0.2.1", "TLS", 0, 1),
+                               ("sip:a@192.0.2.1", "WS", 0, None), ("sip:a@x.invalid", "UDP", 0, None),
+                               ("sip:a@192.0.2.1", "TCP", 0, None), ("sip:a@192.0.2.1", "UDP", 1, 1)]}
+    assert list(kept.values()) == [False, False, False, False, True, True]
+    for (u, t, n, r), ok in kept.items():
+        remote = Endpoint(t, "192.0.2.1", 5060)
+        binding = Binding(aor="a", uri=parse_uri(u), expires_at=T0 + 60, call_id="c", cseq=1, received=remote,
+                          nat=bool(n), reg_id=r)
+        assert connection_bound(binding) is not ok
+
+
+def test_an_aor_twice_in_one_message_merges_in_order() -> None:
+    """A message's AoRs are written in one go; an AoR repeated in it still follows the §10.3 rules
+    against the earlier entry, not against the table as it was."""
+    clock, x, y = pair()
+    handler = y.link.handler
+    assert handler is not None
+
+    def entry(cseq: int) -> list[Any]:
+        return ["dup", [["sip:dup@192.0.2.1", T0 + 60, "c", cseq, ["UDP", "192.0.2.1", 5060], None, 0, None, None,
+                         None, None, None, None, T0]], []]
+    handler(1, 1, json.dumps({"t": "u", "a": [entry(3), entry(2)]}))
+    assert y.contacts("dup") == [("sip:dup@192.0.2.1", "c", 3)]
+    handler(1, 1, json.dumps({"t": "u", "a": [entry(4), ["dup", [], [["sip:dup@192.0.2.1", "c", 4]]]]}))
+    assert y.contacts("dup") == []

@@ -86,6 +86,32 @@ class InMemoryLocation:
             self._emit("aor_created", aor)
         return succeed(None)
 
+    def replace_many(self, items: Iterable[tuple[str, Sequence[Binding]]]) -> int:
+        """:meth:`replace` for many AoRs, synchronously, with one re-arm of the expiry timer and no
+        Deferred per AoR: a full-sharing bulk sync writes 100,000 AoRs in a row (OpenSIPS usrloc
+        ``ul_cluster_sync``; issue 12 wants them in under 5 s). The number of AoRs holding bindings
+        afterwards among ``items``."""
+        now = self.clock.seconds()
+        records = self._records
+        written = 0
+        for aor, bindings in items:
+            live = [b for b in bindings if b.expires_at > now]
+            record = records.get(aor)
+            if not live:
+                if record is not None:
+                    self._drop(aor, record)
+                continue
+            created = record is None
+            if record is None:
+                record = records[aor] = _Record()
+            self._set(aor, record, live)
+            self._schedule(aor, record, arm=False)
+            written += 1
+            if created:
+                self._emit("aor_created", aor)
+        self._arm()
+        return written
+
     def lookup(self, aor: str, method: str | None = None) -> "Deferred[tuple[LookupResult, list[Binding]]]":
         if not aor:
             return succeed((LookupResult.ERROR, []))
@@ -224,14 +250,16 @@ class InMemoryLocation:
         del self._records[aor]
         self._emit("aor_emptied", aor)
 
-    def _schedule(self, aor: str, record: _Record) -> None:
-        """Make sure the record has a valid heap entry no later than its earliest expiry."""
+    def _schedule(self, aor: str, record: _Record, *, arm: bool = True) -> None:
+        """Make sure the record has a valid heap entry no later than its earliest expiry (``arm``
+        False: the caller re-arms the timer once after many)."""
         earliest = min(b.expires_at for b in record.bindings)
         if record.scheduled is not None and record.scheduled <= earliest:
             return
         record.scheduled = earliest
         heapq.heappush(self._heap, (earliest, aor))
-        self._arm()
+        if arm:
+            self._arm()
 
     def _arm(self) -> None:
         """Point the single timer at the earliest valid heap entry (discarding stale tops)."""
