@@ -5,7 +5,8 @@ Theory of operation. :class:`StatefulProxy` owns the transaction table and the o
 it at the earliest transaction deadline. Transactions are sans-IO: they return actions (send,
 deliver, timeout) that :meth:`StatefulProxy.execute` carries out. A request the route relays becomes
 a :class:`~edgeproxy.proxy.context.ServerContext` with one client transaction per target (§16.6),
-serially by q groups and in parallel within a group; responses come back through the client
+serially by q groups and in parallel within a group, started by
+:class:`~edgeproxy.proxy.branches.BranchLauncher`; responses come back through the client
 transactions and are forwarded or collected for the best-response choice of §16.7. What the route
 module may do on the way (``onreply_route``, ``failure_route``, ``branch_route``, routing an ACK that
 a transaction delivered) is asked of :class:`RouteHooks`, which the node implements.
@@ -13,25 +14,19 @@ a transaction delivered) is asked of :class:`RouteHooks`, which the node impleme
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Iterable, Union
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from ..dialog import DialogTable
-from ..dns import ServerQuery
-from ..interfaces import SendError
 from ..latency import LatencyHistogram
 from ..logcontext import message_context
-from ..sip.endpoint import Destination, Endpoint, Flow
-from ..sip.errors import SipValueError
+from ..sip.endpoint import Flow
 from ..sip.message import Request, Response
 from ..transaction import (
     ClientInviteTransaction,
     ClientNonInviteTransaction,
-    ClientTransaction,
     DeliverRequest,
     DeliverResponse,
     SendRequest,
@@ -46,6 +41,7 @@ from ..transaction import (
     TransactionTable,
     TransportFailure,
 )
+from .branches import BranchLauncher
 from .context import Branch, CancelBranch, ClientBranch, RouteState, ServerContext
 from .dialogs import DialogKeeper
 from .forwarding import Forwarder, build_cancel
@@ -84,10 +80,11 @@ class StatefulProxy:
         self.calls = calls  # [acc]: every INVITE's first final response
         self._owners: dict[Transaction, Owner] = {}
         self._timer: IDelayedCall | None = None
-        self._branch_timers: dict[tuple[float | None, float | None], TimerSettings] = {}
         # create_dialog(): what the INVITEs' transactions show goes to the table (OpenSIPS dialog)
         self.dialogs = DialogKeeper(dialogs if dialogs is not None else DialogTable(), forwarder, clock,
                                     self.start_local, self.cancel_invite)
+        # the client branches of a relayed request, up to their first send (§16.6, RFC 3263 §4.3)
+        self.launcher = BranchLauncher(self, clock, forwarder, hooks, settings, timers, self.noise)
 
     @property
     def idle(self) -> bool:
@@ -152,7 +149,7 @@ class StatefulProxy:
                         key = "timeouts_inv" if owner.provisional and owner.request.method == "INVITE" else "timeouts"
                         self.stats[key] = self.stats.get(key, 0) + 1
                     # no answer at all from this target (not even 1xx): RFC 3263 §4.3, the next one
-                    if owner.alternatives and not owner.provisional and self._fail_over(owner, "timeout"):
+                    if owner.alternatives and not owner.provisional and self.launcher.fail_over(owner, "timeout"):
                         continue
                     self.branch_failed(owner, 408, "Request Timeout")
             elif isinstance(action, TransportFailure):
@@ -166,7 +163,8 @@ class StatefulProxy:
                     if ctx.live <= 0:
                         ctx.release()
 
-    def _own(self, tx: Transaction, owner: Owner) -> None:
+    def own(self, tx: Transaction, owner: Owner) -> None:
+        """Enter ``tx`` in the transaction table; its actions go to ``owner`` (:meth:`execute`)."""
         self._owners[tx] = owner
         self.table.add(tx)
 
@@ -176,7 +174,7 @@ class StatefulProxy:
         now = self.clock.seconds()
         tx = ClientNonInviteTransaction(owner.request, reliable=owner.destination.remote.reliable,
                                         timers=self.timers, now=now)
-        self._own(tx, owner)
+        self.own(tx, owner)
         self.execute(tx, tx.start(now))
         self.arm()
 
@@ -221,7 +219,7 @@ class StatefulProxy:
             tx = ServerNonInviteTransaction(ctx.request, reliable=reliable, timers=self.timers, now=now)
         ctx.tx = tx
         ctx.live += 1
-        self._own(tx, ctx)
+        self.own(tx, ctx)
         self.execute(tx, tx.start(now))
         return tx
 
@@ -350,183 +348,12 @@ class StatefulProxy:
         route.ruri_consumed = route.ruri_key()
         route.branches = []
         route.ruri_branch = None
-        self._start_group(ctx)
+        self.launcher.start_group(ctx)
         return True
 
     def forward_ack(self, route: RouteState, target: Branch) -> bool:
         """An ACK for a 2xx is forwarded statelessly (§16.11)."""
         return self.forwarder.forward_stateless(route, target)
-
-    def _start_group(self, ctx: ServerContext) -> None:
-        group = ctx.groups.pop(0)
-        # a branch may fail synchronously (a UDP send error): the context must not be decided
-        # before every branch of the group exists (§16.7 step 6 waits for all branches)
-        ctx.starting = True
-        try:
-            for target in group:
-                self._start_branch(ctx, target)
-        finally:
-            ctx.starting = False
-        self.check_done(ctx)
-
-    def _start_branch(self, ctx: ServerContext, target: Branch) -> None:
-        fw = self.forwarder
-        try:
-            fwd, destination, query = fw.prepare(ctx.request, target, ctx.route, ctx.flow, fw.new_branch())
-        except (SendError, SipValueError) as exc:
-            cb = ClientBranch(ctx, target, ctx.request, Destination(Endpoint("UDP", "0.0.0.0", 0)))
-            ctx.branches.append(cb)
-            cb.final = fw.local_final(ctx.request, ctx.request, exc.status, exc.reason)
-            return
-        cb = ClientBranch(ctx, target, fwd, destination)
-        ctx.branches.append(cb)
-        if query is None:
-            self._launch(cb)
-            return
-        cb.base = fwd
-        fw.locate(query).addCallbacks(self._located, self._locate_failed, callbackArgs=(cb,),
-                                      errbackArgs=(cb, query))
-
-    def _located(self, targets: list[Endpoint], cb: ClientBranch) -> None:
-        """The next hop's targets are known: send to the first one that can be tried."""
-        ctx = cb.ctx
-        if ctx is None or cb.final is not None or cb.replaced:
-            return  # the transaction ended while the name was being looked up
-        if ctx.canceled or ctx.final_sent:
-            cb.final = self.forwarder.local_final(ctx.request, cb.request, 487, "Request Terminated")
-        else:
-            attempt = self.forwarder.try_next(cb, list(targets))
-            if isinstance(attempt, ClientBranch):
-                self._launch(attempt)
-            else:
-                log.info("cannot locate {host}: {why}", host=cb.destination.server_name,
-                         why=attempt.reason if targets
-                         else "Name Resolution Failed (no such name or no usable target)",
-                         **message_context(cb.request))
-                cb.final = self.forwarder.local_final(ctx.request, cb.request, attempt.status, attempt.reason)
-        if cb.final is not None:
-            self.check_done(ctx)
-        self.arm()
-
-    def _locate_failed(self, failure: Failure, cb: ClientBranch, query: ServerQuery) -> None:
-        err = failure.value
-        if not isinstance(err, SendError):
-            log.failure("locating {host} failed", failure, host=query.host)
-            err = SendError("Name Resolution Failed")
-        log.info("cannot locate {host}: {why}", host=query.host, why=err.reason, **message_context(cb.request))
-        ctx = cb.ctx
-        if ctx is None or cb.final is not None or cb.replaced:
-            return
-        cb.final = self.forwarder.local_final(ctx.request, cb.request, err.status, err.reason)
-        self.check_done(ctx)
-        self.arm()
-
-    def _fail_over(self, cb: ClientBranch, why: str) -> bool:
-        """Move ``cb`` to its next target if DNS failover applies (the context still wants an
-        answer); True when a new attempt was started."""
-        ctx = cb.ctx
-        if (not self.settings.dns_failover or ctx is None or cb.replaced or ctx.canceled or ctx.final_sent
-                or not cb.alternatives):
-            return False
-        log.info("{method} to {dest} failed ({why}): trying the next target of {name}", method=cb.request.method,
-                 dest=cb.destination.remote, why=why, name=cb.destination.server_name, **message_context(cb.request))
-        attempt = self.forwarder.try_next(cb, cb.alternatives)
-        if isinstance(attempt, ClientBranch):
-            self._launch(attempt)
-            return True
-        return False
-
-    def _launch(self, cb: ClientBranch) -> None:
-        """Run the branch route on ``cb``'s request, then start its client transaction and send it
-        (§16.6 steps 9-11); an asynchronous branch route holds the branch back until it ends."""
-        ctx = cb.ctx
-        assert ctx is not None
-        waiting = self.hooks.branch_route(ctx, cb.request)
-        if waiting is None:
-            self._start_transaction(cb)
-            return
-        waiting.addCallback(self._branch_route_done, cb)
-
-    def _branch_route_done(self, _: None, cb: ClientBranch) -> None:
-        ctx = cb.ctx
-        if ctx is None or cb.replaced or cb.final is not None:
-            return
-        if ctx.canceled or ctx.final_sent:
-            cb.final = self.forwarder.local_final(ctx.request, cb.request, 487, "Request Terminated")
-            self.check_done(ctx)
-        else:
-            self._start_transaction(cb)
-        self.arm()
-
-    def _start_transaction(self, cb: ClientBranch) -> None:
-        ctx = cb.ctx
-        assert ctx is not None
-        fwd = cb.request
-        destination = cb.destination
-        now = self.clock.seconds()
-        reliable = destination.remote.reliable
-        route = ctx.route
-        timers = self.timers
-        per_tx = route is not None and (route.fr_timeout is not None or route.fr_inv_timeout is not None)
-        if per_tx:
-            assert route is not None
-            timers = self.branch_timers(route.fr_timeout, route.fr_inv_timeout)
-        tx: ClientTransaction
-        if fwd.method == "INVITE":
-            tx = ClientInviteTransaction(fwd, reliable=reliable, timers=timers, now=now, c_from_first_reply=per_tx)
-        else:
-            tx = ClientNonInviteTransaction(fwd, reliable=reliable, timers=timers, now=now)
-        cb.tx = tx
-        ctx.live += 1
-        self._own(tx, cb)
-        for action in tx.start(now):
-            if isinstance(action, SendRequest):
-                d = self.forwarder.sender.send(destination, action.request)
-                d.addCallbacks(self._branch_sent, self._branch_send_failed, callbackArgs=(cb,), errbackArgs=(cb,))
-            else:
-                self.execute(tx, (action,))
-
-    def branch_timers(self, fr_timeout: float | None, fr_inv_timeout: float | None) -> TimerSettings:
-        """The timers of a branch whose route set ``$T_fr_timeout`` / ``$T_fr_inv_timeout`` (OpenSIPS
-        ``tm``, seconds; None: the node's): ``fr_timeout`` bounds the wait for any reply (Timer B of an
-        INVITE, Timer F otherwise), ``fr_inv_timeout`` the wait for a final after the first reply
-        (Timer C, armed from that reply: ``c_from_first_reply``). Read when the branch is sent, as
-        OpenSIPS reads them, so a failure route's new value applies to the branches it adds.
-        One TimerSettings per distinct pair, kept: routes use a handful of values."""
-        key = (fr_timeout, fr_inv_timeout)
-        timers = self._branch_timers.get(key)
-        if timers is None:
-            base = self.timers
-            timers = replace(base, timer_b=fr_timeout if fr_timeout is not None else base.timer_b,
-                             timer_f=fr_timeout if fr_timeout is not None else base.timer_f,
-                             timer_c=fr_inv_timeout if fr_inv_timeout is not None else base.timer_c)
-            if len(self._branch_timers) < 64:
-                self._branch_timers[key] = timers
-        return timers
-
-    @staticmethod
-    def _branch_sent(flow: Flow, cb: ClientBranch) -> None:
-        cb.flow = flow
-
-    def _branch_send_failed(self, failure: Failure, cb: ClientBranch) -> None:
-        err = failure.value
-        status = err.status if isinstance(err, SendError) else 503
-        reason = err.reason if isinstance(err, SendError) else "Service Unavailable"
-        if cb.final is None and cb.alternatives and self._fail_over(cb, reason):
-            if cb.tx is not None:  # the failed attempt's transaction ends; its events are ignored now
-                self.execute(cb.tx, cb.tx.transport_error(self.clock.seconds()))
-            self.arm()
-            return
-        # once per call while a next hop refuses: one line per destination per interval, then counts
-        self.noise.note(str(cb.destination.remote), "failed branch", failure.getErrorMessage(),
-                        message_context(cb.request))
-        if cb.final is None:
-            # the SendError's status is the branch's response (430 Flow Failed, 477 ...): record it
-            # before the transaction's TransportFailure would count the branch as a plain 503
-            self.branch_failed(cb, status, reason)
-            if cb.tx is not None:
-                self.execute(cb.tx, cb.tx.transport_error(self.clock.seconds()))
-        self.arm()
 
     # -- responses (§16.7) ---------------------------------------------------------------------------
     def receive_response(self, response: Response) -> bool:
@@ -573,7 +400,7 @@ class StatefulProxy:
             return
         if cb.final is not None and status >= 300:
             return  # the branch already ended (timer C, transport error): late final absorbed
-        if status == 503 and cb.alternatives and self._fail_over(cb, "503"):
+        if status == 503 and cb.alternatives and self.launcher.fail_over(cb, "503"):
             return  # RFC 3261 §21.5.4 / 3263 §4.3 (OpenSIPS and Kamailio DNS failover on 503)
         cb.final = response
         cb.received = True
@@ -611,7 +438,7 @@ class StatefulProxy:
         if any(b.final is None for b in ctx.branches):
             return
         if ctx.groups and not ctx.canceled:
-            self._start_group(ctx)
+            self.launcher.start_group(ctx)
             return
         finals = [b.final for b in ctx.branches if b.final is not None]
         if not finals:
@@ -659,7 +486,7 @@ class StatefulProxy:
         now = self.clock.seconds()
         cancel_tx = ClientNonInviteTransaction(cancel, reliable=destination.remote.reliable, timers=self.timers,
                                                now=now)
-        self._own(cancel_tx, CancelBranch(destination))
+        self.own(cancel_tx, CancelBranch(destination))
         self.execute(cancel_tx, cancel_tx.start(now))
         self.execute(tx, tx.cancel_sent(now))
 

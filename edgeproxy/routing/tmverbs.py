@@ -5,7 +5,7 @@ the branches (``t_check_status``, ``t_local_replied``).
 :class:`TmVerbs` is a part of :class:`~edgeproxy.routing.verbs.RouteVerbs` (the one implementation,
 run by the node and by :class:`~edgeproxy.routing.testing.RouteHarness` alike) and :class:`TmRequest`
 of :class:`~edgeproxy.routing.api.RouteRequest` (``msg``). The timers take effect in the proxy core
-(:meth:`edgeproxy.proxy.engine.StatefulProxy.branch_timers`), which reads the values the verbs leave
+(:meth:`edgeproxy.proxy.branches.BranchLauncher.branch_timers`), which reads the values the verbs leave
 in the request's :class:`~edgeproxy.proxy.context.RouteState`.
 """
 
