@@ -2,10 +2,11 @@
 script starts its own ``twistd edgeproxy`` (default configuration plus ``[auth]`` and ``[pike]
 check_all``, UDP/TCP/WS on loopback), fuzzes it over the three transports with mutated messages,
 probes amplification, bombs the WebSocket handshake, floods state with 60 KB INVITEs, holds slowloris
-connections and guesses a password beside a legitimate user. What is asserted comes from the run's
+connections and guesses a password beside a legitimate user, while SIPp registers and calls a SIPp
+PBX through the node as legitimate users do (``bench/attack/legit.py``). What is asserted comes from the run's
 JSON: the node lived through it with no traceback in its log, unauthenticated traffic got fewer bytes
 back than it sent (one reply per probe datagram), memory stayed bounded, the password was not found
-and the legitimate user always registered. Counts and RSS, never timings.
+and every legitimate REGISTER and call of the concurrent SIPp run succeeded. Counts and RSS, never timings.
 """
 
 from __future__ import annotations
@@ -15,11 +16,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+from support.sipp_harness import require_sipp
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "bench" / "attack" / "suite.py"
 
 
 def test_the_attack_suite_at_small_scale(tmp_path: Path) -> None:
+    require_sipp()
     out = tmp_path / "suite.json"
     run = subprocess.run([sys.executable, str(SCRIPT), "--scale", "0.01", "--workdir", str(tmp_path / "run"),
                           "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -43,5 +47,10 @@ def test_the_attack_suite_at_small_scale(tmp_path: Path) -> None:
     guessing = results["password guessing"]
     assert guessing["notes"]["password found"] is False, guessing
     assert guessing["notes"]["legitimate REGISTERs failed"] == 0 < guessing["notes"]["legitimate REGISTERs ok"]
+    # the concurrent legitimate SIPp run: digest REGISTERs and calls to a SIPp PBX through the node
+    legit = summary["legitimate"]
+    assert legit["legitimate REGISTERs failed"] == 0 < legit["legitimate REGISTERs ok"], legit
+    assert legit["legitimate calls failed"] == 0 < legit["legitimate calls ok"], legit
+    assert legit["INVITEs delivered to the PBX"] >= legit["legitimate calls ok"], legit
     assert summary["rss_end_kb"] - summary["rss_start_kb"] < 50 * 1024, summary
     assert summary["log_lines"] < 400, summary["log_lines"]

@@ -25,10 +25,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import attacks  # noqa: E402
+from legit import Legitimate  # noqa: E402
 from target import Target  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-USERS = {"alice": "correct-horse-7", "bob": "builder"}
+# alice is the password-guessing target, bob registers beside the guesser, carol (REGISTERs and
+# calls) and pbx (FreeSWITCH's stand-in, answering) are the concurrent legitimate SIPp run
+USERS = {"alice": "correct-horse-7", "bob": "builder", "carol": "c4rol-s3cret", "pbx": "fs-trunk-9"}
 
 
 def free_udp_tcp_port(host: str) -> int:
@@ -76,6 +79,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     ap.add_argument("--only", default="", help="comma-separated attack names")
     ap.add_argument("--no-pike", action="store_true", help="leave [pike] out (to fuzz the routes, not pike)")
+    ap.add_argument("--no-legit", action="store_true", help="no concurrent legitimate SIPp run")
     args = ap.parse_args()
     k = args.scale
 
@@ -100,9 +104,14 @@ def main() -> None:
     }
     only = [x for x in args.only.split(",") if x]
     results = []
+    legit = Legitimate(args.workdir / "legit", f"{args.host}:{port}", USERS, rate=1.0, limit=n(1200, 300),
+                       seconds=1200 * k + 300)
+    legit_counts: dict = {}
     target.start()
     try:
         rss_start = target.rss_kb()
+        if not args.no_legit:
+            legit.start()
         for name, run in plan.items():
             if only and name not in only:
                 continue
@@ -111,16 +120,24 @@ def main() -> None:
             if not target.running():
                 print("the node died", file=sys.stderr)
                 break
+        if not args.no_legit:
+            print(f"[{time.strftime('%H:%M:%S')}] stopping the legitimate SIPp run ...", file=sys.stderr, flush=True)
+            legit_counts = legit.stop()
         summary = {"tree": str(args.tree), "scale": k, "rss_start_kb": rss_start,
                    "rss_end_kb": target.rss_kb() if target.running() else 0, "alive": target.running(),
                    "tracebacks": target.log().count("Traceback"), "log_lines": len(target.log().splitlines()),
-                   "results": results}
+                   "legitimate": legit_counts, "results": results}
     finally:
+        if not args.no_legit and not legit_counts:
+            legit.stop()
         target.stop()
     print(table(results))
     print(f"node RSS {summary['rss_start_kb'] / 1024:.0f} MB at the start, {summary['rss_end_kb'] / 1024:.0f} MB at"
           f" the end; alive: {summary['alive']}; tracebacks in the log: {summary['tracebacks']};"
           f" log lines: {summary['log_lines']}")
+    if legit_counts:
+        print("concurrent legitimate SIPp run (digest REGISTERs and calls to the PBX, through the node):",
+              "; ".join(f"{k}: {v}" for k, v in legit_counts.items()))
     if args.json:
         args.json.write_text(json.dumps(summary, indent=1))
 
