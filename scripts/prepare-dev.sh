@@ -8,6 +8,7 @@
 # What it sets up:
 #   * python3-venv (Debian's Python needs it for `python3 -m venv`)
 #   * SIPp (sip-tester), sipsak and baresip: the independent SIP peers of the end-to-end tests
+#   * iproute2 and nftables: the NAT test builds network namespaces with a masquerading router
 #   * Node.js and npm, then `npm ci` in tests/webrtc (JsSIP, SIP.js) and bench/wss (the ws client)
 #   * Prometheus (Debian's package; the metrics test starts its own on loopback)
 #   * MariaDB on 127.0.0.1:3306, user root with an empty password over TCP, database `test`
@@ -45,6 +46,9 @@ command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)
 command -v sipsak >/dev/null 2>&1 || need+=(sipsak)
 command -v baresip >/dev/null 2>&1 || need+=(baresip-core)
+# a real NAT between network namespaces (tests/test_e2e_nat_netns.py): ip netns and nftables masquerade
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
+command -v nft >/dev/null 2>&1 || need+=(nftables)
 if [ ${#need[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     if ! as_root apt-get install -y "${need[@]}"; then

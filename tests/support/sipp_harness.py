@@ -391,16 +391,20 @@ class Sipp:
     ``.screen.log``, ``.logs.log``, ``.out``); ``transport`` is ``"udp"`` (``-t u1``) or ``"tcp"``
     (``-t t1``); ``local_ip`` the loopback address SIPp binds (``-i``, e.g. ``127.0.0.21`` for a
     media server and ``127.0.0.31`` for a phone, so a proxy can tell them apart by source address).
+    ``netns`` runs SIPp inside that network namespace (``ip netns exec``, which execs, so the PID is
+    SIPp's): ``local_ip`` is then an address of that namespace, its ports are fresh (the free port
+    numbers come from the test's own loopback), and a UAS is not probed for listening from outside.
     """
 
     def __init__(self, workdir: str | os.PathLike[str], transport: str = "udp", sipp: str | None = None,
-                 local_ip: str = LOOPBACK) -> None:
+                 local_ip: str = LOOPBACK, netns: str | None = None) -> None:
         if transport not in TRANSPORT_MODES:
             raise ValueError(f"transport must be one of {', '.join(TRANSPORT_MODES)}, got {transport!r}")
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.transport = transport
         self.local_ip = local_ip
+        self.netns = netns
         self.binary = sipp or require_sipp()
         self._runs = 0
 
@@ -424,7 +428,8 @@ class Sipp:
         path = scenario_path(scenario)
         self._runs += 1
         name = name or f"{self._runs:02d}-{path.stem}"
-        port = port or free_port(self.local_ip)
+        port_host = LOOPBACK if self.netns else self.local_ip
+        port = port or free_port(port_host)
         remote_host, _, remote_port = (remote or "").rpartition(":") if remote else ("", "", "")
         files = _Files(
             messages=self.workdir / f"{name}.messages.log",
@@ -452,14 +457,14 @@ class Sipp:
             value = given[key] if key in given else default.format(**values)
             values[key] = value
             key_args += ["-key", key, value]
-        argv = [self.binary]
+        argv = (["ip", "netns", "exec", self.netns] if self.netns else []) + [self.binary]
         if remote:
             argv.append(remote)
         argv += [
             "-sf", str(path),
             "-t", TRANSPORT_MODES[self.transport],
             "-i", self.local_ip, "-bind_local", "-p", str(port),
-            "-cp", str(free_port(self.local_ip)),
+            "-cp", str(free_port(port_host)),
             "-s", user,
             "-m", str(calls),
             "-r", f"{rate:g}",
@@ -485,7 +490,7 @@ class Sipp:
         ``with sipp.start("uas_answer", user="bob") as uas: ... uas.port ...``."""
         argv, files, port, name = self.command(scenario, remote, **options)
         process = SippProcess(name, argv, files, self.workdir, port, self.transport, self.local_ip)
-        return process if remote else process.wait_listening()
+        return process if remote or self.netns else process.wait_listening()
 
     def run(self, scenario: str | os.PathLike[str], remote: str | None = None, **options: Any) -> SippResult:
         """Run SIPp in the foreground until ``calls`` calls are done or ``timeout`` seconds passed."""
@@ -631,6 +636,7 @@ def edgeproxy_node(
     log_level: str = "debug",
     startup_timeout: float = 20.0,
     host: str = LOOPBACK,
+    netns: str | None = None,
 ) -> Iterator[EdgeproxyNode]:
     """Run an edgeproxy node for the duration of the ``with`` block.
 
@@ -639,11 +645,12 @@ def edgeproxy_node(
     :data:`TEST_TIMERS`; ``config`` adds or replaces keys (``{"registrar": {"min_expires": 10}}``).
     twistd runs from this source tree (``PYTHONPATH``), so an installed copy cannot shadow it. The
     node is ready when it answers an OPTIONS or logs that it listens; if it exits first, the test
-    fails with its log.
+    fails with its log. ``netns`` runs it inside that network namespace (``ip netns exec``, which
+    execs: the PID is twistd's); ready is then only the log line -- no probe is sent from outside.
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    port = port or free_port(host)
+    port = port or free_port(LOOPBACK if netns else host)
     sections: dict[str, dict[str, Any]] = {
         "node": {"listen": [f"{t}:{host}:{port}" for t in transports], "log_level": log_level},
         "timers": dict(TEST_TIMERS),
@@ -659,7 +666,8 @@ def edgeproxy_node(
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     env["PYTHONUNBUFFERED"] = "1"
-    argv = _twistd() + ["-n", "--pidfile=", "edgeproxy", "--config", str(config_path)]
+    argv = (["ip", "netns", "exec", netns] if netns else []) + _twistd() + [
+        "-n", "--pidfile=", "edgeproxy", "--config", str(config_path)]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(argv, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=log,
                                    stderr=subprocess.STDOUT)
@@ -671,7 +679,7 @@ def edgeproxy_node(
             if not node.running():
                 pytest.fail(f"edgeproxy exited with status {process.returncode} while starting:\n"
                             f"{' '.join(argv)}\n{node.log()[-4000:]}", pytrace=False)
-            if _options_probe(host, port, probe, 0.2) or "edgeproxy listening on" in node.log():
+            if "edgeproxy listening on" in node.log() or (netns is None and _options_probe(host, port, probe, 0.2)):
                 break
             if time.monotonic() > deadline:
                 pytest.fail(f"edgeproxy did not answer OPTIONS on {probe}:{node.address} within "
