@@ -8,7 +8,9 @@ X (127.0.0.11) and Y (127.0.0.12) run ``twistd edgeproxy`` with ``[usrloc] worki
   of them (``get_statistics usrloc:`` through the ``opensips`` MI client);
 * one AoR registered on both nodes at once, with one Call-ID and CSeqs 1 and 2: both nodes end with
   the CSeq 2 contact (``ul_show_contact``);
-* a browser registers on X over a WebSocket: it stays X's own (not replicated: only X can reach it);
+* a browser registers on X over a WebSocket: Y holds it too, tagged with X's sip_addr (only X can
+  reach it); a SIPp call through Y for it is relayed to X, which sends it down the WebSocket: the
+  browser's 486 comes back to SIPp through both nodes;
 * X is killed (``kill -9``): a SIPp call through Y to a user who registered on X completes, and a
   call for X's browser gets its final response (404) at once instead of hanging on timer B;
 * while X is down, a user unregisters on Y and another registers there; X restarts, pulls Y's table
@@ -81,13 +83,50 @@ def ws_register(host: str, port: int, user: str) -> socket.socket:
             f"Max-Forwards: 70\r\nFrom: <sip:{user}@{host}>;tag=ws1\r\nTo: <sip:{user}@{host}>\r\n"
             f"Call-ID: ws-{user}\r\nCSeq: 1 REGISTER\r\nContact: <sip:{user}@df7jal23ls0d.invalid;transport=ws>\r\n"
             f"Expires: 600\r\nContent-Length: 0\r\n\r\n").encode()
-    mask = os.urandom(4)
-    header = bytes([0x81]) + (bytes([0x80 | len(text)]) if len(text) < 126 else bytes([0x80 | 126])
-                              + struct.pack("!H", len(text)))
-    sock.sendall(header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(text)))
-    data = sock.recv(65536)
-    assert b"SIP/2.0 200" in data, data
+    ws_send(sock, text)
+    data = ws_recv(sock)
+    assert data.startswith("SIP/2.0 200"), data
     return sock
+
+
+def ws_send(sock: socket.socket, data: bytes) -> None:
+    """One masked text frame (a client's, RFC 6455 §5.3)."""
+    mask = os.urandom(4)
+    header = bytes([0x81]) + (bytes([0x80 | len(data)]) if len(data) < 126 else bytes([0x80 | 126])
+                              + struct.pack("!H", len(data)))
+    sock.sendall(header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(data)))
+
+
+def ws_recv(sock: socket.socket) -> str:
+    """One unmasked text frame from the server (RFC 6455 §5.2), as text."""
+    def exactly(n: int) -> bytes:
+        out = b""
+        while len(out) < n:
+            chunk = sock.recv(n - len(out))
+            assert chunk, "the WebSocket closed"
+            out += chunk
+        return out
+    _, size = exactly(2)
+    size &= 0x7F
+    if size == 126:
+        (size,) = struct.unpack("!H", exactly(2))
+    elif size == 127:
+        (size,) = struct.unpack("!Q", exactly(8))
+    return exactly(size).decode()
+
+
+def ws_answer_busy(sock: socket.socket) -> str:
+    """Wait for an INVITE on the browser's WebSocket and answer it 486 (its Vias, From, To with a
+    tag, Call-ID, CSeq: RFC 3261 §8.2.6.2); the INVITE's text is returned."""
+    sock.settimeout(15)
+    invite = ws_recv(sock)
+    assert invite.startswith("INVITE "), invite
+    keep = [line for line in invite.split("\r\n\r\n", 1)[0].split("\r\n")[1:]
+            if line.split(":", 1)[0].strip().lower() in ("via", "v", "from", "f", "call-id", "i", "cseq")]
+    to = next(line for line in invite.split("\r\n") if line.split(":", 1)[0].strip().lower() in ("to", "t"))
+    ws_send(sock, ("SIP/2.0 486 Busy Here\r\n" + "\r\n".join(keep) + f"\r\n{to};tag=busy1\r\n"
+                   "Content-Length: 0\r\n\r\n").encode())
+    return invite
 
 
 def test_full_sharing_pair(tmp_path: Path) -> None:
@@ -128,11 +167,22 @@ def test_full_sharing_pair(tmp_path: Path) -> None:
                     assert set(at_x.result().statuses) <= {200, 400} and at_y.result().ok == 1
                 wait_for(lambda: shown(mi_x, "conc") == shown(mi_y, "conc") != [], "the same contact on both")
                 assert [c[2] for c in shown(mi_x, "conc")] == [2]
-                # a browser on X: reachable only over its WebSocket, so it stays X's own
+                # a browser on X: reachable only over its WebSocket; Y holds it as X's, and relays to X
                 browser = ws_register(X_IP, ports[X_IP][0], "browser")
-                assert shown(mi_x, "browser") != [] and shown(mi_y, "browser") == []
+                wait_for(lambda: shown(mi_y, "browser") == shown(mi_x, "browser") != [], "Y to hold X's browser")
+                with ThreadPoolExecutor(1) as pool:
+                    answered = pool.submit(ws_answer_busy, browser)
+                    Sipp(tmp_path / "call-browser-via-x").run(
+                        "uac_expect", f"{Y_IP}:{ports[Y_IP][0]}", user="browser", timeout=15,
+                        keys={"domain": Y_IP, "expect_code": 486}).assert_ok()
+                    invite = answered.result(timeout=15)
+                # both nodes stayed on the path (RFC 3261 §16.6 step 4): the ACK and BYE go through them
+                record_routes = [line for line in invite.split("\r\n") if line.lower().startswith("record-route")]
+                assert any(X_IP in line for line in record_routes) and any(Y_IP in line for line in record_routes), \
+                    record_routes
                 x.kill()
                 browser.close()
+                wait_for(lambda: "node 1 is DOWN" in y.log(), "Y to see X down")
 
             # X is dead: Y serves X's users; a call for X's browser gets its final answer at once
             started = time.monotonic()

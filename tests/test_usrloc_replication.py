@@ -54,6 +54,9 @@ class Link:
     def subscribe(self, callback: Any) -> Callable[[], None]:
         return lambda: None
 
+    def sip_addr_of(self, node_id: int) -> str | None:
+        return f"127.0.0.{10 + node_id}:5060"
+
     def up_nodes(self, cluster_id: int | None = None) -> tuple[Row, ...]:
         return (Row(self.peer.my_node_id),) if self.peer is not None and self.up else ()
 
@@ -170,12 +173,33 @@ def test_expiry_is_everywhere_and_a_late_node_syncs() -> None:
     assert x.contacts("dave") == y.contacts("dave") == []
 
 
-def test_connection_bound_contacts_stay_home() -> None:
+def test_connection_bound_contacts_travel_tagged_with_their_owner() -> None:
+    """A WebSocket contact of X reaches Y tagged with X's sip_addr (Y relays to X, never sends it
+    itself); it is removed everywhere with its connection, and a node never takes back a contact
+    tagged with its own address (after a restart that connection is gone)."""
     clock, x, y = pair()
     remote = Endpoint("WSS", "198.51.100.9", 40000)
     ws = Binding(aor="web", uri=parse_uri("sip:w@abc.invalid;transport=ws"), expires_at=T0 + 600, call_id="w",
                  cseq=1, received=remote, flow=Flow(Endpoint("WSS", "127.0.0.11", 443), remote, 3))
     x.save(ws)
+    clock.advance(0.02)
+    assert y.contacts("web") == [("sip:w@abc.invalid;transport=ws", "w", 1)]
+    (shared,) = y.location.get("web")
+    assert shared.owner == "127.0.0.11:5060" and shared.flow is None
+    # X restarts empty and syncs from Y: its own old WebSocket contact is not revived
+    x2 = Node(1, clock)
+    x2.link.peer, y.link.peer = y.link, x2.link
+    x2.replication.start()
+    x2.replication.request_sync(2)
+    drain(clock)
+    assert x2.contacts("web") == []
+    assert y.contacts("web") == []  # X told Y: that connection is gone
+    # the connection closes on X: the removal reaches Y
+    y.link.peer = x.link
+    x.save(ws)
+    clock.advance(0.02)
+    assert y.contacts("web") != []
+    x.location.remove_flow(ws.flow)  # type: ignore[arg-type]
     clock.advance(0.02)
     assert y.contacts("web") == []
 

@@ -83,6 +83,9 @@ class Binding:
       (OPTIONS) rather than 4-byte keep-alives (see :mod:`edgeproxy.location.natping`).
     * ``last_modified`` — when the binding was last written; orders bindings of equal q (most
       recent first).
+    * ``owner`` — full sharing (OpenSIPS ``full-sharing-cluster``): the ``sip_addr`` of the cluster
+      node holding the connection this contact is bound to; requests for it are relayed to that node
+      (never sent from here), and not at all while it is down. None: a contact this node reaches itself.
     """
 
     aor: str
@@ -102,6 +105,7 @@ class Binding:
     nat: bool = False
     sipping: bool = False
     last_modified: float = 0.0
+    owner: str | None = None
 
     def __hash__(self) -> int:
         # The generated hash would fail on the ``contact_params`` mapping; hash the identifying fields

@@ -354,7 +354,12 @@ class RouteVerbs(DispatcherVerbs, TmVerbs, PermissionVerbs):
             code, bindings = result
             if code != LookupResult.FOUND or not bindings:
                 return code if code != LookupResult.FOUND else LookupResult.NOT_FOUND
-            set_targets(route, [Branch.to_binding(b) for b in bindings])
+            targets = [Branch.to_binding(b) for b in bindings if b.owner is None]
+            if len(targets) < len(bindings):
+                targets += self._owner_targets(route, key, bindings)
+                if not targets:
+                    return LookupResult.NOT_FOUND
+            set_targets(route, targets)
             return LookupResult.FOUND
 
         def failed(failure: Failure) -> LookupResult:
@@ -362,6 +367,33 @@ class RouteVerbs(DispatcherVerbs, TmVerbs, PermissionVerbs):
             return LookupResult.ERROR
 
         return d.addCallbacks(found, failed)
+
+    def _owner_targets(self, route: RouteState, key: str, bindings: list[Binding]) -> list[Branch]:
+        """Full sharing (OpenSIPS ``full-sharing-cluster``): a contact bound to another node's
+        connection (``Binding.owner``) is reached through that node, one branch per owner -- its
+        ``sip_addr`` as next hop, the AoR at it as Request-URI, so that its own ``lookup()`` finds the
+        connection -- as a global lookup's home node is. Never when the request came from a cluster
+        node (it has crossed the cluster once: the loop guard), nor to a node the cluster layer sees
+        down: that contact is skipped at once instead of waiting out timer B."""
+        if self.cluster is None or self.cluster_check_addr(self.cluster_id, route.source.remote.host):
+            return []
+        from ..cluster.nodes import sip_addr_host  # a cluster is running: the package is loaded
+
+        targets = []
+        owners: set[str] = set()
+        for b in bindings:
+            owner = b.owner
+            if owner is None or owner in owners:
+                continue
+            owners.add(owner)
+            peer = self.cluster.node_for_sip_addr(sip_addr_host(owner) or owner, self.cluster_id)
+            if peer is None or not self.cluster.is_up(peer.node_id, self.cluster_id):
+                continue
+            targets.append(Branch.via_node(key if "@" in key else f"{key}@{owner}", owner))
+        if self.settings.log_decisions:
+            log.debug("lookup {aor}: via the nodes holding its connections: {owners}", aor=key,
+                      owners=", ".join(str(t.dst_uri) for t in targets) or "none up")
+        return targets
 
     def _global_found(self, result: "GlobalLookup", route: RouteState, key: str) -> LookupResult:
         """Local contacts first, then a branch ``sip:<aor>`` via each live home node (OpenSIPS's

@@ -196,7 +196,7 @@ class Persistence:
         """In the worker thread: the rows of the snapshot, then one transaction."""
         use_domain = self.use_domain
         keys = [split_aor(aor, use_domain) for aor, _ in snapshot]
-        rows = [binding_row(b, use_domain) for _, bindings in snapshot for b in bindings]
+        rows = [binding_row(b, use_domain) for _, bindings in snapshot for b in bindings if b.owner is None]
         self.table.write(keys, rows, use_domain)
         return len(rows)
 
@@ -215,7 +215,7 @@ class Persistence:
         use_domain = self.use_domain
 
         def rewrite() -> int:
-            rows = [binding_row(b, use_domain) for _, bindings in snapshot for b in bindings]
+            rows = [binding_row(b, use_domain) for _, bindings in snapshot for b in bindings if b.owner is None]
             self.table.rewrite(rows)
             return len(rows)
 

@@ -25,9 +25,13 @@ reactor turning between them (pings are answered during a big sync), and a sync 
 a node is not asked for again when the link flaps. One log line per sync with count,
 duration and bytes.
 
-Connection-bound contacts (WebSocket, outbound flows, TCP/TLS behind NAT) are not replicated: only
-the node holding the connection can reach them. Replicated contacts carry no flow: a peer sends to
-their ``received`` address (NAT) or Contact from its own listener.
+Connection-bound contacts (WebSocket, outbound flows, TCP/TLS behind NAT) are replicated tagged with
+the ``sip_addr`` of the node holding the connection (``Binding.owner``): only that node can reach
+them, so a peer's ``lookup()`` relays requests for them to it -- as a federated global lookup does --
+and skips them while that node is down (a fast 404 instead of a timer-B hang). A node never takes
+back a contact tagged with its own ``sip_addr`` (after a restart that connection is gone). Other
+replicated contacts carry no flow: a peer sends to their ``received`` address (NAT) or Contact from
+its own listener.
 """
 
 from __future__ import annotations
@@ -83,26 +87,34 @@ class ClusterLink(Protocol):
 
     def subscribe(self, callback: Callable[[int, bool], None]) -> Callable[[], None]: ...
 
+    def sip_addr_of(self, node_id: int) -> str | None: ...
+
 
 _TRANSPORTS = frozenset(RELIABLE | {"UDP"})
 _WS = frozenset({"WS", "WSS"})
 
 
-def encode_binding(b: Binding) -> list[Any]:
+def encode_binding(b: Binding, owner: str | None = None) -> list[Any]:
     """A binding on the cluster link: a JSON list, positional (about 200 bytes a contact; the SQL
-    row's 18 named columns would be twice that and slower to read back)."""
+    row's 18 named columns would be twice that and slower to read back). ``owner``: the node holding
+    the connection of a connection-bound contact (15th item, absent for the others)."""
     r = b.received
-    return [str(b.uri), round(b.expires_at, 3), b.call_id, b.cseq,
+    owner = b.owner or owner
+    item = [str(b.uri), round(b.expires_at, 3), b.call_id, b.cseq,
             [r.transport, r.host, r.port] if r is not None else None,
             b.q, (1 if b.nat else 0) | (2 if b.sipping else 0), b.user_agent,
             list(b.path) if b.path else None, b.instance, b.reg_id,
             sorted(b.methods) if b.methods is not None else None,
             dict(b.contact_params) if b.contact_params else None, round(b.last_modified, 3)]
+    if owner:
+        item.append(owner)
+    return item
 
 
-def decode_binding(aor: str, item: list[Any], now: float) -> Binding | None:
+def decode_binding(aor: str, item: list[Any], now: float, me: str | None = None) -> Binding | None:
     """The binding of :func:`encode_binding`'s list, or None when it has expired or must not be
-    taken from a peer (connection-bound). Raises ValueError/TypeError/IndexError when malformed.
+    taken from a peer (connection-bound without an owner, or owned by ``me``, this node: that
+    connection is gone). Raises ValueError/TypeError/IndexError when malformed.
 
     The receiving half of a bulk sync runs this 100,000 times in a row (issue 12: under 5 s), so the
     cheap refusals come first and :func:`~edgeproxy.usrloc.rows.connection_bound`'s rule is applied
@@ -112,20 +124,28 @@ def decode_binding(aor: str, item: list[Any], now: float) -> Binding | None:
     if expires_at <= now:
         return None
     flags = int(flags)
+    owner = str(item[14]) if len(item) > 14 and item[14] else None
+    refuse = owner is None or owner == me  # a connection-bound contact is kept only for its live owner
+    bound = False
     if rec is None:
         received = None
     else:
         transport = str(rec[0])
         if transport not in _TRANSPORTS:
             raise ValueError(f"transport {transport!r}")
-        if transport in _WS or (transport != "UDP" and (flags & 1 or reg_id is not None)):
+        bound = transport in _WS or (transport != "UDP" and (bool(flags & 1) or reg_id is not None))
+        if bound and refuse:
             return None  # connection-bound (rows.connection_bound)
         received = Endpoint(transport, str(rec[1]), int(rec[2]))
     uri = parse_uri(str(text))
     if not isinstance(uri, SipURI):
         raise ValueError("not a SIP URI")
-    if uri.host_key.endswith(".invalid"):
-        return None
+    if not bound and uri.host_key.endswith(".invalid"):
+        if refuse:
+            return None
+        bound = True
+    if not bound:
+        owner = None  # reachable from here: a plain shared contact
     return Binding(
         aor=aor, uri=uri, expires_at=expires_at, call_id=str(call_id), cseq=int(cseq), received=received,
         q=None if q is None else float(q),
@@ -135,7 +155,7 @@ def decode_binding(aor: str, item: list[Any], now: float) -> Binding | None:
         reg_id=None if reg_id is None else int(reg_id),
         methods=None if methods is None else shared_methods(str(m) for m in methods),
         user_agent=shared_string(str(ua)) if ua else None, nat=bool(flags & 1), sipping=bool(flags & 2),
-        last_modified=float(lm))
+        last_modified=float(lm), owner=owner)
 
 
 def _newer(incoming: Binding, local: Binding) -> bool:
@@ -180,6 +200,8 @@ class Replication:
         self.cluster_id = cluster_id
         self.use_domain = use_domain
         self.clock = clock
+        #: this node's sip_addr: the owner written on its connection-bound contacts
+        self.sip_addr = cluster.sip_addr_of(cluster.my_node_id) or None
         self._sent: dict[str, tuple[Binding, ...]] = {}  # what peers were last told of each AoR
         self._running = False
         self._soon: Any = None
@@ -221,7 +243,9 @@ class Replication:
 
     # -- sending -------------------------------------------------------------------------------------
     def _entry(self, aor: str, bindings: Iterable[Binding], removed: list[Removed]) -> list[Any]:
-        return [aor, [encode_binding(b) for b in bindings if not connection_bound(b)], removed]
+        me = self.sip_addr
+        return [aor, [encode_binding(b, me if b.owner is None and connection_bound(b) else None) for b in bindings
+                      if b.owner is not None or me is not None or not connection_bound(b)], removed]
 
     def _send_changes(self) -> None:
         self._soon = None
@@ -279,7 +303,8 @@ class Replication:
         log.warn("usrloc: malformed replication data from node {n}: {p!r}", n=node_id, p=payload[:200])
 
     def _apply(self, node_id: int, entries: Any) -> int:
-        """Merge ``entries`` ([aor, encoded bindings, removed] each); the number of contacts received."""
+        """Merge ``entries`` ([aor, encoded bindings, removed] each); the number of contacts received
+        (expired ones and our own connection-bound ones included, as the donor counts)."""
         if not isinstance(entries, list):
             self._malformed(node_id, repr(entries))
             return 0
@@ -287,21 +312,28 @@ class Replication:
         location = self.location
         changed = self.journal.changed
         stats = self.stats
+        me = self.sip_addr
         # every AoR of the message is merged first and written in one go (InMemoryLocation.replace_many):
         # a bulk sync's cost is the decoding, not one timer re-arm and one Deferred per AoR
         batch: dict[str, list[Binding]] = {}
         pending: set[str] = set()  # local changes not sent yet (rare): they still go out
         contacts = received = 0
+        stale: list[list[Any]] = []
         for entry in entries:
             try:
                 aor, items, removed = entry
                 aor = str(aor)
-                incoming = [b for b in (decode_binding(aor, item, now) for item in items) if b is not None]
+                incoming = [b for b in (decode_binding(aor, item, now, me) for item in items) if b is not None]
+                if me is not None and len(incoming) < len(items):
+                    # our own connection-bound contacts coming back (we restarted): their connections
+                    # are gone, so they go everywhere else too -- nothing stale, nothing revived
+                    stale += [[aor, [], [[str(i[0]), str(i[2]), int(i[3])]]] for i in items
+                              if len(i) > 14 and i[14] == me]
                 gone = [(str(u), str(c), int(q)) for u, c, q in removed] if removed else []
             except (ValueError, TypeError, IndexError, AttributeError, SipValueError):
                 stats["repl_malformed"] += 1
                 continue
-            contacts += len(incoming)
+            contacts += len(items)  # as the donor counts them, taken or not
             received += 1
             local = batch[aor] if aor in batch else location.get(aor)
             merged = incoming if not local and not gone else merge(local, incoming, gone)
@@ -311,6 +343,9 @@ class Replication:
                 pending.add(aor)
             batch[aor] = merged
         stats["repl_received_aors"] += received
+        if stale:
+            for payload in _pack("u", stale):
+                self.cluster.send_to(self.cluster_id, node_id, CAPABILITY, payload)
         if not batch:
             return contacts
         location.replace_many(batch.items())
