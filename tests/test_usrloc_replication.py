@@ -267,3 +267,38 @@ def test_an_aor_twice_in_one_message_merges_in_order() -> None:
     assert y.contacts("dup") == [("sip:dup@192.0.2.1", "c", 3)]
     handler(1, 1, json.dumps({"t": "u", "a": [entry(4), ["dup", [], [["sip:dup@192.0.2.1", "c", 4]]]]}))
     assert y.contacts("dup") == []
+
+
+def test_lookup_relays_to_the_node_holding_the_connection() -> None:
+    """``lookup("location")`` on a node holding another node's connection-bound contact (full
+    sharing): one branch to that node's sip_addr with the AoR as Request-URI, as a global lookup's
+    home node; not for a request from a cluster node (the loop guard: 404 there)."""
+    from edgeproxy.registrar import RegistrarSettings
+    from edgeproxy.routing.testing import RouteHarness
+    from edgeproxy_routes import failover
+
+    domain, x_ip, y_ip = "sip.domain.com", "10.0.1.100", "10.0.2.100"
+    h = RouteHarness(domains=[domain], local=Endpoint("UDP", x_ip, 5060), settings=RegistrarSettings(use_domain=True),
+                     cluster_peers={1: [y_ip]}, params={"freeswitch": ["10.0.1.50"], "cluster_id": 1,
+                                                         "domain": domain, "private_ip": x_ip})
+    aor = f"alice@{domain}"
+    h.location.replace(aor, [Binding(aor=aor, uri=parse_uri("sip:a@df7jal23ls0d.invalid;transport=ws"),
+                                     expires_at=h.clock.seconds() + 600, call_id="w", cseq=1,
+                                     received=Endpoint("WSS", "198.51.100.9", 40000), owner=f"{y_ip}:5060")])
+    invite = (f"INVITE sip:{aor} SIP/2.0\nVia: SIP/2.0/UDP 10.0.1.50:5060;branch=z9hG4bK-o1\nMax-Forwards: 70\n"
+              f"From: <sip:fs@{domain}>;tag=fs1\nTo: <sip:{aor}>\nCall-ID: owner-1\nCSeq: 1 INVITE\n"
+              "Contact: <sip:fs@10.0.1.50:5060>\nContent-Length: 0\n\n")
+    result = h.run(failover.request_route, invite, Endpoint("UDP", "10.0.1.50", 5060))
+    assert result.relayed and [(str(t.uri), str(t.dst_uri)) for t in result.targets] == \
+        [(f"sip:{aor}", f"sip:{y_ip}:5060")]
+
+
+    async def plain(msg: Any) -> None:  # lookup("location"); 404 unless found (the default route's core)
+        if await msg.lookup("location") < 0:
+            msg.sl_send_reply(404, "Not Found")
+            return
+        msg.t_relay()
+
+    assert h.run(plain, invite.replace("owner-1", "owner-2"), Endpoint("UDP", "10.0.1.50", 5060)).relayed
+    looped = h.run(plain, invite.replace("owner-1", "owner-3"), Endpoint("UDP", y_ip, 5060))
+    assert not looped.relayed and looped.reply_code == 404

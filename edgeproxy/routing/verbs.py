@@ -387,8 +387,8 @@ class RouteVerbs(DispatcherVerbs, TmVerbs, PermissionVerbs):
                 continue
             owners.add(owner)
             peer = self.cluster.node_for_sip_addr(sip_addr_host(owner) or owner, self.cluster_id)
-            if peer is None or not self.cluster.is_up(peer.node_id, self.cluster_id):
-                continue
+            if peer is not None and not self.cluster.is_up(peer.node_id, self.cluster_id):
+                continue  # a dead node is skipped, not waited for
             targets.append(Branch.via_node(key if "@" in key else f"{key}@{owner}", owner))
         if self.settings.log_decisions:
             log.debug("lookup {aor}: via the nodes holding its connections: {owners}", aor=key,
@@ -403,7 +403,9 @@ class RouteVerbs(DispatcherVerbs, TmVerbs, PermissionVerbs):
         # imported here: the cluster package (AMP, the clusterer table) loads only on nodes that federate
         from ..cluster.nodes import sip_addr_host
 
-        targets = [Branch.to_binding(b) for b in result.bindings]
+        targets = [Branch.to_binding(b) for b in result.bindings if b.owner is None]
+        if len(targets) < len(result.bindings):  # full sharing too: other nodes' connections via them
+            targets += self._owner_targets(route, key, result.bindings)
         for home in result.homes:
             if self.cluster is not None:
                 peer = self.cluster.node_for_sip_addr(sip_addr_host(home) or home, self.cluster_id)
