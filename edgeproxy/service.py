@@ -14,7 +14,7 @@ import os
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Mapping, Protocol
 
 from twisted.application import service
 from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred, succeed
@@ -69,7 +69,7 @@ if TYPE_CHECKING:  # pragma: no cover - imported when [federation] is configured
     from .usrloc.settings import UsrlocSettings
 
 __all__ = ["make_service", "build_node", "load_node", "RunningNode", "NodeService", "NodeConfiguration",
-           "StartupError"]
+           "StartupError", "state_directory"]
 
 log = Logger(namespace="edgeproxy.service")
 
@@ -380,13 +380,27 @@ def _replication(config: NodeConfiguration, reactor: Any, location: InMemoryLoca
                        clock=reactor)
 
 
+def state_directory(config: NodeConfiguration, environ: Mapping[str, str] = os.environ) -> str:
+    """Where what must survive a restart is kept: ``node.state_dir`` when set; else systemd's
+    ``$STATE_DIRECTORY`` (``StateDirectory=`` in packaging/edgeproxy.service: /var/lib/edgeproxy,
+    writable under ``ProtectSystem=strict``, where /etc is not); else the configuration file's
+    directory; "" when there is none of these (no configuration file)."""
+    if config.node.state_dir:
+        return config.node.state_dir
+    # systemd may list several directories, separated by colons: the first is ours
+    from_systemd = environ.get("STATE_DIRECTORY", "").split(":")[0]
+    if from_systemd:
+        return from_systemd
+    source = getattr(config, "source", None)
+    return os.path.dirname(source) if source else ""
+
+
 def _flow_tokens(config: NodeConfiguration) -> FlowTokens:
     """The flow-token key that survives a restart: ``[proxy] flow_token_secret``, else the key kept
-    in ``node.state_dir`` (default: the configuration file's directory). Without either (no
+    in the state directory (:func:`state_directory`). Without either (no
     configuration file), or when the file cannot be used (a warning says why), a key of this process
     only: the UDP calls of NATed phones then lose their in-dialog requests across a restart."""
-    source = getattr(config, "source", None)
-    state_dir = config.node.state_dir or (os.path.dirname(source) if source else "")
+    state_dir = state_directory(config)
     key, why = load_key(config.proxy.flow_token_secret, Path(state_dir) if state_dir else None)
     if why is not None:
         log.warn("flow tokens: {why}; using a key of this process only (in-dialog requests to NATed "

@@ -22,7 +22,7 @@ import pytest
 from support.ports import free_port
 from support.sipp_harness import LOOPBACK, EdgeproxyNode, Sipp, SippProcess, edgeproxy_node, require_sipp
 
-LIFETIME = 3  # seconds: [dialog] default_timeout, so that long calls are timed out by the node
+LIFETIME = 6  # seconds: [dialog] default_timeout, so that long calls are timed out by the node
 
 
 @pytest.fixture(scope="module")

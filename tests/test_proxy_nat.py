@@ -306,3 +306,19 @@ def test_a_tcp_phone_sending_from_an_ephemeral_port_is_not_flagged(world: World)
     world.register(contacts=("<sip:bob@192.0.2.10:5062;transport=tcp>",), flow=BOB_TCP_FLOW)  # Via port 5062
     [binding] = world.location.get("bob")
     assert not binding.nat and binding.flow == BOB_TCP_FLOW
+
+
+def test_the_state_directory_is_systemds_when_not_configured(tmp_path) -> None:
+    """packaging/edgeproxy.service runs with ProtectSystem=strict (/etc read-only) and
+    StateDirectory=edgeproxy: systemd's $STATE_DIRECTORY is where the key goes, unless
+    node.state_dir says otherwise; without either, the configuration file's directory."""
+    from edgeproxy.config import load_config
+    from edgeproxy.service import state_directory
+
+    (tmp_path / "plain.toml").write_text("")
+    (tmp_path / "set.toml").write_text('[node]\nstate_dir = "st"\n')
+    plain, configured = load_config(str(tmp_path / "plain.toml")), load_config(str(tmp_path / "set.toml"))
+    systemd = {"STATE_DIRECTORY": "/var/lib/edgeproxy:/var/lib/other"}
+    assert state_directory(plain, systemd) == "/var/lib/edgeproxy"
+    assert state_directory(configured, systemd) == str(tmp_path / "st")
+    assert state_directory(plain, {}) == str(tmp_path)
