@@ -593,27 +593,3 @@ def test_cluster_node_with_a_store_starts_under_twistd_even_if_its_route_imports
     with phone(tmp_path, x, "alice"):
         docs = wait_until("alice's record", lambda: records_for(target, collection, "alice"))
         assert [d["home_ip"] for d in docs] == [X_ADDR]
-
-
-def test_federated_call_to_a_natted_phone_every_request_reaches_it(cluster: Cluster, target, collection,
-                                                                   tmp_path: Path) -> None:
-    """Issue 11 across the federated topology, no NAT setting: a phone behind a (stand-in) NAT on X
-    -- Via and Contact 127.0.0.99:5099, where nothing listens -- is called by FreeSWITCH through Y;
-    FreeSWITCH's ACK, re-INVITE and BYE pop Y's entry, then X's, whose UDP flow token brings them to
-    the phone's real socket, and the phone's own re-INVITE goes back through X and Y."""
-    x, y = start_federated(cluster, target, collection)
-    natted = {"via_host": "127.0.0.99", "via_port": 5099, "contact_host": "127.0.0.99", "contact_port": 5099,
-              "answer_host": "127.0.0.99", "answer_port": 5099, "hangup": "caller"}
-    phone_sipp = Sipp(tmp_path / "nat-phone", "udp", local_ip=PHONE_IPS[0])
-    nat_phone = phone_sipp.start("nat_register", x.address, user="natty", ooc="call_uas", duration_ms=60_000,
-                                 timeout=70, keys={"domain": DOMAIN, **natted})
-    try:
-        nat_phone.wait_for_message(r"^SIP/2.0 200 OK", timeout=10)
-        wait_until("natty's record", lambda: records_for(target, collection, "natty"))
-        result = freeswitch(tmp_path).run("call_uac", y.address, user="natty", duration_ms=200, timeout=20,
-                                          keys={"domain": DOMAIN, "hangup": "caller"})
-    finally:
-        phone_result = nat_phone.stop()
-    assert result.ok, result.describe()
-    got = [m.first_line.split(" ")[0] for m in phone_result.received() if not m.first_line.startswith("SIP/")]
-    assert got == ["INVITE", "ACK", "INVITE", "ACK", "BYE"], phone_result.describe()
