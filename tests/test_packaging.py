@@ -5,6 +5,7 @@ plugin. setuptools' own ``build_py`` -- the step a wheel is made from -- builds 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -61,3 +62,11 @@ def test_ci_prepares_the_machine_with_the_script_developers_run() -> None:
     for need in ("sip-tester", "sipsak", "baresip-core", "nodejs", "npm ci", "mariadb-server", "python3-venv",
                  "'root'@'127.0.0.1'"):
         assert need in text, need
+    # .ci/run installs the Debian packages itself on a fresh machine: the same ones the script names
+    listed = re.search(r'^DEBIAN_PACKAGES="([^"]+)"$', ci, re.M)
+    assert listed is not None
+    ci_packages = set(listed.group(1).split())
+    assert {"sip-tester", "sipsak", "baresip-core", "nodejs", "npm", "mariadb-server", "python3-venv"} <= ci_packages
+    script_packages = set(re.findall(r"\b(python3-venv|sip-tester|sipsak|baresip-core|nodejs|npm|iproute2|nftables|"
+                                     r"prometheus|mariadb-server)\b(?![-\w])", text.replace("npm ci", "")))
+    assert script_packages == ci_packages, script_packages ^ ci_packages
