@@ -17,13 +17,13 @@ import json
 import math
 import os
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
-from typing import Any, Callable, Generic, Mapping, TypeVar
+from typing import Any, Callable, Generic, Mapping, Sequence, TypeVar
 
 from .config_error import ConfigError
 
 __all__ = [
     "Checker", "Context", "Section", "show", "unknown",
-    "integer", "seconds", "zero_or_seconds", "boolean", "choice", "text", "file_path",
+    "integer", "seconds", "zero_or_seconds", "boolean", "choice", "text", "file_path", "table_rows",
 ]
 
 
@@ -42,6 +42,7 @@ class Context:
 Checker = Callable[[str, Any, Context], Any]
 
 S = TypeVar("S")
+R = TypeVar("R")
 
 
 def show(value: object) -> str:
@@ -138,6 +139,37 @@ def file_path(key: str, value: Any, ctx: Context) -> str:
     if not os.path.isfile(path):
         raise ConfigError(key, f"no such file: {show(path)}")
     return path
+
+
+def table_rows(columns: Sequence[str], parse: Callable[[Mapping[str, Any]], R],
+               error: type[ValueError]) -> Checker:
+    """An array of tables (``[[key]]``), each one row of a database table the file may hold instead
+    (OpenSIPS's ``dispatcher``, ``address``): only ``columns`` (OpenSIPS's column names), whose values
+    are numbers and strings as SQL would hand them, never true/false. ``parse`` -- the same function
+    that checks the database's rows -- turns a row into what is stored, raising ``error`` (one line)
+    when the row cannot be used; that stops the node naming the row, as ``key[i]``."""
+    known = list(columns)
+
+    def check(key: str, value: Any, ctx: Context) -> tuple[R, ...]:
+        if not isinstance(value, list):
+            raise ConfigError(key, f"must be an array of tables ([[{key}]]), got {show(value)}")
+        rows = []
+        for i, row in enumerate(value):
+            where = f"{key}[{i}]"
+            if not isinstance(row, dict):
+                raise ConfigError(where, f"must be a table with {', '.join(known[:5])}, ..., got {show(row)}")
+            for name in row:
+                if name not in columns:
+                    raise unknown(f"{where}.{name}", "column", known)
+            if any(isinstance(v, bool) for v in row.values()):
+                raise ConfigError(where, "columns are numbers and strings, not true/false")
+            try:
+                rows.append(parse(row))
+            except error as exc:
+                raise ConfigError(where, str(exc)) from None
+        return tuple(rows)
+
+    return check
 
 
 @dataclass(frozen=True)

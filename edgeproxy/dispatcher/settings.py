@@ -40,8 +40,8 @@ from ..config_schema import (
     integer,
     seconds,
     show,
+    table_rows,
     text,
-    unknown,
     zero_or_seconds,
 )
 from ..sip.errors import SipValueError
@@ -119,25 +119,12 @@ def _ints(low: int, high: int) -> Checker:
     return check
 
 
-def _destinations(key: str, value: Any, ctx: Context) -> tuple[Mapping[str, Any], ...]:
-    """``[[dispatcher.destinations]]``: the file is checked before anything starts, so a bad row here
-    stops the node with one line (a bad row of the database table is logged and skipped instead)."""
-    if not isinstance(value, list):
-        raise ConfigError(key, f"must be an array of tables ([[{key}]]), got {show(value)}")
-    rows = []
-    for i, row in enumerate(value):
-        where = f"{key}[{i}]"
-        if not isinstance(row, dict):
-            raise ConfigError(where, f"must be a table, got {show(row)}")
-        for name in row:
-            if name not in COLUMNS:
-                raise unknown(f"{where}.{name}", "column", list(COLUMNS))
-        try:
-            destination_from_row(row)
-        except RowError as exc:
-            raise ConfigError(where, str(exc)) from None
-        rows.append(dict(row))
-    return tuple(rows)
+def _destination(row: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A ``[[dispatcher.destinations]]`` row, kept as written once it makes a destination: the file is
+    checked before anything starts, so a bad row here stops the node with one line (a bad row of the
+    database table is logged and skipped instead)."""
+    destination_from_row(row)
+    return dict(row)
 
 
 #: ``[dispatcher]``: present, it switches the dispatcher on (the node holds None without it).
@@ -154,5 +141,5 @@ SECTION: Section[DispatcherSettings] = Section(DispatcherSettings, {
     "options_reply_codes": _ints(100, 699),
     "probe_timeout": seconds,
     "cluster_probing_mode": choice(*CLUSTER_PROBING_MODES),
-    "destinations": _destinations,
+    "destinations": table_rows(COLUMNS, _destination, RowError),
 }, optional=True)

@@ -30,7 +30,7 @@ from typing import Any, Mapping
 
 from .. import sqldb
 from ..config_error import ConfigError
-from ..config_schema import Context, Section, seconds, show, unknown
+from ..config_schema import Section, seconds, show, table_rows
 from ..sip.address import ip_literal
 from .address import AddressRow, AddressRowError, parse_row
 
@@ -50,26 +50,11 @@ class PermissionsSettings:
     address: tuple[AddressRow, ...] = ()
 
 
-def _rows(key: str, value: Any, ctx: Context) -> tuple[AddressRow, ...]:
-    if not isinstance(value, list):
-        raise ConfigError(key, f"must be an array of tables ([[{key}]]), got {show(value)}")
-    rows = []
-    for i, row in enumerate(value):
-        where = f"{key}[{i}]"
-        if not isinstance(row, dict):
-            raise ConfigError(where, f"must be a table with grp, ip, mask, port, proto, ..., got {show(row)}")
-        for name in row:
-            if name not in ROW_KEYS:
-                raise unknown(f"{where}.{name}", "column", list(ROW_KEYS))
-        if "ip" not in row:
-            raise ConfigError(where, "needs an ip")
-        if any(isinstance(v, bool) for v in row.values()):
-            raise ConfigError(where, "columns are numbers and strings, not true/false")
-        try:
-            rows.append(parse_row(row))
-        except AddressRowError as exc:
-            raise ConfigError(where, str(exc)) from None
-    return tuple(rows)
+def _address(row: Mapping[str, Any]) -> AddressRow:
+    """A ``[[permissions.address]]`` row; a table always has the ``ip`` column, the file may forget it."""
+    if "ip" not in row:
+        raise AddressRowError("needs an ip")
+    return parse_row(row)
 
 
 #: ``[permissions]``: present, it names the address groups' sources (the node then always has them).
@@ -77,7 +62,7 @@ SECTION: Section[PermissionsSettings] = Section(PermissionsSettings, {
     "db_url": sqldb.db_url_setting,
     "table": sqldb.table_setting,
     "timeout": seconds,
-    "address": _rows,
+    "address": table_rows(ROW_KEYS, _address, AddressRowError),
 }, optional=True)
 
 
