@@ -157,6 +157,12 @@ def table_setting(key: str, value: Any, ctx: Context) -> str:
     return name
 
 
+def optional_table_setting(key: str, value: Any, ctx: Context) -> str:
+    """A table name key where ``""`` means none (``[acc] missed_table``), else as :func:`table_setting`."""
+    name = text(key, value, ctx).strip()
+    return table_setting(key, name, ctx) if name else ""
+
+
 # -- reading a table --------------------------------------------------------------------------------------------------
 
 def fetch_rows(db: DatabaseURL, query: str, table: str, error: type[Exception], *,

@@ -18,8 +18,9 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from .. import sqldb
 from ..config_error import ConfigError
-from ..config_schema import Context, Section, seconds, show, text
+from ..config_schema import Context, Section, seconds, show
 
 __all__ = ["AccSettings", "SECTION"]
 
@@ -51,35 +52,11 @@ def _output_file(key: str, value: Any, ctx: Context) -> str:
     return path
 
 
-def _db_url(key: str, value: Any, ctx: Context) -> str:
-    url = text(key, value, ctx).strip()
-    if url:
-        from ..sqldb import DatabaseURLError, parse_db_url
-
-        try:
-            parse_db_url(url)
-        except DatabaseURLError as exc:
-            raise ConfigError(key, str(exc)) from None
-    return url
-
-
-def _table(key: str, value: Any, ctx: Context) -> str:
-    name = text(key, value, ctx).strip()
-    if name:
-        from ..sqldb import DatabaseURLError, quote_table
-
-        try:
-            quote_table(name)
-        except DatabaseURLError as exc:
-            raise ConfigError(key, str(exc)) from None
-    return name
-
-
 #: ``[acc]``: present, it turns call records on (the node holds None without it).
 SECTION: Section[AccSettings] = Section(AccSettings, {
     "file": _output_file,
-    "db_url": _db_url,
-    "table": _table,
-    "missed_table": _table,
+    "db_url": sqldb.db_url_setting,
+    "table": sqldb.table_setting,
+    "missed_table": sqldb.optional_table_setting,
     "timeout": seconds,
 }, optional=True)
