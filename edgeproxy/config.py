@@ -166,20 +166,6 @@ def _federation(table: Any, cluster: ClusterConfig) -> FederationSettings | None
     return replace(settings, sip_addr="") if from_db else settings
 
 
-def _permissions(settings: PermissionsSettings | None, route_params: Mapping[str, Any]) -> PermissionsSettings | None:
-    """``[permissions]`` with the shipped routes' default group appended: the media servers of
-    ``route_params.freeswitch`` as rows of group ``route_params.freeswitch_group`` (1), so a
-    configuration written before address groups existed keeps recognising FreeSWITCH."""
-    from .permissions.settings import PermissionsSettings, route_params_rows
-
-    rows = route_params_rows(route_params)
-    if not rows:
-        return settings
-    if settings is None:
-        return PermissionsSettings(address=rows)
-    return replace(settings, address=settings.address + rows)
-
-
 def _cross_checks(config: Config) -> None:
     """Rules between sections, reported against the key an operator would change."""
     if config.federation is not None and not config.cluster.my_node_id:
@@ -306,7 +292,9 @@ def load_config(path: str | None = None, overrides: Mapping[str, Any] | None = N
              if not sect.optional or name in given}
     cluster: ClusterConfig = built["cluster"]
     route_params = MappingProxyType(dict(raw.get("route_params", {})))
-    built["permissions"] = _permissions(built.get("permissions"), route_params)
+    from .permissions.settings import with_route_params_rows
+
+    built["permissions"] = with_route_params_rows(built.get("permissions"), route_params)
     config = Config(**built, route_params=route_params,
                     federation=_federation(raw.get("federation"), cluster),
                     source=os.path.abspath(path) if path is not None else None)

@@ -13,9 +13,10 @@ from .address import (
 )
 from .db import AddressTableError, fetch_address_rows
 from .service import Permissions
-from .settings import PermissionsSettings, route_params_rows
+from .settings import PermissionsSettings, route_params_rows, with_route_params_rows
 
 __all__ = [
     "PROTOS", "AddressMatch", "AddressResult", "AddressRow", "AddressRowError", "AddressTable", "AddressTableError",
     "Permissions", "PermissionsSettings", "fetch_address_rows", "parse_row", "proto_name", "route_params_rows",
+    "with_route_params_rows",
 ]

@@ -25,7 +25,7 @@ the rows of group ``route_params.freeswitch_group`` (1), so the shipped routes r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
 from .. import sqldb
@@ -34,7 +34,7 @@ from ..config_schema import Section, seconds, show, table_rows
 from ..sip.address import ip_literal
 from .address import AddressRow, AddressRowError, parse_row
 
-__all__ = ["PermissionsSettings", "SECTION", "route_params_rows", "ROW_KEYS"]
+__all__ = ["PermissionsSettings", "SECTION", "route_params_rows", "with_route_params_rows", "ROW_KEYS"]
 
 #: The columns of OpenSIPS's ``address`` table a row of the file may give (``id`` is the database's).
 ROW_KEYS = ("grp", "ip", "mask", "port", "proto", "pattern", "context_info")
@@ -88,3 +88,16 @@ def route_params_rows(route_params: Mapping[str, Any]) -> tuple[AddressRow, ...]
         if literal is not None:
             rows.append(parse_row({"grp": grp, "ip": literal[1], "context_info": "freeswitch"}))
     return tuple(rows)
+
+
+def with_route_params_rows(settings: PermissionsSettings | None,
+                           route_params: Mapping[str, Any]) -> PermissionsSettings | None:
+    """``[permissions]`` (None without the section) with :func:`route_params_rows` appended: what the
+    node loads, so a configuration written before address groups existed keeps recognising
+    FreeSWITCH; None when there is neither."""
+    rows = route_params_rows(route_params)
+    if not rows:
+        return settings
+    if settings is None:
+        return PermissionsSettings(address=rows)
+    return replace(settings, address=settings.address + rows)

@@ -53,7 +53,7 @@ from ..federation.lookup import GlobalLookup, global_lookup
 from ..federation.store import StoreError
 from ..interfaces import SendError
 from ..location import InMemoryLocation
-from ..permissions import Permissions, PermissionsSettings, route_params_rows
+from ..permissions import Permissions, PermissionsSettings, with_route_params_rows
 from ..proxy.context import Branch, RouteState
 from ..proxy.dialogs import DialogKeeper
 from ..proxy.flood import FloodDetector, FloodSettings
@@ -226,8 +226,7 @@ class RouteHarness:
         # address groups: the file's rows of config.permissions (as the node loads them, with the
         # route_params.freeswitch default group), or a Permissions of the test's own
         if permissions is None:
-            default_rows = route_params_rows(self.params)
-            permissions = PermissionsSettings(address=default_rows) if default_rows else None
+            permissions = with_route_params_rows(None, self.params)
         self.permissions = Permissions(permissions) if isinstance(permissions, PermissionsSettings) else permissions
         # [dialog]: a real table; dialogs are created and profiled, never answered (no responses here)
         self.dialogs = DialogTable(dialog or DialogSettings())
