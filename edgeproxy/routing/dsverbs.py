@@ -29,6 +29,8 @@ from ..sip.uri import SipURI
 __all__ = ["DispatcherVerbs"]
 
 log = Logger(namespace="edgeproxy.proxy")
+#: ds_count's filter: a state letter (:func:`parse_state_letter`) -> :attr:`Destination.state_name`
+_STATE_NAMES = {"a": "Active", "i": "Inactive", "p": "Probing"}
 
 
 class DispatcherVerbs:
@@ -155,11 +157,11 @@ class DispatcherVerbs:
         if dset is None:
             return -1
         wanted = set()
-        for c in str(state_filter).lower():
-            letter = {"a": "Active", "1": "Active", "i": "Inactive", "0": "Inactive", "p": "Probing",
-                      "2": "Probing"}.get(c)
-            if letter:
-                wanted.add(letter)
+        for c in str(state_filter):
+            try:
+                wanted.add(_STATE_NAMES[parse_state_letter(c)])
+            except ValueError:
+                continue  # OpenSIPS ignores the filter's unknown characters
         if not wanted:
             return len(dset.destinations)
         return sum(1 for d in dset.destinations if d.state_name in wanted)
