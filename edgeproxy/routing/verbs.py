@@ -261,7 +261,7 @@ class RouteVerbs(DispatcherVerbs, TmVerbs, PermissionVerbs):
             self._keeper().create(route, flags)
         except DialogError as exc:
             log.info("{method} {call_id}: create_dialog(): {why}", method=route.request.method,
-                     call_id=route.request.call_id, why=exc)
+                     **message_context(route.request), why=exc)
             return False
         return True
 
@@ -324,7 +324,7 @@ class RouteVerbs(DispatcherVerbs, TmVerbs, PermissionVerbs):
         request (a second call is False, "second attempt to change URI Contact")."""
         if route.contact_fixed:
             log.info("{method} {call_id}: second attempt to change URI Contact", method=route.request.method,
-                     call_id=route.request.call_id)
+                     **message_context(route.request))
             return False
         route.contact_fixed = True
         return fix_nated_contact(route.request, route.source)
