@@ -165,9 +165,7 @@ class ServerContext:
         slim copy) instead of the whole one, and let go of the route state (which holds the whole
         request too), so an answered transaction costs a few hundred bytes until it ends."""
         self.request = request
-        route = self.route
-        if route is not None:
-            self.route = None
+        self.route = None
 
     def release(self) -> None:
         """Break the context's reference cycles (route state, branches) once its last transaction
