@@ -43,10 +43,8 @@ class Clock(Protocol):
 
 
 def _address(endpoint: Endpoint | None) -> str:
-    if endpoint is None:
-        return ""
-    host = f"[{endpoint.host}]" if ":" in endpoint.host else endpoint.host
-    return f"{endpoint.transport.lower()}:{host}:{endpoint.port}"
+    """``transport:host:port`` (the Endpoint's own text), "" for none."""
+    return "" if endpoint is None else str(endpoint)
 
 
 def _uri(header: str) -> str:
