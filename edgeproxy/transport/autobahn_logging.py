@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from ..interfaces import noteworthy
+
 __all__ = ["defer_debug_formatting", "CountedLog"]
 
 _MODULES = ("autobahn.websocket.protocol", "autobahn.twisted.websocket")
@@ -90,7 +92,7 @@ class CountedLog:
         n = self._counts.get(fmt, 0) + 1
         if len(self._counts) < 1000 or fmt in self._counts:
             self._counts[fmt] = n
-        if n & (n - 1) == 0:
+        if noteworthy(n):
             getattr(self._inner, level)(fmt + " [autobahn line {autobahn_count} of this kind]", *args,
                                         autobahn_count=n, **kwargs)
 

@@ -30,7 +30,7 @@ from twisted.python.failure import Failure
 
 from ..dns import AAAA, NAPTR, SRV, A, Answer, AnswerCache, DnsSettings, Naptr, Question, ServerQuery, Srv, parse_hosts
 from ..dns import locate as rfc3263_locate
-from ..interfaces import SendError
+from ..interfaces import SendError, noteworthy
 from ..sip.endpoint import Endpoint
 
 __all__ = ["DnsLocator", "HostsFile"]
@@ -148,10 +148,10 @@ class DnsLocator:
             waiting.append(d)
             return d
         if len(self._inflight) >= self.settings.max_queries:
-            self.stats["refused"] += 1
-            if self.stats["refused"] & (self.stats["refused"] - 1) == 0:  # 1st, 2nd, 4th, 8th ... time
+            refused = self.stats["refused"] = self.stats["refused"] + 1
+            if noteworthy(refused):
                 log.info("dns: {n} lookups in flight (max_queries): {name} not looked up ({refused} so far)",
-                         n=len(self._inflight), name=question.name, refused=self.stats["refused"])
+                         n=len(self._inflight), name=question.name, refused=refused)
             return succeed(Answer.failure())
         d = Deferred()
         self._inflight[question] = [d]
