@@ -13,15 +13,13 @@ asked over HTTP as operators' tools ask it.
 
 from __future__ import annotations
 
-import json
 import socket
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-
+from support.mi import mi_answer
 from support.ports import free_port
 from support.sipp_harness import LOOPBACK, Sipp, SippProcess, require_sipp
 from support.webrtc_harness import WebNode, header, require_node, sip_messages, wss_node
@@ -43,22 +41,7 @@ def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebNode]:
 
 
 def mi(web: WebNode, method: str, params: Any = None) -> Any:
-    body = {"jsonrpc": "2.0", "id": 1, "method": method, **({"params": params} if params is not None else {})}
-    deadline = time.monotonic() + 5
-    while True:
-        try:
-            req = urllib.request.Request(web.mi_url, json.dumps(body).encode(),  # type: ignore[attr-defined]
-                                         {"Content-Type": "application/json"})
-            with urllib.request.urlopen(req, timeout=5) as answer:
-                return json.loads(answer.read())
-        except ConnectionRefusedError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
-        except OSError as exc:
-            if time.monotonic() > deadline or "refused" not in str(exc):
-                raise
-            time.sleep(0.1)
+    return mi_answer(web.mi_url, method, params, wait=5)  # type: ignore[attr-defined]
 
 
 def freeswitch(web: WebNode, tmp_path: Path, user: str, ooc: str = "uas_answer") -> SippProcess:

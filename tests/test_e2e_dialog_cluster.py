@@ -10,16 +10,13 @@ end, a new one goes through. Every wait is bounded; every process is stopped by 
 
 from __future__ import annotations
 
-import json
 import re
 import time
-import urllib.request
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Callable
 
-import pytest
-
+from support.mi import mi_result
 from support.ports import free_port
 from support.sipp_harness import REPO, EdgeproxyNode, Sipp, edgeproxy_node, require_sipp
 
@@ -36,10 +33,7 @@ def wait_until(what: str, check: Callable[[], Any], timeout: float = 10.0) -> No
 
 
 def mi(url: str, method: str, params: Any = None) -> Any:
-    body = {"jsonrpc": "2.0", "id": 1, "method": method, **({"params": params} if params is not None else {})}
-    req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=5) as answer:
-        return json.loads(answer.read())["result"]
+    return mi_result(url, method, params)
 
 
 def test_a_limit_of_two_holds_across_two_nodes(tmp_path: Path) -> None:

@@ -11,14 +11,12 @@ over the MI as an operator would (``profile_get_size``, ``dlg_list``, ``get_stat
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-
+from support.mi import mi_result
 from support.ports import free_port
 from support.sipp_harness import LOOPBACK, EdgeproxyNode, Sipp, SippProcess, edgeproxy_node, require_sipp
 
@@ -41,18 +39,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EdgeproxyNode]:
 
 
 def mi(node: EdgeproxyNode, method: str, params: Any = None) -> Any:
-    body = {"jsonrpc": "2.0", "id": 1, "method": method, **({"params": params} if params is not None else {})}
-    deadline = time.monotonic() + 5
-    while True:
-        try:
-            req = urllib.request.Request(node.mi_url, json.dumps(body).encode(),  # type: ignore[attr-defined]
-                                         {"Content-Type": "application/json"})
-            with urllib.request.urlopen(req, timeout=5) as answer:
-                return json.loads(answer.read())["result"]
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
+    return mi_result(node.mi_url, method, params, wait=5)  # type: ignore[attr-defined]
 
 
 def calls_of(node: EdgeproxyNode, user: str) -> int:

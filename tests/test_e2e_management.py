@@ -14,13 +14,11 @@ import json
 import os
 import socket
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-
+from support.mi import post, rpc
 from support.ports import free_port
 from support.sipp_harness import LOOPBACK, EdgeproxyNode, Sipp, SippProcess, edgeproxy_node, require_sipp
 
@@ -66,23 +64,6 @@ def register_phone(sipp: Sipp, node: EdgeproxyNode, user: str) -> SippProcess:
                        keys={"expires": 300})
     phone.wait_for_message(r"^SIP/2.0 200 OK", timeout=10)
     return phone
-
-
-def post(url: str, body: bytes, headers: dict[str, str] | None = None,
-         method: str = "POST") -> tuple[int, bytes, Any]:
-    request = urllib.request.Request(url, data=body if method == "POST" else None, method=method,
-                                     headers={"Content-Type": "application/json", **(headers or {})})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as reply:
-            return reply.status, reply.read(), reply.headers
-    except urllib.error.HTTPError as err:
-        return err.code, err.read(), err.headers
-
-
-def rpc(url: str, message: Any) -> Any:
-    status, body, _ = post(url, json.dumps(message).encode())
-    assert status == 200, (status, body)
-    return json.loads(body)
 
 
 def test_opensips_client_sees_the_registration_and_ul_rm_ends_it(node: EdgeproxyNode, mi: Any,

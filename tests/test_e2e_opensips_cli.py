@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-from test_e2e_management import register_phone, rpc, wait_listening
-
+from support.mi import rpc
 from support.ports import free_port
 from support.sipp_harness import LOOPBACK, EdgeproxyNode, Sipp, SippProcess, edgeproxy_node, require_sipp
+from test_e2e_management import register_phone, wait_listening
 
 BIN = Path(sys.executable).parent
 
