@@ -79,6 +79,24 @@ def test_route_xlog_and_log_carry_the_message_context(events: list[dict[str, Any
     assert all(e["call_id"] == "call-1@192.0.2.20" and e["tx"] == "z9hG4bKalice1" for e in mine)
 
 
+def test_a_debug_xlog_is_an_event_only_while_the_node_is_at_debug(events: list[dict[str, Any]],
+                                                                   tmp_path: Path) -> None:
+    """Below debug a debug ``xlog`` builds nothing (no event, no message context): the shipped
+    failover route writes one per relayed call. MI ``log_level`` 4 (``set_log_decisions``) turns it on."""
+    route = tmp_path / "debug_route.py"
+    route.write_text("def request_route(msg):\n"
+                     "    msg.xlog('relayed ' + msg.method, 'L_DBG')\n"
+                     "    msg.sl_send_reply(404, 'Not Here')\n")
+    world = World(routes=load_route_module(str(route)))
+    only(world.receive(invite(), ALICE_FLOW), lambda s: s.is_response(404))
+    assert [e for e in events if e.get("log_namespace") == "edgeproxy.route"] == []
+    world.node.set_log_decisions(True)
+    only(world.receive(invite(branch="z9hG4bKalice2"), ALICE_FLOW), lambda s: s.is_response(404))
+    mine = [e for e in events if e.get("log_namespace") == "edgeproxy.route"]
+    assert [(formatEvent(e), e["log_level"], e["tx"]) for e in mine] == [
+        ("relayed INVITE", LogLevel.debug, "z9hG4bKalice2")]
+
+
 # -- end to end ----------------------------------------------------------------------------------
 
 ROUTE = """\

@@ -586,6 +586,8 @@ class RouteRequest(TmRequest, PermissionRequest):
         line the node writes about a message. ``level``: ``debug``, ``info``, ``warn``, ``error`` or
         OpenSIPS's ``L_DBG``, ``L_INFO``, ``L_NOTICE``, ``L_WARN``, ``L_ERR``, ``L_CRIT``, ``L_ALERT``."""
         name = _XLOG_LEVELS.get(level.upper(), "info") if isinstance(level, str) else "info"
+        if name == "debug" and not self._verbs.settings.log_decisions:
+            return  # the node is not at debug (log_decisions follows the level): no event, no context
         getattr(_log, name)("{text}", text=text, **message_context(self._state.request))
 
     def log(self, text: str, level: str = "info") -> None:
