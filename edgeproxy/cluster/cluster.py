@@ -240,25 +240,17 @@ class Cluster:
     def send_all(self, cluster_id: int, capability: str, payload: str) -> int:
         """Send ``payload`` to ``capability`` on every peer of ``cluster_id`` that is up, over our links
         to them (OpenSIPS clusterer ``send_all``); best effort, no answer awaited. The number sent."""
-        sent = 0
-        for row in self.up_nodes(cluster_id):
-            link = self._links[row.bin].link if row.bin in self._links else None
-            if link is None:
-                continue
-            try:
-                link.callRemote(Message, cluster_id=cluster_id, node_id=self.my_node_id, capability=capability,
-                                payload=payload)
-            except Exception as exc:  # the link went away under us: its loss is handled elsewhere
-                log.debug("cluster: {cap} data to node {n} not sent: {why}", cap=capability, n=row.node_id, why=exc)
-                continue
-            sent += 1
-        return sent
+        return sum(self._send(row, cluster_id, capability, payload) for row in self.up_nodes(cluster_id))
 
     def send_to(self, cluster_id: int, node_id: int, capability: str, payload: str) -> bool:
         """Send ``payload`` to ``capability`` on node ``node_id`` over our link to it (OpenSIPS
         clusterer ``send_to``); best effort. False when there is no link to that node now."""
         row = self.table.get(cluster_id, node_id)
-        peer = self._links.get(row.bin) if row is not None else None
+        return row is not None and self._send(row, cluster_id, capability, payload)
+
+    def _send(self, row: NodeInfo, cluster_id: int, capability: str, payload: str) -> bool:
+        """One :class:`Message` to ``row``'s node over our open link to it; False when there is none."""
+        peer = self._links.get(row.bin)
         link = peer.link if peer is not None else None
         if link is None or link.transport is None:
             return False
@@ -266,7 +258,7 @@ class Cluster:
             link.callRemote(Message, cluster_id=cluster_id, node_id=self.my_node_id, capability=capability,
                             payload=payload)
         except Exception as exc:  # the link went away under us: its loss is handled elsewhere
-            log.debug("cluster: {cap} data to node {n} not sent: {why}", cap=capability, n=node_id, why=exc)
+            log.debug("cluster: {cap} data to node {n} not sent: {why}", cap=capability, n=row.node_id, why=exc)
             return False
         return True
 
