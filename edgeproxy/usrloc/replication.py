@@ -243,14 +243,24 @@ class Replication:
 
     # -- sending -------------------------------------------------------------------------------------
     def _entry(self, aor: str, bindings: Iterable[Binding], removed: list[Removed]) -> list[Any]:
+        """``[aor, encoded bindings, removed]``: a connection-bound contact of this node's goes tagged
+        with its ``sip_addr`` (left out when it has none: no peer could reach it); a replicated one
+        keeps its owner."""
         me = self.sip_addr
-        return [aor, [encode_binding(b, me if b.owner is None and connection_bound(b) else None) for b in bindings
-                      if b.owner is not None or me is not None or not connection_bound(b)], removed]
+        items = []
+        for b in bindings:
+            if b.owner is not None or not connection_bound(b):
+                items.append(encode_binding(b))
+            elif me is not None:
+                items.append(encode_binding(b, me))
+        return [aor, items, removed]
 
     def _send_changes(self) -> None:
         self._soon = None
         try:
             aors = self.journal.take()
+            # with no peer up nothing is encoded; _sent still follows the table (a peer coming up syncs)
+            up = bool(aors) and bool(self.cluster.up_nodes(self.cluster_id))
             get = self.location.get
             sent = self._sent
             entries = []
@@ -259,10 +269,11 @@ class Replication:
                 before = sent.pop(aor, ())
                 if current:
                     sent[aor] = current
-                now_uris = {b.uri for b in current}
-                removed = [(str(b.uri), b.call_id, b.cseq) for b in before if b.uri not in now_uris]
-                entries.append(self._entry(aor, current, removed))
-            if entries and self.cluster.up_nodes(self.cluster_id):
+                if up:
+                    now_uris = {b.uri for b in current}
+                    removed = [(str(b.uri), b.call_id, b.cseq) for b in before if b.uri not in now_uris]
+                    entries.append(self._entry(aor, current, removed))
+            if entries:
                 for payload in _pack("u", entries):
                     self.stats["repl_messages"] += 1
                     self.cluster.send_all(self.cluster_id, CAPABILITY, payload)
