@@ -196,7 +196,7 @@ class Persistence:
         """In the worker thread: the rows of the snapshot, then one transaction."""
         use_domain = self.use_domain
         keys = [split_aor(aor, use_domain) for aor, _ in snapshot]
-        rows = [binding_row(b, use_domain) for _, bindings in snapshot for b in bindings if b.owner is None]
+        rows = _rows(snapshot, use_domain)
         self.table.write(keys, rows, use_domain)
         return len(rows)
 
@@ -215,7 +215,7 @@ class Persistence:
         use_domain = self.use_domain
 
         def rewrite() -> int:
-            rows = [binding_row(b, use_domain) for _, bindings in snapshot for b in bindings if b.owner is None]
+            rows = _rows(snapshot, use_domain)
             self.table.rewrite(rows)
             return len(rows)
 
@@ -232,6 +232,12 @@ class Persistence:
 
     def _locked(self, f: Callable[..., Any], *args: Any) -> "Deferred[Any]":
         return self._lock.run(lambda: self.runner(f, *args))
+
+
+def _rows(snapshot: list[tuple[str, list[Binding]]], use_domain: bool) -> list[tuple[Any, ...]]:
+    """In the worker thread: the rows of this node's own contacts in ``snapshot`` (a replicated
+    contact owned by another node is that node's to persist)."""
+    return [binding_row(b, use_domain) for _, bindings in snapshot for b in bindings if b.owner is None]
 
 
 def _bindings_by_aor(rows: Iterable[dict[str, Any]], now: float, use_domain: bool
