@@ -31,7 +31,7 @@ from typing import Any, Mapping
 
 from ..config_error import ConfigError
 from ..config_schema import Context, Section, choice, integer, seconds, show, text
-from ..sqldb import DatabaseURLError, parse_db_url, quote_table
+from ..sqldb import DatabaseURLError, parse_db_url, table_setting
 
 __all__ = ["UsrlocSettings", "SECTION", "PRESETS", "NO_DB", "WRITE_THROUGH", "WRITE_BACK", "FULL_SHARING",
            "CLUSTER_MODES"]
@@ -114,15 +114,6 @@ def _db_url(key: str, value: Any, ctx: Context) -> str:
     return url
 
 
-def _table(key: str, value: Any, ctx: Context) -> str:
-    name = text(key, value, ctx).strip()
-    try:
-        quote_table(name)
-    except DatabaseURLError as exc:
-        raise ConfigError(key, str(exc)) from None
-    return name
-
-
 def _one_mode(section: Section[UsrlocSettings], values: Mapping[str, Any]) -> None:
     if "db_mode" in values and "working_mode_preset" in values:
         raise ConfigError("usrloc.db_mode", "give working_mode_preset or the older db_mode, not both")
@@ -138,7 +129,7 @@ SECTION: Section[UsrlocSettings] = Section(UsrlocSettings, {
     "working_mode_preset": choice(*PRESETS),
     "db_mode": integer(0, 2),
     "db_url": _db_url,
-    "table": _table,
+    "table": table_setting,
     "timer_interval": seconds,
     "cluster_mode": choice(*CLUSTER_MODES),
 }, before=_one_mode, after=_db_needed)
