@@ -30,7 +30,6 @@ from .dispatcher import Dispatcher
 from .interfaces import Locator, Sender
 from .latency import LatencyHistogram
 from .location import LocationService
-from .logcontext import message_context
 from .proxy.context import RouteState, ServerContext
 from .proxy.engine import StatefulProxy
 from .proxy.flood import FloodDetector
@@ -184,8 +183,7 @@ class Node:
                         self.proxy.forward_stray(message)
         except SipValueError as exc:
             self.stats["malformed"] += 1
-            self.noise.note(flow.remote.host, "malformed", f"{exc.status} {exc.reason} ({flow.transport})",
-                            message_context(message))
+            self.noise.note(flow.remote.host, "malformed", f"{exc.status} {exc.reason} ({flow.transport})", message)
             if isinstance(message, Request) and message.method != "ACK":
                 # bounded as a parse error's reply (the top Via, sane-sized From/To/Call-ID/CSeq)
                 reply = bounded_error_response(exc.status, exc.reason,

@@ -66,6 +66,29 @@ def test_spoofed_sources_are_summed_beyond_max_sources(events: list[LogEvent]) -
     assert "from 4980 other sources" in formatEvent(events[-1])
 
 
+def test_the_message_context_is_read_for_the_line_only(events: list[LogEvent]) -> None:
+    """The first event's line carries the message's Call-ID and branch; the events only counted
+    after it never read the message (a flood of broken messages costs no context each)."""
+    reads: list[str] = []
+
+    class Seen:
+        @property
+        def call_id(self) -> str:
+            reads.append("call_id")
+            return "c-1@192.0.2.66"
+
+        @property
+        def top_via(self) -> object:
+            reads.append("via")
+            return type("Via", (), {"branch": "z9hG4bKflood"})()
+
+    noise = NoiseLog(Clock(), interval=10.0)
+    for _ in range(1000):
+        noise.note("192.0.2.66", "malformed", "400 Bad CSeq (UDP)", Seen())  # type: ignore[arg-type]
+    assert reads == ["call_id", "via"]
+    assert len(events) == 1 and events[0]["call_id"] == "c-1@192.0.2.66" and events[0]["tx"] == "z9hG4bKflood"
+
+
 def test_no_timer_while_idle() -> None:
     clock = Clock()
     noise = NoiseLog(clock)

@@ -257,8 +257,7 @@ class BranchLauncher:
             self.core.arm()
             return
         # once per call while a next hop refuses: one line per destination per interval, then counts
-        self.noise.note(str(cb.destination.remote), "failed branch", failure.getErrorMessage(),
-                        message_context(cb.request))
+        self.noise.note(str(cb.destination.remote), "failed branch", failure.getErrorMessage(), cb.request)
         if cb.final is None:
             # the SendError's status is the branch's response (430 Flow Failed, 477 ...): record it
             # before the transaction's TransportFailure would count the branch as a plain 503

@@ -20,7 +20,8 @@ from collections import Counter
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from ..logcontext import MessageContext
+from ..logcontext import message_context
+from ..sip.message import Message
 
 __all__ = ["NoiseLog"]
 
@@ -41,10 +42,11 @@ class NoiseLog:
         self._other_sources: set[str] = set()
         self._timer: IDelayedCall | None = None
 
-    def note(self, source: str, kind: str, detail: str = "", context: MessageContext | None = None) -> None:
+    def note(self, source: str, kind: str, detail: str = "", about: Message | None = None) -> None:
         """Count one event ``kind`` (e.g. ``"malformed"``, ``"flood dropped"``) from ``source``;
         ``detail`` (the status and reason) is logged with the first event of the interval only, with
-        the ``context`` of the message it is about (its Call-ID and transaction id)."""
+        the context (:func:`~edgeproxy.logcontext.message_context`: Call-ID, transaction id) of
+        ``about``, the message it is about -- read only for that line, not for the events counted."""
         self.totals[kind] += 1
         pending = self._pending
         counts = pending.get(source)
@@ -60,7 +62,7 @@ class NoiseLog:
             self.lines += 1
             log.info("{kind} from {source}{detail} (more from it are counted, summarised every {interval:g} s)",
                      kind=kind, source=source, detail=f": {detail}" if detail else "", interval=self.interval,
-                     **(context or {}))
+                     **(message_context(about) if about is not None else {}))
         else:
             counts[kind] += 1
         self._arm()
