@@ -102,8 +102,10 @@ def test_sigkill_and_restart_keeps_the_udp_contacts(db_url: str, tmp_path: Path)
             # short registrations, written by the next flush, to expire while the node is down
             shorts = [Registration(f"short{i}", f"sip:short{i}@{LOOPBACK}:9", expires=SHORT_EXPIRES)
                       for i in range(SHORT)]
-            short_at = time.monotonic()
             assert register_many((LOOPBACK, port), shorts).ok == SHORT
+            # the last short was answered by now; its row's expires is that time + SHORT_EXPIRES rounded
+            # UP to a whole second (the column is an integer): up to 1 s after the in-memory expiry
+            short_at = time.monotonic()
             flushes = stats(mi)["usrloc:db_flushes"]
             wait_for(lambda: stats(mi)["usrloc:db_flushes"] > flushes and stats(mi)["usrloc:db_pending_aors"] == 0,
                      "the next flush")
@@ -112,7 +114,7 @@ def test_sigkill_and_restart_keeps_the_udp_contacts(db_url: str, tmp_path: Path)
             pending = stats(mi)["usrloc:db_pending_aors"]
             node.kill()
         print(f"killed with {pending} AoRs changed since the last write-back flush")
-        time.sleep(max(0.0, short_at + SHORT_EXPIRES + 0.5 - time.monotonic()))  # the shorts expire meanwhile
+        time.sleep(max(0.0, short_at + SHORT_EXPIRES + 1.5 - time.monotonic()))  # the shorts' rows expire meanwhile
 
         started = time.monotonic()
         with edgeproxy_node(workdir, config=config, transports=("udp",), port=port, log_level="info") as node:
