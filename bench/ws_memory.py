@@ -352,34 +352,21 @@ _pending_plan: dict[str, Any] = {}
 def run_clients_once(port: int, n: int, concurrency: int, ca: str, deadline: float) -> tuple[int, int, float]:
     """The baseline connection, opened before the reactor runs (it runs once per process): a plain
     blocking TLS + WebSocket handshake and one REGISTER with the standard library."""
-    import base64
     import socket
     import ssl as std_ssl
+
+    from support.ws_client import ws_frame, ws_upgrade
 
     context = std_ssl.create_default_context(cafile=ca)
     sock = socket.create_connection(("127.0.0.1", port), timeout=30)
     tls = context.wrap_socket(sock, server_hostname="localhost")
-    key = base64.b64encode(os.urandom(16)).decode()
-    tls.sendall((f"GET / HTTP/1.1\r\nHost: localhost:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                 f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-                 "Sec-WebSocket-Protocol: sip\r\n\r\n").encode())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = tls.recv(4096)
-        if not chunk:
-            return 0, 1, 0.0
-        head += chunk
+    try:
+        head = ws_upgrade(tls, "localhost", port)
+    except ConnectionError:
+        return 0, 1, 0.0
     if not head.startswith(b"HTTP/1.1 101"):
         return 0, 1, 0.0
-    payload = register(999999, port)
-    mask = os.urandom(4)
-    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    length = len(payload)
-    if length < 126:
-        header = bytes([0x81, 0x80 | length])
-    else:
-        header = bytes([0x81, 0x80 | 126]) + length.to_bytes(2, "big")
-    tls.sendall(header + mask + masked)
+    tls.sendall(ws_frame(register(999999, port)))
     data = head.split(b"\r\n\r\n", 1)[1]
     while b"SIP/2.0" not in data:
         chunk = tls.recv(4096)

@@ -20,10 +20,8 @@ X (127.0.0.11) and Y (127.0.0.12) run ``twistd edgeproxy`` with ``[usrloc] worki
 
 from __future__ import annotations
 
-import base64
 import os
 import socket
-import struct
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -34,6 +32,7 @@ import pytest
 from support.ports import free_port
 from support.registrations import Registration, register_many
 from support.sipp_harness import LOOPBACK, Sipp, edgeproxy_node, require_sipp
+from support.ws_client import ws_frame, ws_read, ws_upgrade
 
 try:
     from opensips.mi import OpenSIPSMI, OpenSIPSMIException
@@ -71,13 +70,7 @@ def ws_register(host: str, port: int, user: str) -> socket.socket:
     """A browser-like client: a WebSocket (``sip`` subprotocol) to ``host:port`` and a REGISTER of an
     ``.invalid`` contact over it (RFC 7118); the open socket is returned (closing it ends the flow)."""
     sock = socket.create_connection((host, port), timeout=5)
-    key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall(f"GET / HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                 f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: sip\r\n\r\n"
-                 .encode())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += sock.recv(4096)
+    head = ws_upgrade(sock, host, port)
     assert head.startswith(b"HTTP/1.1 101"), head
     text = (f"REGISTER sip:{host} SIP/2.0\r\nVia: SIP/2.0/WSS df7jal23ls0d.invalid;branch=z9hG4bKws{user};rport\r\n"
             f"Max-Forwards: 70\r\nFrom: <sip:{user}@{host}>;tag=ws1\r\nTo: <sip:{user}@{host}>\r\n"
@@ -90,29 +83,12 @@ def ws_register(host: str, port: int, user: str) -> socket.socket:
 
 
 def ws_send(sock: socket.socket, data: bytes) -> None:
-    """One masked text frame (a client's, RFC 6455 §5.3)."""
-    mask = os.urandom(4)
-    header = bytes([0x81]) + (bytes([0x80 | len(data)]) if len(data) < 126 else bytes([0x80 | 126])
-                              + struct.pack("!H", len(data)))
-    sock.sendall(header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(data)))
+    sock.sendall(ws_frame(data))
 
 
 def ws_recv(sock: socket.socket) -> str:
-    """One unmasked text frame from the server (RFC 6455 §5.2), as text."""
-    def exactly(n: int) -> bytes:
-        out = b""
-        while len(out) < n:
-            chunk = sock.recv(n - len(out))
-            assert chunk, "the WebSocket closed"
-            out += chunk
-        return out
-    _, size = exactly(2)
-    size &= 0x7F
-    if size == 126:
-        (size,) = struct.unpack("!H", exactly(2))
-    elif size == 127:
-        (size,) = struct.unpack("!Q", exactly(8))
-    return exactly(size).decode()
+    """One frame from the server, as text."""
+    return ws_read(sock)[1].decode()
 
 
 def ws_answer_busy(sock: socket.socket) -> str:

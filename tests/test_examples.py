@@ -12,7 +12,6 @@ SIPp as FreeSWITCH (127.0.0.21) calls through Y a SIPp phone (127.0.0.31) regist
 
 from __future__ import annotations
 
-import base64
 import os
 import re
 import shutil
@@ -31,6 +30,8 @@ import pytest
 from support import mongo_server
 from support.ports import free_port
 from support.sipp_harness import EdgeproxyNode, Sipp, toml_text
+from support.transport import status_of
+from support.ws_client import ws_frame, ws_read, ws_upgrade
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
@@ -135,12 +136,6 @@ def options_request(transport: str, local: tuple[str, int], host: str, port: int
             f"Call-ID: ex-{n}@{local[0]}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n").encode()
 
 
-def status_of(data: bytes) -> int:
-    match = re.match(rb"SIP/2\.0 (\d{3}) ", data)
-    assert match, data[:200]
-    return int(match.group(1))
-
-
 def options_udp(host: str, port: int, timeout: float = 0.5) -> int | None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.settimeout(timeout)
@@ -163,51 +158,17 @@ def options_tls(host: str, port: int, ca: Path) -> int:
         return status_of(s.recv(65535))
 
 
-def _ws_frame(payload: bytes) -> bytes:
-    """One masked text frame, as a client sends it (RFC 6455 §5.2)."""
-    mask = os.urandom(4)
-    head = bytes([0x81]) + (bytes([0x80 | len(payload)]) if len(payload) < 126
-                            else bytes([0x80 | 126]) + len(payload).to_bytes(2, "big"))
-    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-
-
-def _ws_read(s: ssl.SSLSocket) -> bytes:
-    def exactly(n: int) -> bytes:
-        out = b""
-        while len(out) < n:
-            chunk = s.recv(n - len(out))
-            assert chunk, "the node closed the WebSocket"
-            out += chunk
-        return out
-
-    first, second = exactly(2)
-    length = second & 0x7F
-    if length == 126:
-        length = int.from_bytes(exactly(2), "big")
-    elif length == 127:
-        length = int.from_bytes(exactly(8), "big")
-    payload = exactly(length)
-    assert first & 0x0F in (1, 2), f"opcode {first & 0x0F}"
-    return payload
-
-
 def options_wss(host: str, port: int, ca: Path) -> int:
     """OPTIONS over a WebSocket (subprotocol ``sip``, RFC 7118) in TLS, as a browser would send it."""
     context = ssl.create_default_context(cafile=str(ca))
     with socket.create_connection((host, port), timeout=5) as raw, context.wrap_socket(raw, server_hostname=host) as s:
-        key = base64.b64encode(os.urandom(16)).decode()
-        s.sendall((f"GET / HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                   f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: sip\r\n"
-                   f"Origin: https://{host}\r\n\r\n").encode())
-        head = b""
-        while b"\r\n\r\n" not in head:
-            chunk = s.recv(4096)
-            assert chunk, head
-            head += chunk
+        head = ws_upgrade(s, host, port, origin=f"https://{host}")
         assert head.startswith(b"HTTP/1.1 101"), head
-        s.sendall(_ws_frame(options_request("WSS", ("df7jal23ls0d.invalid", 0), host, port)))
+        s.sendall(ws_frame(options_request("WSS", ("df7jal23ls0d.invalid", 0), host, port)))
         while True:
-            status = status_of(_ws_read(s))
+            opcode, payload = ws_read(s)
+            assert opcode in (1, 2), f"opcode {opcode}"
+            status = status_of(payload)
             if status >= 200:
                 return status
 

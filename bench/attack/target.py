@@ -1,21 +1,25 @@
 """The node under attack and the attacker's tools: a ``twistd edgeproxy`` started on loopback from a
 given source tree (this one, or an older checkout for "before" numbers), stopped by its PID; its RSS
-and log read from /proc and its log file; a minimal WebSocket client (RFC 6455 handshake with the
-``sip`` subprotocol, masked frames) on plain sockets.
+and log read from /proc and its log file; a WebSocket connection from a chosen source address, made
+with the tests' blocking client (``tests/support/ws_client.py``: RFC 6455 handshake with the ``sip``
+subprotocol, masked frames).
 """
 
 from __future__ import annotations
 
-import base64
 import os
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
+from support.ws_client import ws_frame, ws_upgrade  # noqa: E402  (the one blocking WebSocket client)
+
+__all__ = ["Target", "toml", "ws_connect", "ws_frame"]
 
 
 def toml(sections: dict[str, dict[str, Any]]) -> str:
@@ -120,57 +124,7 @@ def ws_connect(host: str, port: int, source: str, timeout: float = 3.0) -> socke
     s.bind((source, 0))
     s.settimeout(timeout)
     s.connect((host, port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    s.sendall((f"GET / HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-               f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-               "Sec-WebSocket-Protocol: sip\r\n\r\n").encode())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = s.recv(4096)
-        if not chunk:
-            raise ConnectionError("closed during the handshake")
-        head += chunk
+    head = ws_upgrade(s, host, port)
     if not head.startswith(b"HTTP/1.1 101"):
         raise ConnectionError(head.split(b"\r\n", 1)[0].decode(errors="replace"))
     return s
-
-
-def ws_frame(payload: bytes, binary: bool = False) -> bytes:
-    mask = os.urandom(4)
-    n = len(payload)
-    head = bytes([0x82 if binary else 0x81])
-    if n < 126:
-        head += bytes([0x80 | n])
-    elif n < 65536:
-        head += bytes([0x80 | 126]) + struct.pack("!H", n)
-    else:
-        head += bytes([0x80 | 127]) + struct.pack("!Q", n)
-    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload)) if n < 4096 else _mask_fast(payload, mask)
-    return head + mask + masked
-
-
-def _mask_fast(payload: bytes, mask: bytes) -> bytes:
-    n = len(payload)
-    key = int.from_bytes((mask * (n // 4 + 1))[:n], "big")
-    return (int.from_bytes(payload, "big") ^ key).to_bytes(n, "big")
-
-
-def ws_payloads(data: bytes) -> tuple[list[bytes], bytes]:
-    """Unmasked server frames in ``data``: their payloads and what is left (an incomplete frame)."""
-    out = []
-    while len(data) >= 2:
-        n = data[1] & 0x7F
-        pos = 2
-        if n == 126:
-            if len(data) < 4:
-                break
-            n, pos = struct.unpack("!H", data[2:4])[0], 4
-        elif n == 127:
-            if len(data) < 10:
-                break
-            n, pos = struct.unpack("!Q", data[2:10])[0], 10
-        if len(data) < pos + n:
-            break
-        out.append(data[pos:pos + n])
-        data = data[pos + n:]
-    return out, data
