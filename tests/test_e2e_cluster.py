@@ -26,12 +26,13 @@ import sys
 import time
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from support import mongo_server
+from support.polling import wait_until
 from support.ports import bindable
 from support.sipp_harness import REPO, EdgeproxyNode, Sipp, SippProcess, SippResult, edgeproxy_node, free_port, require_sipp
 
@@ -95,18 +96,6 @@ def store_docs(target: mongo_server.MongoTarget, collection: str, query: dict | 
         return list(client[target.database][collection].find(query or {}))
     finally:
         client.close()
-
-
-def wait_until(what: str, check: Callable[[], Any], timeout: float = 10.0, step: float = 0.05) -> Any:
-    """Poll ``check`` until it returns something truthy; fail with ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what} (last: {value!r})")
-        time.sleep(step)
 
 
 def records_for(target: mongo_server.MongoTarget, collection: str, user: str) -> list[dict]:

@@ -17,6 +17,7 @@ from typing import Any, Iterator
 import pytest
 
 from support import mongo_server
+from support.polling import wait_until
 from support.ports import free_port
 from support.registrations import Registration, register_many
 from support.sipp_harness import edgeproxy_node
@@ -41,14 +42,6 @@ def collection_of(target: mongo_server.MongoTarget, name: str) -> Any:
     return client, client[target.database][name]
 
 
-def wait_for(predicate: Any, what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}", pytrace=False)
-        time.sleep(0.1)
-
-
 def test_loaded_contacts_are_published_again(target: mongo_server.MongoTarget, tmp_path: Path) -> None:
     port, bin_port = free_port(IP), free_port(IP)
     sip_addr = f"{IP}:{port}"
@@ -69,13 +62,16 @@ def test_loaded_contacts_are_published_again(target: mongo_server.MongoTarget, t
             regs = [Registration(f"u{i}", f"sip:u{i}@127.0.0.1:9") for i in range(USERS)]
             # phones on 127.0.0.1: the node's own address is a cluster node's, whose REGISTERs the route refuses
             assert register_many((IP, port), regs, domain=DOMAIN).ok == USERS
-            wait_for(lambda: docs.count_documents({"home_ip": sip_addr}) == USERS, "the records in the store")
-            wait_for(lambda: sum(int(line.split("(", 1)[1].split()[0]) for line in node.log().splitlines()
-                                 if "usrloc: wrote" in line) >= USERS, "every contact written to SQL")
+            wait_until("the records in the store",
+                       lambda: docs.count_documents({"home_ip": sip_addr}) == USERS, timeout=30)
+            wait_until("every contact written to SQL",
+                       lambda: sum(int(line.split("(", 1)[1].split()[0]) for line in node.log().splitlines()
+                                   if "usrloc: wrote" in line) >= USERS, timeout=30)
             node.kill()
         docs.delete_many({})  # the store forgot the dead node's records (TTL)
         with edgeproxy_node(workdir, config=config, transports=("udp",), host=IP, port=port) as node:
-            wait_for(lambda: docs.count_documents({"home_ip": sip_addr}) == USERS, "the records published again")
+            wait_until("the records published again",
+                       lambda: docs.count_documents({"home_ip": sip_addr}) == USERS, timeout=30)
             aors = {d["aor"] for d in docs.find({"home_ip": sip_addr})}
             assert aors == {f"u{i}@{DOMAIN}" for i in range(USERS)}
             assert f"usrloc: loaded {USERS} contacts" in node.log()

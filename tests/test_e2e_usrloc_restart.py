@@ -29,6 +29,7 @@ from typing import Any, Iterator
 import pytest
 
 from support import mariadb
+from support.polling import wait_until
 from support.ports import free_port
 from support.registrations import Registration, register_many
 from support.sipp_harness import LOOPBACK, Sipp, edgeproxy_node, require_sipp
@@ -67,14 +68,6 @@ def stats(mi: Any) -> dict[str, int]:
     return mi.execute("get_statistics", {"statistics": ["usrloc:"]})
 
 
-def wait_for(predicate: Any, what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}", pytrace=False)
-        time.sleep(0.05)
-
-
 def test_sigkill_and_restart_keeps_the_udp_contacts(db_url: str, tmp_path: Path) -> None:
     require_sipp()
     url, _, table = db_url.partition("#")
@@ -97,8 +90,8 @@ def test_sigkill_and_restart_keeps_the_udp_contacts(db_url: str, tmp_path: Path)
             assert outcome.ok == len(regs), (outcome.statuses, outcome.unanswered[:5])
             print(f"\n{len(regs)} REGISTERs answered 200 in {outcome.seconds:.2f} s")
             # everything is written at a flush; then the late batch, then the crash before the next flush
-            wait_for(lambda: stats(mi)["usrloc:db_written_contacts"] >= len(regs)
-                     and stats(mi)["usrloc:db_pending_aors"] == 0, "the write-back flush")
+            wait_until("the write-back flush", lambda: stats(mi)["usrloc:db_written_contacts"] >= len(regs)
+                       and stats(mi)["usrloc:db_pending_aors"] == 0, timeout=30)
             # short registrations, written by the next flush, to expire while the node is down
             shorts = [Registration(f"short{i}", f"sip:short{i}@{LOOPBACK}:9", expires=SHORT_EXPIRES)
                       for i in range(SHORT)]
@@ -107,8 +100,8 @@ def test_sigkill_and_restart_keeps_the_udp_contacts(db_url: str, tmp_path: Path)
             # UP to a whole second (the column is an integer): up to 1 s after the in-memory expiry
             short_at = time.monotonic()
             flushes = stats(mi)["usrloc:db_flushes"]
-            wait_for(lambda: stats(mi)["usrloc:db_flushes"] > flushes and stats(mi)["usrloc:db_pending_aors"] == 0,
-                     "the next flush")
+            wait_until("the next flush", lambda: stats(mi)["usrloc:db_flushes"] > flushes
+                       and stats(mi)["usrloc:db_pending_aors"] == 0, timeout=30)
             late = [Registration(f"late{i}", f"sip:late{i}@{LOOPBACK}:9") for i in range(LATE)]
             assert register_many((LOOPBACK, port), late).ok == LATE
             pending = stats(mi)["usrloc:db_pending_aors"]

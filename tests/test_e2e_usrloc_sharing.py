@@ -29,6 +29,7 @@ from typing import Any
 
 import pytest
 
+from support.polling import wait_until
 from support.ports import free_port
 from support.registrations import Registration, register_many
 from support.sipp_harness import LOOPBACK, Sipp, edgeproxy_node, require_sipp
@@ -44,14 +45,6 @@ except ImportError:  # pragma: no cover - installed by .[test]; under CI a missi
 X_IP, Y_IP = "127.0.0.11", "127.0.0.12"
 USERS = 1000
 CALLEES = ("callee0", "callee1")
-
-
-def wait_for(predicate: Any, what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}", pytrace=False)
-        time.sleep(0.05)
 
 
 def contacts(mi: Any) -> int:
@@ -126,11 +119,12 @@ def test_full_sharing_pair(tmp_path: Path) -> None:
                             port=ports[Y_IP][0]) as y:
             with edgeproxy_node(tmp_path / "x", config=config(1, X_IP), transports=("udp", "ws"), host=X_IP,
                                 port=ports[X_IP][0]) as x:
-                wait_for(lambda: "node 2 is UP" in x.log() and "node 1 is UP" in y.log(), "the cluster link")
+                wait_until("the cluster link", lambda: "node 2 is UP" in x.log() and "node 1 is UP" in y.log(),
+                           timeout=30)
                 regs = [Registration(f"u{i:04d}", f"sip:u{i:04d}@{LOOPBACK}:9") for i in range(USERS - len(CALLEES))]
                 regs += [Registration(c, f"sip:{c}@{LOOPBACK}:{uas.port}") for c in CALLEES]
                 assert register_many(x_addr, regs).ok == USERS
-                wait_for(lambda: contacts(mi_y) == USERS, "Y to hold every contact registered on X")
+                wait_until("Y to hold every contact registered on X", lambda: contacts(mi_y) == USERS, timeout=30)
                 assert contacts(mi_x) == USERS
 
                 # the same AoR on both nodes at once: the higher CSeq of the one Call-ID wins on both
@@ -141,11 +135,13 @@ def test_full_sharing_pair(tmp_path: Path) -> None:
                     at_y = pool.submit(register_many, y_addr, [on_y])
                     # CSeq 1 is refused (400) when X already holds Y's CSeq 2: RFC 3261 §10.3 step 7
                     assert set(at_x.result().statuses) <= {200, 400} and at_y.result().ok == 1
-                wait_for(lambda: shown(mi_x, "conc") == shown(mi_y, "conc") != [], "the same contact on both")
+                wait_until("the same contact on both",
+                           lambda: shown(mi_x, "conc") == shown(mi_y, "conc") != [], timeout=30)
                 assert [c[2] for c in shown(mi_x, "conc")] == [2]
                 # a browser on X: reachable only over its WebSocket; Y holds it as X's, and relays to X
                 browser = ws_register(X_IP, ports[X_IP][0], "browser")
-                wait_for(lambda: shown(mi_y, "browser") == shown(mi_x, "browser") != [], "Y to hold X's browser")
+                wait_until("Y to hold X's browser",
+                           lambda: shown(mi_y, "browser") == shown(mi_x, "browser") != [], timeout=30)
                 with ThreadPoolExecutor(1) as pool:
                     answered = pool.submit(ws_answer_busy, browser)
                     Sipp(tmp_path / "call-browser-via-x").run(
@@ -158,7 +154,7 @@ def test_full_sharing_pair(tmp_path: Path) -> None:
                     record_routes
                 x.kill()
                 browser.close()
-                wait_for(lambda: "node 1 is DOWN" in y.log(), "Y to see X down")
+                wait_until("Y to see X down", lambda: "node 1 is DOWN" in y.log(), timeout=30)
 
             # X is dead: Y serves X's users; a call for X's browser gets its final answer at once
             started = time.monotonic()
@@ -172,8 +168,8 @@ def test_full_sharing_pair(tmp_path: Path) -> None:
 
             with edgeproxy_node(tmp_path / "x2", config=config(1, X_IP), transports=("udp",), host=X_IP,
                                 port=ports[X_IP][0]) as x:
-                wait_for(lambda: "usrloc: synced" in x.log(), "X's sync from Y")
-                wait_for(lambda: contacts(mi_x) == contacts(mi_y), "X to hold what Y holds")
+                wait_until("X's sync from Y", lambda: "usrloc: synced" in x.log(), timeout=30)
+                wait_until("X to hold what Y holds", lambda: contacts(mi_x) == contacts(mi_y), timeout=30)
                 assert contacts(mi_x) == USERS + 1  # u0000 gone, conc and newcomer there
                 assert shown(mi_x, "u0000") == [] and shown(mi_x, "newcomer") == shown(mi_y, "newcomer") != []
                 synced = next(line for line in x.log().splitlines() if "usrloc: synced" in line)
