@@ -30,15 +30,16 @@ import shlex
 import shutil
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from processes import Children, Proxy  # noqa: E402
 from procfs import SCENARIO_DIR, log  # noqa: E402
 from sipp_ladder import as_int, read_stat_csv  # noqa: E402
+from support.mi import mi_result as mi  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SERVERS = ["127.0.0.21", "127.0.0.22", "127.0.0.23"]
@@ -58,13 +59,6 @@ def node_config(mode: str, port: int, uas_port: int, mi_port: int) -> str:
         for host in SERVERS:
             lines += ["[[dispatcher.destinations]]", "setid = 1", f'destination = "sip:{host}:{uas_port}"']
     return "\n".join(lines) + "\n"
-
-
-def mi(port: int, method: str, params: Any = None) -> Any:
-    body = json.dumps({"jsonrpc": "2.0", "method": method, "params": params or [], "id": 1}).encode()
-    request = urllib.request.Request(f"http://{NODE}:{port}/mi", body, {"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=5) as answer:
-        return json.loads(answer.read())["result"]
 
 
 def run_step(sipp: str, children: Children, directory: Path, target: str, rate: int, secs: int) -> dict[str, Any]:
@@ -127,8 +121,8 @@ def run_mode(mode: str, args: argparse.Namespace, children: Children, outdir: Pa
             time.sleep(2)
         if mode == "dispatcher":
             minutes = (time.monotonic() - started) / 60
-            listed = mi(mi_port, "ds_list")["PARTITIONS"][0]["SETS"][0]["Destinations"]
-            stats = mi(mi_port, "get_statistics", [["dispatcher:"]])
+            listed = mi(f"http://{NODE}:{mi_port}/mi", "ds_list")["PARTITIONS"][0]["SETS"][0]["Destinations"]
+            stats = mi(f"http://{NODE}:{mi_port}/mi", "get_statistics", [["dispatcher:"]])
             log(f"PROBES {json.dumps(stats)} over {minutes:.1f} min, hits "
                 f"{json.dumps({x['URI']: x['first_hit_counter'] for x in listed})}")
             per_dest = stats.get("dispatcher:probes_sent", 0) / len(SERVERS)

@@ -11,25 +11,17 @@ end, a new one goes through. Every wait is bounded; every process is stopped by 
 from __future__ import annotations
 
 import re
-import time
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from support.mi import mi_result
+from support.polling import wait_until
 from support.ports import free_port
 from support.sipp_harness import REPO, EdgeproxyNode, Sipp, edgeproxy_node, require_sipp
 
 A_IP, B_IP = "127.0.0.13", "127.0.0.14"
 FS_IP, CALLER_IP = "127.0.0.22", "127.0.0.33"
-
-
-def wait_until(what: str, check: Callable[[], Any], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout:g} s: {what}")
-        time.sleep(0.05)
 
 
 def mi(url: str, method: str, params: Any = None) -> Any:

@@ -11,12 +11,12 @@ over the MI as an operator would (``profile_get_size``, ``dlg_list``, ``get_stat
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 from support.mi import mi_result
+from support.polling import wait_until
 from support.ports import free_port
 from support.sipp_harness import LOOPBACK, EdgeproxyNode, Sipp, SippProcess, edgeproxy_node, require_sipp
 
@@ -54,14 +54,6 @@ def phone(node: EdgeproxyNode, tmp_path: Path, user: str, ooc: str, **keys: Any)
     return p
 
 
-def wait_until(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        time.sleep(0.1)
-
-
 def test_third_concurrent_call_is_refused_and_a_new_one_goes_through_after(node: EdgeproxyNode,
                                                                             tmp_path: Path) -> None:
     answering = phone(node, tmp_path, "desk", "uas_answer")
@@ -69,7 +61,7 @@ def test_third_concurrent_call_is_refused_and_a_new_one_goes_through_after(node:
         sipp = Sipp(tmp_path / "alice", "udp")
         two = sipp.start("uac_call", node.address, user="desk", calls=2, rate=20, duration_ms=2000, timeout=20,
                          keys={"caller": "alice"})
-        wait_until(lambda: calls_of(node, "alice") == 2, 10, "alice in 2 calls")
+        wait_until("alice in 2 calls", lambda: calls_of(node, "alice") == 2, 10, step=0.1)
         third = sipp.run("uac_expect", node.address, user="desk", keys={"caller": "alice", "expect_code": 403})
         assert third.ok, third.describe()
         refused = [m for m in third.received() if m.status == 403]
@@ -77,7 +69,7 @@ def test_third_concurrent_call_is_refused_and_a_new_one_goes_through_after(node:
         assert calls_of(node, "alice") == 2  # the refused call never counted
         both = two.wait(30)
         assert both.successful_calls == 2, both.describe()
-        wait_until(lambda: calls_of(node, "alice") == 0, 5, "alice's calls ended")
+        wait_until("alice's calls ended", lambda: calls_of(node, "alice") == 0, 5, step=0.1)
         again = sipp.run("uac_call", node.address, user="desk", keys={"caller": "alice"})
         assert again.ok, again.describe()
         assert calls_of(node, "bob") == 0
@@ -106,11 +98,11 @@ def test_counts_return_to_zero_after_a_mixed_run(node: EdgeproxyNode, tmp_path: 
     timed = [f"t{i}" for i in range(5)]
     longs = [sipp.start("uac_call", node.address, user="ans", calls=10, rate=10, duration_ms=(LIFETIME + 3) * 1000,
                         timeout=60, extra=limit, keys={"caller": user}) for user in timed]
-    wait_until(lambda: calls_of(node, "t0") > 0, 10, "the long calls up")
+    wait_until("the long calls up", lambda: calls_of(node, "t0") > 0, 10, step=0.1)
     for p in longs:
         p.wait(90)
     try:
-        wait_until(lambda: not mi(node, "dlg_list")["Dialogs"], 15, "every dialog gone")
+        wait_until("every dialog gone", lambda: not mi(node, "dlg_list")["Dialogs"], 15, step=0.1)
         for user in ("carol", "dave", "erin", *timed):
             assert calls_of(node, user) == 0, user
         assert mi(node, "profile_get_size", ["caller"])["Profile"]["count"] == 0
