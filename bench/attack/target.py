@@ -17,32 +17,10 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
+from support.sipp_harness import toml_text  # noqa: E402  (the tests' TOML writer)
 from support.ws_client import ws_frame, ws_upgrade  # noqa: E402  (the one blocking WebSocket client)
 
-__all__ = ["Target", "toml", "ws_connect", "ws_frame"]
-
-
-def toml(sections: dict[str, dict[str, Any]]) -> str:
-    def value(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, (int, float)):
-            return repr(v)
-        if isinstance(v, str):
-            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-        if isinstance(v, (list, tuple)):
-            return "[" + ", ".join(value(x) for x in v) + "]"
-        raise TypeError(v)
-
-    out = []
-    for name, table in sections.items():
-        out.append(f"[{name}]")
-        out += [f"{k} = {value(v)}" for k, v in table.items() if not isinstance(v, dict)]
-        for k, v in table.items():
-            if isinstance(v, dict):
-                out.append(f"[{name}.{k}]")
-                out += [f"{value(kk)} = {value(vv)}" for kk, vv in v.items()]
-    return "\n".join(out) + "\n"
+__all__ = ["Target", "ws_connect", "ws_frame"]
 
 
 class Target:
@@ -59,7 +37,7 @@ class Target:
         for name, table in extra.items():
             sections.setdefault(name, {}).update(table)
         self.config = workdir / "edgeproxy.toml"
-        self.config.write_text(toml(sections))
+        self.config.write_text(toml_text(sections))
         self.log_path = workdir / "edgeproxy.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
