@@ -12,13 +12,11 @@ SIPp as FreeSWITCH (127.0.0.21) calls through Y a SIPp phone (127.0.0.31) regist
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import socket
 import ssl
 import subprocess
-import sys
 import time
 import tomllib
 from contextlib import ExitStack
@@ -29,7 +27,7 @@ import pytest
 
 from support import mongo_server
 from support.ports import free_port
-from support.sipp_harness import EdgeproxyNode, Sipp, toml_text
+from support.sipp_harness import EdgeproxyNode, Sipp, spawn_twistd, toml_text
 from support.transport import status_of
 from support.ws_client import ws_frame, ws_read, ws_upgrade
 
@@ -114,19 +112,6 @@ def rewrite(path: Path, ports: Ports, store_url: str | None = None) -> dict[str,
     return config
 
 
-def twistd(config: Path, host: str, port: int, transports: tuple[str, ...]) -> EdgeproxyNode:
-    """``twistd -n --pidfile= edgeproxy --config FILE`` with this interpreter, in the file's directory."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    argv = [sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()",
-            "-n", "--pidfile=", "edgeproxy", "--config", str(config)]
-    log_path = config.with_suffix(".log")
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(argv, cwd=config.parent, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                                   stderr=subprocess.STDOUT)
-    return EdgeproxyNode(host, port, transports, process, config, log_path)
-
-
 def options_request(transport: str, local: tuple[str, int], host: str, port: int) -> bytes:
     n = time.monotonic_ns()
     return (f"OPTIONS sip:{host}:{port} SIP/2.0\r\n"
@@ -191,7 +176,8 @@ def start(stack: ExitStack, path: Path, ports: Ports, store_url: str | None = No
     transport, _, hostport = config["node"]["listen"][0].partition(":")
     host, _, port = hostport.rpartition(":")
     assert transport == "udp"
-    node = twistd(path, host, int(port), tuple(s.split(":", 1)[0] for s in config["node"]["listen"]))
+    node = spawn_twistd(path, host, int(port), tuple(s.split(":", 1)[0] for s in config["node"]["listen"]),
+                        cwd=path.parent, log_path=path.with_suffix(".log"))
     stack.callback(node.stop)
     return wait_answering(node)
 

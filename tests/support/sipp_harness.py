@@ -48,6 +48,7 @@ __all__ = [
     "SipMessage",
     "EdgeproxyNode",
     "edgeproxy_node",
+    "spawn_twistd",
     "TEST_TIMERS",
     "toml_text",
 ]
@@ -625,6 +626,22 @@ class EdgeproxyNode:
         return self.process.returncode
 
 
+def spawn_twistd(config_path: Path, host: str, port: int, transports: Sequence[str], *, cwd: Path,
+                 log_path: Path, netns: str | None = None) -> EdgeproxyNode:
+    """Start ``twistd -n --pidfile= edgeproxy --config FILE`` (as an operator runs it) from this
+    source tree (``PYTHONPATH``, so an installed copy cannot shadow it), output to ``log_path``; not
+    waited for. ``netns``: inside that network namespace (``ip netns exec`` execs: the PID is twistd's)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    env["PYTHONUNBUFFERED"] = "1"
+    argv = (["ip", "netns", "exec", netns] if netns else []) + _twistd() + [
+        "-n", "--pidfile=", "edgeproxy", "--config", str(config_path)]
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                                   stderr=subprocess.STDOUT)
+    return EdgeproxyNode(host, port, tuple(transports), process, config_path, log_path)
+
+
 @contextmanager
 def edgeproxy_node(
     workdir: str | os.PathLike[str],
@@ -663,22 +680,15 @@ def edgeproxy_node(
     config_path.write_text(toml_text(sections), encoding="utf-8")
     log_path = workdir / "edgeproxy.log"
 
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    env["PYTHONUNBUFFERED"] = "1"
-    argv = (["ip", "netns", "exec", netns] if netns else []) + _twistd() + [
-        "-n", "--pidfile=", "edgeproxy", "--config", str(config_path)]
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(argv, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                                   stderr=subprocess.STDOUT)
-    node = EdgeproxyNode(host, port, tuple(transports), process, config_path, log_path)
+    node = spawn_twistd(config_path, host, port, transports, cwd=workdir, log_path=log_path, netns=netns)
+    process = node.process
     try:
         deadline = time.monotonic() + startup_timeout
         probe = "udp" if "udp" in transports else transports[0]
         while True:
             if not node.running():
                 pytest.fail(f"edgeproxy exited with status {process.returncode} while starting:\n"
-                            f"{' '.join(argv)}\n{node.log()[-4000:]}", pytrace=False)
+                            f"{' '.join(process.args)}\n{node.log()[-4000:]}", pytrace=False)
             if "edgeproxy listening on" in node.log() or (netns is None and _options_probe(host, port, probe, 0.2)):
                 break
             if time.monotonic() > deadline:
