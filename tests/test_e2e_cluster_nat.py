@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from support.polling import wait_until
 from support.sipp_harness import Sipp, free_port
 from test_e2e_cluster import (  # noqa: F401  (target, collection, cluster: fixtures used by name)
     DOMAIN,
@@ -29,7 +30,6 @@ from test_e2e_cluster import (  # noqa: F401  (target, collection, cluster: fixt
     start_federated,
     target,
     wait_peers_up,
-    wait_until,
 )
 
 
