@@ -322,14 +322,11 @@ def start_management(parts: NodeParts, settings: MISettings, reactor: Any = None
     is taken."""
     if reactor is None:
         from twisted.internet import reactor
-    host, port = settings.address
     commands = commands or MICommands(parts)
     root: resource.Resource = MIResource(commands, settings, reactor)
     if metrics is not None:
         root = Paths({metrics.path: MetricsResource(commands, metrics, settings.token)}, root)
-    site = MISite(root, settings.max_request_size, reactor)
-    interface = "127.0.0.1" if host == "localhost" else host
-    listening = reactor.listenTCP(port, site, interface=interface)
+    listening = _listen(reactor, settings.address, MISite(root, settings.max_request_size, reactor))
     bound = listening.getHost()
     if settings.remote:
         log.warn("MI listening on {host}:{port}, which is not a loopback address (allow_remote): anyone who "
@@ -349,15 +346,20 @@ def start_metrics(parts: NodeParts, settings: MetricsSettings, reactor: Any = No
     ``GET <path>`` there, no MI (nothing that can change the node), no token."""
     if reactor is None:
         from twisted.internet import reactor
-    host, port = settings.address
     commands = MICommands(parts)
     metrics = MetricsResource(commands, settings)
-    site = MISite(Paths({settings.path: metrics}, _NotFound(settings.path)), 4096, reactor)
-    listening = reactor.listenTCP(port, site, interface="127.0.0.1" if host == "localhost" else host)
+    listening = _listen(reactor, settings.address,
+                        MISite(Paths({settings.path: metrics}, _NotFound(settings.path)), 4096, reactor))
     bound = listening.getHost()
     log.info("Prometheus metrics at http://{host}:{port}{path}", host=bound.host, port=bound.port,
              path=settings.path)
     return ManagementService(commands, None, listening)
+
+
+def _listen(reactor: Any, address: tuple[str, int], site: MISite) -> Any:
+    """Listen with ``site`` on ``address`` (``[mi]``/``[metrics] listen``: ``localhost`` is 127.0.0.1)."""
+    host, port = address
+    return reactor.listenTCP(port, site, interface="127.0.0.1" if host == "localhost" else host)
 
 
 class _NotFound(resource.Resource):
