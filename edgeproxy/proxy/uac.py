@@ -16,7 +16,7 @@ from __future__ import annotations
 import binascii
 import os
 from itertools import count
-from typing import TYPE_CHECKING, Callable
+from typing import Callable, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -31,10 +31,7 @@ from ..transaction import DeliverResponse, SendRequest, Timeout, TransportFailur
 from .context import Branch
 from .forwarding import Forwarder
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .engine import StatefulProxy
-
-__all__ = ["LocalRequest", "LocalUac"]
+__all__ = ["LocalRequest", "LocalTransactions", "LocalUac"]
 
 log = Logger(namespace="edgeproxy.proxy")
 
@@ -77,10 +74,17 @@ class LocalRequest:
             done(status)
 
 
+class LocalTransactions(Protocol):
+    """What :class:`LocalUac` asks of the proxy core (:class:`~edgeproxy.proxy.engine.StatefulProxy`):
+    run the client transaction of a request of the node's own (OpenSIPS ``t_uac``)."""
+
+    def start_local(self, owner: LocalRequest) -> None: ...
+
+
 class LocalUac:
     """Sends the node's own requests through ``proxy``'s transactions (see the module docstring)."""
 
-    def __init__(self, proxy: "StatefulProxy", forwarder: Forwarder, clock: IReactorTime) -> None:
+    def __init__(self, proxy: LocalTransactions, forwarder: Forwarder, clock: IReactorTime) -> None:
         self.proxy = proxy
         self.forwarder = forwarder
         self.clock = clock
