@@ -201,14 +201,11 @@ class Forwarder:
                  to_tag: str | None = None) -> Response:
         """A response of our own to ``request`` (§8.2.6.2), with our ``Server`` header (OpenSIPS adds
         ``server_header`` to the replies it builds, not to those it relays; RFC 3261 §20.35)."""
-        response = request.make_response(status, reason, to_tag=to_tag)
-        if self.server is not None:
-            response.headers.add(*self.server)
-        return response
+        return self.sign(request.make_response(status, reason, to_tag=to_tag))
 
     def sign(self, response: Response) -> Response:
-        """Our ``Server`` header on a response another layer built for us from the request (the
-        registrar's: it copies no Server, so none is looked for)."""
+        """Our ``Server`` header on a response of ours: :meth:`reply_to`'s, or one another layer built
+        for us from the request (the registrar's: it copies no Server, so none is looked for)."""
         if self.server is not None:
             response.headers.add(*self.server)
         return response
