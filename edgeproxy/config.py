@@ -213,12 +213,7 @@ def _check_sip_addr(config: Config) -> None:
         key, sip_addr = row_key, row.sip_addr
     else:
         return
-    from .cluster.sip_addr import unreachable_sip_addr
-    from .transport.listen import parse_listen
-
-    problem = unreachable_sip_addr(sip_addr, [parse_listen(s) for s in config.node.listen], config.node.advertise)
-    if problem is not None:
-        raise ConfigError(key, problem)
+    config.node.check_sip_addr(key, sip_addr)
 
 
 def _read(path: str) -> dict[str, Any]:

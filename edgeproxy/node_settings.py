@@ -56,6 +56,16 @@ class NodeConfig:
     gc_full_interval: float = 300.0
     state_dir: str = ""  # what must survive a restart (the flow-token key); "": the config file's directory
 
+    def check_sip_addr(self, key: str, sip_addr: str) -> None:
+        """Raise ``ConfigError(key, ...)`` when ``sip_addr`` -- where other nodes send to this one --
+        reaches none of its UDP listeners (:func:`edgeproxy.cluster.sip_addr.unreachable_sip_addr`):
+        the file's value when the configuration is checked, a node table row's when it is read."""
+        from .cluster.sip_addr import unreachable_sip_addr
+
+        problem = unreachable_sip_addr(sip_addr, [parse_listen(s) for s in self.listen], self.advertise)
+        if problem is not None:
+            raise ConfigError(key, problem)
+
 
 def _listen(key: str, value: Any, ctx: Context) -> tuple[str, ...]:
     if not isinstance(value, list) or not value:

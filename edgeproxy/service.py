@@ -435,12 +435,8 @@ def _federation(config: NodeConfiguration, reactor: Any, location: InMemoryLocat
         if not sip_addr:
             raise ConfigError("federation.sip_addr", f"not set, and node {node_id}'s row in "
                                                      f"table {table!r} has no sip_addr either")
-        from .cluster.sip_addr import unreachable_sip_addr
-
         # the file's sip_addr was checked with the configuration; the row's only now that it is read
-        problem = unreachable_sip_addr(sip_addr, [parse_listen(s) for s in config.node.listen], config.node.advertise)
-        if problem is not None:
-            raise ConfigError(f"node {node_id}'s row in table {table!r}: sip_addr", problem)
+        config.node.check_sip_addr(f"node {node_id}'s row in table {table!r}: sip_addr", sip_addr)
         settings = replace(settings, sip_addr=sip_addr)
     return Federation(location, settings, reactor=reactor)
 
