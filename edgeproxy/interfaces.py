@@ -203,10 +203,11 @@ class ConnectionRegistry(Protocol):
         or 0: no bound): a slowloris peer trickling a byte a second is closed."""
         ...
 
-    def count_event(self, kind: str) -> int:
-        """Count one more ``kind`` event (a failed handshake, a connection cut off, ...) and return
-        the count: the caller logs only the 1st, 2nd, 4th, 8th ... (:func:`noteworthy`), so that
-        hostile connections cannot become a log line each (issue 16)."""
+    def note_event(self, host: str, kind: str, detail: str = "") -> None:
+        """Count one ``kind`` event caused by the remote address ``host`` (a refused connection, a
+        failed handshake, a connection cut off, ...) and log it aggregated: one line per source per
+        interval with the counts (:class:`~edgeproxy.proxy.noise.NoiseLog`), so that hostile
+        connections cannot become a log line each (issue 16). ``detail`` goes with the line only."""
         ...
 
     def admit(self, transport: str, host: str, port: int) -> bool:

@@ -102,6 +102,7 @@ class Node:
         dialogs: DialogTable | None = None,
         calls: CallObserver | None = None,
         flow_tokens: FlowTokens | None = None,
+        noise: NoiseLog | None = None,
     ) -> None:
         self.clock = clock
         self.registrar = registrar
@@ -124,7 +125,8 @@ class Node:
         self.methods: dict[str, int] = dict.fromkeys(METHODS, 0)
         self.reply_classes: list[int] = [0] * 7
         self.register_time = LatencyHistogram()
-        self.noise = NoiseLog(clock)  # malformed input and flood drops: one line per source per interval
+        # malformed input and flood drops: one line per source per interval (the transports' too)
+        self.noise = noise if noise is not None else NoiseLog(clock)
         self.identity = LocalIdentity(settings.domains)
         # RFC 5626 flow tokens of our Record-Routes; a random key unless given (see service.build_node)
         self.forwarder = Forwarder(sender, settings, locator, flow_tokens)

@@ -37,6 +37,7 @@ from .node import Node
 from .permissions import Permissions
 from .proxy.flood import FloodDetector
 from .proxy.flowtoken import FlowTokens, load_key
+from .proxy.noise import NoiseLog
 from .registrar import Registrar
 from .routing.loader import load_route_module
 from .sdnotify import sd_notify
@@ -266,6 +267,8 @@ def build_node(config: NodeConfiguration, reactor: Any = None, node_table: NodeT
     federation = _federation(config, reactor, location, cluster)
     usrloc_replication = _replication(config, reactor, location, shared, cluster)
     limits = config.limits
+    # hostile input, aggregated: one line per source per interval for the transports and the node together
+    noise = NoiseLog(reactor)
     transports = TransportManager(
         reactor,
         limits=limits,  # a LimitsConfig is the parser's Limits
@@ -276,6 +279,7 @@ def build_node(config: NodeConfiguration, reactor: Any = None, node_table: NodeT
         advertise=config.node.advertise or None,
         tls=config.tls,
         ws=config.ws,
+        noise=noise,
     )
     # NAT keep-alives (started with the listeners)
     pinger = (NatPinger(location, transports, config.nathelper, reactor,
@@ -306,6 +310,7 @@ def build_node(config: NodeConfiguration, reactor: Any = None, node_table: NodeT
         dialogs=dialogs,
         calls=acc,  # [acc]: every INVITE's first final response is a call attempt record
         flow_tokens=_flow_tokens(config),
+        noise=noise,
     )
     # [dispatcher] with [cluster]: state changes go to the other nodes (OpenSIPS dispatcher cluster_id)
     replication = None

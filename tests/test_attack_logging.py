@@ -7,6 +7,7 @@ at once, then one line per source per interval with the counts -- and counted as
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 from typing import Iterator
@@ -166,3 +167,31 @@ def test_autobahns_per_connection_lines_are_counted_not_repeated() -> None:
     assert [kw["autobahn_count"] for _, kw in written] == [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
     log.debug("frame {n}", n=1)
     assert written[-1][0] == "debug"  # debug lines pass as they are
+
+
+def test_never_two_lines_about_one_source_within_a_second(events: list[LogEvent]) -> None:
+    """Issue 16's acceptance, log lines <= 1 per source per second: a source whose first event comes
+    just before the interval ends would have had its summary right after its first line; and one
+    that keeps on gets no fresh "first" line at each new interval -- only the interval's counts."""
+    clock = Clock()
+    noise = NoiseLog(clock, interval=10.0)
+    noise.note("192.0.2.1", "malformed")  # starts the interval
+    clock.advance(9.95)
+    said: list[tuple[float, str]] = []
+
+    def observe(event: LogEvent) -> None:
+        if event.get("source") == "192.0.2.66":
+            said.append((clock.seconds(), formatEvent(event)))
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        for _ in range(6000):  # 60 s, 100 events a second from 192.0.2.66, the first at 9.95 s
+            noise.note("192.0.2.66", "malformed")
+            clock.advance(0.01)
+        clock.advance(30.0)
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    assert 5 <= len(said) <= 8, said  # the first, then one per interval
+    stamps = [t for t, _ in said]
+    assert all(b - a >= 1.0 for a, b in zip(stamps, stamps[1:])), stamps
+    assert sum(int(c) for _, line in said[1:] for c in re.findall(r"(\d+) malformed", line)) == 5999

@@ -5,9 +5,18 @@ Issue 16 saw one info line per malformed message (20,000 fuzzed datagrams wrote 
 fuzz run filled 38 rotated files): the log was itself an attack surface. Here the first event of a
 source in an interval is logged at once (an operator watching sees it happen); what follows from that
 source in the same interval is only counted, and when the interval ends one line per source gives the
-counts by kind. At most ``max_sources`` sources get lines of their own per interval; the others are
-summed into one line. The counts are also kept in total per kind (:attr:`NoiseLog.totals`) for the
-MI's statistics.
+counts by kind. A source that had a line in an interval gets no immediate line in the next one (its
+events are only counted and summed up when that interval ends), and a summary due less than
+:data:`MIN_GAP` seconds after the source's last line waits for the next interval: so one source
+causes at most one line per ``MIN_GAP`` (1 s), and one per ``interval`` while it keeps on -- issue
+16's acceptance, log lines <= 1 per source per second, whatever the input. At most ``max_sources``
+sources get lines of their own per interval; the others are summed into one line. The counts are
+also kept in total per kind (:attr:`NoiseLog.totals`) for the MI's statistics.
+
+Every network-reachable refusal of the transports (connection limits, TLS and WebSocket handshakes,
+431 for an endless upgrade head, streams cut for slowness, idle connections closed) and of the core
+(malformed messages, flood drops, failed branches) goes through the node's one ``NoiseLog``, so the
+bound holds across all of them together.
 
 The interval runs on the clock the node is given (``callLater``), armed only while there is
 something to report, so an idle node has no timer.
@@ -17,13 +26,16 @@ from __future__ import annotations
 
 from collections import Counter
 
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
+from ..interfaces import Clock, Timer
 from ..logcontext import message_context
 from ..sip.message import Message
 
-__all__ = ["NoiseLog"]
+__all__ = ["NoiseLog", "MIN_GAP"]
+
+MIN_GAP = 1.0
+"""The least time, in seconds, between two lines about one source."""
 
 log = Logger(namespace="edgeproxy.noise")
 
@@ -31,16 +43,17 @@ log = Logger(namespace="edgeproxy.noise")
 class NoiseLog:
     """One line per source per ``interval`` seconds for malformed input and flood drops."""
 
-    def __init__(self, clock: IReactorTime, interval: float = 10.0, max_sources: int = 20) -> None:
+    def __init__(self, clock: Clock, interval: float = 10.0, max_sources: int = 20) -> None:
         self.clock = clock
         self.interval = interval
         self.max_sources = max_sources
         self.totals: Counter[str] = Counter()  # every event ever, by kind (statistics)
         self.lines = 0  # log lines written (what the attack suite reports)
         self._pending: dict[str, Counter[str]] = {}  # source -> kind -> count, this interval
+        self._last_line: dict[str, float] = {}  # source -> its last line's time (this or the last interval's)
         self._others: Counter[str] = Counter()  # sources beyond max_sources, this interval
         self._other_sources: set[str] = set()
-        self._timer: IDelayedCall | None = None
+        self._timer: Timer | None = None
 
     def note(self, source: str, kind: str, detail: str = "", about: Message | None = None) -> None:
         """Count one event ``kind`` (e.g. ``"malformed"``, ``"flood dropped"``) from ``source``;
@@ -57,8 +70,15 @@ class NoiseLog:
                 self._others[kind] += 1
                 self._arm()
                 return
+            said = self._last_line.get(source)
+            if said is not None and self.clock.seconds() - said < self.interval:
+                # it had a line less than an interval ago: counted, said when this interval ends
+                pending[source] = Counter((kind,))
+                self._arm()
+                return
             # the first event of the interval: logged now, not counted again in the summary
             pending[source] = Counter()
+            self._last_line[source] = self.clock.seconds()
             self.lines += 1
             log.info("{kind} from {source}{detail} (more from it are counted, summarised every {interval:g} s)",
                      kind=kind, source=source, detail=f": {detail}" if detail else "", interval=self.interval,
@@ -72,21 +92,33 @@ class NoiseLog:
             self._timer = self.clock.callLater(self.interval, self.flush)
 
     def flush(self) -> None:
-        """Log the interval's counts (one line per source that sent more than its first event) and
+        """Log the interval's counts (one line per source that sent more than its first event, unless
+        its last line is under :data:`MIN_GAP` old: then the counts wait for the next interval) and
         start a new interval."""
         self._timer = None
         pending, self._pending = self._pending, {}
+        now = self.clock.seconds()
+        last_line, self._last_line = self._last_line, {}
         for source, counts in pending.items():
-            if counts:
-                self.lines += 1
-                log.info("from {source} in the last {interval:g} s, besides the first: {counts}", source=source,
-                         interval=self.interval, counts=_describe(counts))
+            said = last_line.get(source)
+            if said is not None:
+                self._last_line[source] = said  # a line this interval: none at once in the next
+            if not counts:
+                continue
+            if said is not None and now - said < MIN_GAP:
+                self._pending[source] = counts  # its first line was just now: summed up next time
+                continue
+            self._last_line[source] = now
+            self.lines += 1
+            log.info("from {source} since its last line: {counts}", source=source, counts=_describe(counts))
         if self._others:
             self.lines += 1
             log.info("from {n} other sources in the last {interval:g} s: {counts}", n=len(self._other_sources),
                      interval=self.interval, counts=_describe(self._others))
             self._others = Counter()
             self._other_sources = set()
+        if self._pending:
+            self._arm()
 
     def stop(self) -> None:
         if self._timer is not None and self._timer.active():

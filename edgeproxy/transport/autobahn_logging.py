@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from ..interfaces import noteworthy
 
-__all__ = ["defer_debug_formatting", "CountedLog"]
+__all__ = ["defer_debug_formatting", "CountedLog", "peer_host_of"]
 
 _MODULES = ("autobahn.websocket.protocol", "autobahn.twisted.websocket")
 _NAMES = ("pformat", "hltype", "hlval")
@@ -78,17 +78,26 @@ def defer_debug_formatting() -> list[str]:
 
 class CountedLog:
     """Autobahn's own per-connection lines at info and above ("dropping connection to peer ...",
-    "failing WebSocket connection ...", handshake timeouts) through a counter: each distinct format
-    is written the 1st, 2nd, 4th, 8th ... time, with how many there were, so that a slowloris or a
-    fuzzer cannot turn connections into log lines (issue 16: 2,000 lines for 1,000 connections).
+    "failing WebSocket connection ...", handshake timeouts), so that a slowloris or a fuzzer cannot
+    turn connections into log lines (issue 16: 2,000 lines for 1,000 connections). A line that names
+    its peer goes to ``note`` (the listener's :meth:`ConnectionRegistry.note_event
+    <edgeproxy.interfaces.ConnectionRegistry.note_event>`: one line per source per interval, with
+    counts) as a ``"<kind> dropped"`` event; the others, which name no source, through a counter:
+    each distinct format is written the 1st, 2nd, 4th, 8th ... time, with how many there were.
     Debug and trace lines pass as they are (they are off at the operator's level). The formats are
     autobahn's literal strings, so the table of counts stays small."""
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: Any, note: Callable[[str, str, str], None] | None = None, kind: str = "WS") -> None:
         self._inner = inner
+        self._note = note
+        self._kind = kind
         self._counts: dict[str, int] = {}
 
     def _counted(self, level: str, fmt: str, *args: Any, **kwargs: Any) -> None:
+        peer = kwargs.get("peer")
+        if self._note is not None and isinstance(peer, str):
+            self._note(peer_host_of(peer), f"{self._kind} dropped", str(kwargs.get("reason") or fmt))
+            return
         n = self._counts.get(fmt, 0) + 1
         if len(self._counts) < 1000 or fmt in self._counts:
             self._counts[fmt] = n
@@ -110,3 +119,10 @@ class CountedLog:
 
     def __getattr__(self, name: str) -> Any:  # debug, trace, failure, emit ...
         return getattr(self._inner, name)
+
+
+def peer_host_of(peer: str) -> str:
+    """The address in autobahn's peer descriptor (``tcp4:192.0.2.1:5060``, ``tcp6:::1:5060``)."""
+    _, _, rest = peer.partition(":")
+    host = rest.rpartition(":")[0] or rest
+    return host.strip("[]")

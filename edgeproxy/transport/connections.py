@@ -22,7 +22,8 @@ from twisted.internet.error import TimeoutError as ConnectTimeoutError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ..interfaces import Clock, Connection, Dial, MessageSink, SendError, noteworthy
+from ..interfaces import Clock, Connection, Dial, MessageSink, SendError
+from ..proxy.noise import NoiseLog
 from ..sip.address import ip_literal
 from ..sip.endpoint import Endpoint, Flow
 from ..sip.parser import Limits
@@ -64,13 +65,17 @@ class ConnectionTable:
     ``listeners`` gives the local endpoint of outbound connections; ``max_connections`` caps the
     count, ``max_per_source`` (0 = no cap) the connections of one remote address -- open and
     handshaking, inbound and outbound -- so that one source cannot take the node's whole limit
-    (issue 16). ``sink`` is set by :meth:`open` (the node's start); ``by_id`` and ``by_remote`` are
-    updated in place, never rebound, so the sender reads them directly.
+    (issue 16). ``noise`` is the node's aggregated log of hostile input: every refusal and cut-off
+    of a connection is a count there, not a line each (:meth:`note_event`). ``sink`` is set by
+    :meth:`open` (the node's start); ``by_id`` and ``by_remote`` are updated in place, never rebound,
+    so the sender reads them directly.
     """
 
     def __init__(self, clock: Clock, limits: Limits, listeners: ListenerIndex, max_connections: int,
-                 idle_timeout: float | None, max_per_source: int = 0, message_timeout: float | None = None) -> None:
+                 idle_timeout: float | None, max_per_source: int = 0, message_timeout: float | None = None,
+                 noise: NoiseLog | None = None) -> None:
         self.clock = clock
+        self.noise = noise if noise is not None else NoiseLog(clock)
         self.limits = limits
         self.idle_timeout = idle_timeout
         self.message_timeout = message_timeout
@@ -78,7 +83,6 @@ class ConnectionTable:
         self.max_per_source = max_per_source
         self.per_source: dict[str, int] = {}  # canonical remote host -> its connections now
         self._hosts: dict[Connection, str] = {}  # each counted connection's host, to uncount it
-        self.events: dict[str, int] = {}  # count_event(): refusals, failed handshakes, cut-offs
         self.by_id: dict[int, Connection] = {}
         self.by_remote: dict[RemoteKey, list[Connection]] = {}
         self.dials: dict[RemoteKey, OutboundDial] = {}
@@ -111,23 +115,18 @@ class ConnectionTable:
     # -- ConnectionRegistry ------------------------------------------------------------------------
     def admit(self, transport: str, host: str, port: int) -> bool:
         if not self.may_connect:
-            log.info("refusing {kind} connection from {host}:{port}: {count} connections open",
-                     kind=transport, host=host, port=port, count=self.count)
+            self.noise.note(host, f"{transport} connection refused",
+                            f"{self.count} connections open (max_connections)" if self.accepting else "not running")
             return False
         cap = self.max_per_source
         if cap and self.per_source.get(_canonical(host), 0) >= cap:
-            n = self.count_event("refused per source")
-            if noteworthy(n):
-                log.info("refusing {kind} connection from {host}:{port}: {cap} connections from it open"
-                         " ({n} refused so far for max_connections_per_source)", kind=transport, host=host,
-                         port=port, cap=cap, n=n)
+            self.noise.note(host, f"{transport} connection refused",
+                            f"{cap} connections from it open (max_connections_per_source)")
             return False
         return True
 
-    def count_event(self, kind: str) -> int:
-        events = self.events
-        n = events[kind] = events.get(kind, 0) + 1
-        return n
+    def note_event(self, host: str, kind: str, detail: str = "") -> None:
+        self.noise.note(host, kind, detail)
 
     def _count(self, connection: Connection, host: str) -> None:
         if connection not in self._hosts:

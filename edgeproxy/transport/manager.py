@@ -37,6 +37,7 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
 from ..interfaces import Connection, MessageSink, SendError
+from ..proxy.noise import NoiseLog
 from ..sip.address import ip_literal
 from ..sip.endpoint import Destination, Endpoint, Flow
 from ..sip.message import Message
@@ -75,7 +76,9 @@ class TransportManager:
     ``connect_timeout`` bounds outbound connection set-up; ``advertise`` is the host wildcard
     listeners announce (see :meth:`listen`). ``tls`` (:class:`~edgeproxy.transport.tls.TlsSettings`)
     is needed for ``tls`` and ``wss`` listeners and configures outbound TLS; ``ws``
-    (:class:`~edgeproxy.transport.ws.WsSettings`) configures ``ws``/``wss`` listeners.
+    (:class:`~edgeproxy.transport.ws.WsSettings`) configures ``ws``/``wss`` listeners. ``noise`` is
+    the node's aggregated log of hostile input (:class:`~edgeproxy.proxy.noise.NoiseLog`), shared with
+    the node so that one source's lines are bounded across the transports and the core together.
 
     The sink is not a constructor argument: it is given to :meth:`start`, which must come before
     :meth:`listen`; until then every send fails with ``SendError("Transport Not Started")``.
@@ -93,6 +96,7 @@ class TransportManager:
         ws: WsSettings | None = None,
         max_connections_per_source: int = 0,
         message_timeout: float | None = None,
+        noise: NoiseLog | None = None,
     ) -> None:
         self.reactor = reactor
         self.limits = limits
@@ -106,7 +110,8 @@ class TransportManager:
         self._refusal: str | None = "Transport Not Started"  # why sends fail; None while running
         self._index = ListenerIndex()
         self._table = ConnectionTable(reactor, limits, self._index, max_connections, idle_timeout,
-                                      max_connections_per_source, message_timeout)
+                                      max_connections_per_source, message_timeout, noise)
+        self.noise = self._table.noise
         # the send path's lookups, held directly (both objects update them in place)
         self._udp = self._index.udp
         self._udp_default = self._index.udp_default
@@ -168,7 +173,7 @@ class TransportManager:
         protocol: SipDatagramProtocol | None = None
         port: Any  # the reactor's udp.Port or tcp.Port: an IListeningPort that is also an ISystemHandle
         if transport == "UDP":
-            protocol = SipDatagramProtocol(sink, self.limits, endpoint, family)
+            protocol = SipDatagramProtocol(sink, self.limits, endpoint, family, self.noise)
             packet = min(self.limits.max_message_size + 1, 65536)
             if v6only:
                 port = adopt_v6only(socket.SOCK_DGRAM, endpoint.port, self.backlog,

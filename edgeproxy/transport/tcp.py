@@ -16,11 +16,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ..interfaces import ConnectionRegistry, Dial, MessageSink, Timer, noteworthy
+from ..interfaces import ConnectionRegistry, Dial, MessageSink, Timer
 from ..sip.endpoint import Endpoint, Flow
 from ..sip.errors import SipParseError
 from ..sip.parser import NEED_DATA, PING, StreamParser
-from ._util import error_reply
+from ._util import error_reply, peer_host
 
 __all__ = ["SipStreamProtocol", "SipServerFactory", "SipClientFactory", "LINGER_SECONDS"]
 
@@ -131,7 +131,8 @@ class SipStreamProtocol(Protocol):
         if remaining > 0:
             self._idle_call = clock.callLater(remaining, self._check_idle)
             return
-        log.info("closing {flow}: idle for {timeout}s", flow=self.flow, timeout=timeout)
+        self.registry.note_event(peer_host(self.transport), f"{self.transport_name} closed idle",
+                                 f"nothing received for {timeout:g} s")
         self.abort()
 
     # -- receiving ---------------------------------------------------------------------------------
@@ -181,10 +182,8 @@ class SipStreamProtocol(Protocol):
         if self.closing:
             return
         if self._events == events and self.parser.in_message:
-            n = self.registry.count_event("message timeout")
-            if noteworthy(n):
-                log.info("closing {flow}: a message took over {timeout:g} s to arrive ({n} so far)", flow=self.flow,
-                         timeout=self.registry.message_timeout, n=n)
+            self.registry.note_event(peer_host(self.transport), f"{self.transport_name} message timeout",
+                                     f"a message took over {self.registry.message_timeout:g} s to arrive")
             self.abort()
         elif self.parser.in_message:
             self._watch_partial()  # messages came since; the one in progress gets its own time

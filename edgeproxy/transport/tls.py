@@ -38,7 +38,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ..interfaces import ConnectionRegistry, Dial, MessageSink, Timer, noteworthy
+from ..interfaces import ConnectionRegistry, Dial, MessageSink, Timer
 from ..sip.address import ip_literal
 from ..sip.endpoint import Endpoint
 from ._util import peer_host
@@ -386,9 +386,9 @@ class SipTlsProtocol(SipStreamProtocol):
 
     def _handshake_timed_out(self) -> None:
         self._handshake_call = None
-        n = self.registry.count_event("TLS handshake failed")
-        if noteworthy(n):  # handshake junk from scanners is not a line per connection (issue 16)
-            log.info("TLS handshake with {peer} timed out ({n} failed so far)", peer=self._peer(), n=n)
+        # handshake junk from scanners is not a line per connection (issue 16)
+        self.registry.note_event(peer_host(self.transport), "TLS handshake failed",
+                                 f"with {self._peer()}: timed out")
         self.abort()
 
     def _peer(self) -> str:
@@ -404,9 +404,8 @@ class SipTlsProtocol(SipStreamProtocol):
         registry = self.registry
         if registry.handshake_ended(self) or (self.flow is None and self.dial is not None):
             why = handshake_failure_reason(reason)
-            n = self.registry.count_event("TLS handshake failed")
-            if self.dial is not None or noteworthy(n):  # our own dial's failure: always said
-                log.info("TLS handshake with {peer} failed: {why} ({n} so far)", peer=self._peer(), why=why, n=n)
+            # our own dials too: a route may send towards any address a request named
+            registry.note_event(peer_host(self.transport), "TLS handshake failed", f"with {self._peer()}: {why}")
             dial, self.dial = self.dial, None
             if dial is not None:
                 registry.dial_failed(dial, reason)

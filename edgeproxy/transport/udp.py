@@ -16,6 +16,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
 from ..interfaces import MessageSink
+from ..proxy.noise import NoiseLog
 from ..sip.endpoint import Endpoint, Flow
 from ..sip.errors import SipParseError
 from ..sip.parser import Limits, parse_datagram
@@ -43,13 +44,15 @@ class SipDatagramProtocol(DatagramProtocol):
 
     noisy = False
 
-    def __init__(self, sink: MessageSink, limits: Limits, local: Endpoint, family: int) -> None:
+    def __init__(self, sink: MessageSink, limits: Limits, local: Endpoint, family: int,
+                 noise: NoiseLog | None = None) -> None:
         self._sink = sink
         self.local = local
         """The advertised endpoint of this listener; the ``local`` of every flow it reports."""
         self.family = family
         self._limits = limits
         self._sock: socket.socket | None = None
+        self._noise = noise  # the node's aggregated log of hostile input (None: a line each)
 
     def startProtocol(self) -> None:
         self._sock = self.transport.getHandle()  # type: ignore[union-attr]
@@ -91,8 +94,12 @@ class SipDatagramProtocol(DatagramProtocol):
             if reply is not None:
                 self.sendto(reply, addr[0], addr[1])
         except OSError as err:  # EMSGSIZE, EHOSTUNREACH ...: the reply is lost, as on the network
-            log.info("reply to a malformed datagram from {host}:{port} not sent: {why}", host=addr[0],
-                     port=addr[1], why=err.strerror or err)
+            why = str(err.strerror or err)
+            if self._noise is not None:
+                self._noise.note(addr[0], "reply to a malformed datagram not sent", why)
+            else:
+                log.info("reply to a malformed datagram from {host}:{port} not sent: {why}", host=addr[0],
+                         port=addr[1], why=why)
         except Exception:
             log.failure("failed to answer a malformed datagram from {addr}", addr=addr)
 

@@ -46,7 +46,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ..interfaces import Clock, ConnectionRegistry, MessageSink, noteworthy
+from ..interfaces import Clock, ConnectionRegistry, MessageSink
 from ..sip.endpoint import Endpoint, Flow
 from ..sip.errors import SipParseError
 from ..sip.parser import parse_datagram
@@ -224,13 +224,12 @@ class SipWebSocketProtocol(WebSocketServerProtocol):
             raise ConnectionDeny(ConnectionDeny.NOT_FOUND, f"no SIP WebSocket service at {request.path}")
         origin = request.origin
         if origin and not factory.origin_allowed(origin):
-            log.info("refusing WebSocket from {peer}: origin {origin!r} not allowed", peer=self.peer, origin=origin)
+            self._note("refused", f"origin {origin!r} not allowed (403)")
             raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
         for offered in request.protocols:
             if offered.lower() == SUBPROTOCOL:
                 return offered
-        log.info("refusing WebSocket from {peer}: no sip subprotocol in {offered!r}", peer=self.peer,
-                 offered=request.protocols)
+        self._note("refused", f"no sip subprotocol in {request.protocols!r} (400)")
         raise ConnectionDeny(ConnectionDeny.BAD_REQUEST, "the sip WebSocket subprotocol is required (RFC 7118)")
 
     def onOpen(self) -> None:
@@ -272,10 +271,7 @@ class SipWebSocketProtocol(WebSocketServerProtocol):
         if registry.handshake_ended(self) and not reason.check(ConnectionDone):
             from .tls import handshake_failure_reason
 
-            n = registry.count_event(f"{self.transport_name} handshake failed")
-            if noteworthy(n):
-                log.info("{kind} handshake with {peer} failed: {why} ({n} so far)", kind=self.transport_name,
-                         peer=self.peer, why=handshake_failure_reason(reason), n=n)
+            self._note("handshake failed", handshake_failure_reason(reason))
         try:
             super().connectionLost(reason)
         finally:
@@ -331,15 +327,23 @@ class SipWebSocketProtocol(WebSocketServerProtocol):
             return True
         self.closing = True
         self.data = b""
-        n = self.factory.registry.count_event("WS head too large")
-        if noteworthy(n):
-            log.info("refusing {kind} handshake from {peer}: upgrade head over {limit} octets (431;"
-                     " {n} so far)", kind=self.transport_name, peer=self.peer, limit=limit, n=n)
-        # autobahn's failHandshake would log a line of its own per connection
-        self.wasNotCleanReason = "Request Header Fields Too Large"
-        self.sendHttpErrorResponse(431, "Request Header Fields Too Large")
-        self.dropConnection(abort=False)
+        self.failHandshake(f"upgrade head over {limit} octets", 431)
         return False
+
+    def failHandshake(self, reason: str, code: int = 400, responseHeaders: Any = None) -> None:
+        """Autobahn's refusal of an upgrade (a bad or endless head, a path, origin or subprotocol
+        refused, too many connections): the HTTP error, then the close -- counted and logged through
+        the node's aggregated log instead of autobahn's line per connection (issue 16)."""
+        self._note("refused", f"{code} {reason}")
+        self.wasNotCleanReason = reason
+        self.sendHttpErrorResponse(code, reason, responseHeaders)
+        self.dropConnection(abort=False)
+
+    def _note(self, what: str, detail: str) -> None:
+        """Count one refusal or failure of this connection in the node's aggregated log (the line,
+        when there is one, names the peer's port too)."""
+        host, port = peer_host(self.transport), getattr(getattr(self.transport, "getPeer", lambda: None)(), "port", 0)
+        self.factory.registry.note_event(host, f"{self.transport_name} {what}", f"with {host}:{port}: {detail}")
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if self.closing:
@@ -420,6 +424,8 @@ class SipWebSocketFactory(WebSocketServerFactory):
             if callable(value):  # perMessageCompressionAccept: a plain function, not a method
                 options[name] = staticmethod(value)
         options["transport_name"] = self.transport_name
+        # autobahn's per-connection lines that name the peer: into the node's aggregated log
+        options["log"] = CountedLog(WebSocketServerProtocol.log, registry.note_event, self.transport_name)
         self.protocol = type(  # type: ignore[assignment]
             f"SipWebSocketProtocol{self.transport_name}", (SipWebSocketProtocol,), options)
         self._batched_timer = _BucketTimers(self.reactor)
@@ -464,5 +470,5 @@ class SipWebSocketFactory(WebSocketServerFactory):
     def _sweep(self) -> None:
         deadline = self.reactor.seconds() - self.settings.idle_timeout
         for proto in [p for p in self._open if p.last_received <= deadline and not p.closing]:
-            log.info("closing {flow}: idle for {timeout}s", flow=proto.flow, timeout=self.settings.idle_timeout)
+            proto._note("closed idle", f"nothing received for {self.settings.idle_timeout:g} s")
             proto.close()
