@@ -422,8 +422,8 @@ def test_a_listener_requiring_client_certificates_refuses_untrusted_ones(tmp_pat
     with ctx as node:
         proxy = f"{LOOPBACK}:{tls_port}"
 
-        def refused(why: str) -> None:
-            deadline = time.monotonic() + 10
+        def refused(why: str) -> None:  # the node's aggregated log: the 2nd is in the interval's counts
+            deadline = time.monotonic() + 15
             while why not in node.log():
                 assert time.monotonic() < deadline, node.log()[-3000:]
                 time.sleep(0.1)
@@ -431,10 +431,10 @@ def test_a_listener_requiring_client_certificates_refuses_untrusted_ones(tmp_pat
         # under TLS 1.3 the client learns of the refusal only after its handshake (libre then waits
         # for its REGISTER to time out): the node's log says why, and no registration is ever made
         with Baresip(tmp_path / "rogue-ua", "mallory", proxy, ca.cert, client_cert=rogue) as mallory:
-            refused("failed: certificate verify failed")
+            refused("certificate verify failed")
             assert mallory.registration(2) != "OK"
         with Baresip(tmp_path / "nocert-ua", "nobody", proxy, ca.cert) as nobody:
-            refused("failed: peer did not return a certificate")
+            refused("peer did not return a certificate")
             assert nobody.registration(2) != "OK"
         with Baresip(tmp_path / "good-ua", "trent", proxy, ca.cert, client_cert=good) as trent:
             assert trent.registration() == "OK"
@@ -492,4 +492,4 @@ def test_outbound_tls_to_a_peer_with_the_wrong_name_is_refused_503(tmp_path: Pat
         good_log, bad_log = good.log(), bad.log()
     assert re.search(r"INVITE \S+ from tls:127\.0\.0\.1:\d+", good_log), good_log[-2000:]
     assert "INVITE" not in bad_log  # nothing was sent to the peer that could not prove its name
-    assert "TLS handshake with" in log and "certificate name mismatch" in log, log[-3000:]
+    assert "TLS handshake failed from 127.0.0.1" in log and "certificate name mismatch" in log, log[-3000:]

@@ -50,6 +50,7 @@ class NoiseLog:
         self.totals: Counter[str] = Counter()  # every event ever, by kind (statistics)
         self.lines = 0  # log lines written (what the attack suite reports)
         self._pending: dict[str, Counter[str]] = {}  # source -> kind -> count, this interval
+        self._detail: dict[str, str] = {}  # source -> the detail of its last counted event, this interval
         self._last_line: dict[str, float] = {}  # source -> its last line's time (this or the last interval's)
         self._others: Counter[str] = Counter()  # sources beyond max_sources, this interval
         self._other_sources: set[str] = set()
@@ -57,7 +58,8 @@ class NoiseLog:
 
     def note(self, source: str, kind: str, detail: str = "", about: Message | None = None) -> None:
         """Count one event ``kind`` (e.g. ``"malformed"``, ``"flood dropped"``) from ``source``;
-        ``detail`` (the status and reason) is logged with the first event of the interval only, with
+        ``detail`` (the status and reason) is logged with the first event of the interval, and the
+        last counted one's with the interval's counts, with
         the context (:func:`~edgeproxy.logcontext.message_context`: Call-ID, transaction id) of
         ``about``, the message it is about -- read only for that line, not for the events counted."""
         self.totals[kind] += 1
@@ -74,6 +76,8 @@ class NoiseLog:
             if said is not None and self.clock.seconds() - said < self.interval:
                 # it had a line less than an interval ago: counted, said when this interval ends
                 pending[source] = Counter((kind,))
+                if detail:
+                    self._detail[source] = f"{kind}: {detail}"
                 self._arm()
                 return
             # the first event of the interval: logged now, not counted again in the summary
@@ -85,6 +89,8 @@ class NoiseLog:
                      **(message_context(about) if about is not None else {}))
         else:
             counts[kind] += 1
+            if detail:
+                self._detail[source] = f"{kind}: {detail}"
         self._arm()
 
     def _arm(self) -> None:
@@ -99,6 +105,7 @@ class NoiseLog:
         pending, self._pending = self._pending, {}
         now = self.clock.seconds()
         last_line, self._last_line = self._last_line, {}
+        details, self._detail = self._detail, {}
         for source, counts in pending.items():
             said = last_line.get(source)
             if said is not None:
@@ -107,10 +114,14 @@ class NoiseLog:
                 continue
             if said is not None and now - said < MIN_GAP:
                 self._pending[source] = counts  # its first line was just now: summed up next time
+                if source in details:
+                    self._detail[source] = details[source]
                 continue
             self._last_line[source] = now
             self.lines += 1
-            log.info("from {source} since its last line: {counts}", source=source, counts=_describe(counts))
+            detail = details.get(source)
+            log.info("from {source} since its last line: {counts}{detail}", source=source, counts=_describe(counts),
+                     detail=f" (the last: {detail})" if detail else "")
         if self._others:
             self.lines += 1
             log.info("from {n} other sources in the last {interval:g} s: {counts}", n=len(self._other_sources),
