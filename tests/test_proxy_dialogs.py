@@ -289,8 +289,9 @@ def test_mi_style_end_sends_bye_both_ways(world: World) -> None:
 
 def test_mi_dialog_commands_and_statistics(world: World) -> None:
     from edgeproxy.management import MICommands, MIError
+    from edgeproxy.service import RunningNode
 
-    mi = MICommands(world)  # type: ignore[arg-type]  # World has the parts the MI reads
+    mi = MICommands(RunningNode(world.node, world.sender, world.location, world.registrar))  # type: ignore[arg-type]
 
     def run(method: str, params: Any = None) -> Any:
         out: list[Any] = []

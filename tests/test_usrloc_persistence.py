@@ -305,12 +305,13 @@ def test_mi_ul_sync_whole_table_and_one_aor(tmp_path: Path) -> None:
     from edgeproxy.management.commands import MICommands, MIError
     from edgeproxy.management.loglevel import LogLevelControl
     from edgeproxy.registrar import Registrar, RegistrarSettings
+    from edgeproxy.service import RunningNode
 
     db = tmp_path / "loc.db"
     a = Node(f"sqlite://{db}")
     a.load()
-    parts = SimpleNamespace(node=SimpleNamespace(), location=a.location, persistence=a.persistence,
-                            registrar=Registrar(a.location, RegistrarSettings(), a.clock))
+    parts = RunningNode(SimpleNamespace(flood=None), None, a.location,  # type: ignore[arg-type]
+                        Registrar(a.location, RegistrarSettings(), a.clock), persistence=a.persistence)
     mi = MICommands(parts, log_control=LogLevelControl(parts.node, [LogLevelFilterPredicate(LogLevel.info)]))
 
     def call(method: str, params: Any) -> Any:

@@ -98,7 +98,7 @@ class MICommands(UsrlocCommands, StatisticsCommands, DispatcherCommands, Permiss
         self.wall = wall
         self.started_at = wall() if started_at is None else started_at
         if log_control is None:
-            config = getattr(parts, "config", None)
+            config = parts.config
             initial = config.node.log_level if config is not None else "info"
             log_control = LogLevelControl(node=parts.node, initial=initial)
         self.log_control = log_control
@@ -109,22 +109,22 @@ class MICommands(UsrlocCommands, StatisticsCommands, DispatcherCommands, Permiss
     # -- registry ------------------------------------------------------------------------------------
     def _table(self) -> list[Command]:
         def has_cluster() -> bool:
-            return getattr(self.parts, "cluster", None) is not None
+            return self.parts.cluster is not None
 
         def has_persistence() -> bool:
-            return getattr(self.parts, "persistence", None) is not None
+            return self.parts.persistence is not None
 
         def has_permissions() -> bool:
-            return getattr(self.parts, "permissions", None) is not None
+            return self.parts.permissions is not None
 
         def has_replication() -> bool:
-            return getattr(self.parts, "replication", None) is not None
+            return self.parts.replication is not None
 
         def has_pike() -> bool:
-            return getattr(self.parts.node, "flood", None) is not None
+            return self.parts.node.flood is not None
 
         def has_dispatcher() -> bool:
-            return getattr(self.parts, "dispatcher", None) is not None
+            return self.parts.dispatcher is not None
 
         usrloc: list[_Row] = [
             ("ul_dump", ((), ("brief",)), self.ul_dump, "dumps the whole location table (brief: AoRs only)", False),
@@ -244,7 +244,7 @@ class MICommands(UsrlocCommands, StatisticsCommands, DispatcherCommands, Permiss
     def clusterer_list(self) -> dict[str, Any]:
         from ..cluster import LinkState
 
-        cluster = getattr(self.parts, "cluster", None)
+        cluster = self.parts.cluster
         if cluster is None:  # stopped since the command was looked up
             return {"Clusters": []}
         clusters = []

@@ -5,22 +5,13 @@ shapes (``dlg_hash.c: internal_mi_print_dlg``, ``dlg_profile.c``)."""
 from __future__ import annotations
 
 import time
-from typing import Any, Protocol
+from typing import Any
 
 from ..dialog import Dialog, DialogTable
-from .parts import NodeParts
+from .parts import DialogControl, NodeParts
 from .rpc import MIError, invalid_params
 
 __all__ = ["DialogCommands", "dialog_json", "DialogControl"]
-
-
-class DialogControl(Protocol):
-    """What the MI uses of the node's dialogs (:class:`edgeproxy.proxy.dialogs.DialogKeeper`)."""
-
-    @property
-    def table(self) -> DialogTable: ...
-
-    def end(self, dlg: Dialog, reason: str, extra: Any = ()) -> bool: ...
 
 
 def _date(epoch: float) -> str:
@@ -94,10 +85,7 @@ class DialogCommands:
     parts: NodeParts
 
     def _dialogs(self) -> DialogControl:
-        control: DialogControl | None = getattr(self.parts.node, "dialogs", None)
-        if control is None:
-            raise MIError(500, "No dialogs on this node")
-        return control
+        return self.parts.node.dialogs
 
     def dlg_list(self, callid: Any = None, from_tag: Any = None) -> dict[str, Any]:
         """``dlg_list [callid [from_tag]]``: every dialog, or those of a Call-ID (and caller tag)."""

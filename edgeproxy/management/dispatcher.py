@@ -41,7 +41,7 @@ class DispatcherCommands:
     parts: NodeParts
 
     def _dispatcher(self) -> "Dispatcher":
-        ds: Dispatcher | None = getattr(self.parts, "dispatcher", None)
+        ds = self.parts.dispatcher
         if ds is None:
             raise MIError(500, "No dispatcher")  # stopped since the command was looked up
         return ds

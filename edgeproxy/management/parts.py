@@ -1,20 +1,30 @@
 """What the MI commands read of a running node: :class:`NodeParts` and, of its proxy node, :class:`MINode`.
 
 :class:`edgeproxy.service.RunningNode` is one; so is any test double with these attributes. The
-optional parts (``cluster``, ``federation``, ``config``, the node's ``locator``) are read with
-``getattr`` when a command runs, so one started later is seen and a double may leave them out."""
+optional parts (``cluster``, ``federation``, ``config``, ...) are None when the node runs without
+them; they are read when a command runs, so one started later is seen."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, MutableMapping, Protocol, Sized
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ..acc import Accounting
+    from ..auth import Authenticator
+    from ..cluster import Cluster
+    from ..dialog import Dialog, DialogTable
+    from ..dispatcher import Dispatcher
+    from ..federation import Federation
     from ..latency import LatencyHistogram
     from ..location import InMemoryLocation
+    from ..node_settings import NodeConfig
+    from ..permissions import Permissions
     from ..proxy.flood import FloodDetector
     from ..registrar import Registrar
+    from ..usrloc import Persistence
+    from ..usrloc.replication import Replication
 
-__all__ = ["NodeParts", "MINode", "MIProxy", "Counted"]
+__all__ = ["NodeParts", "MINode", "MIProxy", "MIConfig", "Counted", "DialogControl"]
 
 
 class Counted(Protocol):
@@ -37,9 +47,18 @@ class MIProxy(Protocol):
     def transactions_by_transport(self) -> dict[tuple[str, str], int]: ...
 
 
+class DialogControl(Protocol):
+    """What the MI uses of the node's dialogs (:class:`edgeproxy.proxy.dialogs.DialogKeeper`)."""
+
+    @property
+    def table(self) -> DialogTable: ...
+
+    def end(self, dlg: Dialog, reason: str, extra: Any = ()) -> bool: ...
+
+
 class MINode(Protocol):
-    """What the MI reads of the proxy node: its counters, its transaction table, the parts it holds
-    (``auth`` with ``[auth]``, ``flood`` with ``[pike]``, ``pinger`` with ``[nathelper]``)."""
+    """What the MI reads of the proxy node: its counters, its transaction table, its dialogs, the parts
+    it holds (``auth`` with ``[auth]``, ``flood`` with ``[pike]``, ``pinger`` with ``[nathelper]``)."""
 
     @property
     def stats(self) -> MutableMapping[str, Any]: ...
@@ -60,7 +79,10 @@ class MINode(Protocol):
     def table(self) -> Sized: ...
 
     @property
-    def auth(self) -> Counted | None: ...
+    def dialogs(self) -> DialogControl: ...
+
+    @property
+    def auth(self) -> Authenticator | None: ...
 
     @property
     def flood(self) -> FloodDetector | None: ...
@@ -69,8 +91,15 @@ class MINode(Protocol):
     def pinger(self) -> Counted | None: ...
 
 
+class MIConfig(Protocol):
+    """What the MI reads of the configuration: ``[node]`` (the log level it starts at)."""
+
+    @property
+    def node(self) -> NodeConfig: ...
+
+
 class NodeParts(Protocol):
-    """The node's parts the MI always reads (read-only here)."""
+    """The node's parts the MI reads (read-only here); the optional ones are None when not running."""
 
     @property
     def node(self) -> MINode: ...
@@ -80,3 +109,27 @@ class NodeParts(Protocol):
 
     @property
     def registrar(self) -> Registrar: ...
+
+    @property
+    def config(self) -> MIConfig | None: ...
+
+    @property
+    def cluster(self) -> Cluster | None: ...
+
+    @property
+    def federation(self) -> Federation | None: ...
+
+    @property
+    def persistence(self) -> Persistence | None: ...
+
+    @property
+    def replication(self) -> Replication | None: ...
+
+    @property
+    def dispatcher(self) -> Dispatcher | None: ...
+
+    @property
+    def permissions(self) -> Permissions | None: ...
+
+    @property
+    def acc(self) -> Accounting | None: ...

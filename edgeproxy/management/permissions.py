@@ -31,7 +31,7 @@ class PermissionsCommands:
     parts: NodeParts
 
     def _permissions(self, partition: Any) -> "Permissions":
-        permissions: Permissions | None = getattr(self.parts, "permissions", None)
+        permissions = self.parts.permissions
         if permissions is None:  # stopped since the command was looked up
             raise MIError(500, "No address groups")
         if partition is not None and partition != PARTITION:

@@ -111,7 +111,7 @@ class NodeCollector:
             for transport, n in sorted(by_transport().items()):
                 net.add_metric([transport], n)
             yield net
-        cluster = getattr(parts, "cluster", None)
+        cluster = parts.cluster
         if cluster is not None:
             up = GaugeMetricFamily(f"{p}_cluster_node_up", "1 while the cluster link to the node is up "
                                    "(clusterer_list link_state Up)", labels=["cluster_id", "node_id"])
@@ -120,7 +120,7 @@ class NodeCollector:
                     up.add_metric([str(cluster_id), str(row.node_id)],
                                   1.0 if cluster.is_up(row.node_id, cluster_id) else 0.0)
             yield up
-        dispatcher = getattr(parts, "dispatcher", None)
+        dispatcher = parts.dispatcher
         if dispatcher is not None:
             state = GaugeMetricFamily(f"{p}_dispatcher_destination_state", "1 for the state each dispatcher "
                                       "destination is in (ds_list: Active, Inactive, Probing), 0 for the others",
@@ -130,7 +130,7 @@ class NodeCollector:
                 for name in ("Active", "Inactive", "Probing"):
                     state.add_metric([str(dest.setid), dest.uri, name], 1.0 if name == now else 0.0)
             yield state
-            for name, value in sorted(getattr(dispatcher, "stats", {}).items()):  # state_changes, probe_failures
+            for name, value in sorted(dispatcher.stats.items()):  # state_changes, probe_failures
                 counter = CounterMetricFamily(f"{p}_dispatcher_{_NOT_NAME.sub('_', name)}", f"dispatcher {name}")
                 counter.add_metric([], value)
                 yield counter
@@ -144,7 +144,7 @@ class NodeCollector:
                          "(post-dial delay and ringing)", node.proxy.setup_time)
         yield _histogram(f"{p}_registrar_register_duration_seconds", "REGISTER arrival to the end of its "
                          "route (save, authentication)", node.register_time)
-        auth = getattr(node, "auth", None)
+        auth = node.auth
         if auth is not None:
             yield _histogram(f"{p}_auth_store_duration_seconds", "subscriber lookups ([auth] table or "
                              "users), answered or failed", auth.store_latency)
@@ -152,8 +152,8 @@ class NodeCollector:
                                          "(unreachable, timeout)")
             errors.add_metric([], auth.store_errors)
             yield errors
-        federation = getattr(parts, "federation", None)
-        store = getattr(federation, "store", None)
+        federation = parts.federation
+        store = federation.store if federation is not None else None
         latency = getattr(store, "latency", None)
         if isinstance(latency, LatencyHistogram):
             yield _histogram(f"{p}_federation_store_duration_seconds", "location store operations, "

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable, MutableMapping
 
-from .parts import Counted, NodeParts
+from .parts import NodeParts
 from .rpc import MIError, invalid_params
 
 __all__ = ["Stat", "STATISTICS", "StatisticsCommands"]
@@ -168,11 +168,11 @@ class StatisticsCommands:
             _gauge("usrloc", "location-users", lambda: len(location)),
             _gauge("usrloc", "location-contacts", self._contact_count),
         ]
-        persistence = getattr(parts, "persistence", None)
+        persistence = parts.persistence
         if persistence is not None:
             out += [_counter("usrloc", name, persistence.stats) for name in list(persistence.stats)]
             out.append(_gauge("usrloc", "db_pending_aors", lambda: persistence.pending))
-        replication = getattr(parts, "replication", None)
+        replication = parts.replication
         if replication is not None:
             out += [_counter("usrloc", name, replication.stats) for name in list(replication.stats)]
         settings = parts.registrar.settings
@@ -182,10 +182,10 @@ class StatisticsCommands:
             Stat("registrar", "default_expire", lambda: settings.default_expires,
                  family="registrar_default_expire_seconds"),
         ]
-        auth = getattr(node, "auth", None)
+        auth = node.auth
         if auth is not None:
             out += [_counter("auth", name, auth.stats) for name in list(auth.stats)]
-        flood = getattr(node, "flood", None)
+        flood = node.flood
         if flood is not None:
             def reset_events() -> None:
                 flood.blocked_events = 0
@@ -199,35 +199,33 @@ class StatisticsCommands:
         pinger = node.pinger
         if pinger is not None:
             out += [_counter("nathelper", name, pinger.stats) for name in list(pinger.stats)]
-        federation = getattr(parts, "federation", None)
-        publisher: Counted | None = getattr(federation, "publisher", None)
-        if publisher is not None:
-            counters = publisher.stats
+        federation = parts.federation
+        if federation is not None:
+            counters = federation.publisher.stats
             out += [_counter("federation", name, counters) for name in list(counters)]
-        ds = getattr(parts, "dispatcher", None)
+        ds = parts.dispatcher
         if ds is not None:
             out += [_counter("dispatcher", name, ds.stats) for name in list(ds.stats)]
             out += [_gauge("dispatcher", f"{state.lower()}_destinations", partial(ds.count, state))
                     for state in ("Active", "Inactive", "Probing")]
-        permissions = getattr(parts, "permissions", None)
+        permissions = parts.permissions
         if permissions is not None:
             out += [
                 _gauge("permissions", "address_rows", lambda: len(permissions.table.hosts)),
                 _gauge("permissions", "subnet_rows", lambda: len(permissions.table.subnets)),
             ]
             out += [_counter("permissions", name, permissions.stats) for name in list(permissions.stats)]
-        dialogs = getattr(getattr(node, "dialogs", None), "table", None)  # OpenSIPS dialog's statistics
-        if dialogs is not None:
-            out += [_gauge("dialog", "active_dialogs", lambda: dialogs.active),
-                    _gauge("dialog", "early_dialogs", lambda: dialogs.early)]
-            out += [_counter("dialog", name, dialogs.stats) for name in list(dialogs.stats)]
-        acc = getattr(parts, "acc", None)  # [acc]: call records
+        dialogs = node.dialogs.table  # OpenSIPS dialog's statistics
+        out += [_gauge("dialog", "active_dialogs", lambda: dialogs.active),
+                _gauge("dialog", "early_dialogs", lambda: dialogs.early)]
+        out += [_counter("dialog", name, dialogs.stats) for name in list(dialogs.stats)]
+        acc = parts.acc  # [acc]: call records
         if acc is not None:
             out += [_counter("acc", name, acc.stats) for name in list(acc.stats)]
             for writer in acc.writers:
-                table: Counted | None = writer if isinstance(getattr(writer, "stats", None), dict) else None
-                if table is not None:
-                    out += [_counter("acc", f"db_{name}", table.stats, name) for name in list(table.stats)]
+                table = getattr(writer, "stats", None)  # the SQL writer counts its rows; the JSON lines', none
+                if isinstance(table, dict):
+                    out += [_counter("acc", f"db_{name}", table, name) for name in list(table)]
         dns = getattr(getattr(node, "locator", None), "stats", None)  # the RFC 3263 locator's, with [dns]
         if isinstance(dns, dict):
             out += [_counter("dns", name, dns) for name in list(dns)]

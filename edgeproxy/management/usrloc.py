@@ -143,7 +143,7 @@ class UsrlocCommands:
     async def ul_sync(self, table_name: Any, aor: Any = None) -> str:
         """OpenSIPS ``ul_sync table [aor]``: write the memory table to SQL now -- the whole table (the
         SQL table is emptied and rewritten) or one AoR's contacts."""
-        persistence = getattr(self.parts, "persistence", None)
+        persistence = self.parts.persistence
         if persistence is None:
             raise MIError(400, "No SQL persistence (usrloc working mode single-instance-no-db)")
         if aor is None:
@@ -161,7 +161,7 @@ class UsrlocCommands:
     async def ul_cluster_sync(self) -> str:
         """OpenSIPS ``ul_cluster_sync``: pull the whole location table from a peer that is up (merged,
         never wiped), with ``full-sharing``."""
-        replication = getattr(self.parts, "replication", None)
+        replication = self.parts.replication
         if replication is None:
             raise MIError(400, "No cluster sharing (usrloc cluster_mode is not full-sharing)")
         if replication.request_sync() is None:
