@@ -235,7 +235,8 @@ def amplification(t: Target, seconds: float) -> Result:
         s.close()
         r.replies += pr.replies
         r.reply_bytes += pr.reply_bytes
-        r.notes[name] = {"replies": pr.replies, "reply_bytes": pr.reply_bytes, "request_bytes": size}
+        r.notes[name] = {"replies": pr.replies, "reply_bytes": pr.reply_bytes, "request_bytes": size,
+                         "reply_minus_request": pr.reply_bytes - size}
     return w.done()
 
 

@@ -51,13 +51,28 @@ def free_udp_tcp_port(host: str) -> int:
     raise SystemExit("no free port")
 
 
+def ratio(reply_bytes: int, request_bytes: int) -> str:
+    """Reply bytes over request bytes, as ``x0.0012`` ('--' when nothing was counted)."""
+    return f"x{reply_bytes / request_bytes:.4g}" if request_bytes and reply_bytes >= 0 else "--"
+
+
+def totals(results: list[dict]) -> dict:
+    """The whole run's unauthenticated traffic -- every attack that counts bytes both ways (the
+    password guessing counts requests, not bytes) -- and its worst log rate."""
+    counted = [r for r in results if r["sent_bytes"]]
+    sent = sum(r["sent_bytes"] for r in counted)
+    replied = sum(r["reply_bytes"] for r in counted)
+    return {"request_bytes": sent, "reply_bytes": replied, "reply_ratio": replied / sent if sent else None,
+            "max_lines_per_source_s": max((r["max_lines_per_source_s"] for r in results), default=0.0)}
+
+
 def table(results: list[dict]) -> str:
-    head = ("attack", "sent", "sent MB", "replies", "reply MB", "s", "RSS before→after (peak) MB", "log lines",
-            "max lines/src/s", "tracebacks")
+    head = ("attack", "sent", "sent MB", "replies", "reply MB", "reply/request bytes", "s",
+            "RSS before→after (peak) MB", "log lines", "max lines/src/s", "tracebacks")
     rows = [head]
     for r in results:
         rows.append((r["attack"], str(r["sent"]), f"{r['sent_bytes'] / 1e6:.2f}", str(r["replies"]),
-                     f"{r['reply_bytes'] / 1e6:.3f}", f"{r['seconds']:g}",
+                     f"{r['reply_bytes'] / 1e6:.3f}", ratio(r["reply_bytes"], r["sent_bytes"]), f"{r['seconds']:g}",
                      f"{r['rss_before_kb'] / 1024:.0f}→{r['rss_after_kb'] / 1024:.0f} ({r['rss_peak_kb'] / 1024:.0f})",
                      str(r["log_lines"]), f"{r['max_lines_per_source_s']:g}", str(r["tracebacks"])))
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
@@ -126,7 +141,7 @@ def main() -> None:
         summary = {"tree": str(args.tree), "scale": k, "rss_start_kb": rss_start,
                    "rss_end_kb": target.rss_kb() if target.running() else 0, "alive": target.running(),
                    "tracebacks": target.log().count("Traceback"), "log_lines": len(target.log().splitlines()),
-                   "legitimate": legit_counts, "results": results}
+                   "legitimate": legit_counts, "totals": totals(results), "results": results}
     finally:
         if not args.no_legit and not legit_counts:
             legit.stop()
@@ -135,6 +150,10 @@ def main() -> None:
     print(f"node RSS {summary['rss_start_kb'] / 1024:.0f} MB at the start, {summary['rss_end_kb'] / 1024:.0f} MB at"
           f" the end; alive: {summary['alive']}; tracebacks in the log: {summary['tracebacks']};"
           f" log lines: {summary['log_lines']}")
+    t = summary["totals"]
+    print(f"unauthenticated traffic in all: {t['request_bytes']:,} request bytes, {t['reply_bytes']:,} reply bytes"
+          f" ({ratio(t['reply_bytes'], t['request_bytes'])}); most log lines per source per second:"
+          f" {t['max_lines_per_source_s']:g}")
     if legit_counts:
         print("concurrent legitimate SIPp run (digest REGISTERs and calls to the PBX, through the node):",
               "; ".join(f"{k}: {v}" for k, v in legit_counts.items()))
