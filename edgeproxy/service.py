@@ -31,7 +31,7 @@ from .dialog import DialogTable
 from .dialog.replication import ProfileReplication
 from .dispatcher import Dispatcher
 from .dispatcher.prober import Prober
-from .location import ChangeJournal, InMemoryLocation
+from .location import ChangeJournal, InMemoryLocation, LocationService
 from .location.natping import NatPinger
 from .node import Node
 from .permissions import Permissions
@@ -259,7 +259,7 @@ def build_node(config: NodeConfiguration, reactor: Any = None, node_table: NodeT
     shared = ChangeJournal() if usrloc is not None and usrloc.full_sharing else None
     location = InMemoryLocation(reactor, [j for j in (journal, shared) if j is not None])
     persistence = _persistence(config, reactor, location, journal)
-    registrar = Registrar(location, config.registrar, reactor)
+    registrar = Registrar(_saving(location, persistence), config.registrar, reactor)
     # [node] keys the proxy needs too: the domains it answers for and per-decision debug lines
     settings = replace(config.proxy, domains=tuple(config.node.domains),
                        log_decisions=config.node.log_level == "debug", dns_failover=config.dns.failover)
@@ -370,6 +370,17 @@ def _persistence(config: NodeConfiguration, reactor: Any, location: InMemoryLoca
     settings = config.usrloc
     return Persistence(location, journal, open_table(settings.db_url, settings.table), mode=settings.sql_write_mode,
                        timer_interval=settings.timer_interval, use_domain=config.registrar.use_domain, clock=reactor)
+
+
+def _saving(location: InMemoryLocation, persistence: Persistence | None) -> LocationService:
+    """Where the registrar saves: the table itself, or -- write-through -- the table through a wrapper
+    that answers once the change is committed (imported only then; memory-only and write-back keep
+    the registrar's path as it is)."""
+    if persistence is None or persistence.mode != "write-through":
+        return location
+    from .usrloc.writethrough import WriteThroughLocation
+
+    return WriteThroughLocation(location, persistence)
 
 
 def _replication(config: NodeConfiguration, reactor: Any, location: InMemoryLocation, journal: ChangeJournal | None,

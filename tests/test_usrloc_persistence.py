@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 from twisted.internet.defer import maybeDeferred
@@ -242,33 +242,61 @@ def test_a_failed_write_keeps_the_changes_for_the_next_flush(tmp_path: Path) -> 
 
 
 # -- MariaDB: OpenSIPS's own table ------------------------------------------------------------------------
-def test_mariadb_location_table_round_trip() -> None:
+@pytest.fixture
+def maria() -> Iterator[tuple[Any, str]]:
+    """The test MariaDB and a table name of the test's own (dropped afterwards)."""
     conn = mariadb.connect_or_skip()
     table = mariadb.unique_name("location")
     try:
-        a = Node(mariadb.DB_URL, table)
-        a.load()
-        a.save(udp_binding("alice", nat=True))
-        a.save(udp_binding("bob", aor="bob"))
-        a.clock.advance(60)
-        with conn.cursor() as cur:
-            cur.execute(f"SELECT username, domain, contact, received, expires, cflags, socket FROM `{table}` "
-                        "ORDER BY username")
-            rows = cur.fetchall()
-        assert [r[0] for r in rows] == ["alice", "bob"]
-        assert rows[0][3] == "sip:198.51.100.7:5062" and rows[0][4] == int(T0 + 3600) and rows[0][5] == "NAT"
-        a.location.remove("bob")
-        a.clock.advance(60)
-        b = Node(mariadb.DB_URL, table, now=T0 + 120)
-        assert b.load() == 1
-        (alice,) = b.location.get("alice")
-        assert alice.nat and alice.received == Endpoint("UDP", "198.51.100.7", 5062)
-        a.table.close()
-        b.table.close()
+        yield conn, table
     finally:
         with conn.cursor() as cur:
             cur.execute(f"DROP TABLE IF EXISTS `{table}`")
         conn.close()
+
+
+def test_mariadb_location_table_round_trip(maria: tuple[Any, str]) -> None:
+    conn, table = maria
+    a = Node(mariadb.DB_URL, table)
+    a.load()
+    a.save(udp_binding("alice", nat=True))
+    a.save(udp_binding("bob", aor="bob"))
+    a.clock.advance(60)
+    with conn.cursor() as cur:
+        cur.execute(f"SELECT username, domain, contact, received, expires, cflags, socket FROM `{table}` "
+                    "ORDER BY username")
+        rows = cur.fetchall()
+    assert [r[0] for r in rows] == ["alice", "bob"]
+    assert rows[0][3] == "sip:198.51.100.7:5062" and rows[0][4] == int(T0 + 3600) and rows[0][5] == "NAT"
+    a.location.remove("bob")
+    a.clock.advance(60)
+    b = Node(mariadb.DB_URL, table, now=T0 + 120)
+    assert b.load() == 1
+    (alice,) = b.location.get("alice")
+    assert alice.nat and alice.received == Endpoint("UDP", "198.51.100.7", 5062)
+    a.table.close()
+    b.table.close()
+
+
+def test_mariadb_rows_with_hostile_strings_round_trip(maria: tuple[Any, str]) -> None:
+    """The INSERTs are written by sqlstore, not by PyMySQL's executemany: quotes, backslashes, percent
+    signs, NUL and non-ASCII in every text column come back as they went in."""
+    _, table = maria
+    nasty = "O'Brien \\ \"q\" 100% ;-- \x00 é\n"
+    a = Node(mariadb.DB_URL, table)
+    a.load()
+    a.save(udp_binding("eve", user_agent=nasty, call_id=nasty, instance="<urn:uuid:'x'>",
+                       path=("<sip:p1.example;lr>", "<sip:it's.example;lr>"), contact_params={"x": nasty},
+                       methods=frozenset({"INVITE", "X-ODD"}), q=0.25))
+    a.clock.advance(60)
+    b = Node(mariadb.DB_URL, table, now=T0 + 1)
+    assert b.load() == 1
+    (eve,) = b.location.get("eve")
+    assert (eve.user_agent, eve.call_id, eve.instance, eve.q) == (nasty, nasty, "<urn:uuid:'x'>", 0.25)
+    assert eve.path == ("<sip:p1.example;lr>", "<sip:it's.example;lr>") and eve.contact_params["x"] == nasty
+    assert eve.methods == frozenset({"INVITE", "X-ODD"})
+    a.table.close()
+    b.table.close()
 
 
 # -- configuration ----------------------------------------------------------------------------------------

@@ -12,10 +12,10 @@ from .binding import EMPTY_PARAMS, Binding, LookupResult, order_key
 from .destination import binding_destination, uri_endpoint
 from .journal import ChangeJournal
 from .memory import InMemoryLocation
-from .service import LocationListener, LocationService
+from .service import LocationListener, LocationService, LocationUnavailable
 
 __all__ = [
     "Binding", "LookupResult", "EMPTY_PARAMS", "order_key",
-    "LocationService", "LocationListener", "InMemoryLocation", "ChangeJournal",
+    "LocationService", "LocationListener", "LocationUnavailable", "InMemoryLocation", "ChangeJournal",
     "binding_destination", "uri_endpoint",
 ]

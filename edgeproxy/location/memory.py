@@ -187,6 +187,19 @@ class InMemoryLocation:
         """The live bindings of ``aor`` in lookup order, synchronously (this store never blocks)."""
         return self._live(aor)
 
+    def stored(self, aors: Iterable[str]) -> list[tuple[str, tuple[Binding, ...]]]:
+        """Each of ``aors`` with its bindings as stored -- unsorted, possibly including some that just
+        expired (the caller filters on ``expires_at``), ``()`` when it has none -- without the list and
+        the sort of :meth:`get`: what a persistent usrloc copies for every changed AoR at each flush,
+        in the reactor (issue 12)."""
+        records = self._records
+        out: list[tuple[str, tuple[Binding, ...]]] = []
+        append = out.append
+        for aor in aors:
+            record = records.get(aor)
+            append((aor, record.bindings if record is not None else ()))
+        return out
+
     def stop(self) -> None:
         """Cancel the expiry timer (service shutdown). Bindings stay readable; a later change re-arms it."""
         if self._timer is not None and self._timer.active():

@@ -17,7 +17,18 @@ from .binding import Binding, LookupResult
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
-__all__ = ["LocationListener", "LocationService"]
+__all__ = ["LocationListener", "LocationService", "LocationUnavailable"]
+
+
+class LocationUnavailable(Exception):
+    """The location service could not commit a change (its database failed): the REGISTER fails with
+    500 and the tentative bindings are withdrawn (RFC 3261 §10.3 step 7: "If any one of them fails
+    (for example, because the back-end database commit failed), the request MUST fail with a 500
+    (Server Error) response and all tentative binding updates MUST be removed"). The storage logs
+    the outage; the registrar only answers."""
+
+    status = 500
+    reason = "Server Internal Error"
 
 
 @runtime_checkable

@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 
 from ..coroutine import run_eagerly
 from ..location.binding import EMPTY_PARAMS, Binding, order_key, shared_methods, shared_string
-from ..location.service import LocationService
+from ..location.service import LocationService, LocationUnavailable
 from ..sip.endpoint import Endpoint, Flow
 from ..sip.errors import SipValueError
 from ..sip.message import Request, Response
@@ -106,7 +106,8 @@ class Registrar:
         Replies: 200 listing every current binding with ``expires`` (and ``Date``); 400 for malformed
         Contact/Expires/q/reg-id, a misused ``Contact: *`` or an out-of-order CSeq; 420 for Path in
         strict mode; 423 with Min-Expires in reject mode; 503 when ``max_contacts`` would be exceeded;
-        500 when the location service fails. The Deferred itself never fails.
+        500 when the location service fails (:class:`~edgeproxy.location.LocationUnavailable`: a
+        write-through database commit failed). The Deferred itself never fails.
         """
         try:
             key, star, proposals, path = self._check(request, aor)
@@ -242,6 +243,8 @@ class Registrar:
                 return self._ok(request, current, path, outbound)
             await self.location.replace(key, outcome)
             return self._ok(request, outcome, path, outbound)
+        except LocationUnavailable as exc:  # the storage logged its outage once; nothing to add per REGISTER
+            return request.make_response(exc.status, exc.reason)
         except Exception:
             log.failure("registrar: saving {aor} failed", aor=key)
             return request.make_response(500, "Server Internal Error")

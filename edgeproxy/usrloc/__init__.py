@@ -5,6 +5,8 @@ sharing over the cluster link.
 * :mod:`.rows` -- a binding as a row of OpenSIPS's ``location`` table, and back.
 * :mod:`.sqlstore` -- that table in SQLite or MySQL/MariaDB (blocking; run in a worker thread).
 * :mod:`.persistence` -- :class:`Persistence`: load at start, write-back / write-through, ``ul_sync``.
+* :mod:`.writethrough` -- ``WriteThroughLocation``: the registrar's saves answered once committed
+  (imported only in write-through mode).
 * :mod:`.replication` -- ``Replication``: full sharing (``usrloc-contact-repl``), ``ul_cluster_sync``
   (imported only when configured).
 """

@@ -11,14 +11,17 @@ and saves never touch the database. What it does:
 * **write-back**: every ``timer_interval`` the AoRs the table's :class:`~edgeproxy.location.ChangeJournal`
   collected are written -- each AoR's current contacts replace its rows, in one transaction -- and
   once more on a clean stop. A crash loses at most the changes of the last interval;
-* **write-through**: the same write starts as soon as something changed (changes made while one is
-  in flight go together in the next). Unlike OpenSIPS, the 200 OK does not wait for the database:
-  the REGISTER path never waits on I/O; the window a crash can lose is the write in flight;
+* **write-through**: the same write starts as soon as something changed, and changes made while one
+  is in flight go together in the next (group commit). As in OpenSIPS, a REGISTER is answered only
+  once its change is committed: the registrar saves through
+  :class:`~edgeproxy.usrloc.writethrough.WriteThroughLocation`, which waits on :meth:`Persistence.committed`
+  and answers 500 when the commit fails (see there). A crash loses nothing that was acknowledged;
 * **ul_sync** (:meth:`Persistence.sync`): empty the table and write the whole memory table.
 
 All database work runs in a worker thread (``deferToThread``), one operation at a time; the
-reactor only hands over the AoRs' current bindings (immutable values) and the row conversion runs in
-the thread too. A failed write keeps its AoRs for the next flush (logged once per outage).
+reactor only hands over the AoRs' stored bindings (immutable tuples, :meth:`InMemoryLocation.stored`)
+and the row conversion runs in the thread too. A failed write keeps its AoRs for the next flush
+(logged once per outage).
 """
 
 from __future__ import annotations
@@ -26,9 +29,10 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Iterable
 
-from twisted.internet.defer import Deferred, DeferredLock, inlineCallbacks
+from twisted.internet.defer import Deferred, DeferredLock, fail, inlineCallbacks
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from ..location import Binding, ChangeJournal, InMemoryLocation
 from .rows import binding_from_row, binding_row, split_aor
@@ -74,6 +78,8 @@ class Persistence:
         self._running = False
         self._failing = False
         self._soon: Any = None
+        self._waiting: list[Deferred[None]] = []  # write-through: saves waiting for the next transaction
+        self._writing: list[Deferred[None]] | None = None  # ... and for the one in flight
         self.stats = {"db_loaded_contacts": 0, "db_expired_on_load": 0, "db_skipped_contacts": 0, "db_flushes": 0,
                       "db_written_aors": 0, "db_written_contacts": 0, "db_failures": 0, "db_syncs": 0}
 
@@ -139,6 +145,22 @@ class Persistence:
         yield self._locked(self.table.close)
 
     # -- writing -------------------------------------------------------------------------------------
+    def committed(self) -> "Deferred[None]":
+        """Fires once every change made to the location so far is in the table: with the transaction
+        in flight when nothing changed since it started, else with the next one (write-through's group
+        commit: one transaction for all the saves made while the previous one ran). Fails with
+        :class:`TableError` when that transaction fails, or when the table is closed."""
+        if not self._running:
+            return fail(TableError(f"{self.table.where}: the location table is closed"))
+        d: Deferred[None] = Deferred()
+        if len(self.journal):
+            self._waiting.append(d)
+        elif self._writing is not None:
+            self._writing.append(d)
+        else:
+            d.callback(None)
+        return d
+
     def _tick(self) -> None:
         if not self._lock.locked:  # a flush still running takes the next interval's changes later
             self.flush().addErrback(lambda _: None)
@@ -166,21 +188,27 @@ class Persistence:
     @inlineCallbacks
     def _flush(self) -> Any:
         aors = self.journal.take()
+        waiting, self._waiting = self._waiting, []
         if not aors:
+            _settle(waiting, None)
             return 0
         started = time.perf_counter()
-        get = self.location.get
-        snapshot = [(aor, get(aor)) for aor in aors]
+        snapshot = self.location.stored(aors)
+        self._writing = waiting
         try:
-            written = yield self.runner(self._write, snapshot)
-        except TableError as exc:
+            written = yield self.runner(self._write, snapshot, self.clock.seconds())
+        except Exception as exc:  # TableError; anything else is a bug, but the waiting saves must hear of it
+            self._writing = None
             self.journal.put_back(aors)
             self.stats["db_failures"] += 1
             if not self._failing:
                 self._failing = True
                 log.warn("usrloc: cannot write the location table ({err}); {n} changed AoRs are kept for the next "
-                         "flush", err=str(exc), n=len(aors))
+                         "flush", err=str(exc) or type(exc).__name__, n=len(aors))
+            _settle(waiting, Failure(exc))
             raise
+        self._writing = None
+        _settle(waiting, None)
         if self._failing:
             self._failing = False
             log.info("usrloc: {where} answers again", where=self.table.where)
@@ -192,11 +220,11 @@ class Persistence:
               n=written, where=self.table.where, ms=(time.perf_counter() - started) * 1000)
         return written
 
-    def _write(self, snapshot: list[tuple[str, list[Binding]]]) -> int:
+    def _write(self, snapshot: list[tuple[str, tuple[Binding, ...]]], now: float) -> int:
         """In the worker thread: the rows of the snapshot, then one transaction."""
         use_domain = self.use_domain
         keys = [split_aor(aor, use_domain) for aor, _ in snapshot]
-        rows = _rows(snapshot, use_domain)
+        rows = _rows(snapshot, now, use_domain)
         self.table.write(keys, rows, use_domain)
         return len(rows)
 
@@ -209,22 +237,28 @@ class Persistence:
     def _sync(self) -> Any:
         started = time.perf_counter()
         self.journal.take()
+        waiting, self._waiting = self._waiting, []
         location = self.location
-        get = location.get
-        snapshot = [(aor, get(aor)) for aor in location.aors()]
+        snapshot = location.stored(location.aors())
         use_domain = self.use_domain
+        now = self.clock.seconds()
 
         def rewrite() -> int:
-            rows = _rows(snapshot, use_domain)
+            rows = _rows(snapshot, now, use_domain)
             self.table.rewrite(rows)
             return len(rows)
 
+        self._writing = waiting
         try:
             written = yield self.runner(rewrite)
-        except TableError:
+        except Exception as exc:
+            self._writing = None
             self.journal.put_back({aor for aor, _ in snapshot})
             self.stats["db_failures"] += 1
+            _settle(waiting, Failure(exc))
             raise
+        self._writing = None
+        _settle(waiting, None)
         self.stats["db_syncs"] += 1
         log.info("usrloc: ul_sync rewrote {where} with {n} contacts of {aors} AoRs in {ms:.0f} ms",
                  where=self.table.where, n=written, aors=len(snapshot), ms=(time.perf_counter() - started) * 1000)
@@ -234,10 +268,20 @@ class Persistence:
         return self._lock.run(lambda: self.runner(f, *args))
 
 
-def _rows(snapshot: list[tuple[str, list[Binding]]], use_domain: bool) -> list[tuple[Any, ...]]:
-    """In the worker thread: the rows of this node's own contacts in ``snapshot`` (a replicated
+def _rows(snapshot: list[tuple[str, tuple[Binding, ...]]], now: float, use_domain: bool) -> list[tuple[Any, ...]]:
+    """In the worker thread: the rows of this node's own live contacts in ``snapshot`` (a replicated
     contact owned by another node is that node's to persist)."""
-    return [binding_row(b, use_domain) for _, bindings in snapshot for b in bindings if b.owner is None]
+    return [binding_row(b, use_domain) for _, bindings in snapshot for b in bindings
+            if b.expires_at > now and b.owner is None]
+
+
+def _settle(waiting: list["Deferred[None]"], outcome: Failure | None) -> None:
+    """Tell the saves waiting on a transaction (:meth:`Persistence.committed`) how it ended."""
+    for d in waiting:
+        if outcome is None:
+            d.callback(None)
+        else:
+            d.errback(outcome)
 
 
 def _bindings_by_aor(rows: Iterable[dict[str, Any]], now: float, use_domain: bool

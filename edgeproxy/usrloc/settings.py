@@ -13,7 +13,8 @@
 The presets are OpenSIPS's (``modules/usrloc/README.md`` ``working_mode_preset``; reference
 opensips-modules.md §6.1): ``single-instance-no-db`` keeps contacts in memory only (lost on restart);
 ``single-instance-sql-write-back`` writes what changed every ``timer_interval`` and once more on a
-clean shutdown; ``single-instance-sql-write-through`` writes every change as soon as it is made. Both
+clean shutdown; ``single-instance-sql-write-through`` writes every change as soon as it is made and
+answers a REGISTER once its row is committed (:mod:`edgeproxy.usrloc.writethrough`). Both
 SQL modes load the unexpired contacts at start (``restart_persistency = load-from-sql``). ``db_mode``
 0/1/2 are the same three; giving both is an error, as in OpenSIPS. ``sql-only`` (no memory cache) is
 not offered: every lookup would wait on the database.
