@@ -56,7 +56,7 @@ if TYPE_CHECKING:
     from .transaction import TimerSettings
     from .transport.settings import LimitsConfig
     from .transport.tls import TlsSettings
-    from .transport.ws import WsSettings
+    from .transport.ws_settings import WsSettings
     from .usrloc.settings import UsrlocSettings
 
 __all__ = ["Config", "ConfigError", "SECTIONS", "section", "load_config"]

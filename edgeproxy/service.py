@@ -64,7 +64,7 @@ if TYPE_CHECKING:  # pragma: no cover - imported when [federation] is configured
     from .transaction import TimerSettings
     from .transport.settings import LimitsConfig
     from .transport.tls import TlsSettings
-    from .transport.ws import WsSettings
+    from .transport.ws_settings import WsSettings
     from .usrloc import Persistence
     from .usrloc.replication import Replication
     from .usrloc.settings import UsrlocSettings

@@ -51,7 +51,8 @@ from .udp import SipDatagramProtocol
 if TYPE_CHECKING:
     from .tls import TlsContexts, TlsSettings
     from .tls_memory import IdleTlsReclaimer
-    from .ws import SipWebSocketFactory, WsSettings
+    from .ws import SipWebSocketFactory
+    from .ws_settings import WsSettings
 
 __all__ = ["TransportManager", "Listener"]
 

@@ -30,7 +30,7 @@ from ..config_schema import (
 from ..sip.address import canonical_host
 from ..sip.parser import Limits
 from .tls import TlsContexts, TlsSettings
-from .ws import WsSettings
+from .ws_settings import WsSettings
 
 __all__ = ["LimitsConfig", "LIMITS_SECTION", "TLS_SECTION", "WS_SECTION", "TLS_VERSIONS"]
 
