@@ -64,22 +64,31 @@ Kamailio ``t_set_fr(60000, 2000)``       ``msg.t_set_fr(60000, 2000)`` (ms), ``m
 ======================================  ====================================================
 
 ``raise RouteReply(403, "Forbidden")`` anywhere in a route replies with that status and ends it.
+
+:class:`RouteRequest` holds the core of ``msg`` (pseudo-variables, NAT, routing, replies, logging);
+its parts per OpenSIPS module live beside their verbs: :class:`~.authrequest.AuthRequest` (auth),
+:class:`~.dlgrequest.DialogRequest` (dialog), :class:`~.dsverbs.DispatcherRequest` (dispatcher),
+:class:`~.tmverbs.TmRequest` (tm timers and status), :class:`~.permverbs.PermissionRequest`
+(permissions).
 """
 
 from __future__ import annotations
 
 from typing import Any, Awaitable, Callable, Mapping
 
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from ..auth import Authenticator, AuthOutcome, AuthResult
+from ..auth import AuthResult
 from ..location import LookupResult
 from ..logcontext import message_context
 from ..permissions import AddressResult
 from ..proxy.context import Branch, RouteState
 from ..sip.message import Request, Response
 from ..sip.uri import URI, SipURI, parse_uri
+from .authrequest import AuthRequest
+from .dlgrequest import DialogRequest
+from .dsverbs import DispatcherRequest
 from .errors import RouteReply
 from .permverbs import PermissionRequest
 from .tmverbs import TmRequest
@@ -108,7 +117,7 @@ def _host(uri: URI) -> str | None:
     return uri.host if isinstance(uri, SipURI) else None
 
 
-class RouteRequest(TmRequest, PermissionRequest):
+class RouteRequest(TmRequest, PermissionRequest, DispatcherRequest, DialogRequest, AuthRequest):
     """The request as a route module sees it (``msg``), with the verbs of the OpenSIPS script.
 
     It wraps the parsed :class:`~edgeproxy.sip.Request` (``msg.request``) and the node's
@@ -201,23 +210,6 @@ class RouteRequest(TmRequest, PermissionRequest):
         if not isinstance(parsed, SipURI):
             raise RouteReply(416, "Unsupported URI Scheme")
         self._state.dst_uri = parsed
-
-    @property
-    def au(self) -> str | None:
-        """The user whose credentials were accepted (OpenSIPS ``$au``), None before that."""
-        a = self._state.auth
-        return a.username if a is not None and a.result is AuthResult.AUTHORIZED else None
-
-    @property
-    def ar(self) -> str | None:
-        """The realm of the accepted credentials (OpenSIPS ``$ar``)."""
-        a = self._state.auth
-        return a.realm if a is not None and a.result is AuthResult.AUTHORIZED else None
-
-    @property
-    def auth_enabled(self) -> bool:
-        """Whether the node has an ``[auth]`` section (Kamailio's ``WITH_AUTH``)."""
-        return self._verbs.authenticator() is not None
 
     @property
     def nat(self) -> bool:
@@ -349,193 +341,6 @@ class RouteRequest(TmRequest, PermissionRequest):
         """OpenSIPS ``pike_check_req()``: False when the source address sends more requests than
         ``[pike]`` allows (``if not msg.pike_check_req(): msg.drop(); return``)."""
         return self._verbs.pike_check_req(self._state)
-
-    # -- dispatcher --------------------------------------------------------------------------------
-    def ds_select_dst(self, set: int, alg: int, flags: str = "", max_results: int = 1000) -> int:  # noqa: A002
-        """OpenSIPS ``ds_select_dst(set, alg, flags)``: ``$du`` becomes a destination of ``set`` chosen
-        by ``alg`` (0-3 hash over Call-ID, From, To, Request-URI; 4 round robin; 5 auth username; 6
-        random; 8 first by priority; weights apply); flags ``f`` (keep the others for
-        :meth:`ds_next_dst`), ``u``, ``d``, ``a``. 1, or -1 when nothing can be chosen (unknown or
-        empty set, nothing active)."""
-        return self._verbs.ds_select_dst(self._state, set, alg, flags, max_results)
-
-    def ds_select_domain(self, set: int, alg: int, flags: str = "", max_results: int = 1000) -> int:  # noqa: A002
-        """OpenSIPS ``ds_select_domain``: :meth:`ds_select_dst`, but the Request-URI's host and port
-        become the destination's (``$du`` is left alone)."""
-        return self._verbs.ds_select_dst(self._state, set, alg, flags, max_results, domain=True)
-
-    def ds_next_domain(self) -> int:
-        """OpenSIPS ``ds_next_domain()``: :meth:`ds_next_dst` for :meth:`ds_select_domain`."""
-        return self._verbs.ds_next_dst(self._state, domain=True)
-
-    def ds_next_dst(self) -> int:
-        """OpenSIPS ``ds_next_dst()`` (in a failure route): ``$du`` becomes the next destination of
-        the list ``ds_select_dst(..., "f")`` kept; -1 when none is left."""
-        return self._verbs.ds_next_dst(self._state)
-
-    def ds_mark_dst(self, state: str = "i") -> int:
-        """OpenSIPS ``ds_mark_dst(state)``: the destination tried last becomes ``i`` inactive, ``a``
-        active or ``p`` probing (after ``ds_probing_threshold`` marks); -1 when there is none."""
-        return self._verbs.ds_mark_dst(self._state, state)
-
-    def ds_is_in_list(self, ip: str | None = None, port: int = 0, set: int = -1,  # noqa: A002
-                      active_only: bool = False) -> bool:
-        """OpenSIPS ``ds_is_in_list(ip, port, set)``: ``ip`` (default ``$si``) and ``port`` (0: any)
-        are a destination of ``set`` (-1: any set)."""
-        return self._verbs.ds_is_in_list(self.si if ip is None else ip, port, set, active_only)
-
-    def ds_count(self, set: int, state_filter: str = "") -> int:  # noqa: A002
-        """OpenSIPS ``ds_count(set, filter)``: how many destinations of ``set`` are in the states of
-        ``filter`` (``a``, ``i``, ``p``; "" all); -1 when the set does not exist."""
-        return self._verbs.ds_count(set, state_filter)
-
-    @property
-    def ds_enabled(self) -> bool:
-        """Whether the node has a ``[dispatcher]`` section (the ``ds_*`` verbs raise without one)."""
-        return self._verbs.dispatcher is not None
-
-    @property
-    def ds_attrs(self) -> str | None:
-        """The ``attrs`` of the destination ``$du`` points at after ``ds_select_dst`` /
-        ``ds_next_dst`` (OpenSIPS ``attrs_avp``); None before."""
-        sel = self._state.ds
-        dest = sel.current if sel is not None else None
-        return dest.attrs if dest is not None else None
-
-    # -- dialogs (OpenSIPS dialog) -----------------------------------------------------------------
-    def create_dialog(self, flags: str = "") -> bool:
-        """OpenSIPS ``create_dialog(flags)`` on an initial INVITE: the node keeps the call until it
-        ends (states, lifetime, profiles); flag ``B`` ends it with a BYE to both sides when its
-        lifetime (``[dialog] default_timeout``, or ``msg.dlg_timeout``) runs out. True when the
-        dialog exists (made now or already), False when it cannot be (no From tag, not an INVITE)."""
-        return self._verbs.create_dialog(self._state, flags)
-
-    def match_dialog(self) -> bool:
-        """OpenSIPS ``match_dialog()``: whether this request belongs to one of our dialogs (Call-ID
-        and both tags; ``loose_route()`` matches too)."""
-        return self._verbs.dialog(self._state) is not None
-
-    def validate_dialog(self) -> int:
-        """OpenSIPS ``validate_dialog()``: 1 valid; -1 bad CSeq; -2 the Request-URI is not the
-        party's Contact; -4 no dialog."""
-        return self._verbs.validate_dialog(self._state)
-
-    @property
-    def dlg_status(self) -> int | None:
-        """``$DLG_status``: 1 unconfirmed, 2 early, 3 confirmed (no ACK yet), 4 confirmed, 5 ended;
-        None without a dialog."""
-        dlg = self._verbs.dialog(self._state)
-        return None if dlg is None else int(dlg.state)
-
-    @property
-    def dlg_did(self) -> str | None:
-        """``$DLG_did``: the dialog id the MI's ``dlg_list``/``dlg_end_dlg`` use."""
-        dlg = self._verbs.dialog(self._state)
-        return None if dlg is None else dlg.did
-
-    @property
-    def dlg_timeout(self) -> int | None:
-        """``$DLG_timeout``: seconds left of a confirmed dialog, else the lifetime it will get."""
-        return self._verbs.dlg_timeout(self._state)
-
-    @dlg_timeout.setter
-    def dlg_timeout(self, seconds: int) -> None:
-        self._verbs.set_dlg_timeout(self._state, seconds)
-
-    def set_dlg_profile(self, profile: str, value: str | None = None) -> bool:
-        """OpenSIPS ``set_dlg_profile(profile, value)``: count the dialog in the profile until it
-        ends (``[dialog] profiles_with_value`` / ``profiles_no_value`` declare them)."""
-        return self._verbs.set_dlg_profile(self._state, profile, value)
-
-    def unset_dlg_profile(self, profile: str, value: str | None = None) -> bool:
-        return self._verbs.unset_dlg_profile(self._state, profile, value)
-
-    def is_in_profile(self, profile: str, value: str | None = None) -> bool:
-        return self._verbs.is_in_profile(self._state, profile, value)
-
-    def get_profile_size(self, profile: str, value: str | None = None) -> int:
-        """OpenSIPS ``get_profile_size(profile, value, $var)``: dialogs in the profile now (a valued
-        profile without value: all of them)."""
-        return self._verbs.get_profile_size(profile, value)
-
-    # -- authentication ----------------------------------------------------------------------------
-    def www_authorize(self, realm: str = "", table: str = "subscriber") -> "Deferred[AuthResult]":
-        """Check the ``Authorization`` credentials for ``realm`` (``""``: the To domain of a REGISTER,
-        the From domain otherwise). Fires with an :class:`AuthResult`: AUTHORIZED (1), INVALID_USER
-        (-1), INVALID_PASSWORD (-2), STALE_NONCE (-3), NO_CREDENTIALS (-4), GENERIC_ERROR (-5: the
-        store could not answer). Malformed credentials raise a 400."""
-        return self._authorize(realm, table, proxy=False)
-
-    def proxy_authorize(self, realm: str = "", table: str = "subscriber") -> "Deferred[AuthResult]":
-        """:meth:`www_authorize` for ``Proxy-Authorization`` (calls and other requests to relay)."""
-        return self._authorize(realm, table, proxy=True)
-
-    def _authenticator(self) -> Authenticator:
-        auth = self._verbs.authenticator()
-        if auth is None:
-            raise RuntimeError("the route authenticates, but the node has no [auth] section")
-        return auth
-
-    def _authorize(self, realm: str, table: str, proxy: bool) -> "Deferred[AuthResult]":
-        state = self._state
-
-        def keep(outcome: AuthOutcome) -> AuthResult:
-            state.auth = outcome
-            return outcome.result
-
-        # maybeDeferred: malformed credentials raise a DigestError (400) that the route's await sees
-        d = maybeDeferred(self._authenticator().authorize, state.request, realm, proxy=proxy, table=table,
-                          source=state.source.remote.host)
-        return d.addCallback(keep)
-
-    def www_challenge(self, realm: str = "", qop: str | None = None, algorithms: str | None = None) -> None:
-        """Answer 401 with a ``WWW-Authenticate`` challenge per algorithm (``"SHA-256,MD5"``; default
-        ``[auth] algorithms``), ``qop`` ``"auth"``, ``"auth-int"``, ``"auth,auth-int"`` or ``""``
-        (default ``[auth] qop``); ``stale=true`` when the last authorize found a stale nonce."""
-        self._challenge(realm, qop, algorithms, proxy=False)
-
-    def proxy_challenge(self, realm: str = "", qop: str | None = None, algorithms: str | None = None) -> None:
-        """Answer 407 with ``Proxy-Authenticate`` challenges (see :meth:`www_challenge`)."""
-        self._challenge(realm, qop, algorithms, proxy=True)
-
-    def _challenge(self, realm: str, qop: str | None, algorithms: str | None, proxy: bool) -> None:
-        state = self._state
-        names = tuple(a.strip() for a in algorithms.split(",") if a.strip()) if algorithms else None
-        stale = state.auth is not None and state.auth.stale
-        state.reply_headers += self._authenticator().challenge(state.request, realm, proxy=proxy, stale=stale,
-                                                               qop=qop, algorithms=names)
-        if proxy:
-            self._verbs.reply(state, 407, "Proxy Authentication Required", False)
-        else:
-            self._verbs.reply(state, 401, "Unauthorized", False)
-
-    def consume_credentials(self) -> bool:
-        """Remove the accepted credentials from the request before it is relayed (the next hop has no
-        use for them, and they name our realm); False when nothing was accepted."""
-        state = self._state
-        a = state.auth
-        if a is None or a.result is not AuthResult.AUTHORIZED or a.header is None:
-            return False
-        return any(state.request.headers.discard(name, a.header) for name in ("Authorization", "Proxy-Authorization"))
-
-    def check_to(self) -> bool:
-        """OpenSIPS ``db_check_to()``: the To user is the one who authenticated (a REGISTER may only
-        change its own bindings)."""
-        return self._is_auth_user(self._state.request.to.uri)
-
-    def check_from(self) -> bool:
-        """OpenSIPS ``db_check_from()``: the From user is the one who authenticated (no calling as
-        somebody else)."""
-        return self._is_auth_user(self._state.request.from_.uri)
-
-    def _is_auth_user(self, uri: URI) -> bool:
-        user = self.au
-        if user is None or not isinstance(uri, SipURI) or uri.user is None:
-            return False
-        name, at, domain = user.partition("@")
-        if at and domain.lower() != uri.host.lower():
-            return False
-        return name == uri.user
 
     # -- replies and relaying ----------------------------------------------------------------------
     def t_relay(self) -> bool:

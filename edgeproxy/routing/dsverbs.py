@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from twisted.logger import Logger
 
 from ..dispatcher import (
@@ -26,7 +28,10 @@ from ..sip.address import ip_literal
 from ..sip.message import Request
 from ..sip.uri import SipURI
 
-__all__ = ["DispatcherVerbs"]
+if TYPE_CHECKING:  # pragma: no cover
+    from .verbs import RouteVerbs
+
+__all__ = ["DispatcherVerbs", "DispatcherRequest"]
 
 log = Logger(namespace="edgeproxy.proxy")
 #: ds_count's filter: a state letter (:func:`parse_state_letter`) -> :attr:`Destination.state_name`
@@ -165,3 +170,63 @@ class DispatcherVerbs:
         if not wanted:
             return len(dset.destinations)
         return sum(1 for d in dset.destinations if d.state_name in wanted)
+
+
+class DispatcherRequest:
+    """``msg``'s ``ds_*`` functions (a part of :class:`~edgeproxy.routing.api.RouteRequest`)."""
+
+    __slots__ = ()
+    _state: RouteState
+    _verbs: RouteVerbs
+
+    def ds_select_dst(self, set: int, alg: int, flags: str = "", max_results: int = 1000) -> int:  # noqa: A002
+        """OpenSIPS ``ds_select_dst(set, alg, flags)``: ``$du`` becomes a destination of ``set`` chosen
+        by ``alg`` (0-3 hash over Call-ID, From, To, Request-URI; 4 round robin; 5 auth username; 6
+        random; 8 first by priority; weights apply); flags ``f`` (keep the others for
+        :meth:`ds_next_dst`), ``u``, ``d``, ``a``. 1, or -1 when nothing can be chosen (unknown or
+        empty set, nothing active)."""
+        return self._verbs.ds_select_dst(self._state, set, alg, flags, max_results)
+
+    def ds_select_domain(self, set: int, alg: int, flags: str = "", max_results: int = 1000) -> int:  # noqa: A002
+        """OpenSIPS ``ds_select_domain``: :meth:`ds_select_dst`, but the Request-URI's host and port
+        become the destination's (``$du`` is left alone)."""
+        return self._verbs.ds_select_dst(self._state, set, alg, flags, max_results, domain=True)
+
+    def ds_next_domain(self) -> int:
+        """OpenSIPS ``ds_next_domain()``: :meth:`ds_next_dst` for :meth:`ds_select_domain`."""
+        return self._verbs.ds_next_dst(self._state, domain=True)
+
+    def ds_next_dst(self) -> int:
+        """OpenSIPS ``ds_next_dst()`` (in a failure route): ``$du`` becomes the next destination of
+        the list ``ds_select_dst(..., "f")`` kept; -1 when none is left."""
+        return self._verbs.ds_next_dst(self._state)
+
+    def ds_mark_dst(self, state: str = "i") -> int:
+        """OpenSIPS ``ds_mark_dst(state)``: the destination tried last becomes ``i`` inactive, ``a``
+        active or ``p`` probing (after ``ds_probing_threshold`` marks); -1 when there is none."""
+        return self._verbs.ds_mark_dst(self._state, state)
+
+    def ds_is_in_list(self, ip: str | None = None, port: int = 0, set: int = -1,  # noqa: A002
+                      active_only: bool = False) -> bool:
+        """OpenSIPS ``ds_is_in_list(ip, port, set)``: ``ip`` (default ``$si``) and ``port`` (0: any)
+        are a destination of ``set`` (-1: any set)."""
+        return self._verbs.ds_is_in_list(self._state.source.remote.host if ip is None else ip, port, set,
+                                         active_only)
+
+    def ds_count(self, set: int, state_filter: str = "") -> int:  # noqa: A002
+        """OpenSIPS ``ds_count(set, filter)``: how many destinations of ``set`` are in the states of
+        ``filter`` (``a``, ``i``, ``p``; "" all); -1 when the set does not exist."""
+        return self._verbs.ds_count(set, state_filter)
+
+    @property
+    def ds_enabled(self) -> bool:
+        """Whether the node has a ``[dispatcher]`` section (the ``ds_*`` verbs raise without one)."""
+        return self._verbs.dispatcher is not None
+
+    @property
+    def ds_attrs(self) -> str | None:
+        """The ``attrs`` of the destination ``$du`` points at after ``ds_select_dst`` /
+        ``ds_next_dst`` (OpenSIPS ``attrs_avp``); None before."""
+        sel = self._state.ds
+        dest = sel.current if sel is not None else None
+        return dest.attrs if dest is not None else None
