@@ -148,12 +148,42 @@ def test_a_call_set_up_before_a_restart_keeps_reaching_the_phone(tmp_path: Path)
     try:
         with edgeproxy_node(workdir, port=port) as after:
             result = fs.wait(30)
-            assert "forged or stale flow token" not in after.log()
+            assert "forged flow token" not in after.log() and "gone with a restart" not in after.log()
     finally:
         phone_result = phone.stop()
     result.assert_ok()
     got = [m.first_line.split(" ")[0] for m in phone_result.received() if not m.first_line.startswith("SIP/")]
     assert got[-1] == "BYE", phone_result.describe()
+
+
+def test_a_tcp_flow_gone_with_a_restart_is_430_flow_failed(tmp_path: Path) -> None:
+    """RFC 5626 §5.3 / §11.5: a phone behind NAT on TCP with an outbound (``ob``) Contact is in a
+    call with FreeSWITCH when the node restarts. Its connection died with the old process, so
+    FreeSWITCH's BYE, whose Route names that connection with a genuine token, gets 430 Flow Failed
+    -- not 403, which stays for forged tokens -- and the node logs no forged token."""
+    require_sipp()
+    workdir, port = tmp_path / "node", free_port()
+    keys = {**natted("tcp"), "contact_params": ";transport=tcp;ob", "answer_host": "127.0.0.99",
+            "answer_port": 5099, "hangup": "caller"}
+    with edgeproxy_node(workdir, port=port) as before:
+        phone = Sipp(tmp_path / "phone", transport="tcp", local_ip=PHONE).start(
+            "nat_register", before.address, user="frank", ooc="call_uas", duration_ms=60_000, timeout=70,
+            keys={"domain": NODE, **keys})
+        phone.wait_for_message(r"^SIP/2.0 200 OK", timeout=10)
+        fs = Sipp(tmp_path / "fs", transport="udp", local_ip=FREESWITCH).start(
+            "call_uac", before.address, user="frank", duration_ms=5_000, timeout=30,
+            keys={"domain": NODE, "hangup": "caller"})
+        fs.wait_for_message(r"(?s)^ACK .*From: [^\r\n]*tag=uas", timeout=15)  # the phone's re-INVITE done
+    try:
+        with edgeproxy_node(workdir, port=port) as after:
+            result = fs.wait(30)
+            log = after.log()
+    finally:
+        phone.stop()
+    bye_answers = [m.status for m in result.received() if m.first_line.startswith("SIP/") and
+                   any("BYE" in v for v in m.header("CSeq"))]
+    assert bye_answers and set(bye_answers) == {430}, result.describe()
+    assert "forged" not in log and "a connection gone with a restart" in log
 
 
 def test_a_natted_phone_subscribes_and_every_notify_reaches_it(node: EdgeproxyNode, tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from edgeproxy.proxy.flowtoken import FlowTokens, InvalidFlowToken
+from edgeproxy.proxy.flowtoken import FlowTokens, InvalidFlowToken, StaleFlowToken
 from edgeproxy.interfaces import SendError
 from edgeproxy.sip.endpoint import Endpoint, Flow
 from support.proxy import ALICE, ALICE_FLOW, BOB, BOB_FLOW, RR_UDP, World, answer, in_dialog, invite, only, sip
@@ -104,8 +104,36 @@ def test_a_token_cannot_be_forged_or_altered() -> None:
     altered = token[:5] + ("A" if token[5] != "A" else "B") + token[6:]
     with pytest.raises(InvalidFlowToken):
         tokens.decode(altered)
-    with pytest.raises(InvalidFlowToken):  # another process's (another secret's) token
+    with pytest.raises(InvalidFlowToken):  # another node's (another secret's) token
         FlowTokens(b"x" * 32).decode(token)
+
+
+def test_a_connection_token_of_an_earlier_process_is_stale_not_forged() -> None:
+    """The key survives a restart, the connections do not: a token of the process before verifies
+    but is :class:`StaleFlowToken` (430, RFC 5626 §5.3) and never yields a connection id -- the new
+    process numbers its connections afresh, and its connection 21 is someone else."""
+    before, after = FlowTokens(b"k" * 32), FlowTokens(b"k" * 32)
+    token = before.encode(WALTER_FLOW)
+    with pytest.raises(StaleFlowToken) as stale:
+        after.decode(token, LOCAL_WSS)
+    assert stale.value.status == 430 and stale.value.flow == Flow(LOCAL_WSS, WALTER)  # no connection id
+    assert after.looks_like(token)
+    # a UDP token has no connection to lose: it still verifies after the restart
+    udp = before.encode(ALICE_FLOW)
+    assert after.decode(udp, ALICE_FLOW.local) == ALICE_FLOW
+
+
+def test_an_earlier_layout_connection_token_is_ours_and_refused() -> None:
+    """Version 1 tokens (a per-process key, no incarnation) still look like ours after an upgrade,
+    so they are refused (403), not taken for a user at this address."""
+    import base64
+
+    v1 = base64.urlsafe_b64encode(bytes([1, 0]) + bytes(10) + bytes([127, 0, 0, 1]) + bytes(10)).rstrip(b"=").decode()
+    tokens = FlowTokens(b"k" * 32)
+    assert tokens.looks_like(v1)
+    with pytest.raises(InvalidFlowToken) as forged:
+        tokens.decode(v1)
+    assert forged.value.status == 403
 
 
 # -- WebSocket caller, UDP callee -------------------------------------------------------------------
@@ -194,6 +222,45 @@ def test_closed_flow_gives_430_flow_failed(world: World) -> None:
     sent = world.receive(bob_bye, BOB_FLOW)
     final = only(sent, lambda s: s.is_response())
     assert final.message.status == 430 and final.remote == Endpoint("UDP", "192.0.2.10", 5062)
+
+
+def test_a_token_of_the_process_before_a_restart_gets_430(world: World) -> None:
+    """RFC 5626 §5.3 / §11.5: Bob's BYE names Walter's WebSocket connection, which died with the
+    process that made the token (same node key): 430 Flow Failed, and nothing is sent anywhere."""
+    key = b"k" * 32
+    before = World(flow_tokens=FlowTokens(key))
+    before.sender.listeners["WSS"] = LOCAL_WSS
+    before.node.add_local_endpoint(LOCAL_WSS)
+    before.register()
+    fwd = only(before.receive(ws_invite("bob"), WALTER_FLOW), lambda s: s.is_request("INVITE")).message
+    after = World(flow_tokens=FlowTokens(key))  # the restarted node: a new incarnation
+    after.sender.listeners["WSS"] = LOCAL_WSS
+    after.node.add_local_endpoint(LOCAL_WSS)
+    bob_bye = callee_request("BYE", fwd, via="SIP/2.0/UDP 192.0.2.10:5062", target="sip:w4lt3r@df7jal23ls0d.invalid")
+    final = only(after.receive(bob_bye, BOB_FLOW))
+    assert final.is_response(430) and final.message.reason == "Flow Failed"
+    assert final.remote == Endpoint("UDP", "192.0.2.10", 5062)
+    assert not any(s.is_request() for s in after.sender.sent)
+
+
+def test_a_tcp_token_of_the_process_before_a_restart_falls_back_to_a_routable_contact() -> None:
+    """As for a connection this process saw close: a TCP/TLS client with a dialable Request-URI is
+    dialled there (RFC 3261 §18), with no connection id from the token (it is not ours)."""
+    key = b"k" * 32
+    bob_tls = Flow(Endpoint("TLS", "127.0.0.1", 5061), Endpoint("TLS", "192.0.2.10", 40001), 31)
+    worlds = []
+    for _ in range(2):
+        w = World(flow_tokens=FlowTokens(key))
+        w.sender.listeners["TLS"] = Endpoint("TLS", "127.0.0.1", 5061)
+        w.node.add_local_endpoint(Endpoint("TLS", "127.0.0.1", 5061))
+        worlds.append(w)
+    before, after = worlds
+    before.register(contacts=("<sip:bob@192.0.2.10:5061;transport=tls>",), flow=bob_tls)
+    fwd = only(before.receive(invite(), ALICE_FLOW), lambda s: s.is_request("INVITE")).message
+    ok = only(before.receive(answer(fwd, 200, contact="<sip:bob@192.0.2.10:5061;transport=tls>"), bob_tls)).message
+    out = only(after.receive(in_dialog("BYE", ok, cseq=2, branch="z9hG4bKtls2"), ALICE_FLOW))
+    assert out.is_request("BYE") and out.remote == Endpoint("TLS", "192.0.2.10", 5061)
+    assert out.destination.flow is None and not out.destination.flow_only
 
 
 def test_forged_token_gets_403(world: World) -> None:

@@ -16,6 +16,7 @@ from ..location import Binding, binding_destination
 from ..sip.endpoint import Destination, Endpoint, Flow
 from ..sip.message import Request, Response
 from ..sip.uri import URI, SipURI, parse_uri
+from .flowtoken import InvalidFlowToken, StaleFlowToken
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..auth import AuthOutcome
@@ -95,7 +96,8 @@ class RouteState:
         self.dropped = False  # drop(): no reply at all
         self.reply: Response | None = None  # in failure_route: the winning reply
         self.auth: AuthOutcome | None = None  # the last www_authorize / proxy_authorize
-        self.flow_error = False  # loose_route() popped a Route with a forged flow token (403)
+        # loose_route() popped a Route with a forged (403) or stale (430) flow token
+        self.flow_error: InvalidFlowToken | StaleFlowToken | None = None
         self.flow_destination: Destination | None = None  # loose_route(): the flow a token named
         # the Request-URI (and $du) relayed to: failure_route does not try it again (ruri consumed)
         self.ruri_consumed: tuple[str, str | None] | None = None

@@ -6,12 +6,14 @@ behind NAT.
 A token is ``base64url(payload || mac)`` without padding (only unreserved URI characters, so it
 survives as a URI user part unescaped). Two kinds, told apart by their length:
 
-* **connection** tokens (TCP, TLS, WS, WSS): ``payload`` = version (1 byte, 1) | transport (1 byte) |
-  connection id (8 bytes, the transport manager's id) | remote port (2 bytes) | remote address (4
-  or 16 bytes). Connection ids are numbered afresh by every process, so these tokens are signed
-  with a key that is the node's key mixed with a random per-process value: they die with the
-  process, as the connections they name do (a stale one is refused, never sent down another
-  client's connection that got the same id).
+* **connection** tokens (TCP, TLS, WS, WSS): ``payload`` = version (1 byte, 3) | transport (1 byte) |
+  incarnation (4 bytes) | connection id (8 bytes, the transport manager's id) | remote port (2 bytes)
+  | remote address (4 or 16 bytes). Connection ids are numbered afresh by every process, so the
+  token also carries the process's *incarnation*, 4 random bytes drawn at start: a token of an
+  earlier process (a restart, an upgrade) still verifies -- the node's key survives -- but names a
+  connection that died with that process, which RFC 5626 §5.3 answers with 430 Flow Failed
+  (:class:`StaleFlowToken`); it is never sent down another client's connection that got the same
+  id. (Version 1, the earlier per-process-key layout, cannot be verified any more: 403.)
 * **UDP** tokens: ``payload`` = version (1 byte, 2) | remote port (2 bytes) | remote address (4 or
   16 bytes) -- the address the client really sends from, its NAT binding. The MAC also covers the
   listener the token faces, i.e. the ``transport:host:port`` of the Record-Route URI the token sits
@@ -23,7 +25,8 @@ survives as a URI user part unescaped). Two kinds, told apart by their length:
 
 ``mac`` = the first 10 bytes of HMAC-SHA256. A token is stateless (the node keeps no table of them)
 and cannot be forged or altered (403 when its MAC is wrong, as RFC 5626 §5.3 says for a tampered
-token). A valid token for a connection that has closed gives 430 Flow Failed at the transport.
+token). A valid token for a connection that has closed gives 430 Flow Failed (§5.3, §11.5): at the
+transport when this process closed it, at :meth:`FlowTokens.decode` when an earlier process had it.
 """
 
 from __future__ import annotations
@@ -39,25 +42,45 @@ from pathlib import Path
 
 from ..sip.endpoint import Endpoint, Flow
 
-__all__ = ["FlowTokens", "InvalidFlowToken", "load_key", "KEY_FILE"]
+__all__ = ["FlowTokens", "InvalidFlowToken", "StaleFlowToken", "load_key", "KEY_FILE"]
 
-_CONNECTION = 1
+_CONNECTION_V1 = 1  # the layout without incarnation: recognised (ours) but never verified
 _UDP = 2
+_CONNECTION = 3
 _TRANSPORTS = ("TCP", "TLS", "WS", "WSS")
-_HEAD = struct.Struct(">BBQH")
+_HEAD = struct.Struct(">BB4sQH")
+_V1_HEAD_SIZE = 12
 _UDP_HEAD = struct.Struct(">BH")
 _MAC_LEN = 10
 _CONN_LENGTHS = (_HEAD.size + 4 + _MAC_LEN, _HEAD.size + 16 + _MAC_LEN)
+_V1_LENGTHS = (_V1_HEAD_SIZE + 4 + _MAC_LEN, _V1_HEAD_SIZE + 16 + _MAC_LEN)
 _UDP_LENGTHS = (_UDP_HEAD.size + 4 + _MAC_LEN, _UDP_HEAD.size + 16 + _MAC_LEN)
 # lengths of the base64url text of those, without padding
-_TEXT_LENGTHS = frozenset((n * 4 + 2) // 3 for n in _CONN_LENGTHS + _UDP_LENGTHS)
+_TEXT_LENGTHS = frozenset((n * 4 + 2) // 3 for n in _CONN_LENGTHS + _V1_LENGTHS + _UDP_LENGTHS)
 
 KEY_FILE = "flow-token.key"
 """The file in ``node.state_dir`` that keeps the key when no ``flow_token_secret`` is configured."""
 
 
 class InvalidFlowToken(ValueError):
-    """A user part that has the shape of one of our flow tokens but whose MAC does not verify."""
+    """A user part that has the shape of one of our flow tokens but whose MAC does not verify: forged
+    or altered, answered 403 (RFC 5626 §5.3)."""
+
+    status = 403
+    reason = "Invalid Flow Token"
+
+
+class StaleFlowToken(ValueError):
+    """A genuine connection token of an earlier process of this node: the connection it names is gone
+    with that process, answered 430 Flow Failed (RFC 5626 §5.3, §11.5) unless the request can go
+    elsewhere. ``flow`` is what it named, without a connection id (none of ours is that one)."""
+
+    status = 430
+    reason = "Flow Failed"
+
+    def __init__(self, user: str, flow: Flow) -> None:
+        super().__init__(user)
+        self.flow = flow
 
 
 def _listener(local: Endpoint) -> bytes:
@@ -67,14 +90,13 @@ def _listener(local: Endpoint) -> bytes:
 
 
 class FlowTokens:
-    """Makes and checks the flow tokens of one node. ``secret`` is the node's key (random unless
-    given: then nothing survives a restart); connection tokens use it mixed with a per-process
-    random value."""
+    """Makes and checks the flow tokens of one node (one process). ``secret`` is the node's key
+    (random unless given: then nothing survives a restart, and an earlier process's token is 403,
+    not 430); connection tokens carry a random incarnation drawn here."""
 
     def __init__(self, secret: bytes | None = None) -> None:
-        key = secret if secret is not None else os.urandom(32)
-        self._key = key
-        self._conn_key = hashlib.sha256(b"connections|" + key + os.urandom(16)).digest()
+        self._key = secret if secret is not None else os.urandom(32)
+        self._incarnation = os.urandom(4)
 
     def encode(self, flow: Flow | None, local: Endpoint | None = None) -> str | None:
         """The token naming ``flow``; None when it is not a flow we can name (no id, a remote
@@ -95,9 +117,9 @@ class FlowTokens:
         else:
             if remote.transport not in _TRANSPORTS:
                 return None
-            payload = _HEAD.pack(_CONNECTION, _TRANSPORTS.index(remote.transport), flow.connection_id,
-                                 remote.port) + address
-            mac = self._mac(self._conn_key, payload)
+            payload = _HEAD.pack(_CONNECTION, _TRANSPORTS.index(remote.transport), self._incarnation,
+                                 flow.connection_id, remote.port) + address
+            mac = self._mac(self._key, payload)
         return base64.urlsafe_b64encode(payload + mac).rstrip(b"=").decode("ascii")
 
     @staticmethod
@@ -111,9 +133,10 @@ class FlowTokens:
 
     def decode(self, user: str | None, local: Endpoint | None = None) -> Flow | None:
         """The flow named by the URI user part ``user``; None when ``user`` is not a token at all;
-        raises :class:`InvalidFlowToken` when it looks like one but fails the MAC. ``local`` is the
-        listener the URI holding the token names: it becomes the flow's local endpoint, and a UDP
-        token is checked against it (without it, a UDP token cannot verify)."""
+        raises :class:`InvalidFlowToken` when it looks like one but fails the MAC, and
+        :class:`StaleFlowToken` for a connection of an earlier process. ``local`` is the listener the
+        URI holding the token names: it becomes the flow's local endpoint, and a UDP token is
+        checked against it (without it, a UDP token cannot verify)."""
         raw = _raw(user)
         if raw is None:
             return None
@@ -124,13 +147,16 @@ class FlowTokens:
             _, port = _UDP_HEAD.unpack_from(payload)
             host = _address(payload[_UDP_HEAD.size:])
             return Flow(local, Endpoint("UDP", host, port))
-        if not hmac.compare_digest(mac, self._mac(self._conn_key, payload)):
+        if raw[0] == _CONNECTION_V1 or not hmac.compare_digest(mac, self._mac(self._key, payload)):
             raise InvalidFlowToken(user)
-        _, kind, cid, port = _HEAD.unpack_from(payload)
+        _, kind, incarnation, cid, port = _HEAD.unpack_from(payload)
         host = _address(payload[_HEAD.size:])
         transport = _TRANSPORTS[kind]
         remote = Endpoint(transport, host, port)
-        return Flow(local if local is not None else Endpoint(transport, "0.0.0.0", 0), remote, cid)
+        local = local if local is not None else Endpoint(transport, "0.0.0.0", 0)
+        if incarnation != self._incarnation:
+            raise StaleFlowToken(user or "", Flow(local, remote))
+        return Flow(local, remote, cid)
 
 
 def _address(packed: bytes) -> str:
@@ -148,6 +174,8 @@ def _raw(user: str | None) -> bytes | None:
     if raw[0] == _UDP:
         return raw if len(raw) in _UDP_LENGTHS else None
     if raw[0] == _CONNECTION and len(raw) in _CONN_LENGTHS and raw[1] < len(_TRANSPORTS):
+        return raw
+    if raw[0] == _CONNECTION_V1 and len(raw) in _V1_LENGTHS and raw[1] < len(_TRANSPORTS):
         return raw
     return None
 

@@ -85,14 +85,31 @@ class Forwarder:
         if flow.connection_id is None:
             return Destination(remote, flow)
         flow = Flow(self.sender.local_endpoint(remote.transport, remote) or flow.local, remote, flow.connection_id)
-        if remote.transport in ("TCP", "TLS") and isinstance(ruri, SipURI) and "ob" not in ruri.params:
-            fallback = uri_destination(ruri)
-            # a phone that registered a UDP Contact over TCP is reached at it once the connection
-            # has closed; a TLS flow never falls back to a transport in clear
-            if not fallback.flow_only and (fallback.remote.transport == remote.transport
-                                           or (remote.transport, fallback.remote.transport) == ("TCP", "UDP")):
-                return Destination(fallback.remote, flow)
+        fallback = self._contact_fallback(remote.transport, ruri)
+        if fallback is not None:
+            return Destination(fallback, flow)
         return Destination(remote, flow, flow_only=True)
+
+    def stale_flow_destination(self, flow: Flow, ruri: URI) -> Destination | None:
+        """Where a request goes whose Route named a connection of an earlier process of this node
+        (:class:`~edgeproxy.proxy.flowtoken.StaleFlowToken`): as :meth:`flow_destination` once that
+        connection has closed -- the Request-URI when a TCP/TLS client can be dialled there, else
+        None: the request gets 430 Flow Failed (RFC 5626 §5.3, §11.5)."""
+        fallback = self._contact_fallback(flow.remote.transport, ruri)
+        return Destination(fallback) if fallback is not None else None
+
+    @staticmethod
+    def _contact_fallback(transport: str, ruri: URI) -> Endpoint | None:
+        """Where a TCP/TLS client whose connection is gone is dialled (RFC 3261 §18): its Request-URI
+        when routable over the same transport (or UDP from TCP); never for an outbound (``ob``) or
+        ``.invalid`` contact, and a TLS flow never falls back to a transport in clear."""
+        if transport not in ("TCP", "TLS") or not isinstance(ruri, SipURI) or "ob" in ruri.params:
+            return None
+        fallback = uri_destination(ruri)
+        if not fallback.flow_only and (fallback.remote.transport == transport
+                                       or (transport, fallback.remote.transport) == ("TCP", "UDP")):
+            return fallback.remote
+        return None
 
     # -- sending -------------------------------------------------------------------------------------
     def send(self, destination: Destination, message: Message) -> "Deferred[Flow]":

@@ -26,7 +26,7 @@ from ..logcontext import message_context
 from ..proxy.context import Branch, RouteState
 from ..proxy.dialogs import DialogKeeper
 from ..proxy.flood import FloodDetector
-from ..proxy.flowtoken import InvalidFlowToken
+from ..proxy.flowtoken import InvalidFlowToken, StaleFlowToken
 from ..proxy.forwarding import Forwarder
 from ..proxy.hops import loose_route
 from ..proxy.identity import LocalIdentity
@@ -196,16 +196,17 @@ class RouteVerbs(DispatcherVerbs, TmVerbs, PermissionVerbs):
 
     # -- relaying ------------------------------------------------------------------------------------
     def relay(self, route: RouteState) -> bool:
-        """``t_relay()``: 483 when Max-Forwards is spent, 403 for a forged flow token (RFC 5626
-        §5.3); in a failure route the Request-URI already tried is not tried again unless the route
-        changed it (OpenSIPS/Kamailio "ruri consumed"); False when nothing could be relayed."""
+        """``t_relay()``: 483 when Max-Forwards is spent, 403 for a forged flow token and 430 for one
+        whose connection is gone with an earlier process (RFC 5626 §5.3); in a failure route the
+        Request-URI already tried is not tried again unless the route changed it (OpenSIPS/Kamailio
+        "ruri consumed"); False when nothing could be relayed."""
         request = route.request
         ctx = route.ctx
         in_failure_route = ctx is not None and ctx.failure_running
         if route.replied or (route.relayed and not in_failure_route):
             return False
-        if route.flow_error:
-            self.reply(route, 403, "Invalid Flow Token", False)  # (nothing for an ACK)
+        if route.flow_error is not None:
+            self.reply(route, route.flow_error.status, route.flow_error.reason, False)  # (nothing for an ACK)
             return False
         if request.max_forwards == 0:
             self.reply(route, 483, "Too Many Hops", False)
@@ -226,7 +227,8 @@ class RouteVerbs(DispatcherVerbs, TmVerbs, PermissionVerbs):
         a flow token naming another connection than the one the request came on, the request goes
         over that connection (it is heading back to the client behind it); a token naming the
         arrival connection means the request comes from that client and is routed as usual. A
-        token that fails its MAC gets 403 at ``t_relay``."""
+        token that fails its MAC gets 403 at ``t_relay``; one naming a connection of an earlier
+        process goes to the Request-URI when a TCP/TLS client can be dialled there, else 430."""
         popped: list[SipURI] = []
         routed = loose_route(route.request, self.identity.is_myself, popped, self.forwarder.is_flow_token)
         source = route.source
@@ -235,17 +237,25 @@ class RouteVerbs(DispatcherVerbs, TmVerbs, PermissionVerbs):
                 continue  # our plain Record-Route entry: no token
             try:
                 flow = self.forwarder.flow_tokens.decode(uri.user, uri_endpoint(uri))
-            except InvalidFlowToken:
-                log.info("{method} {call_id} from {src}: Route with a forged or stale flow token",
+            except InvalidFlowToken as exc:
+                log.info("{method} {call_id} from {src}: Route with a forged flow token",
                          method=route.request.method, **message_context(route.request), src=source.remote)
-                route.flow_error = True
+                route.flow_error = exc
+                break
+            except StaleFlowToken as exc:
+                route.flow_destination = self.forwarder.stale_flow_destination(exc.flow, route.request.uri)
+                if route.flow_destination is None:
+                    log.info("{method} {call_id} from {src}: Route names {flow}, a connection gone with a restart",
+                             method=route.request.method, **message_context(route.request), src=source.remote,
+                             flow=exc.flow.remote)
+                    route.flow_error = exc
                 break
             if flow is None or (flow.connection_id == source.connection_id
                                 and (flow.connection_id is not None or flow.remote == source.remote)):
                 continue  # the client behind this flow sent the request: routed as usual
             route.flow_destination = self.forwarder.flow_destination(flow, route.request.uri)
             break
-        if routed and popped and not route.flow_error and self.dialogs is not None:
+        if routed and popped and route.flow_error is None and self.dialogs is not None:
             self.dialogs.match(route)  # OpenSIPS: loose_route() matches the dialog of what it routes
         return routed
 
