@@ -317,59 +317,6 @@ def test_prober_mode_0_probes_only_probing_destinations() -> None:
     prober.stop()
 
 
-class FakeCluster:
-    """Stands in for edgeproxy.cluster.Cluster's capability messaging (the real link is tested with two
-    nodes in test_dispatcher_node.py)."""
-
-    def __init__(self, my_node_id: int, up: list[int]) -> None:
-        self.my_node_id = my_node_id
-        self.up = up
-        self.handlers: dict = {}
-        self.sent: list = []
-
-    def register_capability(self, name, handler) -> None:
-        self.handlers[name] = handler
-
-    def send_all(self, cluster_id, capability, payload) -> int:
-        self.sent.append((cluster_id, capability, payload))
-        return len(self.up)
-
-    def up_nodes(self, cluster_id=None):
-        from types import SimpleNamespace
-
-        return tuple(SimpleNamespace(node_id=n) for n in self.up)
-
-
-def test_distributed_probing_shares_the_destinations_out_and_takes_over_when_a_node_goes() -> None:
-    from edgeproxy.dispatcher.clustering import DispatcherReplication
-
-    rows = tuple({"setid": 1, "destination": f"sip:10.0.0.{i}"} for i in range(1, 31))
-    settings = DispatcherSettings(destinations=rows, cluster_probing_mode="distributed")
-    mine = []
-    for node_id, others in ((1, [2, 3]), (2, [1, 3]), (3, [1, 2])):
-        rep = DispatcherReplication(Dispatcher(settings), FakeCluster(node_id, others), 1)
-        mine.append({d.uri for d in rep.dispatcher.table.destinations() if rep.responsible(d)})
-    assert set().union(*mine) == {r["destination"] for r in rows}
-    assert sum(len(m) for m in mine) == 30 and all(m for m in mine)  # each destination exactly once
-    alone = DispatcherReplication(Dispatcher(settings), FakeCluster(1, []), 1)
-    assert all(alone.responsible(d) for d in alone.dispatcher.table.destinations())
-
-
-def test_replication_sends_local_changes_and_applies_remote_ones_without_echo() -> None:
-    from edgeproxy.dispatcher.clustering import CAPABILITY, DispatcherReplication
-
-    cluster = FakeCluster(1, [2])
-    ds = Dispatcher(DispatcherSettings(destinations=tuple(ROWS)))
-    DispatcherReplication(ds, cluster, 1)
-    ds.set_state(ds.table.find(1, "sip:127.0.0.21:5060"), "i", "MI command")
-    assert cluster.sent == [(1, CAPABILITY, '{"setid": 1, "uri": "sip:127.0.0.21:5060", "state": 1}')]
-    cluster.handlers[CAPABILITY](1, 2, '{"setid": 1, "uri": "sip:127.0.0.22:5060", "state": 2}')
-    assert ds.table.find(1, "sip:127.0.0.22:5060").state_name == "Probing"
-    cluster.handlers[CAPABILITY](1, 2, "not json")
-    cluster.handlers[CAPABILITY](1, 2, '{"setid": 9, "uri": "sip:x", "state": 1}')
-    assert len(cluster.sent) == 1  # what came from a peer is not sent on
-
-
 def test_mi_commands_shapes_and_errors() -> None:
     from types import SimpleNamespace
 

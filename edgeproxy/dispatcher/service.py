@@ -15,7 +15,7 @@ The selection logic itself is pure (:mod:`.select`); what a route asks is answer
 from __future__ import annotations
 
 import random
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.logger import Logger
@@ -24,12 +24,14 @@ from twisted.python.failure import Failure
 from .settings import DispatcherSettings
 from .table import INACTIVE, PROBING, Destination, DispatcherTable, build_table
 
-__all__ = ["Dispatcher", "StateListener", "RowLoader", "Resolver"]
+__all__ = ["Dispatcher", "StateListener", "ReloadListener", "RowLoader", "Resolver"]
 
 log = Logger(namespace="edgeproxy.dispatcher")
 
 #: Told of every local state change: (set id, destination URI, new state bits).
 StateListener = Callable[[int, str, int], None]
+#: Told when ``ds_reload`` swapped a new table in.
+ReloadListener = Callable[[], None]
 #: Reads the rows again (the ``dispatcher`` table); fires with dicts of OpenSIPS's columns.
 RowLoader = Callable[[], "Deferred[list[dict[str, Any]]]"]
 #: The IP addresses a destination named by a host name stands for (the node's RFC 3263 locator).
@@ -53,11 +55,15 @@ class Dispatcher:
         self.stats: dict[str, int] = {"state_changes": 0, "selections": 0, "failovers": 0, "reloads": 0,
                                       "bad_rows": 0, "probes_sent": 0, "probe_replies": 0, "probe_failures": 0}
         self._listeners: list[StateListener] = []
+        self._reload_listeners: list[ReloadListener] = []
         if load_rows is None:
             self.load(settings.destinations)
 
-    def subscribe(self, listener: StateListener) -> None:
+    def subscribe(self, listener: StateListener, reloaded: ReloadListener | None = None) -> None:
+        """Tell ``listener`` of every local state change, and ``reloaded`` of every ``ds_reload``."""
         self._listeners.append(listener)
+        if reloaded is not None:
+            self._reload_listeners.append(reloaded)
 
     # -- loading -------------------------------------------------------------------------------------
     def load(self, rows: Sequence[Mapping[str, Any]], inherit_state: bool = True) -> int:
@@ -110,6 +116,11 @@ class Dispatcher:
         n = self.load(rows, inherit_state)
         self.stats["reloads"] += 1
         log.info("dispatcher: {n} destinations in {sets} sets loaded", n=n, sets=len(self.table.sets))
+        for listener in list(self._reload_listeners):
+            try:
+                listener()
+            except Exception:
+                log.failure("dispatcher: a reload listener failed")
         return n
 
     # -- state ---------------------------------------------------------------------------------------
@@ -157,6 +168,29 @@ class Dispatcher:
             dest.failure_count = 0
         self._changed(dest, before, f"replicated from {node}", share=False)
         return True
+
+    def apply_synced(self, states: Iterable[tuple[int, str, int]]) -> tuple[int, list[str]]:
+        """States a peer sent in a cluster sync (OpenSIPS: at start-up and after ``ds_reload``, from a
+        donor): copied as they are, without the threshold, without telling the listeners, and
+        without a log line each (``sync from cluster: state copied, no event``) -- the caller logs
+        the sync once. The number of destinations found, and ``set:uri old -> new`` of those whose
+        state it changed."""
+        found, changes = 0, []
+        for setid, uri, flags in states:
+            dest = self.table.find(setid, uri)
+            if dest is None:
+                continue
+            found += 1
+            flags &= INACTIVE | PROBING
+            if dest.flags == flags:
+                continue
+            before = dest.state_name
+            dest.flags = flags
+            if not flags:
+                dest.failure_count = 0
+            changes.append(f"{setid}:{dest.uri} {before} -> {dest.state_name}")
+        self.stats["state_changes"] += len(changes)
+        return found, changes
 
     def _changed(self, dest: Destination, before: str, reason: str, share: bool) -> None:
         self.stats["state_changes"] += 1
