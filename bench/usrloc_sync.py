@@ -10,7 +10,9 @@ starts node X (127.0.0.11), which asks Y for its table as soon as the cluster li
 from the two nodes' log lines: the donor's time to serialise and send, X's time from its request to
 the end marker, contacts, bytes and bytes per contact, the time from X's start to the sync's end, and
 the CPU seconds X (start-up included) and Y used meanwhile -- on a shared machine the CPU time says
-more than the wall time.
+more than the wall time -- the load average, and what the heartbeat saw during the sync: pings
+retried, nodes declared DOWN (flow control keeps both at 0), and which node asked which for its
+table (only X should: Y is synced).
 Loopback only; both nodes are stopped by their own PID.
 """
 
@@ -31,7 +33,6 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from processes import Children, Proxy  # noqa: E402
 from procfs import free_port_on, log  # noqa: E402
-
 from support.registrations import Registration, register_many  # noqa: E402
 
 X_IP, Y_IP = "127.0.0.11", "127.0.0.12"
@@ -75,14 +76,20 @@ def main() -> int:
             time.sleep(0.05)
         after_start = time.monotonic() - started
         x_cpu, y_cpu = x.cpu() or 0.0, (y.cpu() or 0.0) - y_cpu0
-        donor = next((t for t in y.log_since(0).splitlines() if "usrloc: sent" in t), "")
+        time.sleep(1.0)  # a DOWN would come within ping_timeout after the sync's last chunk
+        logs = {"X": x.log_since(0), "Y": y.log_since(0)}
+        heartbeat = " ".join(f"{name}: {text.count('is DOWN')} DOWN, {text.count('not answering')} retries, "
+                             f"{text.count('for its location table')} sync requests"
+                             for name, text in logs.items())
+        donor = next((t for t in logs["Y"].splitlines() if "usrloc: sent" in t), "")
         log(f"DONOR {donor.split('] ', 1)[-1]}")
         log(f"SYNCED {line.split('] ', 1)[-1]}")
         m = re.search(r"synced (\d+) contacts .* in (\d+) ms \((\d+) bytes, (\d+) bytes per contact", line)
         if m:
             log(f"RESULT contacts={m.group(1)} sync_ms={m.group(2)} bytes={m.group(3)} bytes_per_contact={m.group(4)} "
                 f"x_start_to_synced_s={after_start:.2f} x_cpu_s={x_cpu:.2f} y_cpu_s={y_cpu:.2f} (X's figures include "
-                f"twistd's start-up; Y's its donation)")
+                f"twistd's start-up; Y's its donation) loadavg={Path('/proc/loadavg').read_text().split()[0]}")
+            log(f"HEARTBEAT {heartbeat}")
         else:
             log(f"RESULT no sync seen within 300 s (see {outdir})")
     finally:

@@ -393,7 +393,7 @@ def _replication(config: NodeConfiguration, reactor: Any, location: InMemoryLoca
     from .usrloc.replication import Replication
 
     return Replication(location, journal, cluster, config.cluster.cluster_id, use_domain=config.registrar.use_domain,
-                       clock=reactor)
+                       clock=reactor, fallback=cluster.seed_fallback_interval)
 
 
 def state_directory(config: NodeConfiguration, environ: Mapping[str, str] = os.environ) -> str:

@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 import pytest
 import pytest_twisted
+from support.ports import free_port
 from twisted.internet import reactor, task
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.error import ConnectionClosed
@@ -25,7 +26,6 @@ from twisted.protocols import amp
 
 from edgeproxy.cluster import Cluster, LinkState, NodeInfo
 from edgeproxy.cluster.link import Ping, PingRefused
-from support.ports import free_port
 
 A, B, C = "127.0.0.11", "127.0.0.12", "127.0.0.13"
 INTERVAL, TIMEOUT, RETRIES = 0.2, 0.1, 3
@@ -390,7 +390,7 @@ async def test_subscriber_errors_are_logged_not_raised(running, logs) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_refusals_are_logged_at_most_once_per_interval_per_source(running, logs, monkeypatch) -> None:
-    import edgeproxy.cluster.cluster as cluster_module
+    import edgeproxy.cluster.admission as cluster_module
     monkeypatch.setattr(cluster_module, "REFUSAL_LOG_INTERVAL", 0.3)
     port = free_port(A, B)
     a = Cluster(reactor, 1, table(port), **FAST)
@@ -406,3 +406,23 @@ async def test_refusals_are_logged_at_most_once_per_interval_per_source(running,
     client = await _client_from("127.0.0.98", port)  # another source has its own budget
     await _closed(client)
     assert logs.has("refused link from 127.0.0.98")
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_acknowledged_chunk_fires_once_the_peer_handled_it(running) -> None:
+    """``send_acked`` (a bulk sync's chunks): the Deferred fires after the peer's capability handler
+    ran on the data; None without a link to that node."""
+    port = free_port(A, B)
+    rows = table(port)
+    a, b = Cluster(reactor, 1, rows, **FAST), Cluster(reactor, 2, rows, **FAST)
+    handled: list[tuple[int, int, str]] = []
+    b.register_capability("bulk", lambda c, n, payload: handled.append((c, n, payload)))
+    assert a.send_acked(1, 2, "bulk", "early") is None  # not started: no link
+    await running(a, b)
+    await wait_until(all_up(a, b), 2.0, "both up")
+    sent = [a.send_acked(1, 2, "bulk", f"chunk {i} " + "x" * 30_000) for i in range(3)]
+    assert all(d is not None for d in sent)
+    await sent[0]
+    assert len(handled) >= 1 and handled[0][:2] == (1, 1) and handled[0][2].startswith("chunk 0 ")
+    await sent[2]
+    assert [p.split(" ", 2)[1] for _, _, p in handled] == ["0", "1", "2"]

@@ -11,12 +11,14 @@ from __future__ import annotations
 import json
 from typing import Any, Callable
 
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ConnectionLost
 from twisted.internet.task import Clock
 
 from edgeproxy.location import Binding, ChangeJournal, InMemoryLocation
 from edgeproxy.sip import parse_uri
 from edgeproxy.sip.endpoint import Endpoint, Flow
-from edgeproxy.usrloc.replication import MAX_PAYLOAD, Replication, decode_binding, merge
+from edgeproxy.usrloc.replication import MAX_PAYLOAD, SYNC_IDLE, SYNC_WINDOW, Replication, decode_binding, merge
 from edgeproxy.usrloc.rows import connection_bound
 
 T0 = 1_700_000_000.0
@@ -70,13 +72,67 @@ class Link:
     def send_all(self, cluster_id: int, capability: str, payload: str) -> int:
         return int(self.send_to(cluster_id, self.peer.my_node_id if self.peer else 0, capability, payload))
 
+    def send_acked(self, cluster_id: int, node_id: int, capability: str, payload: str) -> Deferred | None:
+        return succeed(None) if self.send_to(cluster_id, node_id, capability, payload) else None
+
+
+class MeshLink(Link):
+    """A node's side of an in-memory cluster of several (``mesh``: every node's link by id). ``see``
+    tells its replication a peer's verdict as the cluster's heartbeat would; a ``deaf`` node drops
+    what it is sent (a hung donor); with ``slow`` the bulk chunks' acknowledgements wait for the
+    test (``acks``)."""
+
+    def __init__(self, node_id: int, mesh: dict[int, MeshLink]) -> None:
+        super().__init__(node_id)
+        self.mesh = mesh
+        mesh[node_id] = self
+        self.seen_up: set[int] = set()
+        self.subscribers: list[Callable[[int, bool], None]] = []
+        self.deaf = self.slow = False
+        self.acks: list[Deferred] = []
+        self.asked: list[int] = []  # the nodes this one sent a sync-req to
+
+    def subscribe(self, callback: Any) -> Callable[[], None]:
+        self.subscribers.append(callback)
+        return lambda: None
+
+    def see(self, node_id: int, up: bool) -> None:
+        (self.seen_up.add if up else self.seen_up.discard)(node_id)
+        for callback in self.subscribers:
+            callback(node_id, up)
+
+    def up_nodes(self, cluster_id: int | None = None) -> tuple[Row, ...]:
+        return tuple(Row(n) for n in sorted(self.seen_up))
+
+    def send_to(self, cluster_id: int, node_id: int, capability: str, payload: str) -> bool:
+        if node_id not in self.seen_up:
+            return False
+        if json.loads(payload)["t"] == "sync-req":
+            self.asked.append(node_id)
+        self.payloads.append(payload)
+        target = self.mesh[node_id]
+        if not target.deaf and target.handler is not None:
+            target.handler(cluster_id, self.my_node_id, payload)
+        return True
+
+    def send_all(self, cluster_id: int, capability: str, payload: str) -> int:
+        return sum(self.send_to(cluster_id, n, capability, payload) for n in sorted(self.seen_up))
+
+    def send_acked(self, cluster_id: int, node_id: int, capability: str, payload: str) -> Deferred | None:
+        if not self.send_to(cluster_id, node_id, capability, payload):
+            return None
+        if not self.slow:
+            return succeed(None)
+        self.acks.append(Deferred())
+        return self.acks[-1]
+
 
 class Node:
-    def __init__(self, node_id: int, clock: Clock) -> None:
+    def __init__(self, node_id: int, clock: Clock, link: Link | None = None) -> None:
         self.clock = clock
         self.journal = ChangeJournal()
         self.location = InMemoryLocation(clock, [self.journal])
-        self.link = Link(node_id)
+        self.link = link or Link(node_id)
         self.replication = Replication(self.location, self.journal, self.link, 1, use_domain=False, clock=clock)
 
     def save(self, *bindings: Binding) -> None:
@@ -218,6 +274,131 @@ def test_large_syncs_are_chunked_under_the_amp_limit() -> None:
     assert len(sync) > 2 and all(len(p) <= MAX_PAYLOAD for p in x.link.payloads)
     assert sync[-1]["t"] == "sync-end" and sync[-1]["contacts"] == 2000
     assert len(list(y.location.aors())) == 2000
+
+
+def mesh_of(clock: Clock, *node_ids: int) -> dict[int, Node]:
+    mesh: dict[int, MeshLink] = {}
+    nodes = {n: Node(n, clock, MeshLink(n, mesh)) for n in node_ids}
+    for node in nodes.values():
+        node.replication.start()
+    return nodes
+
+
+def link_up(a: Node, b: Node) -> None:
+    """The cluster link between ``a`` and ``b`` comes up (each sees the other UP)."""
+    a.link.see(b.link.my_node_id, True)
+    b.link.see(a.link.my_node_id, True)
+
+
+def test_only_the_starting_node_pulls_once_from_one_donor() -> None:
+    """OpenSIPS clusterer's sync: the node that starts asks one donor; the node that sees it come up
+    (synced: it found nobody when it started) does not pull back, nor does a flapping link pull again."""
+    clock = Clock()
+    clock.advance(T0)
+    y = mesh_of(clock, 2)[2]
+    y.save(b("alice"))
+    assert not y.replication.synced
+    clock.advance(5)  # nobody up within seed_fallback_interval: Y's table stands
+    assert y.replication.synced and y.link.asked == []
+    x = Node(1, clock, MeshLink(1, y.link.mesh))  # type: ignore[attr-defined]
+    x.replication.start()
+    link_up(x, y)
+    drain(clock)
+    assert x.link.asked == [2] and y.link.asked == []  # type: ignore[attr-defined]
+    assert x.replication.synced and x.contacts("alice") == y.contacts("alice") != []
+    for node, peer in ((x, 2), (y, 1)):  # the link flaps both ways
+        node.link.see(peer, False)  # type: ignore[attr-defined]
+        node.link.see(peer, True)  # type: ignore[attr-defined]
+    drain(clock)
+    assert x.link.asked == [2] and y.link.asked == []  # type: ignore[attr-defined]
+    assert y.replication.request_sync() == 1  # the MI's ul_cluster_sync still pulls on demand
+    drain(clock)
+    assert y.link.asked == [1]  # type: ignore[attr-defined]
+
+
+def test_a_silent_or_dead_donor_is_replaced_by_another() -> None:
+    clock = Clock()
+    clock.advance(T0)
+    nodes = mesh_of(clock, 1, 2)
+    x, y = nodes[1], nodes[2]
+    clock.advance(5)
+    y.save(b("bob"))
+    x.link.deaf = True  # type: ignore[attr-defined]  # X is hung: it never answers
+    late = []
+    for node_id in (3, 4):  # two nodes start while X and Y run: each asks one donor, the first up
+        node = Node(node_id, clock, MeshLink(node_id, x.link.mesh))  # type: ignore[attr-defined]
+        node.replication.start()
+        link_up(node, x)
+        link_up(node, y)
+        late.append(node)
+    z, w = late
+    assert z.link.asked == w.link.asked == [1] and x.link.asked == y.link.asked == []  # type: ignore[attr-defined]
+    w.link.see(1, False)  # type: ignore[attr-defined]  # X goes down as seen from W: Y is asked at once
+    drain(clock)
+    assert w.link.asked == [1, 2] and w.contacts("bob") == y.contacts("bob") != []  # type: ignore[attr-defined]
+    assert w.replication.synced
+    clock.advance(SYNC_IDLE - 1)
+    assert z.link.asked == [1] and not z.replication.synced  # type: ignore[attr-defined]
+    clock.advance(1)  # X sent nothing for SYNC_IDLE seconds: Z asks Y
+    drain(clock)
+    assert z.link.asked == [1, 2] and z.replication.synced  # type: ignore[attr-defined]
+    assert z.contacts("bob") == y.contacts("bob") != []
+
+
+def slow_donation() -> tuple[Clock, Node, Node, list[Deferred]]:
+    """X holds 3,000 AoRs (15 slices of a donation) and is synced; Y starts and asks X for them,
+    over a link whose chunks' acknowledgements the test gives (the list returned)."""
+    clock = Clock()
+    clock.advance(T0)
+    x = mesh_of(clock, 1)[1]
+    for i in range(3000):
+        x.save(b(f"u{i}"))
+    clock.advance(5)
+    y = Node(2, clock, MeshLink(2, x.link.mesh))  # type: ignore[attr-defined]
+    y.replication.start()
+    x.link.slow = True  # type: ignore[attr-defined]
+    link_up(x, y)
+    drain(clock)
+    return clock, x, y, x.link.acks  # type: ignore[attr-defined]
+
+
+def test_a_donation_keeps_few_chunks_unacknowledged() -> None:
+    """Flow control: a big sync never has more than SYNC_WINDOW chunks on the link unacknowledged by
+    the receiver, so the pings and the ordinary replication sharing the link pass between chunks."""
+    clock, x, y, acks = slow_donation()
+    assert len(acks) == SYNC_WINDOW  # and there it waits for the receiver
+    x.save(b("late"))  # ordinary replication is not held behind the sync
+    clock.advance(0.02)
+    assert y.contacts("late") == x.contacts("late") != []
+    most = 0
+    for _ in range(100):
+        waiting = [d for d in acks if not d.called]
+        most = max(most, len(waiting))
+        if not waiting:
+            break
+        waiting[0].callback(None)
+        drain(clock)
+    assert most == SYNC_WINDOW and len(acks) == 15
+    assert json.loads(x.link.payloads[-1])["t"] == "sync-end" and y.replication.synced
+    assert len(y.location.aors()) == 3001
+
+
+def test_a_donation_stops_when_its_link_is_lost() -> None:
+    """The receiver's link goes away mid-sync: the donor stops (no end marker), and sends the whole
+    table again when asked again."""
+    clock, x, y, acks = slow_donation()
+    for d in acks:
+        d.errback(ConnectionLost())
+    drain(clock)
+    assert len(acks) == SYNC_WINDOW and not any(json.loads(p)["t"] == "sync-end" for p in x.link.payloads)
+    assert x.replication.stats["sync_donations"] == 0
+    x.link.slow = False  # type: ignore[attr-defined]
+    x.link.see(2, False)  # type: ignore[attr-defined]
+    y.link.see(1, False)  # type: ignore[attr-defined]  # Y's donor went down: Y waits for another
+    link_up(x, y)  # back: Y, not synced yet, asks again
+    drain(clock)
+    assert y.link.asked == [1, 1] and x.replication.stats["sync_donations"] == 1  # type: ignore[attr-defined]
+    assert len(y.location.aors()) == 3000 and y.replication.synced
 
 
 def test_malformed_data_from_a_peer_is_counted_and_dropped() -> None:

@@ -27,7 +27,8 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .link import InboundLink, LinkFactory, Message, OutboundLink, Ping, PingRefused
+from .admission import RefusalLog, ping_problem
+from .link import Chunk, InboundLink, LinkFactory, Message, OutboundLink, Ping, PingRefused
 from .liveness import Effect, LinkState, NodeLiveness, SyncStatus
 from .nodes import BinAddress, NodeInfo, NodeTable, NodeTableError, normalize_ip, same_host
 
@@ -40,9 +41,6 @@ Subscriber = Callable[[int, bool], None]
 
 #: ``handler(cluster_id, node_id, payload)``: data a peer sent to a capability (:meth:`Cluster.send_all`).
 CapabilityHandler = Callable[[int, int, str], None]
-
-#: Seconds between two warnings about refused connections or pings from one source IP.
-REFUSAL_LOG_INTERVAL = 60.0
 
 
 class _OneLink(Factory):
@@ -131,7 +129,7 @@ class Cluster:
         self._capabilities: dict[str, CapabilityHandler] = {}
         self._inbound: set[InboundLink] = set()
         self._closing: dict[Any, Deferred] = {}
-        self._refusals: dict[str, tuple[float, int]] = {}
+        self._refused = RefusalLog(reactor)
         self._port: Any = None
         self._timer: Any = None
         self._running = False
@@ -248,11 +246,30 @@ class Cluster:
         row = self.table.get(cluster_id, node_id)
         return row is not None and self._send(row, cluster_id, capability, payload)
 
-    def _send(self, row: NodeInfo, cluster_id: int, capability: str, payload: str) -> bool:
-        """One :class:`Message` to ``row``'s node over our open link to it; False when there is none."""
+    def send_acked(self, cluster_id: int, node_id: int, capability: str, payload: str) -> Deferred | None:
+        """:meth:`send_to` as a :class:`~.link.Chunk`: a Deferred that fires once node ``node_id`` has
+        handled ``payload`` (fails when the link is lost first), for a bulk sender to keep only a few
+        in flight; None when there is no link to that node now."""
+        row = self.table.get(cluster_id, node_id)
+        link = self._link_to(row) if row is not None else None
+        if link is None:
+            return None
+        try:
+            return link.callRemote(Chunk, cluster_id=cluster_id, node_id=self.my_node_id, capability=capability,
+                                   payload=payload)
+        except Exception as exc:  # the link went away under us
+            log.debug("cluster: {cap} chunk to node {n} not sent: {why}", cap=capability, n=node_id, why=exc)
+            return None
+
+    def _link_to(self, row: NodeInfo) -> OutboundLink | None:
         peer = self._links.get(row.bin)
         link = peer.link if peer is not None else None
-        if link is None or link.transport is None:
+        return link if link is not None and link.transport is not None else None
+
+    def _send(self, row: NodeInfo, cluster_id: int, capability: str, payload: str) -> bool:
+        """One :class:`Message` to ``row``'s node over our open link to it; False when there is none."""
+        link = self._link_to(row)
+        if link is None:
             return False
         try:
             link.callRemote(Message, cluster_id=cluster_id, node_id=self.my_node_id, capability=capability,
@@ -508,23 +525,8 @@ class Cluster:
         ip = normalize_ip(host) or host
         if self._running and ip in self._admitted:
             return True
-        self._log_refusal(ip, "cluster: refused link from {ip}: not the address of a listed node", ip=ip)
+        self._refused.warn(ip, "cluster: refused link from {ip}: not the address of a listed node", ip=ip)
         return False
-
-    def _log_refusal(self, source: str, fmt: str, **kw: Any) -> None:
-        """Warn about a refused peer, at most once per :data:`REFUSAL_LOG_INTERVAL` per source IP
-        (a scanner must not flood the log); the next warning says how many were not logged."""
-        now = self._reactor.seconds()
-        last, hidden = self._refusals.get(source, (-math.inf, 0))
-        if now - last < REFUSAL_LOG_INTERVAL:
-            self._refusals[source] = (last, hidden + 1)
-            return
-        if len(self._refusals) > 1024:
-            self._refusals.clear()
-        self._refusals[source] = (now, 0)
-        if hidden:
-            fmt += " ({hidden} more refusals not logged)"
-        log.warn(fmt, hidden=hidden, **kw)
 
     def inbound_opened(self, link: InboundLink) -> None:
         self._inbound.add(link)
@@ -540,7 +542,7 @@ class Cluster:
         """Check a peer's ping (called by the inbound link); refuse and close on any mismatch."""
         problem = self._check_ping(link.peer_ip, cluster_id, node_id, to_node_id)
         if problem is not None:
-            self._log_refusal(link.peer_ip, "cluster: refused ping from {ip} (cluster {c}, node {n}): {problem}",
+            self._refused.warn(link.peer_ip, "cluster: refused ping from {ip} (cluster {c}, node {n}): {problem}",
                               ip=link.peer_ip, c=cluster_id, n=node_id, problem=problem)
             self._reactor.callLater(0, link.close)
             raise PingRefused(problem)
@@ -555,7 +557,7 @@ class Cluster:
         problem = self._check_ping(link.peer_ip, cluster_id, node_id, self.my_node_id)
         handler = self._capabilities.get(capability)
         if problem is not None or handler is None:
-            self._log_refusal(link.peer_ip, "cluster: ignored {cap} data from {ip} (node {n}): {problem}",
+            self._refused.warn(link.peer_ip, "cluster: ignored {cap} data from {ip} (node {n}): {problem}",
                               cap=capability, ip=link.peer_ip, n=node_id, problem=problem or "no such capability")
             return
         try:
@@ -566,22 +568,7 @@ class Cluster:
     def _check_ping(self, ip: str, cluster_id: int, node_id: int, to_node_id: int) -> str | None:
         if not self._running:
             return "node stopping"
-        if cluster_id not in self._my_rows:
-            return f"node {self.my_node_id} is not in cluster {cluster_id}"
-        if not self._my_rows[cluster_id].enabled:
-            return f"node {self.my_node_id} is disabled in cluster {cluster_id}"
-        if to_node_id != self.my_node_id:
-            return f"addressed to node {to_node_id}, this is node {self.my_node_id}"
-        if node_id == self.my_node_id:
-            return "claims this node's own id"
-        row = self.table.get(cluster_id, node_id)
-        if row is None:
-            return f"node {node_id} is not listed in cluster {cluster_id}"
-        if not row.enabled:
-            return f"node {node_id} is disabled"
-        if not same_host(row.bin.host, ip):
-            return f"node {node_id} is {row.url}, not {ip}"
-        return None
+        return ping_problem(self.table, self._my_rows, self.my_node_id, ip, cluster_id, node_id, to_node_id)
 
     # ---------------------------------------------------------------- helpers
 

@@ -18,7 +18,7 @@ from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
-__all__ = ["Ping", "PingRefused", "Message", "InboundLink", "OutboundLink", "LinkFactory", "PingHandler"]
+__all__ = ["Ping", "PingRefused", "Message", "Chunk", "InboundLink", "OutboundLink", "LinkFactory", "PingHandler"]
 
 log = Logger(namespace="edgeproxy.cluster")
 
@@ -61,6 +61,16 @@ class Message(amp.Command):
     response = []
     errors = {PingRefused: b"PING-REFUSED"}
     requiresAnswer = False
+
+
+class Chunk(Message):
+    """Bulk data for a capability (a chunk of a full table sync), answered once the receiver has
+    handled it. A bulk sender keeps only a few chunks unanswered (flow control): without it a
+    100,000-contact sync fills both sockets' buffers and the pings queued behind them arrive seconds
+    late -- a node declared down in the middle of its sync (issue 12). OpenSIPS clusterer has no such
+    window; its sync packets go out as fast as BIN can write them."""
+
+    requiresAnswer = True
 
 
 class PingHandler(Protocol):
@@ -122,6 +132,10 @@ class InboundLink(_QuietAMP):
     def message(self, cluster_id: int, node_id: int, capability: str, payload: str) -> dict[str, Any]:
         self.handler.message_received(self, cluster_id, node_id, capability, payload)
         return {}
+
+    @Chunk.responder
+    def chunk(self, cluster_id: int, node_id: int, capability: str, payload: str) -> dict[str, Any]:
+        return self.message(cluster_id, node_id, capability, payload)
 
 
 class OutboundLink(_QuietAMP):

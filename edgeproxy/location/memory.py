@@ -70,20 +70,7 @@ class InMemoryLocation:
 
     # -- LocationService -----------------------------------------------------------------------------
     def replace(self, aor: str, bindings: Sequence[Binding]) -> "Deferred[None]":
-        now = self.clock.seconds()
-        live = [b for b in bindings if b.expires_at > now]
-        record = self._records.get(aor)
-        if not live:
-            if record is not None:
-                self._drop(aor, record)
-            return succeed(None)
-        created = record is None
-        if record is None:
-            record = self._records[aor] = _Record()
-        self._set(aor, record, live)
-        self._schedule(aor, record)
-        if created:
-            self._emit("aor_created", aor)
+        self._put(aor, bindings, self.clock.seconds(), arm=True)
         return succeed(None)
 
     def replace_many(self, items: Iterable[tuple[str, Sequence[Binding]]]) -> int:
@@ -92,23 +79,8 @@ class InMemoryLocation:
         ``ul_cluster_sync``; issue 12 wants them in under 5 s). The number of AoRs holding bindings
         afterwards among ``items``."""
         now = self.clock.seconds()
-        records = self._records
-        written = 0
-        for aor, bindings in items:
-            live = [b for b in bindings if b.expires_at > now]
-            record = records.get(aor)
-            if not live:
-                if record is not None:
-                    self._drop(aor, record)
-                continue
-            created = record is None
-            if record is None:
-                record = records[aor] = _Record()
-            self._set(aor, record, live)
-            self._schedule(aor, record, arm=False)
-            written += 1
-            if created:
-                self._emit("aor_created", aor)
+        put = self._put
+        written = sum(put(aor, bindings, now, arm=False) for aor, bindings in items)
         self._arm()
         return written
 
@@ -215,6 +187,25 @@ class InMemoryLocation:
         live = [b for b in record.bindings if b.expires_at > now]
         live.sort(key=order_key)
         return live
+
+    def _put(self, aor: str, bindings: Sequence[Binding], now: float, *, arm: bool) -> bool:
+        """The one write of :meth:`replace` and :meth:`replace_many`: store the live ``bindings`` (or
+        drop the AoR when none is), schedule their expiry (``arm`` False: the caller re-arms the
+        timer once after many). Whether the AoR holds bindings afterwards."""
+        live = [b for b in bindings if b.expires_at > now]
+        record = self._records.get(aor)
+        if not live:
+            if record is not None:
+                self._drop(aor, record)
+            return False
+        created = record is None
+        if record is None:
+            record = self._records[aor] = _Record()
+        self._set(aor, record, live)
+        self._schedule(aor, record, arm=arm)
+        if created:
+            self._emit("aor_created", aor)
+        return True
 
     def _set(self, aor: str, record: _Record, bindings: Sequence[Binding]) -> None:
         """Store ``bindings`` (or none, from :meth:`_drop`) in ``record``, keeping the flow index, the

@@ -17,13 +17,20 @@ RFC 3261 §10.3 as OpenSIPS does (``get_ucontact``), per contact URI:
   contact registered again meanwhile survives); an unknown contact's removal is ignored.
 
 Applied changes are not sent on. Expiry is every node's own (each holds the same absolute expiry);
-its removals are replicated too, harmlessly. A node pulls the whole table from a peer (``sync``,
-chunks of AoRs, then an end marker with the count) when that peer comes up as seen from here -- so a
-restarted node syncs from the live one and a node that was cut off is brought up to date -- and on
-MI ``ul_cluster_sync``; the result is merged, never wiped. A donation is sent in slices with the
-reactor turning between them (pings are answered during a big sync), and a sync already coming from
-a node is not asked for again when the link flaps. One log line per sync with count,
-duration and bytes.
+its removals are replicated too, harmlessly.
+
+Syncs follow OpenSIPS clusterer's capability sync: a node that starts is not synced; when the first
+peer comes up it asks that one donor for the whole table (``sync-req``; chunks of AoRs, then an end
+marker with the count), once -- a node that is synced does not pull from a peer that comes up (that
+peer, if it restarted, asks us). A donor that dies or sends nothing for :data:`SYNC_IDLE` seconds is
+replaced by another peer that is up. A node that finds no peer up within ``fallback`` seconds
+(``seed_fallback_interval``) counts its own table as the cluster's. MI ``ul_cluster_sync`` pulls
+again on demand. The result is always merged, never wiped. A donation is sent in slices with the
+reactor turning between them, and with at most :data:`SYNC_WINDOW` chunks unacknowledged
+(:meth:`~edgeproxy.cluster.Cluster.send_acked`): the pings and the ordinary replication sharing the
+link are never queued behind more than that. One log line per sync with count, duration and bytes.
+OpenSIPS also pulls only at start; a partition healed between two running nodes is brought level by
+``ul_cluster_sync``.
 
 Connection-bound contacts (WebSocket, outbound flows, TCP/TLS behind NAT) are replicated tagged with
 the ``sip_addr`` of the node holding the connection (``Binding.owner``): only that node can reach
@@ -38,9 +45,11 @@ from __future__ import annotations
 
 import json
 import time
+from collections import deque
 from types import MappingProxyType
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Cooperator
 from twisted.logger import Logger
 
@@ -61,8 +70,11 @@ MAX_PAYLOAD = 60_000
 
 #: AoRs encoded per step of a donation: about 40 KB, one message; the reactor runs between steps.
 SYNC_SLICE = 200
-#: Seconds after which a sync asked for and not ended may be asked for again.
-SYNC_TIMEOUT = 60.0
+#: Chunks of a donation sent and not yet acknowledged at most (flow control, ~300 KB: a few ms of the
+#: receiver's work ahead of a ping, enough to keep it busy while the donor encodes the next ones).
+SYNC_WINDOW = 8
+#: Seconds without any chunk from the donor after which another donor is asked.
+SYNC_IDLE = 10.0
 
 #: Seconds changes gather before they are sent: at a thousand REGISTERs a second, tens of AoRs to a
 #: message instead of one or two, for a delay no caller notices.
@@ -82,6 +94,8 @@ class ClusterLink(Protocol):
     def send_all(self, cluster_id: int, capability: str, payload: str) -> int: ...
 
     def send_to(self, cluster_id: int, node_id: int, capability: str, payload: str) -> bool: ...
+
+    def send_acked(self, cluster_id: int, node_id: int, capability: str, payload: str) -> Deferred | None: ...
 
     def up_nodes(self, cluster_id: int | None = None) -> tuple[Any, ...]: ...
 
@@ -188,10 +202,12 @@ def merge(local: Iterable[Binding], incoming: Iterable[Binding], removed: Iterab
 
 class Replication:
     """Replicates ``location`` (whose ``journals`` include ``journal``) in ``cluster_id`` over
-    ``cluster``; ``use_domain`` is the registrar's, ``clock`` the location's."""
+    ``cluster``; ``use_domain`` is the registrar's, ``clock`` the location's; ``fallback``: seconds
+    after :meth:`start` when, no peer being up, this node counts as synced (the cluster's
+    ``seed_fallback_interval``)."""
 
     def __init__(self, location: InMemoryLocation, journal: ChangeJournal, cluster: ClusterLink, cluster_id: int,
-                 *, use_domain: bool, clock: Any) -> None:
+                 *, use_domain: bool, clock: Any, fallback: float = 5.0) -> None:
         if journal not in location.journals:
             raise ValueError("the location must record its changes in this journal")
         self.location = location
@@ -205,7 +221,13 @@ class Replication:
         self._sent: dict[str, tuple[Binding, ...]] = {}  # what peers were last told of each AoR
         self._running = False
         self._soon: Any = None
+        self.fallback = float(fallback)
         self._syncs: dict[int, dict[str, Any]] = {}  # donor node -> progress of the sync from it
+        #: holds a whole table: pulled from a donor, or nobody was up to pull from (see the module doc)
+        self.synced = False
+        self._donor: int | None = None  # the node asked for its table, until it ends the sync
+        self._failed: set[int] = set()  # donors that went silent: asked last
+        self._watch: Any = None  # the timer of SYNC_IDLE or of the fallback
         self._owed: set[int] = set()  # nodes that asked for a sync before our link to them was up
         self._donating: set[int] = set()
         # donations run in slices with the reactor turning between them, so that the pings of a big
@@ -224,13 +246,16 @@ class Replication:
         self._running = True
         self.journal.take()  # what the table held before (loaded from SQL) goes with the syncs
         self._sent = {aor: tuple(self.location.get(aor)) for aor in self.location.aors()}
+        self.synced = False
+        self._rearm(self.fallback, self._fall_back)
         self._wait()
 
     def stop(self) -> None:
         self._running = False
-        if self._soon is not None and self._soon.active():
-            self._soon.cancel()
-        self._soon = None
+        for call in (self._soon, self._watch):
+            if call is not None and call.active():
+                call.cancel()
+        self._soon = self._watch = None
 
     def _wait(self) -> None:
         if self._running:
@@ -270,8 +295,11 @@ class Replication:
                 if current:
                     sent[aor] = current
                 if up:
-                    now_uris = {b.uri for b in current}
-                    removed = [(str(b.uri), b.call_id, b.cseq) for b in before if b.uri not in now_uris]
+                    if before:
+                        now_uris = {b.uri for b in current}
+                        removed = [(str(b.uri), b.call_id, b.cseq) for b in before if b.uri not in now_uris]
+                    else:
+                        removed = []
                     entries.append(self._entry(aor, current, removed))
             if entries:
                 for payload in _pack("u", entries):
@@ -299,8 +327,10 @@ class Replication:
         elif kind == "sync-req":
             self._donate(node_id)
         elif kind == "sync":
-            progress = self._syncs.setdefault(node_id, {"started": time.perf_counter(), "contacts": 0, "bytes": 0,
-                                                        "aors": 0})
+            progress = self._syncs.get(node_id)
+            if progress is None:
+                progress = self._syncs[node_id] = self._progress(node_id)
+            progress["last"] = self.clock.seconds()
             progress["bytes"] += len(payload)
             progress["contacts"] += self._apply(node_id, data.get("a"))
             progress["aors"] += len(data.get("a") or ())
@@ -373,32 +403,99 @@ class Replication:
 
     # -- syncs ---------------------------------------------------------------------------------------
     def node_changed(self, node_id: int, up: bool) -> None:
-        """A peer came up: pull its table (it may hold what we missed, or we just started), and send it
-        ours if it asked while our link to it was not up yet."""
-        if up and self._running:
+        """A peer came up: send it our table if it asked while our link to it was not up yet, and
+        pull its table if we have not synced yet. A donor went down: ask another."""
+        if not self._running:
+            return
+        if up:
             if node_id in self._owed:
                 self._owed.discard(node_id)
                 self._donate(node_id)
-            self.request_sync(node_id)
+            self._pull(node_id)
+        elif node_id == self._donor:
+            log.info("usrloc: node {n} went down during its sync to us", n=node_id)
+            self._drop_donor()
+            self._pull()
 
     def request_sync(self, node_id: int | None = None) -> int | None:
         """Ask ``node_id`` (default: the first peer up) for its whole table (OpenSIPS
-        ``ul_cluster_sync``). The donor asked, or None when no peer is up."""
+        ``ul_cluster_sync``), even when synced. The donor asked -- the one already sending, when a
+        sync is under way -- or None when no peer is up."""
+        if self._donor is not None:
+            return self._donor  # one is coming: a flapping link or a second MI call must not start another
         if node_id is None:
             up = self.cluster.up_nodes(self.cluster_id)
             if not up:
                 return None
             node_id = int(up[0].node_id)
-        running = self._syncs.get(node_id)
-        if running is not None and time.perf_counter() - running["started"] < SYNC_TIMEOUT:
-            return node_id  # one is coming: a flapping link must not start a second
-        self._syncs[node_id] = {"started": time.perf_counter(), "contacts": 0, "bytes": 0, "aors": 0}
+        return node_id if self._ask(node_id) else None
+
+    def _pull(self, prefer: int | None = None) -> None:
+        """Ask one donor (``prefer`` when it is up; silent ones last) unless synced or one was asked."""
+        if self.synced or self._donor is not None or not self._running:
+            return
+        up = [int(r.node_id) for r in self.cluster.up_nodes(self.cluster_id)]
+        up.sort(key=lambda n: (n != prefer, n in self._failed))
+        for node_id in up:
+            if self._ask(node_id):
+                return
+
+    def _ask(self, node_id: int) -> bool:
+        self._syncs[node_id] = self._progress(node_id)
         if not self.cluster.send_to(self.cluster_id, node_id, CAPABILITY, json.dumps({"t": "sync-req"})):
             self._syncs.pop(node_id, None)
-            return None
+            return False
+        self._donor = node_id
+        self._rearm(SYNC_IDLE, self._check_donor)
         self.stats["sync_requests"] += 1
         log.info("usrloc: asked node {n} for its location table", n=node_id)
-        return node_id
+        return True
+
+    def _progress(self, node_id: int) -> dict[str, Any]:
+        return {"started": time.perf_counter(), "last": self.clock.seconds(), "contacts": 0, "bytes": 0, "aors": 0}
+
+    def _rearm(self, delay: float, call: Callable[[], None]) -> None:
+        if self._watch is not None and self._watch.active():
+            self._watch.cancel()
+        self._watch = self.clock.callLater(delay, call)
+
+    def _check_donor(self) -> None:
+        """:data:`SYNC_IDLE` after the donor's last chunk (or our request): still sending, or replaced."""
+        self._watch = None
+        donor = self._donor
+        if donor is None:
+            return
+        progress = self._syncs.get(donor)
+        idle = self.clock.seconds() - (progress["last"] if progress else 0.0)
+        if progress is not None and idle < SYNC_IDLE:
+            self._rearm(SYNC_IDLE - idle, self._check_donor)
+            return
+        log.warn("usrloc: node {n} sent nothing of its table for {s:.0f} s; asking another node", n=donor, s=idle)
+        self._failed.add(donor)
+        self._drop_donor()
+        self._pull()
+
+    def _drop_donor(self) -> None:
+        if self._donor is not None:
+            self._syncs.pop(self._donor, None)
+            self._donor = None
+        if self._watch is not None and self._watch.active():
+            self._watch.cancel()
+        self._watch = None
+
+    def _fall_back(self) -> None:
+        """``fallback`` seconds after the start: nobody to pull from, our table is the cluster's."""
+        self._watch = None
+        if self.synced or self._donor is not None:
+            return
+        if self.cluster.up_nodes(self.cluster_id):
+            self._pull()  # a peer is up but could not be asked: try again
+            if self._donor is None:
+                self._rearm(self.fallback, self._fall_back)
+            return
+        self.synced = True
+        log.info("usrloc: no peer up {t} s after the start; this node's table stands (seed fallback)",
+                 t=self.fallback)
 
     def _donate(self, node_id: int) -> None:
         """Send the whole table to ``node_id`` (it asked), in slices (see :data:`SYNC_SLICE`)."""
@@ -410,23 +507,35 @@ class Replication:
         d.addErrback(lambda f: log.failure("usrloc: the sync to node {n} failed", f, n=node_id))
         d.addBoth(lambda _: self._donating.discard(node_id))
 
-    def _donation(self, node_id: int) -> Iterator[None]:
+    def _donation(self, node_id: int) -> Iterator[Deferred | None]:
         started = time.perf_counter()
-        location = self.location
-        get = location.get
-        aors = list(location.aors())
+        stored = self.location.stored
+        aors = self.location.aors()
         contacts = size = chunks = 0
+        window: deque[Deferred] = deque()  # chunks sent, not yet acknowledged
+        lost: list[Any] = []
         for start in range(0, len(aors), SYNC_SLICE):
-            entries = [self._entry(aor, get(aor), []) for aor in aors[start:start + SYNC_SLICE]]
+            # read when sent, not at the start: a change made meanwhile went out before this chunk
+            now = self.clock.seconds()
+            entries = [self._entry(aor, [b for b in bindings if b.expires_at > now], [])
+                       for aor, bindings in stored(aors[start:start + SYNC_SLICE])]
             for payload in _pack("sync", [e for e in entries if e[1]]):
-                if not self.cluster.send_to(self.cluster_id, node_id, CAPABILITY, payload):
+                sent = self.cluster.send_acked(self.cluster_id, node_id, CAPABILITY, payload)
+                if sent is None:
                     # a node that (re)started asks before our link to it is back: sent when it is up
                     self._owed.add(node_id)
                     log.info("usrloc: node {n} asked for a sync; sent when our link to it is up", n=node_id)
                     return
+                window.append(sent.addErrback(lost.append))
                 size += len(payload)
                 chunks += 1
             contacts += sum(len(e[1]) for e in entries)
+            while len(window) >= SYNC_WINDOW:
+                yield window.popleft()  # the Cooperator waits for the oldest chunk's acknowledgement
+            if lost:
+                log.warn("usrloc: the sync to node {n} stopped after {c} chunks: {why}", n=node_id, c=chunks,
+                         why=lost[0].getErrorMessage())
+                return
             yield None
         end = {"t": "sync-end", "contacts": contacts, "aors": len(aors), "chunks": chunks}
         self.cluster.send_to(self.cluster_id, node_id, CAPABILITY, json.dumps(end))
@@ -436,8 +545,11 @@ class Replication:
                  ms=(time.perf_counter() - started) * 1000)
 
     def _sync_ended(self, node_id: int, data: dict[str, Any], size: int) -> None:
-        progress = self._syncs.pop(node_id, None) or {"started": time.perf_counter(), "contacts": 0, "bytes": 0,
-                                                       "aors": 0}
+        progress = self._syncs.pop(node_id, None) or self._progress(node_id)
+        if node_id == self._donor:
+            self._drop_donor()
+        self.synced = True
+        self._failed.discard(node_id)
         received, expected = progress["contacts"], data.get("contacts")
         total = progress["bytes"] + size
         self.stats["synced_contacts"] += received
@@ -449,18 +561,19 @@ class Replication:
                  short="" if received == expected else f"; the donor sent {expected}: some were lost")
 
 
-def _pack(kind: str, entries: list[list[Any]]) -> Iterable[str]:
-    """``entries`` as JSON messages of at most :data:`MAX_PAYLOAD` characters (an entry too large for
-    one message -- a single AoR with huge contacts -- goes alone)."""
-    head = f'{{"t":"{kind}","a":['
-    parts: list[str] = []
-    size = len(head) + 2
-    for entry in entries:
-        text = json.dumps(entry, separators=(",", ":"))
-        if parts and size + len(text) + 1 > MAX_PAYLOAD:
-            yield head + ",".join(parts) + "]}"
-            parts, size = [], len(head) + 2
-        parts.append(text)
-        size += len(text) + 1
-    if parts:
-        yield head + ",".join(parts) + "]}"
+_ENCODE = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
+
+
+def _pack(kind: str, entries: list[list[Any]]) -> Iterator[str]:
+    """``entries`` as JSON messages of at most :data:`MAX_PAYLOAD` characters: encoded in one call
+    (one C encoder run per message, not one per AoR), halved while too large; an entry too large for
+    one message -- a single AoR with huge contacts -- goes alone."""
+    if not entries:
+        return
+    text = f'{{"t":"{kind}","a":{_ENCODE(entries)}}}'
+    if len(text) <= MAX_PAYLOAD or len(entries) == 1:
+        yield text
+        return
+    half = len(entries) // 2
+    yield from _pack(kind, entries[:half])
+    yield from _pack(kind, entries[half:])
