@@ -1,26 +1,29 @@
 """Acceptance, end to end: full sharing of the location table between two real nodes (issue 12,
-OpenSIPS ``full-sharing-cluster``).
+OpenSIPS ``full-sharing-cluster``), at the issue's size.
 
 X (127.0.0.11) and Y (127.0.0.12) run ``twistd edgeproxy`` with ``[usrloc] working_mode_preset =
 "full-sharing-cluster"`` and a two-node ``[cluster]`` (real AMP links). Phones on 127.0.0.1:
 
-* 1,000 users register on X (raw REGISTER loader), three of them to a SIPp UAS: Y holds every one
-  of them (``get_statistics usrloc:`` through the ``opensips`` MI client);
+* 10,000 users register on X (raw REGISTER loader, ~1,000 a second), every Contact at one SIPp UAS:
+  Y holds every one of them (``get_statistics usrloc:`` through the ``opensips`` MI client);
 * one AoR registered on both nodes at once, with one Call-ID and CSeqs 1 and 2: both nodes end with
   the CSeq 2 contact (``ul_show_contact``);
-* a browser registers on X over a WebSocket: Y holds it too, tagged with X's sip_addr (only X can
-  reach it); a SIPp call through Y for it is relayed to X, which sends it down the WebSocket: the
-  browser's 486 comes back to SIPp through both nodes;
-* X is killed (``kill -9``): a SIPp call through Y to a user who registered on X completes, and a
-  call for X's browser gets its final response (404) at once instead of hanging on timer B;
+* a browser registers on X over a WebSocket, and a phone behind NAT over TCP: Y holds both, tagged
+  with X's sip_addr (only X can reach them); a SIPp call through Y for the browser is relayed to X,
+  which sends it down the WebSocket: the browser's 486 comes back to SIPp through both nodes;
+* X is killed (``kill -9``): FreeSWITCH (a SIPp UAC on 127.0.0.31) calls a sample of X's 10,000
+  users through Y, and every call completes; calls for X's browser and TCP phone get their final
+  response (404) at once instead of hanging on timer B;
 * while X is down, a user unregisters on Y and another registers there; X restarts, pulls Y's table
-  (``usrloc: synced ...`` in its log) and holds exactly what Y holds -- the unregistered user is not
-  revived, the new one is there -- and a call through X completes without any REGISTER to it.
+  once (``usrloc: synced ...`` in its log; Y does not pull X's) and holds exactly what Y holds -- the
+  unregistered user is not revived, the new one is there, its own connection-bound contacts are
+  gone everywhere -- and calls through X complete without any REGISTER to it.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from support.polling import wait_until
 from support.ports import free_port
 from support.registrations import Registration, register_many
@@ -42,9 +44,10 @@ except ImportError:  # pragma: no cover - installed by .[test]; under CI a missi
         raise
     pytest.skip("the opensips package is not installed (pip install '.[test]')", allow_module_level=True)
 
-X_IP, Y_IP = "127.0.0.11", "127.0.0.12"
-USERS = 1000
-CALLEES = ("callee0", "callee1")
+X_IP, Y_IP, FS_IP = "127.0.0.11", "127.0.0.12", "127.0.0.31"
+USERS = 10_000
+SAMPLE = 120  # calls through Y after X died, spread over the 10,000
+AFTER_RESTART = 10  # calls through X once it synced again
 
 
 def contacts(mi: Any) -> int:
@@ -75,6 +78,36 @@ def ws_register(host: str, port: int, user: str) -> socket.socket:
     return sock
 
 
+def tcp_register(host: str, port: int, user: str) -> socket.socket:
+    """A phone behind NAT over TCP (its Via names another address than the connection's source:
+    ``nat_uac_test``'s ``diff-ip-src-via``): reachable only over this connection, which is returned
+    open."""
+    sock = socket.create_connection((host, port), timeout=5, source_address=(LOOPBACK, 0))
+    sock.sendall((f"REGISTER sip:{host} SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.99:5060;branch=z9hG4bKtcp{user};rport\r\n"
+                  f"Max-Forwards: 70\r\nFrom: <sip:{user}@{host}>;tag=tcp1\r\nTo: <sip:{user}@{host}>\r\n"
+                  f"Call-ID: tcp-{user}\r\nCSeq: 1 REGISTER\r\n"
+                  f"Contact: <sip:{user}@127.0.0.99:5060;transport=tcp>\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n")
+                 .encode())
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        chunk = sock.recv(4096)
+        assert chunk, answer
+        answer += chunk
+    assert answer.startswith(b"SIP/2.0 200"), answer
+    return sock
+
+
+def calls(workdir: Path, target: str, users: list[str], domain: str) -> None:
+    """FreeSWITCH calling ``users`` through the node at ``target``: one SIPp UAC per call from
+    127.0.0.31, eight at a time; every call must complete (INVITE, 200, ACK, BYE)."""
+    def one(user: str) -> None:
+        Sipp(workdir / user, local_ip=FS_IP).run("uac_call", target, user=user, duration_ms=50, timeout=20,
+                                                 keys={"domain": domain}).assert_ok()
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(one, users))
+
+
 def ws_send(sock: socket.socket, data: bytes) -> None:
     sock.sendall(ws_frame(data))
 
@@ -100,31 +133,40 @@ def ws_answer_busy(sock: socket.socket) -> str:
 
 def test_full_sharing_pair(tmp_path: Path) -> None:
     require_sipp()
-    ports = {ip: (free_port(ip), free_port(ip), free_port(ip)) for ip in (X_IP, Y_IP)}  # sip, bin, mi
+    ports = {ip: tuple(free_port(ip) for _ in range(4)) for ip in (X_IP, Y_IP)}  # sip, bin, mi, tcp
     rows = [{"cluster_id": 1, "node_id": n, "url": f"bin:{ip}:{ports[ip][1]}", "sip_addr": f"{ip}:{ports[ip][0]}",
              "flags": "seed", "no_ping_retries": 2} for n, ip in ((1, X_IP), (2, Y_IP))]
 
     def config(node_id: int, ip: str) -> dict[str, Any]:
-        return {"usrloc": {"working_mode_preset": "full-sharing-cluster"},
+        sip = ports[ip][0]
+        return {"node": {"listen": [f"udp:{ip}:{sip}", f"ws:{ip}:{sip}", f"tcp:{ip}:{ports[ip][3]}"],
+                         "log_level": "info"},
+                "usrloc": {"working_mode_preset": "full-sharing-cluster"},
                 "cluster": {"my_node_id": node_id, "ping_interval": 0.3, "ping_timeout": 0.2,
-                            "seed_fallback_interval": 0.5, "nodes": rows},
+                            "seed_fallback_interval": 1.0, "nodes": rows},
                 "mi": {"listen": f"{ip}:{ports[ip][2]}"}}
 
     mi_x = OpenSIPSMI(conn="http", url=f"http://{X_IP}:{ports[X_IP][2]}/mi")
     mi_y = OpenSIPSMI(conn="http", url=f"http://{Y_IP}:{ports[Y_IP][2]}/mi")
     x_addr, y_addr = (X_IP, ports[X_IP][0]), (Y_IP, ports[Y_IP][0])
-    uas = Sipp(tmp_path / "uas").start("uas_answer", user="callee", calls=len(CALLEES), timeout=120)
+    y_target, x_target = f"{Y_IP}:{ports[Y_IP][0]}", f"{X_IP}:{ports[X_IP][0]}"
+    sample = sorted(random.Random(12).sample(range(1, USERS), SAMPLE + AFTER_RESTART))
+    users = [f"u{i:05d}" for i in sample]
+    uas = Sipp(tmp_path / "uas").start("uas_answer", user="callee", calls=len(users), timeout=300)
     try:
         with edgeproxy_node(tmp_path / "y", config=config(2, Y_IP), transports=("udp",), host=Y_IP,
                             port=ports[Y_IP][0]) as y:
-            with edgeproxy_node(tmp_path / "x", config=config(1, X_IP), transports=("udp", "ws"), host=X_IP,
+            # Y alone: after seed_fallback_interval its (empty) table is the cluster's; it will not pull X's
+            wait_until("Y's seed fallback", lambda: "seed fallback" in y.log(), timeout=30)
+            with edgeproxy_node(tmp_path / "x", config=config(1, X_IP), transports=("udp",), host=X_IP,
                                 port=ports[X_IP][0]) as x:
                 wait_until("the cluster link", lambda: "node 2 is UP" in x.log() and "node 1 is UP" in y.log(),
                            timeout=30)
-                regs = [Registration(f"u{i:04d}", f"sip:u{i:04d}@{LOOPBACK}:9") for i in range(USERS - len(CALLEES))]
-                regs += [Registration(c, f"sip:{c}@{LOOPBACK}:{uas.port}") for c in CALLEES]
-                assert register_many(x_addr, regs).ok == USERS
-                wait_until("Y to hold every contact registered on X", lambda: contacts(mi_y) == USERS, timeout=30)
+                regs = [Registration(f"u{i:05d}", f"sip:u{i:05d}@{LOOPBACK}:{uas.port}") for i in range(USERS)]
+                started = time.monotonic()
+                assert register_many(x_addr, regs, window=100, timeout=120).ok == USERS
+                wait_until("Y to hold every contact registered on X", lambda: contacts(mi_y) == USERS, timeout=60)
+                print(f"\n{USERS} REGISTERs on X, all of them on Y after {time.monotonic() - started:.1f} s")
                 assert contacts(mi_x) == USERS
 
                 # the same AoR on both nodes at once: the higher CSeq of the one Call-ID wins on both
@@ -138,14 +180,17 @@ def test_full_sharing_pair(tmp_path: Path) -> None:
                 wait_until("the same contact on both",
                            lambda: shown(mi_x, "conc") == shown(mi_y, "conc") != [], timeout=30)
                 assert [c[2] for c in shown(mi_x, "conc")] == [2]
-                # a browser on X: reachable only over its WebSocket; Y holds it as X's, and relays to X
+                # a browser and a TCP phone behind NAT on X: reachable only over their connections to X;
+                # Y holds them as X's, and relays to X
                 browser = ws_register(X_IP, ports[X_IP][0], "browser")
-                wait_until("Y to hold X's browser",
-                           lambda: shown(mi_y, "browser") == shown(mi_x, "browser") != [], timeout=30)
+                phone = tcp_register(X_IP, ports[X_IP][3], "tcpphone")
+                for user in ("browser", "tcpphone"):
+                    wait_until(f"Y to hold X's {user}",
+                               lambda user=user: shown(mi_y, user) == shown(mi_x, user) != [], timeout=30)
                 with ThreadPoolExecutor(1) as pool:
                     answered = pool.submit(ws_answer_busy, browser)
                     Sipp(tmp_path / "call-browser-via-x").run(
-                        "uac_expect", f"{Y_IP}:{ports[Y_IP][0]}", user="browser", timeout=15,
+                        "uac_expect", y_target, user="browser", timeout=15,
                         keys={"domain": Y_IP, "expect_code": 486}).assert_ok()
                     invite = answered.result(timeout=15)
                 # both nodes stayed on the path (RFC 3261 §16.6 step 4): the ACK and BYE go through them
@@ -154,27 +199,36 @@ def test_full_sharing_pair(tmp_path: Path) -> None:
                     record_routes
                 x.kill()
                 browser.close()
+                phone.close()
                 wait_until("Y to see X down", lambda: "node 1 is DOWN" in y.log(), timeout=30)
 
-            # X is dead: Y serves X's users; a call for X's browser gets its final answer at once
+            # X is dead: Y serves X's users; calls for X's browser and TCP phone get their final answer at once
+            for user in ("browser", "tcpphone"):
+                started = time.monotonic()
+                Sipp(tmp_path / f"call-{user}").run("uac_expect", y_target, user=user, timeout=15,
+                                                    keys={"domain": Y_IP, "expect_code": 404}).assert_ok()
+                took = time.monotonic() - started
+                print(f"call for X's {user} through Y: 404 after {took:.2f} s")
+                assert took < 5, took  # timer B would be 32 s
             started = time.monotonic()
-            Sipp(tmp_path / "call-browser").run("uac_expect", f"{Y_IP}:{ports[Y_IP][0]}", user="browser",
-                                                timeout=15, keys={"domain": Y_IP, "expect_code": 404}).assert_ok()
-            print(f"\ncall for X's browser through Y: 404 after {time.monotonic() - started:.2f} s")
-            Sipp(tmp_path / "call-y").run("uac_call", f"{Y_IP}:{ports[Y_IP][0]}", user=CALLEES[0], duration_ms=100,
-                                          timeout=15, keys={"domain": Y_IP}).assert_ok()
-            assert register_many(y_addr, [Registration("u0000", f"sip:u0000@{LOOPBACK}:9", expires=0)]).ok == 1
+            calls(tmp_path / "calls-y", y_target, users[:SAMPLE], Y_IP)
+            print(f"{SAMPLE} calls through Y to users registered on X: all completed in "
+                  f"{time.monotonic() - started:.1f} s")
+            assert register_many(y_addr, [Registration("u00000", regs[0].contact, expires=0)]).ok == 1
             assert register_many(y_addr, [Registration("newcomer", f"sip:newcomer@{LOOPBACK}:9")]).ok == 1
 
             with edgeproxy_node(tmp_path / "x2", config=config(1, X_IP), transports=("udp",), host=X_IP,
                                 port=ports[X_IP][0]) as x:
-                wait_until("X's sync from Y", lambda: "usrloc: synced" in x.log(), timeout=30)
+                wait_until("X's sync from Y", lambda: "usrloc: synced" in x.log(), timeout=60)
                 wait_until("X to hold what Y holds", lambda: contacts(mi_x) == contacts(mi_y), timeout=30)
-                assert contacts(mi_x) == USERS + 1  # u0000 gone, conc and newcomer there
-                assert shown(mi_x, "u0000") == [] and shown(mi_x, "newcomer") == shown(mi_y, "newcomer") != []
+                assert contacts(mi_x) == USERS + 1  # u00000 gone, conc and newcomer there
+                assert shown(mi_x, "u00000") == [] and shown(mi_x, "newcomer") == shown(mi_y, "newcomer") != []
+                assert shown(mi_y, "browser") == shown(mi_y, "tcpphone") == []  # their connections died with X
                 synced = next(line for line in x.log().splitlines() if "usrloc: synced" in line)
-                print("\n" + synced.split("] ", 1)[1])
-                Sipp(tmp_path / "call-x").run("uac_call", f"{X_IP}:{ports[X_IP][0]}", user=CALLEES[1],
-                                              duration_ms=100, timeout=15, keys={"domain": X_IP}).assert_ok()
+                print(synced.split("] ", 1)[1])
+                # one pull each time, by the node that (re)started: Y, synced all along, never pulls from X
+                assert x.log().count("for its location table") == 1
+                assert y.log().count("for its location table") == 0 and "seed fallback" not in x.log()
+                calls(tmp_path / "calls-x", x_target, users[SAMPLE:], X_IP)
     finally:
         uas.stop()
