@@ -16,26 +16,41 @@ interval after the last REGISTER, so the flushes' cost is in the CPU per REGISTE
 Output: one ``RESULT mode=... registers_per_s=... cpu_us_per_register=...`` line per run and a
 ``SUMMARY`` line per mode (median over rounds) with its ratio to memory-only. Only loopback is used;
 every node is stopped by its own PID.
+
+    python bench/usrloc_persist.py --restart [--users 10000] [--rounds 3] [--late 50] [--no-mariadb]
+
+Restart (issue 12's acceptance, timed): a write-back node (SQLite, then MariaDB; ``timer_interval``
+2 s) gets ``--users`` UDP registrations; once a flush has written them all (MI ``get_statistics``),
+``--late`` more users register and the node is killed with SIGKILL before the next flush. The same
+configuration is started again and probed with an OPTIONS every 10 ms: ``answered_ms`` is the time
+from the spawn to the first answer (the node loads the table before it listens, so every loaded
+contact is callable then); ``load_ms`` and its parts are the node's own log line. ``lost`` is how
+many registrations the restarted node does not have (users + late - loaded), next to ``pending``,
+the changes not yet written at the kill (``usrloc:db_pending_aors``). ``RESTART`` lines per run,
+then ``SUMMARY`` medians.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
+import signal
 import socket
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO / "tests"))
 
-from processes import Children, Proxy  # noqa: E402
+from processes import Children, Proxy, sip_probe  # noqa: E402
 from procfs import free_port_on, log  # noqa: E402
-
+from support.mi import mi_result  # noqa: E402
 from support.registrations import Registration, register_many  # noqa: E402
 
 HOST = "127.0.0.1"
@@ -103,18 +118,106 @@ def run(mode: str, users: int, interval: float, outdir: Path, children: Children
             peer.stop()
     flushes = proxy.log_since(0).count("usrloc: wrote")
     if mode == "write-back-mariadb":
-        import pymysql
-
-        conn = pymysql.connect(host="127.0.0.1", user="root", database="test", autocommit=True)
-        with conn.cursor() as cur:
-            cur.execute("DROP TABLE IF EXISTS `write_back_mariadb_bench`")
-        conn.close()
+        drop_bench_table()
     result = {"ok": ok, "sent": 2 * users, "seconds": took, "rate": ok / took, "cpu_us": cpu * 1e6 / max(ok, 1),
               "flushes": flushes}
     peer_note = f" peer_cpu_s={peer_cpu:.2f}" if peer_cpu is not None else ""
     log(f"RESULT mode={mode} registers={ok}/{2 * users} seconds={took:.2f} registers_per_s={result['rate']:.0f} "
         f"cpu_us_per_register={result['cpu_us']:.0f} write_back_flushes={flushes}{peer_note}")
     return result
+
+
+def drop_bench_table() -> None:
+    import pymysql
+
+    conn = pymysql.connect(host="127.0.0.1", user="root", database="test", autocommit=True)
+    with conn.cursor() as cur:
+        cur.execute("DROP TABLE IF EXISTS `write_back_mariadb_bench`")
+    conn.close()
+
+
+_LOADED = re.compile(r"loaded (\d+) contacts .* in (\d+) ms \(read (\d+), bindings (\d+), table (\d+);")
+
+
+def restart(backend: str, users: int, late: int, outdir: Path, children: Children) -> dict[str, float]:
+    """One SIGKILL and restart of a write-back node holding ``users`` + ``late`` registrations."""
+    mode = "write-back-mariadb" if backend == "mariadb" else "write-back"
+    port = free_port_on([HOST], socket.SOCK_DGRAM, 0)
+    mi_port = free_port_on([HOST], socket.SOCK_STREAM, 0)
+    db = DB_URL if backend == "mariadb" else f"sqlite://{outdir}/restart-{port}.db"
+    conf = outdir / f"restart-{backend}-{port}.toml"
+    conf.write_text(config_text(port, mode, db, 2.0) + f'[mi]\nlisten = "{HOST}:{mi_port}"\n')
+    mi = f"http://{HOST}:{mi_port}/mi"
+    cmd = f"{Path(sys.executable).parent / 'twistd'} -n --pidfile= edgeproxy --config {conf}"
+    try:
+        first = Proxy(HOST, port, "udp", children, outdir, name=f"restart-{backend}-{port}-a")
+        first.start(cmd, 30)
+        regs = [Registration(f"r{i:06d}", f"sip:r{i:06d}@{HOST}:9") for i in range(users)]
+        assert register_many((HOST, port), regs, window=args_window, timeout=300).ok == users
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # a flush has written every one of them
+            stats = mi_result(mi, "get_statistics", {"statistics": ["usrloc:"]})
+            if stats["usrloc:db_pending_aors"] == 0 and stats["usrloc:db_written_contacts"] >= users:
+                break
+            time.sleep(0.05)
+        lates = [Registration(f"late{i:05d}", f"sip:late{i:05d}@{HOST}:9") for i in range(late)]
+        assert register_many((HOST, port), lates, timeout=60).ok == late
+        pending = mi_result(mi, "get_statistics", {"statistics": ["usrloc:"]})["usrloc:db_pending_aors"]
+        assert first.proc is not None
+        first.proc.send_signal(signal.SIGKILL)
+        first.proc.wait()
+        children.forget(first.proc)
+
+        second = Proxy(HOST, port, "udp", children, outdir, name=f"restart-{backend}-{port}-b")
+        started = time.monotonic()
+        second.proc = children.start(["bash", "-c", "exec " + cmd], cwd=Path.cwd(), stdout_path=second.log_path,
+                                     start_new_session=True)
+        while sip_probe(HOST, port, "udp", 0.01) is None:
+            if second.proc.poll() is not None or time.monotonic() - started > 60:
+                raise SystemExit(f"the restarted node did not answer (see {second.log_path})")
+        answered = time.monotonic() - started
+        line = _LOADED.search(second.log_since(0))
+        assert line is not None, second.log_since(0)[-2000:]
+        loaded, load_ms, read_ms, built_ms, table_ms = (int(g) for g in line.groups())
+        second.stop()
+    finally:
+        if backend == "mariadb":
+            drop_bench_table()
+    result = {"answered_ms": answered * 1000, "load_ms": load_ms, "read_ms": read_ms, "bindings_ms": built_ms,
+              "table_ms": table_ms, "loaded": loaded, "lost": users + late - loaded, "pending": pending}
+    log(f"RESTART backend={backend} contacts={users + late} answered_ms={result['answered_ms']:.0f} "
+        f"load_ms={load_ms} (read {read_ms}, bindings {built_ms}, table {table_ms}) loaded={loaded} "
+        f"lost={result['lost']} pending_at_kill={pending} late={late}")
+    return result
+
+
+def alternate(rounds: int, names: list[str], prefix: str,
+              one: Callable[[str, Path, Children], dict[str, float]]) -> dict[str, list[dict[str, float]]]:
+    """``one(name, outdir, children)`` for every name, ``rounds`` times in turn (machine noise hits each
+    alike); every process started is stopped at the end."""
+    outdir = Path(tempfile.mkdtemp(prefix=prefix))
+    children = Children()
+    results: dict[str, list[dict[str, float]]] = {n: [] for n in names}
+    try:
+        for _ in range(rounds):
+            for name in names:
+                results[name].append(one(name, outdir, children))
+    finally:
+        children.stop_all()
+    return results
+
+
+def restarts(args: argparse.Namespace) -> int:
+    backends = ["sqlite"] + ([] if args.no_mariadb else ["mariadb"])
+    results = alternate(args.rounds, backends, "edgeproxy-usrloc-restart-",
+                        lambda backend, outdir, children: restart(backend, args.users, args.late, outdir, children))
+    for backend in backends:
+        runs = results[backend]
+        log(f"SUMMARY backend={backend} contacts={args.users + args.late} answered_ms="
+            f"{statistics.median(r['answered_ms'] for r in runs):.0f} (max {max(r['answered_ms'] for r in runs):.0f})"
+            f" load_ms={statistics.median(r['load_ms'] for r in runs):.0f} lost={[int(r['lost']) for r in runs]} "
+            f"pending_at_kill={[int(r['pending']) for r in runs]}")
+    return 0
 
 
 def main() -> int:
@@ -126,20 +229,17 @@ def main() -> int:
     ap.add_argument("--window", type=int, default=100,
                     help="REGISTERs in flight; keep it small enough that the node answers them within the "
                          "loader's 0.5 s retransmission timer, or retransmissions measure the loader")
+    ap.add_argument("--restart", action="store_true", help="time a SIGKILL and restart instead (see above)")
+    ap.add_argument("--late", type=int, default=50, help="--restart: users registered after the last flush")
     args = ap.parse_args()
     global args_window
     args_window = args.window
+    if args.restart:
+        return restarts(args)
     modes = ["memory", "write-back", "write-through", "full-sharing"] + ([] if args.no_mariadb else
                                                                         ["write-back-mariadb"])
-    outdir = Path(tempfile.mkdtemp(prefix="edgeproxy-usrloc-bench-"))
-    children = Children()
-    results: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
-    try:
-        for _ in range(args.rounds):
-            for mode in modes:
-                results[mode].append(run(mode, args.users, args.timer_interval, outdir, children))
-    finally:
-        children.stop_all()
+    results = alternate(args.rounds, modes, "edgeproxy-usrloc-bench-",
+                        lambda mode, outdir, children: run(mode, args.users, args.timer_interval, outdir, children))
     base_rate = statistics.median(r["rate"] for r in results["memory"])
     base_cpu = statistics.median(r["cpu_us"] for r in results["memory"])
     for mode in modes:

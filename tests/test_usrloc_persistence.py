@@ -274,6 +274,7 @@ def test_mariadb_location_table_round_trip(maria: tuple[Any, str]) -> None:
     assert b.load() == 1
     (alice,) = b.location.get("alice")
     assert alice.nat and alice.received == Endpoint("UDP", "198.51.100.7", 5062)
+    assert abs(alice.last_modified - T0) < 1  # read back as UNIX_TIMESTAMP(last_modified)
     a.table.close()
     b.table.close()
 

@@ -16,7 +16,7 @@ here and the other way round:
 * ``kv_store`` -- JSON; edgeproxy keeps there what the table has no column for: the Contact's other
   parameters (``params``), the RFC 5626 ``reg_id`` and methods the bit mask cannot name.
 
-:func:`binding_from_row` decides what may be revived after a restart: a contact reached over the
+:func:`binding_from_values` decides what may be revived after a restart: a contact reached over the
 connection it registered on (WebSocket, ``.invalid`` hosts, outbound ``reg-id`` flows, TCP/TLS behind
 NAT) is not -- that connection is gone; a UDP contact is (the same listener address sends to the same
 ``received``), and so is a TCP/TLS contact with a routable URI and no NAT flag (it is dialled).
@@ -29,7 +29,7 @@ import math
 import time
 from datetime import datetime
 from types import MappingProxyType
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping, Sequence
 
 from ..location.binding import EMPTY_PARAMS, Binding, shared_methods, shared_string
 from ..location.destination import uri_endpoint
@@ -38,8 +38,8 @@ from ..sip.endpoint import Endpoint, Flow
 from ..sip.errors import SipValueError
 from ..sip.uri import SipURI, parse_uri
 
-__all__ = ["COLUMNS", "ALL_METHODS", "methods_mask", "mask_methods", "binding_row", "binding_from_row",
-           "split_aor", "PERMANENT", "connection_bound"]
+__all__ = ["COLUMNS", "LOAD_COLUMNS", "ALL_METHODS", "methods_mask", "mask_methods", "binding_row",
+           "binding_from_row", "binding_from_values", "split_aor", "PERMANENT", "connection_bound"]
 
 #: The columns written, in this order (``contact_id`` is the table's own AUTO_INCREMENT key).
 COLUMNS = ("username", "domain", "contact", "received", "path", "expires", "q", "callid", "cseq",
@@ -198,46 +198,81 @@ def _socket(text: str | None) -> Endpoint | None:
     return found
 
 
+_LAST_EPOCH: list[Any] = [None, 0.0]  # rows written by one flush share their last_modified: parse it once
+
+
 def _epoch(value: Any) -> float:
+    """``last_modified`` as epoch seconds: a number (MySQL's ``UNIX_TIMESTAMP``), a ``datetime``, or
+    SQLite's local ``YYYY-MM-DD HH:MM:SS`` text; 0 when unreadable."""
+    if value is None:
+        return 0.0
+    if isinstance(value, str):
+        last = _LAST_EPOCH
+        if last[0] == value:
+            return float(last[1])
+        try:
+            seconds = datetime.fromisoformat(value[:19]).timestamp() if value else 0.0
+        except ValueError:
+            seconds = 0.0
+        last[0], last[1] = value, seconds
+        return seconds
     if isinstance(value, datetime):
         return value.timestamp()
-    if isinstance(value, str) and value:
-        try:
-            return datetime.fromisoformat(value[:19]).timestamp()
-        except ValueError:
-            return 0.0
-    return 0.0
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return 0.0
 
 
-def binding_from_row(row: dict[str, Any], now: float, use_domain: bool) -> Binding | None:
-    """The binding a row stands for, or None when it has expired, cannot be read, or is bound to a
-    connection that died with the previous process (see the module docstring)."""
-    expires = int(row.get("expires") or 0)
+#: The columns a load reads, in the order :func:`binding_from_values` takes them.
+LOAD_COLUMNS = ("username", "domain", "contact", "received", "path", "expires", "q", "callid", "cseq",
+                "last_modified", "cflags", "user_agent", "socket", "methods", "sip_instance", "kv_store")
+
+
+def binding_from_row(row: Mapping[str, Any], now: float, use_domain: bool) -> Binding | None:
+    """:func:`binding_from_values` of a row given as a mapping of column names."""
+    return binding_from_values(tuple(row.get(c) for c in LOAD_COLUMNS), now, use_domain)
+
+
+def binding_from_values(values: Sequence[Any], now: float, use_domain: bool) -> Binding | None:
+    """The binding a row (its :data:`LOAD_COLUMNS`) stands for, or None when it has expired, cannot be
+    read, or is bound to a connection that died with the previous process (see the module docstring).
+
+    A restarted node runs this for every row before it answers anything (10,000 contacts: issue 12's
+    2 s), so the usual row -- no flags, no ``kv_store``, ``received`` written by edgeproxy -- takes the
+    short ways."""
+    (username, domain, contact, received_text, path, expires, q, callid, cseq, modified, cflags_text, user_agent,
+     socket, mask, instance, kv_store) = values
+    expires = int(expires or 0)
     expires_at = PERMANENT if expires == 0 else float(expires)
     if expires_at <= now:
         return None
     try:
-        uri = parse_uri(str(row["contact"]))
-    except (SipValueError, KeyError):
+        uri = parse_uri(str(contact))
+    except SipValueError:
         return None
     if not isinstance(uri, SipURI):
         return None
-    username = str(row.get("username") or "")
-    domain = row.get("domain")
+    username = str(username or "")
     aor = f"{username}@{domain}" if use_domain and domain else username
     if not aor:
         return None
-    try:
-        extra = json.loads(row["kv_store"]) if row.get("kv_store") else {}
-    except (ValueError, TypeError):
-        extra = {}
-    if not isinstance(extra, dict):
-        extra = {}
-    cflags = {f.strip().upper() for f in str(row.get("cflags") or "").replace(" ", ",").split(",") if f.strip()}
-    nat = "NAT" in cflags
-    received = _endpoint_of_uri(row.get("received"))
-    local = _socket(row.get("socket"))
-    reg_id = extra.get("reg_id")
+    extra: dict[str, Any] = {}
+    if kv_store:
+        try:
+            extra = json.loads(kv_store)
+        except (ValueError, TypeError):
+            extra = {}
+        if not isinstance(extra, dict):
+            extra = {}
+    if cflags_text:
+        cflags = {f.strip().upper() for f in str(cflags_text).replace(" ", ",").split(",") if f.strip()}
+        nat, sipping = "NAT" in cflags, "SIPPING" in cflags
+    else:
+        nat = sipping = False
+    received = _endpoint_of_uri(received_text)
+    local = _socket(socket)
+    reg_id = extra.get("reg_id") if extra else None
     reg_id = reg_id if isinstance(reg_id, int) else None
     transport = received.transport if received is not None else (local.transport if local is not None else "UDP")
     if transport in ("WS", "WSS") or uri.host_key.endswith(".invalid"):
@@ -248,23 +283,22 @@ def binding_from_row(row: dict[str, Any], now: float, use_domain: bool) -> Bindi
             flow = Flow(local, received)  # the same listener sends to the same NAT binding
     elif nat or reg_id is not None:
         return None  # behind NAT or an outbound flow: only its (closed) connection reaches it
-    methods = mask_methods(row.get("methods"))
-    more = extra.get("methods")
-    if isinstance(more, list):
-        methods = shared_methods(str(m) for m in more)
-    params = extra.get("params")
-    contact_params = MappingProxyType({str(k): (None if v is None else str(v)) for k, v in params.items()}) \
-        if isinstance(params, dict) and params else EMPTY_PARAMS
-    q = row.get("q")
-    path = str(row.get("path") or "")
-    instance = row.get("sip_instance")
+    methods = mask_methods(mask)
+    contact_params = EMPTY_PARAMS
+    if extra:
+        more = extra.get("methods")
+        if isinstance(more, list):
+            methods = shared_methods(str(m) for m in more)
+        params = extra.get("params")
+        if isinstance(params, dict) and params:
+            contact_params = MappingProxyType({str(k): (None if v is None else str(v)) for k, v in params.items()})
+    path = str(path or "")
     return Binding(
-        aor=aor, uri=uri, expires_at=expires_at, call_id=str(row.get("callid") or ""),
-        cseq=int(row.get("cseq") or 0), received=received, flow=flow,
-        q=None if q is None or float(q) < 0 else round(float(q), 3), contact_params=contact_params,
+        aor=aor, uri=uri, expires_at=expires_at, call_id=str(callid or ""), cseq=int(cseq or 0), received=received,
+        flow=flow, q=None if q is None or float(q) < 0 else round(float(q), 3), contact_params=contact_params,
         path=tuple(p.strip() for p in _split_path(path)) if path else (), instance=instance or None,
-        reg_id=reg_id, methods=methods, user_agent=shared_string(row.get("user_agent") or None), nat=nat,
-        sipping="SIPPING" in cflags, last_modified=_epoch(row.get("last_modified")),
+        reg_id=reg_id, methods=methods, user_agent=shared_string(user_agent or None), nat=nat, sipping=sipping,
+        last_modified=_epoch(modified),
     )
 
 

@@ -18,7 +18,7 @@ import sqlite3
 from typing import Any, Iterable, Sequence
 
 from .. import sqldb
-from .rows import COLUMNS
+from .rows import COLUMNS, LOAD_COLUMNS
 
 __all__ = ["LocationTable", "SqliteLocationTable", "MysqlLocationTable", "TableError", "open_table"]
 
@@ -122,17 +122,22 @@ class LocationTable:
             self.close()
             raise TableError(f"{self.where}: {self._message(exc)}") from None
 
-    def load(self, now: float) -> tuple[int, list[dict[str, Any]]]:
-        """Delete the rows that expired (``expires`` not 0 and past); ``(how many, the other rows as
-        dicts)``."""
-        columns = ", ".join(COLUMNS)
+    #: How ``last_modified`` is selected (MySQL: as epoch seconds, which the driver does not convert).
+    last_modified = "last_modified"
+
+    def load(self, now: float) -> tuple[int, list[tuple[Any, ...]]]:
+        """Delete the rows that expired (``expires`` not 0 and past); ``(how many, the other rows)``,
+        each with the values of :data:`~edgeproxy.usrloc.rows.LOAD_COLUMNS` in that order -- one
+        SELECT of only those columns, as tuples: a restarted node reads the whole table before it
+        answers anything."""
+        columns = ", ".join(self.last_modified if c == "last_modified" else c for c in LOAD_COLUMNS)
         p = self.placeholder
 
-        def work(cursor: Any) -> tuple[int, list[dict[str, Any]]]:
+        def work(cursor: Any) -> tuple[int, list[tuple[Any, ...]]]:
             cursor.execute(f"DELETE FROM {self.table} WHERE expires <> 0 AND expires <= {p}", (int(now),))
             expired = max(0, cursor.rowcount)
             cursor.execute(f"SELECT {columns} FROM {self.table}")
-            return expired, [dict(zip(COLUMNS, row, strict=True)) for row in cursor.fetchall()]
+            return expired, cursor.fetchall()
 
         return self._run(work)
 
@@ -220,6 +225,7 @@ class MysqlLocationTable(LocationTable):
 
     placeholder = "%s"
     null_safe_eq = "<=>"
+    last_modified = "UNIX_TIMESTAMP(last_modified)"  # session time zone, as OpenSIPS writes it; no datetime per row
 
     def __init__(self, url: str, table: str, timeout: float = 5.0) -> None:
         self.db = sqldb.parse_db_url(url)
