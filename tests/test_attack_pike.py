@@ -11,6 +11,7 @@ blocked only while its rate (the sliding window, evaluated at the time asked) is
 from __future__ import annotations
 
 import socket
+from collections import Counter
 from typing import Iterator
 
 import pytest
@@ -54,6 +55,42 @@ def test_the_nodes_own_address_is_never_counted() -> None:
     assert answered == 3 * DENSITY
     assert world.node.flood is not None and len(world.node.flood) == 0
     assert world.node.stats["flood_dropped"] == 0
+
+
+def test_a_cluster_peer_is_never_counted() -> None:
+    """Another node of the cluster relays many users' requests: its address (the ``sip_addr`` of its
+    row in the node table, OpenSIPS ``cluster_check_addr``) is never counted; a stranger sending as
+    much is blocked. The real :class:`~edgeproxy.cluster.Cluster`, built from a node table (never
+    started: only its table is read)."""
+    from support.proxy import RecordingSender, wire
+    from twisted.internet.task import Clock
+
+    from edgeproxy.cluster import Cluster
+    from edgeproxy.cluster.nodes import NodeInfo
+    from edgeproxy.location import InMemoryLocation
+    from edgeproxy.node import Node
+    from edgeproxy.proxy.settings import ProxySettings
+    from edgeproxy.registrar import Registrar, RegistrarSettings
+    from edgeproxy.routing.loader import load_route_module
+
+    clock = Clock()
+    clock.advance(1000.0)
+    cluster = Cluster(clock, 1, [NodeInfo(1, 1, "bin:127.0.0.1:5566", sip_addr="127.0.0.1:5060"),
+                                 NodeInfo(1, 2, "bin:192.0.2.20:5566", sip_addr="192.0.2.20:5060")])
+    flood = FloodDetector(FloodSettings(sampling_time_unit=UNIT, reqs_density_per_unit=DENSITY, check_all=True))
+    sender = RecordingSender()
+    node = Node(clock, sender, Registrar(InMemoryLocation(clock), RegistrarSettings(), clock),
+                load_route_module("edgeproxy_routes.default"), ProxySettings(domains=("example.com",)),
+                cluster=cluster, flood=flood)
+    node.add_local_endpoint(LOCAL_UDP)
+    for source in ("192.0.2.20", "192.0.2.66"):
+        for i in range(3 * DENSITY):
+            node.message_received(wire(options(source, 5060, i, tag=source[-2:])),
+                                  Flow(LOCAL_UDP, Endpoint("UDP", source, 5060)))
+    answered = Counter(s.destination.remote.host for s in sender.take())
+    assert answered["192.0.2.20"] == 3 * DENSITY  # the peer: every request answered, none counted
+    assert answered["192.0.2.66"] <= DENSITY + 1  # the stranger: blocked past the limit
+    assert flood.blocked(clock.seconds()) == ["192.0.2.66"]
 
 
 def test_a_blocked_source_gets_no_reply_to_malformed_messages_either() -> None:
