@@ -301,7 +301,8 @@ def build_node(config: NodeConfiguration, reactor: Any = None, node_table: NodeT
         cluster_id=config.cluster.cluster_id if config.cluster is not None else 1,
         federation=federation,
         # [auth]: the routes' www_authorize / proxy_authorize
-        auth=Authenticator(config.auth, subscriber_store(config.auth, reactor), reactor) if config.auth else None,
+        auth=(Authenticator(config.auth, subscriber_store(config.auth, reactor), reactor, noise=noise)
+              if config.auth else None),
         # [pike]: per source address; pike_list evaluated at the reactor's time
         flood=FloodDetector(config.pike, reactor.seconds) if config.pike is not None else None,
         pinger=pinger,

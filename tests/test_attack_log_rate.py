@@ -13,6 +13,7 @@ at once, for a few seconds; then the log is read, line by line with its timestam
 
 from __future__ import annotations
 
+import hashlib
 import re
 import socket
 import threading
@@ -42,6 +43,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EdgeproxyNode]:
         "node": {"listen": [f"udp:127.0.0.1:{port}", f"ws:127.0.0.1:{port}", f"tcp:127.0.0.1:{port + 1}"]},
         "limits": {"max_connections_per_source": 8, "message_timeout": 1.0},
         "ws": {"handshake_timeout": 1.0},
+        "auth": {"users": {"alice": "wonderland"}},
     }
     with edgeproxy_node(tmp_path_factory.mktemp("lograte"), transports=("udp", "ws"), port=port, config=config,
                         log_level="info") as n:
@@ -107,8 +109,33 @@ def test_every_refusal_the_network_can_cause_is_at_most_a_line_per_source_per_se
         udp.sendto(b"NOT SIP %d\r\n\r\n" % time.monotonic_ns(), ("127.0.0.1", port))
         time.sleep(0.001)
 
+    guesser = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    guesser.bind(("127.0.0.78", 0))
+    guesser.settimeout(1.0)
+    tries = iter(range(10**6))
+
+    def spray() -> None:  # wrong passwords, five per user name: each user, then the source, backed off
+        i = next(tries)
+        user, me = f"u{i // 5}", guesser.getsockname()
+        auth = ""
+        for cseq in (1, 2):
+            request = (f"REGISTER sip:127.0.0.1 SIP/2.0\r\n"
+                       f"Via: SIP/2.0/UDP {me[0]}:{me[1]};branch=z9hG4bK-g{i}-{cseq}\r\nMax-Forwards: 70\r\nFrom: <sip:{user}@127.0.0.1>;tag=g{i}\r\n"
+                       f"To: <sip:{user}@127.0.0.1>\r\nCall-ID: g{i}\r\nCSeq: {cseq} REGISTER\r\n"
+                       f"{auth}Content-Length: 0\r\n\r\n")
+            guesser.sendto(request.encode(), ("127.0.0.1", port))
+            nonce = re.search(rb'nonce="([^"]+)"', guesser.recv(65535))
+            if nonce is None:
+                return
+            ha1 = hashlib.md5(f"{user}:127.0.0.1:guess{i}".encode()).hexdigest()
+            ha2 = hashlib.md5(b"REGISTER:sip:127.0.0.1").hexdigest()
+            response = hashlib.md5(f"{ha1}:{nonce.group(1).decode()}:{ha2}".encode()).hexdigest()
+            auth = (f'Authorization: Digest username="{user}", realm="127.0.0.1", nonce="{nonce.group(1).decode()}",'
+                    f' uri="sip:127.0.0.1", response="{response}"\r\n')
+
     floods = {"127.0.0.71": handshake_bomb, "127.0.0.72": bad_head, "127.0.0.73": silent,
-              "127.0.0.74": tcp_junk, "127.0.0.75": over_the_cap, "127.0.0.76": trickle, "127.0.0.77": udp_junk}
+              "127.0.0.74": tcp_junk, "127.0.0.75": over_the_cap, "127.0.0.76": trickle, "127.0.0.77": udp_junk,
+              "127.0.0.78": spray}
     threads = [threading.Thread(target=_until, args=(deadline, f)) for f in floods.values()]
     for t in threads:
         t.start()
@@ -118,6 +145,7 @@ def test_every_refusal_the_network_can_cause_is_at_most_a_line_per_source_per_se
     for s in held:
         s.close()
     udp.close()
+    guesser.close()
     time.sleep(10.5)  # one interval of the aggregated log: the summaries
     assert node.running()
 
@@ -130,6 +158,6 @@ def test_every_refusal_the_network_can_cause_is_at_most_a_line_per_source_per_se
         assert len(lines) <= 3, (source, lines)  # the first, the interval's counts, perhaps one more
     counted = "\n".join(log)
     for kind in ("WS refused", "WS handshake failed", "TCP connection refused", "TCP message timeout",
-                 "malformed"):
+                 "malformed", "auth back-off"):
         assert kind in counted, kind
     assert "Traceback" not in counted

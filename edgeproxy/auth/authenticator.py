@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
@@ -29,7 +29,8 @@ from .nonce import NonceIssuer, NonceState
 from .settings import AuthSettings
 from .subscribers import MemorySubscribers, Subscriber, SubscriberStore, SubscriberStoreError, SubscriberTable
 
-__all__ = ["AuthResult", "AuthOutcome", "Authenticator", "DigestError", "default_realm", "subscriber_store"]
+__all__ = ["AuthResult", "AuthOutcome", "Authenticator", "DigestError", "HostileInputLog", "default_realm",
+           "subscriber_store"]
 
 log = Logger(namespace="edgeproxy.auth")
 
@@ -70,13 +71,23 @@ def default_realm(request: Request, proxy: bool) -> str:
     return getattr(uri, "host", "") or ""
 
 
+class HostileInputLog(Protocol):
+    """Where repeated authentication failures are reported: the node's aggregated log of hostile
+    input (:class:`~edgeproxy.proxy.noise.NoiseLog`: one line per source per interval, with counts),
+    so that a guesser spraying user names is not a line per user (issue 16)."""
+
+    def note(self, source: str, kind: str, detail: str = "") -> None: ...
+
+
 class Authenticator:
     """One node's digest authentication: the nonce issuer, the subscriber store and the settings.
 
     ``clock`` is anything with ``seconds()`` (the reactor, or ``task.Clock`` in tests).
     """
 
-    def __init__(self, settings: AuthSettings, store: SubscriberStore, clock: Any) -> None:
+    def __init__(self, settings: AuthSettings, store: SubscriberStore, clock: Any,
+                 noise: HostileInputLog | None = None) -> None:
+        self.noise = noise  # None: a line each (tests, tools)
         self.settings = settings
         self.store = store
         self.clock = clock
@@ -132,11 +143,9 @@ class Authenticator:
         if outcome.result in (AuthResult.INVALID_PASSWORD, AuthResult.INVALID_USER):
             now = self.clock.seconds()
             if self.failures.failed(user, now):
-                log.info("auth: user {user} backed off after {n} failed attempts", user=user,
-                         n=self.failures.max_failures)
+                self._backed_off(source, f"user {user} backed off after {self.failures.max_failures} failed attempts")
             if source is not None and self.source_failures.failed(source, now):
-                log.info("auth: source {source} backed off after {n} failed attempts", source=source,
-                         n=self.source_failures.max_failures)
+                self._backed_off(source, f"source backed off after {self.source_failures.max_failures} failed attempts")
         elif outcome.result == AuthResult.AUTHORIZED:
             self.failures.succeeded(user)
         return outcome
@@ -194,6 +203,13 @@ class Authenticator:
         if isinstance(result, Failure):
             self.store_errors += 1
         return result
+
+    def _backed_off(self, source: str | None, what: str) -> None:
+        noise = self.noise
+        if noise is not None and source is not None:
+            noise.note(source, "auth back-off", what)
+        else:
+            log.info("auth: {what} (source {source})", what=what, source=source)
 
     def _store_failed(self, failure: Failure, creds: DigestResponse, realm: str) -> AuthOutcome:
         if failure.check(SubscriberStoreError):
