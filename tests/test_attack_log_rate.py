@@ -120,7 +120,8 @@ def test_every_refusal_the_network_can_cause_is_at_most_a_line_per_source_per_se
         auth = ""
         for cseq in (1, 2):
             request = (f"REGISTER sip:127.0.0.1 SIP/2.0\r\n"
-                       f"Via: SIP/2.0/UDP {me[0]}:{me[1]};branch=z9hG4bK-g{i}-{cseq}\r\nMax-Forwards: 70\r\nFrom: <sip:{user}@127.0.0.1>;tag=g{i}\r\n"
+                       f"Via: SIP/2.0/UDP {me[0]}:{me[1]};branch=z9hG4bK-g{i}-{cseq}\r\nMax-Forwards: 70\r\n"
+                       f"From: <sip:{user}@127.0.0.1>;tag=g{i}\r\n"
                        f"To: <sip:{user}@127.0.0.1>\r\nCall-ID: g{i}\r\nCSeq: {cseq} REGISTER\r\n"
                        f"{auth}Content-Length: 0\r\n\r\n")
             guesser.sendto(request.encode(), ("127.0.0.1", port))
