@@ -32,7 +32,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from support import mongo_server
-from support.polling import wait_until
+from support.phones import register_phone
+from support.polling import wait_log, wait_until
 from support.ports import bindable
 from support.sipp_harness import REPO, EdgeproxyNode, Sipp, SippProcess, SippResult, edgeproxy_node, free_port, require_sipp
 
@@ -210,14 +211,6 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         yield Cluster(tmp_path, stack)
 
 
-def wait_log(node: EdgeproxyNode, pattern: str, timeout: float = 10.0, after: int = 0) -> float:
-    """Wait until the node's log (from offset ``after``) matches ``pattern``; returns when (monotonic)."""
-    regex = re.compile(pattern, re.M)
-    wait_until(f"{pattern!r} in the log of {node.address}:\n{node.log()[-3000:]}",
-               lambda: regex.search(node.log()[after:]), timeout=timeout, step=0.01)
-    return time.monotonic()
-
-
 def wait_peers_up(x: EdgeproxyNode, y: EdgeproxyNode) -> None:
     wait_log(x, r"cluster 1: node 2 is UP")
     wait_log(y, r"cluster 1: node 1 is UP")
@@ -229,19 +222,12 @@ def freeswitch(tmp_path: Path) -> Sipp:
     return Sipp(tmp_path / "freeswitch", "udp", local_ip=FREESWITCH_IP)
 
 
-def register_phone(tmp_path: Path, node: EdgeproxyNode, user: str, *, ip: str = PHONE_IPS[0],
-                   expires: int = 300) -> SippProcess:
-    """A phone on ``ip``: REGISTER ``user@DOMAIN`` to ``node``, then answer calls until stopped."""
-    sipp = Sipp(tmp_path / f"phone-{user}", "udp", local_ip=ip)
-    phone = sipp.start("register", node.address, user=user, ooc="uas_answer", duration_ms=60_000, timeout=70,
-                       keys={"expires": expires, "domain": DOMAIN})
-    phone.wait_for_message(r"^SIP/2.0 200 OK", timeout=10)
-    return phone
-
-
 @contextmanager
-def phone(tmp_path: Path, node: EdgeproxyNode, user: str, **kw: Any) -> Iterator[SippProcess]:
-    p = register_phone(tmp_path, node, user, **kw)
+def phone(tmp_path: Path, node: EdgeproxyNode, user: str, *, ip: str = PHONE_IPS[0],
+          expires: int = 300) -> Iterator[SippProcess]:
+    """A phone on ``ip``: REGISTER ``user@DOMAIN`` to ``node``, then answer calls until the block ends."""
+    p = register_phone(Sipp(tmp_path / f"phone-{user}", "udp", local_ip=ip), node.address, user, expires=expires,
+                       keys={"domain": DOMAIN})
     try:
         yield p
     finally:

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
 
+from support.phones import natted
 from support.polling import wait_until
 from support.sipp_harness import Sipp, free_port
 from test_e2e_cluster import (  # noqa: F401  (target, collection, cluster: fixtures used by name)
@@ -33,11 +33,6 @@ from test_e2e_cluster import (  # noqa: F401  (target, collection, cluster: fixt
 )
 
 
-def natted(port: int) -> dict[str, Any]:
-    """The SIPp keys of a phone writing the private address 127.0.0.99:``port`` everywhere."""
-    return {"via_host": "127.0.0.99", "via_port": port, "contact_host": "127.0.0.99", "contact_port": port}
-
-
 def requests(messages: list) -> list[str]:
     return [m.first_line.split(" ")[0] for m in messages if not m.first_line.startswith("SIP/")]
 
@@ -50,7 +45,7 @@ def test_federated_call_to_a_natted_phone_every_request_reaches_it(cluster: Clus
     x, y = start_federated(cluster, target, collection)
     phone_sipp = Sipp(tmp_path / "nat-phone", "udp", local_ip=PHONE_IPS[0])
     nat_phone = phone_sipp.start("nat_register", x.address, user="natty", ooc="call_uas", duration_ms=60_000,
-                                 timeout=70, keys={"domain": DOMAIN, **natted(5099), "answer_host": "127.0.0.99",
+                                 timeout=70, keys={"domain": DOMAIN, **natted(port=5099), "answer_host": "127.0.0.99",
                                                    "answer_port": 5099, "hangup": "caller"})
     try:
         nat_phone.wait_for_message(r"^SIP/2.0 200 OK", timeout=10)
@@ -85,7 +80,7 @@ def test_natted_phone_on_x_calls_natted_phone_on_y_through_freeswitch(cluster: C
 
     bob = Sipp(tmp_path / "bob", "udp", local_ip=PHONE_IPS[1]).start(
         "nat_register", y.address, user="bob", ooc="call_uas", duration_ms=60_000, timeout=70,
-        keys={"domain": DOMAIN, **natted(5099), "answer_host": "127.0.0.99", "answer_port": 5097,
+        keys={"domain": DOMAIN, **natted(port=5099), "answer_host": "127.0.0.99", "answer_port": 5097,
               "hangup": "callee"})
     fs_a_leg = None
     try:
@@ -95,11 +90,11 @@ def test_natted_phone_on_x_calls_natted_phone_on_y_through_freeswitch(cluster: C
         alice_port = free_port(PHONE_IPS[0])
         alice_sipp = Sipp(tmp_path / "alice", "udp", local_ip=PHONE_IPS[0])
         alice_sipp.run("nat_register", x.address, user="alice", port=alice_port, duration_ms=0, timeout=10,
-                       keys={"domain": DOMAIN, **natted(5098)}).assert_ok()
+                       keys={"domain": DOMAIN, **natted(port=5098)}).assert_ok()
         fs_a_leg = Sipp(tmp_path / "fs-a-leg", "udp", local_ip=FREESWITCH_IP).start(
             "call_uas", port=fs_port, user="bob", timeout=30, keys={"hangup": "caller"})
         alice = alice_sipp.start("call_uac", x.address, user="bob", port=alice_port, duration_ms=4_000, timeout=30,
-                                 keys={"domain": DOMAIN, "caller": "alice", "hangup": "caller", **natted(5098)})
+                                 keys={"domain": DOMAIN, "caller": "alice", "hangup": "caller", **natted(port=5098)})
         fs_a_leg.wait_for_message(r"^INVITE sip:bob@", timeout=10)  # her call reached FreeSWITCH via X
         # the bridge: FreeSWITCH calls bob on X (the node that sent it the call); bob hangs up
         b_leg = freeswitch(tmp_path).run("call_uac", x.address, user="bob", timeout=20,

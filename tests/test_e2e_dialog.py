@@ -20,6 +20,7 @@ from typing import Any, Iterator
 
 import pytest
 from support.mi import mi_answer
+from support.phones import register_phone
 from support.ports import free_port
 from support.sipp_harness import LOOPBACK, Sipp, SippProcess, require_sipp
 from support.webrtc_harness import WebNode, header, require_node, sip_messages, wss_node
@@ -47,11 +48,8 @@ def mi(web: WebNode, method: str, params: Any = None) -> Any:
 def freeswitch(web: WebNode, tmp_path: Path, user: str, ooc: str = "uas_answer") -> SippProcess:
     """SIPp as FreeSWITCH on UDP: registered as ``user``, answering calls (``uas_answer``: 180, 200,
     then it waits for a BYE and answers it 200; ``uas_noanswer``: rings until CANCELled)."""
-    phone = Sipp(tmp_path / f"fs-{user}", "udp").start(
-        "register", web.node.address, user=user, ooc=ooc, duration_ms=60_000, timeout=70,
-        keys={"expires": 300, "domain": DOMAIN})
-    phone.wait_for_message(r"^SIP/2.0 200 OK", timeout=10)
-    return phone
+    return register_phone(Sipp(tmp_path / f"fs-{user}", "udp"), web.node.address, user, ooc,
+                          keys={"domain": DOMAIN})
 
 
 def dialogs(web: WebNode) -> list[dict[str, Any]]:

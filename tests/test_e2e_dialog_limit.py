@@ -16,6 +16,7 @@ from typing import Any, Iterator
 
 import pytest
 from support.mi import mi_result
+from support.phones import register_phone
 from support.polling import wait_until
 from support.ports import free_port
 from support.sipp_harness import LOOPBACK, EdgeproxyNode, Sipp, SippProcess, edgeproxy_node, require_sipp
@@ -47,11 +48,8 @@ def calls_of(node: EdgeproxyNode, user: str) -> int:
 
 
 def phone(node: EdgeproxyNode, tmp_path: Path, user: str, ooc: str, **keys: Any) -> SippProcess:
-    p = Sipp(tmp_path / f"phone-{user}", "udp").start(
-        "register", node.address, user=user, ooc=ooc, duration_ms=120_000, timeout=130,
-        keys={"expires": 300, **keys})
-    p.wait_for_message(r"^SIP/2.0 200 OK", timeout=10)
-    return p
+    return register_phone(Sipp(tmp_path / f"phone-{user}", "udp"), node.address, user, ooc, keys=keys,
+                          duration_ms=120_000, timeout=130)
 
 
 def test_third_concurrent_call_is_refused_and_a_new_one_goes_through_after(node: EdgeproxyNode,

@@ -19,8 +19,9 @@ from typing import Any, Iterator
 
 import pytest
 from support.mi import post, rpc
+from support.phones import register_phone
 from support.ports import free_port
-from support.sipp_harness import LOOPBACK, EdgeproxyNode, Sipp, SippProcess, edgeproxy_node, require_sipp
+from support.sipp_harness import LOOPBACK, EdgeproxyNode, Sipp, edgeproxy_node, require_sipp
 
 try:
     from opensips.mi import OpenSIPSMI, OpenSIPSMIException
@@ -58,17 +59,9 @@ def mi(node: EdgeproxyNode) -> Any:
     return OpenSIPSMI(conn="http", url=node.mi_url)  # type: ignore[attr-defined]
 
 
-def register_phone(sipp: Sipp, node: EdgeproxyNode, user: str) -> SippProcess:
-    """A phone: REGISTER, then answer incoming calls until stopped."""
-    phone = sipp.start("register", node.address, user=user, ooc="uas_answer", duration_ms=60_000, timeout=70,
-                       keys={"expires": 300})
-    phone.wait_for_message(r"^SIP/2.0 200 OK", timeout=10)
-    return phone
-
-
 def test_opensips_client_sees_the_registration_and_ul_rm_ends_it(node: EdgeproxyNode, mi: Any,
                                                                   tmp_path: Path) -> None:
-    phone = register_phone(Sipp(tmp_path / "phone"), node, "alice")
+    phone = register_phone(Sipp(tmp_path / "phone"), node.address, "alice")
     try:
         contact = f"sip:alice@{LOOPBACK}:{phone.port};transport=UDP"
         dump = mi.execute("ul_dump")

@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+from support.phones import natted
 from support.sipp_harness import EdgeproxyNode, Sipp, SippProcess, edgeproxy_node, free_port, require_sipp
 
 FREESWITCH = "127.0.0.21"
 PHONE = "127.0.0.31"
 PHONE2 = "127.0.0.32"
-PRIVATE = {"via_host": "127.0.0.99", "via_port": 5099}  # where nothing listens
 NODE = "127.0.0.1"
 
 
@@ -32,11 +32,6 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EdgeproxyNode]:
     require_sipp()
     with edgeproxy_node(tmp_path_factory.mktemp("nat") / "node") as n:  # no NAT setting: the default
         yield n
-
-
-def natted(transport: str) -> dict[str, object]:
-    """The SIPp keys of a phone writing its private address everywhere."""
-    return {**PRIVATE, "contact_host": "127.0.0.99", "contact_port": 5099, "contact_params": f";transport={transport}"}
 
 
 def register(tmp_path: Path, node: EdgeproxyNode, user: str, *, transport: str = "udp", ip: str = PHONE,

@@ -23,9 +23,10 @@ from typing import Any, Iterator
 
 import pytest
 from support.mi import rpc
+from support.phones import register_phone
 from support.ports import free_port
 from support.sipp_harness import LOOPBACK, EdgeproxyNode, Sipp, SippProcess, edgeproxy_node, require_sipp
-from test_e2e_management import register_phone, wait_listening
+from test_e2e_management import wait_listening
 
 BIN = Path(sys.executable).parent
 
@@ -90,7 +91,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
               "dispatcher": {"destinations": [{"setid": 1, "destination": f"sip:127.0.0.{n}:5060"} for n in (63, 64)]}}
     with edgeproxy_node(workdir / "node", config=config, log_level="info", port=sip_port) as n:
         wait_listening(port)
-        phone = register_phone(Sipp(workdir / "phone"), n, "alice")
+        phone = register_phone(Sipp(workdir / "phone"), n.address, "alice")
         try:
             yield Node(n, f"http://{LOOPBACK}:{port}/mi", phone)
         finally:
@@ -195,7 +196,7 @@ def test_opensips_cli_changes_what_the_mi_changes(node: Node, tmp_path: Path) ->
     assert node.cli_json("log_level", "4") == {"New global log level": 4, "Log level name": "debug"}
     assert node.mi("log_level")["Processes"][0]["Log level"] == 4
     node.cli_json("log_level", "3")
-    phone = register_phone(Sipp(tmp_path / "bob"), node.node, "bob")
+    phone = register_phone(Sipp(tmp_path / "bob"), node.node.address, "bob")
     try:
         contact = node.mi("ul_show_contact", ["location", "bob"])["Contacts"][0]["Contact"]
         assert node.cli_json("ul_rm_contact", "location", "bob", contact) == "OK"

@@ -16,7 +16,8 @@ from typing import Iterator
 
 import pytest
 
-from support.sipp_harness import LOOPBACK, EdgeproxyNode, Sipp, SippProcess, edgeproxy_node, free_port, require_sipp
+from support.phones import register_phone
+from support.sipp_harness import LOOPBACK, EdgeproxyNode, Sipp, edgeproxy_node, free_port, require_sipp
 
 
 @pytest.fixture(scope="module")
@@ -28,15 +29,6 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EdgeproxyNode]:
 
 def sipp_for(tmp_path: Path, transport: str) -> Sipp:
     return Sipp(tmp_path / transport, transport)
-
-
-def register_phone(sipp: Sipp, node: EdgeproxyNode, user: str, ooc: str, keys: dict | None = None,
-                   expires: int = 300) -> SippProcess:
-    """A phone: REGISTER, then answer incoming calls with the ``ooc`` scenario until stopped."""
-    phone = sipp.start("register", node.address, user=user, ooc=ooc, duration_ms=60_000, timeout=70,
-                       keys={"expires": expires, **(keys or {})})
-    phone.wait_for_message(r"^SIP/2.0 200 OK", timeout=10)
-    return phone
 
 
 def methods(messages: list, direction: str) -> list[str]:
@@ -185,7 +177,7 @@ def test_bindings_expire_after_their_time(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("caller_t", "callee_t"), [("udp", "udp"), ("tcp", "tcp"), ("udp", "tcp"), ("tcp", "udp")])
 def test_call_through_the_proxy_with_record_route(node: EdgeproxyNode, tmp_path: Path, caller_t: str, callee_t: str) -> None:
     user = f"bob{caller_t}{callee_t}"
-    callee = register_phone(sipp_for(tmp_path, callee_t), node, user, "uas_answer")
+    callee = register_phone(sipp_for(tmp_path, callee_t), node.address, user, "uas_answer")
     try:
         caller = sipp_for(tmp_path, caller_t).run("uac_call", node.address, user=user, duration_ms=100,
                                                   keys={"domain": LOOPBACK}).assert_ok()
@@ -213,7 +205,7 @@ def test_call_through_the_proxy_with_record_route(node: EdgeproxyNode, tmp_path:
 
 
 def test_cancel_before_answer_gives_487(node: EdgeproxyNode, tmp_path: Path) -> None:
-    callee = register_phone(sipp_for(tmp_path, "udp"), node, "ringing", "uas_noanswer")
+    callee = register_phone(sipp_for(tmp_path, "udp"), node.address, "ringing", "uas_noanswer")
     try:
         caller = sipp_for(tmp_path, "udp").run("uac_cancel", node.address, user="ringing",
                                                keys={"domain": LOOPBACK}).assert_ok()
@@ -224,7 +216,7 @@ def test_cancel_before_answer_gives_487(node: EdgeproxyNode, tmp_path: Path) -> 
 
 
 def test_callee_busy_486_is_propagated(node: EdgeproxyNode, tmp_path: Path) -> None:
-    callee = register_phone(sipp_for(tmp_path, "udp"), node, "busy", "uas_reject",
+    callee = register_phone(sipp_for(tmp_path, "udp"), node.address, "busy", "uas_reject",
                             keys={"code": 486, "reason": "Busy Here"})
     try:
         caller = sipp_for(tmp_path, "udp").run("uac_expect", node.address, user="busy",
@@ -237,7 +229,7 @@ def test_callee_busy_486_is_propagated(node: EdgeproxyNode, tmp_path: Path) -> N
 
 
 def test_callee_never_answers_gives_408_after_timer_c(node: EdgeproxyNode, tmp_path: Path) -> None:
-    callee = register_phone(sipp_for(tmp_path, "udp"), node, "sleepy", "uas_noanswer")
+    callee = register_phone(sipp_for(tmp_path, "udp"), node.address, "sleepy", "uas_noanswer")
     try:
         started = time.monotonic()
         caller = sipp_for(tmp_path, "udp").run("uac_expect", node.address, user="sleepy", timeout=30,
@@ -272,7 +264,7 @@ def test_max_forwards_zero_gets_483(node: EdgeproxyNode, ua: RawUA) -> None:
 
 
 def test_retransmitted_invite_is_absorbed(node: EdgeproxyNode, tmp_path: Path, ua: RawUA) -> None:
-    callee = register_phone(sipp_for(tmp_path, "udp"), node, "once", "uas_answer")
+    callee = register_phone(sipp_for(tmp_path, "udp"), node.address, "once", "uas_answer")
     try:
         invite = invite_text("once", ua.port, "z9hG4bK-retrans1", call_id=f"rt{ua.port}")
         ua.sock.sendto(invite, (node.host, node.port))

@@ -33,6 +33,7 @@ from typing import Any, Iterator
 
 import pytest
 
+from support.phones import register_phone
 from support.sipp_harness import LOOPBACK, EdgeproxyNode, Sipp, SippProcess, edgeproxy_node, free_port, require_sipp
 from support.tls_ca import Issued, TestCA
 
@@ -295,11 +296,8 @@ def edge(tmp_path_factory: pytest.TempPathFactory, pki) -> Iterator[TlsNode]:
 
 
 def udp_phone(edge: TlsNode, tmp_path: Path, user: str, ooc: str = "uas_answer") -> SippProcess:
-    phone = Sipp(tmp_path / f"phone-{user}", "udp").start(
-        "register", edge.node.address, user=user, ooc=ooc, duration_ms=60_000, timeout=70,
-        keys={"expires": 300, "domain": DOMAIN})
-    phone.wait_for_message(r"^SIP/2.0 200 OK", timeout=10)
-    return phone
+    return register_phone(Sipp(tmp_path / f"phone-{user}", "udp"), edge.node.address, user, ooc,
+                          keys={"domain": DOMAIN})
 
 
 # -- baresip: a TLS phone ----------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from typing import Iterator
 
 import pytest
 
+from support.phones import register_phone
 from support.sipp_harness import LOOPBACK, EdgeproxyNode, Sipp, SippProcess, require_sipp
 from support.webrtc_harness import WebNode, header, require_node, sip_messages, wss_node
 
@@ -43,11 +44,8 @@ def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebNode]:
 
 def udp_phone(web: WebNode, tmp_path: Path, user: str, ooc: str = "uas_answer") -> SippProcess:
     """A SIP phone on UDP (SIPp): REGISTER, then answer calls with ``ooc`` until stopped."""
-    phone = Sipp(tmp_path / f"phone-{user}", "udp").start(
-        "register", web.node.address, user=user, ooc=ooc, duration_ms=60_000, timeout=70,
-        keys={"expires": 300, "domain": DOMAIN})
-    phone.wait_for_message(r"^SIP/2.0 200 OK", timeout=10)
-    return phone
+    return register_phone(Sipp(tmp_path / f"phone-{user}", "udp"), web.node.address, user, ooc,
+                          keys={"domain": DOMAIN})
 
 
 def single_via(message: str) -> bool:

@@ -26,6 +26,7 @@ from typing import Any, Iterator
 import pytest
 
 from support import mongo_server
+from support.polling import wait_log
 from support.ports import free_port
 from support.sipp_harness import EdgeproxyNode, Sipp, spawn_twistd, toml_text
 from support.transport import status_of
@@ -220,13 +221,6 @@ def test_tls_wss_answers_over_udp_tls_and_wss(tmp_path: Path) -> None:
         assert node.running()
 
 
-def wait_log(node: EdgeproxyNode, pattern: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not re.search(pattern, node.log(), re.M):
-        assert time.monotonic() < deadline, f"no {pattern!r} in {node.config_path.name}'s log:\n{node.log()[-3000:]}"
-        time.sleep(0.05)
-
-
 def test_federated_pair_completes_a_call_through_both_nodes(tmp_path: Path, store: mongo_server.MongoTarget) -> None:
     directory = copy_example("federated", tmp_path)
     ports = Ports()
@@ -234,8 +228,8 @@ def test_federated_pair_completes_a_call_through_both_nodes(tmp_path: Path, stor
     with ExitStack() as stack:
         x = start(stack, directory / "node-x.toml", ports, url)
         y = start(stack, directory / "node-y.toml", ports, url)
-        wait_log(x, r"cluster 1: node 2 is UP")
-        wait_log(y, r"cluster 1: node 1 is UP")
+        wait_log(x, r"cluster 1: node 2 is UP", timeout=20.0)
+        wait_log(y, r"cluster 1: node 1 is UP", timeout=20.0)
         phone = Sipp(tmp_path / "phone", "udp", local_ip=PHONE_IP).start(
             "register", x.address, user="alice", ooc="uas_answer", duration_ms=60_000, timeout=70,
             keys={"expires": 300, "domain": DOMAIN})

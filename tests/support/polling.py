@@ -4,10 +4,20 @@ with what it waited for."""
 
 from __future__ import annotations
 
+import re
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
-__all__ = ["wait_until"]
+__all__ = ["wait_until", "wait_log", "Logging"]
+
+
+class Logging(Protocol):
+    """A running node whose log can be read (:class:`~support.sipp_harness.EdgeproxyNode`)."""
+
+    @property
+    def address(self) -> str: ...
+
+    def log(self) -> str: ...
 
 
 def wait_until(what: str, check: Callable[[], Any], timeout: float = 10.0, step: float = 0.05) -> Any:
@@ -21,3 +31,15 @@ def wait_until(what: str, check: Callable[[], Any], timeout: float = 10.0, step:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what} (last: {value!r})")
         time.sleep(step)
+
+
+def wait_log(node: Logging, pattern: str, timeout: float = 10.0, after: int = 0) -> float:
+    """Wait until the node's log (from offset ``after``) matches ``pattern`` (a regular expression,
+    multi-line); returns when (``time.monotonic()``). Fails with the end of the log."""
+    regex = re.compile(pattern, re.M)
+    try:
+        wait_until(f"{pattern!r} in the log of {node.address}", lambda: regex.search(node.log()[after:]),
+                   timeout=timeout, step=0.01)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}:\n{node.log()[-3000:]}") from None
+    return time.monotonic()
