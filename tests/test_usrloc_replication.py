@@ -345,6 +345,34 @@ def test_a_silent_or_dead_donor_is_replaced_by_another() -> None:
     assert z.contacts("bob") == y.contacts("bob") != []
 
 
+def test_a_cut_link_heals_without_a_sync() -> None:
+    """Both nodes run while their link is cut (each sees the other DOWN): what changed meanwhile --
+    saves and removals -- goes to the peer when the link is back, without either pulling a table."""
+    clock = Clock()
+    clock.advance(T0)
+    x, y = mesh_of(clock, 1, 2).values()
+    clock.advance(5)
+    link_up(x, y)
+    x.save(b("alice"))
+    x.save(b("bob"))
+    clock.advance(0.02)
+    assert y.contacts("alice") != [] and y.contacts("bob") != []
+    x.link.see(2, False)  # type: ignore[attr-defined]
+    y.link.see(1, False)  # type: ignore[attr-defined]
+    x.location.remove("alice")
+    x.save(b("carol"))
+    y.save(b("dave"))
+    clock.advance(0.02)
+    assert y.contacts("carol") == [] and y.contacts("alice") != []
+    link_up(x, y)
+    drain(clock)
+    clock.advance(0.02)
+    for aor in ("alice", "bob", "carol", "dave"):
+        assert x.contacts(aor) == y.contacts(aor), aor
+    assert y.contacts("alice") == [] and y.contacts("carol") != [] and x.contacts("dave") != []
+    assert x.link.asked == y.link.asked == []  # type: ignore[attr-defined]
+
+
 def slow_donation() -> tuple[Clock, Node, Node, list[Deferred]]:
     """X holds 3,000 AoRs (15 slices of a donation) and is synced; Y starts and asks X for them,
     over a link whose chunks' acknowledgements the test gives (the list returned)."""

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from functools import cached_property, lru_cache
 from typing import Any, Iterable, Iterator, Mapping
 
 __all__ = [
@@ -53,8 +54,13 @@ class NodeTableError(ValueError):
     """A node table row (or the table as a whole) cannot be used. ``str()`` is one line."""
 
 
+@lru_cache(maxsize=1024)
 def normalize_ip(text: str) -> str | None:
-    """The canonical text of an IP literal (IPv4-mapped IPv6 as IPv4, no brackets), or ``None``."""
+    """The canonical text of an IP literal (IPv4-mapped IPv6 as IPv4, no brackets), or ``None``.
+
+    Cached (bounded): ``cluster_check_addr`` asks it about the source of every request a node of a
+    cluster receives (``trusted_source``), and ``ipaddress`` parsing costs ~20 µs a REGISTER --
+    the whole of what full sharing seemed to cost (issue 12)."""
     text = text.strip()
     if text.startswith("[") and text.endswith("]"):
         text = text[1:-1]
@@ -257,7 +263,7 @@ class NodeInfo:
             description=_opt_text(full, "description"),
         )
 
-    @property
+    @cached_property
     def bin(self) -> BinAddress:
         """The parsed ``url``."""
         return parse_bin_url(self.url)
@@ -279,7 +285,7 @@ class NodeInfo:
         """Whether ``flags`` holds ``seed`` (falls back to "synced" after seed_fallback_interval)."""
         return "seed" in self.flag_set
 
-    @property
+    @cached_property
     def sip_host(self) -> str | None:
         """The host of ``sip_addr`` (see :func:`sip_addr_host`), or ``None``."""
         return sip_addr_host(self.sip_addr)

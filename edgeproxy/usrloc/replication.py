@@ -29,8 +29,10 @@ again on demand. The result is always merged, never wiped. A donation is sent in
 reactor turning between them, and with at most :data:`SYNC_WINDOW` chunks unacknowledged
 (:meth:`~edgeproxy.cluster.Cluster.send_acked`): the pings and the ordinary replication sharing the
 link are never queued behind more than that. One log line per sync with count, duration and bytes.
-OpenSIPS also pulls only at start; a partition healed between two running nodes is brought level by
-``ul_cluster_sync``.
+Changes made while no peer is up are held and sent to the first peer that comes up again, so two
+running nodes whose link was cut are brought level when it heals, without a sync (with three or
+more nodes, a peer that alone was unreachable misses what the others were sent meanwhile: MI
+``ul_cluster_sync`` pulls on demand).
 
 Connection-bound contacts (WebSocket, outbound flows, TCP/TLS behind NAT) are replicated tagged with
 the ``sip_addr`` of the node holding the connection (``Binding.owner``): only that node can reach
@@ -219,6 +221,7 @@ class Replication:
         #: this node's sip_addr: the owner written on its connection-bound contacts
         self.sip_addr = cluster.sip_addr_of(cluster.my_node_id) or None
         self._sent: dict[str, tuple[Binding, ...]] = {}  # what peers were last told of each AoR
+        self._held: set[str] = set()  # AoRs changed while no peer was up
         self._running = False
         self._soon: Any = None
         self.fallback = float(fallback)
@@ -284,23 +287,28 @@ class Replication:
         self._soon = None
         try:
             aors = self.journal.take()
-            # with no peer up nothing is encoded; _sent still follows the table (a peer coming up syncs)
-            up = bool(aors) and bool(self.cluster.up_nodes(self.cluster_id))
-            get = self.location.get
+            if not self.cluster.up_nodes(self.cluster_id):
+                # nobody to tell: kept for the first peer that comes up again (a link cut while both
+                # nodes ran is made good this way; a restarted peer also pulls the whole table)
+                self._held |= aors
+                return
+            if self._held:
+                aors |= self._held
+                self._held = set()
+            now = self.clock.seconds()
             sent = self._sent
             entries = []
-            for aor in aors:
-                current = tuple(get(aor))
+            for aor, stored in self.location.stored(aors):
+                current = tuple([b for b in stored if b.expires_at > now])
                 before = sent.pop(aor, ())
                 if current:
                     sent[aor] = current
-                if up:
-                    if before:
-                        now_uris = {b.uri for b in current}
-                        removed = [(str(b.uri), b.call_id, b.cseq) for b in before if b.uri not in now_uris]
-                    else:
-                        removed = []
-                    entries.append(self._entry(aor, current, removed))
+                if before:
+                    now_uris = {b.uri for b in current}
+                    removed = [(str(b.uri), b.call_id, b.cseq) for b in before if b.uri not in now_uris]
+                else:
+                    removed = []
+                entries.append(self._entry(aor, current, removed))
             if entries:
                 for payload in _pack("u", entries):
                     self.stats["repl_messages"] += 1
@@ -403,14 +411,17 @@ class Replication:
 
     # -- syncs ---------------------------------------------------------------------------------------
     def node_changed(self, node_id: int, up: bool) -> None:
-        """A peer came up: send it our table if it asked while our link to it was not up yet, and
-        pull its table if we have not synced yet. A donor went down: ask another."""
+        """A peer came up: send it our table if it asked while our link to it was not up yet, what
+        changed while no peer was up, and pull its table if we have not synced yet. A donor went
+        down: ask another."""
         if not self._running:
             return
         if up:
             if node_id in self._owed:
                 self._owed.discard(node_id)
                 self._donate(node_id)
+            if self._held:
+                self._changed(None)  # what changed while nobody was up goes out now
             self._pull(node_id)
         elif node_id == self._donor:
             log.info("usrloc: node {n} went down during its sync to us", n=node_id)
