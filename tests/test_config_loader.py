@@ -136,7 +136,7 @@ def test_the_periodic_full_collection_logs_at_debug_only(logged) -> None:
     """Every five minutes by default: noise at the default level (issue 15), so debug."""
     from twisted.logger import LogLevel
 
-    from edgeproxy.service import GarbagePolicy
+    from edgeproxy.gcpolicy import GarbagePolicy
 
     GarbagePolicy(300.0).collect()
     lines = [e for e in logged if "full garbage collection" in e.get("log_format", "")]
