@@ -128,10 +128,11 @@ class BranchLauncher:
             if isinstance(attempt, ClientBranch):
                 self._launch(attempt)
             else:
-                log.info("cannot locate {host}: {why}", host=cb.destination.server_name,
-                         why=attempt.reason if targets
-                         else "Name Resolution Failed (no such name or no usable target)",
-                         **message_context(cb.request))
+                # a name from the request (a Route, a Request-URI): counted per source, not a line each
+                self.noise.note(ctx.flow.remote.host, "cannot locate",
+                                f"{cb.destination.server_name}: " + (
+                                    attempt.reason if targets
+                                    else "Name Resolution Failed (no such name or no usable target)"), cb.request)
                 cb.final = self.forwarder.local_final(ctx.request, cb.request, attempt.status, attempt.reason)
         if cb.final is not None:
             self.core.check_done(ctx)
@@ -144,8 +145,9 @@ class BranchLauncher:
         if not isinstance(err, SendError):
             log.failure("locating {host} failed", failure, host=query.host)
             err = SendError("Name Resolution Failed")
-        log.info("cannot locate {host}: {why}", host=query.host, why=err.reason, **message_context(cb.request))
         ctx = cb.ctx
+        self.noise.note(ctx.flow.remote.host if ctx is not None else query.host, "cannot locate",
+                        f"{query.host}: {err.reason}", cb.request)
         if ctx is None or cb.final is not None or cb.replaced:
             return
         cb.final = self.forwarder.local_final(ctx.request, cb.request, err.status, err.reason)

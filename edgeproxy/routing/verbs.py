@@ -238,8 +238,12 @@ class RouteVerbs(DispatcherVerbs, TmVerbs, PermissionVerbs):
             try:
                 flow = self.forwarder.flow_tokens.decode(uri.user, uri_endpoint(uri))
             except InvalidFlowToken as exc:
-                log.info("{method} {call_id} from {src}: Route with a forged flow token",
-                         method=route.request.method, **message_context(route.request), src=source.remote)
+                if self.noise is not None:  # forged tokens are hostile input: aggregated per source
+                    self.noise.note(source.remote.host, "forged flow token",
+                                    f"{route.request.method} with a forged flow token in its Route", route.request)
+                else:
+                    log.info("{method} {call_id} from {src}: Route with a forged flow token",
+                             method=route.request.method, **message_context(route.request), src=source.remote)
                 route.flow_error = exc
                 break
             except StaleFlowToken as exc:
