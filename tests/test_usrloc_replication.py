@@ -306,6 +306,8 @@ def test_only_the_starting_node_pulls_once_from_one_donor() -> None:
     drain(clock)
     assert x.link.asked == [2] and y.link.asked == []  # type: ignore[attr-defined]
     assert x.replication.synced and x.contacts("alice") == y.contacts("alice") != []
+    # what Y registered alone went in the sync, not also as updates
+    assert [json.loads(p)["t"] for p in y.link.payloads] == ["sync", "sync-end"]
     for node, peer in ((x, 2), (y, 1)):  # the link flaps both ways
         node.link.see(peer, False)  # type: ignore[attr-defined]
         node.link.see(peer, True)  # type: ignore[attr-defined]
@@ -370,6 +372,30 @@ def test_a_cut_link_heals_without_a_sync() -> None:
     for aor in ("alice", "bob", "carol", "dave"):
         assert x.contacts(aor) == y.contacts(aor), aor
     assert y.contacts("alice") == [] and y.contacts("carol") != [] and x.contacts("dave") != []
+    assert x.link.asked == y.link.asked == []  # type: ignore[attr-defined]
+
+
+def test_a_long_cut_heals_with_a_donation(monkeypatch: Any) -> None:
+    """More than HOLD_MAX AoRs changed while the link was cut: the peer gets the whole table as a
+    flow-controlled donation instead of a flood of updates."""
+    from edgeproxy.usrloc import replication
+
+    monkeypatch.setattr(replication, "HOLD_MAX", 2)
+    clock = Clock()
+    clock.advance(T0)
+    x, y = mesh_of(clock, 1, 2).values()
+    clock.advance(5)
+    link_up(x, y)
+    x.link.see(2, False)  # type: ignore[attr-defined]
+    y.link.see(1, False)  # type: ignore[attr-defined]
+    for user in ("a1", "a2", "a3"):
+        x.save(b(user))
+    clock.advance(0.02)
+    link_up(x, y)
+    drain(clock)
+    clock.advance(0.02)
+    assert [json.loads(p)["t"] for p in x.link.payloads] == ["sync", "sync-end"]
+    assert all(y.contacts(u) == x.contacts(u) != [] for u in ("a1", "a2", "a3"))
     assert x.link.asked == y.link.asked == []  # type: ignore[attr-defined]
 
 

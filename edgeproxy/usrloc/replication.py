@@ -29,10 +29,11 @@ again on demand. The result is always merged, never wiped. A donation is sent in
 reactor turning between them, and with at most :data:`SYNC_WINDOW` chunks unacknowledged
 (:meth:`~edgeproxy.cluster.Cluster.send_acked`): the pings and the ordinary replication sharing the
 link are never queued behind more than that. One log line per sync with count, duration and bytes.
-Changes made while no peer is up are held and sent to the first peer that comes up again, so two
-running nodes whose link was cut are brought level when it heals, without a sync (with three or
-more nodes, a peer that alone was unreachable misses what the others were sent meanwhile: MI
-``ul_cluster_sync`` pulls on demand).
+Changes made while no peer is up (after one had been) are held and sent to the first peer that
+comes up again -- as updates, or as a donation of the whole table when more than :data:`HOLD_MAX`
+AoRs changed -- so two running nodes whose link was cut are level again when it heals, without
+either asking for a sync (with three or more nodes, a peer that alone was unreachable misses what
+the others were sent meanwhile: MI ``ul_cluster_sync`` pulls on demand).
 
 Connection-bound contacts (WebSocket, outbound flows, TCP/TLS behind NAT) are replicated tagged with
 the ``sip_addr`` of the node holding the connection (``Binding.owner``): only that node can reach
@@ -77,6 +78,10 @@ SYNC_SLICE = 200
 SYNC_WINDOW = 8
 #: Seconds without any chunk from the donor after which another donor is asked.
 SYNC_IDLE = 10.0
+
+#: AoRs changed while no peer was up that are sent as ordinary updates to the first peer back; with
+#: more it gets the whole table instead, as a (flow-controlled) donation.
+HOLD_MAX = 2_000
 
 #: Seconds changes gather before they are sent: at a thousand REGISTERs a second, tens of AoRs to a
 #: message instead of one or two, for a delay no caller notices.
@@ -221,7 +226,8 @@ class Replication:
         #: this node's sip_addr: the owner written on its connection-bound contacts
         self.sip_addr = cluster.sip_addr_of(cluster.my_node_id) or None
         self._sent: dict[str, tuple[Binding, ...]] = {}  # what peers were last told of each AoR
-        self._held: set[str] = set()  # AoRs changed while no peer was up
+        self._held: set[str] = set()  # AoRs changed while no peer was up (after one had been)
+        self._peer_seen = False
         self._running = False
         self._soon: Any = None
         self.fallback = float(fallback)
@@ -287,14 +293,16 @@ class Replication:
         self._soon = None
         try:
             aors = self.journal.take()
-            if not self.cluster.up_nodes(self.cluster_id):
+            up = bool(self.cluster.up_nodes(self.cluster_id))
+            if not up and self._peer_seen:
                 # nobody to tell: kept for the first peer that comes up again (a link cut while both
                 # nodes ran is made good this way; a restarted peer also pulls the whole table)
                 self._held |= aors
                 return
-            if self._held:
+            if up and self._held:
                 aors |= self._held
                 self._held = set()
+            # never a peer up since the start: _sent follows the table, the first peer will pull it
             now = self.clock.seconds()
             sent = self._sent
             entries = []
@@ -303,6 +311,8 @@ class Replication:
                 before = sent.pop(aor, ())
                 if current:
                     sent[aor] = current
+                if not up:
+                    continue
                 if before:
                     now_uris = {b.uri for b in current}
                     removed = [(str(b.uri), b.call_id, b.cseq) for b in before if b.uri not in now_uris]
@@ -420,7 +430,11 @@ class Replication:
             if node_id in self._owed:
                 self._owed.discard(node_id)
                 self._donate(node_id)
-            if self._held:
+            self._peer_seen = True
+            if len(self._held) > HOLD_MAX:
+                self._held = set()
+                self._donate(node_id)  # too much changed while nobody was up: the whole table
+            elif self._held:
                 self._changed(None)  # what changed while nobody was up goes out now
             self._pull(node_id)
         elif node_id == self._donor:
