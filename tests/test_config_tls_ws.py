@@ -16,7 +16,8 @@ from edgeproxy.config import Config, ConfigError, load_config
 from edgeproxy.service import build_node
 from edgeproxy.transport.tls import TlsSettings
 from edgeproxy.transport.ws import WsSettings
-from support.sipp_harness import _twistd, free_port
+from support.node_harness import twistd_argv
+from support.sipp_harness import free_port
 from support.tls_ca import TestCA
 
 REPO = Path(__file__).resolve().parent.parent
@@ -180,7 +181,7 @@ path = "/ws"
 """, encoding="utf-8")
     env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
     log = open(tmp_path / "twistd.log", "wb")
-    proc = subprocess.Popen(_twistd() + ["-n", "--pidfile=", "edgeproxy", "--config", str(path)], cwd=tmp_path,
+    proc = subprocess.Popen(twistd_argv() + ["-n", "--pidfile=", "edgeproxy", "--config", str(path)], cwd=tmp_path,
                             env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 20
@@ -222,7 +223,7 @@ def test_twistd_refuses_a_wss_listener_without_a_certificate(tmp_path: Path) -> 
     path = tmp_path / "edge.toml"
     path.write_text('[node]\nlisten = ["wss:127.0.0.1:8443"]\n', encoding="utf-8")
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    result = subprocess.run(_twistd() + ["-n", "--pidfile=", "edgeproxy", "--config", str(path)], cwd=tmp_path,
+    result = subprocess.run(twistd_argv() + ["-n", "--pidfile=", "edgeproxy", "--config", str(path)], cwd=tmp_path,
                             env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[0] == \

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from support.node_harness import options_probe
 from support.sipp_harness import (
     LOOPBACK,
-    _options_probe,
     edgeproxy_node,
     SCENARIOS,
     Sipp,
@@ -233,7 +233,7 @@ def test_edgeproxy_node_starts_answers_and_stops(tmp_path: Path) -> None:
     with edgeproxy_node(tmp_path, config={"registrar": {"max_expires": 600}}) as node:
         assert node.running()
         for transport in ("udp", "tcp"):
-            assert _options_probe(node.host, node.port, transport, 2.0), node.log()
+            assert options_probe(node.host, node.port, transport, 2.0), node.log()
         assert "max_expires = 600" in node.config_path.read_text()
     assert not node.running()
     # twistd stops cleanly on SIGTERM, then re-raises the signal to report how it ended
