@@ -45,11 +45,12 @@ from edgeproxy.federation import (
 from edgeproxy.federation.reactor import is_asyncio_reactor
 from edgeproxy.location import InMemoryLocation, LookupResult
 from edgeproxy.registrar import Registrar, RegistrarSettings
-from edgeproxy.sip import Request, parse_datagram
+from edgeproxy.sip import Request
 from edgeproxy.sip.endpoint import Endpoint, Flow
 
 sys.path.insert(0, str(Path(__file__).parent))
 from support import mongo_server  # noqa: E402  (tests/ is not a package)
+from support.messages import register as register_request  # noqa: E402
 
 ON_ASYNCIO = is_asyncio_reactor(sys.modules.get("twisted.internet.reactor"))
 REPO = Path(__file__).resolve().parent.parent
@@ -59,7 +60,6 @@ OTHER = "10.0.2.100"
 LOCAL = Endpoint("UDP", "10.0.1.100", 5060)
 UDP = Flow(LOCAL, Endpoint("UDP", "198.51.100.7", 5062))
 _names = itertools.count(1)
-_branch = itertools.count(1)
 
 
 # -- fixtures ----------------------------------------------------------------------------------------
@@ -104,23 +104,9 @@ def registrar(location: InMemoryLocation, clock: Clock) -> Registrar:
     return Registrar(location, RegistrarSettings(use_domain=True), clock)
 
 
-def register(*contacts: str, user: str = "alice", call_id: str = "reg-1@host", cseq: int = 1,
-             extra: tuple[str, ...] = ()) -> Request:
-    lines = [
-        "REGISTER sip:example.com SIP/2.0",
-        f"Via: SIP/2.0/UDP 198.51.100.7:5062;branch=z9hG4bK{next(_branch)}",
-        "Max-Forwards: 70",
-        f"From: <sip:{user}@example.com>;tag=f1",
-        f"To: <sip:{user}@example.com>",
-        f"Call-ID: {call_id}",
-        f"CSeq: {cseq} REGISTER",
-        *(f"Contact: {c}" for c in contacts),
-        *extra,
-        "Content-Length: 0",
-    ]
-    msg = parse_datagram(("\r\n".join(lines) + "\r\n\r\n").encode())
-    assert isinstance(msg, Request)
-    return msg
+def register(*contacts: str, user: str = "alice", **kw: Any) -> Request:
+    """A REGISTER for ``user@example.com`` (see :func:`support.messages.register`)."""
+    return register_request(*contacts, to=f"<sip:{user}@example.com>", **kw)
 
 
 async def save(registrar: Registrar, request: Request, flow: Flow = UDP) -> int:

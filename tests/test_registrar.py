@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 from email.utils import parsedate_to_datetime
 
 from twisted.internet.defer import Deferred, succeed
@@ -11,35 +10,14 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from edgeproxy.location import Binding, InMemoryLocation, LookupResult
 from edgeproxy.registrar import Registrar, RegistrarSettings, aor_of, binding_destination
-from edgeproxy.sip import Request, Response, parse_datagram, parse_name_address, parse_uri
+from edgeproxy.sip import Request, Response, parse_name_address, parse_uri
 from edgeproxy.sip.endpoint import Destination, Endpoint, Flow
 from support.doubles import LocationRecorder
+from support.messages import register
 
 T0 = 1_700_000_000.0
 UDP = Flow(Endpoint("UDP", "192.0.2.1", 5060), Endpoint("UDP", "198.51.100.7", 5062))
 WSS = Flow(Endpoint("WSS", "192.0.2.1", 443), Endpoint("WSS", "203.0.113.50", 51234), 17)
-
-_branch = itertools.count(1)
-
-
-def register(*contacts: str, to: str = "<sip:alice@Example.COM>", call_id: str = "reg-1@host", cseq: int = 1,
-             extra: tuple[str, ...] = ()) -> Request:
-    """A REGISTER as it comes off the wire (parsed by parse_datagram)."""
-    lines = [
-        "REGISTER sip:example.com SIP/2.0",
-        f"Via: SIP/2.0/UDP 198.51.100.7:5062;branch=z9hG4bK{next(_branch)}",
-        "Max-Forwards: 70",
-        f"From: {to};tag=f1",
-        f"To: {to}",
-        f"Call-ID: {call_id}",
-        f"CSeq: {cseq} REGISTER",
-        *(f"Contact: {c}" for c in contacts),
-        *extra,
-        "Content-Length: 0",
-    ]
-    msg = parse_datagram(("\r\n".join(lines) + "\r\n\r\n").encode())
-    assert isinstance(msg, Request)
-    return msg
 
 
 class RegistrarTestCase(SynchronousTestCase):
