@@ -6,6 +6,7 @@ Time is a plain float; every timer expiry is asserted at its exact instant.
 from __future__ import annotations
 
 import pytest
+from support.transactions import run_timers
 
 from edgeproxy.sip import Request, Response, parse_datagram
 from edgeproxy.transaction import (
@@ -47,14 +48,6 @@ def request(method: str = "INVITE", branch: str = "z9hG4bKclient1", *, routes: t
 
 def response(req: Request, status: int, to_tag: str | None = "to1") -> Response:
     return req.make_response(status, to_tag=to_tag)
-
-
-def run_timers(tx, until: float) -> list[tuple[float, object]]:
-    """Fire every timer up to ``until``; (time, action) pairs."""
-    out = []
-    while (when := tx.get_timer()) is not None and when <= until:
-        out.extend((when, a) for a in tx.handle_timer(when))
-    return out
 
 
 def sends(timeline) -> list[float]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from support.transactions import run_timers
 
 from edgeproxy.sip import Request, parse_datagram
 from edgeproxy.transaction import (
@@ -39,13 +40,6 @@ def request(method: str = "INVITE", branch: str = "z9hG4bKuac1", *, cseq_method:
 
 def ack(to_tag: str = "to1") -> Request:
     return request("ACK", to_tag=to_tag)
-
-
-def run_timers(tx, until: float) -> list[tuple[float, object]]:
-    out = []
-    while (when := tx.get_timer()) is not None and when <= until:
-        out.extend((when, a) for a in tx.handle_timer(when))
-    return out
 
 
 def invite_tx(reliable: bool = False, timers: TimerSettings | None = None,
