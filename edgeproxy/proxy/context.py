@@ -194,7 +194,8 @@ class ClientBranch:
     and a ``replaced`` branch's late events are ignored (its transaction only finishes its ACKs)."""
 
     __slots__ = ("ctx", "target", "request", "destination", "tx", "final", "provisional",
-                 "cancel_wanted", "cancel_sent", "flow", "base", "alternatives", "replaced", "received")
+                 "cancel_wanted", "cancel_headers", "cancel_sent", "flow", "base", "alternatives", "replaced",
+                 "received")
 
     def __init__(self, ctx: ServerContext, target: Branch, request: Request, destination: Destination) -> None:
         self.ctx: ServerContext | None = ctx  # None once the context is released
@@ -205,6 +206,7 @@ class ClientBranch:
         self.final: Response | None = None
         self.provisional = False
         self.cancel_wanted = False
+        self.cancel_headers: tuple[tuple[str, str], ...] = ()  # the Reason of a CANCEL held until a 1xx
         self.cancel_sent = False
         self.flow: Flow | None = None
         self.base: Request | None = None

@@ -32,7 +32,7 @@ from ..sip.message import Response
 from ..sip.uri import SipURI, parse_uri
 from ..sip.values import parse_name_address
 from .context import ClientBranch, RouteState, ServerContext
-from .forwarding import Forwarder
+from .forwarding import CancelHeaders, Forwarder
 from .hops import uri_destination
 from .uac import LocalRequest
 
@@ -41,7 +41,7 @@ __all__ = ["DialogKeeper"]
 log = Logger(namespace="edgeproxy.dialog")
 
 StartLocal = Callable[[LocalRequest], None]  # StatefulProxy.start_local
-CancelInvite = Callable[[ServerContext], None]  # StatefulProxy.cancel_invite
+CancelInvite = Callable[[ServerContext, CancelHeaders], None]  # StatefulProxy.cancel_invite
 
 
 def _first_uri(values: Iterable[str]) -> SipURI | None:
@@ -167,18 +167,19 @@ class DialogKeeper:
             self._cancel(dlg)
         return len(outgoing) // 2 + len(early)
 
-    def _cancel(self, dlg: Dialog) -> bool:
+    def _cancel(self, dlg: Dialog, headers: CancelHeaders = ()) -> bool:
         ctx = self._setup.get(dlg)
         if ctx is None or self.cancel_invite is None:
             return False
-        self.cancel_invite(ctx)
+        self.cancel_invite(ctx, headers)
         return True
 
     def end(self, dlg: Dialog, reason: str, extra: Iterable[tuple[str, str]] = ()) -> bool:
         """End a dialog from here (``dlg_end_dlg``): a confirmed one with BYEs both ways, an early one
-        by CANCELling its INVITE (OpenSIPS: CANCEL towards the callee); False when neither applies."""
+        by CANCELling its INVITE (OpenSIPS: CANCEL towards the callee, with the MI's extra headers,
+        ``t_cancel_trans``); False when neither applies."""
         if not dlg.confirmed:
-            return self._cancel(dlg)
+            return self._cancel(dlg, tuple(extra))
         outgoing = self.table.end(dlg, reason, extra)
         self._send_all(outgoing)
         return bool(outgoing)

@@ -44,7 +44,14 @@ from ..transaction import (
 from .branches import BranchLauncher
 from .context import Branch, CancelBranch, ClientBranch, RouteState, ServerContext
 from .dialogs import DialogKeeper
-from .forwarding import Forwarder, build_cancel
+from .forwarding import (
+    REASON_COMPLETED_ELSEWHERE,
+    REASON_NO_ANSWER,
+    CancelHeaders,
+    Forwarder,
+    build_cancel,
+    cancel_reason,
+)
 from .hooks import CallObserver, HostMatcher, RouteHooks
 from .hops import response_destination
 from .noise import NoiseLog
@@ -250,11 +257,12 @@ class StatefulProxy:
             self.send_stateless(self.forwarder.reply_to(cancel, 481, to_tag=to_tag), flow)
             return
         self.send_stateless(self.forwarder.reply_to(cancel, 200, to_tag=to_tag), flow)
-        self.cancel_invite(ctx)
+        self.cancel_invite(ctx, cancel_reason(cancel, self.settings.pass_cancel_reason))
 
-    def cancel_invite(self, ctx: ServerContext) -> None:
+    def cancel_invite(self, ctx: ServerContext, headers: CancelHeaders = ()) -> None:
         """Cancel every pending branch of ``ctx``'s INVITE and answer it 487 (§16.10): for a CANCEL,
-        or when the node ends an early dialog itself (its caller's connection is gone, the MI)."""
+        or when the node ends an early dialog itself (its caller's connection is gone, the MI).
+        ``headers`` go in each branch's CANCEL (the RFC 3326 Reason)."""
         if ctx.canceled:
             return
         ctx.canceled = True
@@ -270,7 +278,7 @@ class StatefulProxy:
                                                        to_tag=self.forwarder.to_tag(ctx.request)))
             return
         for b in pending:
-            self._cancel_branch(b)
+            self._cancel_branch(b, headers)
 
     # -- replies (the ProxyCore of the route verbs) --------------------------------------------------
     def respond(self, route: RouteState, response: Response, stateful: bool) -> None:
@@ -393,7 +401,7 @@ class StatefulProxy:
                 cb.tx.restart_timer_c(route.fr_inv_timeout, self.clock.seconds())
             cb.provisional = True
             if cb.cancel_wanted:
-                self._cancel_branch(cb)
+                self._cancel_branch(cb, cb.cancel_headers)
             if status == 100 or ctx.final_sent:
                 return
             self._forward_response(ctx, response)
@@ -411,9 +419,11 @@ class StatefulProxy:
         if status < 300 or status >= 600:
             # a 2xx or 6xx ends the search (§16.7 step 5, §16.7 step 4 for 6xx)
             ctx.groups = []
+            # OpenSIPS (build_cancel): "Call completed elsewhere" after a 2xx (RFC 3326), no Reason after a 6xx
+            reason = REASON_COMPLETED_ELSEWHERE if status < 300 else ()
             for other in ctx.branches:
                 if other is not cb and other.final is None:
-                    self._cancel_branch(other)
+                    self._cancel_branch(other, reason)
             if status < 300:
                 return
         self.check_done(ctx)
@@ -425,7 +435,8 @@ class StatefulProxy:
         if cb.final is not None or ctx is None or cb.replaced:
             return
         if status == 408 and cb.provisional and cb.request.method == "INVITE":
-            self._cancel_branch(cb)  # §16.8: timer C fired, CANCEL the branch
+            # §16.8: timer C ($T_fr_inv_timeout) fired: CANCEL the branch, with OpenSIPS's Reason
+            self._cancel_branch(cb, REASON_NO_ANSWER)
         # generated here, so it gets our To tag like any local final response (§8.2.6.2, §16.9)
         cb.final = self.forwarder.reply_to(cb.request, status, reason, to_tag=self.forwarder.to_tag(ctx.request))
         self.check_done(ctx)
@@ -472,16 +483,18 @@ class StatefulProxy:
             return
         self._respond(ctx, out)
 
-    def _cancel_branch(self, cb: ClientBranch) -> None:
-        """§9.1 / §16.10: CANCEL a pending INVITE branch once it has had a provisional response."""
+    def _cancel_branch(self, cb: ClientBranch, headers: CancelHeaders = ()) -> None:
+        """§9.1 / §16.10: CANCEL a pending INVITE branch once it has had a provisional response,
+        with ``headers`` (its RFC 3326 Reason)."""
         tx = cb.tx
         if cb.final is not None or cb.cancel_sent or not isinstance(tx, ClientInviteTransaction):
             return
         if not cb.provisional:
-            cb.cancel_wanted = True
+            if not cb.cancel_wanted:
+                cb.cancel_wanted, cb.cancel_headers = True, headers
             return
         cb.cancel_sent = True
-        cancel = build_cancel(cb.request)
+        cancel = build_cancel(cb.request, headers)
         destination = cb.send_destination()
         now = self.clock.seconds()
         cancel_tx = ClientNonInviteTransaction(cancel, reliable=destination.remote.reliable, timers=self.timers,

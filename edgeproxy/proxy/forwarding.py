@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 
 from ..dns import ServerQuery
 from ..interfaces import Locator, Sender, SendError
+from ..sip import grammar as g
 from ..sip.endpoint import Destination, Endpoint, Flow
 from ..sip.errors import SipValueError
 from ..sip.message import Headers, Message, Request, Response
@@ -29,7 +30,8 @@ from .flowtoken import FlowTokens
 from .hops import uri_destination, uri_query
 from .settings import ProxySettings
 
-__all__ = ["Forwarder", "build_cancel", "rr_uri"]
+__all__ = ["Forwarder", "build_cancel", "cancel_reason", "rr_uri", "CancelHeaders", "REASON_NO_ANSWER",
+           "REASON_COMPLETED_ELSEWHERE", "REASON_ORIGINATOR_CANCEL"]
 
 log = Logger(namespace="edgeproxy.proxy")
 
@@ -294,9 +296,38 @@ class Forwarder:
         return True
 
 
-def build_cancel(invite: Request) -> Request:
+#: Extra header lines of a CANCEL we generate, as (name, value) pairs.
+CancelHeaders = tuple[tuple[str, str], ...]
+
+# RFC 3326 Reason headers of the CANCELs OpenSIPS's tm generates, word for word:
+#: a branch that rang and timed out (fr_inv_timeout, Timer C; ``timer.c: final_response_handler``)
+REASON_NO_ANSWER: CancelHeaders = (("Reason", 'SIP;cause=480;text="NO_ANSWER"'),)
+#: the other branches of an INVITE that was answered 2xx (``t_cancel.h: CANCEL_REASON_200``, RFC 3326 §2)
+REASON_COMPLETED_ELSEWHERE: CancelHeaders = (("Reason", 'SIP ;cause=200 ;text="Call completed elsewhere"'),)
+#: a CANCEL received without a Reason to pass on (``t_fwd.c: get_cancel_reason``, "normal clearing")
+REASON_ORIGINATOR_CANCEL: CancelHeaders = (("Reason", 'SIP;cause=487;text="ORIGINATOR_CANCEL"'),)
+
+_MAX_REASON_LINES = 4  # RFC 3326 allows one value per protocol (SIP, Q.850, ...)
+_MAX_REASON_LENGTH = 256
+
+
+def cancel_reason(cancel: Request, pass_reason: bool) -> CancelHeaders:
+    """The Reason of the CANCELs that go to the branches of a CANCELled INVITE (OpenSIPS
+    ``get_cancel_reason``): with ``pass_reason`` (tm's ``t_relay`` flag ``pass-reason-hdr``) the
+    received CANCEL's own Reason lines (RFC 3326: e.g. ``SIP;cause=200;text="Call completed
+    elsewhere"`` from a forking UA, so phones do not show a missed call), if every line is a
+    well-formed and bounded RFC 3326 value; else OpenSIPS's ``487 ORIGINATOR_CANCEL``."""
+    if pass_reason:
+        lines = cancel.headers.get_all("reason")
+        if (lines and len(lines) <= _MAX_REASON_LINES
+                and all(len(v) <= _MAX_REASON_LENGTH and g.REASON_RE.fullmatch(v) for v in lines)):
+            return tuple(("Reason", v.strip()) for v in lines)
+    return REASON_ORIGINATOR_CANCEL
+
+
+def build_cancel(invite: Request, extra: CancelHeaders = ()) -> Request:
     """§9.1: the CANCEL of a forwarded INVITE: its top Via, Route set, From, To, Call-ID and CSeq
-    number; Max-Forwards 70."""
+    number; Max-Forwards 70; then ``extra`` (an RFC 3326 Reason, the MI's extra headers)."""
     h = Headers()
     h.add("Via", invite.headers.values("via")[0])
     for v in invite.headers.get_all("route"):
@@ -306,6 +337,8 @@ def build_cancel(invite: Request) -> Request:
     h.add("To", invite.headers.get("to") or "")
     h.add("Call-ID", invite.call_id)
     h.add("CSeq", f"{invite.cseq.number} CANCEL")
+    for name, value in extra:
+        h.add(name, value)
     return Request("CANCEL", invite.uri_text, h)
 
 

@@ -66,6 +66,10 @@ class ProxySettings:
     # signs the RFC 5626 flow tokens of our Record-Routes; "": a key kept in node.state_dir. The
     # same value on every node of a cluster lets each check the others' tokens
     flow_token_secret: str = field(default="", repr=False)
+    # OpenSIPS t_relay flag pass-reason-hdr, for every CANCEL (ours never reaches the route): the
+    # branches' CANCELs carry the received CANCEL's RFC 3326 Reason; false: OpenSIPS's default
+    # Reason: SIP;cause=487;text="ORIGINATOR_CANCEL"
+    pass_cancel_reason: bool = True
 
 
 PROXY_SECTION: Section[ProxySettings] = Section(ProxySettings, {
@@ -78,6 +82,7 @@ PROXY_SECTION: Section[ProxySettings] = Section(ProxySettings, {
     "server_header": _header_line("Server", empty=False),
     "user_agent_header": _header_line("User-Agent", empty=True),
     "flow_token_secret": text,
+    "pass_cancel_reason": boolean,
 })
 
 

@@ -42,6 +42,13 @@ PARAM_RE = re.compile(
 # PARAM_RE repeated, for parameters written without LWS or quotes: the fast path of scan_params.
 SIMPLE_PARAMS_RE = re.compile(rf"(?:;[{TOKEN_CHARS}]+(?:=[{TOKEN_CHARS}:\[\]@/?&=$]+)?)*")
 
+# RFC 3326 §2 Reason: reason-value *(COMMA reason-value), reason-value = protocol *(SEMI reason-params),
+# reason-params = "cause" EQUAL 1*DIGIT / "text" EQUAL quoted-string / generic-param: one whole line.
+_REASON_PARAM = (rf"(?:cause{LWS}={LWS}[0-9]+|text{LWS}={LWS}{QUOTED_STRING}"
+                 rf"|(?!(?:cause|text)\b){TOKEN}(?:{LWS}={LWS}(?:{QUOTED_STRING}|{TOKEN}))?)")
+_REASON_VALUE = rf"{LWS}{TOKEN}(?:{LWS};{LWS}{_REASON_PARAM})*{LWS}"
+REASON_RE = re.compile(rf"{_REASON_VALUE}(?:,{_REASON_VALUE})*", re.IGNORECASE)
+
 # §20.42 Via: sent-protocol LWS sent-by *( SEMI via-params )
 # The protocol name is case-insensitive; spelled out instead of re.I, which slows every class.
 VIA_RE = re.compile(
