@@ -1,7 +1,8 @@
 """The RFC 3326 Reason of the CANCELs edgeproxy sends, end to end, as OpenSIPS's ``tm`` writes them.
 
-Over real loopback UDP: ``twistd edgeproxy`` with a small route that relays every INVITE to one SIPp
-"FreeSWITCH" that rings and never answers (``uas_noanswer.xml``, 127.0.0.22), and SIPp callers:
+Over real loopback UDP: ``twistd edgeproxy`` with a small route (``fixtures/relay_route.py``) that
+relays every INVITE to one SIPp "FreeSWITCH" that rings and never answers (``uas_noanswer.xml``,
+127.0.0.22), and SIPp callers:
 
 * the caller gives up (``uac_cancel.xml``) with ``Reason: SIP;cause=200;text="Call completed
   elsewhere"`` (a forking UA whose other device took the call): FreeSWITCH's CANCEL carries that
@@ -22,20 +23,7 @@ from support.sipp_harness import LOOPBACK, Sipp, edgeproxy_node, require_sipp
 
 FS = "127.0.0.22"
 
-ROUTE = '''
-def request_route(msg):
-    if not msg.is_method("INVITE|ACK|BYE"):
-        msg.sl_send_reply(200, "OK")  # the harness's start-up OPTIONS
-        return
-    if msg.has_totag():
-        if msg.loose_route():
-            msg.t_relay()
-        return
-    if msg.params.get("fr_inv_timeout"):
-        msg.T_fr_inv_timeout = msg.params["fr_inv_timeout"]
-    msg.du = "sip:" + msg.params["fs"]
-    msg.t_relay()
-'''
+ROUTE = Path(__file__).parent / "fixtures" / "relay_route.py"
 
 
 def cancels_received(result) -> list[list[str]]:
@@ -45,10 +33,8 @@ def cancels_received(result) -> list[list[str]]:
 def run(tmp_path: Path, params: dict[str, object], caller: str, keys: dict[str, object]):
     require_sipp()
     fs_port = free_port(FS)
-    route = tmp_path / "route.py"
-    route.write_text(ROUTE, encoding="utf-8")
     config = {"route_params": {"fs": f"{FS}:{fs_port}", **params}}
-    with edgeproxy_node(tmp_path / "node", config=config, transports=("udp",), route=str(route)) as node, \
+    with edgeproxy_node(tmp_path / "node", config=config, transports=("udp",), route=str(ROUTE)) as node, \
             Sipp(tmp_path / "fs", "udp", local_ip=FS).start("uas_noanswer", port=fs_port, calls=1,
                                                            timeout=30) as fs:
         result = Sipp(tmp_path / "caller", "udp").run(caller, node.address, user="fs", timeout=20,

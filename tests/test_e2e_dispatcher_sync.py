@@ -83,5 +83,6 @@ def test_a_node_started_later_learns_a_destination_marked_inactive_before(tmp_pa
                                                       timeout=30, keys={"domain": B_IP})
         assert calls.successful_calls == 10, calls.describe()
         results = [s.stop() for s in servers]
+    print(f"B showed the state A set {learnt_after:.1f} s after B's start")
     invites = [sum(1 for m in r.received() if m.method == "INVITE") for r in results]
     assert invites == [0, 10], (invites, learnt_after)

@@ -23,7 +23,8 @@ from ..sip.endpoint import Flow
 if TYPE_CHECKING:  # pragma: no cover
     from ..sip.message import Response
 
-__all__ = ["DialogState", "Dialog", "DialogListener", "FLAG_BYE_ON_TIMEOUT", "parse_flags"]
+__all__ = ["DialogState", "Dialog", "DialogListener", "FLAG_BYE_ON_TIMEOUT", "FLAG_PING_CALLER",
+           "FLAG_PING_CALLEE", "FLAG_PINGING_CALLER", "FLAG_PINGING_CALLEE", "parse_flags"]
 
 
 class DialogState(IntEnum):
@@ -39,15 +40,22 @@ class DialogState(IntEnum):
 #: ``create_dialog("B")``: a confirmed dialog reaching its lifetime is ended with a BYE to both
 #: sides; without it the dialog is forgotten silently (OpenSIPS ``dlg_hash.h`` DLG_FLAG_BYEONTIMEOUT)
 FLAG_BYE_ON_TIMEOUT = 1
+#: ``create_dialog("P")`` / ``("p")``: the caller / callee of a confirmed dialog gets an in-dialog
+#: OPTIONS every ``options_ping_interval``; 408 or 481 (or no answer) ends the dialog with BYEs
+FLAG_PING_CALLER = 2
+FLAG_PING_CALLEE = 4
 FLAG_BYE_SEEN = 0x100  # a BYE went through (a late 2xx must not revive the dialog)
 FLAG_FAILED = 0x200  # ended by a negative final response (a late 2xx may revive it, §5.3)
+FLAG_PINGING_CALLER = 0x400  # a ping to the caller is waiting for its answer
+FLAG_PINGING_CALLEE = 0x800
 
 
 def parse_flags(flags: str) -> int:
-    """``create_dialog`` flags (``dlg_hash.h: parse_create_dlg_flags``): ``B`` is kept; the ping
-    flags ``P``/``p``/``R``/``r`` and ``E`` are not implemented and, like unknown letters in
-    OpenSIPS, skipped."""
-    return FLAG_BYE_ON_TIMEOUT if "B" in flags else 0
+    """``create_dialog`` flags (``dlg_hash.h: parse_create_dlg_flags``): ``B`` and the OPTIONS ping
+    flags ``P`` (caller) / ``p`` (callee) are kept; the re-INVITE pings ``R``/``r`` and ``E`` are
+    not implemented and, like unknown letters in OpenSIPS, skipped."""
+    return ((FLAG_BYE_ON_TIMEOUT if "B" in flags else 0) | (FLAG_PING_CALLER if "P" in flags else 0)
+            | (FLAG_PING_CALLEE if "p" in flags else 0))
 
 
 class Dialog:
@@ -124,4 +132,4 @@ class DialogListener(Protocol):
 
     def dialog_ended(self, dialog: Dialog, reason: str) -> None:
         """A confirmed dialog ended; ``reason`` is OpenSIPS's ``$DLG_end_reason`` ("Upstream BYE",
-        "Downstream BYE", "Lifetime Timeout", "MI Termination") or "Connection Lost"."""
+        "Downstream BYE", "Lifetime Timeout", "MI Termination", "Ping Timeout") or "Connection Lost"."""

@@ -2,6 +2,8 @@
 
 ``default_timeout`` is a dialog's lifetime, counted from its confirmation (the 2xx), 12 h as in
 OpenSIPS; a route changes it per dialog (``msg.dlg_timeout``, OpenSIPS ``$DLG_timeout``).
+``options_ping_interval`` (30 s) is how often the parties of dialogs created with the ``P``/``p``
+flags get an in-dialog OPTIONS.
 ``profiles_with_value`` / ``profiles_no_value`` declare the profiles routes may put dialogs in
 (OpenSIPS's ``;``-separated strings are accepted as well as TOML lists); a name ending in ``/b`` is
 shared with the other nodes of ``profile_replication_cluster`` (every ``replicate_profiles_timer``
@@ -25,7 +27,7 @@ _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}(/b)?$")
 
 @dataclass(frozen=True, slots=True)
 class DialogSettings:
-    """OpenSIPS dialog's ``default_timeout`` and profile declarations."""
+    """OpenSIPS dialog's ``default_timeout``, ``options_ping_interval`` and profile declarations."""
 
     default_timeout: int = 43200
     profiles_with_value: tuple[str, ...] = ()
@@ -33,6 +35,7 @@ class DialogSettings:
     profile_replication_cluster: int = 0  # OpenSIPS: the cluster the /b profiles are shared in; 0: none
     replicate_profiles_timer: int = 200  # ms between two sends of changed counts
     replicate_profiles_expire: int = 10  # s after which a silent peer's counts no longer count
+    options_ping_interval: int = 30  # s between two OPTIONS pings of create_dialog("Pp") dialogs
 
     def __post_init__(self) -> None:
         names = [p.removesuffix("/b") for p in self.profiles_with_value]
@@ -64,6 +67,7 @@ def _profiles(key: str, value: Any, ctx: Context) -> tuple[str, ...]:
 
 SECTION: Section[DialogSettings] = Section(DialogSettings, {
     "default_timeout": integer(1),
+    "options_ping_interval": integer(1, 3600),
     "profiles_with_value": _profiles,
     "profiles_no_value": _profiles,
     "profile_replication_cluster": integer(0),

@@ -20,6 +20,7 @@ negative final / dropped              1,2 → 5      ``failed_dialogs`` + 1
 ACK                                   3 → 4
 BYE (either side, matching tags)      3,4 → 5      "Upstream BYE" / "Downstream BYE"
 lifetime / connection lost / MI       3,4 → 5      BYEs both ways (lifetime: only with ``B``)
+ping answered 408/481 or not at all   3,4 → 5      BYEs both ways ("Ping Timeout")
 ====================================  ===========  ==========================================
 
 Every path to state 5 goes through :meth:`DialogTable._delete`, which takes the dialog out of the
@@ -35,9 +36,20 @@ from typing import Iterable, Iterator, Sequence
 
 from ..sip.endpoint import Flow
 from ..sip.message import Request, Response
-from .model import FLAG_BYE_SEEN, FLAG_FAILED, Dialog, DialogListener, DialogState, parse_flags
+from .model import (
+    FLAG_BYE_SEEN,
+    FLAG_FAILED,
+    FLAG_PING_CALLEE,
+    FLAG_PING_CALLER,
+    FLAG_PINGING_CALLEE,
+    FLAG_PINGING_CALLER,
+    Dialog,
+    DialogListener,
+    DialogState,
+    parse_flags,
+)
 from .profiles import ProfileError, Profiles, profile_name
-from .requests import bye_to_callee, bye_to_caller
+from .requests import bye_to_callee, bye_to_caller, ping_to_callee, ping_to_caller
 from .settings import DialogSettings
 
 __all__ = ["DialogTable", "DialogError", "Outgoing"]
@@ -60,6 +72,7 @@ class DialogTable:
         self.profiles = Profiles(settings)
         self.stats = {"processed_dialogs": 0, "expired_dialogs": 0, "failed_dialogs": 0}
         self._dialogs: dict[tuple[str, str], Dialog] = {}
+        self._pinged: dict[Dialog, None] = {}  # confirmed dialogs with a ping flag, in confirmation order
         self._by_flow: dict[Flow, list[Dialog]] = {}
         self._timers: list[tuple[float, int, Dialog]] = []
         self._stale_timers = 0  # entries of dialogs ended or re-timed since (removed lazily, or compacted)
@@ -199,6 +212,8 @@ class DialogTable:
         dlg.start = now
         self._move(dlg, DialogState.CONFIRMED_NA)
         self._arm(dlg, now + dlg.lifetime)
+        if dlg.flags & (FLAG_PING_CALLER | FLAG_PING_CALLEE):
+            self._pinged[dlg] = None
         for listener in self.listeners:
             listener.dialog_confirmed(dlg, response)
         return True
@@ -311,6 +326,34 @@ class DialogTable:
         self._end(dlg, reason)
         return [(to_callee, dlg, True), (to_caller, dlg, False)]
 
+    # -- pings (create_dialog("Pp"), OpenSIPS dlg_timer.c ping timer) ------------------------------------
+    @property
+    def pinged(self) -> int:
+        """Confirmed dialogs with a ping flag."""
+        return len(self._pinged)
+
+    def pings(self) -> Outgoing:
+        """One round of ``options_ping_interval``: an OPTIONS to each flagged party of every
+        confirmed dialog whose last ping to it has been answered (one ping at a time per party)."""
+        out: Outgoing = []
+        for dlg in self._pinged:
+            if dlg.flags & FLAG_PING_CALLER and not dlg.flags & FLAG_PINGING_CALLER:
+                dlg.flags |= FLAG_PINGING_CALLER
+                out.append((ping_to_caller(dlg), dlg, False))
+            if dlg.flags & FLAG_PING_CALLEE and not dlg.flags & FLAG_PINGING_CALLEE:
+                dlg.flags |= FLAG_PINGING_CALLEE
+                out.append((ping_to_callee(dlg), dlg, True))
+        return out
+
+    def ping_answered(self, dlg: Dialog, callee: bool, status: int) -> Outgoing:
+        """A ping's final answer (408: none in time). 408 and 481 (the party no longer knows the
+        call) end the dialog with BYEs both ways, "Ping Timeout", whatever its ``B`` flag; any
+        other answer means the party is there (OpenSIPS)."""
+        dlg.flags &= ~(FLAG_PINGING_CALLEE if callee else FLAG_PINGING_CALLER)
+        if status not in (408, 481) or not dlg.confirmed:
+            return []
+        return self.end(dlg, "Ping Timeout")
+
     def _end(self, dlg: Dialog, reason: str) -> None:
         self._delete(dlg)
         for listener in self.listeners:
@@ -331,6 +374,7 @@ class DialogTable:
                     del self._by_flow[flow]  # type: ignore[arg-type]
         for entry in dlg.profiles:
             self.profiles.release(entry)
+        self._pinged.pop(dlg, None)
         if dlg.timeout_at:
             dlg.timeout_at = 0.0
             self._went_stale()

@@ -14,7 +14,11 @@ Destinations are worked out when a BYE is sent (:meth:`DialogKeeper.reach`), not
 
 It owns the one reactor timer of the dialogs' lifetimes (armed for the table's earliest deadline) and
 sends each BYE in its own client transaction through the proxy (``start_local``), so BYEs over UDP are
-retransmitted and their responses absorbed.
+retransmitted and their responses absorbed. It also owns the ping timer of ``create_dialog("Pp")``
+(OpenSIPS ``options_ping_interval``): every interval while such dialogs exist, an OPTIONS to each
+flagged party, in its own client transaction; a party that answers 408/481 or not at all (the
+transaction's own timeout, Timer F) ends its dialog with BYEs both ways -- the way a UDP phone that
+lost its network or a media server that died is noticed, where no connection closes to say so.
 """
 
 from __future__ import annotations
@@ -75,6 +79,7 @@ class DialogKeeper:
         # the INVITE transaction of each dialog not confirmed yet: ending it early is CANCELling it
         self._setup: dict[Dialog, ServerContext] = {}
         self._timer: IDelayedCall | None = None
+        self._ping_timer: IDelayedCall | None = None
 
     # -- where the parties are -------------------------------------------------------------------------
     def reach(self, dlg: Dialog, callee: bool) -> Destination | None:
@@ -148,6 +153,8 @@ class DialogKeeper:
         if self.table.confirm(dlg, response, self.clock.seconds(), cb.flow, routes):
             self._setup.pop(dlg, None)
             self.arm()
+            if self.table.pinged:
+                self._arm_pings()
 
     def answered(self, ctx: ServerContext, status: int) -> None:
         """The INVITE's final response upstream was negative (or, 0, it was dropped unanswered)."""
@@ -190,26 +197,58 @@ class DialogKeeper:
         self.arm()
 
     # -- sending ---------------------------------------------------------------------------------------
-    def _send_all(self, outgoing: Outgoing) -> None:
+    def _send_all(self, outgoing: Outgoing,
+                  done: Callable[[Dialog, bool], Callable[[int], None]] | None = None) -> None:
+        """Send the table's requests, each in its own client transaction; ``done(dialog, callee)``
+        makes the callback of each one's final status (default: a failed BYE is logged)."""
         for request, dlg, callee in outgoing:
+            method = request.method
             destination = self.reach(dlg, callee)
             if destination is None:
-                log.info("cannot send BYE {call_id}: no way to reach the {who}", call_id=request.call_id,
-                         who="callee" if callee else "caller")
+                log.info("cannot send {method} {call_id}: no way to reach the {who}", method=method,
+                         call_id=request.call_id, who="callee" if callee else "caller")
+                if done is not None:
+                    done(dlg, callee)(503)
                 continue
             local = self.forwarder.sender.local_endpoint(destination.remote.transport, destination.remote)
             if local is None:
-                log.info("cannot send BYE {call_id} to {dest}: no {t} listener", call_id=request.call_id,
-                         dest=destination.remote, t=destination.remote.transport)
+                log.info("cannot send {method} {call_id} to {dest}: no {t} listener", method=method,
+                         call_id=request.call_id, dest=destination.remote, t=destination.remote.transport)
+                if done is not None:
+                    done(dlg, callee)(503)
                 continue
             request.push_via(f"SIP/2.0/{local.transport} {local.hostport};branch={self.forwarder.new_branch()}")
-            self.start_local(LocalRequest(request, destination, self.forwarder,
-                                          partial(self._bye_done, request.call_id, destination)))
+            finished = done(dlg, callee) if done is not None else partial(self._bye_done, request.call_id, destination)
+            self.start_local(LocalRequest(request, destination, self.forwarder, finished))
 
     @staticmethod
     def _bye_done(call_id: str, destination: Destination, status: int) -> None:
         if status >= 300:
             log.info("BYE {call_id} to {dest}: {status}", call_id=call_id, dest=destination.remote, status=status)
+
+    # -- the ping timer (create_dialog("Pp")) ----------------------------------------------------------
+    def _arm_pings(self) -> None:
+        if self._ping_timer is None or not self._ping_timer.active():
+            self._ping_timer = self.clock.callLater(self.table.settings.options_ping_interval, self._ping)
+
+    def _ping(self) -> None:
+        self._ping_timer = None
+        try:
+            self._send_all(self.table.pings(), self._ping_callback)
+        except Exception:
+            log.failure("internal error pinging dialogs")
+        if self.table.pinged:
+            self._arm_pings()
+
+    def _ping_callback(self, dlg: Dialog, callee: bool) -> Callable[[int], None]:
+        return partial(self._ping_done, dlg, callee)
+
+    def _ping_done(self, dlg: Dialog, callee: bool, status: int) -> None:
+        outgoing = self.table.ping_answered(dlg, callee, status)
+        if outgoing:
+            log.info("dialog {did} {call_id}: the {who} answered its ping {status}: BYE both ways", did=dlg.did,
+                     call_id=dlg.call_id, who="callee" if callee else "caller", status=status)
+            self._send_all(outgoing)
 
     # -- the lifetime timer ----------------------------------------------------------------------------
     def arm(self) -> None:
@@ -238,4 +277,6 @@ class DialogKeeper:
     def stop(self) -> None:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
+        if self._ping_timer is not None and self._ping_timer.active():
+            self._ping_timer.cancel()
         self._timer = None

@@ -26,8 +26,10 @@ class DialogRequest:
     def create_dialog(self, flags: str = "") -> bool:
         """OpenSIPS ``create_dialog(flags)`` on an initial INVITE: the node keeps the call until it
         ends (states, lifetime, profiles); flag ``B`` ends it with a BYE to both sides when its
-        lifetime (``[dialog] default_timeout``, or ``msg.dlg_timeout``) runs out. True when the
-        dialog exists (made now or already), False when it cannot be (no From tag, not an INVITE)."""
+        lifetime (``[dialog] default_timeout``, or ``msg.dlg_timeout``) runs out; ``P`` / ``p`` ping
+        the caller / callee with an in-dialog OPTIONS every ``options_ping_interval`` and end the call
+        with BYEs when one answers 408/481 or not at all. True when the dialog exists (made now or
+        already), False when it cannot be (no From tag, not an INVITE)."""
         return self._verbs.create_dialog(self._state, flags)
 
     def match_dialog(self) -> bool:
