@@ -7,26 +7,19 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from twisted.internet.defer import Deferred, maybeDeferred
 
 from ..auth import Authenticator, AuthOutcome, AuthResult
-from ..proxy.context import RouteState
 from ..sip.uri import URI, SipURI
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .verbs import RouteVerbs
+from .part import RequestPart
 
 __all__ = ["AuthRequest"]
 
 
-class AuthRequest:
+class AuthRequest(RequestPart):
     """``msg``'s authentication functions (a part of :class:`~edgeproxy.routing.api.RouteRequest`)."""
 
     __slots__ = ()
-    _state: RouteState
-    _verbs: RouteVerbs
 
     @property
     def au(self) -> str | None:

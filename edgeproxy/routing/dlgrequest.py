@@ -6,22 +6,15 @@ verbs of :class:`~edgeproxy.routing.verbs.RouteVerbs` (the dialog table is :mod:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from ..proxy.context import RouteState
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .verbs import RouteVerbs
+from .part import RequestPart
 
 __all__ = ["DialogRequest"]
 
 
-class DialogRequest:
+class DialogRequest(RequestPart):
     """``msg``'s dialog functions (a part of :class:`~edgeproxy.routing.api.RouteRequest`)."""
 
     __slots__ = ()
-    _state: RouteState
-    _verbs: RouteVerbs
 
     def create_dialog(self, flags: str = "") -> bool:
         """OpenSIPS ``create_dialog(flags)`` on an initial INVITE: the node keeps the call until it

@@ -8,8 +8,6 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from twisted.logger import Logger
 
 from ..dispatcher import (
@@ -27,9 +25,7 @@ from ..proxy.settings import ProxySettings
 from ..sip.address import ip_literal
 from ..sip.message import Request
 from ..sip.uri import SipURI
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .verbs import RouteVerbs
+from .part import RequestPart
 
 __all__ = ["DispatcherVerbs", "DispatcherRequest"]
 
@@ -172,12 +168,10 @@ class DispatcherVerbs:
         return sum(1 for d in dset.destinations if d.state_name in wanted)
 
 
-class DispatcherRequest:
+class DispatcherRequest(RequestPart):
     """``msg``'s ``ds_*`` functions (a part of :class:`~edgeproxy.routing.api.RouteRequest`)."""
 
     __slots__ = ()
-    _state: RouteState
-    _verbs: RouteVerbs
 
     def ds_select_dst(self, set: int, alg: int, flags: str = "", max_results: int = 1000) -> int:  # noqa: A002
         """OpenSIPS ``ds_select_dst(set, alg, flags)``: ``$du`` becomes a destination of ``set`` chosen

@@ -8,13 +8,11 @@ implementation, run by the node and by :class:`~edgeproxy.routing.testing.RouteH
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from ..permissions import AddressMatch, AddressResult, proto_name
 from ..proxy.context import RouteState
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .verbs import RouteVerbs
+from .part import RequestPart
 
 __all__ = ["AddressView", "PermissionVerbs", "PermissionRequest"]
 
@@ -67,12 +65,10 @@ class PermissionVerbs:
         return -1 if permissions is None else permissions.source_group(remote.host, remote.port)
 
 
-class PermissionRequest:
+class PermissionRequest(RequestPart):
     """``msg``'s permissions functions (a part of :class:`~edgeproxy.routing.api.RouteRequest`)."""
 
     __slots__ = ()
-    _state: RouteState
-    _verbs: RouteVerbs
 
     def check_address(self, group: int, ip: str, port: int = 0, proto: str = "any", pattern: str | None = None,
                       partition: str = "default") -> AddressResult:

@@ -12,13 +12,10 @@ in the request's :class:`~edgeproxy.proxy.context.RouteState`.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
 
 from ..proxy.context import RouteState
 from ..transaction import TimerSettings
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .verbs import RouteVerbs
+from .part import RequestPart
 
 __all__ = ["TmVerbs", "TmRequest"]
 
@@ -81,12 +78,10 @@ class TmVerbs:
         raise ValueError(f't_local_replied: "all", "any", "branch" or "last", got {which!r}')
 
 
-class TmRequest:
+class TmRequest(RequestPart):
     """``msg``'s tm pseudo-variables and functions (a part of :class:`~edgeproxy.routing.api.RouteRequest`)."""
 
     __slots__ = ()
-    _state: RouteState
-    _verbs: RouteVerbs
 
     @property
     def T_fr_timeout(self) -> float | None:  # noqa: N802 - OpenSIPS's $T_fr_timeout
