@@ -17,7 +17,11 @@ Output: one ``RESULT mode=... registers_per_s=... cpu_us_per_register=...`` line
 ``SUMMARY`` line per mode (median over rounds) with its ratio to memory-only. Only loopback is used;
 every node is stopped by its own PID.
 
+    python bench/usrloc_persist.py --flush-cost [--users 10000] [--rounds 3] [--no-mariadb]
     python bench/usrloc_persist.py --restart [--users 10000] [--rounds 3] [--late 50] [--no-mariadb]
+
+Flush cost: the CPU a write-back flush costs the node per contact, measured in one process (see
+:func:`flush_cost`): the steady figure behind write-back's REGISTER/s.
 
 Restart (issue 12's acceptance, timed): a write-back node (SQLite, then MariaDB; ``timer_interval``
 2 s) gets ``--users`` UDP registrations; once a flush has written them all (MI ``get_statistics``),
@@ -220,6 +224,57 @@ def restarts(args: argparse.Namespace) -> int:
     return 0
 
 
+def flush_cost(args: argparse.Namespace) -> int:
+    """CPU of write-back flushes in this process (the node's side: the snapshot in the reactor, the rows
+    and the driver's work in the worker thread, here run inline), per contact: ``--users`` AoRs saved,
+    flushed, refreshed (CSeq 2), flushed again; best of ``--rounds``. Only the public API is used, so
+    ``PYTHONPATH=<an older tree>`` measures that tree."""
+    from twisted.internet.defer import maybeDeferred
+    from twisted.internet.task import Clock
+
+    from edgeproxy.location import Binding, ChangeJournal, InMemoryLocation
+    from edgeproxy.sip.endpoint import Endpoint, Flow
+    from edgeproxy.sip.uri import parse_uri
+    from edgeproxy.usrloc import Persistence, open_table
+
+    outdir = Path(tempfile.mkdtemp(prefix="edgeproxy-usrloc-flush-"))
+    local = Endpoint("UDP", HOST, 5060)
+    urls = [("sqlite", f"sqlite://{outdir}/flush.db")] + ([] if args.no_mariadb else [("mariadb", DB_URL)])
+    for name, url in urls:
+        best: dict[int, float] = {}
+        for round_ in range(args.rounds):
+            clock = Clock()
+            clock.advance(time.time())
+            journal = ChangeJournal()
+            location = InMemoryLocation(clock, [journal])
+            table = open_table(url, "write_back_mariadb_bench" if name == "mariadb" else f"flush{round_}")
+            persistence = Persistence(location, journal, table, mode="write-back", timer_interval=60,
+                                      use_domain=False, clock=clock, runner=maybeDeferred)
+            persistence.load()
+            for cseq in (1, 2):
+                for i in range(args.users):
+                    remote = Endpoint("UDP", HOST, 10000 + i % 50000)
+                    aor = f"f{i:06d}"
+                    location.replace(aor, [Binding(
+                        aor=aor, uri=parse_uri(f"sip:{aor}@{HOST}:9"), expires_at=clock.seconds() + 3600,
+                        call_id=f"c{i}@{HOST}", cseq=cseq, received=remote, flow=Flow(local, remote),
+                        user_agent="bench", last_modified=clock.seconds())])
+                cpu = time.process_time()
+                done: list[object] = []
+                persistence.flush().addBoth(done.append)
+                while not done:  # the rows are made a slice per reactor turn
+                    clock.advance(0)
+                assert done[0] == args.users, done[0]
+                spent = (time.process_time() - cpu) * 1e6 / args.users
+                best[cseq] = min(best.get(cseq, spent), spent)
+            table.close()
+        if name == "mariadb":
+            drop_bench_table()
+        log(f"FLUSH backend={name} contacts={args.users} cpu_us_per_contact new={best[1]:.2f} "
+            f"refresh={best[2]:.2f} (best of {args.rounds})")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--users", type=int, default=20000)
@@ -231,11 +286,14 @@ def main() -> int:
                          "loader's 0.5 s retransmission timer, or retransmissions measure the loader")
     ap.add_argument("--restart", action="store_true", help="time a SIGKILL and restart instead (see above)")
     ap.add_argument("--late", type=int, default=50, help="--restart: users registered after the last flush")
+    ap.add_argument("--flush-cost", action="store_true", help="CPU per contact of a flush, in this process")
     args = ap.parse_args()
     global args_window
     args_window = args.window
     if args.restart:
         return restarts(args)
+    if args.flush_cost:
+        return flush_cost(args)
     modes = ["memory", "write-back", "write-through", "full-sharing"] + ([] if args.no_mariadb else
                                                                         ["write-back-mariadb"])
     results = alternate(args.rounds, modes, "edgeproxy-usrloc-bench-",

@@ -300,6 +300,65 @@ def test_mariadb_rows_with_hostile_strings_round_trip(maria: tuple[Any, str]) ->
     b.table.close()
 
 
+@pytest.mark.parametrize("sql_mode", ["", "NO_BACKSLASH_ESCAPES"])
+def test_mariadb_values_read_the_same_in_both_escaping_modes(maria: tuple[Any, str], sql_mode: str) -> None:
+    """The INSERT text made in the reactor does not know the server's escaping mode: executed on a
+    connection with and without NO_BACKSLASH_ESCAPES, the same values come back."""
+    conn, table = maria
+    nasty = "a\\b 'c' \\' \x00 é %s"
+    row = binding_row(udp_binding("x'y", user_agent=nasty, call_id=nasty, path=("<sip:\\p;lr>",)), False)
+    mysql = open_table(mariadb.DB_URL, table)
+    mysql.count()  # creates the table
+    (values,) = mysql.encode([row])
+    with conn.cursor() as cur:
+        cur.execute("SET SESSION sql_mode = %s", (sql_mode,))
+        cur.execute(f"INSERT INTO `{table}` ({', '.join(COLUMNS)}) VALUES {values}")
+        cur.execute(f"SELECT username, user_agent, callid, path FROM `{table}`")
+        assert cur.fetchall() == (("x'y", nasty, nasty, "<sip:\\p;lr>"),)
+    mysql.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "mariadb"])
+def test_undecodable_bytes_do_not_poison_the_flush(backend: str, tmp_path: Path, maria: tuple[Any, str]) -> None:
+    """A User-Agent with bytes that are not UTF-8 reaches the binding as lone surrogates (the parser's
+    surrogateescape); the row gets U+FFFD for them instead of every flush failing."""
+    url, table = (f"sqlite://{tmp_path}/loc.db", "location") if backend == "sqlite" else (mariadb.DB_URL, maria[1])
+    a = Node(url, table)
+    a.load()
+    a.save(udp_binding("mallory", user_agent=b"Evil\xff\xfe/1".decode("utf-8", "surrogateescape")))
+    a.clock.advance(60)
+    assert a.persistence.stats["db_failures"] == 0 and a.persistence.stats["db_written_contacts"] == 1
+    b = Node(url, table, now=T0 + 1)
+    assert b.load() == 1
+    (m,) = b.location.get("mallory")
+    assert m.user_agent == "Evil\ufffd\ufffd/1"
+    a.table.close()
+    b.table.close()
+
+
+def test_a_big_flush_is_made_in_slices_between_reactor_turns(tmp_path: Path) -> None:
+    """Rows are made in the reactor, 500 AoRs per turn: what the reactor has to do meanwhile (here a
+    REGISTER due at the same instant as the flush) runs between two slices, before the transaction;
+    its change is written by the next flush."""
+    db = tmp_path / "loc.db"
+    a = Node(f"sqlite://{db}")
+    a.load()
+    for i in range(1200):
+        a.save(udp_binding(f"u{i:04d}"))
+    meanwhile: list[int] = []
+
+    def register_between() -> None:
+        meanwhile.append(len(sqlite_rows(db)))
+        a.save(udp_binding("late"))
+
+    a.clock.callLater(60, register_between)  # due with the write-back timer, queued after its first slice
+    a.clock.advance(60)
+    assert meanwhile == [0]  # it ran while the flush was being made: nothing committed yet
+    assert len(sqlite_rows(db)) == 1200 and a.persistence.pending == 1
+    a.clock.advance(60)
+    assert len(sqlite_rows(db)) == 1201
+
+
 # -- configuration ----------------------------------------------------------------------------------------
 def config(tmp_path: Path, text: str) -> Any:
     path = tmp_path / "edge.toml"

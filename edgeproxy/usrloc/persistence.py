@@ -18,10 +18,10 @@ and saves never touch the database. What it does:
   and answers 500 when the commit fails (see there). A crash loses nothing that was acknowledged;
 * **ul_sync** (:meth:`Persistence.sync`): empty the table and write the whole memory table.
 
-All database work runs in a worker thread (``deferToThread``), one operation at a time; the
-reactor only hands over the AoRs' stored bindings (immutable tuples, :meth:`InMemoryLocation.stored`)
-and the row conversion runs in the thread too. A failed write keeps its AoRs for the next flush
-(logged once per outage).
+All database work runs in a worker thread (``deferToThread``), one operation at a time; the rows
+are made in the reactor, a slice of AoRs per turn, so that the thread has almost no Python work
+that would take the GIL from the reactor (see :meth:`Persistence._encode`). A failed write keeps
+its AoRs for the next flush (logged once per outage).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import time
 from typing import Any, Callable, Iterable, Sequence
 
 from twisted.internet.defer import Deferred, DeferredLock, fail, inlineCallbacks
-from twisted.internet.task import LoopingCall
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -42,6 +42,8 @@ from .sqlstore import LocationTable, TableError
 __all__ = ["Persistence", "Runner", "TableError"]
 
 log = Logger(namespace="edgeproxy.usrloc")
+
+_SLICE = 500  # changed AoRs turned into rows per reactor turn (~1-3 ms)
 
 #: Runs a blocking function off the reactor thread: ``runner(f, *args)`` -> Deferred of its result.
 Runner = Callable[..., "Deferred[Any]"]
@@ -203,10 +205,14 @@ class Persistence:
             _settle(waiting, None)
             return 0
         started = time.perf_counter()
-        snapshot = self.location.stored(aors)
         self._writing = waiting
         try:
-            written = yield self.runner(self._write, snapshot, self.clock.seconds())
+            order = list(aors)
+            rows = yield self._encode(order)
+            use_domain = self.use_domain
+            keys = [split_aor(aor, use_domain) for aor in order]
+            yield self.runner(self.table.write, keys, rows, use_domain)
+            written = len(rows)
         except Exception as exc:  # TableError; anything else is a bug, but the waiting saves must hear of it
             self._writing = None
             self.journal.put_back(aors)
@@ -230,13 +236,25 @@ class Persistence:
               n=written, where=self.table.where, ms=(time.perf_counter() - started) * 1000)
         return written
 
-    def _write(self, snapshot: list[tuple[str, tuple[Binding, ...]]], now: float) -> int:
-        """In the worker thread: the rows of the snapshot, then one transaction."""
+    @inlineCallbacks
+    def _encode(self, aors: list[str]) -> Any:
+        """The rows of ``aors``' current contacts, encoded for the table, made in the reactor
+        ``_SLICE`` AoRs per turn: Python work in the worker thread would hold the GIL for whole switch
+        intervals (5 ms) each time the reactor let go of it for a system call -- a convoy that cut
+        REGISTER/s by a third while a big flush ran (issue 12) -- and one big turn would stall the
+        REGISTERs queued behind it. The thread is left only the driver's work (C for SQLite; sending
+        the statement text for MySQL). An AoR changed again after its slice is in the journal again:
+        the next flush writes it."""
         use_domain = self.use_domain
-        keys = [split_aor(aor, use_domain) for aor, _ in snapshot]
-        rows = _rows(snapshot, now, use_domain)
-        self.table.write(keys, rows, use_domain)
-        return len(rows)
+        stored = self.location.stored
+        encode = self.table.encode
+        clock = self.clock
+        out: list[Any] = []
+        for start in range(0, len(aors), _SLICE):
+            if start:
+                yield deferLater(clock, 0, lambda: None)  # let the REGISTERs waiting meanwhile in
+            out.extend(encode(_rows(stored(aors[start:start + _SLICE]), clock.seconds(), use_domain)))
+        return out
 
     def sync(self) -> "Deferred[int]":
         """OpenSIPS MI ``ul_sync``: empty the table and write every contact in memory. Fires with the
@@ -248,22 +266,15 @@ class Persistence:
         started = time.perf_counter()
         self.journal.take()
         waiting, self._waiting = self._waiting, []
-        location = self.location
-        snapshot = location.stored(location.aors())
-        use_domain = self.use_domain
-        now = self.clock.seconds()
-
-        def rewrite() -> int:
-            rows = _rows(snapshot, now, use_domain)
-            self.table.rewrite(rows)
-            return len(rows)
-
+        aors = list(self.location.aors())
         self._writing = waiting
         try:
-            written = yield self.runner(rewrite)
+            rows = yield self._encode(aors)
+            yield self.runner(self.table.rewrite, rows)
+            written = len(rows)
         except Exception as exc:
             self._writing = None
-            self.journal.put_back({aor for aor, _ in snapshot})
+            self.journal.put_back(set(aors))
             self.stats["db_failures"] += 1
             _settle(waiting, Failure(exc))
             raise
@@ -271,7 +282,7 @@ class Persistence:
         _settle(waiting, None)
         self.stats["db_syncs"] += 1
         log.info("usrloc: ul_sync rewrote {where} with {n} contacts of {aors} AoRs in {ms:.0f} ms",
-                 where=self.table.where, n=written, aors=len(snapshot), ms=(time.perf_counter() - started) * 1000)
+                 where=self.table.where, n=written, aors=len(aors), ms=(time.perf_counter() - started) * 1000)
         return written
 
     def _locked(self, f: Callable[..., Any], *args: Any) -> "Deferred[Any]":
@@ -279,8 +290,8 @@ class Persistence:
 
 
 def _rows(snapshot: list[tuple[str, tuple[Binding, ...]]], now: float, use_domain: bool) -> list[tuple[Any, ...]]:
-    """In the worker thread: the rows of this node's own live contacts in ``snapshot`` (a replicated
-    contact owned by another node is that node's to persist)."""
+    """The rows of this node's own live contacts in ``snapshot`` (a replicated contact owned by
+    another node is that node's to persist)."""
     return [binding_row(b, use_domain) for _, bindings in snapshot for b in bindings
             if b.expires_at > now and b.owner is None]
 

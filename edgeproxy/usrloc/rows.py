@@ -92,6 +92,15 @@ def _datetime(when: float) -> str:
     return str(last[1])
 
 
+def _text(value: str) -> str:
+    """``value`` as valid UTF-8 text: the SIP parser keeps undecodable bytes as lone surrogates
+    (``surrogateescape``), which neither database driver can encode -- one hostile User-Agent would
+    fail every flush. They become U+FFFD; ASCII (nearly every value) passes untouched."""
+    if value.isascii():
+        return value
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 _LISTENERS: dict[Endpoint, str] = {}  # the socket column of the node's few listeners, formatted once
 _MASKS: dict[frozenset[str], int] = {}  # method sets are shared objects (shared_methods): a handful
 
@@ -99,8 +108,8 @@ _MASKS: dict[frozenset[str], int] = {}  # method sets are shared objects (shared
 def binding_row(b: Binding, use_domain: bool) -> tuple[Any, ...]:
     """The row of ``b``, in :data:`COLUMNS` order.
 
-    It runs once per changed contact at every flush (in the worker thread, holding the GIL the
-    reactor needs), so the common contact -- no extra parameters, a known Allow set, a listener seen
+    It runs once per changed contact at every flush (in the reactor, a slice of AoRs at a time), so
+    the common contact -- no extra parameters, a known Allow set, a listener seen
     before -- costs a few attribute reads and one tuple (issue 12: the flush is write-back's cost)."""
     aor = b.aor
     if use_domain and "@" in aor:
@@ -142,18 +151,19 @@ def binding_row(b: Binding, use_domain: bool) -> tuple[Any, ...]:
     path = b.path
     q = b.q
     expires = b.expires_at
+    instance = b.instance
     return (
-        username, domain, str(b.uri),
+        _text(username), None if domain is None else _text(domain), _text(str(b.uri)),
         received_uri(received) if received is not None else None,
-        ",".join(path) if path else None,
+        _text(",".join(path)) if path else None,
         0 if expires >= PERMANENT else int(math.ceil(expires)),
         -1.0 if q is None else q,
-        b.call_id, b.cseq, _datetime(b.last_modified), 0,
+        _text(b.call_id), b.cseq, _datetime(b.last_modified), 0,
         ("NAT,SIPPING" if b.sipping else "NAT") if b.nat else ("SIPPING" if b.sipping else None),
-        b.user_agent or "",
+        _text(b.user_agent or ""),
         socket,
         mask,
-        b.instance,
+        None if instance is None else _text(instance),
         kv_store,
         None,
     )

@@ -141,16 +141,18 @@ class LocationTable:
 
         return self._run(work)
 
-    def write(self, keys: Sequence[Key], rows: Sequence[tuple[Any, ...]], use_domain: bool) -> None:
-        """Replace the rows of the AoRs ``keys`` by ``rows`` (their current contacts), atomically."""
+    def write(self, keys: Sequence[Key], rows: Sequence[Any], use_domain: bool) -> None:
+        """Replace the rows of the AoRs ``keys`` by ``rows`` (their current contacts, made by :meth:`encode`),
+        atomically."""
         def work(cursor: Any) -> None:
             self._delete(cursor, keys, use_domain)
             self._insert(cursor, rows)
 
         self._run(work)
 
-    def rewrite(self, rows: Sequence[tuple[Any, ...]]) -> None:
-        """Empty the table and write ``rows`` (OpenSIPS MI ``ul_sync``: "wipe SQL and rewrite from memory")."""
+    def rewrite(self, rows: Sequence[Any]) -> None:
+        """Empty the table and write ``rows`` (made by :meth:`encode`; OpenSIPS MI ``ul_sync``: "wipe SQL and
+        rewrite from memory")."""
         def work(cursor: Any) -> None:
             cursor.execute(f"DELETE FROM {self.table}")
             self._insert(cursor, rows)
@@ -186,7 +188,13 @@ class LocationTable:
                 args = [key[0] for key in chunk]
             cursor.execute(f"DELETE FROM {self.table} WHERE {cond}", args)
 
-    def _insert(self, cursor: Any, rows: Iterable[tuple[Any, ...]]) -> None:
+    def encode(self, rows: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """``rows`` as :meth:`write` takes them (the persistence calls it in the reactor, so that the
+        worker thread has no Python work left to take the GIL for): here the tuples themselves,
+        which the SQLite driver binds in C."""
+        return list(rows)
+
+    def _insert(self, cursor: Any, rows: Iterable[Any]) -> None:
         rows = list(rows)
         if not rows:
             return
@@ -241,39 +249,23 @@ class MysqlLocationTable(LocationTable):
     def _create(self, cursor: Any) -> None:
         cursor.execute(_MYSQL_SCHEMA.format(table=self.table))
 
-    def _insert(self, cursor: Any, rows: Iterable[tuple[Any, ...]]) -> None:
-        """Multi-row INSERTs written here rather than by PyMySQL's ``executemany``, whose generic
-        per-value escaping (type dispatch for each of 18 values) cost ~10 µs of the worker thread's
-        GIL time per contact -- the REGISTER path's reactor waits for it (issue 12). Each column's
-        type is known (:func:`~edgeproxy.usrloc.rows.binding_row`): strings are escaped as PyMySQL
-        escapes them (``escape_string``; quotes doubled under ``NO_BACKSLASH_ESCAPES``), numbers are formatted as
-        numbers (a non-number fails, it is never pasted)."""
-        from pymysql.constants import SERVER_STATUS
-        from pymysql.converters import escape_string
-
-        escape: Any = escape_string
-        if self._conn.server_status & SERVER_STATUS.SERVER_STATUS_NO_BACKSLASH_ESCAPES:
-            escape = _quote_doubled  # what PyMySQL does in this mode: only ' is special
-
-        def s(v: str | None) -> str:
-            return "NULL" if v is None else "'" + escape(v) + "'"
-
-        head = f"INSERT INTO {self.table} ({', '.join(COLUMNS)}) VALUES "
-        values: list[str] = []
-        size = 0
+    def encode(self, rows: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """Each row as the text of its ``VALUES`` tuple, made here -- in the reactor, a slice at a time
+        -- rather than by PyMySQL's ``executemany`` in the worker thread: its generic escaping (type
+        dispatch for each of 18 values) cost ~10 µs of GIL time per contact, and Python work in the
+        worker thread takes the GIL from the reactor for whole switch intervals (issue 12). Each
+        column's type is known (:func:`~edgeproxy.usrloc.rows.binding_row`): numbers are formatted as
+        numbers (anything else fails, it is never pasted) and strings by :func:`_literal`, whose
+        output means the same with and without ``NO_BACKSLASH_ESCAPES``."""
+        out = []
         for (user, domain, contact, received, path, expires, q, callid, cseq, modified, flags, cflags, agent, sock,
              methods, instance, kv_store, attr) in rows:
-            value = (f"('{escape(user)}',{s(domain)},'{escape(contact)}',{s(received)},{s(path)},{expires:d},"
-                     f"{float(q)!r},'{escape(callid)}',{cseq:d},'{escape(modified)}',{flags:d},{s(cflags)},"
-                     f"'{escape(agent)}',{s(sock)},{'NULL' if methods is None else format(methods, 'd')},"
-                     f"{s(instance)},{s(kv_store)},{s(attr)})")
-            values.append(value)
-            size += len(value)
-            if size > _MAX_STATEMENT:
-                cursor.execute(head + ",".join(values))
-                values, size = [], 0
-        if values:
-            cursor.execute(head + ",".join(values))
+            out.append(f"({_literal(user)},{_literal(domain)},{_literal(contact)},{_literal(received)},"
+                       f"{_literal(path)},{expires:d},{float(q)!r},{_literal(callid)},{cseq:d},{_literal(modified)},"
+                       f"{flags:d},{_literal(cflags)},{_literal(agent)},{_literal(sock)},"
+                       f"{'NULL' if methods is None else format(methods, 'd')},{_literal(instance)},"
+                       f"{_literal(kv_store)},{_literal(attr)})")
+        return out
 
     def _errors(self) -> tuple[type[BaseException], ...]:
         import pymysql
@@ -283,9 +275,30 @@ class MysqlLocationTable(LocationTable):
     def _message(self, exc: BaseException) -> str:
         return sqldb.mysql_message(exc)
 
+    def _insert(self, cursor: Any, rows: Iterable[Any]) -> None:
+        """Multi-row INSERTs of :meth:`encode`'s values, each under ``_MAX_STATEMENT`` bytes."""
+        head = f"INSERT INTO {self.table} ({', '.join(COLUMNS)}) VALUES "
+        values: list[str] = []
+        size = 0
+        for value in rows:
+            values.append(value)
+            size += len(value)
+            if size > _MAX_STATEMENT:
+                cursor.execute(head + ",".join(values))
+                values, size = [], 0
+        if values:
+            cursor.execute(head + ",".join(values))
 
-def _quote_doubled(text: str) -> str:
-    return text.replace("'", "''")
+
+def _literal(text: str | None) -> str:
+    """A MySQL string literal that reads the same whether or not the server escapes with backslashes:
+    quotes doubled (standard SQL, valid in both modes); a string holding a backslash or a NUL -- the
+    characters the two modes read differently -- as a hex literal of its UTF-8 (``_utf8mb4 X'...'``)."""
+    if text is None:
+        return "NULL"
+    if "\\" in text or "\x00" in text:
+        return "_utf8mb4 X'" + text.encode("utf-8").hex() + "'"
+    return "'" + text.replace("'", "''") + "'"
 
 
 def open_table(db_url: str, table: str) -> LocationTable:
