@@ -80,8 +80,9 @@ async def authenticate(msg, *, register: bool) -> bool:
 
 
 def start_dialog(msg, *, limited: bool) -> bool:
-    """An initial INVITE becomes a dialog (OpenSIPS ``create_dialog("B")``): the node then ends the
-    call with a BYE to both sides when a party's connection closes or the lifetime runs out. With
+    """An initial INVITE becomes a dialog (OpenSIPS ``create_dialog("B")``; ``route_params.dialog_flags``
+    replaces the flags, e.g. ``"BPp"`` to ping both parties): the node then ends the call with a BYE to
+    both sides when a party's connection closes, the lifetime runs out or a pinged party is gone. With
     ``route_params.max_calls_per_user`` (0, the default: no limit) and ``limited`` (the caller is one
     of our users), a user already in that many calls is refused (``max_calls_status``, 486, and
     ``max_calls_reason``, "Busy Here")::
@@ -98,7 +99,7 @@ def start_dialog(msg, *, limited: bool) -> bool:
         msg.xlog(f"{user} is in {limit} calls already: refused")
         msg.sl_send_reply(int(msg.params.get("max_calls_status", 486)), msg.params.get("max_calls_reason", "Busy Here"))
         return False
-    msg.create_dialog("B")
+    msg.create_dialog(str(msg.params.get("dialog_flags", "B")))
     if user:
         msg.set_dlg_profile("caller", user)
     return True

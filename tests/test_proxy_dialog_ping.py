@@ -108,3 +108,16 @@ def test_a_call_ended_by_bye_is_no_longer_pinged_and_without_flags_nothing_is() 
     assert requests(w.advance(INTERVAL * 3), "OPTIONS") == []
     w2, _ = call("B")
     assert requests(w2.advance(INTERVAL * 3), "OPTIONS") == []
+
+
+def test_shipped_routes_take_their_dialog_flags_from_route_params() -> None:
+    import edgeproxy_routes.default as default
+    from edgeproxy.dialog import FLAG_BYE_ON_TIMEOUT, FLAG_PING_CALLEE, FLAG_PING_CALLER
+    from edgeproxy.routing.testing import RouteHarness
+
+    for params, flags in (({}, FLAG_BYE_ON_TIMEOUT),
+                          ({"dialog_flags": "BPp"}, FLAG_BYE_ON_TIMEOUT | FLAG_PING_CALLER | FLAG_PING_CALLEE)):
+        h = RouteHarness(domains=["example.com"], params=params)
+        h.register("sip:bob@example.com", "sip:bob@192.0.2.10:5062")
+        assert h.run(default.request_route, invite()).relayed
+        assert only(list(h.dialogs)).flags == flags  # type: ignore[arg-type]
