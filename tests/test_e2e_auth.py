@@ -8,14 +8,13 @@ registration against OpenSIPS's ``subscriber`` table in MariaDB.
 
 from __future__ import annotations
 
-import hashlib
 import re
-import socket
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
+from support.raw_sip import RawUA, challenge_of, digest_answer, register_text, status
 from support.sipp_harness import LOOPBACK, EdgeproxyNode, Sipp, edgeproxy_node, require_sipp
 
 USERS = {"alice": "wonderland", "bob": "builder"}
@@ -66,45 +65,19 @@ def test_sipp_with_a_wrong_password_is_challenged_again_and_never_registered(nod
 
 # -- raw sockets: what SIPp will not do ----------------------------------------------------------------
 
-class Phone:
-    """A UDP socket that answers challenges by hand (MD5, qop=auth) and can misbehave."""
+class Phone(RawUA):
+    """A UDP phone that answers challenges by hand (MD5, qop=auth) and can misbehave."""
 
     def __init__(self, node: EdgeproxyNode) -> None:
-        self.node = node
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind((LOOPBACK, 0))
-        self.sock.settimeout(3.0)
-        self.port = self.sock.getsockname()[1]
+        super().__init__(node)
         self.cseq = 0
 
     def register(self, user: str, authorization: str | None = None, call_id: str = "raw-reg") -> str:
         self.cseq += 1
         auth = f"Authorization: {authorization}\r\n" if authorization else ""
-        text = (f"REGISTER sip:{LOOPBACK} SIP/2.0\r\n"
-                f"Via: SIP/2.0/UDP {LOOPBACK}:{self.port};branch=z9hG4bK-{call_id}-{self.cseq};rport\r\n"
-                f"Max-Forwards: 70\r\nFrom: <sip:{user}@{LOOPBACK}>;tag=r1\r\nTo: <sip:{user}@{LOOPBACK}>\r\n"
-                f"Call-ID: {call_id}\r\nCSeq: {self.cseq} REGISTER\r\n"
-                f"Contact: <sip:{user}@{LOOPBACK}:{self.port}>\r\nExpires: 300\r\n{auth}Content-Length: 0\r\n\r\n")
-        self.sock.sendto(text.encode(), (self.node.host, self.node.port))
-        return self.sock.recv(65535).decode()
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-def challenge_of(reply: str) -> dict[str, str]:
-    line = re.search(r"^WWW-Authenticate: Digest (.*)\r$", reply, re.M)
-    assert line, reply
-    return dict(re.findall(r'(\w+)="?([^",]*)"?', line.group(1)))
-
-
-def answer(user: str, password: str, challenge: dict[str, str], nc: int = 1, uri: str = f"sip:{LOOPBACK}") -> str:
-    md5 = lambda s: hashlib.md5(s.encode()).hexdigest()  # noqa: E731
-    ha1 = md5(f"{user}:{challenge['realm']}:{password}")
-    ha2 = md5(f"REGISTER:{uri}")
-    response = md5(f"{ha1}:{challenge['nonce']}:{nc:08x}:c0ffee:auth:{ha2}")
-    return (f'Digest username="{user}", realm="{challenge["realm"]}", nonce="{challenge["nonce"]}", uri="{uri}", '
-            f'response="{response}", algorithm=MD5, qop=auth, nc={nc:08x}, cnonce="c0ffee"')
+        return self.request(register_text(user, self.port, call_id=call_id, cseq=self.cseq,
+                                          contact=f"<sip:{user}@{LOOPBACK}:{self.port}>", from_tag="r1",
+                                          headers=auth))
 
 
 @pytest.fixture
@@ -112,10 +85,6 @@ def phone(node: EdgeproxyNode) -> Iterator[Phone]:
     p = Phone(node)
     yield p
     p.close()
-
-
-def status(reply: str) -> int:
-    return int(reply.split(" ", 2)[1])
 
 
 def test_challenge_names_the_realm_md5_and_qop(phone: Phone) -> None:
@@ -127,18 +96,18 @@ def test_challenge_names_the_realm_md5_and_qop(phone: Phone) -> None:
 
 def test_a_replayed_register_is_refused_with_a_stale_challenge(phone: Phone) -> None:
     c = challenge_of(phone.register("alice", call_id="replay"))
-    creds = answer("alice", USERS["alice"], c, nc=1)
+    creds = digest_answer("alice", USERS["alice"], c, nc=1)
     assert status(phone.register("alice", creds, call_id="replay")) == 200
     again = phone.register("alice", creds, call_id="replay")  # same nonce and nc: a captured request
     assert status(again) == 401 and challenge_of(again).get("stale") == "true"
     # the UA counting on (nc 2) with the same nonce is fine
-    assert status(phone.register("alice", answer("alice", USERS["alice"], c, nc=2), call_id="replay")) == 200
+    assert status(phone.register("alice", digest_answer("alice", USERS["alice"], c, nc=2), call_id="replay")) == 200
 
 
 def test_a_retransmitted_authenticated_register_gets_its_200_again(node: EdgeproxyNode, phone: Phone) -> None:
     """UDP: the 200 was lost, the phone sends the very same REGISTER (same branch, CSeq, credentials)."""
     c = challenge_of(phone.register("bob", call_id="retrans"))
-    creds = answer("bob", USERS["bob"], c)
+    creds = digest_answer("bob", USERS["bob"], c)
     first = phone.register("bob", creds, call_id="retrans")
     phone.cseq -= 1  # the same request, byte for byte
     again = phone.register("bob", creds, call_id="retrans")
@@ -148,16 +117,16 @@ def test_a_retransmitted_authenticated_register_gets_its_200_again(node: Edgepro
 def test_a_forged_nonce_is_stale_and_a_wrong_user_is_challenged(phone: Phone) -> None:
     c = challenge_of(phone.register("alice", call_id="forge"))
     forged = dict(c, nonce="A" * len(c["nonce"]))
-    reply = phone.register("alice", answer("alice", USERS["alice"], forged), call_id="forge")
+    reply = phone.register("alice", digest_answer("alice", USERS["alice"], forged), call_id="forge")
     assert status(reply) == 401 and challenge_of(reply).get("stale") == "true"
-    reply = phone.register("mallory", answer("mallory", "guess", c), call_id="forge")
+    reply = phone.register("mallory", digest_answer("mallory", "guess", c), call_id="forge")
     assert status(reply) == 401 and "stale" not in challenge_of(reply)
 
 
 def test_credentials_of_one_user_cannot_register_another(phone: Phone) -> None:
     """db_check_to(): bob's valid credentials on a REGISTER for alice's AoR are 403."""
     c = challenge_of(phone.register("alice", call_id="check-to"))
-    creds = answer("bob", USERS["bob"], c)
+    creds = digest_answer("bob", USERS["bob"], c)
     assert phone.register("alice", creds, call_id="check-to").startswith("SIP/2.0 403 Forbidden auth ID")
 
 

@@ -8,9 +8,7 @@ The table is created with OpenSIPS 3.x's columns, uniquely named, and dropped af
 
 from __future__ import annotations
 
-import hashlib
 import re
-import socket
 import time
 from pathlib import Path
 from typing import Iterator
@@ -19,6 +17,7 @@ import pytest
 
 from support.mariadb import DB_URL, SUBSCRIBER_INSERT, SUBSCRIBER_SCHEMA, connect_or_skip, subscriber_row, unique_name
 from support.ports import free_port
+from support.raw_sip import RawUA, challenge_of, digest_answer, register_text
 from support.sipp_harness import LOOPBACK, EdgeproxyNode, Sipp, edgeproxy_node, require_sipp
 
 @pytest.fixture(scope="module")
@@ -61,28 +60,14 @@ def test_a_wrong_password_against_the_table_is_challenged_again(node: EdgeproxyN
 
 def _register_with_credentials(node: EdgeproxyNode, user: str, password: str, timeout: float) -> tuple[str, float]:
     """401 round trip by hand; returns the final reply to the authenticated REGISTER and its delay."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind((LOOPBACK, 0))
-        s.settimeout(timeout)
-        port = s.getsockname()[1]
-
+    with RawUA(node, timeout) as ua:
         def send(cseq: int, auth: str = "") -> str:
-            s.sendto((f"REGISTER sip:{LOOPBACK} SIP/2.0\r\nVia: SIP/2.0/UDP {LOOPBACK}:{port};branch=z9hG4bK-db{cseq};rport\r\n"
-                      f"Max-Forwards: 70\r\nFrom: <sip:{user}@{LOOPBACK}>;tag=d\r\nTo: <sip:{user}@{LOOPBACK}>\r\n"
-                      f"Call-ID: db-{port}\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:{user}@{LOOPBACK}:{port}>\r\n"
-                      f"{auth}Content-Length: 0\r\n\r\n").encode(), (node.host, node.port))
-            while True:
-                reply = s.recv(65535).decode()
-                if not reply.startswith("SIP/2.0 100 "):
-                    return reply
+            return ua.request(register_text(user, ua.port, call_id=f"db-{ua.port}", cseq=cseq,
+                                            branch=f"z9hG4bK-db{cseq}", contact=f"<sip:{user}@{LOOPBACK}:{ua.port}>",
+                                            expires=None, from_tag="d", headers=auth))
 
-        challenge = dict(re.findall(r'(\w+)="?([^",\r]*)"?', send(1).split("WWW-Authenticate: Digest ", 1)[1]
-                                    .split("\r\n", 1)[0]))
-        md5 = lambda t: hashlib.md5(t.encode()).hexdigest()  # noqa: E731
-        ha2 = md5(f"REGISTER:sip:{LOOPBACK}")
-        response = md5(f"{md5(f'{user}:{LOOPBACK}:{password}')}:{challenge['nonce']}:00000001:ab:auth:{ha2}")
-        header = (f'Authorization: Digest username="{user}", realm="{LOOPBACK}", nonce="{challenge["nonce"]}", '
-                  f'uri="sip:{LOOPBACK}", response="{response}", qop=auth, nc=00000001, cnonce="ab"\r\n')
+        challenge = challenge_of(send(1))
+        header = f"Authorization: {digest_answer(user, password, challenge, cnonce='ab')}\r\n"
         started = time.monotonic()
         reply = send(2, header)
         return reply, time.monotonic() - started

@@ -17,6 +17,7 @@ from typing import Iterator
 import pytest
 
 from support.phones import register_phone
+from support.raw_sip import RawUA, register_text, status
 from support.sipp_harness import LOOPBACK, EdgeproxyNode, Sipp, edgeproxy_node, free_port, require_sipp
 
 
@@ -46,43 +47,6 @@ def udp_exchange(node: EdgeproxyNode, data: bytes, timeout: float = 2.0) -> byte
             return s.recv(65535)
         except socket.timeout:
             return None
-
-
-def register_text(user: str, port: int, *, call_id: str, cseq: int, contact: str | None = None,
-                  expires: int | None = 300, branch: str | None = None) -> bytes:
-    contact_line = f"Contact: {contact}\r\n" if contact is not None else ""
-    expires_line = f"Expires: {expires}\r\n" if expires is not None else ""
-    return (
-        f"REGISTER sip:{LOOPBACK} SIP/2.0\r\n"
-        f"Via: SIP/2.0/UDP {LOOPBACK}:{port};branch={branch or f'z9hG4bK-{call_id}-{cseq}'};rport\r\n"
-        f"Max-Forwards: 70\r\nFrom: <sip:{user}@{LOOPBACK}>;tag=r{cseq}\r\nTo: <sip:{user}@{LOOPBACK}>\r\n"
-        f"Call-ID: {call_id}\r\nCSeq: {cseq} REGISTER\r\n{contact_line}{expires_line}Content-Length: 0\r\n\r\n"
-    ).encode()
-
-
-class RawUA:
-    """A UDP socket that speaks SIP by hand, for the registrar's corner cases."""
-
-    def __init__(self, node: EdgeproxyNode) -> None:
-        self.node = node
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind((LOOPBACK, 0))
-        self.sock.settimeout(3.0)
-        self.port = self.sock.getsockname()[1]
-
-    def request(self, data: bytes) -> str:
-        self.sock.sendto(data, (self.node.host, self.node.port))
-        while True:
-            reply = self.sock.recv(65535).decode("utf-8", "replace")
-            if not reply.startswith("SIP/2.0 100 "):
-                return reply
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-def status(reply: str) -> int:
-    return int(reply.split(" ", 2)[1])
 
 
 def contacts(reply: str) -> list[str]:

@@ -18,12 +18,12 @@ credentials, other algorithms).
 
 from __future__ import annotations
 
-import hashlib
 import re
 from typing import Iterator
 
 import pytest
 
+from support.raw_sip import digest_params, md5_hex, status
 from support.webrtc_harness import WebClient, WebNode, header, require_node, sip_messages, wss_node
 
 DOMAIN = "example.test"
@@ -42,10 +42,6 @@ def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebNode]:
 
 # -- reading the wire ----------------------------------------------------------------------------------
 
-def status(message: str) -> int:
-    return int(message.split(" ", 2)[1])
-
-
 def cseq_method(message: str) -> str:
     return header(message, "CSeq")[0].split()[-1]
 
@@ -62,23 +58,12 @@ def responses(client: WebClient, method: str, call_id: str | None = None) -> lis
             if cseq_method(m) == method and (call_id is None or header(m, "Call-ID") == [call_id])]
 
 
-def digest(value: str) -> dict[str, str]:
-    """The parameters of a ``Digest ...`` challenge or credentials, quoted or not."""
-    assert value.startswith("Digest "), value
-    return {k.lower(): quoted if quoted or not bare else bare
-            for k, quoted, bare in re.findall(r'([\w-]+)\s*=\s*(?:"([^"]*)"|([^\s,]+))', value[len("Digest "):])}
-
-
-def md5(text: str) -> str:
-    return hashlib.md5(text.encode()).hexdigest()
-
-
 def check_challenge(response: str, name: str, stale: bool = False) -> dict[str, str]:
     """The one challenge in ``name`` (WWW-/Proxy-Authenticate): our realm, MD5, qop=auth, and
     ``stale=true`` exactly when ``stale``."""
     values = header(response, name)
     assert len(values) == 1, response
-    c = digest(values[0])
+    c = digest_params(values[0])
     assert c["realm"] == DOMAIN and c["algorithm"] == "MD5" and c["qop"] == "auth" and c["nonce"], c
     assert c.get("stale") == ("true" if stale else None), c
     return c
@@ -89,13 +74,13 @@ def check_credentials(request: str, name: str, challenge: dict[str, str], user: 
     ``challenge`` for ``user`` with MD5, qop=auth, and the response is the one ``password`` gives."""
     values = header(request, name)
     assert len(values) == 1, request
-    c = digest(values[0])
+    c = digest_params(values[0])
     method, ruri = request.split(" ", 2)[:2]
     assert c["username"] == user and c["realm"] == DOMAIN and c["nonce"] == challenge["nonce"], c
     assert c["uri"] == ruri and c["algorithm"] == "MD5" and c["qop"] == "auth" and c["cnonce"], c
     assert c["nc"] == "00000001", c  # both libraries authenticate each request afresh
-    ha1, ha2 = md5(f"{user}:{DOMAIN}:{password}"), md5(f"{method}:{c['uri']}")
-    assert c["response"] == md5(f"{ha1}:{c['nonce']}:{c['nc']}:{c['cnonce']}:auth:{ha2}"), c
+    ha1, ha2 = md5_hex(f"{user}:{DOMAIN}:{password}"), md5_hex(f"{method}:{c['uri']}")
+    assert c["response"] == md5_hex(f"{ha1}:{c['nonce']}:{c['nc']}:{c['cnonce']}:auth:{ha2}"), c
     return c
 
 
@@ -228,7 +213,7 @@ def test_a_wrong_password_never_registers_and_the_next_client_does(web: WebNode,
             assert len(sent) == 2 and header(sent[0], "Authorization") == [], wrong.describe()
             answers = responses(wrong, "REGISTER")
             assert [status(m) for m in answers] == [401, 401], wrong.describe()
-            c = digest(header(sent[1], "Authorization")[0])
+            c = digest_params(header(sent[1], "Authorization")[0])
             assert c["username"] == user and c["nonce"] == check_challenge(answers[0], "WWW-Authenticate")["nonce"]
             check_challenge(answers[1], "WWW-Authenticate")
             # while the refused client is still connected, a call to the AoR finds nobody
