@@ -6,8 +6,8 @@ then the clock runs past Timer H so every transaction ends, and the garbage coll
 read from /proc at the start, at the peak, after the burst has ended, and after glibc's
 ``malloc_trim(0)``; with ``--variants`` the same run is repeated in child processes under the glibc
 tunables operators use (``MALLOC_ARENA_MAX``, ``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``)
-and a table is printed. The time one ``malloc_trim(0)`` takes is printed too (what
-``[node] malloc_trim_interval`` costs).
+and a table is printed. The time one ``malloc_trim(0)`` takes is printed too (what calling it
+would cost the reactor: the node does not call it, see bench/README.md "Memory held by a burst").
 
     python bench/attack/malloc_burst.py --variants [--count 10000] [--size 60000]
 """
