@@ -77,10 +77,8 @@ FEDERATION = {"refresh_interval": 1.0, "record_ttl": 60.0, "retry_interval": 0.5
 @pytest.fixture(scope="module")
 def target() -> Iterator[mongo_server.MongoTarget]:
     require_sipp()
-    mongo_server.server_or_skip()
-    t = mongo_server.start_target()
-    yield t
-    mongo_server.stop_target(t)
+    with mongo_server.running_target() as t:
+        yield t
 
 
 @pytest.fixture

@@ -185,10 +185,8 @@ def start(stack: ExitStack, path: Path, ports: Ports, store_url: str | None = No
 
 @pytest.fixture
 def store() -> Iterator[mongo_server.MongoTarget]:
-    mongo_server.server_or_skip()
-    target = mongo_server.start_target()
-    yield target
-    mongo_server.stop_target(target)
+    with mongo_server.running_target() as target:
+        yield target
 
 
 def test_single_node(tmp_path: Path) -> None:

@@ -66,10 +66,8 @@ _names = itertools.count(1)
 
 @pytest.fixture(scope="session")
 def target() -> Any:
-    mongo_server.server_or_skip()
-    t = mongo_server.start_target()
-    yield t
-    mongo_server.stop_target(t)
+    with mongo_server.running_target() as t:
+        yield t
 
 
 @pytest.fixture

@@ -87,10 +87,8 @@ def makeService(options):
 
 @pytest.fixture(scope="module")
 def target() -> Any:
-    mongo_server.server_or_skip()
-    t = mongo_server.start_target()
-    yield t
-    mongo_server.stop_target(t)
+    with mongo_server.running_target() as t:
+        yield t
 
 
 @pytest.fixture

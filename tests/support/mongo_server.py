@@ -30,7 +30,8 @@ import pytest
 
 from .ports import free_port
 
-__all__ = ["SecantusServer", "MongoTarget", "server_or_skip", "store_url", "free_port", "no_server_reason"]
+__all__ = ["SecantusServer", "MongoTarget", "server_or_skip", "store_url", "free_port", "no_server_reason",
+           "running_target", "start_target", "stop_target"]
 
 SECANTUS = "secantusd-py"
 
@@ -193,3 +194,15 @@ def stop_target(target: MongoTarget) -> None:
         pass
     finally:
         client.close()
+
+
+@contextmanager
+def running_target() -> Iterator[MongoTarget]:
+    """The store for the ``with`` block (a test's fixture): skipped without one, or failed under
+    ``CI=true`` (:func:`server_or_skip`); started by :func:`start_target`, then stopped."""
+    server_or_skip()
+    target = start_target()
+    try:
+        yield target
+    finally:
+        stop_target(target)
