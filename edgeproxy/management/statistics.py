@@ -234,12 +234,7 @@ class StatisticsCommands:
     def _contact_count(self) -> int:
         """Contacts stored: O(1) from the in-memory table's counter (like ``len``, it may hold contacts
         expired since the expiry timer last ran, which it does at once on a running reactor)."""
-        location = self.parts.location
-        count = getattr(location, "binding_count", None)
-        if count is not None:
-            return int(count)
-        get = getattr(location, "get", None)
-        return sum(len(get(aor)) for aor in location.aors()) if get is not None else 0
+        return self.parts.location.binding_count
 
     def _select(self, statistics: Any, allow_all: bool = True) -> list[Stat]:
         if isinstance(statistics, str):

@@ -92,10 +92,9 @@ class UsrlocCommands:
         short = brief is not None and str(brief).strip().lower() not in ("0", "false", "")
         now = self._now()
         location = self.location
-        get = getattr(location, "get", None)  # the in-memory table reads synchronously: no Deferred per AoR
         aors = []
         for aor in sorted(location.aors()):
-            bindings = get(aor) if get is not None else await location.contacts(aor)
+            bindings = location.get(aor)  # the in-memory table reads synchronously: no Deferred per AoR
             if not bindings:
                 continue
             entry: dict[str, Any] = {"AOR": aor}
