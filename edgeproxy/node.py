@@ -129,7 +129,7 @@ class Node:
         self.noise = noise if noise is not None else NoiseLog(clock)
         self.identity = LocalIdentity(settings.domains)
         # RFC 5626 flow tokens of our Record-Routes; a random key unless given (see service.build_node)
-        self.forwarder = Forwarder(sender, settings, locator, flow_tokens)
+        self.forwarder = Forwarder(sender, settings, locator, flow_tokens, noise=self.noise)
         timers = timers or TimerSettings()
         self.proxy = StatefulProxy(clock, self.forwarder, self, settings, timers, self.stats, dialogs,
                                    noise=self.noise, calls=calls)

@@ -28,6 +28,7 @@ from ..sip.uri import URI, SipURI
 from .context import Branch, ClientBranch, RouteState
 from .flowtoken import FlowTokens
 from .hops import uri_destination, uri_query
+from .noise import NoiseLog
 from .settings import ProxySettings
 
 __all__ = ["Forwarder", "build_cancel", "cancel_reason", "rr_uri", "CancelHeaders", "REASON_NO_ANSWER",
@@ -42,8 +43,11 @@ class Forwarder:
     """§16.6 steps 1-8 for one target, the stateless forwarding of §16.11, and our identities."""
 
     def __init__(self, sender: Sender, settings: ProxySettings, locator: Locator | None = None,
-                 flow_tokens: FlowTokens | None = None) -> None:
+                 flow_tokens: FlowTokens | None = None, noise: NoiseLog | None = None) -> None:
         self.sender = sender
+        # the node's aggregated log of hostile input: sends nobody waits on fail per message (a
+        # stray response's next Via, a stateless forward to a name from a Route), so a count each
+        self.noise = noise
         self.settings = settings
         # RFC 3263 location of next hops named by a host name; None: such names go to the
         # transports as they are, which resolve their A/AAAA (no SRV, no failover)
@@ -120,9 +124,15 @@ class Forwarder:
         d.addErrback(self._log_send_failure, destination)
         return d
 
-    @staticmethod
-    def _log_send_failure(failure: Failure, destination: Destination) -> None:
-        log.info("send to {dest} failed: {why}", dest=destination.remote, why=failure.getErrorMessage())
+    def _log_send_failure(self, failure: Failure, destination: Destination) -> None:
+        self._note(destination.remote.host, "send failed", f"to {destination.remote}: {failure.getErrorMessage()}")
+
+    def _note(self, source: str, kind: str, detail: str) -> None:
+        noise = self.noise
+        if noise is not None:
+            noise.note(source, kind, detail)
+        else:
+            log.info("{kind}: {detail}", kind=kind, detail=detail)
 
     # -- next hops -----------------------------------------------------------------------------------
     def transports(self) -> frozenset[str]:
@@ -272,7 +282,7 @@ class Forwarder:
         try:
             fwd, destination, query = self.prepare(request, target, route, route.source, branch)
         except (SendError, SipValueError) as exc:
-            log.info("stateless forward failed: {why}", why=exc)
+            self._note(route.source.remote.host, "stateless forward failed", str(exc))
             return False
         if query is None:
             self.send(destination, fwd)
@@ -288,11 +298,11 @@ class Forwarder:
                     continue
                 self.send(to, fwd)
                 return
-            log.info("stateless forward to {host}: no usable target", host=query.host)
+            self._note(route.source.remote.host, "stateless forward failed", f"{query.host}: no usable target")
 
         self.locate(query).addCallbacks(
-            located, lambda f: log.info("stateless forward to {host} failed: {why}", host=query.host,
-                                        why=f.getErrorMessage()))
+            located, lambda f: self._note(route.source.remote.host, "stateless forward failed",
+                                          f"{query.host}: {f.getErrorMessage()}"))
         return True
 
 
