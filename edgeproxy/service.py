@@ -183,7 +183,7 @@ class RunningNode:
         if self.prober is not None:
             self.prober.start()
         mi = self.config.mi if self.config is not None else None
-        metrics = getattr(self.config, "metrics", None)
+        metrics = self.config.metrics if self.config is not None else None
         if mi is not None and mi.enabled:  # [mi]: OpenSIPS's MI (JSON-RPC over HTTP) on loopback
             from .management import start_management
 

@@ -25,7 +25,7 @@ A level is reported back as 4, 3, 1, -1 or -2. Names (``debug``, ``info``, ``not
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Protocol
 
 from twisted.logger import (
     LogLevel,
@@ -97,6 +97,12 @@ def find_level_filters() -> list[LogLevelFilterPredicate]:
     return list(_LEVEL_FILTERS)
 
 
+class DecisionLogging(Protocol):
+    """The proxy node's per-decision debug lines (:meth:`edgeproxy.node.Node.set_log_decisions`)."""
+
+    def set_log_decisions(self, enabled: bool) -> None: ...
+
+
 class LogLevelControl:
     """Reads and moves the node's log level.
 
@@ -106,7 +112,8 @@ class LogLevelControl:
     ``node.log_level``, reported when there is no filter to read.
     """
 
-    def __init__(self, node: Any = None, filters: Iterable[LogLevelFilterPredicate] | Callable[[], list] | None = None,
+    def __init__(self, node: DecisionLogging | None = None,
+                 filters: Iterable[LogLevelFilterPredicate] | Callable[[], list] | None = None,
                  initial: str = "info") -> None:
         self.node = node
         self._filters = filters

@@ -90,6 +90,8 @@ class MINode(Protocol):
     @property
     def pinger(self) -> Counted | None: ...
 
+    def set_log_decisions(self, enabled: bool) -> None: ...
+
 
 class MIConfig(Protocol):
     """What the MI reads of the configuration: ``[node]`` (the log level it starts at)."""
