@@ -24,6 +24,7 @@ from edgeproxy.interfaces import Locator
 from edgeproxy.proxy.flood import FloodDetector
 from edgeproxy.proxy.flowtoken import FlowTokens
 from edgeproxy.proxy.settings import ProxySettings
+from edgeproxy.routing import LookupResult
 from edgeproxy.registrar import Registrar, RegistrarSettings
 from edgeproxy.routing.loader import RouteModule, load_route_module
 from edgeproxy.sip import Request, Response, parse_datagram
@@ -44,6 +45,11 @@ ALICE_FLOW = Flow(LOCAL_UDP, ALICE)
 BOB_FLOW = Flow(LOCAL_UDP, BOB)
 BOB_TCP = Endpoint("TCP", "192.0.2.10", 40000)
 BOB_TCP_FLOW = Flow(LOCAL_TCP, BOB_TCP, 7)
+BOB1_CONTACT = "<sip:bob@192.0.2.10:5062>"
+BOB2_CONTACT = "<sip:bob@192.0.2.11:5064>"
+BOB3_CONTACT = "<sip:bob@192.0.2.12:5066>"
+BOB2_FLOW = Flow(LOCAL_UDP, BOB2)
+BOB3_FLOW = Flow(LOCAL_UDP, BOB3)
 
 
 def rr_tcp(world: "World", flow: Flow) -> str:
@@ -277,3 +283,35 @@ def module(request_route: Callable[..., Any], **hooks: Any) -> RouteModule:
     for name, fn in hooks.items():
         setattr(mod, name, fn)
     return RouteModule("inline_routes", mod, request_route, **hooks)
+
+
+def call_to_bob(w: World, **kw: Any) -> tuple[list[Sent], Request]:
+    """Register Bob, send Alice's INVITE; return what was sent and the INVITE that reached Bob."""
+    w.register()
+    sent = w.receive(invite(**kw), ALICE_FLOW)
+    return sent, only(sent, lambda s: s.is_request("INVITE")).message  # type: ignore[return-value]
+
+
+def forked(w: World, *contacts: str) -> dict[Endpoint, Request]:
+    """Register Bob at ``contacts``, send Alice's INVITE; the INVITE each branch got, by where it went."""
+    w.register(contacts=contacts)
+    sent = w.receive(invite(), ALICE_FLOW)
+    return {s.remote: s.message for s in requests(sent, "INVITE")}  # type: ignore[misc]
+
+
+def voicemail_routes(failure: Callable[..., Any], armed: bool = True, **hooks: Any) -> RouteModule:
+    """save() for REGISTERs, else lookup() and relay with ``failure`` as the failure route (when ``armed``)."""
+    async def request_route(msg):
+        if msg.is_method("REGISTER"):
+            await msg.save("location")
+            return
+        code = await msg.lookup("location")
+        if code != LookupResult.FOUND:
+            msg.sl_send_reply(404)
+            return
+        if armed:
+            msg.t_on_failure(failure)
+        msg.record_route()
+        msg.t_relay()
+
+    return module(request_route, **hooks)
