@@ -40,7 +40,13 @@ def error_reply(exc: SipParseError) -> bytes | None:
 
 def peer_host(transport: object) -> str:
     """The remote address of a connection's transport ('' when it has none: tests' fakes)."""
+    return peer_address(transport)[0]
+
+
+def peer_address(transport: object) -> tuple[str, int]:
+    """The remote address and port of a connection's transport (('', 0) when it has none)."""
     try:
-        return str(transport.getPeer().host)  # type: ignore[attr-defined]
+        peer = transport.getPeer()  # type: ignore[attr-defined]
+        return str(peer.host), int(peer.port)
     except Exception:
-        return ""
+        return "", 0

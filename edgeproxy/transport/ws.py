@@ -49,7 +49,7 @@ from ..interfaces import Clock, ConnectionRegistry, MessageSink
 from ..sip.endpoint import Endpoint, Flow
 from ..sip.errors import SipParseError
 from ..sip.parser import parse_datagram
-from ._util import error_reply, peer_host
+from ._util import error_reply, peer_address, peer_host
 from .autobahn_logging import CountedLog, defer_debug_formatting
 from .ws_settings import WsSettings
 
@@ -297,7 +297,7 @@ class SipWebSocketProtocol(WebSocketServerProtocol):
             return True
         self.closing = True
         self.data = b""
-        self.failHandshake(f"upgrade head over {limit} octets", 431)
+        self.failHandshake(f"Request Header Fields Too Large (the head is over {limit} octets)", 431)
         return False
 
     def failHandshake(self, reason: str, code: int = 400, responseHeaders: Any = None) -> None:
@@ -312,7 +312,7 @@ class SipWebSocketProtocol(WebSocketServerProtocol):
     def _note(self, what: str, detail: str) -> None:
         """Count one refusal or failure of this connection in the node's aggregated log (the line,
         when there is one, names the peer's port too)."""
-        host, port = peer_host(self.transport), getattr(getattr(self.transport, "getPeer", lambda: None)(), "port", 0)
+        host, port = peer_address(self.transport)
         self.factory.registry.note_event(host, f"{self.transport_name} {what}", f"with {host}:{port}: {detail}")
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
