@@ -9,6 +9,7 @@ sharing over the cluster link.
   (imported only in write-through mode).
 * :mod:`.replication` -- ``Replication``: full sharing (``usrloc-contact-repl``), ``ul_cluster_sync``
   (imported only when configured).
+* :mod:`.wire` -- a binding on the cluster link (compact JSON), the messages, the §10.3 merge.
 """
 
 from .persistence import Persistence

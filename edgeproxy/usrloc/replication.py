@@ -49,28 +49,22 @@ from __future__ import annotations
 import json
 import time
 from collections import deque
-from types import MappingProxyType
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Cooperator
 from twisted.logger import Logger
 
-from ..location import EMPTY_PARAMS, Binding, ChangeJournal, InMemoryLocation
-from ..location.binding import shared_methods, shared_string
-from ..sip.endpoint import RELIABLE, Endpoint
+from ..location import Binding, ChangeJournal, InMemoryLocation
 from ..sip.errors import SipValueError
-from ..sip.uri import SipURI, parse_uri
 from .rows import connection_bound
+from .wire import MAX_PAYLOAD, Removed, decode_binding, encode_binding, merge, pack
 
-__all__ = ["CAPABILITY", "ClusterLink", "Replication", "merge", "encode_binding", "decode_binding"]
+__all__ = ["CAPABILITY", "ClusterLink", "Replication", "MAX_PAYLOAD", "merge", "encode_binding", "decode_binding"]
 
 log = Logger(namespace="edgeproxy.usrloc")
 
 CAPABILITY = "usrloc-contact-repl"
-#: Characters of JSON per message (AMP carries at most 65,535 bytes in a value; JSON here is ASCII).
-MAX_PAYLOAD = 60_000
-
 #: AoRs encoded per step of a donation: about 40 KB, one message; the reactor runs between steps.
 SYNC_SLICE = 200
 #: Chunks of a donation sent and not yet acknowledged at most (flow control, ~300 KB: a few ms of the
@@ -86,10 +80,6 @@ HOLD_MAX = 2_000
 #: Seconds changes gather before they are sent: at a thousand REGISTERs a second, tens of AoRs to a
 #: message instead of one or two, for a delay no caller notices.
 BATCH_DELAY = 0.02
-
-#: One removed contact: (contact URI, Call-ID, CSeq).
-Removed = tuple[str, str, int]
-
 
 class ClusterLink(Protocol):
     """What the replication needs of :class:`edgeproxy.cluster.Cluster`."""
@@ -109,102 +99,6 @@ class ClusterLink(Protocol):
     def subscribe(self, callback: Callable[[int, bool], None]) -> Callable[[], None]: ...
 
     def sip_addr_of(self, node_id: int) -> str | None: ...
-
-
-_TRANSPORTS = frozenset(RELIABLE | {"UDP"})
-_WS = frozenset({"WS", "WSS"})
-
-
-def encode_binding(b: Binding, owner: str | None = None) -> list[Any]:
-    """A binding on the cluster link: a JSON list, positional (about 200 bytes a contact; the SQL
-    row's 18 named columns would be twice that and slower to read back). ``owner``: the node holding
-    the connection of a connection-bound contact (15th item, absent for the others)."""
-    r = b.received
-    owner = b.owner or owner
-    item = [str(b.uri), round(b.expires_at, 3), b.call_id, b.cseq,
-            [r.transport, r.host, r.port] if r is not None else None,
-            b.q, (1 if b.nat else 0) | (2 if b.sipping else 0), b.user_agent,
-            list(b.path) if b.path else None, b.instance, b.reg_id,
-            sorted(b.methods) if b.methods is not None else None,
-            dict(b.contact_params) if b.contact_params else None, round(b.last_modified, 3)]
-    if owner:
-        item.append(owner)
-    return item
-
-
-def decode_binding(aor: str, item: list[Any], now: float, me: str | None = None) -> Binding | None:
-    """The binding of :func:`encode_binding`'s list, or None when it has expired or must not be
-    taken from a peer (connection-bound without an owner, or owned by ``me``, this node: that
-    connection is gone). Raises ValueError/TypeError/IndexError when malformed.
-
-    The receiving half of a bulk sync runs this 100,000 times in a row (issue 12: under 5 s), so the
-    cheap refusals come first and :func:`~edgeproxy.usrloc.rows.connection_bound`'s rule is applied
-    to the raw fields, before any object is built."""
-    text, expires, call_id, cseq, rec, q, flags, ua, path, instance, reg_id, methods, params, lm = item[:14]
-    expires_at = float(expires)
-    if expires_at <= now:
-        return None
-    flags = int(flags)
-    owner = str(item[14]) if len(item) > 14 and item[14] else None
-    refuse = owner is None or owner == me  # a connection-bound contact is kept only for its live owner
-    bound = False
-    if rec is None:
-        received = None
-    else:
-        transport = str(rec[0])
-        if transport not in _TRANSPORTS:
-            raise ValueError(f"transport {transport!r}")
-        bound = transport in _WS or (transport != "UDP" and (bool(flags & 1) or reg_id is not None))
-        if bound and refuse:
-            return None  # connection-bound (rows.connection_bound)
-        received = Endpoint(transport, str(rec[1]), int(rec[2]))
-    uri = parse_uri(str(text))
-    if not isinstance(uri, SipURI):
-        raise ValueError("not a SIP URI")
-    if not bound and uri.host_key.endswith(".invalid"):
-        if refuse:
-            return None
-        bound = True
-    if not bound:
-        owner = None  # reachable from here: a plain shared contact
-    return Binding(
-        aor=aor, uri=uri, expires_at=expires_at, call_id=str(call_id), cseq=int(cseq), received=received,
-        q=None if q is None else float(q),
-        contact_params=MappingProxyType({str(k): None if v is None else str(v) for k, v in params.items()})
-        if params else EMPTY_PARAMS,
-        path=tuple(str(p) for p in path) if path else (), instance=str(instance) if instance else None,
-        reg_id=None if reg_id is None else int(reg_id),
-        methods=None if methods is None else shared_methods(str(m) for m in methods),
-        user_agent=shared_string(str(ua)) if ua else None, nat=bool(flags & 1), sipping=bool(flags & 2),
-        last_modified=float(lm), owner=owner)
-
-
-def _newer(incoming: Binding, local: Binding) -> bool:
-    """Whether ``incoming`` replaces ``local`` (same contact URI): see the module docstring."""
-    if incoming.call_id == local.call_id:
-        return incoming.cseq > local.cseq
-    return (incoming.last_modified, incoming.call_id) > (local.last_modified, local.call_id)
-
-
-def merge(local: Iterable[Binding], incoming: Iterable[Binding], removed: Iterable[Removed]) -> list[Binding] | None:
-    """The AoR's bindings after a peer's update, or None when nothing changes."""
-    by_uri = {b.uri: b for b in local}
-    changed = False
-    for uri_text, call_id, cseq in removed:
-        try:
-            uri = parse_uri(uri_text)
-        except SipValueError:
-            continue
-        b = by_uri.get(uri)  # type: ignore[call-overload]
-        if b is not None and b.call_id == call_id and b.cseq <= cseq:
-            del by_uri[b.uri]
-            changed = True
-    for b in incoming:
-        current = by_uri.get(b.uri)
-        if current is None or _newer(b, current):
-            by_uri[b.uri] = b
-            changed = True
-    return list(by_uri.values()) if changed else None
 
 
 class Replication:
@@ -320,7 +214,7 @@ class Replication:
                     removed = []
                 entries.append(self._entry(aor, current, removed))
             if entries:
-                for payload in _pack("u", entries):
+                for payload in pack("u", entries):
                     self.stats["repl_messages"] += 1
                     self.cluster.send_all(self.cluster_id, CAPABILITY, payload)
                 self.stats["repl_sent_aors"] += len(entries)
@@ -403,7 +297,7 @@ class Replication:
             batch[aor] = merged
         stats["repl_received_aors"] += received
         if stale:
-            for payload in _pack("u", stale):
+            for payload in pack("u", stale):
                 self.cluster.send_to(self.cluster_id, node_id, CAPABILITY, payload)
         if not batch:
             return contacts
@@ -544,7 +438,7 @@ class Replication:
             now = self.clock.seconds()
             entries = [self._entry(aor, [b for b in bindings if b.expires_at > now], [])
                        for aor, bindings in stored(aors[start:start + SYNC_SLICE])]
-            for payload in _pack("sync", [e for e in entries if e[1]]):
+            for payload in pack("sync", [e for e in entries if e[1]]):
                 sent = self.cluster.send_acked(self.cluster_id, node_id, CAPABILITY, payload)
                 if sent is None:
                     # a node that (re)started asks before our link to it is back: sent when it is up
@@ -584,21 +478,3 @@ class Replication:
                  "{per:.0f} bytes per contact){short}", n=received, aors=progress["aors"], node=node_id,
                  ms=(time.perf_counter() - progress["started"]) * 1000, size=total, per=per,
                  short="" if received == expected else f"; the donor sent {expected}: some were lost")
-
-
-_ENCODE = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
-
-
-def _pack(kind: str, entries: list[list[Any]]) -> Iterator[str]:
-    """``entries`` as JSON messages of at most :data:`MAX_PAYLOAD` characters: encoded in one call
-    (one C encoder run per message, not one per AoR), halved while too large; an entry too large for
-    one message -- a single AoR with huge contacts -- goes alone."""
-    if not entries:
-        return
-    text = f'{{"t":"{kind}","a":{_ENCODE(entries)}}}'
-    if len(text) <= MAX_PAYLOAD or len(entries) == 1:
-        yield text
-        return
-    half = len(entries) // 2
-    yield from _pack(kind, entries[:half])
-    yield from _pack(kind, entries[half:])
