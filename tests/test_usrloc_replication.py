@@ -18,7 +18,7 @@ from twisted.internet.task import Clock
 from edgeproxy.location import Binding, ChangeJournal, InMemoryLocation
 from edgeproxy.sip import parse_uri
 from edgeproxy.sip.endpoint import Endpoint, Flow
-from edgeproxy.usrloc.replication import MAX_PAYLOAD, SYNC_IDLE, SYNC_WINDOW, Replication, decode_binding, merge
+from edgeproxy.usrloc.replication import MAX_PAYLOAD, SYNC_IDLE, Replication, decode_binding, merge
 from edgeproxy.usrloc.rows import connection_bound
 
 T0 = 1_700_000_000.0
@@ -399,9 +399,15 @@ def test_a_long_cut_heals_with_a_donation(monkeypatch: Any) -> None:
     assert x.link.asked == y.link.asked == []  # type: ignore[attr-defined]
 
 
-def slow_donation() -> tuple[Clock, Node, Node, list[Deferred]]:
+WINDOW = 4  # SYNC_WINDOW in these tests: 15 chunks are more than a window
+
+
+def slow_donation(monkeypatch: Any) -> tuple[Clock, Node, Node, list[Deferred]]:
     """X holds 3,000 AoRs (15 slices of a donation) and is synced; Y starts and asks X for them,
     over a link whose chunks' acknowledgements the test gives (the list returned)."""
+    from edgeproxy.usrloc import replication
+
+    monkeypatch.setattr(replication, "SYNC_WINDOW", WINDOW)
     clock = Clock()
     clock.advance(T0)
     x = mesh_of(clock, 1)[1]
@@ -416,11 +422,11 @@ def slow_donation() -> tuple[Clock, Node, Node, list[Deferred]]:
     return clock, x, y, x.link.acks  # type: ignore[attr-defined]
 
 
-def test_a_donation_keeps_few_chunks_unacknowledged() -> None:
+def test_a_donation_keeps_few_chunks_unacknowledged(monkeypatch: Any) -> None:
     """Flow control: a big sync never has more than SYNC_WINDOW chunks on the link unacknowledged by
     the receiver, so the pings and the ordinary replication sharing the link pass between chunks."""
-    clock, x, y, acks = slow_donation()
-    assert len(acks) == SYNC_WINDOW  # and there it waits for the receiver
+    clock, x, y, acks = slow_donation(monkeypatch)
+    assert len(acks) == WINDOW  # and there it waits for the receiver
     x.save(b("late"))  # ordinary replication is not held behind the sync
     clock.advance(0.02)
     assert y.contacts("late") == x.contacts("late") != []
@@ -432,19 +438,19 @@ def test_a_donation_keeps_few_chunks_unacknowledged() -> None:
             break
         waiting[0].callback(None)
         drain(clock)
-    assert most == SYNC_WINDOW and len(acks) == 15
+    assert most == WINDOW and len(acks) == 15
     assert json.loads(x.link.payloads[-1])["t"] == "sync-end" and y.replication.synced
     assert len(y.location.aors()) == 3001
 
 
-def test_a_donation_stops_when_its_link_is_lost() -> None:
+def test_a_donation_stops_when_its_link_is_lost(monkeypatch: Any) -> None:
     """The receiver's link goes away mid-sync: the donor stops (no end marker), and sends the whole
     table again when asked again."""
-    clock, x, y, acks = slow_donation()
+    clock, x, y, acks = slow_donation(monkeypatch)
     for d in acks:
         d.errback(ConnectionLost())
     drain(clock)
-    assert len(acks) == SYNC_WINDOW and not any(json.loads(p)["t"] == "sync-end" for p in x.link.payloads)
+    assert len(acks) == WINDOW and not any(json.loads(p)["t"] == "sync-end" for p in x.link.payloads)
     assert x.replication.stats["sync_donations"] == 0
     x.link.slow = False  # type: ignore[attr-defined]
     x.link.see(2, False)  # type: ignore[attr-defined]

@@ -67,9 +67,10 @@ log = Logger(namespace="edgeproxy.usrloc")
 CAPABILITY = "usrloc-contact-repl"
 #: AoRs encoded per step of a donation: about 40 KB, one message; the reactor runs between steps.
 SYNC_SLICE = 200
-#: Chunks of a donation sent and not yet acknowledged at most (flow control, ~300 KB: a few ms of the
-#: receiver's work ahead of a ping, enough to keep it busy while the donor encodes the next ones).
-SYNC_WINDOW = 8
+#: Chunks of a donation sent and not yet acknowledged at most (flow control, ~1.3 MB): a ping waits
+#: behind at most ~70 ms of the receiver's work (unloaded), and the receiver has enough queued to
+#: go on while the donor waits for the CPU on a loaded machine (with 8, syncs took twice as long).
+SYNC_WINDOW = 32
 #: Seconds without any chunk from the donor after which another donor is asked.
 SYNC_IDLE = 10.0
 
