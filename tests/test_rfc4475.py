@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import hashlib
 import sys
-import tomllib
-from pathlib import Path
 from typing import Callable
 
 import pytest
+from support.rfc4475 import MANIFEST, load
 
 from edgeproxy.sip import (
     NEED_DATA,
@@ -39,13 +38,6 @@ from edgeproxy.sip import (
     parse_uri,
 )
 from edgeproxy.sip.grammar import split_commas
-
-FIXTURES = Path(__file__).parent / "fixtures" / "rfc4475"
-MANIFEST: dict[str, dict] = tomllib.loads((FIXTURES / "manifest.toml").read_text("utf-8"))
-
-
-def load(name: str) -> bytes:
-    return (FIXTURES / f"{name}.dat").read_bytes()
 
 
 def parse(name: str) -> Message:

@@ -10,34 +10,31 @@ In CI (``CI`` set) the examples are derandomised so a run is reproducible; local
 from __future__ import annotations
 
 import os
-import tomllib
-from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.rfc4475 import MANIFEST, load
 
 from edgeproxy.sip import (
     NEED_DATA,
     PING,
+    URI,
     Limits,
     Message,
     Request,
     SipParseError,
+    SipURI,
     StreamParser,
-    URI,
     error_response,
     parse_datagram,
     parse_name_address,
     parse_uri,
     parse_via,
 )
-from edgeproxy.sip import SipURI
 from edgeproxy.sip.uri import _parse_sip
 from edgeproxy.sip.values import scan_params, scan_params_general
 
-FIXTURES = Path(__file__).parent / "fixtures" / "rfc4475"
-MANIFEST = tomllib.loads((FIXTURES / "manifest.toml").read_text("utf-8"))
-CORPUS = [(FIXTURES / f"{n}.dat").read_bytes() for n in MANIFEST] + [
+CORPUS = [load(n) for n in MANIFEST] + [
     b"SIP/2.0 180 Ringing\r\nVia: SIP/2.0/UDP a.example.com;branch=z9hG4bK1;received=192.0.2.1;rport=5060\r\n"
     b"To: <sip:b@example.com>;tag=t\r\nFrom: \"A\" <sip:a@example.com>;tag=f\r\nCall-ID: x@y\r\n"
     b"CSeq: 1 INVITE\r\nContact: <sip:b@[2001:db8::1]:5070;transport=tcp>\r\nContent-Length: 0\r\n\r\n",

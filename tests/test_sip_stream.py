@@ -8,10 +8,9 @@ between; then the failure modes: oversized heads, bad or missing Content-Length,
 from __future__ import annotations
 
 import random
-import tomllib
-from pathlib import Path
 
 import pytest
+from support.rfc4475 import MANIFEST, load
 from support.sipstream import events_of, invite
 
 from edgeproxy.sip import (
@@ -27,9 +26,6 @@ from edgeproxy.sip import (
     parse_datagram,
 )
 
-FIXTURES = Path(__file__).parent / "fixtures" / "rfc4475"
-MANIFEST = tomllib.loads((FIXTURES / "manifest.toml").read_text("utf-8"))
-
 
 def _framed_valid() -> dict[str, bytes]:
     """Valid RFC 4475 messages that a stream can carry: they have a Content-Length (§18.3), and
@@ -38,7 +34,7 @@ def _framed_valid() -> dict[str, bytes]:
     for name, entry in MANIFEST.items():
         if not entry["valid"] or name == "dblreq":
             continue
-        data = (FIXTURES / f"{name}.dat").read_bytes()
+        data = load(name)
         msg = parse_datagram(data)
         if msg is not None and "content-length" in msg.headers:
             out[name] = data

@@ -4,10 +4,9 @@ the RFC 4475 torture messages through both transports."""
 
 from __future__ import annotations
 
-import pathlib
-import tomllib
-
 import pytest
+from support.rfc4475 import MANIFEST, load
+from support.transport import RecordingSink, request, status_of
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
@@ -15,10 +14,7 @@ from edgeproxy.sip.endpoint import Endpoint
 from edgeproxy.sip.parser import Limits
 from edgeproxy.transport import SipDatagramProtocol, SipStreamProtocol, TransportManager
 from edgeproxy.transport.tcp import LINGER_SECONDS
-from support.transport import RecordingSink, request, status_of
 
-FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "rfc4475"
-MANIFEST = tomllib.loads((FIXTURES / "manifest.toml").read_text()) if FIXTURES.exists() else {}
 LOCAL_TCP = Endpoint("TCP", "127.0.0.1", 5060)
 
 
@@ -137,7 +133,7 @@ def test_udp_flow_carries_the_source_address():
 @pytest.mark.parametrize("name", sorted(MANIFEST))
 def test_rfc4475_torture_messages_over_udp(name):
     info = MANIFEST[name]
-    data = (FIXTURES / f"{name}.dat").read_bytes()
+    data = load(name)
     proto, sink, sock = udp_protocol()
     proto.datagramReceived(data, ("192.0.2.9", 5070))
     if info["valid"]:
@@ -155,7 +151,7 @@ def test_rfc4475_torture_messages_over_udp(name):
 @pytest.mark.parametrize("name", sorted(MANIFEST))
 def test_rfc4475_torture_messages_over_tcp_never_crash(name):
     info = MANIFEST[name]
-    data = (FIXTURES / f"{name}.dat").read_bytes()
+    data = load(name)
     proto, sink, transport, clock = tcp_protocol()
     proto.dataReceived(data)
     proto.readConnectionLost()
