@@ -3,11 +3,7 @@
 
 from __future__ import annotations
 
-import ast
 import random
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -28,8 +24,6 @@ from edgeproxy.transaction import (
     TransactionError,
     TransactionTable,
 )
-
-PACKAGE = Path(__file__).resolve().parents[1] / "edgeproxy" / "transaction"
 
 
 def request(method: str = "INVITE", branch: str | None = "z9hG4bKb1", *, sent_by: str = "192.0.2.1:5060",
@@ -553,23 +547,8 @@ def test_invariants_hold_for_any_input_sequence(cls, reliable, steps) -> None:
 
 
 # =================================================================================================
-# layering and an adapter
+# an adapter (that the layer imports no Twisted is tests/test_layers.py's)
 # =================================================================================================
-
-
-def test_transaction_layer_never_imports_twisted() -> None:
-    for path in PACKAGE.glob("*.py"):
-        tree = ast.parse(path.read_text())
-        for node in ast.walk(tree):
-            names = []
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                names = [node.module]
-            assert not any(n.split(".")[0] == "twisted" for n in names), path
-    code = "import sys, edgeproxy.transaction; print(any(m.startswith('twisted') for m in sys.modules))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
 
 
 def test_one_calllater_drives_the_table() -> None:
