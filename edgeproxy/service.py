@@ -119,6 +119,10 @@ class NodeConfiguration(Protocol):
     def dialog(self) -> DialogSettings: ...
     @property
     def acc(self) -> AccSettings | None: ...
+    @property
+    def route_params(self) -> Mapping[str, Any]: ...
+    @property
+    def source(self) -> str | None: ...
 
 
 class Stoppable(Protocol):
@@ -254,7 +258,7 @@ def build_node(config: NodeConfiguration, reactor: Any = None, node_table: NodeT
 
         reactor = default_reactor
     routes = load_route_module(config.node.route)
-    usrloc = getattr(config, "usrloc", None)
+    usrloc = config.usrloc
     journal = ChangeJournal() if usrloc is not None and usrloc.persistent else None
     shared = ChangeJournal() if usrloc is not None and usrloc.full_sharing else None
     location = InMemoryLocation(reactor, [j for j in (journal, shared) if j is not None])
@@ -287,15 +291,15 @@ def build_node(config: NodeConfiguration, reactor: Any = None, node_table: NodeT
               if config.nathelper.enabled else None)
     locator = DnsLocator(reactor, config.dns)
     dispatcher = _dispatcher(config, reactor, locator)
-    permissions_settings = getattr(config, "permissions", None)
+    permissions_settings = config.permissions
     permissions = Permissions(permissions_settings, reactor) if permissions_settings is not None else None
-    acc_settings = getattr(config, "acc", None)
+    acc_settings = config.acc
     acc = accounting_for(acc_settings, reactor, reactor) if acc_settings is not None else None
     # [dialog]: OpenSIPS dialog (create_dialog, profiles, lifetimes); [acc] hears how calls end
     dialogs = DialogTable(config.dialog, listeners=[acc] if acc is not None else [])
     node = Node(
         reactor, transports, registrar, routes, settings, config.timers,
-        route_params=dict(getattr(config, "route_params", {}) or {}),
+        route_params=dict(config.route_params),
         locator=locator,  # RFC 3263 for next hops named by a host name
         cluster=cluster,
         cluster_id=config.cluster.cluster_id if config.cluster is not None else 1,
@@ -341,7 +345,7 @@ def build_node(config: NodeConfiguration, reactor: Any = None, node_table: NodeT
 def _dispatcher(config: NodeConfiguration, reactor: Any, locator: DnsLocator) -> Dispatcher | None:
     """``[dispatcher]``: the destinations of the file, or of OpenSIPS's table (read when the node starts);
     host names are resolved with the node's RFC 3263 locator (``[dns]``)."""
-    settings = getattr(config, "dispatcher", None)
+    settings = config.dispatcher
     if settings is None:
         return None
     from .proxy.hops import uri_query
@@ -408,8 +412,7 @@ def state_directory(config: NodeConfiguration, environ: Mapping[str, str] = os.e
     from_systemd = environ.get("STATE_DIRECTORY", "").split(":")[0]
     if from_systemd:
         return from_systemd
-    source = getattr(config, "source", None)
-    return os.path.dirname(source) if source else ""
+    return os.path.dirname(config.source) if config.source else ""
 
 
 def _flow_tokens(config: NodeConfiguration) -> FlowTokens:
@@ -499,6 +502,7 @@ class NodeService(service.Service):
     def __init__(self, config: NodeConfiguration) -> None:
         self.config = config
         self.running_node: RunningNode | None = None
+        self._gc: GarbagePolicy | None = None  # once the node listens
 
     def startService(self) -> None:
         """Build and start the node. A failure known before this returns (a port taken, an address not
@@ -543,7 +547,7 @@ class NodeService(service.Service):
     def stopService(self) -> Deferred | None:
         super().stopService()
         sd_notify("STOPPING=1")
-        if getattr(self, "_gc", None) is not None:
+        if self._gc is not None:
             self._gc.stop()
         if self.running_node is not None:
             return self.running_node.stop()
