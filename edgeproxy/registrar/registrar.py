@@ -22,6 +22,7 @@ from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -71,20 +72,20 @@ class _Proposal:
 class Registrar:
     """The registrar of RFC 3261 §10.3 over a :class:`~edgeproxy.location.LocationService`.
 
-    ``clock`` is an ``IReactorTime`` (the reactor; ``task.Clock`` in tests) and must be the clock of
-    ``location``, since binding expiry is absolute time on it. ``location`` and ``settings`` are public
+    ``clock`` is an ``IReactorTime`` (the reactor when None; ``task.Clock`` in tests) and must be the
+    clock of ``location``, since binding expiry is absolute time on it. ``location`` and ``settings`` are public
     so the proxy can look bindings up with the same AoR rules.
     """
 
     def __init__(self, location: LocationService, settings: RegistrarSettings | None = None,
-                 clock: Any = None) -> None:
+                 clock: IReactorTime | None = None) -> None:
         if clock is None:
-            clock = getattr(location, "clock", None)
-            if clock is None:
-                from twisted.internet import reactor as clock
+            from twisted.internet import reactor as default_reactor
+
+            clock = default_reactor
         self.location = location
         self.settings = settings if settings is not None else RegistrarSettings()
-        self.clock = clock
+        self.clock: IReactorTime = clock
         self._queues: dict[str, deque[tuple[Callable[[], Any], Deferred]]] = {}
 
     # -- public API ----------------------------------------------------------------------------------
