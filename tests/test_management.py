@@ -72,7 +72,7 @@ class World:
         self.node = Node(self.clock, self.sender, self.registrar, load_route_module("edgeproxy_routes.default"),
                          ProxySettings(domains=("example.com",)), flood=flood)
         self.node.add_local_endpoint(LOCAL)
-        self.parts = RunningNode(self.node, self.sender, self.location, self.registrar)  # type: ignore[arg-type]
+        self.parts = RunningNode(self.node, None, self.location, self.registrar)  # type: ignore[arg-type]
         self.predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)
         self.wall = [1_700_000_000.0]
         self.mi = MICommands(self.parts, log_control=LogLevelControl(self.node, [self.predicate]),

@@ -41,7 +41,7 @@ def samples(world: World) -> dict[tuple[str, tuple[tuple[str, str], ...]], float
 
 
 def proxy_samples(world: ProxyWorld) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    parts = RunningNode(world.node, world.sender, world.location, world.registrar)  # type: ignore[arg-type]
+    parts = RunningNode(world.node, None, world.location, world.registrar)  # type: ignore[arg-type]
     text = exposition(metrics_registry(MICommands(parts), MetricsSettings(process=False))).decode()
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(text) for s in family.samples}

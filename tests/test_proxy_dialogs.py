@@ -291,7 +291,7 @@ def test_mi_dialog_commands_and_statistics(world: World) -> None:
     from edgeproxy.management import MICommands, MIError
     from edgeproxy.service import RunningNode
 
-    mi = MICommands(RunningNode(world.node, world.sender, world.location, world.registrar))  # type: ignore[arg-type]
+    mi = MICommands(RunningNode(world.node, None, world.location, world.registrar))  # type: ignore[arg-type]
 
     def run(method: str, params: Any = None) -> Any:
         out: list[Any] = []

@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..usrloc import Persistence
     from ..usrloc.replication import Replication
 
-__all__ = ["NodeParts", "MINode", "MIProxy", "MIConfig", "Counted", "DialogControl"]
+__all__ = ["NodeParts", "MINode", "MIProxy", "MIConfig", "Counted", "DialogControl", "ConnectionCounts"]
 
 
 class Counted(Protocol):
@@ -93,6 +93,12 @@ class MINode(Protocol):
     def set_log_decisions(self, enabled: bool) -> None: ...
 
 
+class ConnectionCounts(Protocol):
+    """The transports' open connections, counted when asked (:class:`edgeproxy.transport.TransportManager`)."""
+
+    def connections_by_transport(self) -> dict[str, int]: ...
+
+
 class MIConfig(Protocol):
     """What the MI reads of the configuration: ``[node]`` (the log level it starts at)."""
 
@@ -114,6 +120,9 @@ class NodeParts(Protocol):
 
     @property
     def config(self) -> MIConfig | None: ...
+
+    @property
+    def transports(self) -> ConnectionCounts | None: ...
 
     @property
     def cluster(self) -> Cluster | None: ...

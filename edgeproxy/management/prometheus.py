@@ -104,11 +104,11 @@ class NodeCollector:
         for (side, transport), n in sorted(parts.node.proxy.transactions_by_transport().items()):
             tm.add_metric([side, transport], n)
         yield tm
-        by_transport = getattr(getattr(parts, "transports", None), "connections_by_transport", None)
-        if by_transport is not None:  # a TransportManager
+        transports = parts.transports
+        if transports is not None:
             net = GaugeMetricFamily(f"{p}_net_connections", "TCP, TLS, WS and WSS connections open now, by "
                                     "transport", labels=["transport"])
-            for transport, n in sorted(by_transport().items()):
+            for transport, n in sorted(transports.connections_by_transport().items()):
                 net.add_metric([transport], n)
             yield net
         cluster = parts.cluster
