@@ -92,3 +92,28 @@ def test_the_other_nodes_rows_are_not_this_nodes_business(tmp_path: Path) -> Non
     path = tmp_path / "y.toml"
     path.write_text('[node]\nlisten = ["udp:127.0.0.12:5060"]\n' + ROWS.replace('"127.0.0.11"', '"127.0.0.11:5999"'))
     assert load_config(str(path)).cluster.my_node_id == 2
+
+
+def test_a_node_table_rows_sip_addr_is_checked_when_it_is_read(tmp_path: Path) -> None:
+    """With ``cluster.db_url`` the rows are read at start-up, after the configuration was checked: the
+    node's own row's sip_addr is checked then, with the same words, naming the table."""
+    from twisted.internet.task import Clock
+
+    from edgeproxy.cluster import NodeTable
+    from edgeproxy.service import build_node
+
+    path = tmp_path / "y.toml"
+    path.write_text('[node]\nlisten = ["udp:127.0.0.12:5070"]\n[cluster]\nmy_node_id = 2\n'
+                    'db_url = "mysql://root@127.0.0.1:3306/edgeproxy"\n'
+                    '[federation]\ncachedb_url = "mongodb://127.0.0.1:27017/db.userlocation"\n')
+    config = load_config(str(path))  # nothing to check yet: the rows are in the database
+    rows = NodeTable.from_dicts([
+        {"cluster_id": 1, "node_id": 1, "url": "bin:127.0.0.11:5555", "sip_addr": "127.0.0.11"},
+        {"cluster_id": 1, "node_id": 2, "url": "bin:127.0.0.12:5555", "sip_addr": "127.0.0.12"},  # no port
+    ])
+    with pytest.raises(ConfigError) as caught:
+        build_node(config, Clock(), node_table=rows)
+    assert str(caught.value) == (
+        "config: node 2's row in table 'clusterer': sip_addr: '127.0.0.12' matches no UDP listener of this node:"
+        " other nodes send to 127.0.0.12:5060 (node.listen UDP: udp:127.0.0.12:5070); write the port:"
+        " \"127.0.0.12:5070\"")
