@@ -4,8 +4,10 @@ capability ``usrloc-contact-repl``, ``ul_cluster.c``; reference opensips-modules
 Every node holds every contact. :class:`Replication` reads the table's
 :class:`~edgeproxy.location.ChangeJournal` :data:`BATCH_DELAY` (20 ms) after a change and sends each
 changed AoR's current contacts, with the contacts it lost since the last time (Call-ID and CSeq
-each), to every peer that is up, packed many AoRs to a message (``Cluster.send_all``, capability
-``usrloc-contact-repl``, JSON; each message under AMP's 64 KB). A node applies them with the rules of
+each), to every peer that is up, packed many AoRs to a message (``Cluster.send_acked``, capability
+``usrloc-contact-repl``, JSON; each message under AMP's 64 KB). The peer answers each message once
+applied; one that is not answered (the link was lost with it) is sent again, removals included,
+when the peer is back -- a flapping link loses nothing. A node applies them with the rules of
 RFC 3261 §10.3 as OpenSIPS does (``get_ucontact``), per contact URI:
 
 * an incoming contact with the Call-ID of the local one replaces it only with a higher CSeq (an
@@ -78,6 +80,9 @@ SYNC_IDLE = 10.0
 #: more it gets the whole table instead, as a (flow-controlled) donation.
 HOLD_MAX = 2_000
 
+#: Seconds before changes that did not reach a peer still counted as up are sent again.
+RESEND_DELAY = 1.0
+
 #: Seconds changes gather before they are sent: at a thousand REGISTERs a second, tens of AoRs to a
 #: message instead of one or two, for a delay no caller notices.
 BATCH_DELAY = 0.02
@@ -88,8 +93,6 @@ class ClusterLink(Protocol):
     my_node_id: int
 
     def register_capability(self, name: str, handler: Callable[[int, int, str], None]) -> None: ...
-
-    def send_all(self, cluster_id: int, capability: str, payload: str) -> int: ...
 
     def send_to(self, cluster_id: int, node_id: int, capability: str, payload: str) -> bool: ...
 
@@ -121,7 +124,8 @@ class Replication:
         #: this node's sip_addr: the owner written on its connection-bound contacts
         self.sip_addr = cluster.sip_addr_of(cluster.my_node_id) or None
         self._sent: dict[str, tuple[Binding, ...]] = {}  # what peers were last told of each AoR
-        self._held: set[str] = set()  # AoRs changed while no peer was up (after one had been)
+        self._held: set[str] = set()  # AoRs changed while no peer was up (after one had been), or unsent
+        self._lost_removals: dict[str, list[Removed]] = {}  # removals of unsent changes, sent again
         self._peer_seen = False
         self._running = False
         self._soon: Any = None
@@ -188,41 +192,61 @@ class Replication:
         self._soon = None
         try:
             aors = self.journal.take()
-            up = bool(self.cluster.up_nodes(self.cluster_id))
-            if not up and self._peer_seen:
+            nodes = [int(r.node_id) for r in self.cluster.up_nodes(self.cluster_id)]
+            if not nodes and self._peer_seen:
                 # nobody to tell: kept for the first peer that comes up again (a link cut while both
                 # nodes ran is made good this way; a restarted peer also pulls the whole table)
                 self._held |= aors
                 return
-            if up and self._held:
+            if nodes and self._held:
                 aors |= self._held
                 self._held = set()
             # never a peer up since the start: _sent follows the table, the first peer will pull it
             now = self.clock.seconds()
             sent = self._sent
+            lost = self._lost_removals
             entries = []
             for aor, stored in self.location.stored(aors):
                 current = tuple([b for b in stored if b.expires_at > now])
                 before = sent.pop(aor, ())
                 if current:
                     sent[aor] = current
-                if not up:
+                if not nodes:
                     continue
                 if before:
                     now_uris = {b.uri for b in current}
                     removed = [(str(b.uri), b.call_id, b.cseq) for b in before if b.uri not in now_uris]
                 else:
                     removed = []
+                if lost and aor in lost:
+                    removed += lost.pop(aor)
                 entries.append(self._entry(aor, current, removed))
             if entries:
                 for payload in pack("u", entries):
                     self.stats["repl_messages"] += 1
-                    self.cluster.send_all(self.cluster_id, CAPABILITY, payload)
+                    for node_id in nodes:
+                        sending = self.cluster.send_acked(self.cluster_id, node_id, CAPABILITY, payload)
+                        if sending is None:
+                            self._unsent(None, entries)
+                        else:
+                            sending.addErrback(self._unsent, entries)
                 self.stats["repl_sent_aors"] += len(entries)
         except Exception:
             log.failure("usrloc: replicating changes failed")
         finally:
             self._wait()
+
+    def _unsent(self, failure: Any, entries: list[list[Any]]) -> None:
+        """Changes that did not reach a peer (no link, or the link was lost before the peer answered:
+        a flapping link aborts what it had buffered): held, with their removals, and sent again --
+        now and then every :data:`RESEND_DELAY` while the peer counts as up, or when it comes back."""
+        lost = self._lost_removals
+        for aor, _, removed in entries:
+            self._held.add(aor)
+            if removed:
+                lost.setdefault(aor, []).extend(r for r in removed if r not in lost.get(aor, ()))
+        if self._running and (self._soon is None or not self._soon.active()):
+            self._soon = self.clock.callLater(RESEND_DELAY, self._send_changes)
 
     # -- receiving -----------------------------------------------------------------------------------
     def received(self, cluster_id: int, node_id: int, payload: str) -> None:
