@@ -350,14 +350,20 @@ def test_a_silent_or_dead_donor_is_replaced_by_another() -> None:
     assert z.contacts("bob") == y.contacts("bob") != []
 
 
-def test_a_cut_link_heals_without_a_sync() -> None:
-    """Both nodes run while their link is cut (each sees the other DOWN): what changed meanwhile --
-    saves and removals -- goes to the peer when the link is back, without either pulling a table."""
+def linked_pair() -> tuple[Clock, Node, Node]:
+    """X and Y of a mesh, both synced (seed fallback), their link up."""
     clock = Clock()
     clock.advance(T0)
     x, y = mesh_of(clock, 1, 2).values()
     clock.advance(5)
     link_up(x, y)
+    return clock, x, y
+
+
+def test_a_cut_link_heals_without_a_sync() -> None:
+    """Both nodes run while their link is cut (each sees the other DOWN): what changed meanwhile --
+    saves and removals -- goes to the peer when the link is back, without either pulling a table."""
+    clock, x, y = linked_pair()
     x.save(b("alice"))
     x.save(b("bob"))
     clock.advance(0.02)
@@ -381,11 +387,7 @@ def test_a_cut_link_heals_without_a_sync() -> None:
 def test_changes_lost_with_a_link_are_sent_again() -> None:
     """A message the link swallowed (it died before the peer answered) is sent again, removals
     included, when the peer is back: nothing lost to a flapping link."""
-    clock = Clock()
-    clock.advance(T0)
-    x, y = mesh_of(clock, 1, 2).values()
-    clock.advance(5)
-    link_up(x, y)
+    clock, x, y = linked_pair()
     x.save(b("alice"))
     clock.advance(0.02)
     assert y.contacts("alice") != []
@@ -408,11 +410,7 @@ def test_a_long_cut_heals_with_a_donation(monkeypatch: Any) -> None:
     from edgeproxy.usrloc import replication
 
     monkeypatch.setattr(replication, "HOLD_MAX", 2)
-    clock = Clock()
-    clock.advance(T0)
-    x, y = mesh_of(clock, 1, 2).values()
-    clock.advance(5)
-    link_up(x, y)
+    clock, x, y = linked_pair()
     x.link.see(2, False)  # type: ignore[attr-defined]
     y.link.see(1, False)  # type: ignore[attr-defined]
     for user in ("a1", "a2", "a3"):
