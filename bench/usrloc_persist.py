@@ -287,6 +287,7 @@ def main() -> int:
     ap.add_argument("--restart", action="store_true", help="time a SIGKILL and restart instead (see above)")
     ap.add_argument("--late", type=int, default=50, help="--restart: users registered after the last flush")
     ap.add_argument("--flush-cost", action="store_true", help="CPU per contact of a flush, in this process")
+    ap.add_argument("--modes", default="", help="only these modes (comma separated; memory is always run)")
     args = ap.parse_args()
     global args_window
     args_window = args.window
@@ -296,6 +297,8 @@ def main() -> int:
         return flush_cost(args)
     modes = ["memory", "write-back", "write-through", "full-sharing"] + ([] if args.no_mariadb else
                                                                         ["write-back-mariadb"])
+    if args.modes:
+        modes = ["memory"] + [m for m in args.modes.split(",") if m in modes and m != "memory"]
     results = alternate(args.rounds, modes, "edgeproxy-usrloc-bench-",
                         lambda mode, outdir, children: run(mode, args.users, args.timer_interval, outdir, children))
     base_rate = statistics.median(r["rate"] for r in results["memory"])
