@@ -22,7 +22,7 @@ it; memory-only and write-back nodes give the registrar the table itself (no Def
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 from twisted.python.failure import Failure
 
@@ -49,7 +49,6 @@ class WriteThroughLocation:
             raise ValueError("a write-through persistence of this location is needed")
         self.location = location
         self.persistence = persistence
-        self.clock: Any = location.clock  # the registrar's clock: binding expiry is on the table's
 
     def replace(self, aor: str, bindings: Sequence[Binding]) -> "Deferred[None]":
         location = self.location
