@@ -23,7 +23,7 @@ from .config_error import ConfigError
 
 __all__ = [
     "Checker", "Context", "Section", "show", "unknown",
-    "integer", "seconds", "zero_or_seconds", "boolean", "choice", "text", "file_path", "table_rows",
+    "integer", "seconds", "zero_or_seconds", "boolean", "choice", "text", "path_text", "file_path", "table_rows",
 ]
 
 
@@ -129,14 +129,17 @@ def text(key: str, value: Any, ctx: Context) -> str:
     return value
 
 
+def path_text(key: str, value: Any, ctx: Context, what: str = "file") -> str:
+    """A ``what`` path string, resolved relative to the config file's directory; "" for none."""
+    if not isinstance(value, str):
+        raise ConfigError(key, f"must be a {what} path string, got {show(value)}")
+    return ctx.path(value.strip()) if value.strip() else ""
+
+
 def file_path(key: str, value: Any, ctx: Context) -> str:
     """A file that must exist (relative to the config file's directory); "" for none."""
-    if not isinstance(value, str):
-        raise ConfigError(key, f"must be a file path string, got {show(value)}")
-    if value.strip() == "":
-        return ""
-    path = ctx.path(value.strip())
-    if not os.path.isfile(path):
+    path = path_text(key, value, ctx)
+    if path and not os.path.isfile(path):
         raise ConfigError(key, f"no such file: {show(path)}")
     return path
 

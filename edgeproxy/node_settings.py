@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config_error import ConfigError
-from .config_schema import Context, Section, choice, show, zero_or_seconds
+from .config_schema import Context, Section, choice, path_text, show, zero_or_seconds
 from .sip.address import canonical_host
 from .transport.listen import ListenSpecError, parse_listen
 
@@ -161,12 +161,8 @@ def _node_id(key: str, value: Any, ctx: Context) -> str:
 
 def _state_dir(key: str, value: Any, ctx: Context) -> str:
     """A directory (relative to the config file's), made at start-up if missing; "" for the default."""
-    if not isinstance(value, str):
-        raise ConfigError(key, f"must be a directory path string, got {show(value)}")
-    if value.strip() == "":
-        return ""
-    path = ctx.path(value.strip())
-    if os.path.exists(path) and not os.path.isdir(path):
+    path = path_text(key, value, ctx, "directory")
+    if path and os.path.exists(path) and not os.path.isdir(path):
         raise ConfigError(key, f"not a directory: {show(path)}")
     return path
 
