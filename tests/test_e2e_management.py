@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import time
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 from support.mi import post, rpc
 from support.phones import register_phone
+from support.polling import wait_listening
 from support.ports import free_port
 from support.sipp_harness import LOOPBACK, EdgeproxyNode, Sipp, edgeproxy_node, require_sipp
 
@@ -29,18 +28,6 @@ except ImportError:  # pragma: no cover - installed by .[test]; under CI a missi
     if os.environ.get("CI") == "true":
         raise
     pytest.skip("the opensips package is not installed (pip install '.[test]')", allow_module_level=True)
-
-
-def wait_listening(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with socket.create_connection((LOOPBACK, port), timeout=0.5):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                pytest.fail(f"the MI did not listen on {LOOPBACK}:{port} within {timeout} s", pytrace=False)
-            time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")

@@ -24,9 +24,9 @@ from typing import Any, Iterator
 import pytest
 from support.mi import rpc
 from support.phones import register_phone
+from support.polling import wait_listening
 from support.ports import free_port
 from support.sipp_harness import LOOPBACK, EdgeproxyNode, Sipp, SippProcess, edgeproxy_node, require_sipp
-from test_e2e_management import wait_listening
 
 BIN = Path(sys.executable).parent
 

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from support.management import LOCAL, World, options
 from support.proxy import ALICE_FLOW, BOB_FLOW, answer, invite, only
 from support.proxy import World as ProxyWorld
-from test_management import LOCAL, World, options
 from twisted.web.test.requesthelper import DummyRequest
 
 from edgeproxy.config import ConfigError, load_config

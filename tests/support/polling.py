@@ -5,10 +5,11 @@ with what it waited for."""
 from __future__ import annotations
 
 import re
+import socket
 import time
 from typing import Any, Callable, Protocol
 
-__all__ = ["wait_until", "wait_log", "Logging"]
+__all__ = ["wait_until", "wait_log", "wait_listening", "Logging"]
 
 
 class Logging(Protocol):
@@ -43,3 +44,15 @@ def wait_log(node: Logging, pattern: str, timeout: float = 10.0, after: int = 0)
     except AssertionError as exc:
         raise AssertionError(f"{exc}:\n{node.log()[-3000:]}") from None
     return time.monotonic()
+
+
+def wait_listening(port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> None:
+    """Wait until a TCP listener (the MI's, the metrics') accepts connections on ``host``:``port``."""
+    def accepts() -> bool:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    wait_until(f"a listener on {host}:{port}", accepts, timeout=timeout)
