@@ -193,5 +193,28 @@ def test_never_two_lines_about_one_source_within_a_second(events: list[LogEvent]
         globalLogPublisher.removeObserver(observe)
     assert 5 <= len(said) <= 8, said  # the first, then one per interval
     stamps = [t for t, _ in said]
-    assert all(b - a >= 1.0 for a, b in zip(stamps, stamps[1:])), stamps
+    assert all(b - a >= 1.0 for a, b in zip(stamps, stamps[1:], strict=False)), stamps
     assert sum(int(c) for _, line in said[1:] for c in re.findall(r"(\d+) malformed", line)) == 5999
+
+
+def test_autobahns_lines_that_name_the_peer_go_to_the_noise_log() -> None:
+    """Per listener, autobahn's lines that name their peer ("dropping connection to peer
+    tcp4:192.0.2.9:40000 ...") become counts of that source in the node's aggregated log (issue 16);
+    IPv6 peers too."""
+    from edgeproxy.transport.autobahn_logging import CountedLog, peer_host_of
+
+    noted: list[tuple[str, str, str]] = []
+    written: list[str] = []
+
+    class Inner:
+        def warn(self, fmt: str, **kw: object) -> None:
+            written.append(fmt)
+
+    log = CountedLog(Inner(), lambda host, kind, detail: noted.append((host, kind, detail)), "WSS")
+    for _ in range(100):
+        log.warn("dropping connection to peer {peer} with abort={abort}: {reason}", peer="tcp4:192.0.2.9:40000",
+                 abort=True, reason="WebSocket opening handshake timeout")
+    assert noted == [("192.0.2.9", "WSS dropped", "WebSocket opening handshake timeout")] * 100 and written == []
+    log.warn("Auto ping/pong: received non-pending pong")  # names no peer: counted 1st, 2nd, 4th ...
+    assert len(written) == 1
+    assert peer_host_of("tcp6:::1:5060") == "::1" and peer_host_of("tcp6:[2001:db8::1]:5060") == "2001:db8::1"
