@@ -404,6 +404,21 @@ def test_changes_lost_with_a_link_are_sent_again() -> None:
     assert x.link.asked == y.link.asked == []  # type: ignore[attr-defined]
 
 
+def test_changes_a_peer_refuses_are_not_sent_again() -> None:
+    """An error answer (a peer of another version without the command) would come again: counted
+    and logged, not retried every second."""
+    from twisted.protocols.amp import UnhandledCommand
+
+    clock, x, y = linked_pair()
+    x.link.lossy = True  # type: ignore[attr-defined]
+    x.save(b("alice"))
+    clock.advance(0.02)
+    (refused,) = x.link.acks  # type: ignore[attr-defined]
+    refused.errback(UnhandledCommand("Unhandled Command: b'Chunk'"))
+    clock.advance(5)
+    assert len(x.link.acks) == 1 and x.replication.stats["repl_refused"] == 1  # type: ignore[attr-defined]
+
+
 def test_a_long_cut_heals_with_a_donation(monkeypatch: Any) -> None:
     """More than HOLD_MAX AoRs changed while the link was cut: the peer gets the whole table as a
     flow-controlled donation instead of a flood of updates."""

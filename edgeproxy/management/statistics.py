@@ -64,8 +64,8 @@ STATISTICS: tuple[tuple[str, str, bool], ...] = (
                             "db_written_contacts, db_failures, db_syncs", True),
     ("usrloc:db_pending_aors", "AoRs changed and not yet written to SQL", False),
     ("usrloc:repl_<counter>", "with full sharing: repl_sent_aors, repl_messages, repl_received_aors, "
-                              "repl_applied_aors, repl_malformed, sync_requests, sync_donations, synced_contacts, "
-                              "sync_bytes", True),
+                              "repl_applied_aors, repl_malformed, repl_refused, sync_requests, sync_donations, "
+                              "synced_contacts, sync_bytes", True),
     ("registrar:max_expires", "[registrar] max_expires", False),
     ("registrar:max_contacts", "[registrar] max_contacts", False),
     ("registrar:default_expire", "[registrar] default_expires", False),

@@ -54,6 +54,7 @@ from collections import deque
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionClosed
 from twisted.internet.task import Cooperator
 from twisted.logger import Logger
 
@@ -142,8 +143,8 @@ class Replication:
         # sync's two nodes are answered meanwhile (a node blocked for seconds is declared down)
         self._cooperator = Cooperator(scheduler=lambda step: clock.callLater(0, step))
         self.stats = {"repl_sent_aors": 0, "repl_messages": 0, "repl_received_aors": 0, "repl_applied_aors": 0,
-                      "repl_malformed": 0, "sync_requests": 0, "sync_donations": 0, "synced_contacts": 0,
-                      "sync_bytes": 0}
+                      "repl_malformed": 0, "repl_refused": 0, "sync_requests": 0, "sync_donations": 0,
+                      "synced_contacts": 0, "sync_bytes": 0}
         cluster.register_capability(CAPABILITY, self.received)
         cluster.subscribe(self.node_changed)
 
@@ -239,7 +240,13 @@ class Replication:
     def _unsent(self, failure: Any, entries: list[list[Any]]) -> None:
         """Changes that did not reach a peer (no link, or the link was lost before the peer answered:
         a flapping link aborts what it had buffered): held, with their removals, and sent again --
-        now and then every :data:`RESEND_DELAY` while the peer counts as up, or when it comes back."""
+        now and then every :data:`RESEND_DELAY` while the peer counts as up, or when it comes back.
+        A peer that refused the message (an error answer, e.g. a version without the command) would
+        refuse it again: that is logged, not retried."""
+        if failure is not None and not failure.check(ConnectionClosed):
+            self.stats["repl_refused"] += 1
+            log.warn("usrloc: a peer refused replicated changes: {why}", why=failure.getErrorMessage())
+            return None
         lost = self._lost_removals
         for aor, _, removed in entries:
             self._held.add(aor)
@@ -247,6 +254,7 @@ class Replication:
                 lost.setdefault(aor, []).extend(r for r in removed if r not in lost.get(aor, ()))
         if self._running and (self._soon is None or not self._soon.active()):
             self._soon = self.clock.callLater(RESEND_DELAY, self._send_changes)
+        return None
 
     # -- receiving -----------------------------------------------------------------------------------
     def received(self, cluster_id: int, node_id: int, payload: str) -> None:
