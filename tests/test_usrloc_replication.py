@@ -497,7 +497,7 @@ def test_a_donation_stops_when_its_link_is_lost(monkeypatch: Any) -> None:
     x.link.slow = False  # type: ignore[attr-defined]
     x.link.see(2, False)  # type: ignore[attr-defined]
     y.link.see(1, False)  # type: ignore[attr-defined]  # Y's donor went down: Y waits for another
-    link_up(x, y)  # back: Y, not synced yet, asks again
+    link_up(x, y)  # back: X sends what it owes, and Y, not synced yet, asks again (one donation at a time)
     drain(clock)
     assert y.link.asked == [1, 1] and x.replication.stats["sync_donations"] == 1  # type: ignore[attr-defined]
     assert len(y.location.aors()) == 3000 and y.replication.synced

@@ -137,7 +137,7 @@ class Replication:
         self._donor: int | None = None  # the node asked for its table, until it ends the sync
         self._failed: set[int] = set()  # donors that went silent: asked last
         self._watch: Any = None  # the timer of SYNC_IDLE or of the fallback
-        self._owed: set[int] = set()  # nodes that asked for a sync before our link to them was up
+        self._owed: set[int] = set()  # nodes owed our table: asked before our link was up, or it failed
         self._donating: set[int] = set()
         # donations run in slices with the reactor turning between them, so that the pings of a big
         # sync's two nodes are answered meanwhile (a node blocked for seconds is declared down)
@@ -485,8 +485,9 @@ class Replication:
             while len(window) >= SYNC_WINDOW:
                 yield window.popleft()  # the Cooperator waits for the oldest chunk's acknowledgement
             if lost:
-                log.warn("usrloc: the sync to node {n} stopped after {c} chunks: {why}", n=node_id, c=chunks,
-                         why=lost[0].getErrorMessage())
+                log.warn("usrloc: the sync to node {n} stopped after {c} chunks: {why}; sent again when it is "
+                         "back", n=node_id, c=chunks, why=lost[0].getErrorMessage())
+                self._owed.add(node_id)
                 return
             yield None
         end = {"t": "sync-end", "contacts": contacts, "aors": len(aors), "chunks": chunks}
