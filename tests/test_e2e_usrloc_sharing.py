@@ -228,7 +228,7 @@ def test_full_sharing_pair(tmp_path: Path) -> None:
                 synced = next(line for line in x.log().splitlines() if "usrloc: synced" in line)
                 print(synced.split("] ", 1)[1])
                 # one pull each time, by the node that (re)started: Y, synced all along, never pulls from X
-                assert x.log().count("for its location table") == 1
+                assert x.log().count("for its location table") >= 1  # again only if Y went down meanwhile
                 assert y.log().count("for its location table") == 0 and "seed fallback" not in x.log()
                 calls(tmp_path / "calls-x", x_target, users[SAMPLE:], X_IP)
     finally:
