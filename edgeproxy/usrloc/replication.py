@@ -309,7 +309,11 @@ class Replication:
             try:
                 aor, items, removed = entry
                 aor = str(aor)
-                incoming = [b for b in (decode_binding(aor, item, now, me) for item in items) if b is not None]
+                incoming = []
+                for item in items:
+                    b = decode_binding(aor, item, now, me)
+                    if b is not None:
+                        incoming.append(b)
                 if me is not None and len(incoming) < len(items):
                     # our own connection-bound contacts coming back (we restarted): their connections
                     # are gone, so they go everywhere else too -- nothing stale, nothing revived
