@@ -322,7 +322,8 @@ def build_node(config: NodeConfiguration, reactor: Any = None, node_table: NodeT
     if dispatcher is not None and cluster is not None and config.cluster is not None:
         from .dispatcher.clustering import DispatcherReplication
 
-        replication = DispatcherReplication(dispatcher, cluster, config.cluster.cluster_id)
+        replication = DispatcherReplication(dispatcher, cluster, config.cluster.cluster_id, clock=reactor,
+                                             fallback=cluster.seed_fallback_interval)
     # [dispatcher] ds_ping_interval: probes go out as the node's own client transactions
     prober = (Prober(dispatcher, node.uac, reactor, replication.responsible if replication is not None else None)
               if dispatcher is not None and dispatcher.settings.probing else None)

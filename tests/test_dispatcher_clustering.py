@@ -11,8 +11,10 @@ import json
 from types import SimpleNamespace
 from typing import Any, Callable
 
+from twisted.internet.task import Clock
+
 from edgeproxy.dispatcher import Dispatcher, DispatcherSettings
-from edgeproxy.dispatcher.clustering import CAPABILITY, SYNC_CHUNK, DispatcherReplication
+from edgeproxy.dispatcher.clustering import CAPABILITY, SYNC_CHUNK, SYNC_TIMEOUT, DispatcherReplication
 
 ROWS = [
     {"setid": 1, "destination": "sip:127.0.0.21:5060", "weight": 1},
@@ -73,10 +75,11 @@ class FakeCluster:
             callback(node_id, False)
 
 
-def node(node_id: int, rows: list[dict[str, Any]] = ROWS) -> tuple[Dispatcher, FakeCluster, DispatcherReplication]:
+def node(node_id: int, rows: list[dict[str, Any]] = ROWS,
+         clock: Clock | None = None) -> tuple[Dispatcher, FakeCluster, DispatcherReplication]:
     ds = Dispatcher(DispatcherSettings(destinations=tuple(rows)))
     cluster = FakeCluster(node_id, [])
-    return ds, cluster, DispatcherReplication(ds, cluster, 1)
+    return ds, cluster, DispatcherReplication(ds, cluster, 1, clock=clock or Clock())
 
 
 def state(ds: Dispatcher, uri: str) -> str:
@@ -90,18 +93,18 @@ def test_distributed_probing_shares_the_destinations_out_and_takes_over_when_a_n
     settings = DispatcherSettings(destinations=rows, cluster_probing_mode="distributed")
     mine = []
     for node_id, others in ((1, [2, 3]), (2, [1, 3]), (3, [1, 2])):
-        rep = DispatcherReplication(Dispatcher(settings), FakeCluster(node_id, others), 1)
+        rep = DispatcherReplication(Dispatcher(settings), FakeCluster(node_id, others), 1, clock=Clock())
         mine.append({d.uri for d in rep.dispatcher.table.destinations() if rep.responsible(d)})
     assert set().union(*mine) == {r["destination"] for r in rows}
     assert sum(len(m) for m in mine) == 30 and all(m for m in mine)  # each destination exactly once
-    alone = DispatcherReplication(Dispatcher(settings), FakeCluster(1, []), 1)
+    alone = DispatcherReplication(Dispatcher(settings), FakeCluster(1, []), 1, clock=Clock())
     assert all(alone.responsible(d) for d in alone.dispatcher.table.destinations())
 
 
 def test_replication_sends_local_changes_and_applies_remote_ones_without_echo() -> None:
     cluster = FakeCluster(1, [2])
     ds = Dispatcher(DispatcherSettings(destinations=tuple(ROWS)))
-    DispatcherReplication(ds, cluster, 1)
+    DispatcherReplication(ds, cluster, 1, clock=Clock())
     ds.set_state(ds.table.find(1, "sip:127.0.0.21:5060"), "i", "MI command")
     assert cluster.sent == [(1, CAPABILITY, '{"setid": 1, "uri": "sip:127.0.0.21:5060", "state": 1}')]
     cluster.handlers[CAPABILITY](1, 2, '{"setid": 1, "uri": "sip:127.0.0.22:5060", "state": 2}')
@@ -114,9 +117,12 @@ def test_replication_sends_local_changes_and_applies_remote_ones_without_echo() 
 
 def test_a_starting_node_pulls_the_states_from_the_first_peer_up() -> None:
     """OpenSIPS: at start-up the node requests a sync, the donor sends every destination's state, and
-    the states are copied without an event (no replication of them, no per-destination change)."""
-    a_ds, a, a_rep = node(1)
+    the states are copied without an event (no replication of them, no per-destination change). A
+    node that saw no peer for ``fallback`` seconds (seed fallback) answers, and does not pull back."""
+    clock = Clock()
+    a_ds, a, a_rep = node(1, clock=clock)
     a_ds.set_state(a_ds.table.find(1, "sip:127.0.0.21:5060"), "i", "MI command")  # before B started
+    clock.advance(5.0)  # A alone for seed_fallback_interval: its table stands
     b_ds, b, b_rep = node(2)
     a.link(b)
     b.link(a)
@@ -125,17 +131,19 @@ def test_a_starting_node_pulls_the_states_from_the_first_peer_up() -> None:
     assert [state(b_ds, f"sip:127.0.0.{h}:5060") for h in (22, 23)] == ["Active", "Active"]
     assert b_rep.stats["sync_requests"] == 1 and a_rep.stats["sync_donations"] == 1 and b_rep.stats["synced"] == 1
     assert b.sent == []  # synced states are not replicated on
-    # A asks B in turn (it never synced): B's copy of A's mark comes back, and A's own mark stands
+    # A answered B, and does not ask it in turn
     a.came_up(2)
-    assert state(a_ds, "sip:127.0.0.21:5060") == "Inactive" and a_rep.stats["synced"] == 1
+    assert state(a_ds, "sip:127.0.0.21:5060") == "Inactive"
+    assert a_rep.stats["sync_requests"] == 0 and a_rep.stats["synced"] == 0
     # once synced, a peer coming up again is not asked
     b.came_up(1)
     assert b_rep.stats["sync_requests"] == 1
 
 
 def test_a_sync_never_overwrites_what_this_node_saw_change() -> None:
-    """A node alone marked .21 inactive; a newcomer's table says Active. When both ask each other,
-    the newcomer learns Inactive, and the old node keeps it: its own change is newer than a table."""
+    """A node marked .21 inactive; a newcomer's table says Active. When both ask each other (both
+    started within ``fallback`` seconds), the newcomer learns Inactive, and the other node keeps it:
+    its own change is newer than a table."""
     a_ds, a, _ = node(1)
     b_ds, b, _ = node(2)
     a_ds.set_state(a_ds.table.find(1, "sip:127.0.0.21:5060"), "i", "MI command")
@@ -201,3 +209,51 @@ def test_ds_reload_syncs_again_and_a_donor_lost_mid_sync_is_replaced() -> None:
     b.link(c)
     b.came_up(3)
     assert b_rep.stats["sync_requests"] == 5 and b_rep.stats["synced"] == 4
+
+
+def test_a_donor_that_stays_up_but_never_answers_is_given_up_for_the_next_peer() -> None:
+    """OpenSIPS clusterer's ``sync_timeout``: a sync that stays silent is aborted; here the next peer
+    up is asked, the silent one last."""
+    clock = Clock()
+    b_ds, b, b_rep = node(2, clock=clock)
+    a_ds, a, _ = node(1)
+    c_ds, c, _ = node(3)
+    for donor_ds in (a_ds, c_ds):
+        donor_ds.set_state(donor_ds.table.find(1, "sip:127.0.0.22:5060"), "i", "MI command")
+    b.link(a)
+    b.link(c)
+    c.link(b)
+    a.handlers[CAPABILITY] = lambda cluster_id, node_id, payload: None  # A is up and deaf
+    b.up = [1, 3]
+    b.came_up(1)
+    assert [n for n, _ in b.sent_to] == [1] and b_rep.stats["synced"] == 0
+    clock.advance(SYNC_TIMEOUT - 0.1)
+    assert [n for n, _ in b.sent_to] == [1]
+    clock.advance(0.1)  # A silent for sync_timeout: C is asked, and answers
+    assert [n for n, _ in b.sent_to] == [1, 3]
+    assert b_rep.stats["sync_timeouts"] == 1 and b_rep.stats["synced"] == 1
+    assert state(b_ds, "sip:127.0.0.22:5060") == "Inactive"
+    clock.advance(60)  # synced: nothing more is asked, the fallback changes nothing
+    assert [n for n, _ in b.sent_to] == [1, 3] and b_rep.stats["sync_timeouts"] == 1
+    b.came_up(1)
+    assert [n for n, _ in b.sent_to] == [1, 3]
+
+
+def test_only_a_silent_peer_up_is_asked_again_after_each_timeout_and_a_lone_node_falls_back() -> None:
+    clock = Clock()
+    b_ds, b, b_rep = node(2, clock=clock)
+    a_ds, a, _ = node(1)
+    b.link(a)
+    a.handlers[CAPABILITY] = lambda cluster_id, node_id, payload: None
+    b.came_up(1)
+    clock.pump([SYNC_TIMEOUT] * 3)
+    assert [n for n, _ in b.sent_to] == [1] * 4 and b_rep.stats["sync_timeouts"] == 3
+    b.went_down(1)  # nobody up: the fallback comes, and a peer up later is not asked
+    clock.advance(5.0)
+    b.came_up(1)
+    assert [n for n, _ in b.sent_to] == [1] * 4
+    lone_ds, lone, lone_rep = node(4, clock=clock)
+    clock.advance(4.9)
+    lone.link(a)
+    lone.came_up(1)  # within the fallback: asked
+    assert lone.sent_to == [(1, '{"t": "sync-req"}')]

@@ -6,7 +6,8 @@ run the shipped failover route with a ``[dispatcher]`` set of two SIPp "FreeSWIT
 127.0.0.21 and .22. The operator marks .21 inactive on node A with the MI's ``ds_set_state``
 before node B exists. B then starts from its own configuration (.21 Active in its table): it must
 show .21 Inactive in ``ds_list`` within a couple of ping intervals of seeing A, and its calls must
-all go to .22. A keeps its mark (B's table default does not come back to it). Every wait is
+all go to .22. A, alone for ``seed_fallback_interval`` before B started, counts its own states as
+the cluster's: it answers B and does not ask B in turn, and keeps its mark. Every wait is
 bounded; every process is stopped by its PID.
 """
 
@@ -52,7 +53,7 @@ def test_a_node_started_later_learns_a_destination_marked_inactive_before(tmp_pa
             "node": {"route": str(REPO / "routes" / "failover.py")},
             "mi": {"listen": f"127.0.0.1:{mi_ports[ip]}"},
             "cluster": {"my_node_id": node_id, "cluster_id": 1, "ping_interval": 0.3, "ping_timeout": 0.2,
-                        "seed_fallback_interval": 0.5, "nodes": rows},
+                        "seed_fallback_interval": 3, "nodes": rows},
             "dispatcher": {"destinations": [{"setid": 1, "destination": u} for u in uris]},
             "route_params": {"freeswitch_algorithm": 4, "freeswitch_timeout": 5},
         }
@@ -66,6 +67,7 @@ def test_a_node_started_later_learns_a_destination_marked_inactive_before(tmp_pa
             log_level="info"))
         assert mi_result(urls[A_IP], "ds_set_state", {"state": "i", "group": "1", "address": uris[0]}) == "OK"
         assert ds_state(urls[A_IP], uris[0]) == "Inactive"
+        wait_until("A's seed fallback", lambda: "this node's states stand (seed fallback)" in a.log(), 15)
         started = time.monotonic()
         b: EdgeproxyNode = stack.enter_context(edgeproxy_node(
             tmp_path / "node-b", host=B_IP, port=sip_port, transports=("udp",), config=config(2, B_IP),
@@ -77,8 +79,9 @@ def test_a_node_started_later_learns_a_destination_marked_inactive_before(tmp_pa
         assert "sent the states of 2 destinations to node 2" in a.log()
         assert ds_state(urls[B_IP], uris[1]) == "Active"
         wait_until("A sees B", lambda: "node 2 is UP" in a.log(), 15)
-        time.sleep(1.0)  # A's own sync from B (both ask) has had time to come back
+        time.sleep(1.0)  # a sync A asked B for would have had time to come back
         assert ds_state(urls[A_IP], uris[0]) == "Inactive"  # A's mark stands
+        assert "asked node 2" not in a.log() and "synced the states" not in a.log(), a.log()[-3000:]
         calls = Sipp(tmp_path / "caller", "udp").run("uac_call", b.address, user="bob", calls=10, rate=20,
                                                       timeout=30, keys={"domain": B_IP})
         assert calls.successful_calls == 10, calls.describe()

@@ -9,7 +9,12 @@ FreeSWITCH die, the others stop sending it calls at once, not after their own pr
 
 **Sync** (OpenSIPS: at start-up and after ``ds_reload`` the node requests a sync, and the donor
 sends (set, uri, state bits) of every destination). A node asks the first peer it sees up after it
-started (and the first one up after a ``ds_reload``) for its states. The donor answers over its own
+started (and the first one up after a ``ds_reload``) for its states. Only a node that has not synced
+since it started (or reloaded) asks: one that saw no peer up for ``fallback`` seconds (the cluster's
+``seed_fallback_interval``, OpenSIPS's seed fallback) counts its own table as the cluster's, so a
+node answering a newcomer does not pull the newcomer's table back. A donor that stays up but sends
+nothing for ``sync_timeout`` seconds (OpenSIPS clusterer's ``sync_timeout``: silence aborts a sync)
+is given up with one log line, and the next peer up is asked. The donor answers over its own
 link (``sync`` messages of :data:`SYNC_CHUNK` destinations, the last one marked); if its link to the
 asker is not up yet, as soon as it is. The asker copies the states as they are, with one log line
 for the whole sync (``state copied, no event``), except for the destinations whose state changed on
@@ -30,6 +35,7 @@ import json
 import zlib
 from typing import Any, Callable, Protocol
 
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from .service import Dispatcher
@@ -43,6 +49,9 @@ CAPABILITY = "dispatcher-status-repl"
 #: Destinations per ``sync`` message: far under the link's 64 KB per message for URIs of up to
 #: OpenSIPS's 192 characters.
 SYNC_CHUNK = 200
+#: Seconds of silence after which a donor is given up. OpenSIPS's clusterer waits 15 s for the
+#: thousands of contacts of a usrloc sync; a dispatcher donor answers at once with a few messages.
+SYNC_TIMEOUT = 5.0
 
 
 class ClusterLink(Protocol):
@@ -64,14 +73,20 @@ class ClusterLink(Protocol):
 class DispatcherReplication:
     """Shares ``dispatcher``'s state changes in ``cluster_id`` (see the module docstring)."""
 
-    def __init__(self, dispatcher: Dispatcher, cluster: ClusterLink, cluster_id: int) -> None:
+    def __init__(self, dispatcher: Dispatcher, cluster: ClusterLink, cluster_id: int, *, clock: IReactorTime,
+                 fallback: float = 5.0, sync_timeout: float = SYNC_TIMEOUT) -> None:
         self.dispatcher = dispatcher
         self.cluster = cluster
         self.cluster_id = cluster_id
+        self.clock = clock
+        self.fallback = float(fallback)
+        self.sync_timeout = float(sync_timeout)
         self.stats = {"sent": 0, "received": 0, "unknown": 0, "sync_requests": 0, "sync_donations": 0,
-                      "synced": 0}
-        self._want_sync = True  # start-up: ask the first peer up
+                      "synced": 0, "sync_timeouts": 0}
+        self._want_sync = False  # True until synced, or the fallback: ask the first peer up
         self._asked: int | None = None  # the donor asked, until its last sync message
+        self._silent: set[int] = set()  # donors given up since the sync began: asked last
+        self._watch: IDelayedCall | None = None  # the fallback, or the asked donor's sync_timeout
         self._synced: list[tuple[int, str, int]] = []  # what the donor sent so far
         # (set id, lower-case URI) of the destinations whose state changed here since the start: a
         # sync does not overwrite them (bounded by the table: unknown destinations are not kept)
@@ -80,6 +95,7 @@ class DispatcherReplication:
         cluster.register_capability(CAPABILITY, self.received)
         cluster.subscribe(self.node_changed)
         dispatcher.subscribe(self.changed, reloaded=self.reloaded)
+        self._begin_sync()  # start-up
 
     # -- state changes -------------------------------------------------------------------------------
     def changed(self, setid: int, uri: str, flags: int) -> None:
@@ -118,6 +134,7 @@ class DispatcherReplication:
         if not up:
             if self._asked == node_id:  # the donor went away mid-sync: the next peer up is asked
                 self._asked, self._synced = None, []
+                self._ask_next()
             return
         if node_id in self._owed:
             self._owed.discard(node_id)
@@ -127,10 +144,25 @@ class DispatcherReplication:
 
     def reloaded(self) -> None:
         """``ds_reload`` re-syncs from the cluster (OpenSIPS), from the first peer up."""
-        up = self.cluster.up_nodes(self.cluster_id)
-        self._want_sync = True
-        if up and self._asked is None:
-            self.request_sync(int(up[0].node_id))
+        self._begin_sync()
+
+    def _begin_sync(self) -> None:
+        """Want a sync: ask the first peer up, or the first one that comes up within ``fallback``."""
+        self._want_sync, self._silent = True, set()
+        if self._asked is None:
+            self._ask_next()
+
+    def _ask_next(self) -> None:
+        """Ask a peer that is up, those that went silent in this sync last; none reachable: the next
+        one that comes up is asked (:meth:`node_changed`), unless ``fallback`` seconds pass first."""
+        if not self._want_sync:
+            return
+        up = sorted((int(row.node_id) for row in self.cluster.up_nodes(self.cluster_id)),
+                    key=lambda n: n in self._silent)
+        for node_id in up:
+            if self.request_sync(node_id):
+                return
+        self._arm(self.fallback, self._fall_back)
 
     def request_sync(self, node_id: int) -> bool:
         """Ask ``node_id`` for every destination's state; False when there is no link to it."""
@@ -139,8 +171,42 @@ class DispatcherReplication:
             self._asked = None
             return False
         self.stats["sync_requests"] += 1
+        self._arm(self.sync_timeout, self._timed_out)
         log.info("dispatcher: asked node {n} for the destinations' states", n=node_id)
         return True
+
+    def _fall_back(self) -> None:
+        """``fallback`` seconds without a sync begun, no peer up: this node's table stands (OpenSIPS's
+        seed fallback), and it does not ask the peers that come up later."""
+        self._watch = None
+        if self._asked is not None or not self._want_sync:
+            return
+        if self.cluster.up_nodes(self.cluster_id):  # a peer is up but was not reachable: try again
+            self._ask_next()
+            return
+        self._want_sync = False
+        log.info("dispatcher: no peer answered a sync within {t} s; this node's states stand (seed fallback)",
+                 t=self.fallback)
+
+    def _timed_out(self) -> None:
+        """The donor asked sent nothing for ``sync_timeout`` seconds though it is up: ask another."""
+        self._watch = None
+        silent, self._asked, self._synced = self._asked, None, []
+        if silent is None:
+            return
+        self._silent.add(silent)
+        self.stats["sync_timeouts"] += 1
+        log.warn("dispatcher: node {n} sent no sync in {t} s; asking the next peer up", n=silent, t=self.sync_timeout)
+        self._ask_next()
+
+    def _arm(self, delay: float, call: Callable[[], None]) -> None:
+        self._disarm()
+        self._watch = self.clock.callLater(delay, call)
+
+    def _disarm(self) -> None:
+        if self._watch is not None and self._watch.active():
+            self._watch.cancel()
+        self._watch = None
 
     def _donate(self, node_id: int) -> None:
         states = [(d.setid, d.uri, d.flags) for d in self.dispatcher.table.destinations()]
@@ -159,7 +225,9 @@ class DispatcherReplication:
             return
         self._synced.extend(states)
         if not last:
+            self._arm(self.sync_timeout, self._timed_out)  # silence, not the whole sync, is timed
             return
+        self._disarm()
         touched = self._touched
         kept = [s for s in self._synced if (s[0], s[1].lower()) not in touched]
         skipped = len(self._synced) - len(kept)
