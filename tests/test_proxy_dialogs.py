@@ -313,7 +313,8 @@ def test_mi_dialog_commands_and_statistics(world: World) -> None:
     assert run("profile_get_size", ["nosuch"]).value.code == 404
     stats = run("get_statistics", [["dialog:"]])
     assert stats == {"dialog:active_dialogs": 1, "dialog:early_dialogs": 0, "dialog:processed_dialogs": 1,
-                     "dialog:expired_dialogs": 0, "dialog:failed_dialogs": 0}
+                     "dialog:expired_dialogs": 0, "dialog:failed_dialogs": 0, "dialog:pings_sent": 0,
+                     "dialog:pings_failed": 0}
     assert isinstance(run("dlg_end_dlg", ["1.1"]).value, MIError)
     assert run("dlg_end_dlg", [d["ID"], "Reason: SIP;text=\"ops\""]) == "OK"
     assert len(requests(world.sender.take(), "BYE")) == 2

@@ -12,11 +12,10 @@ from .model import (
     parse_flags,
 )
 from .profiles import ProfileError, Profiles
-from .requests import bye_to_callee, bye_to_caller, ping_to_callee, ping_to_caller
+from .requests import to_callee, to_caller
 from .settings import DialogSettings
 from .table import DialogError, DialogTable, Outgoing
 
 __all__ = ["Dialog", "DialogListener", "DialogState", "DialogTable", "DialogError", "DialogSettings",
            "ProfileError", "Profiles", "Outgoing", "FLAG_BYE_ON_TIMEOUT", "FLAG_PING_CALLER",
-           "FLAG_PING_CALLEE", "parse_flags", "bye_to_callee",
-           "bye_to_caller", "ping_to_callee", "ping_to_caller"]
+           "FLAG_PING_CALLEE", "parse_flags", "to_callee", "to_caller"]

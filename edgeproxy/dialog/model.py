@@ -64,7 +64,8 @@ class Dialog:
 
     __slots__ = ("h_entry", "h_id", "call_id", "from_hdr", "to_hdr", "caller_tag", "callee_tag", "state", "flags",
                  "caller_cseq", "callee_cseq", "caller_contact", "callee_contact", "caller_routes", "callee_routes",
-                 "caller_flow", "callee_flow", "created", "start", "lifetime",
+                 "caller_flow", "callee_flow", "caller_gen_cseq", "callee_gen_cseq", "caller_inv_cseq",
+                 "callee_inv_cseq", "created", "start", "lifetime",
                  "timeout_at", "profiles")
 
     def __init__(self, h_entry: int, h_id: int, call_id: str, from_hdr: str, to_hdr: str, caller_tag: str,
@@ -87,6 +88,14 @@ class Dialog:
         self.callee_routes: tuple[str, ...] = ()
         self.caller_flow = caller_flow  # the flow the INVITE came on (a connection for a browser or TLS phone)
         self.callee_flow: Flow | None = None  # the flow the answered branch of the INVITE was sent on
+        # OpenSIPS's per-leg last_gen_cseq: the last CSeq number the node put in a request to the
+        # caller / callee once it pinged that party (its pings take numbers of their own); 0: never
+        # pinged, the requests relayed to the party keep their numbers (see DialogTable.relayed_cseq)
+        self.caller_gen_cseq = 0
+        self.callee_gen_cseq = 0
+        # last_inv_gen_cseq: the number the last INVITE to the party went with, for its ACK
+        self.caller_inv_cseq = 0
+        self.callee_inv_cseq = 0
         self.created = created
         self.start = 0.0  # when the 2xx confirmed it
         self.lifetime = lifetime  # seconds, from confirmation

@@ -3,12 +3,12 @@
 
 Each is built from what the node saw, as the party it stands in for would have built it (RFC 3261
 §12.2.1.1, §15.1.1): Request-URI the other party's remote target, Route the route set beyond this
-node, From/To with the dialog's tags, the Call-ID, and the next CSeq number of the party it speaks for.
-A ping reuses that party's *last* CSeq number instead (0 when it sent none): it must not take a
-number the party itself will use next, which would make the other side refuse that party's next
-request as out of order (§12.2.2). OpenSIPS increments the CSeq and rewrites those of the later
-requests; a UA that answers a repeated number with 500 is alive all the same (any answer but 408 and
-481 is). Our Via is added by whoever sends it (it depends on the listener that faces the destination).
+node, From/To with the dialog's tags, the Call-ID, and a CSeq number above any the receiving party
+has seen in the dialog (§12.2.1.1: a new request's CSeq MUST be larger). The number is the table's
+choice (:class:`~edgeproxy.dialog.table.DialogTable`): the next of the party the node speaks for, or,
+once the node has pinged the receiving party, the next of the node's own numbers to it (OpenSIPS
+``last_gen_cseq``; the table then renumbers what the other party sends it). Our Via is added by
+whoever sends it (it depends on the listener that faces the destination).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Iterable
 from ..sip.message import Headers, Request
 from .model import Dialog
 
-__all__ = ["bye_to_callee", "bye_to_caller", "ping_to_callee", "ping_to_caller"]
+__all__ = ["to_callee", "to_caller"]
 
 
 def _request(method: str, uri: str, routes: tuple[str, ...], from_hdr: str, to_hdr: str, call_id: str, cseq: int,
@@ -37,34 +37,16 @@ def _request(method: str, uri: str, routes: tuple[str, ...], from_hdr: str, to_h
     return Request(method, uri, h)
 
 
-def bye_to_callee(dialog: Dialog, extra: Iterable[tuple[str, str]] = ()) -> Request:
-    """The BYE the caller would send: the caller's next CSeq (the dialog's ``caller_cseq`` is then
-    advanced by the table, so a later request of ours does not reuse it)."""
+def to_callee(method: str, dialog: Dialog, cseq: int, extra: Iterable[tuple[str, str]] = ()) -> Request:
+    """A request to the callee as the caller would send it (a BYE, a ``p`` ping), CSeq ``cseq``."""
     assert dialog.callee_contact is not None and dialog.callee_tag is not None
-    return _request("BYE", dialog.callee_contact, dialog.callee_routes, dialog.from_hdr,
-                f"{dialog.to_hdr};tag={dialog.callee_tag}", dialog.call_id, dialog.caller_cseq + 1, extra)
+    return _request(method, dialog.callee_contact, dialog.callee_routes, dialog.from_hdr,
+                    f"{dialog.to_hdr};tag={dialog.callee_tag}", dialog.call_id, cseq, extra)
 
 
-def bye_to_caller(dialog: Dialog, extra: Iterable[tuple[str, str]] = ()) -> Request:
-    """The BYE the callee would send: From the dialog's To with the callee's tag, To the INVITE's
-    From, the callee's next CSeq (1 when the callee never sent a request: the caller has no remote
-    sequence number yet, §12.2.2)."""
+def to_caller(method: str, dialog: Dialog, cseq: int, extra: Iterable[tuple[str, str]] = ()) -> Request:
+    """A request to the caller as the callee would send it (a BYE, a ``P`` ping): From the dialog's
+    To with the callee's tag, To the INVITE's From, CSeq ``cseq``."""
     assert dialog.callee_tag is not None
-    return _request("BYE", dialog.caller_contact, dialog.caller_routes, f"{dialog.to_hdr};tag={dialog.callee_tag}",
-                    dialog.from_hdr, dialog.call_id, dialog.callee_cseq + 1, extra)
-
-
-def ping_to_callee(dialog: Dialog) -> Request:
-    """The OPTIONS ping of the callee (``create_dialog("p")``), as from the caller, with the
-    caller's last CSeq number (see the module docstring)."""
-    assert dialog.callee_contact is not None and dialog.callee_tag is not None
-    return _request("OPTIONS", dialog.callee_contact, dialog.callee_routes, dialog.from_hdr,
-                    f"{dialog.to_hdr};tag={dialog.callee_tag}", dialog.call_id, dialog.caller_cseq, ())
-
-
-def ping_to_caller(dialog: Dialog) -> Request:
-    """The OPTIONS ping of the caller (``create_dialog("P")``), as from the callee, with the
-    callee's last CSeq number (0 when it sent none: never above its first request's)."""
-    assert dialog.callee_tag is not None
-    return _request("OPTIONS", dialog.caller_contact, dialog.caller_routes,
-                    f"{dialog.to_hdr};tag={dialog.callee_tag}", dialog.from_hdr, dialog.call_id, dialog.callee_cseq, ())
+    return _request(method, dialog.caller_contact, dialog.caller_routes, f"{dialog.to_hdr};tag={dialog.callee_tag}",
+                    dialog.from_hdr, dialog.call_id, cseq, extra)

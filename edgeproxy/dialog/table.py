@@ -49,7 +49,7 @@ from .model import (
     parse_flags,
 )
 from .profiles import ProfileError, Profiles, profile_name
-from .requests import bye_to_callee, bye_to_caller, ping_to_callee, ping_to_caller
+from .requests import to_callee, to_caller
 from .settings import DialogSettings
 
 __all__ = ["DialogTable", "DialogError", "Outgoing"]
@@ -70,7 +70,9 @@ class DialogTable:
         self.settings = settings = settings or DialogSettings()
         self.listeners = tuple(listeners)
         self.profiles = Profiles(settings)
-        self.stats = {"processed_dialogs": 0, "expired_dialogs": 0, "failed_dialogs": 0}
+        # OpenSIPS's counters, and the pings' (OpenSIPS counts none): sent, and answered 408/481 or not
+        self.stats = {"processed_dialogs": 0, "expired_dialogs": 0, "failed_dialogs": 0, "pings_sent": 0,
+                      "pings_failed": 0}
         self._dialogs: dict[tuple[str, str], Dialog] = {}
         self._pinged: dict[Dialog, None] = {}  # confirmed dialogs with a ping flag, in confirmation order
         self._by_flow: dict[Flow, list[Dialog]] = {}
@@ -251,6 +253,32 @@ class DialogTable:
         self._end(dlg, reason)
         return reason
 
+    def relayed_cseq(self, dlg: Dialog, request: Request, downstream: bool) -> int | None:
+        """The CSeq number the relayed copies of an in-dialog request carry, None for its own
+        (OpenSIPS ``dlg_handlers.c: dlg_onroute``). Once the node has pinged the receiving party,
+        its pings have taken numbers of the sender's sequence: each later request to the party gets
+        the next of the node's numbers (``last_gen_cseq`` + 1), an ACK the number of the INVITE it
+        acknowledges, and the responses upstream get the request's own number back (the proxy does
+        that), so neither party sees a gap it did not make or a number twice (§12.2.1.1, §12.2.2)."""
+        method = request.method
+        if downstream:
+            gen, inv = dlg.callee_gen_cseq, dlg.callee_inv_cseq
+        else:
+            gen, inv = dlg.caller_gen_cseq, dlg.caller_inv_cseq
+        if method == "ACK":
+            return (inv or gen) if gen else None
+        out: int | None = None
+        if gen:
+            gen += 1
+            out = gen
+        if method == "INVITE":
+            inv = out if out is not None else request.cseq.number
+        if downstream:
+            dlg.callee_gen_cseq, dlg.callee_inv_cseq = gen, inv
+        else:
+            dlg.caller_gen_cseq, dlg.caller_inv_cseq = gen, inv
+        return out
+
     def validate(self, dlg: Dialog, request: Request, downstream: bool) -> int:
         """OpenSIPS ``validate_dialog()`` (``dlg_handlers.c: dlg_validate_dialog``) for an in-dialog
         request before it changes the dialog: -1 bad CSeq (an ACK must carry the CSeq of the request
@@ -315,16 +343,21 @@ class DialogTable:
 
     def end(self, dlg: Dialog, reason: str, extra: Iterable[tuple[str, str]] = ()) -> Outgoing:
         """End a confirmed dialog from here (``dlg_end_dlg``, lifetime, lost connection): BYEs to
-        the callee and to the caller, each with the next CSeq of the party it speaks for."""
+        the callee and to the caller, each with the next CSeq of the party it speaks for, or the
+        next of the node's own to a party it pinged (OpenSIPS ``build_dlg_t``)."""
         if not dlg.confirmed:
             return []
         extra = tuple(extra)
-        to_callee = bye_to_callee(dlg, extra)
-        to_caller = bye_to_caller(dlg, extra)
         dlg.caller_cseq += 1
         dlg.callee_cseq += 1
+        if dlg.callee_gen_cseq:
+            dlg.callee_gen_cseq += 1
+        if dlg.caller_gen_cseq:
+            dlg.caller_gen_cseq += 1
+        bye_callee = to_callee("BYE", dlg, dlg.callee_gen_cseq or dlg.caller_cseq, extra)
+        bye_caller = to_caller("BYE", dlg, dlg.caller_gen_cseq or dlg.callee_cseq, extra)
         self._end(dlg, reason)
-        return [(to_callee, dlg, True), (to_caller, dlg, False)]
+        return [(bye_callee, dlg, True), (bye_caller, dlg, False)]
 
     # -- pings (create_dialog("Pp"), OpenSIPS dlg_timer.c ping timer) ------------------------------------
     @property
@@ -334,15 +367,23 @@ class DialogTable:
 
     def pings(self) -> Outgoing:
         """One round of ``options_ping_interval``: an OPTIONS to each flagged party of every
-        confirmed dialog whose last ping to it has been answered (one ping at a time per party)."""
+        confirmed dialog whose last ping to it has been answered (one ping at a time per party).
+        Each takes the next number of the node's own to that party: the other party's last + 1 at
+        the first ping, then one more each time (OpenSIPS ``build_dialog_info``'s
+        ``last_gen_cseq``), so a ping is never a number the party saw (a retransmission to it) nor
+        below one (§12.2.2: refused as out of order); what the other party sends after is renumbered
+        (:meth:`relayed_cseq`)."""
         out: Outgoing = []
         for dlg in self._pinged:
             if dlg.flags & FLAG_PING_CALLER and not dlg.flags & FLAG_PINGING_CALLER:
                 dlg.flags |= FLAG_PINGING_CALLER
-                out.append((ping_to_caller(dlg), dlg, False))
+                dlg.caller_gen_cseq = (dlg.caller_gen_cseq or dlg.callee_cseq) + 1
+                out.append((to_caller("OPTIONS", dlg, dlg.caller_gen_cseq), dlg, False))
             if dlg.flags & FLAG_PING_CALLEE and not dlg.flags & FLAG_PINGING_CALLEE:
                 dlg.flags |= FLAG_PINGING_CALLEE
-                out.append((ping_to_callee(dlg), dlg, True))
+                dlg.callee_gen_cseq = (dlg.callee_gen_cseq or dlg.caller_cseq) + 1
+                out.append((to_callee("OPTIONS", dlg, dlg.callee_gen_cseq), dlg, True))
+        self.stats["pings_sent"] += len(out)
         return out
 
     def ping_answered(self, dlg: Dialog, callee: bool, status: int) -> Outgoing:
@@ -350,7 +391,10 @@ class DialogTable:
         call) end the dialog with BYEs both ways, "Ping Timeout", whatever its ``B`` flag; any
         other answer means the party is there (OpenSIPS)."""
         dlg.flags &= ~(FLAG_PINGING_CALLEE if callee else FLAG_PINGING_CALLER)
-        if status not in (408, 481) or not dlg.confirmed:
+        if status not in (408, 481):
+            return []
+        self.stats["pings_failed"] += 1
+        if not dlg.confirmed:
             return []
         return self.end(dlg, "Ping Timeout")
 

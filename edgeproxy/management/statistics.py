@@ -94,6 +94,8 @@ STATISTICS: tuple[tuple[str, str, bool], ...] = (
     ("dialog:processed_dialogs", "dialogs created (create_dialog)", True),
     ("dialog:expired_dialogs", "dialogs that reached their lifetime", True),
     ("dialog:failed_dialogs", "dialogs whose INVITE got no 2xx", True),
+    ("dialog:pings_sent", "in-dialog OPTIONS pings sent (create_dialog P/p; OpenSIPS counts none)", True),
+    ("dialog:pings_failed", "pings answered 408/481 or not at all (each ends its dialog)", True),
     ("acc:<counter>", "call records, with [acc]: attempts (INVITE finals), missed (>= 300), cdrs (ended calls), "
                       "db_rows, db_failed (rows written to the acc tables, inserts that failed)", True),
 )

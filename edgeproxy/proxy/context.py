@@ -73,7 +73,7 @@ class RouteState:
                  "record_routed", "nat", "sipping", "failure_route", "reply_route", "branch_route",
                  "replied", "reply_headers", "relayed", "dropped", "reply", "auth", "flow_error",
                  "flow_destination", "ruri_consumed", "fr_timeout", "fr_inv_timeout", "trusted", "started", "ds",
-                 "context_info", "dialog", "dialog_check",
+                 "context_info", "dialog", "dialog_check", "cseq_out",
                  "contact_fixed")
 
     def __init__(self, request: Request, source: Flow, ctx: "ServerContext | None" = None) -> None:
@@ -111,6 +111,9 @@ class RouteState:
         self.ds: Selection | None = None  # ds_select_dst(): the destination tried and those left
         self.dialog: Dialog | None = None  # create_dialog(), or the dialog an in-dialog request matched
         self.dialog_check = 0  # what validate_dialog() answers for a matched in-dialog request
+        # the CSeq number the relayed copies carry (the dialog pinged their party, OpenSIPS dialog's
+        # CSeq rewriting); responses upstream get the request's own back. None: unchanged
+        self.cseq_out: int | None = None
         self.contact_fixed = False  # fix_nated_contact() ran (OpenSIPS allows it once per message)
 
     @property

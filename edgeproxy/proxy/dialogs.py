@@ -133,6 +133,7 @@ class DialogKeeper:
             log.info("BYE {call_id}: CSeq not above the last one seen, the dialog stays", call_id=dlg.call_id)
             return dlg
         self.table.in_dialog(dlg, route.request, downstream)
+        route.cseq_out = self.table.relayed_cseq(dlg, route.request, downstream)
         return dlg
 
     # -- what the proxy core tells ---------------------------------------------------------------------

@@ -476,11 +476,15 @@ class StatefulProxy:
         self._forward_response(ctx, upstream_final(best, [b.final for b in ctx.branches]))
 
     def _forward_response(self, ctx: ServerContext, response: Response) -> None:
-        """§16.7 steps 9-10: drop our Via and send through the server transaction."""
+        """§16.7 steps 9-10: drop our Via and send through the server transaction (with the
+        request's own CSeq when its dialog renumbered the relayed copies, OpenSIPS dialog)."""
         out = response.copy()
         out.pop_via()
         if not out.headers.get("via"):
             return
+        route = ctx.route
+        if route is not None and route.cseq_out is not None:
+            out.headers.set("CSeq", ctx.request.headers.get("cseq") or "")
         self._respond(ctx, out)
 
     def _cancel_branch(self, cb: ClientBranch, headers: CancelHeaders = ()) -> None:

@@ -180,6 +180,8 @@ class Forwarder:
         returned): those two depend on the transport and address family, which the location picks,
         so :meth:`stamp` adds them per target tried."""
         fwd = request.copy()
+        if route is not None and route.cseq_out is not None:  # the dialog renumbers (DialogTable.relayed_cseq)
+            fwd.headers.set("CSeq", f"{route.cseq_out} {request.method}")
         if str(target.uri) != request.uri_text:
             fwd.uri = target.uri
         mf = fwd.max_forwards
