@@ -114,7 +114,8 @@ def test_saves_made_during_a_transaction_share_the_next(tmp_path: Path) -> None:
     assert [r[0] for r in sqlite_rows(db)] == ["alice", "bob", "carol", "dave"]
 
 
-def test_a_failed_commit_answers_500_and_withdraws_the_binding(tmp_path: Path) -> None:
+def alice_saved_then_table_broken(tmp_path: Path) -> tuple[Node, Path]:
+    """A node whose table holds alice (cseq 1, 600 s), then breaks: every INSERT fails."""
     db = tmp_path / "loc.db"
     node = Node(f"sqlite://{db}")
     first: list[Response] = []
@@ -122,9 +123,14 @@ def test_a_failed_commit_answers_500_and_withdraws_the_binding(tmp_path: Path) -
     node.turn()
     node.gate.open()
     assert first[0].status == 200
-    with sqlite3.connect(db) as conn:  # the table breaks: every INSERT fails
+    with sqlite3.connect(db) as conn:
         conn.execute("DROP TABLE location")
         conn.execute("CREATE TABLE location (username CHAR(64))")
+    return node, db
+
+
+def test_a_failed_commit_answers_500_and_withdraws_the_binding(tmp_path: Path) -> None:
+    node, db = alice_saved_then_table_broken(tmp_path)
     replies: list[Response] = []
     node.save("alice", cseq=2, expires=900).addCallback(replies.append)  # a refresh of alice
     node.save("bob").addCallback(replies.append)  # a new AoR
@@ -187,3 +193,27 @@ def test_mariadb_row_exists_when_the_200_is_made() -> None:
         with conn.cursor() as cur:
             cur.execute(f"DROP TABLE IF EXISTS `{table}`")
         conn.close()
+
+
+def test_two_saves_of_one_aor_in_a_failed_commit_are_both_withdrawn(tmp_path: Path) -> None:
+    """Two REGISTERs of one AoR while the table fails: both answered 500, and the AoR goes back to
+    what it held before the first (RFC 3261 §10.3 step 7). The registrar runs one save of an AoR at a
+    time, so the second is tentative only after the first was withdrawn: a withdrawal never restores
+    another save's tentative binding, which the next flush would write."""
+    node, db = alice_saved_then_table_broken(tmp_path)
+    replies: list[Response] = []
+    node.save("alice", cseq=2, expires=900).addCallback(replies.append)
+    node.save("alice", cseq=3, expires=1200).addCallback(replies.append)  # waits for the first
+    node.turn()
+    node.gate.open()
+    assert [r.status for r in replies] == [500]
+    node.turn()
+    node.gate.open()
+    assert [r.status for r in replies] == [500, 500]
+    status, (alice,) = node.lookup("alice")
+    assert status == LookupResult.FOUND and (alice.cseq, alice.expires_at) == (1, T0 + 600)
+    with sqlite3.connect(db) as conn:  # repaired: the next flush writes memory as it is
+        conn.execute("DROP TABLE location")
+    node.clock.advance(1)
+    node.gate.open()
+    assert sqlite_rows(db) == [("alice", 1)]  # not the refused cseq 2
