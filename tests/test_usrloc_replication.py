@@ -421,21 +421,27 @@ def test_changes_a_peer_refuses_are_not_sent_again() -> None:
 
 def test_a_long_cut_heals_with_a_donation(monkeypatch: Any) -> None:
     """More than HOLD_MAX AoRs changed while the link was cut: the peer gets the whole table as a
-    flow-controlled donation instead of a flood of updates."""
+    flow-controlled donation instead of a flood of updates -- and the contacts removed meanwhile as
+    an update: a donation carries no removals, the peer would keep them until they expire."""
     from edgeproxy.usrloc import replication
 
     monkeypatch.setattr(replication, "HOLD_MAX", 2)
     clock, x, y = linked_pair()
+    x.save(b("alice"))
+    clock.advance(0.02)
+    assert y.contacts("alice") != []
     x.link.see(2, False)  # type: ignore[attr-defined]
     y.link.see(1, False)  # type: ignore[attr-defined]
+    x.location.remove("alice")
     for user in ("a1", "a2", "a3"):
         x.save(b(user))
     clock.advance(0.02)
     link_up(x, y)
     drain(clock)
     clock.advance(0.02)
-    assert [json.loads(p)["t"] for p in x.link.payloads] == ["sync", "sync-end"]
+    assert [json.loads(p)["t"] for p in x.link.payloads] == ["u", "u", "sync", "sync-end"]
     assert all(y.contacts(u) == x.contacts(u) != [] for u in ("a1", "a2", "a3"))
+    assert y.contacts("alice") == x.contacts("alice") == []
     assert x.link.asked == y.link.asked == []  # type: ignore[attr-defined]
 
 
@@ -585,3 +591,43 @@ def test_lookup_relays_to_the_node_holding_the_connection() -> None:
     assert h.run(plain, invite.replace("owner-1", "owner-2"), Endpoint("UDP", "10.0.1.50", 5060)).relayed
     looped = h.run(plain, invite.replace("owner-1", "owner-3"), Endpoint("UDP", y_ip, 5060))
     assert not looped.relayed and looped.reply_code == 404
+
+
+def test_a_removal_is_not_lost_to_a_peer_update_merged_before_it_is_sent() -> None:
+    """X unregisters a contact, and a peer's update of the same AoR is merged before X's batch goes
+    out: X still tells the peer of the removal (what the peer was told stays what X last sent), or
+    the peer would keep the unregistered contact until it expires."""
+    clock, x, y = pair()
+    x.save(b("alice"))
+    clock.advance(0.02)
+    assert y.contacts("alice") == x.contacts("alice") != []
+    y.save(b("alice"), b("alice", call_id="c9", port=5064))  # another contact of alice's, at Y ...
+    clock.advance(0.01)
+    x.location.remove("alice", parse_uri("sip:alice@198.51.100.7:5062"))  # ... while X unregisters c1
+    clock.advance(0.01)  # Y's update reaches X before X's batch
+    clock.advance(0.02)
+    assert x.contacts("alice") == [("sip:alice@198.51.100.7:5064", "c9", 1)]
+    assert y.contacts("alice") == x.contacts("alice")
+
+
+def test_non_finite_numbers_from_a_peer_are_malformed() -> None:
+    """JSON as Python reads it allows NaN and Infinity: a NaN expiry would spin the expiry timer (it
+    never compares due), an infinite one never expires, an infinite CSeq raised OverflowError and
+    lost the rest of the message. All are malformed; the other AoRs of the message are applied."""
+    clock, x, y = pair()
+    handler = y.link.handler
+    assert handler is not None
+
+    def item(user: str, expires: Any = T0 + 60, cseq: Any = 1, q: Any = None, lm: Any = T0) -> list[Any]:
+        return [f"sip:{user}@192.0.2.1", expires, "c", cseq, ["UDP", "192.0.2.1", 5060], q, 0, None, None, None,
+                None, None, None, lm]
+
+    entries = [["nan", [item("nan", expires=float("nan"))], []], ["inf", [item("inf", expires=float("inf"))], []],
+               ["cseq", [item("cseq", cseq=float("inf"))], []], ["q", [item("q", q=float("nan"))], []],
+               ["lm", [item("lm", lm=float("inf"))], []], ["gone", [], [["sip:x@192.0.2.1", "c", float("inf")]]],
+               ["ok", [item("ok")], []]]
+    handler(1, 1, json.dumps({"t": "u", "a": entries}))
+    handler(1, 1, '{"t": "sync", "a": 5}')
+    assert list(y.location.aors()) == ["ok"]
+    assert y.replication.stats["repl_malformed"] == 7
+    assert not [c for c in clock.getDelayedCalls() if c.getTime() <= clock.seconds()]  # no timer spinning

@@ -202,40 +202,55 @@ class Replication:
             if nodes and self._held:
                 aors |= self._held
                 self._held = set()
-            # never a peer up since the start: _sent follows the table, the first peer will pull it
-            now = self.clock.seconds()
-            sent = self._sent
-            lost = self._lost_removals
-            entries = []
-            for aor, stored in self.location.stored(aors):
-                current = tuple([b for b in stored if b.expires_at > now])
-                before = sent.pop(aor, ())
-                if current:
-                    sent[aor] = current
-                if not nodes:
-                    continue
-                if before:
-                    now_uris = {b.uri for b in current}
-                    removed = [(str(b.uri), b.call_id, b.cseq) for b in before if b.uri not in now_uris]
-                else:
-                    removed = []
-                if lost and aor in lost:
-                    removed += lost.pop(aor)
-                entries.append(self._entry(aor, current, removed))
-            if entries:
-                for payload in pack("u", entries):
-                    self.stats["repl_messages"] += 1
-                    for node_id in nodes:
-                        sending = self.cluster.send_acked(self.cluster_id, node_id, CAPABILITY, payload)
-                        if sending is None:
-                            self._unsent(None, entries)
-                        else:
-                            sending.addErrback(self._unsent, entries)
-                self.stats["repl_sent_aors"] += len(entries)
+            changes = self._changes(aors)
+            if nodes:  # else never a peer up since the start: _sent follows the table, the first peer pulls it
+                self._send([self._entry(aor, current, removed) for aor, current, removed in changes], nodes)
         except Exception:
             log.failure("usrloc: replicating changes failed")
         finally:
             self._wait()
+
+    def _changes(self, aors: Iterable[str]) -> list[tuple[str, tuple[Binding, ...], list[Removed]]]:
+        """Each of ``aors`` with its live contacts and the contacts it lost since peers were last told
+        of it (and removals a lost link swallowed); ``_sent`` now holds the live contacts."""
+        now = self.clock.seconds()
+        sent = self._sent
+        lost = self._lost_removals
+        out = []
+        for aor, stored in self.location.stored(aors):
+            current = tuple([b for b in stored if b.expires_at > now])
+            before = sent.pop(aor, ())
+            if current:
+                sent[aor] = current
+            if before:
+                now_uris = {b.uri for b in current}
+                removed = [(str(b.uri), b.call_id, b.cseq) for b in before if b.uri not in now_uris]
+            else:
+                removed = []
+            if lost and aor in lost:
+                removed += lost.pop(aor)
+            out.append((aor, current, removed))
+        return out
+
+    def _send(self, entries: list[list[Any]], nodes: list[int]) -> None:
+        """``entries`` as updates to ``nodes``, each message acknowledged or sent again (:meth:`_unsent`)."""
+        if not entries:
+            return
+        for payload in pack("u", entries):
+            self.stats["repl_messages"] += 1
+            for node_id in nodes:
+                sending = self.cluster.send_acked(self.cluster_id, node_id, CAPABILITY, payload)
+                if sending is None:
+                    self._unsent(None, entries)
+                else:
+                    sending.addErrback(self._unsent, entries)
+        self.stats["repl_sent_aors"] += len(entries)
+
+    def _send_removals(self, aors: Iterable[str], node_id: int) -> None:
+        """What ``aors`` lost since peers were last told of them, as updates without contacts: a
+        donation (:meth:`_donate`) carries only what the table holds, and a merge never deletes what
+        it is not told was removed -- the peer would keep unregistered contacts until they expire."""
+        self._send([[aor, [], removed] for aor, _, removed in self._changes(aors) if removed], [node_id])
 
     def _unsent(self, failure: Any, entries: list[list[Any]]) -> None:
         """Changes that did not reach a peer (no link, or the link was lost before the peer answered:
@@ -277,8 +292,9 @@ class Replication:
                 progress = self._syncs[node_id] = self._progress(node_id)
             progress["last"] = self.clock.seconds()
             progress["bytes"] += len(payload)
-            progress["contacts"] += self._apply(node_id, data.get("a"))
-            progress["aors"] += len(data.get("a") or ())
+            entries = data.get("a")
+            progress["contacts"] += self._apply(node_id, entries)
+            progress["aors"] += len(entries) if isinstance(entries, list) else 0
         elif kind == "sync-end":
             self._sync_ended(node_id, data, len(payload))
         else:
@@ -302,7 +318,10 @@ class Replication:
         # every AoR of the message is merged first and written in one go (InMemoryLocation.replace_many):
         # a bulk sync's cost is the decoding, not one timer re-arm and one Deferred per AoR
         batch: dict[str, list[Binding]] = {}
-        pending: set[str] = set()  # local changes not sent yet (rare): they still go out
+        # local changes not sent yet (rare): they still go out, and what peers were last told of the
+        # AoR stays as it was -- a removal among them is computed from it when they are sent
+        pending: set[str] = set()
+        held = self._held
         contacts = received = 0
         stale: list[list[Any]] = []
         for entry in entries:
@@ -320,17 +339,18 @@ class Replication:
                     stale += [[aor, [], [[str(i[0]), str(i[2]), int(i[3])]]] for i in items
                               if len(i) > 14 and i[14] == me]
                 gone = [(str(u), str(c), int(q)) for u, c, q in removed] if removed else []
-            except (ValueError, TypeError, IndexError, AttributeError, SipValueError):
+            except (ValueError, TypeError, IndexError, KeyError, AttributeError, OverflowError, SipValueError):
                 stats["repl_malformed"] += 1
                 continue
             contacts += len(items)  # as the donor counts them, taken or not
             received += 1
             local = batch[aor] if aor in batch else location.get(aor)
+            if aor in changed or aor in held:
+                pending.add(aor)
+                incoming = self._not_removed(aor, local, incoming)
             merged = incoming if not local and not gone else merge(local, incoming, gone)
             if merged is None or (not merged and not local):
                 continue
-            if aor in changed:
-                pending.add(aor)
             batch[aor] = merged
         stats["repl_received_aors"] += received
         if stale:
@@ -341,14 +361,32 @@ class Replication:
         location.replace_many(batch.items())
         sent = self._sent
         for aor, merged in batch.items():
-            if aor not in pending:
-                changed.discard(aor)  # applied changes are not sent on
+            if aor in pending:
+                continue
+            changed.discard(aor)  # applied changes are not sent on
             if merged:
                 sent[aor] = tuple(merged)
             else:
                 sent.pop(aor, None)
         stats["repl_applied_aors"] += len(batch)
         return contacts
+
+    def _not_removed(self, aor: str, local: list[Binding], incoming: list[Binding]) -> list[Binding]:
+        """``incoming`` without the contacts this node removed and has not told its peers of yet: a
+        peer's copy sent before it heard of the removal (same Call-ID, no higher CSeq) is older than
+        the removal (RFC 3261 §10.3 ordering) and must not bring the contact back."""
+        here = {b.uri for b in local}
+        gone = {str(b.uri): (b.call_id, b.cseq) for b in self._sent.get(aor, ()) if b.uri not in here}
+        for uri, call_id, cseq in self._lost_removals.get(aor, ()):
+            gone.setdefault(uri, (call_id, cseq))
+        if not gone:
+            return incoming
+        kept = []
+        for b in incoming:
+            removal = gone.get(str(b.uri))
+            if removal is None or removal[0] != b.call_id or b.cseq > removal[1]:
+                kept.append(b)
+        return kept
 
     # -- syncs ---------------------------------------------------------------------------------------
     def node_changed(self, node_id: int, up: bool) -> None:
@@ -363,7 +401,8 @@ class Replication:
                 self._donate(node_id)
             self._peer_seen = True
             if len(self._held) > HOLD_MAX:
-                self._held = set()
+                held, self._held = self._held, set()
+                self._send_removals(held, node_id)
                 self._donate(node_id)  # too much changed while nobody was up: the whole table
             elif self._held:
                 self._changed(None)  # what changed while nobody was up goes out now

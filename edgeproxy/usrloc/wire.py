@@ -7,6 +7,7 @@ opensips-modules.md §6.4-6.5) -- the module docstring of :mod:`.replication` st
 from __future__ import annotations
 
 import json
+import math
 from types import MappingProxyType
 from typing import Any, Iterable, Iterator
 
@@ -55,7 +56,7 @@ def decode_binding(aor: str, item: list[Any], now: float, me: str | None = None)
     cheap refusals come first and :func:`~edgeproxy.usrloc.rows.connection_bound`'s rule is applied
     to the raw fields, before any object is built."""
     text, expires, call_id, cseq, rec, q, flags, ua, path, instance, reg_id, methods, params, lm = item[:14]
-    expires_at = float(expires)
+    expires_at = _finite(expires)
     if expires_at <= now:
         return None
     flags = int(flags)
@@ -83,14 +84,23 @@ def decode_binding(aor: str, item: list[Any], now: float, me: str | None = None)
         owner = None  # reachable from here: a plain shared contact
     return Binding(
         aor=aor, uri=uri, expires_at=expires_at, call_id=str(call_id), cseq=int(cseq), received=received,
-        q=None if q is None else float(q),
+        q=None if q is None else _finite(q),
         contact_params=MappingProxyType({str(k): None if v is None else str(v) for k, v in params.items()})
         if params else EMPTY_PARAMS,
         path=tuple(str(p) for p in path) if path else (), instance=str(instance) if instance else None,
         reg_id=None if reg_id is None else int(reg_id),
         methods=None if methods is None else shared_methods(str(m) for m in methods),
         user_agent=shared_string(str(ua)) if ua else None, nat=bool(flags & 1), sipping=bool(flags & 2),
-        last_modified=float(lm), owner=owner)
+        last_modified=_finite(lm), owner=owner)
+
+
+def _finite(value: Any) -> float:
+    """A number of a peer's JSON, which Python reads with NaN and Infinity: a NaN expiry never comes
+    due (the expiry timer would fire at once for ever), an infinite one never expires."""
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"not a finite number: {value!r}")
+    return number
 
 
 def _newer(incoming: Binding, local: Binding) -> bool:
