@@ -217,3 +217,30 @@ def test_two_saves_of_one_aor_in_a_failed_commit_are_both_withdrawn(tmp_path: Pa
     node.clock.advance(1)
     node.gate.open()
     assert sqlite_rows(db) == [("alice", 1)]  # not the refused cseq 2
+
+
+def test_a_failing_table_is_tried_again_each_second_not_each_turn(tmp_path: Path) -> None:
+    """A failed transaction's AoRs stay to be written, but a database that fails fast is not tried
+    on every reactor turn for as long as the outage lasts: again after RETRY_DELAY, or at once for a
+    save waiting for its answer."""
+    from edgeproxy.usrloc.persistence import RETRY_DELAY
+
+    node, db = alice_saved_then_table_broken(tmp_path)
+    replies: list[Response] = []
+    node.save("alice", cseq=2).addCallback(replies.append)
+    for _ in range(20):
+        node.turn()
+        node.gate.open()
+    assert [r.status for r in replies] == [500] and node.persistence.stats["db_failures"] == 1
+    node.clock.advance(RETRY_DELAY)
+    node.gate.open()
+    assert node.persistence.stats["db_failures"] == 2
+    node.save("bob").addCallback(replies.append)  # a save during the wait is tried at once
+    node.turn()
+    node.gate.open()
+    assert [r.status for r in replies] == [500, 500] and node.persistence.stats["db_failures"] == 3
+    with sqlite3.connect(db) as conn:  # repaired: alice's row (cseq 1) is written by the next retry
+        conn.execute("DROP TABLE location")
+    node.clock.advance(RETRY_DELAY)
+    node.gate.open()
+    assert sqlite_rows(db) == [("alice", 1)]

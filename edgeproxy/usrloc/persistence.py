@@ -21,7 +21,8 @@ and saves never touch the database. What it does:
 All database work runs in a worker thread (``deferToThread``), one operation at a time; the rows
 are made in the reactor, a slice of AoRs per turn, so that the thread has almost no Python work
 that would take the GIL from the reactor (see :meth:`Persistence._encode`). A failed write keeps
-its AoRs for the next flush (logged once per outage).
+its AoRs for the next flush (logged once per outage; write-through tries again after
+:data:`RETRY_DELAY`, or at once for a waiting save).
 """
 
 from __future__ import annotations
@@ -44,6 +45,11 @@ __all__ = ["Persistence", "Runner", "TableError"]
 log = Logger(namespace="edgeproxy.usrloc")
 
 _SLICE = 500  # changed AoRs turned into rows per reactor turn (~1-3 ms)
+
+#: Write-through: seconds before a failed transaction's AoRs are tried again when no save waits (a
+#: save made meanwhile tries at once). Without it a database that fails fast -- refused connections,
+#: a broken table -- was tried every reactor turn for as long as the outage lasted.
+RETRY_DELAY = 1.0
 
 #: Runs a blocking function off the reactor thread: ``runner(f, *args)`` -> Deferred of its result.
 Runner = Callable[..., "Deferred[Any]"]
@@ -81,6 +87,7 @@ class Persistence:
         self._running = False
         self._failing = False
         self._soon: Any = None
+        self._retrying = False  # write-through: the last transaction failed; _soon is the retry
         self._waiting: list[Deferred[None]] = []  # write-through: saves waiting for the next transaction
         self._writing: list[Deferred[None]] | None = None  # ... and for the one in flight
         self.stats = {"db_loaded_contacts": 0, "db_expired_on_load": 0, "db_skipped_contacts": 0, "db_flushes": 0,
@@ -167,6 +174,8 @@ class Persistence:
         d: Deferred[None] = Deferred()
         if len(self.journal):
             self._waiting.append(d)
+            if self._retrying and self._soon is not None and self._soon.active():
+                self._soon.reset(0)  # this save need not wait for the retry: its own answer is due now
         elif self._writing is not None:
             self._writing.append(d)
         else:
@@ -188,9 +197,15 @@ class Persistence:
 
     def _write_through(self) -> None:
         self._soon = None
-        d = self.flush()
-        d.addErrback(lambda _: None)
-        d.addBoth(lambda _: self._wait_for_change())
+        self._retrying = False
+        self.flush().addCallbacks(lambda _: self._wait_for_change(), self._retry_later)
+
+    def _retry_later(self, _: Failure) -> None:
+        """The transaction failed (logged once per outage by :meth:`_flush`): its AoRs are in the
+        journal again, tried in :data:`RETRY_DELAY` or by the next save."""
+        if self._running:
+            self._retrying = True
+            self._soon = self.clock.callLater(0 if self._waiting else RETRY_DELAY, self._write_through)
 
     def flush(self) -> "Deferred[int]":
         """Write the AoRs changed since the last flush; fires with how many contacts were written (fails
