@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from .nodes import NodeInfo, NodeTable, same_host
@@ -28,7 +29,7 @@ class RefusalLog:
     """Warns about a refused peer at most once per :data:`REFUSAL_LOG_INTERVAL` per source IP; the
     next warning says how many were not logged. ``clock`` is an ``IReactorTime``."""
 
-    def __init__(self, clock: Any) -> None:
+    def __init__(self, clock: IReactorTime) -> None:
         self._clock = clock
         self._refusals: dict[str, tuple[float, int]] = {}
 

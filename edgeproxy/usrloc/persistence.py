@@ -32,6 +32,7 @@ import time
 from typing import Any, Callable, Iterable, Sequence
 
 from twisted.internet.defer import Deferred, DeferredLock, fail, inlineCallbacks
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -69,7 +70,7 @@ class Persistence:
     reactor (``deferToThread``; tests run it inline)."""
 
     def __init__(self, location: InMemoryLocation, journal: ChangeJournal, table: LocationTable, *, mode: str,
-                 timer_interval: float, use_domain: bool, clock: Any, runner: Runner | None = None) -> None:
+                 timer_interval: float, use_domain: bool, clock: IReactorTime, runner: Runner | None = None) -> None:
         if mode not in ("write-back", "write-through"):
             raise ValueError(f"mode must be write-back or write-through, not {mode!r}")
         if journal not in location.journals:
@@ -86,7 +87,7 @@ class Persistence:
         self._loop: LoopingCall | None = None
         self._running = False
         self._failing = False
-        self._soon: Any = None
+        self._soon: IDelayedCall | None = None
         self._retrying = False  # write-through: the last transaction failed; _soon is the retry
         self._waiting: list[Deferred[None]] = []  # write-through: saves waiting for the next transaction
         self._writing: list[Deferred[None]] | None = None  # ... and for the one in flight

@@ -55,8 +55,10 @@ from typing import Any, Callable, Iterable, Iterator, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionClosed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import Cooperator
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from ..location import Binding, ChangeJournal, InMemoryLocation
 from ..sip.errors import SipValueError
@@ -88,6 +90,13 @@ RESEND_DELAY = 1.0
 #: message instead of one or two, for a delay no caller notices.
 BATCH_DELAY = 0.02
 
+class NodeRow(Protocol):
+    """What the replication reads of a peer :meth:`ClusterLink.up_nodes` lists (a ``NodeInfo``)."""
+
+    @property
+    def node_id(self) -> int: ...
+
+
 class ClusterLink(Protocol):
     """What the replication needs of :class:`edgeproxy.cluster.Cluster`."""
 
@@ -99,7 +108,7 @@ class ClusterLink(Protocol):
 
     def send_acked(self, cluster_id: int, node_id: int, capability: str, payload: str) -> Deferred | None: ...
 
-    def up_nodes(self, cluster_id: int | None = None) -> tuple[Any, ...]: ...
+    def up_nodes(self, cluster_id: int | None = None) -> tuple[NodeRow, ...]: ...
 
     def subscribe(self, callback: Callable[[int, bool], None]) -> Callable[[], None]: ...
 
@@ -113,7 +122,7 @@ class Replication:
     ``seed_fallback_interval``)."""
 
     def __init__(self, location: InMemoryLocation, journal: ChangeJournal, cluster: ClusterLink, cluster_id: int,
-                 *, use_domain: bool, clock: Any, fallback: float = 5.0) -> None:
+                 *, use_domain: bool, clock: IReactorTime, fallback: float = 5.0) -> None:
         if journal not in location.journals:
             raise ValueError("the location must record its changes in this journal")
         self.location = location
@@ -129,14 +138,14 @@ class Replication:
         self._lost_removals: dict[str, list[Removed]] = {}  # removals of unsent changes, sent again
         self._peer_seen = False
         self._running = False
-        self._soon: Any = None
+        self._soon: IDelayedCall | None = None
         self.fallback = float(fallback)
         self._syncs: dict[int, dict[str, Any]] = {}  # donor node -> progress of the sync from it
         #: holds a whole table: pulled from a donor, or nobody was up to pull from (see the module doc)
         self.synced = False
         self._donor: int | None = None  # the node asked for its table, until it ends the sync
         self._failed: set[int] = set()  # donors that went silent: asked last
-        self._watch: Any = None  # the timer of SYNC_IDLE or of the fallback
+        self._watch: IDelayedCall | None = None  # the timer of SYNC_IDLE or of the fallback
         self._owed: set[int] = set()  # nodes owed our table: asked before our link was up, or it failed
         self._donating: set[int] = set()
         # donations run in slices with the reactor turning between them, so that the pings of a big
@@ -252,7 +261,7 @@ class Replication:
         it is not told was removed -- the peer would keep unregistered contacts until they expire."""
         self._send([[aor, [], removed] for aor, _, removed in self._changes(aors) if removed], [node_id])
 
-    def _unsent(self, failure: Any, entries: list[list[Any]]) -> None:
+    def _unsent(self, failure: Failure | None, entries: list[list[Any]]) -> None:
         """Changes that did not reach a peer (no link, or the link was lost before the peer answered:
         a flapping link aborts what it had buffered): held, with their removals, and sent again --
         now and then every :data:`RESEND_DELAY` while the peer counts as up, or when it comes back.
