@@ -435,3 +435,29 @@ def test_config_full_sharing(tmp_path: Path) -> None:
     assert c.usrloc.full_sharing and not c.usrloc.persistent
     c = config(tmp_path, f'[usrloc]\ncluster_mode = "full-sharing"\ndb_mode = 2\ndb_url = "sqlite://x.db"\n{nodes}')
     assert c.usrloc.full_sharing and c.usrloc.sql_write_mode == "write-back"
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "mariadb"])
+def test_a_value_too_long_for_its_column_does_not_poison_the_flush(backend: str, tmp_path: Path,
+                                                                   maria: tuple[Any, str]) -> None:
+    """OpenSIPS's columns are CHAR(64)/CHAR(255) and MariaDB's strict mode refuses a longer value
+    ("Data too long"): one REGISTER with a 300-character User-Agent or Contact failed the whole
+    transaction, and since its AoR stays to be written, every flush after it -- nothing else was
+    persisted until it expired. A long User-Agent is cut to the column (OpenSIPS keeps at most 255
+    characters of it); a contact whose key columns do not fit is kept in memory only, counted."""
+    url, table = (f"sqlite://{tmp_path}/loc.db", "location") if backend == "sqlite" else (mariadb.DB_URL, maria[1])
+    a = Node(url, table)
+    a.load()
+    a.save(udp_binding("mallory", user_agent="U" * 300))
+    a.save(udp_binding("trudy", call_id="c" * 300))
+    a.save(udp_binding("x" * 65, aor="x" * 65))
+    a.save(udp_binding("alice"))
+    a.clock.advance(60)
+    assert a.persistence.stats["db_failures"] == 0 and a.persistence.stats["db_written_contacts"] == 2
+    assert a.persistence.stats["db_unwritable_contacts"] == 2 and a.persistence.pending == 0
+    b = Node(url, table, now=T0 + 1)
+    assert b.load() == 2
+    (m,) = b.location.get("mallory")
+    assert m.user_agent == "U" * 255 and b.location.get("alice") != [] and b.location.get("trudy") == []
+    a.table.close()
+    b.table.close()

@@ -61,7 +61,8 @@ STATISTICS: tuple[tuple[str, str, bool], ...] = (
     ("usrloc:location-contacts", "contacts of the location table", False),
     ("usrloc:db_<counter>", "with [usrloc] SQL persistence: db_loaded_contacts, db_expired_on_load, "
                             "db_skipped_contacts (not revived at start), db_flushes, db_written_aors, "
-                            "db_written_contacts, db_failures, db_syncs", True),
+                            "db_written_contacts, db_failures, db_syncs, db_unwritable_contacts (a value too long for "
+                            "its column: kept in memory only)", True),
     ("usrloc:db_pending_aors", "AoRs changed and not yet written to SQL", False),
     ("usrloc:repl_<counter>", "with full sharing: repl_sent_aors, repl_messages, repl_received_aors, "
                               "repl_applied_aors, repl_malformed, repl_refused, sync_requests, sync_donations, "

@@ -38,7 +38,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ..location import Binding, ChangeJournal, InMemoryLocation
-from .rows import binding_from_values, binding_row, split_aor
+from .rows import binding_from_values, binding_row, fits, split_aor
 from .sqlstore import LocationTable, TableError
 
 __all__ = ["Persistence", "Runner", "TableError"]
@@ -92,7 +92,8 @@ class Persistence:
         self._waiting: list[Deferred[None]] = []  # write-through: saves waiting for the next transaction
         self._writing: list[Deferred[None]] | None = None  # ... and for the one in flight
         self.stats = {"db_loaded_contacts": 0, "db_expired_on_load": 0, "db_skipped_contacts": 0, "db_flushes": 0,
-                      "db_written_aors": 0, "db_written_contacts": 0, "db_failures": 0, "db_syncs": 0}
+                      "db_written_aors": 0, "db_written_contacts": 0, "db_failures": 0, "db_syncs": 0,
+                      "db_unwritable_contacts": 0}
 
     @property
     def pending(self) -> int:
@@ -269,7 +270,12 @@ class Persistence:
         for start in range(0, len(aors), _SLICE):
             if start:
                 yield deferLater(clock, 0, lambda: None)  # let the REGISTERs waiting meanwhile in
-            out.extend(encode(_rows(stored(aors[start:start + _SLICE]), clock.seconds(), use_domain)))
+            rows, unwritable = _rows(stored(aors[start:start + _SLICE]), clock.seconds(), use_domain)
+            out.extend(encode(rows))
+            if unwritable:
+                self.stats["db_unwritable_contacts"] += unwritable
+                log.warn("usrloc: {n} contacts kept in memory only: a value is too long for its column of "
+                         "{where}", n=unwritable, where=self.table.where)
         return out
 
     def sync(self) -> "Deferred[int]":
@@ -305,11 +311,17 @@ class Persistence:
         return self._lock.run(lambda: self.runner(f, *args))
 
 
-def _rows(snapshot: list[tuple[str, tuple[Binding, ...]]], now: float, use_domain: bool) -> list[tuple[Any, ...]]:
+def _rows(snapshot: list[tuple[str, tuple[Binding, ...]]], now: float, use_domain: bool
+          ) -> tuple[list[tuple[Any, ...]], int]:
     """The rows of this node's own live contacts in ``snapshot`` (a replicated contact owned by
-    another node is that node's to persist)."""
-    return [binding_row(b, use_domain) for _, bindings in snapshot for b in bindings
+    another node is that node's to persist), and how many did not fit the table's columns
+    (:func:`~edgeproxy.usrloc.rows.fits`: left out, or one hostile REGISTER fails every flush)."""
+    rows = [binding_row(b, use_domain) for _, bindings in snapshot for b in bindings
             if b.expires_at > now and b.owner is None]
+    if all(map(fits, rows)):
+        return rows, 0
+    kept = [row for row in rows if fits(row)]
+    return kept, len(rows) - len(kept)
 
 
 def _settle(waiting: list["Deferred[None]"], outcome: Failure | None) -> None:

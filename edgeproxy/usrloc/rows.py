@@ -38,7 +38,7 @@ from ..sip.endpoint import Endpoint, Flow
 from ..sip.errors import SipValueError
 from ..sip.uri import SipURI, parse_uri
 
-__all__ = ["COLUMNS", "LOAD_COLUMNS", "ALL_METHODS", "methods_mask", "mask_methods", "binding_row",
+__all__ = ["COLUMNS", "LOAD_COLUMNS", "ALL_METHODS", "methods_mask", "mask_methods", "binding_row", "fits",
            "binding_from_row", "binding_from_values", "split_aor", "PERMANENT", "connection_bound"]
 
 #: The columns written, in this order (``contact_id`` is the table's own AUTO_INCREMENT key).
@@ -160,13 +160,34 @@ def binding_row(b: Binding, use_domain: bool) -> tuple[Any, ...]:
         -1.0 if q is None else q,
         _text(b.call_id), b.cseq, _datetime(b.last_modified), 0,
         ("NAT,SIPPING" if b.sipping else "NAT") if b.nat else ("SIPPING" if b.sipping else None),
-        _text(b.user_agent or ""),
+        _text(b.user_agent or "")[:_UA_WIDTH],
         socket,
         mask,
         None if instance is None else _text(instance),
         kv_store,
         None,
     )
+
+
+#: Characters of ``user_agent`` kept in the row: its CHAR(255) column (OpenSIPS registrar keeps at
+#: most ``UA_MAX_SIZE``, 255, of a User-Agent).
+_UA_WIDTH = 255
+
+#: (column index, width) of the text columns a REGISTER fills and a row cannot cut: OpenSIPS's
+#: ``username``/``domain`` CHAR(64), ``contact``/``path``/``callid``/``sip_instance`` CHAR(255).
+_WIDTHS = ((0, 64), (1, 64), (2, 255), (4, 255), (7, 255), (15, 255))
+
+
+def fits(row: tuple[Any, ...]) -> bool:
+    """Whether :func:`binding_row`'s ``row`` fits OpenSIPS's columns. MySQL in strict mode (the
+    default) refuses a longer value ("Data too long") -- the whole transaction with it -- and the
+    values that identify a contact cannot be cut; OpenSIPS's registrar refuses such a REGISTER
+    (``R_AOR_LEN``, ``R_CONTACT_LEN``, ``R_CALLID_LEN``)."""
+    for index, width in _WIDTHS:
+        value = row[index]
+        if value is not None and len(value) > width:
+            return False
+    return True
 
 
 _SOCKETS: dict[str, Endpoint | None] = {}  # the few listeners of a table, parsed once
