@@ -321,13 +321,19 @@ def test_mariadb_values_read_the_same_in_both_escaping_modes(maria: tuple[Any, s
 @pytest.mark.parametrize("backend", ["sqlite", "mariadb"])
 def test_undecodable_bytes_do_not_poison_the_flush(backend: str, tmp_path: Path, maria: tuple[Any, str]) -> None:
     """A User-Agent with bytes that are not UTF-8 reaches the binding as lone surrogates (the parser's
-    surrogateescape); the row gets U+FFFD for them instead of every flush failing."""
+    surrogateescape); the row gets U+FFFD for them instead of every flush failing. So does an AoR
+    (``To: <sip:m%FF@...>`` is percent-decoded so): its key too -- the DELETE of its rows failed, and
+    the AoR, kept to be written, failed every flush after it (write-through: every REGISTER a 500)."""
     url, table = (f"sqlite://{tmp_path}/loc.db", "location") if backend == "sqlite" else (mariadb.DB_URL, maria[1])
     a = Node(url, table)
     a.load()
     a.save(udp_binding("mallory", user_agent=b"Evil\xff\xfe/1".decode("utf-8", "surrogateescape")))
+    a.save(udp_binding("m", aor=b"m\xff".decode("utf-8", "surrogateescape")))
     a.clock.advance(60)
-    assert a.persistence.stats["db_failures"] == 0 and a.persistence.stats["db_written_contacts"] == 1
+    assert a.persistence.stats["db_failures"] == 0 and a.persistence.stats["db_written_contacts"] == 2
+    a.location.remove(b"m\xff".decode("utf-8", "surrogateescape"))
+    a.clock.advance(60)
+    assert a.persistence.stats["db_failures"] == 0 and a.persistence.pending == 0
     b = Node(url, table, now=T0 + 1)
     assert b.load() == 1
     (m,) = b.location.get("mallory")

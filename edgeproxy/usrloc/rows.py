@@ -74,11 +74,13 @@ def mask_methods(mask: int | None) -> frozenset[str] | None:
 
 
 def split_aor(aor: str, use_domain: bool) -> tuple[str, str | None]:
-    """``(username, domain)`` columns of an AoR key (domain None without ``use_domain``)."""
+    """``(username, domain)`` columns of an AoR key (domain None without ``use_domain``), as
+    :func:`binding_row` writes them (:func:`_text`: an AoR percent-decoded from ``%FF`` holds a lone
+    surrogate, which no driver can send -- its DELETE would fail every flush)."""
     if use_domain and "@" in aor:
         user, _, domain = aor.rpartition("@")
-        return user, domain
-    return aor, None
+        return _text(user), _text(domain)
+    return _text(aor), None
 
 
 _LAST_SECOND: list[Any] = [None, ""]  # rows of one flush mostly share their second: format it once
