@@ -12,7 +12,8 @@ the callee's Contact. Our own entries (one, or two with double Record-Route) are
 the branch's copy of the INVITE carries exactly the entries the 2xx returns below the callee's side.
 Destinations are worked out when a BYE is sent (:meth:`DialogKeeper.reach`), not for every call.
 
-It owns the one reactor timer of the dialogs' lifetimes (armed for the table's earliest deadline) and
+It owns the one reactor timer of the dialogs' lifetimes (:class:`.deadline.EarliestDeadline`, armed
+for the table's earliest deadline) and
 sends each BYE in its own client transaction through the proxy (``start_local``), so BYEs over UDP are
 retransmitted and their responses absorbed. It also owns the ping timer of ``create_dialog("Pp")``
 (OpenSIPS ``options_ping_interval``): every interval while such dialogs exist, an OPTIONS to each
@@ -26,7 +27,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Callable, Iterable
 
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from ..dialog import Dialog, DialogTable, Outgoing
@@ -36,6 +37,7 @@ from ..sip.message import Response
 from ..sip.uri import SipURI, parse_uri
 from ..sip.values import parse_name_address
 from .context import ClientBranch, RouteState, ServerContext
+from .deadline import EarliestDeadline
 from .forwarding import CancelHeaders, Forwarder
 from .hops import uri_destination
 from .uac import LocalRequest
@@ -78,8 +80,8 @@ class DialogKeeper:
         self.cancel_invite = cancel_invite
         # the INVITE transaction of each dialog not confirmed yet: ending it early is CANCELling it
         self._setup: dict[Dialog, ServerContext] = {}
-        self._timer: IDelayedCall | None = None
-        self._ping_timer: IDelayedCall | None = None
+        self._lifetimes = EarliestDeadline(clock, self._fire)
+        self._pings = EarliestDeadline(clock, self._ping)
 
     # -- where the parties are -------------------------------------------------------------------------
     def reach(self, dlg: Dialog, callee: bool) -> Destination | None:
@@ -229,11 +231,10 @@ class DialogKeeper:
 
     # -- the ping timer (create_dialog("Pp")) ----------------------------------------------------------
     def _arm_pings(self) -> None:
-        if self._ping_timer is None or not self._ping_timer.active():
-            self._ping_timer = self.clock.callLater(self.table.settings.options_ping_interval, self._ping)
+        """The next round in ``options_ping_interval``, unless one is due sooner already."""
+        self._pings.arm(self.clock.seconds() + self.table.settings.options_ping_interval)
 
     def _ping(self) -> None:
-        self._ping_timer = None
         try:
             self._send_all(self.table.pings(), self._ping_callback)
         except Exception:
@@ -254,18 +255,9 @@ class DialogKeeper:
     # -- the lifetime timer ----------------------------------------------------------------------------
     def arm(self) -> None:
         """(Re)arm the one timer for the earliest lifetime end."""
-        when = self.table.next_deadline()
-        timer = self._timer
-        if timer is not None and timer.active():
-            if when is not None and timer.getTime() <= when:
-                return
-            timer.cancel()
-        self._timer = None
-        if when is not None:
-            self._timer = self.clock.callLater(max(0.0, when - self.clock.seconds()), self._fire)
+        self._lifetimes.arm(self.table.next_deadline())
 
     def _fire(self) -> None:
-        self._timer = None
         try:
             outgoing = self.table.expire(self.clock.seconds())
             if outgoing:
@@ -276,8 +268,5 @@ class DialogKeeper:
         self.arm()
 
     def stop(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        if self._ping_timer is not None and self._ping_timer.active():
-            self._ping_timer.cancel()
-        self._timer = None
+        self._lifetimes.stop()
+        self._pings.stop()

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Iterable, Union
 
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from ..dialog import DialogTable
@@ -43,6 +43,7 @@ from ..transaction import (
 )
 from .branches import BranchLauncher
 from .context import Branch, CancelBranch, ClientBranch, RouteState, ServerContext
+from .deadline import EarliestDeadline
 from .dialogs import DialogKeeper
 from .forwarding import (
     REASON_COMPLETED_ELSEWHERE,
@@ -86,7 +87,7 @@ class StatefulProxy:
         self.noise = noise if noise is not None else NoiseLog(clock)  # the node's: failed branches, aggregated
         self.calls = calls  # [acc]: every INVITE's first final response
         self._owners: dict[Transaction, Owner] = {}
-        self._timer: IDelayedCall | None = None
+        self._timer = EarliestDeadline(clock, self._fire)  # the one reactor timer of the transactions
         # create_dialog(): what the INVITEs' transactions show goes to the table (OpenSIPS dialog)
         self.dialogs = DialogKeeper(dialogs if dialogs is not None else DialogTable(), forwarder, clock,
                                     self.start_local, self.cancel_invite)
@@ -96,26 +97,14 @@ class StatefulProxy:
     @property
     def idle(self) -> bool:
         """No transaction is owned and no timer is armed (everything has been cleaned up)."""
-        return not self._owners and self._timer is None
+        return not self._owners and self._timer.armed is None
 
     # -- timers --------------------------------------------------------------------------------------
     def arm(self) -> None:
         """(Re)arm the one reactor timer for the earliest transaction deadline."""
-        when = self.table.get_timer()
-        timer = self._timer
-        if when is None:
-            if timer is not None and timer.active():
-                timer.cancel()
-            self._timer = None
-            return
-        if timer is not None and timer.active():
-            if timer.getTime() <= when:
-                return
-            timer.cancel()
-        self._timer = self.clock.callLater(max(0.0, when - self.clock.seconds()), self._fire)
+        self._timer.arm(self.table.get_timer())
 
     def _fire(self) -> None:
-        self._timer = None
         try:
             for tx, action in self.table.handle_timer(self.clock.seconds()):
                 self.execute(tx, (action,))
@@ -124,9 +113,7 @@ class StatefulProxy:
         self.arm()
 
     def stop(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        self._timer.stop()
         self.dialogs.stop()
 
     # -- executing transaction actions ---------------------------------------------------------------
