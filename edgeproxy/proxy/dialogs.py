@@ -167,7 +167,10 @@ class DialogKeeper:
 
     def flow_closed(self, flow: Flow) -> int:
         """A party's connection is gone: its confirmed dialogs end with BYEs both ways, the calls it
-        was still placing are CANCELled (487 to nobody, CANCEL to the callee); how many."""
+        was still placing are CANCELled (487 to nobody, CANCEL to the callee); how many. Those
+        CANCELs carry no Reason: OpenSIPS ends an early dialog with ``t_cancel_trans(t, extra_hdrs)``
+        (``dlg_end_dlg``), whose CANCELs have only the extra headers given -- none here -- and no
+        RFC 3326 Reason of tm's own (those are for a received CANCEL, Timer C and a 2xx)."""
         outgoing, early = self.table.flow_closed(flow)
         if outgoing or early:
             log.info("{n} dialog(s) over {flow} end: the connection closed", n=len(outgoing) // 2 + len(early),
