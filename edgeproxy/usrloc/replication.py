@@ -135,6 +135,10 @@ class Replication:
         self.sip_addr = cluster.sip_addr_of(cluster.my_node_id) or None
         self._sent: dict[str, tuple[Binding, ...]] = {}  # what peers were last told of each AoR
         self._held: set[str] = set()  # AoRs changed while no peer was up (after one had been), or unsent
+        # more than HOLD_MAX were: the next peer up gets a donation, and _held keeps only the AoRs peers
+        # were told of (whose removals the donation cannot carry) -- bounded by the table at the cut,
+        # not by every AoR registered during an outage of hours
+        self._overflow = False
         self._lost_removals: dict[str, list[Removed]] = {}  # removals of unsent changes, sent again
         self._peer_seen = False
         self._running = False
@@ -156,6 +160,11 @@ class Replication:
                       "synced_contacts": 0, "sync_bytes": 0}
         cluster.register_capability(CAPABILITY, self.received)
         cluster.subscribe(self.node_changed)
+
+    @property
+    def held(self) -> int:
+        """How many AoRs are kept for the next peer up (changed while none was, or lost with a link)."""
+        return len(self._held)
 
     # -- life cycle ----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -206,8 +215,10 @@ class Replication:
             if not nodes and self._peer_seen:
                 # nobody to tell: kept for the first peer that comes up again (a link cut while both
                 # nodes ran is made good this way; a restarted peer also pulls the whole table)
-                self._held |= aors
+                self._hold(aors)
                 return
+            if nodes and self._overflow:
+                self._release_held(nodes)
             if nodes and self._held:
                 aors |= self._held
                 self._held = set()
@@ -255,11 +266,29 @@ class Replication:
                     sending.addErrback(self._unsent, entries)
         self.stats["repl_sent_aors"] += len(entries)
 
-    def _send_removals(self, aors: Iterable[str], node_id: int) -> None:
-        """What ``aors`` lost since peers were last told of them, as updates without contacts: a
-        donation (:meth:`_donate`) carries only what the table holds, and a merge never deletes what
-        it is not told was removed -- the peer would keep unregistered contacts until they expire."""
-        self._send([[aor, [], removed] for aor, _, removed in self._changes(aors) if removed], [node_id])
+    def _hold(self, aors: set[str]) -> None:
+        """Keep ``aors`` for the next peer up (see ``_overflow``)."""
+        sent = self._sent
+        if self._overflow:
+            self._held |= {aor for aor in aors if aor in sent}
+            return
+        self._held |= aors
+        if len(self._held) > HOLD_MAX:
+            self._overflow = True
+            self._held = {aor for aor in self._held if aor in sent}
+
+    def _release_held(self, nodes: list[int]) -> None:
+        """More than :data:`HOLD_MAX` AoRs changed while no peer was up: ``nodes`` get what was removed
+        meanwhile as updates -- a donation carries only what the table holds, and a merge never
+        deletes what it is not told was removed (the peer would keep unregistered contacts until they
+        expire) -- then the whole table as a (flow-controlled) donation each."""
+        held, self._held, self._overflow = self._held, set(), False
+        self._send([[aor, [], removed] for aor, _, removed in self._changes(held) if removed], nodes)
+        # the AoRs made meanwhile were not held: peers are told of them now, as of every AoR (a later
+        # removal of one is computed from here)
+        self._changes(self.location.aors())
+        for node_id in nodes:
+            self._donate(node_id)
 
     def _unsent(self, failure: Failure | None, entries: list[list[Any]]) -> None:
         """Changes that did not reach a peer (no link, or the link was lost before the peer answered:
@@ -409,10 +438,8 @@ class Replication:
                 self._owed.discard(node_id)
                 self._donate(node_id)
             self._peer_seen = True
-            if len(self._held) > HOLD_MAX:
-                held, self._held = self._held, set()
-                self._send_removals(held, node_id)
-                self._donate(node_id)  # too much changed while nobody was up: the whole table
+            if self._overflow:
+                self._release_held([node_id])  # too much changed while nobody was up: the whole table
             elif self._held:
                 self._changed(None)  # what changed while nobody was up goes out now
             self._pull(node_id)
