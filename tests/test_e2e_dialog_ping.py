@@ -6,7 +6,10 @@ every INVITE a dialog with ``P`` and ``p`` and relays it to a SIPp "FreeSWITCH" 
 127.0.0.22); a SIPp phone on 127.0.0.31 calls (``uac_call.xml``). Both SIPp run with ``-aa``, which
 answers in-dialog OPTIONS 200, as phones and FreeSWITCH do. ``options_ping_interval = 1``.
 
-* a live call is pinged both ways every second and completes as usual;
+* a live call is pinged both ways every second and completes as usual, and each UA sees the
+  numbers of the requests it receives in the dialog go up (RFC 3261 §12.2.1.1; the pings take
+  numbers of their own, the phone's BYE reaches FreeSWITCH renumbered above them, and the phone's
+  200 for it carries the number it sent -- OpenSIPS dialog's CSeq handling);
 * the phone is SIGKILLed mid-call: its pings go unanswered, and after Timer F (64 x T1 = 6.4 s here)
   the node ends the call -- FreeSWITCH gets a BYE and answers it, and ``dlg_list`` is empty.
 
@@ -20,7 +23,7 @@ import signal
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from support.mi import mi_result
 from support.polling import wait_until
@@ -60,6 +63,23 @@ def test_a_live_call_is_pinged_both_ways_and_completes(tmp_path: Path) -> None:
     result.assert_ok()
     assert fs_result.successful_calls == 1, fs_result.describe()
     assert pings(result) >= 2 and pings(fs_result) >= 2, (pings(result), pings(fs_result))
+    for agent in (result, fs_result):  # what each UA received in the dialog, ACK aside, goes up
+        numbers = [cseq(m) for m in agent.received() if m.method not in (None, "ACK")]
+        assert numbers == sorted(set(numbers)), numbers
+    bye = only_one([m for m in fs_result.received() if m.method == "BYE"])
+    assert cseq(bye) > max(cseq(m) for m in fs_result.received() if m.method == "OPTIONS")
+    sent_bye = only_one([m for m in result.sent() if m.method == "BYE"])
+    assert [cseq(m) for m in result.received() if m.status == 200 and "BYE" in m.header("CSeq")[0]] \
+        == [cseq(sent_bye)]
+
+
+def cseq(message) -> int:
+    return int(message.header("CSeq")[0].split()[0])
+
+
+def only_one(items: list) -> Any:
+    assert len(items) == 1, items
+    return items[0]
 
 
 def test_a_phone_gone_mid_call_is_noticed_and_freeswitch_gets_a_bye(tmp_path: Path) -> None:
