@@ -639,3 +639,24 @@ def test_non_finite_numbers_from_a_peer_are_malformed() -> None:
     assert list(y.location.aors()) == ["ok"]
     assert y.replication.stats["repl_malformed"] == 7
     assert not [c for c in clock.getDelayedCalls() if c.getTime() <= clock.seconds()]  # no timer spinning
+
+
+def test_a_withdrawn_save_is_withdrawn_on_the_peers_too() -> None:
+    """A write-through save whose commit failed goes back to what the AoR held before (RFC 3261 §10.3
+    step 7), after the tentative one was replicated: the peers, whose merge refuses an older CSeq (or
+    an older registration), are told to remove the tentative contact, then get the older one back."""
+    clock, x, y = pair()
+    x.save(b("alice", cseq=1))
+    clock.advance(0.02)
+    x.save(b("alice", cseq=2, expires=900))  # tentative: replicated before its commit fails
+    clock.advance(0.02)
+    assert y.contacts("alice") == [("sip:alice@198.51.100.7:5062", "c1", 2)]
+    x.save(b("alice", cseq=1))  # withdrawn
+    clock.advance(0.02)
+    assert y.contacts("alice") == x.contacts("alice") == [("sip:alice@198.51.100.7:5062", "c1", 1)]
+    assert y.location.get("alice")[0].expires_at == T0 + 600
+    x.save(b("alice", call_id="c2", lm=T0 + 5))  # another registration of the contact, tentative ...
+    clock.advance(0.02)
+    x.save(b("alice", cseq=1))  # ... withdrawn
+    clock.advance(0.02)
+    assert y.contacts("alice") == x.contacts("alice") == [("sip:alice@198.51.100.7:5062", "c1", 1)]

@@ -90,6 +90,19 @@ RESEND_DELAY = 1.0
 #: message instead of one or two, for a delay no caller notices.
 BATCH_DELAY = 0.02
 
+def _withdrawn(told: Binding, now: Binding | None) -> bool:
+    """Whether peers must be told to remove ``told``, the contact as they were last sent it: it is
+    gone, or it went back to an older registration -- a write-through save withdrawn because its
+    commit failed (RFC 3261 §10.3 step 7) -- which their merge would refuse over ``told``."""
+    if now is None:
+        return True
+    if now is told:
+        return False
+    if now.call_id == told.call_id:
+        return now.cseq < told.cseq
+    return (now.last_modified, now.call_id) < (told.last_modified, told.call_id)
+
+
 class NodeRow(Protocol):
     """What the replication reads of a peer :meth:`ClusterLink.up_nodes` lists (a ``NodeInfo``)."""
 
@@ -243,8 +256,8 @@ class Replication:
             if current:
                 sent[aor] = current
             if before:
-                now_uris = {b.uri for b in current}
-                removed = [(str(b.uri), b.call_id, b.cseq) for b in before if b.uri not in now_uris]
+                now_by_uri = {b.uri: b for b in current}
+                removed = [(str(b.uri), b.call_id, b.cseq) for b in before if _withdrawn(b, now_by_uri.get(b.uri))]
             else:
                 removed = []
             if lost and aor in lost:
