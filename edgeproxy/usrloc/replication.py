@@ -63,7 +63,7 @@ from twisted.python.failure import Failure
 from ..location import Binding, ChangeJournal, InMemoryLocation
 from ..sip.errors import SipValueError
 from .rows import connection_bound
-from .wire import MAX_PAYLOAD, Removed, decode_binding, encode_binding, merge, pack
+from .wire import MAX_PAYLOAD, Removed, decode_binding, encode_binding, merge, pack, withdrawn
 
 __all__ = ["CAPABILITY", "ClusterLink", "Replication", "MAX_PAYLOAD", "merge", "encode_binding", "decode_binding"]
 
@@ -89,19 +89,6 @@ RESEND_DELAY = 1.0
 #: Seconds changes gather before they are sent: at a thousand REGISTERs a second, tens of AoRs to a
 #: message instead of one or two, for a delay no caller notices.
 BATCH_DELAY = 0.02
-
-def _withdrawn(told: Binding, now: Binding | None) -> bool:
-    """Whether peers must be told to remove ``told``, the contact as they were last sent it: it is
-    gone, or it went back to an older registration -- a write-through save withdrawn because its
-    commit failed (RFC 3261 §10.3 step 7) -- which their merge would refuse over ``told``."""
-    if now is None:
-        return True
-    if now is told:
-        return False
-    if now.call_id == told.call_id:
-        return now.cseq < told.cseq
-    return (now.last_modified, now.call_id) < (told.last_modified, told.call_id)
-
 
 class NodeRow(Protocol):
     """What the replication reads of a peer :meth:`ClusterLink.up_nodes` lists (a ``NodeInfo``)."""
@@ -257,7 +244,7 @@ class Replication:
                 sent[aor] = current
             if before:
                 now_by_uri = {b.uri: b for b in current}
-                removed = [(str(b.uri), b.call_id, b.cseq) for b in before if _withdrawn(b, now_by_uri.get(b.uri))]
+                removed = [(str(b.uri), b.call_id, b.cseq) for b in before if withdrawn(b, now_by_uri.get(b.uri))]
             else:
                 removed = []
             if lost and aor in lost:

@@ -17,7 +17,7 @@ from ..sip.endpoint import RELIABLE, Endpoint
 from ..sip.errors import SipValueError
 from ..sip.uri import SipURI, parse_uri
 
-__all__ = ["MAX_PAYLOAD", "Removed", "encode_binding", "decode_binding", "merge", "pack"]
+__all__ = ["MAX_PAYLOAD", "Removed", "encode_binding", "decode_binding", "merge", "pack", "withdrawn"]
 
 #: Characters of JSON per message (AMP carries at most 65,535 bytes in a value; JSON here is ASCII).
 MAX_PAYLOAD = 60_000
@@ -108,6 +108,14 @@ def _newer(incoming: Binding, local: Binding) -> bool:
     if incoming.call_id == local.call_id:
         return incoming.cseq > local.cseq
     return (incoming.last_modified, incoming.call_id) > (local.last_modified, local.call_id)
+
+
+def withdrawn(told: Binding, now: Binding | None) -> bool:
+    """Whether peers must be told to remove ``told``, the contact as they were last sent it (``now``:
+    the same contact URI now, if any): it is gone, or it went back to an older registration -- a
+    write-through save withdrawn because its commit failed (RFC 3261 §10.3 step 7) -- which their
+    :func:`merge` would refuse over ``told``."""
+    return now is None or (now is not told and _newer(told, now))
 
 
 def merge(local: Iterable[Binding], incoming: Iterable[Binding], removed: Iterable[Removed]) -> list[Binding] | None:
