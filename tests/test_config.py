@@ -290,6 +290,7 @@ def test_pike_section(tmp_path: Path) -> None:
         ("[registrar]\nmin_expires = -1\n", "config: registrar.min_expires: must be an integer >= 0, got -1"),
         ("[registrar]\nmax_contacts = true\n", "config: registrar.max_contacts: must be an integer >= 0, got true"),
         ("[registrar]\ndefault_expires = 0\n", "config: registrar.default_expires: must be an integer >= 1, got 0"),
+        ("[registrar]\nmax_callid_len = 0\n", "config: registrar.max_callid_len: must be an integer >= 1, got 0"),
         ("[registrar]\nuse_domain = 1\n", "config: registrar.use_domain: must be true or false, got 1"),
         ('[registrar]\nmin_expires_mode = "raise"\n',
          'config: registrar.min_expires_mode: must be one of "clamp", "reject", got "raise"'),

@@ -19,7 +19,7 @@ from collections import deque
 from dataclasses import dataclass
 from email.utils import formatdate
 from types import MappingProxyType
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, NoReturn
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -27,6 +27,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ..coroutine import run_eagerly
+from ..interfaces import noteworthy
 from ..location.binding import EMPTY_PARAMS, Binding, order_key, shared_methods, shared_string
 from ..location.service import LocationService, LocationUnavailable
 from ..sip.endpoint import Endpoint, Flow
@@ -46,6 +47,10 @@ _NOT_KEPT = frozenset({"expires", "q", "+sip.instance", "reg-id", "received", "p
 _MAX_REG_ID = 2**31 - 1
 _SHARED_PARAMS: dict[frozenset, Mapping[str, str | None]] = {}
 _MAX_SHARED_PARAMS = 4096
+# OpenSIPS registrar error texts (lib/reg/rerrno.h EI_R_AOR_LEN, EI_R_CONTACT_LEN, EI_R_CALLID_LEN)
+_AOR_LEN = "Address Of Record too long"
+_CONTACT_LEN = "Contact/received too long"
+_CALLID_LEN = "Callid too long"
 
 
 class _Reject(Exception):
@@ -87,6 +92,8 @@ class Registrar:
         self.settings = settings if settings is not None else RegistrarSettings()
         self.clock: IReactorTime = clock
         self._queues: dict[str, deque[tuple[Callable[[], Any], Deferred]]] = {}
+        #: REGISTERs refused because a value exceeded a ``max_*_len`` setting
+        self.refused_too_long = 0
 
     # -- public API ----------------------------------------------------------------------------------
     def aor_key(self, uri: SipURI) -> str:
@@ -105,7 +112,8 @@ class Registrar:
         nathelper's ``sipping_bflag``: NAT keep-alives to these contacts are SIP requests.
 
         Replies: 200 listing every current binding with ``expires`` (and ``Date``); 400 for malformed
-        Contact/Expires/q/reg-id, a misused ``Contact: *`` or an out-of-order CSeq; 420 for Path in
+        Contact/Expires/q/reg-id, a misused ``Contact: *``, an out-of-order CSeq or an AoR, Contact
+        or Call-ID longer than the ``max_*_len`` settings; 420 for Path in
         strict mode; 423 with Min-Expires in reject mode; 503 when ``max_contacts`` would be exceeded;
         500 when the location service fails (:class:`~edgeproxy.location.LocationUnavailable`: a
         write-through database commit failed). The Deferred itself never fails.
@@ -132,6 +140,9 @@ class Registrar:
                 key = aor_of(target, settings.use_domain)
             else:
                 key = aor
+                if len(key) > settings.max_aor_len:
+                    self._too_long(request, _AOR_LEN)
+                target = None
         else:
             target = request.to.uri
             if not isinstance(target, SipURI):
@@ -139,6 +150,13 @@ class Registrar:
             key = aor_of(target, settings.use_domain)
         if not key:
             raise SipValueError("Bad AoR")
+        if target is not None:
+            # OpenSIPS extract_aor(): the user part as sent (before unescaping) and the host
+            user_len = len(target.user) if target.user else 0
+            host_len = len(target.host)
+            if (user_len > settings.max_username_len or host_len > settings.max_domain_len
+                    or user_len + host_len + 1 > settings.max_aor_len):
+                self._too_long(request, _AOR_LEN)
         request.call_id, request.cseq  # noqa: B018 - malformed → 400 before anything is stored
 
         path: tuple[str, ...] = ()
@@ -158,6 +176,8 @@ class Registrar:
         if not contacts:
             return key, False, None, path  # a query (§10.3 step 8 with nothing to change)
 
+        if len(request.call_id) > settings.max_callid_len:  # stored with each binding (OpenSIPS pack_ci())
+            self._too_long(request, _CALLID_LEN)
         header_expires = request.headers.get("expires")
         allow = request.allow
         allow_methods = shared_methods(allow) if allow is not None else None
@@ -166,6 +186,8 @@ class Registrar:
             uri = contact.uri
             if not isinstance(uri, SipURI):
                 raise SipValueError("Unsupported Contact URI scheme")
+            if len(str(uri)) > settings.max_contact_len:
+                self._too_long(request, _CONTACT_LEN)
             params = contact.params
             instance = params.get("+sip.instance")
             if instance is not None:
@@ -189,6 +211,18 @@ class Registrar:
                 methods=methods,
             ))
         return key, False, proposals, path
+
+    def _too_long(self, request: Request, reason: str) -> NoReturn:
+        """Refuse a REGISTER with a value longer than usrloc's ``location`` columns hold: 400 with
+        OpenSIPS's registrar error text as the reason (``R_AOR_LEN``, ``R_CONTACT_LEN``,
+        ``R_CALLID_LEN``; ``lib/reg/rerrno.h``). OpenSIPS answers ``R_AOR_LEN`` with 500; the value
+        is the client's fault, so 400 (RFC 3261 §21.4.1), as for the other two. Logged the 1st, 2nd,
+        4th, 8th ... time with the count: a flood of them is one line per doubling."""
+        self.refused_too_long += 1
+        if noteworthy(self.refused_too_long):
+            log.info("registrar: REGISTER refused ({reason}); {count} so far", reason=reason,
+                     count=self.refused_too_long)
+        raise _Reject(request.make_response(400, reason))
 
     def _outbound(self, request: Request, proposals: list[_Proposal] | None) -> bool:
         """Whether RFC 5626 §6 outbound processing applies to this REGISTER; when it does not, every

@@ -55,6 +55,15 @@ class RegistrarSettings:
     * ``flow_timer`` (0 = none) — seconds, sent as ``Flow-Timer`` in the 200 OK of outbound
       registrations: how often the UA should send its keep-alive (RFC 5626 §4.4.1). Keep it below
       the transports' idle timeout so quiet TCP/TLS flows are not closed under the UA.
+    * ``max_username_len`` (64), ``max_domain_len`` (64), ``max_aor_len`` (256), ``max_contact_len``
+      (255), ``max_callid_len`` (255) -- longest To (or ``aor``) user part, host part, user+host+1,
+      Contact URI and Call-ID a REGISTER may carry; beyond them it is refused with 400 (reason
+      "Address Of Record too long", "Contact/received too long", "Callid too long") and nothing is
+      stored. OpenSIPS's registrar checks the same (``lib/reg/config.h`` ``USERNAME_MAX_SIZE``,
+      ``DOMAIN_MAX_SIZE``, ``MAX_AOR_LEN``, ``CONTACT_MAX_SIZE``, ``CALLID_MAX_SIZE``; rerrno
+      ``R_AOR_LEN``, ``R_CONTACT_LEN``, ``R_CALLID_LEN``) because they are the widths of usrloc's
+      ``location`` columns: a longer value could not be persisted (``usrloc.rows.fits``). Raising
+      them above those widths needs wider columns.
     """
 
     default_expires: int = 3600
@@ -69,6 +78,11 @@ class RegistrarSettings:
     cseq_delay: float = 20.0
     outbound: bool = True
     flow_timer: int = 0
+    max_username_len: int = 64
+    max_domain_len: int = 64
+    max_aor_len: int = 256
+    max_contact_len: int = 255
+    max_callid_len: int = 255
 
     def __post_init__(self) -> None:
         if self.min_expires_mode not in MIN_EXPIRES_MODES:
@@ -81,6 +95,12 @@ class RegistrarSettings:
                 raise ValueError(f"{name} must not be negative")
         if self.default_expires == 0:
             raise ValueError("default_expires must be positive")
+        for name in _LENGTHS:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive")
+
+
+_LENGTHS = ("max_username_len", "max_domain_len", "max_aor_len", "max_contact_len", "max_callid_len")
 
 
 def _min_not_above_max(settings: RegistrarSettings) -> None:
@@ -101,6 +121,7 @@ SECTION: Section[RegistrarSettings] = Section(RegistrarSettings, {
     "path_mode": choice(*PATH_MODES),
     "outbound": boolean,
     "flow_timer": integer(0),
+    **{name: integer(1) for name in _LENGTHS},
 }, after=_min_not_above_max)
 
 
