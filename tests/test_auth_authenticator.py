@@ -10,16 +10,21 @@ import re
 from typing import Any
 
 import pytest
-from twisted.internet.defer import Deferred, fail
+import pytest_twisted
+from twisted.internet.defer import Deferred, fail, gatherResults
 from twisted.internet.task import Clock
+from twisted.logger import formatEvent
 
 from edgeproxy.auth import (AuthResult, Authenticator, AuthSettings, DigestError, MemorySubscribers, Subscriber,
                             SubscriberStoreError, compute_ha1)
+from edgeproxy.auth.subscribers import SubscriberTable
+from edgeproxy.proxy.noise import NoiseLog
 from edgeproxy.routing.testing import RouteHarness
 from edgeproxy.sip.parser import parse_datagram
 from edgeproxy.sip.message import Request
 import edgeproxy_routes.default as default_route
 import edgeproxy_routes.federated as federated_route
+from support.ports import free_port
 
 REALM = "example.com"
 USERS = {"alice": "wonderland", "bob@example.com": "builder"}
@@ -187,6 +192,30 @@ def test_store_failure_is_minus_5() -> None:
     auth = make(Down())
     out = result_of(auth.authorize(request(auth=digest("alice", "wonderland", fresh_nonce(auth)))))
     assert out.result is AuthResult.GENERIC_ERROR and auth.stats["generic_error"] == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_burst_while_the_subscriber_database_is_down_is_two_lines(logged: list[dict[str, Any]]) -> None:
+    """Issue 16: with the database down every authenticated request failed with its own error line;
+    through the node's NoiseLog the store is the source: its first failure said, the rest counted."""
+    pytest.importorskip("pymysql")
+    clock = Clock()
+    noise = NoiseLog(clock, interval=10.0)
+    store = SubscriberTable(f"mysql://root@127.0.0.1:{free_port()}/test", timeout=2.0)  # nothing listens there
+    auth = Authenticator(AuthSettings(), store, clock, noise=noise)
+    n = 40
+    try:
+        outcomes = await gatherResults([auth.authorize(request(auth=digest("alice", "wonderland", fresh_nonce(auth))))
+                                        for _ in range(n)])
+    finally:
+        await store.close()
+    assert [o.result for o in outcomes] == [AuthResult.GENERIC_ERROR] * n and auth.store_errors == n
+    clock.advance(10.0)
+    lines = [formatEvent(e) for e in logged if str(e.get("log_namespace", "")).startswith("edgeproxy")
+             and "cannot connect" in formatEvent(e)]
+    assert len(lines) == 2, lines
+    assert "subscriber store subscriber" in lines[0] and "alice@example.com: " in lines[0]
+    assert f"{n - 1} credentials unavailable" in lines[1]
 
 
 def test_stored_ha1_is_used_and_a_row_with_neither_is_minus_5() -> None:

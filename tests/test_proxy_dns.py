@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.logger import formatEvent
 
 from edgeproxy.dns import ServerQuery
 from edgeproxy.proxy.settings import ProxySettings
@@ -281,3 +282,44 @@ def test_ack_for_2xx_is_forwarded_statelessly_to_the_located_target() -> None:
     out = only(sent)
     assert out.is_request("ACK") and out.remote == SECOND
     assert out.message.top_via.transport == "UDP"
+
+
+def _lines_about(logged: list[dict[str, Any]], text: str) -> list[str]:
+    """The node's log lines (edgeproxy namespaces) that mention ``text``."""
+    out = [formatEvent(e) for e in logged if str(e.get("log_namespace", "")).startswith("edgeproxy")]
+    return [line for line in out if text in line]
+
+
+def test_a_burst_of_failovers_from_one_dead_target_is_two_lines(logged: list[dict[str, Any]]) -> None:
+    """Issue 16: a carrier's dead first server was a line per call ("trying the next target"); through
+    the node's NoiseLog it is the first per target per interval, then one line with the count."""
+    w = make_world({"carrier.test": [TCP_FIRST, SECOND]})
+    w.sender.fail_to[TCP_FIRST] = SendError("Connection Refused")
+    n = 300
+    for i in range(n):
+        invites = requests(call(w, branch=f"z9hG4bKburst{i}", call_id=f"burst-{i}@192.0.2.20"), "INVITE")
+        assert [s.remote for s in invites] == [TCP_FIRST, SECOND]  # each call still fails over
+    w.clock.advance(w.node.noise.interval)
+    lines = _lines_about(logged, str(TCP_FIRST))
+    assert len(lines) == 2, lines
+    assert "INVITE to tcp:192.0.2.60:5071 failed (Connection Refused): trying the next target of carrier.test" \
+        in lines[0]
+    assert f"{n - 1} failover" in lines[1]
+    assert w.node.noise.totals["failover"] == n
+
+
+def test_branches_stranded_by_a_node_going_down_are_two_lines(logged: list[dict[str, Any]]) -> None:
+    """Issue 16: ``end_branches_to`` (a cluster node declared down) said a line per stranded branch;
+    now one per destination per interval, with the count. Every branch still ends with 480."""
+    w = make_world({"carrier.test": [FIRST]})
+    n = 200
+    for i in range(n):
+        call(w, branch=f"z9hG4bKstrand{i}", call_id=f"strand-{i}@192.0.2.20")
+    ended = w.node.proxy.end_branches_to(lambda host: host == FIRST.host, FIRST.port, "cluster node 2 is down")
+    assert ended == n
+    finals = [s.message.status for s in responses(w.run_for(0.1)) if s.message.status >= 300]
+    assert finals == [480] * n
+    w.clock.advance(w.node.noise.interval)
+    lines = _lines_about(logged, str(FIRST))
+    assert len(lines) == 2, lines
+    assert "cluster node 2 is down" in lines[0] and f"{n - 1} branch ended" in lines[1]

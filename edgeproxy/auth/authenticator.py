@@ -72,9 +72,10 @@ def default_realm(request: Request, proxy: bool) -> str:
 
 
 class HostileInputLog(Protocol):
-    """Where repeated authentication failures are reported: the node's aggregated log of hostile
-    input (:class:`~edgeproxy.proxy.noise.NoiseLog`: one line per source per interval, with counts),
-    so that a guesser spraying user names is not a line per user (issue 16)."""
+    """Where repeated authentication failures and subscriber-store failures are reported: the node's
+    aggregated log of hostile input (:class:`~edgeproxy.proxy.noise.NoiseLog`: one line per source per
+    interval, with counts), so that a guesser spraying user names is not a line per user, nor a flood
+    of REGISTERs while the database is down a line per request (issue 16)."""
 
     def note(self, source: str, kind: str, detail: str = "") -> None: ...
 
@@ -213,8 +214,15 @@ class Authenticator:
 
     def _store_failed(self, failure: Failure, creds: DigestResponse, realm: str) -> AuthOutcome:
         if failure.check(SubscriberStoreError):
-            log.error("auth: credentials of {user}@{realm} unavailable: {why}", user=creds.username, realm=realm,
-                      why=failure.getErrorMessage())
+            noise = self.noise
+            if noise is not None:
+                # the database is down: every request asking for credentials fails the same way, so
+                # the store is the source: its first failure said, the rest counted per interval
+                noise.note(f"subscriber store {self.settings.table}", "credentials unavailable",
+                           f"{creds.username}@{realm}: {failure.getErrorMessage()}")
+            else:
+                log.error("auth: credentials of {user}@{realm} unavailable: {why}", user=creds.username,
+                          realm=realm, why=failure.getErrorMessage())
         else:
             log.failure("auth: subscriber lookup of {user}@{realm} failed", failure, user=creds.username, realm=realm)
         return self._count(AuthOutcome(AuthResult.GENERIC_ERROR, realm=realm))

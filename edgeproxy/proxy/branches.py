@@ -25,7 +25,6 @@ from twisted.python.failure import Failure
 
 from ..dns import ServerQuery
 from ..interfaces import SendError
-from ..logcontext import message_context
 from ..sip.endpoint import Destination, Endpoint, Flow
 from ..sip.errors import SipValueError
 from ..transaction import (
@@ -162,8 +161,11 @@ class BranchLauncher:
         if (not self.settings.dns_failover or ctx is None or cb.replaced or ctx.canceled or ctx.final_sent
                 or not cb.alternatives):
             return False
-        log.info("{method} to {dest} failed ({why}): trying the next target of {name}", method=cb.request.method,
-                 dest=cb.destination.remote, why=why, name=cb.destination.server_name, **message_context(cb.request))
+        # a target that fails every call (a carrier's dead server) would be a line per call: the first
+        # one per target per interval is said, the rest counted and summed up (issue 16)
+        dest = cb.destination.remote
+        self.noise.note(str(dest), "failover", f"{cb.request.method} to {dest} failed ({why}): trying the next "
+                        f"target of {cb.destination.server_name}", cb.request)
         attempt = self.forwarder.try_next(cb, cb.alternatives)
         if isinstance(attempt, ClientBranch):
             self._launch(attempt)

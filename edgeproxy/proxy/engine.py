@@ -21,7 +21,6 @@ from twisted.logger import Logger
 
 from ..dialog import DialogTable
 from ..latency import LatencyHistogram
-from ..logcontext import message_context
 from ..sip.endpoint import Flow
 from ..sip.message import Request, Response
 from ..transaction import (
@@ -523,9 +522,12 @@ class StatefulProxy:
                     if isinstance(cb, ClientBranch) and cb.final is None and cb.ctx is not None
                     and same_host(cb.destination.remote.host)
                     and (port is None or cb.destination.remote.port == port)]
+        noise = self.noise
         for cb in stranded:
-            log.info("{method} {call_id}: branch to {dest} ends, {why}", method=cb.request.method,
-                     **message_context(cb.request), dest=cb.destination.remote, why=why)
+            # a node that goes down strands every call relayed to it: one line per destination per
+            # interval with the count, not one per branch (issue 16)
+            noise.note(str(cb.destination.remote), "branch ended", f"{cb.request.method} {cb.request.call_id}: {why}",
+                       cb.request)
             self.branch_failed(cb, 480, "Temporarily Unavailable")
         if stranded:
             self.arm()
