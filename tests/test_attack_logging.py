@@ -15,7 +15,7 @@ from typing import Iterator
 import pytest
 from support.sipp_harness import EdgeproxyNode, edgeproxy_node
 from twisted.internet.task import Clock
-from twisted.logger import LogEvent, formatEvent, globalLogPublisher
+from twisted.logger import LogEvent, LogLevel, formatEvent, globalLogPublisher
 
 from edgeproxy.proxy.noise import NoiseLog
 
@@ -218,3 +218,17 @@ def test_autobahns_lines_that_name_the_peer_go_to_the_noise_log() -> None:
     log.warn("Auto ping/pong: received non-pending pong")  # names no peer: counted 1st, 2nd, 4th ...
     assert len(written) == 1
     assert peer_host_of("tcp6:::1:5060") == "::1" and peer_host_of("tcp6:[2001:db8::1]:5060") == "2001:db8::1"
+
+
+def test_a_summary_keeps_the_most_severe_level_of_what_it_counts(events: list[LogEvent]) -> None:
+    """An outage of our own (the subscriber database) goes through the NoiseLog at error level so the
+    operator sees it, bounded like hostile input: the immediate line and the interval's summary are
+    both errors; plain hostile input stays at info."""
+    clock = Clock()
+    noise = NoiseLog(clock, interval=10.0)
+    for _ in range(5):
+        noise.note("subscriber store", "credentials unavailable", "cannot connect", level=LogLevel.error)
+        noise.note("127.0.0.9", "malformed", "400 Bad Request")
+    clock.advance(10.0)
+    assert [e["log_level"] for e in events if e.get("source") == "subscriber store"] == [LogLevel.error] * 2
+    assert [e["log_level"] for e in events if e.get("source") == "127.0.0.9"] == [LogLevel.info] * 2

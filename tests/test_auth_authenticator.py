@@ -13,7 +13,7 @@ import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred, fail, gatherResults
 from twisted.internet.task import Clock
-from twisted.logger import formatEvent
+from twisted.logger import LogLevel, formatEvent
 
 from edgeproxy.auth import (AuthResult, Authenticator, AuthSettings, DigestError, MemorySubscribers, Subscriber,
                             SubscriberStoreError, compute_ha1)
@@ -211,9 +211,12 @@ async def test_a_burst_while_the_subscriber_database_is_down_is_two_lines(logged
         await store.close()
     assert [o.result for o in outcomes] == [AuthResult.GENERIC_ERROR] * n and auth.store_errors == n
     clock.advance(10.0)
-    lines = [formatEvent(e) for e in logged if str(e.get("log_namespace", "")).startswith("edgeproxy")
-             and "cannot connect" in formatEvent(e)]
+    events = [e for e in logged if str(e.get("log_namespace", "")).startswith("edgeproxy")
+              and "cannot connect" in formatEvent(e)]
+    lines = [formatEvent(e) for e in events]
     assert len(lines) == 2, lines
+    # our own outage, not hostile input: both lines stay at error level, bounded all the same
+    assert [e["log_level"] for e in events] == [LogLevel.error, LogLevel.error]
     assert "subscriber store subscriber" in lines[0] and "alice@example.com: " in lines[0]
     assert f"{n - 1} credentials unavailable" in lines[1]
 

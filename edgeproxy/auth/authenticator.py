@@ -17,7 +17,7 @@ from enum import IntEnum
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from ..latency import LatencyHistogram
@@ -77,7 +77,7 @@ class HostileInputLog(Protocol):
     interval, with counts), so that a guesser spraying user names is not a line per user, nor a flood
     of REGISTERs while the database is down a line per request (issue 16)."""
 
-    def note(self, source: str, kind: str, detail: str = "") -> None: ...
+    def note(self, source: str, kind: str, detail: str = "", *, level: LogLevel = LogLevel.info) -> None: ...
 
 
 class Authenticator:
@@ -219,7 +219,7 @@ class Authenticator:
                 # the database is down: every request asking for credentials fails the same way, so
                 # the store is the source: its first failure said, the rest counted per interval
                 noise.note(f"subscriber store {self.settings.table}", "credentials unavailable",
-                           f"{creds.username}@{realm}: {failure.getErrorMessage()}")
+                           f"{creds.username}@{realm}: {failure.getErrorMessage()}", level=LogLevel.error)
             else:
                 log.error("auth: credentials of {user}@{realm} unavailable: {why}", user=creds.username,
                           realm=realm, why=failure.getErrorMessage())

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 
 from ..interfaces import Clock, Timer
 from ..logcontext import message_context
@@ -51,18 +51,25 @@ class NoiseLog:
         self.lines = 0  # log lines written (what the attack suite reports)
         self._pending: dict[str, Counter[str]] = {}  # source -> kind -> count, this interval
         self._detail: dict[str, str] = {}  # source -> the detail of its last counted event, this interval
+        self._level: dict[str, LogLevel] = {}  # source -> the most severe level of its events, this interval
         self._last_line: dict[str, float] = {}  # source -> its last line's time (this or the last interval's)
         self._others: Counter[str] = Counter()  # sources beyond max_sources, this interval
         self._other_sources: set[str] = set()
         self._timer: Timer | None = None
 
-    def note(self, source: str, kind: str, detail: str = "", about: Message | None = None) -> None:
+    def note(self, source: str, kind: str, detail: str = "", about: Message | None = None,
+             level: LogLevel = LogLevel.info) -> None:
         """Count one event ``kind`` (e.g. ``"malformed"``, ``"flood dropped"``) from ``source``;
         ``detail`` (the status and reason) is logged with the first event of the interval, and the
         last counted one's with the interval's counts, with
         the context (:func:`~edgeproxy.logcontext.message_context`: Call-ID, transaction id) of
-        ``about``, the message it is about -- read only for that line, not for the events counted."""
+        ``about``, the message it is about -- read only for that line, not for the events counted.
+        ``level`` is the line's severity: hostile input is ``info``, but an outage of our own (a
+        database that does not answer) is an ``error`` the operator must see, bounded all the same;
+        a summary line takes the most severe level of the events it counts."""
         self.totals[kind] += 1
+        if level is not LogLevel.info and level > self._level.get(source, LogLevel.debug):
+            self._level[source] = level
         pending = self._pending
         counts = pending.get(source)
         if counts is None:
@@ -84,7 +91,7 @@ class NoiseLog:
             pending[source] = Counter()
             self._last_line[source] = self.clock.seconds()
             self.lines += 1
-            log.info("{kind} from {source}{detail} (more from it are counted, summarised every {interval:g} s)",
+            log.emit(level, "{kind} from {source}{detail} (more from it are counted, summarised every {interval:g} s)",
                      kind=kind, source=source, detail=f": {detail}" if detail else "", interval=self.interval,
                      **(message_context(about) if about is not None else {}))
         else:
@@ -106,6 +113,7 @@ class NoiseLog:
         now = self.clock.seconds()
         last_line, self._last_line = self._last_line, {}
         details, self._detail = self._detail, {}
+        levels, self._level = self._level, {}
         for source, counts in pending.items():
             said = last_line.get(source)
             if said is not None:
@@ -116,11 +124,14 @@ class NoiseLog:
                 self._pending[source] = counts  # its first line was just now: summed up next time
                 if source in details:
                     self._detail[source] = details[source]
+                if source in levels:
+                    self._level[source] = levels[source]
                 continue
             self._last_line[source] = now
             self.lines += 1
             detail = details.get(source)
-            log.info("from {source} since its last line: {counts}{detail}", source=source, counts=_describe(counts),
+            log.emit(levels.get(source, LogLevel.info), "from {source} since its last line: {counts}{detail}",
+                     source=source, counts=_describe(counts),
                      detail=f" (the last: {detail})" if detail else "")
         if self._others:
             self.lines += 1
