@@ -60,7 +60,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # behaviour, in four steps: the services a node uses; the transaction-stateful proxy core, which
     # knows no route module; the route verbs and API over that core; the node that runs route modules
     ("services", ("edgeproxy.registrar", "edgeproxy.location", "edgeproxy.cluster", "edgeproxy.federation",
-                  "edgeproxy.auth", "edgeproxy.dispatcher", "edgeproxy.permissions", "edgeproxy.coroutine",
+                  "edgeproxy.auth", "edgeproxy.dispatcher", "edgeproxy.permissions", "edgeproxy.coroutine", "edgeproxy.deadline",
                   "edgeproxy.sqldb", "edgeproxy.latency", "edgeproxy.usrloc",
                   "edgeproxy.dialog", "edgeproxy.logcontext", "edgeproxy.acc")),
     ("proxy core", ("edgeproxy.proxy",)),

@@ -1,11 +1,11 @@
-"""The one reactor timer at the earliest deadline (``edgeproxy.proxy.deadline``), used by the
+"""The one reactor timer at the earliest deadline (``edgeproxy.deadline``), used by the
 proxy's transactions and by the dialogs' lifetimes and pings, on a ``task.Clock``."""
 
 from __future__ import annotations
 
 from twisted.internet.task import Clock
 
-from edgeproxy.proxy.deadline import EarliestDeadline
+from edgeproxy.deadline import EarliestDeadline
 
 
 def timer() -> tuple[Clock, EarliestDeadline, list[float]]:

@@ -27,6 +27,7 @@ from typing import Any, Iterable, Sequence
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
+from ..deadline import EarliestDeadline
 from ..sip.endpoint import Flow
 from ..sip.uri import SipURI
 from .binding import Binding, LookupResult, order_key
@@ -63,7 +64,7 @@ class InMemoryLocation:
         self.journals = tuple(journals)
         self._records: dict[str, _Record] = {}
         self._heap: list[tuple[float, str]] = []
-        self._timer: Any = None
+        self._timer = EarliestDeadline(self.clock, self._expire)  # the one reactor call, at the heap's top
         self._listeners: list[LocationListener] = []
         self._by_flow: dict[Flow, str | set[str]] = {}  # an AoR, or a set when several share it
         self._count = 0
@@ -174,9 +175,7 @@ class InMemoryLocation:
 
     def stop(self) -> None:
         """Cancel the expiry timer (service shutdown). Bindings stay readable; a later change re-arms it."""
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        self._timer.stop()
 
     # -- internals -----------------------------------------------------------------------------------
     def _live(self, aor: str) -> list[Binding]:
@@ -275,22 +274,10 @@ class InMemoryLocation:
             if record is not None and record.scheduled == when:
                 break
             heapq.heappop(heap)
-        timer = self._timer
-        if not heap:
-            if timer is not None and timer.active():
-                timer.cancel()
-            self._timer = None
-            return
-        when = heap[0][0]
-        if timer is not None and timer.active():
-            if timer.getTime() <= when:
-                return
-            timer.cancel()
-        self._timer = self.clock.callLater(max(0.0, when - self.clock.seconds()), self._expire)
+        self._timer.arm(heap[0][0] if heap else None)
 
     def _expire(self) -> None:
         """The timer fired: purge every record whose entry is due, then re-arm."""
-        self._timer = None
         now = self.clock.seconds()
         heap = self._heap
         records = self._records

@@ -12,7 +12,7 @@ the callee's Contact. Our own entries (one, or two with double Record-Route) are
 the branch's copy of the INVITE carries exactly the entries the 2xx returns below the callee's side.
 Destinations are worked out when a BYE is sent (:meth:`DialogKeeper.reach`), not for every call.
 
-It owns the one reactor timer of the dialogs' lifetimes (:class:`.deadline.EarliestDeadline`, armed
+It owns the one reactor timer of the dialogs' lifetimes (:class:`~edgeproxy.deadline.EarliestDeadline`, armed
 for the table's earliest deadline) and
 sends each BYE in its own client transaction through the proxy (``start_local``), so BYEs over UDP are
 retransmitted and their responses absorbed. It also owns the ping timer of ``create_dialog("Pp")``
@@ -30,6 +30,7 @@ from typing import Callable, Iterable
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from ..deadline import EarliestDeadline
 from ..dialog import Dialog, DialogTable, Outgoing
 from ..sip.endpoint import Destination, Flow
 from ..sip.errors import SipValueError
@@ -37,7 +38,6 @@ from ..sip.message import Response
 from ..sip.uri import SipURI, parse_uri
 from ..sip.values import parse_name_address
 from .context import ClientBranch, RouteState, ServerContext
-from .deadline import EarliestDeadline
 from .forwarding import CancelHeaders, Forwarder
 from .hops import uri_destination
 from .uac import LocalRequest

@@ -19,6 +19,7 @@ from typing import Iterable, Union
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from ..deadline import EarliestDeadline
 from ..dialog import DialogTable
 from ..latency import LatencyHistogram
 from ..sip.endpoint import Flow
@@ -42,7 +43,6 @@ from ..transaction import (
 )
 from .branches import BranchLauncher
 from .context import Branch, CancelBranch, ClientBranch, RouteState, ServerContext
-from .deadline import EarliestDeadline
 from .dialogs import DialogKeeper
 from .forwarding import (
     REASON_COMPLETED_ELSEWHERE,
